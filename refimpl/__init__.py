@@ -1,0 +1,20 @@
+"""bottleneck-dynamics reference implementation: pure NumPy, float64, read next to SPEC.md.
+
+Public API
+----------
+Kernels (SPEC §2, §5): :func:`nngp`, :func:`sigmadot`, :func:`ntk`, :func:`xi`,
+:func:`sigma1`, :func:`sigma2`, :func:`ntk_inf`.
+Initial functions (SPEC §3): :class:`RandomNetwork`.
+Dynamics (SPEC §4, §5): :class:`BottleneckSimulator`, :class:`InfiniteSimulator`.
+"""
+
+from .kernels import nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf
+from .network import RandomNetwork
+from .dynamics import BottleneckSimulator, InfiniteSimulator, DivergenceError, History
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf",
+    "RandomNetwork", "BottleneckSimulator", "InfiniteSimulator", "DivergenceError", "History",
+]

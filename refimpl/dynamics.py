@@ -1,0 +1,445 @@
+"""Function-space SGD of an infinitely wide network with a finite bottleneck (SPEC §4, §5).
+
+Two simulators share one interface:
+
+:class:`BottleneckSimulator`
+    The embeddings g_t, the head f_t and its Jacobian J_t under the discrete
+    dynamics of SPEC §4 (paper eqs 42-44, corrected: every sum starts at the
+    first step and F_{t+1}(xi) = f_{t+1}(g_{t+1}(xi))).
+:class:`InfiniteSimulator`
+    The same network without a bottleneck (d -> infinity): ordinary NTK
+    dynamics with the kernel :func:`~refimpl.kernels.ntk_inf` (SPEC §5).
+
+Loss: ``L = 1/(2B) sum_{i in batch} |F_i - y_i|^2``, so ``chi_i = (F_i - y_i)/B``.
+
+The update of one SGD step on the batch ``idx`` (with ``p_i = g_t(xi_i)``):
+
+    g_{t+1}(xi) = g_t(xi) - mu_g sum_i Theta(xi, xi_i) J_t(p_i)^T chi_i
+    f_{t+1}(x)  = f_t(x)  - mu_f sum_i K(x, p_i) chi_i
+    J_{t+1}(x)  = J_t(x)  - mu_f sum_i chi_i Xi(x, p_i)^T
+
+f and J are stored as their initial functions plus the history of all past
+batch embeddings ``P`` (M, d) and loss derivatives ``C`` (M, dr), M = t * B:
+
+    f_t(x) = f0(x) - mu_f sum_m K(x, P_m) C_m
+    J_t(x)^T chi = J0(x)^T chi - mu_f sum_m (C_m . chi) Xi(x, P_m)
+
+and since ``Xi(x, y) = alpha(x, y) y + beta(x, y) x^`` the second sum is two
+matrix products over the history (SPEC §4); J itself is never formed in the
+hot loop.  The embeddings of the training inputs (and of optional evaluation
+inputs) are updated in place.  Embeddings at any other input use the
+accumulated ``A_j = sum over the steps where row j was in the batch of
+J^T chi``: ``g_t(xi) = g0(xi) - mu_g sum_j Theta(xi, xi_j) A_j``.
+
+Backends (``accel``) subclass these classes and override only the ``_hist_*``
+and ``_theta`` hooks; the bookkeeping here is shared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .kernels import as_points
+from .network import RandomNetwork
+
+
+class DivergenceError(FloatingPointError):
+    """Raised by ``step`` when the loss or the update is NaN or infinite; the state is left untouched."""
+
+
+#: History rows processed per block in the reference hot loop.
+HISTORY_BLOCK = 4096
+#: Query rows processed per block when evaluating f_t at many points.
+QUERY_BLOCK = 512
+
+
+def _check_rate(name, value):
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return value
+
+
+def _check_targets(X, Y):
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"Y: expected shape ({X.shape[0]}, dr) matching the rows of X, got {Y.shape}")
+    if not np.all(np.isfinite(Y)):
+        raise ValueError("Y: contains NaN or inf")
+    return np.ascontiguousarray(Y)
+
+
+class History:
+    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling."""
+
+    def __init__(self, d, dr, capacity=1024, dtype=np.float64):
+        self._P = np.empty((capacity, d), dtype=dtype)
+        self._C = np.empty((capacity, dr), dtype=dtype)
+        self.M = 0
+
+    def append(self, P, C):
+        """Append rows; copies the storage only when it is full (capacity doubles)."""
+        k = P.shape[0]
+        if self.M + k > self._P.shape[0]:
+            cap = max(2 * self._P.shape[0], self.M + k)
+            for name in ("_P", "_C"):
+                old = getattr(self, name)
+                new = np.empty((cap, old.shape[1]), dtype=old.dtype)
+                new[:self.M] = old[:self.M]
+                setattr(self, name, new)
+        self._P[self.M:self.M + k] = P
+        self._C[self.M:self.M + k] = C
+        self.M += k
+
+    @property
+    def P(self):
+        """(M, d) view of the stored embeddings."""
+        return self._P[:self.M]
+
+    @property
+    def C(self):
+        """(M, dr) view of the stored loss derivatives."""
+        return self._C[:self.M]
+
+
+class _Tracked:
+    """Inputs whose function values are updated in place at every step."""
+
+    def __init__(self, X, values):
+        self.X = X
+        self.values = values
+
+    def matches(self, Xq):
+        return Xq is self.X or (Xq.shape == self.X.shape and np.array_equal(Xq, self.X))
+
+
+class _SimulatorBase:
+    """Shared bookkeeping: data, rates, batch checking, tracked point sets, step counter."""
+
+    def _setup(self, X, Y, lr, lr_f, lr_g, X_eval):
+        self.X = as_points(X, "X")
+        self.Y = _check_targets(self.X, Y)
+        lr = _check_rate("lr", lr)
+        if lr is None:
+            raise ValueError("lr: expected a positive finite number, got None")
+        self.lr_f = _check_rate("lr_f", lr_f) or lr
+        self.lr_g = _check_rate("lr_g", lr_g) or lr
+        self.X_eval = None if X_eval is None else as_points(X_eval, "X_eval")
+        if self.X_eval is not None and self.X_eval.shape[1] != self.X.shape[1]:
+            raise ValueError(f"X_eval: expected {self.X.shape[1]} columns like X, got {self.X_eval.shape[1]}")
+        self.t = 0
+
+    @property
+    def N(self):
+        """Number of training points."""
+        return self.X.shape[0]
+
+    def _check_batch(self, idx):
+        idx = np.asarray(idx)
+        if idx.ndim == 0:
+            idx = idx[None]
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"idx: expected a non-empty 1-d array of row indices, got {idx!r}")
+        if idx.min() < 0 or idx.max() >= self.N:
+            raise ValueError(f"idx: row indices must lie in [0, {self.N}), got [{idx.min()}, {idx.max()}]")
+        return idx.astype(np.int64)
+
+    def _find(self, Xq):
+        for tr in self._tracked:
+            if tr.matches(Xq):
+                return tr
+        return None
+
+    def _batch_loss(self, Fb, Yb):
+        B = Fb.shape[0]
+        resid = Fb - Yb
+        loss = 0.5 * float(np.sum(resid * resid)) / B
+        if not np.isfinite(loss):
+            raise DivergenceError(f"loss is {loss} at step {self.t}: the run diverged (lower the learning rate)")
+        return loss, resid / B
+
+
+class BottleneckSimulator(_SimulatorBase):
+    """Discrete function-space SGD with a finite bottleneck (SPEC §4).
+
+    Parameters
+    ----------
+    net : RandomNetwork
+        Supplies the initial functions g0, f0, J0 (SPEC §3).
+    X : (N, d0) array
+        Training inputs.
+    Y : (N, dr) array
+        Training targets.
+    lr : float
+        Learning rate mu for both networks.
+    lr_f, lr_g : float, optional
+        Separate rates for the weights of f and of g (default ``lr``).
+    X_eval : (q, d0) array, optional
+        Extra inputs (e.g. the test set) whose embeddings are kept up to date.
+    activation : {"relu", "linear"}, optional
+        Kernel family; defaults to ``net.activation``.
+    depth_f, depth_g : int, optional
+        Depths L_f, L_g of the linear networks (lemma 4.1); default 2.
+    """
+
+    def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None,
+                 activation=None, depth_f=None, depth_g=None):
+        if not isinstance(net, RandomNetwork):
+            raise TypeError(f"net: expected a RandomNetwork, got {type(net).__name__}")
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval)
+        if self.X.shape[1] != net.d0:
+            raise ValueError(f"X: expected {net.d0} columns (the network's input dimension), got {self.X.shape[1]}")
+        if self.Y.shape[1] != net.dr:
+            raise ValueError(f"Y: expected {net.dr} columns (the network's output dimension), got {self.Y.shape[1]}")
+        self.net = net
+        self.activation = activation or net.activation
+        self.depth_f = kernels.check_activation(self.activation, depth_f)
+        self.depth_g = kernels.check_activation(self.activation, depth_g)
+        self.d, self.dr = net.d, net.dr
+        self._tracked = [_Tracked(self.X, net.g(self.X))]
+        if self.X_eval is not None:
+            self._tracked.append(_Tracked(self.X_eval, net.g(self.X_eval)))
+        self.A = np.zeros((self.N, self.d))
+        self.history = History(self.d, self.dr)
+
+    # ------------------------------------------------------------ kernel hooks
+    def _theta(self, Xa, Xb):
+        """Theta(Xa, Xb), (p, q): the NTK of g (m = d0)."""
+        return kernels.ntk(Xa, Xb, self.activation, self.depth_g)
+
+    def _hist_f(self, Z):
+        """sum_m K(Z, P_m) C_m over the whole history, (q, d) -> (q, dr)."""
+        P, C = self.history.P, self.history.C
+        out = np.zeros((Z.shape[0], self.dr))
+        for r in range(0, Z.shape[0], QUERY_BLOCK):
+            for s in range(0, P.shape[0], HISTORY_BLOCK):
+                K = kernels.ntk(Z[r:r + QUERY_BLOCK], P[s:s + HISTORY_BLOCK], self.activation, self.depth_f)
+                out[r:r + QUERY_BLOCK] += K @ C[s:s + HISTORY_BLOCK]
+        return out
+
+    def _hist_jt_chi(self, Z, chi):
+        """sum_m (C_m . chi_b) Xi(Z_b, P_m) for each row b, (B, d), (B, dr) -> (B, d)."""
+        P, C = self.history.P, self.history.C
+        _, Zh = kernels.unit_rows(Z)
+        out = np.zeros_like(Z)
+        for s in range(0, P.shape[0], HISTORY_BLOCK):
+            Ps = P[s:s + HISTORY_BLOCK]
+            W = chi @ C[s:s + HISTORY_BLOCK].T                       # (B, Ms)
+            alpha, beta = kernels.xi_coefficients(Z, Ps, self.activation, self.depth_f)
+            out += (W * alpha) @ Ps + np.sum(W * beta, axis=1)[:, None] * Zh
+        return out
+
+    # -------------------------------------------------------------- functions
+    def f(self, Z):
+        """f_t(Z), the head at bottleneck points Z (q, d) -> (q, dr)."""
+        Z = self._check_z(Z)
+        out = self.net.f(Z)
+        if self.history.M:
+            out -= self.lr_f * self._hist_f(Z)
+        return out
+
+    def jacobian(self, Z):
+        """J_t(Z) = df_t/dx at bottleneck points Z, (q, d) -> (q, dr, d) (paper eq 13)."""
+        Z = self._check_z(Z)
+        J = self.net.jacobian(Z)
+        P, C = self.history.P, self.history.C
+        if self.history.M:
+            _, Zh = kernels.unit_rows(Z)
+            for s in range(0, P.shape[0], HISTORY_BLOCK):
+                Ps, Cs = P[s:s + HISTORY_BLOCK], C[s:s + HISTORY_BLOCK]
+                alpha, beta = kernels.xi_coefficients(Z, Ps, self.activation, self.depth_f)
+                J -= self.lr_f * (np.einsum("qm,ma,mb->qab", alpha, Cs, Ps)
+                                  + (beta @ Cs)[:, :, None] * Zh[:, None, :])
+        return J
+
+    def jacobian_t_dot(self, Z, chi):
+        """J_t(Z_b)^T chi_b for each row b, (B, d), (B, dr) -> (B, d), without forming J."""
+        Z = self._check_z(Z)
+        out = self.net.jacobian_t_dot(Z, chi)
+        if self.history.M:
+            out -= self.lr_f * self._hist_jt_chi(Z, chi)
+        return out
+
+    def embeddings(self, Xq):
+        """g_t(Xq), (q, d0) -> (q, d).  Tracked inputs (X, X_eval) are read off; others are computed."""
+        Xq = as_points(Xq, "Xq")
+        tr = self._find(Xq)
+        if tr is not None:
+            return tr.values.copy()
+        if Xq.shape[1] != self.X.shape[1]:
+            raise ValueError(f"Xq: expected {self.X.shape[1]} columns, got {Xq.shape[1]}")
+        return self.net.g(Xq) - self.lr_g * (self._theta(Xq, self.X) @ self.A)
+
+    def outputs(self, Xq):
+        """F_t(Xq) = f_t(g_t(Xq)), (q, d0) -> (q, dr)."""
+        return self.f(self.embeddings(Xq))
+
+    # ------------------------------------------------------------------- step
+    def step(self, idx):
+        """One SGD step on the rows ``idx`` (all rows: full-batch GD).
+
+        Returns the batch loss before the update.  Raises :class:`DivergenceError`
+        without changing the state when the loss or the update is not finite.
+        """
+        idx = self._check_batch(idx)
+        Pb = self._tracked[0].values[idx]                 # g_t at the batch (a copy)
+        loss, chi = self._batch_loss(self.f(Pb), self.Y[idx])
+        V = self.jacobian_t_dot(Pb, chi)                  # J_t(p_i)^T chi_i
+        if not np.all(np.isfinite(V)):
+            raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
+        Xb = self.X[idx]
+        for tr in self._tracked:
+            tr.values -= self.lr_g * (self._theta(tr.X, Xb) @ V)
+        np.add.at(self.A, idx, V)
+        self.history.append(Pb, chi)
+        self.t += 1
+        return loss
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self):
+        """All state that changes during training, as a dict of arrays (for npz)."""
+        state = {"t": np.array(self.t), "A": self.A.copy(),
+                 "history_P": self.history.P.copy(), "history_C": self.history.C.copy()}
+        for k, tr in enumerate(self._tracked):
+            state[f"tracked_{k}"] = tr.values.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a state written by :meth:`state_dict` on a simulator built the same way."""
+        _check_state_keys(state, len(self._tracked), ("A", "history_P", "history_C"))
+        self.t = int(state["t"])
+        self.A = np.array(state["A"], dtype=np.float64)
+        self.history = History(self.d, self.dr, capacity=max(1024, state["history_P"].shape[0]))
+        self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
+        for k, tr in enumerate(self._tracked):
+            tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)
+
+    def _check_z(self, Z):
+        Z = as_points(Z, "Z")
+        if Z.shape[1] != self.d:
+            raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
+        return Z
+
+
+def _check_state_keys(state, n_tracked, keys):
+    need = {"t", *keys, *(f"tracked_{k}" for k in range(n_tracked))}
+    missing = need - set(state)
+    if missing:
+        raise ValueError(f"state: missing arrays {sorted(missing)}; was it written by this simulator?")
+
+
+class InfiniteSimulator(_SimulatorBase):
+    """NTK dynamics of the network without bottleneck (SPEC §5).
+
+        F_{t+1}(xi) = F_t(xi) - sum_i NTK_inf(xi, xi_i) chi_i
+
+    with ``NTK_inf`` weighted by ``lr_f`` and ``lr_g`` (:func:`kernels.ntk_inf`).
+
+    Parameters
+    ----------
+    X, Y, lr, lr_f, lr_g, X_eval, activation, depth_f, depth_g
+        As for :class:`BottleneckSimulator`.
+    init : {"auto", "cholesky", "network"}
+        How F0 ~ GP(0, Sigma_F) is drawn on the training and evaluation inputs:
+        exactly by Cholesky ("cholesky"), or as the output of one finite random
+        network of the composed architecture with hidden and bottleneck width
+        ``width`` ("network").  "auto" uses Cholesky up to ``cholesky_max`` points.
+        The choice is in :attr:`f0_method`.
+    seed : int
+        Seed of the draw of F0.
+    F0 : (N + q, dr) array, optional
+        Initial outputs on ``X`` followed by ``X_eval``; overrides ``init``.
+    """
+
+    def __init__(self, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, init="auto", seed=0,
+                 width=2048, F0=None, activation="relu", depth_f=None, depth_g=None, cholesky_max=4000):
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval)
+        self.activation = activation
+        self.depth_f = kernels.check_activation(activation, depth_f)
+        self.depth_g = kernels.check_activation(activation, depth_g)
+        self.dr = self.Y.shape[1]
+        Xs = [self.X] + ([self.X_eval] if self.X_eval is not None else [])
+        Xall = np.concatenate(Xs)
+        self.init_net = None
+        if F0 is not None:
+            F0 = np.array(F0, dtype=np.float64)
+            if F0.shape != (Xall.shape[0], self.dr):
+                raise ValueError(f"F0: expected shape {(Xall.shape[0], self.dr)}, got {F0.shape}")
+            self.f0_method = "given"
+        else:
+            if init not in ("auto", "cholesky", "network"):
+                raise ValueError(f"init: expected 'auto', 'cholesky' or 'network', got {init!r}")
+            if init == "auto":
+                init = "cholesky" if Xall.shape[0] <= cholesky_max else "network"
+            if init == "cholesky":
+                F0 = self._sample_cholesky(Xall, seed)
+                self.f0_method = "cholesky"
+            else:
+                self.init_net = RandomNetwork.sample(self.X.shape[1], width, self.dr, width=width,
+                                                     seed=seed, activation=activation)
+                F0 = self.init_net.f(self.init_net.g(Xall))
+                self.f0_method = f"network(width={width})"
+        self._tracked, start = [], 0
+        for Xi in Xs:
+            self._tracked.append(_Tracked(Xi, F0[start:start + Xi.shape[0]].copy()))
+            start += Xi.shape[0]
+        self.A = np.zeros((self.N, self.dr))
+
+    def _sample_cholesky(self, Xall, seed, jitter=1e-10):
+        """Draw F0 ~ GP(0, Sigma_F) on Xall exactly: Sigma_F is the NNGP of the composed network."""
+        sigma_g = kernels.nngp(Xall, Xall, self.activation)
+        if self.activation == "linear":
+            cov = sigma_g
+        else:
+            diag = np.diag(sigma_g).copy()
+            cov, _ = kernels._relu_from_covariance(diag, diag, sigma_g)
+        scale = max(1.0, float(np.max(np.diag(cov))))
+        L = np.linalg.cholesky(cov + jitter * scale * np.eye(cov.shape[0]))
+        rng = np.random.default_rng(seed)
+        return L @ rng.standard_normal((cov.shape[0], self.dr))
+
+    def _ntk(self, Xa, Xb):
+        return kernels.ntk_inf(Xa, Xb, self.activation, self.depth_f, self.depth_g, self.lr_f, self.lr_g)
+
+    def outputs(self, Xq):
+        """F_t(Xq), (q, d0) -> (q, dr).  Inputs other than X and X_eval need ``init="network"``."""
+        Xq = as_points(Xq, "Xq")
+        tr = self._find(Xq)
+        if tr is not None:
+            return tr.values.copy()
+        if self.init_net is None:
+            raise ValueError("Xq: F0 was drawn on X and X_eval only; pass these inputs as X_eval "
+                             "or use init='network'")
+        return self.init_net.f(self.init_net.g(Xq)) - self._ntk(Xq, self.X) @ self.A
+
+    def step(self, idx):
+        """One SGD step on the rows ``idx``; returns the batch loss before the update."""
+        idx = self._check_batch(idx)
+        loss, chi = self._batch_loss(self._tracked[0].values[idx], self.Y[idx])
+        Xb = self.X[idx]
+        for tr in self._tracked:
+            tr.values -= self._ntk(tr.X, Xb) @ chi
+        np.add.at(self.A, idx, chi)
+        self.t += 1
+        return loss
+
+    def state_dict(self):
+        state = {"t": np.array(self.t), "A": self.A.copy()}
+        for k, tr in enumerate(self._tracked):
+            state[f"tracked_{k}"] = tr.values.copy()
+        return state
+
+    def load_state_dict(self, state):
+        _check_state_keys(state, len(self._tracked), ("A",))
+        self.t = int(state["t"])
+        self.A = np.array(state["A"], dtype=np.float64)
+        for k, tr in enumerate(self._tracked):
+            tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)

@@ -1,0 +1,350 @@
+"""Closed-form kernels of the infinite layers (SPEC §2 and §5).
+
+Every function takes a batch of points ``X`` of shape (p, m) and ``Y`` of
+shape (q, m) and returns the kernel for every pair ``(X[i], Y[j])``.  The scale
+``m`` is the input dimension of the layer: ``m = d0`` for the embedding network
+g (the kernel is then Theta) and ``m = d`` for the head f (the kernel is K).
+
+Two activations are supported:
+
+``"relu"``
+    One hidden ReLU layer of infinite width between two weight matrices
+    (SPEC §1, paper eq 45).
+``"linear"``
+    A deep linear network with ``depth`` weight matrices (paper lemma 4.1).
+    ``depth=2`` is the architecture of SPEC §1 with the identity activation.
+
+``depth`` counts weight matrices (the paper's L_f, L_g).  The ReLU kernels are
+those of the two-matrix network of SPEC §1, so ``depth`` must be 2 there.
+
+Numerics (SPEC §2.1): the angle between two points is computed as
+``2 * atan2(|x^ - y^|, |x^ + y^|)``, which keeps full relative accuracy near 0
+and pi, and cos and sin are taken from it.  A zero vector has unit vector 0 and
+all kernels return their limits there (no NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+ACTIVATIONS = ("relu", "linear")
+
+#: Largest temporary, in float64 elements, that the pairwise helpers allocate.
+BLOCK_ELEMENTS = 1 << 21
+
+#: Below this sine, Xi's direction ``a`` is set to 0 (SPEC §2; golden files depend on it).
+XI_SIN_THRESHOLD = 1e-10
+
+TWO_PI = 2.0 * np.pi
+
+
+# --------------------------------------------------------------------------
+# input checking and pairwise geometry
+# --------------------------------------------------------------------------
+
+def check_activation(activation, depth):
+    """Validate ``activation`` and ``depth``; return the depth to use."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if depth is None:
+        return 2
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise ValueError(f"depth: expected a positive integer, got {depth!r}")
+    if activation == "relu" and depth != 2:
+        raise ValueError("depth: the ReLU kernels are those of one hidden layer (depth=2), "
+                         f"got depth={depth}")
+    return int(depth)
+
+
+def as_points(X, name="X"):
+    """Return ``X`` as a C-contiguous float64 array of shape (p, m)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d array of shape (points, dim), got shape {X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return np.ascontiguousarray(X)
+
+
+def _pair(X, Y):
+    X = as_points(X, "X")
+    Y = as_points(Y, "Y")
+    if X.shape[1] != Y.shape[1]:
+        raise ValueError(f"Y: expected {X.shape[1]} columns like X, got {Y.shape[1]}")
+    if X.shape[1] == 0:
+        raise ValueError("X: points must have at least one coordinate")
+    return X, Y
+
+
+def unit_rows(X):
+    """Norms (p,) and unit vectors (p, m) of the rows of ``X``; a zero row has unit vector 0."""
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+    safe = np.where(norms > 0.0, norms, 1.0)
+    return norms, X / safe[:, None]
+
+
+def row_blocks(p, q, m):
+    """Slices of range(p) such that a (rows, q, m) temporary stays below BLOCK_ELEMENTS."""
+    rows = max(1, BLOCK_ELEMENTS // max(1, q * m))
+    return [slice(i, min(p, i + rows)) for i in range(0, p, rows)]
+
+
+def pair_angles(X, Y):
+    """Pairwise angles between rows of ``X`` (p, m) and ``Y`` (q, m).
+
+    Returns
+    -------
+    nx : (p,) norms of X;  ny : (q,) norms of Y
+    theta : (p, q) angles in [0, pi], ``2 atan2(|x^ - y^|, |x^ + y^|)`` (SPEC §2.1)
+    lam : (p, q) cos(theta);  s : (p, q) sin(theta)
+    """
+    nx, Xh = unit_rows(X)
+    ny, Yh = unit_rows(Y)
+    p, m = X.shape
+    q = Y.shape[0]
+    theta = np.empty((p, q))
+    for rows in row_blocks(p, q, m):
+        minus = Xh[rows, None, :] - Yh[None, :, :]
+        plus = Xh[rows, None, :] + Yh[None, :, :]
+        theta[rows] = 2.0 * np.arctan2(np.sqrt(np.einsum("ijk,ijk->ij", minus, minus)),
+                                       np.sqrt(np.einsum("ijk,ijk->ij", plus, plus)))
+    return nx, ny, theta, np.cos(theta), np.sin(theta)
+
+
+# --------------------------------------------------------------------------
+# NNGP, its derivative kernel, NTK  (paper eq 45; SPEC §2)
+# --------------------------------------------------------------------------
+
+def _relu_parts(X, Y):
+    """Sigma, Sigmadot (p, q) for ReLU from the pairwise geometry."""
+    nx, ny, theta, lam, s = pair_angles(X, Y)
+    m = X.shape[1]
+    sigmadot_ = (np.pi - theta) / TWO_PI
+    sigma_ = np.outer(nx, ny) / m * (lam * (np.pi - theta) + s) / TWO_PI
+    return sigma_, sigmadot_
+
+
+def nngp(X, Y, activation="relu", depth=None):
+    """NNGP kernel Sigma(x, y) (paper eq 45; SPEC §2).
+
+    ReLU: ``Sigma = (|x||y|/m) (lam (pi - arccos lam) + sqrt(1 - lam^2)) / (2 pi)``.
+    Linear: ``Sigma = x.y / m`` for every depth.
+
+    Parameters
+    ----------
+    X : (p, m) array;  Y : (q, m) array
+    activation : {"relu", "linear"}
+    depth : int, optional, number of weight matrices (linear only; default 2)
+
+    Returns
+    -------
+    (p, q) array
+    """
+    check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    if activation == "linear":
+        return X @ Y.T / X.shape[1]
+    return _relu_parts(X, Y)[0]
+
+
+def sigmadot(X, Y, activation="relu", depth=None):
+    """Derivative kernel Sigmadot(x, y) = E[phi'(a) phi'(b)] (paper eq 32, 45).
+
+    ReLU: ``(pi - arccos lam) / (2 pi)``.  Linear: 1.
+
+    Returns
+    -------
+    (p, q) array
+    """
+    check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    if activation == "linear":
+        return np.ones((X.shape[0], Y.shape[0]))
+    return _relu_parts(X, Y)[1]
+
+
+def ntk(X, Y, activation="relu", depth=None):
+    """Neural tangent kernel: Theta (inputs in R^d0) or K (points in R^d).
+
+    ReLU (paper eq 45): ``NTK = (x.y/m) Sigmadot + Sigma``.
+    Linear (lemma 4.1): ``NTK = depth * x.y / m``.
+
+    Parameters
+    ----------
+    X : (p, m) array;  Y : (q, m) array
+    activation : {"relu", "linear"}
+    depth : int, optional (linear only; default 2)
+
+    Returns
+    -------
+    (p, q) array
+    """
+    L = check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    m = X.shape[1]
+    if activation == "linear":
+        return L * (X @ Y.T) / m
+    sigma_, sigmadot_ = _relu_parts(X, Y)
+    return (X @ Y.T) / m * sigmadot_ + sigma_
+
+
+# --------------------------------------------------------------------------
+# Xi = dK(x, y)/dx  (paper eq 46, stable form of SPEC §2)
+# --------------------------------------------------------------------------
+
+def xi_coefficients(X, Y, activation="relu", depth=None):
+    """Coefficients of Xi(x, y) = alpha * y + beta * x^ (SPEC §2, §4).
+
+    Xi is a combination of the two points, which is what lets the simulator
+    sum it over the history with two matrix products.  With
+    ``a = (y^ - lam x^) / s`` (the unit vector of y - (y.x^) x^) the stable form
+    of SPEC §2,
+
+        Xi = (2 Sigmadot y + (|y| / 2pi) (s x^ + lam a)) / m,
+
+    becomes
+
+        alpha = (2 Sigmadot + lam / (2 pi s)) / m
+        beta  = |y| (s - lam^2 / s) / (2 pi m),
+
+    and for ``s < XI_SIN_THRESHOLD`` the ``a`` term is dropped (a := 0):
+    ``alpha = 2 Sigmadot / m``, ``beta = |y| s / (2 pi m)``.
+    Linear: ``alpha = depth / m``, ``beta = 0``.
+
+    Returns
+    -------
+    alpha, beta : (p, q) arrays
+    """
+    L = check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    m = X.shape[1]
+    if activation == "linear":
+        return np.full((X.shape[0], Y.shape[0]), L / m), np.zeros((X.shape[0], Y.shape[0]))
+    nx, ny, theta, lam, s = pair_angles(X, Y)
+    sigmadot_ = (np.pi - theta) / TWO_PI
+    ridge = s < XI_SIN_THRESHOLD
+    inv_s = np.where(ridge, 0.0, 1.0 / np.where(ridge, 1.0, s))
+    alpha = (2.0 * sigmadot_ + lam * inv_s / TWO_PI) / m
+    beta = ny[None, :] * (s - lam * lam * inv_s) / (TWO_PI * m)
+    return alpha, beta
+
+
+def xi(X, Y, activation="relu", depth=None):
+    """Xi(x, y) = dK(x, y)/dx, the gradient of K in its first argument (paper eq 13, 46).
+
+    Uses the stable form of SPEC §2 (finite for parallel and anti-parallel
+    pairs: ``Xi(x, c x) = c x / m`` for c > 0 and 0 for c < 0).  Linear:
+    ``Xi(x, y) = depth * y / m``.
+
+    Parameters
+    ----------
+    X : (p, m) array;  Y : (q, m) array
+
+    Returns
+    -------
+    (p, q, m) array, ``out[i, j] = Xi(X[i], Y[j])``
+    """
+    X, Y = _pair(X, Y)
+    alpha, beta = xi_coefficients(X, Y, activation, depth)
+    _, Xh = unit_rows(X)
+    return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
+
+
+# --------------------------------------------------------------------------
+# Jacobian covariances (lemma 3.1)
+# --------------------------------------------------------------------------
+
+def _perp_unit(U, V):
+    """unit(v - (v.u) u) for unit rows U (p, m) against rows V (q, m) -> (p, q, m); 0 on the ridge."""
+    out = V[None, :, :] - np.einsum("qk,pk->pq", V, U)[:, :, None] * U[:, None, :]
+    n = np.sqrt(np.einsum("pqk,pqk->pq", out, out))
+    return out / np.where(n > 0, n, 1.0)[:, :, None]
+
+
+def sigma1(X, Y, activation="relu", depth=None):
+    """Cross-covariance E[f(x) J(y)] = Sigma_(1)(x, y) = dSigma(x, b)/db at b = y (paper eq 9-10).
+
+    ReLU: ``(Sigmadot x + (s / 2pi) |x| y^) / m``.  Linear: ``x / m``.
+
+    Returns
+    -------
+    (p, q, m) array
+    """
+    check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    m = X.shape[1]
+    if activation == "linear":
+        return np.broadcast_to(X[:, None, :] / m, (X.shape[0], Y.shape[0], m)).copy()
+    nx, ny, theta, lam, s = pair_angles(X, Y)
+    _, Yh = unit_rows(Y)
+    sigmadot_ = (np.pi - theta) / TWO_PI
+    return (sigmadot_[:, :, None] * X[:, None, :]
+            + (s * nx[:, None] / TWO_PI)[:, :, None] * Yh[None, :, :]) / m
+
+
+def sigma2(X, Y, activation="relu", depth=None):
+    """Jacobian covariance E[J^{ab}(x) J^{ac}(y)] = Sigma_(2)^{bc}(x, y) (paper eq 8, 11).
+
+    ReLU: ``(Sigmadot I + (s / 2pi)(x^ y^T + a b^T)) / m`` with
+    ``a = unit(y - (y.x^) x^)``, ``b = unit(x - (x.y^) y^)`` (SPEC §2).
+    Linear: ``I / m``.
+
+    Returns
+    -------
+    (p, q, m, m) array
+    """
+    check_activation(activation, depth)
+    X, Y = _pair(X, Y)
+    p, m = X.shape
+    q = Y.shape[0]
+    eye = np.eye(m)
+    if activation == "linear":
+        return np.broadcast_to(eye / m, (p, q, m, m)).copy()
+    nx, ny, theta, lam, s = pair_angles(X, Y)
+    _, Xh = unit_rows(X)
+    _, Yh = unit_rows(Y)
+    sigmadot_ = (np.pi - theta) / TWO_PI
+    a = _perp_unit(Xh, Y)                                  # (p, q, m)
+    b = np.transpose(_perp_unit(Yh, X), (1, 0, 2))         # (p, q, m)
+    outer = Xh[:, None, :, None] * Yh[None, :, None, :] + a[:, :, :, None] * b[:, :, None, :]
+    return (sigmadot_[:, :, None, None] * eye + (s / TWO_PI)[:, :, None, None] * outer) / m
+
+
+# --------------------------------------------------------------------------
+# No bottleneck (SPEC §5)
+# --------------------------------------------------------------------------
+
+def _relu_from_covariance(c11, c22, c12):
+    """ReLU NNGP and derivative kernel for pre-activations with covariance [[c11, c12], [c12, c22]]."""
+    D = np.sqrt(np.outer(c11, c22))
+    lam = np.clip(c12 / np.where(D > 0, D, 1.0), -1.0, 1.0)
+    theta = np.arccos(lam)
+    sigma_ = D * (lam * (np.pi - theta) + np.sqrt(1.0 - lam * lam)) / TWO_PI
+    return sigma_, (np.pi - theta) / TWO_PI
+
+
+def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
+    """NTK of the network without bottleneck, d -> infinity (SPEC §5).
+
+    ``NTK_inf = lr_f (Sigma_F + Sigmadot_F Sigma_g) + lr_g Sigmadot_F Theta_g``, where
+    Sigma_g, Theta_g are the NNGP and NTK of g (m = d0) and Sigma_F, Sigmadot_F
+    are the ReLU kernels of f evaluated with the input covariance Sigma_g.
+    With equal rates (the default) this is the kernel of the composed network;
+    ``lr_f``, ``lr_g`` weight the two parameter groups for unequal rates.
+    Linear: ``lr_f depth_f Sigma_g + lr_g Theta_g``.
+
+    Returns
+    -------
+    (p, q) array
+    """
+    Lf = check_activation(activation, depth_f)
+    check_activation(activation, depth_g)
+    X, Y = _pair(X, Y)
+    sigma_g = nngp(X, Y, activation)
+    theta_g = ntk(X, Y, activation, depth_g)
+    if activation == "linear":
+        return lr_f * Lf * sigma_g + lr_g * theta_g
+    c11 = np.einsum("ij,ij->i", X, X) / (2.0 * X.shape[1])   # Sigma_g(x, x) = |x|^2 / (2 d0)
+    c22 = np.einsum("ij,ij->i", Y, Y) / (2.0 * Y.shape[1])
+    sigma_F, sigmadot_F = _relu_from_covariance(c11, c22, sigma_g)
+    return lr_f * (sigma_F + sigmadot_F * sigma_g) + lr_g * sigmadot_F * theta_g
