@@ -1,0 +1,929 @@
+"""Data sets of the paper's experiments (SPEC §7): MNIST, CIFAR-10 (binary) and the synthetic regression task.
+
+Everything is returned as a :class:`Dataset` of float64 arrays ready for the simulators:
+``X_train`` (N, d0), ``Y_train`` (N, dr), ``X_test``, ``Y_test``.
+
+Where the files are
+-------------------
+:func:`resolve_data_dir` picks the data directory: the ``data_dir`` argument (``--data-dir``), else the
+environment variable ``BOTTLENECK_DATA``, else the user cache directory
+``$XDG_CACHE_HOME/bottleneck-dynamics`` (``~/.cache/bottleneck-dynamics`` when XDG_CACHE_HOME is unset).
+Inside it the files keep their official names and may sit directly in the directory or in the subfolders
+``mnist/`` and ``cifar-10-batches-bin/`` (the layout written by :func:`download`)::
+
+    DIR/mnist/train-images-idx3-ubyte.gz     (or uncompressed train-images-idx3-ubyte; also DIR/ itself)
+    DIR/mnist/train-labels-idx1-ubyte.gz
+    DIR/mnist/t10k-images-idx3-ubyte.gz
+    DIR/mnist/t10k-labels-idx1-ubyte.gz
+    DIR/cifar-10-batches-bin/data_batch_1.bin ... data_batch_5.bin, test_batch.bin   (3073-byte records)
+    DIR/cifar-10-batches-bin/batches.meta.txt (optional: class names, one per line)
+
+Formats
+-------
+MNIST: idx files (gzipped or not; recognised by content, not by name). Images: magic 0x00000803,
+dimensions (N, 28, 28), uint8. Labels: magic 0x00000801, dimension (N,), uint8 values 0..9.
+CIFAR-10 binary version: records of 3073 bytes, one label byte (0..9) then the 1024-byte R, G and B planes,
+each 32x32 row-major.
+
+Subsets (``train_size``, ``test_size``)
+---------------------------------------
+With a size of None every row of the split is used, in file order. With a size k the rows are a seeded,
+class-stratified choice: each class c gets a quota q_c proportional to its frequency in the split
+(floor of k n_c / n, the remaining rows going to the largest fractional parts, ties to the lower class),
+and takes the first q_c rows of a seeded permutation of that class's rows (``numpy.random.default_rng``
+seeded with ``[seed, 0]`` for train and ``[seed, 1]`` for test, classes in order). The chosen rows are
+returned in file order, and :attr:`Dataset.index_train` / :attr:`Dataset.index_test` hold their positions
+in the original split (for CIFAR-10: positions among all 50,000 / 10,000 records, before the class filter).
+The same seed always gives the same rows.
+
+Preprocessing (identical for train and test)
+--------------------------------------------
+1. Pixels (uint8) are divided by 255 and flattened: MNIST row-major to d0 = 784; CIFAR-10 in the file's
+   order (R plane, G plane, B plane, each row-major) to d0 = 3072.
+2. Centring: the mean training image (mean over the training rows actually used, i.e. after the subset)
+   is subtracted from every train and test image.
+3. Scaling: all train and test inputs are divided by one scalar
+   ``s = sqrt(mean over training rows of |x|^2 / d0)``, the root-mean-square of the centred training
+   coordinates. After this the training inputs satisfy ``mean_i |x_i|^2 / d0 = 1`` exactly, the scale of
+   the synthetic N(0, I) inputs, so the kernels' |x|^2/d0 normalisation (SPEC §2) sees O(1) values.
+
+The statistics (mean image, ``s``) come from the training rows only and the identical affine map is
+applied to the test rows; ``meta["preprocessing"]`` records the scheme and ``s``. Test inputs are not
+rescaled to norm 1 on their own.
+
+Targets: plain one-hot vectors (0/1, not centred), as in the paper (MSE on one-hot targets): 10 columns
+for MNIST, one column per chosen class for CIFAR-10 in the order the classes were given (default
+deer, dog: column 0 = deer = CIFAR label 4, column 1 = dog = CIFAR label 5).
+
+The synthetic regression data set is made by :func:`refimpl.synthetic.make_synthetic`; ``load_dataset``
+only forwards to it.
+
+Errors
+------
+Bad files raise :class:`DataError` (a ``ValueError``) whose one-line message names the file and the
+problem: missing file, wrong magic number, truncated file, trailing bytes, wrong record size, label out of
+range, inconsistent counts, checksum mismatch. Bad arguments raise ``ValueError`` naming the argument.
+
+Download
+--------
+:func:`download` fetches the official files for users with internet (the loaders never download by
+themselves). Every file is streamed to a temporary file in the target directory, its sha256 is checked
+against :data:`SHA256`, and only then is it moved into place with ``os.replace``. For CIFAR-10 the
+official tarball is checked as a whole, then the seven needed members are extracted one by one (by exact
+name only: nothing else in the archive is ever written) and each is checked against its own sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file is missing, malformed or fails its checksum; the message names the file and the problem."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Official file names, checksums, mirrors
+# ----------------------------------------------------------------------------------------------------
+
+MNIST_SUBDIR = "mnist"
+#: idx file stems (without .gz) of MNIST: (images, labels) per split.
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+MNIST_CLASSES = [str(k) for k in range(10)]
+MNIST_IMAGE_MAGIC = 0x00000803
+MNIST_LABEL_MAGIC = 0x00000801
+
+CIFAR_SUBDIR = "cifar-10-batches-bin"
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{k}.bin" for k in range(1, 6))
+CIFAR_TEST_FILE = "test_batch.bin"
+CIFAR_META_FILE = "batches.meta.txt"
+CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+CIFAR_DEFAULT_CLASSES = ("deer", "dog")
+
+#: sha256 of the official files (from shared/datasets/README.md; the CIFAR-10 tarball's digest is the one
+#: published for https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, 170,052,171 bytes).
+SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    "data_batch_1.bin": "cee916563c9f80d84e3cc88e17fdc0941787f1244f00a67874d45b261883ada5",
+    "data_batch_2.bin": "a591ca11fa1708a91ee40f54b3da4784ccd871ecf2137de63f51ada8b3fa57ed",
+    "data_batch_3.bin": "bbe8596564c0f86427f876058170b84dac6670ddf06d79402899d93ceea26f67",
+    "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
+    "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
+    "test_batch.bin": "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+    "batches.meta.txt": "558e74b5e208382e186da55784b4bac2cd52e558448e1b5800990fdb28ed8033",
+    CIFAR_ARCHIVE: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+}
+
+#: Public MNIST mirrors serving the original gz files, tried in order (yann.lecun.com no longer serves them
+#: reliably).
+MNIST_MIRRORS = (
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+)
+#: The CIFAR-10 authors' site, which serves cifar-10-binary.tar.gz.
+CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+
+#: Refuse to store more than this many bytes from one URL (the largest official file is 170 MB).
+MAX_DOWNLOAD_BYTES = 1 << 30
+_CHUNK = 1 << 20
+
+DATASETS = ("synthetic", "mnist", "cifar")
+_ALIASES = {"cifar10": "cifar", "cifar-10": "cifar"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data directory
+# ----------------------------------------------------------------------------------------------------
+
+def default_cache_dir():
+    """``$XDG_CACHE_HOME/bottleneck-dynamics``, or ``~/.cache/bottleneck-dynamics`` (XDG base-dir spec)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "bottleneck-dynamics"
+
+
+def resolve_data_dir(data_dir=None):
+    """The data directory: ``data_dir`` if given, else ``$BOTTLENECK_DATA``, else :func:`default_cache_dir`.
+
+    Parameters
+    ----------
+    data_dir : str or Path or None
+
+    Returns
+    -------
+    Path (``~`` expanded; not created, not required to exist)
+    """
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get("BOTTLENECK_DATA", "")
+    if env:
+        return Path(env).expanduser()
+    return default_cache_dir()
+
+
+def _find_file(root, subdir, names, what):
+    """First existing file among ``root/subdir/name`` then ``root/name`` for each name in ``names``."""
+    root = Path(root)
+    for folder in (root / subdir, root):
+        for name in names:
+            path = folder / name
+            if path.is_file():
+                return path
+    tried = " or ".join(names)
+    raise DataError(
+        f"{what}: file {tried} not found in {root / subdir} or {root}; get the data with "
+        f"'python cli.py download {'mnist' if subdir == MNIST_SUBDIR else 'cifar'} --data-dir {root}' "
+        f"or point --data-dir / BOTTLENECK_DATA at a folder that has it")
+
+
+# ----------------------------------------------------------------------------------------------------
+# idx files (MNIST)
+# ----------------------------------------------------------------------------------------------------
+
+#: idx type codes (third magic byte) -> big-endian NumPy dtype.
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_bytes(path):
+    """Whole file content; gzip data (magic 1f 8b) is decompressed. Errors become DataError."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except EOFError:
+            raise DataError(f"{path}: truncated file: the gzip stream ends early") from None
+        except (OSError, zlib.error) as exc:
+            raise DataError(f"{path}: corrupt gzip data ({exc})") from None
+    return raw
+
+
+def _read_idx(path):
+    """Parse an idx file; returns (array, magic number)."""
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DataError(f"{path}: truncated file: {len(data)} bytes, shorter than the 4-byte idx magic number")
+    magic = int.from_bytes(data[:4], "big")
+    code, ndim = data[2], data[3]
+    if data[0] != 0 or data[1] != 0 or code not in IDX_DTYPES or ndim == 0:
+        raise DataError(
+            f"{path}: wrong magic number 0x{magic:08x}: an idx file starts with two zero bytes, a type code "
+            f"(0x08 uint8 ... 0x0e float64) and the number of dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated file: {len(data)} bytes, shorter than the {header}-byte idx header "
+                        f"for {ndim} dimensions")
+    shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(IDX_DTYPES[code])
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    have = len(data) - header
+    if have < need:
+        raise DataError(f"{path}: truncated file: shape {shape} needs {need} data bytes after the header, "
+                        f"found {have}")
+    if have > need:
+        raise DataError(f"{path}: {have - need} unexpected bytes after the data of shape {shape} "
+                        f"(wrong header or not an idx file)")
+    arr = np.frombuffer(data, dtype=dtype, count=need // dtype.itemsize, offset=header).reshape(shape)
+    return arr.astype(dtype.newbyteorder("="), copy=True), magic
+
+
+def read_idx(path):
+    """Read an idx file (gzipped or not) into a NumPy array.
+
+    Parameters
+    ----------
+    path : str or Path
+        An idx file: magic ``00 00 TT NN`` (TT the type code, NN the number of dimensions), NN big-endian
+        uint32 dimensions, then the data in C order, big-endian.
+
+    Returns
+    -------
+    ndarray of the stored shape, native byte order, writable.
+
+    Raises
+    ------
+    DataError
+        Wrong magic number, truncated header or data, trailing bytes, corrupt gzip, unreadable file.
+    """
+    return _read_idx(path)[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Raw splits (uint8 images, integer labels)
+# ----------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RawData:
+    """Undecoded data of one classification data set, before subsetting and preprocessing.
+
+    Attributes
+    ----------
+    name : str
+    images_train : (N, ...) uint8 array; (N, 28, 28) for MNIST, (N, 3, 32, 32) for CIFAR-10 (planes R, G, B)
+    labels_train : (N,) int64, class positions 0..k-1 in ``classes``
+    images_test, labels_test : the same for the test split
+    classes : list of str, the class names, in column order
+    class_ids : list of int, the labels the classes carry in the files
+    index_train, index_test : (N,) int64, positions of the rows in the original split
+    files : list of Path, the files read
+    """
+
+    name: str
+    images_train: np.ndarray
+    labels_train: np.ndarray
+    images_test: np.ndarray
+    labels_test: np.ndarray
+    classes: list
+    class_ids: list
+    index_train: np.ndarray
+    index_test: np.ndarray
+    files: list
+
+
+def _parse_classes(classes, names, argument="classes"):
+    """Class selection -> list of label ids. Accepts names (any case), ids, digit strings, "a,b" or "all"."""
+    if isinstance(classes, str):
+        if classes.strip().lower() == "all":
+            return list(range(len(names)))
+        classes = [c for c in classes.split(",") if c.strip()]
+    try:
+        items = list(classes)
+    except TypeError:
+        raise ValueError(f"{argument}: expected class names or label ids, got {classes!r}") from None
+    lower = [n.lower() for n in names]
+    ids = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)):
+            raise ValueError(f"{argument}: expected class names or label ids, got {item!r}")
+        if isinstance(item, (int, np.integer)) or (isinstance(item, str) and item.strip().isdigit()):
+            k = int(item)
+            if not 0 <= k < len(names):
+                raise ValueError(f"{argument}: label id {k} out of range 0..{len(names) - 1}")
+        elif isinstance(item, str) and item.strip().lower() in lower:
+            k = lower.index(item.strip().lower())
+        else:
+            raise ValueError(f"{argument}: unknown class {item!r}; expected one of {names} or ids "
+                             f"0..{len(names) - 1}")
+        if k in ids:
+            raise ValueError(f"{argument}: class {names[k]!r} given twice")
+        ids.append(k)
+    if not ids:
+        raise ValueError(f"{argument}: expected at least one class")
+    return ids
+
+
+def _check_labels(path, labels, n_classes, where="index"):
+    bad = np.flatnonzero(labels >= n_classes)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(f"{path}: label out of range: value {int(labels[i])} at {where} {i} "
+                        f"({bad.size} bad in all); labels must be 0..{n_classes - 1}")
+
+
+def _select(raw, class_ids, names):
+    """Keep the rows of the given label ids; relabel them 0..k-1 in the given order."""
+    lut = np.full(len(names), -1, dtype=np.int64)
+    lut[class_ids] = np.arange(len(class_ids))
+    out = {}
+    for split in ("train", "test"):
+        labels = lut[getattr(raw, "labels_" + split)]
+        keep = np.flatnonzero(labels >= 0)
+        out["images_" + split] = getattr(raw, "images_" + split)[keep]
+        out["labels_" + split] = labels[keep]
+        out["index_" + split] = getattr(raw, "index_" + split)[keep]
+    return RawData(name=raw.name, classes=[names[k] for k in class_ids], class_ids=list(class_ids),
+                   files=raw.files, **out)
+
+
+def load_mnist(data_dir=None, classes=None):
+    """Read the four MNIST idx files (gzipped or not) from ``data_dir`` or ``data_dir/mnist``.
+
+    Parameters
+    ----------
+    data_dir : str or Path or None, see :func:`resolve_data_dir`
+    classes : None (all ten digits) or a selection of digits, see :func:`load_cifar10`
+
+    Returns
+    -------
+    RawData with images (N, 28, 28) uint8: 60,000 train and 10,000 test for the official files.
+
+    Raises
+    ------
+    DataError
+        Missing file, wrong magic number, truncated file, image size not 28x28, label out of range,
+        different counts in the image and label files.
+    """
+    root = resolve_data_dir(data_dir)
+    splits, files = {}, []
+    for split, (img_stem, lab_stem) in MNIST_FILES.items():
+        img_path = _find_file(root, MNIST_SUBDIR, (img_stem, img_stem + ".gz"), "MNIST")
+        lab_path = _find_file(root, MNIST_SUBDIR, (lab_stem, lab_stem + ".gz"), "MNIST")
+        images, magic = _read_idx(img_path)
+        if magic != MNIST_IMAGE_MAGIC:
+            raise DataError(f"{img_path}: wrong magic number 0x{magic:08x}, expected 0x{MNIST_IMAGE_MAGIC:08x} "
+                            f"(idx3 uint8 images)")
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{img_path}: images of size {images.shape[1]}x{images.shape[2]}, expected 28x28")
+        labels, magic = _read_idx(lab_path)
+        if magic != MNIST_LABEL_MAGIC:
+            raise DataError(f"{lab_path}: wrong magic number 0x{magic:08x}, expected 0x{MNIST_LABEL_MAGIC:08x} "
+                            f"(idx1 uint8 labels)")
+        _check_labels(lab_path, labels, 10)
+        if labels.shape[0] != images.shape[0]:
+            raise DataError(f"{lab_path}: {labels.shape[0]} labels but {img_path.name} holds "
+                            f"{images.shape[0]} images")
+        splits[split] = (images, labels.astype(np.int64))
+        files += [img_path, lab_path]
+    raw = RawData(name="mnist", images_train=splits["train"][0], labels_train=splits["train"][1],
+                  images_test=splits["test"][0], labels_test=splits["test"][1], classes=list(MNIST_CLASSES),
+                  class_ids=list(range(10)), index_train=np.arange(len(splits["train"][1])),
+                  index_test=np.arange(len(splits["test"][1])), files=files)
+    if classes is None:
+        return raw
+    return _select(raw, _parse_classes(classes, MNIST_CLASSES), MNIST_CLASSES)
+
+
+def _read_cifar_batch(path):
+    """Records of one CIFAR-10 binary file -> (images (n, 3, 32, 32) uint8, labels (n,) int64)."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if data.size == 0 or data.size % CIFAR_RECORD_BYTES:
+        raise DataError(
+            f"{path}: wrong record size: {data.size} bytes is not a whole number of {CIFAR_RECORD_BYTES}-byte "
+            f"records (1 label byte + 3072 pixel bytes); the file is truncated or not the CIFAR-10 binary "
+            f"version (official files: 30,730,000 bytes = 10,000 records)")
+    records = data.reshape(-1, CIFAR_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    _check_labels(path, labels, 10, where="record")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar_names(root):
+    """Class names from batches.meta.txt when present, else the built-in list."""
+    for folder in (Path(root) / CIFAR_SUBDIR, Path(root)):
+        path = folder / CIFAR_META_FILE
+        if path.is_file():
+            try:
+                text = path.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise DataError(f"{path}: cannot read class names ({exc})") from None
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+            if len(names) != 10:
+                raise DataError(f"{path}: expected 10 class names, one per line, found {len(names)}")
+            return names, path
+    return list(CIFAR_CLASSES), None
+
+
+def load_cifar10(data_dir=None, classes=CIFAR_DEFAULT_CLASSES):
+    """Read the CIFAR-10 binary version from ``data_dir/cifar-10-batches-bin`` or ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or Path or None, see :func:`resolve_data_dir`
+    classes : sequence of class names (case-insensitive) or label ids 0..9, a comma-separated string, or
+        "all". Default ("deer", "dog"), the paper's dog-vs-deer task. Column/label k of the result is the
+        k-th class given.
+
+    Returns
+    -------
+    RawData with images (N, 3, 32, 32) uint8 (R, G, B planes as in the file), labels 0..k-1; for the
+    default classes 10,000 train and 2,000 test images.
+
+    Raises
+    ------
+    DataError
+        Missing file, size not a whole number of 3073-byte records, label byte out of range, bad
+        batches.meta.txt.
+    """
+    root = resolve_data_dir(data_dir)
+    names, meta_path = _read_cifar_names(root)
+    class_ids = _parse_classes(CIFAR_DEFAULT_CLASSES if classes is None else classes, names)
+    paths = {f: _find_file(root, CIFAR_SUBDIR, (f,), "CIFAR-10") for f in CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE,)}
+    lut = np.full(10, -1, dtype=np.int64)
+    lut[class_ids] = np.arange(len(class_ids))
+    out = {}
+    for split, fnames in (("train", CIFAR_TRAIN_FILES), ("test", (CIFAR_TEST_FILE,))):
+        images, labels, index, offset = [], [], [], 0
+        for fname in fnames:
+            img, lab = _read_cifar_batch(paths[fname])
+            mapped = lut[lab]
+            keep = np.flatnonzero(mapped >= 0)
+            images.append(img[keep])          # copies only the selected records
+            labels.append(mapped[keep])
+            index.append(keep + offset)
+            offset += lab.size
+        out["images_" + split] = np.concatenate(images)
+        out["labels_" + split] = np.concatenate(labels)
+        out["index_" + split] = np.concatenate(index)
+    files = list(paths.values()) + ([meta_path] if meta_path else [])
+    return RawData(name="cifar", classes=[names[k] for k in class_ids], class_ids=class_ids, files=files, **out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subsets, preprocessing, Dataset
+# ----------------------------------------------------------------------------------------------------
+
+def _check_size(argument, size, available):
+    if size is None:
+        return None
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"{argument}: expected a positive integer or None, got {size!r}")
+    if size < 1:
+        raise ValueError(f"{argument}: expected a positive integer, got {size}")
+    if size > available:
+        raise ValueError(f"{argument}: asked for {size} rows but only {available} are available")
+    return int(size)
+
+
+def stratified_subset(labels, size, rng):
+    """Rows of a class-stratified subset of ``size`` rows, in increasing order (see the module docstring).
+
+    Parameters
+    ----------
+    labels : (n,) int array, classes 0..k-1
+    size : int, 1 <= size <= n
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (size,) int64 array of sorted row positions
+    """
+    labels = np.asarray(labels)
+    n = labels.size
+    counts = np.bincount(labels)
+    exact = size * counts / n
+    quota = np.floor(exact).astype(np.int64)
+    short = size - int(quota.sum())
+    if short:
+        # largest fractional parts first; the stable sort breaks ties towards the lower class
+        order = np.argsort(-(exact - quota), kind="stable")
+        quota[order[:short]] += 1
+    chosen = []
+    for c, q in enumerate(quota):
+        rows = np.flatnonzero(labels == c)
+        perm = rng.permutation(rows.size)
+        chosen.append(rows[perm[:q]])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def preprocess(images_train, images_test):
+    """The documented input map: /255, flatten, subtract the mean training image, divide by one RMS scale.
+
+    Parameters
+    ----------
+    images_train : (N, ...) uint8, N >= 2
+    images_test : (M, ...) uint8 with the same trailing shape
+
+    Returns
+    -------
+    X_train : (N, d0) float64, centred, with mean_i |x_i|^2 / d0 = 1
+    X_test : (M, d0) float64, the same affine map
+    info : dict (JSON-serialisable) describing the map, with the scale ``s`` applied after centring
+    """
+    n = images_train.shape[0]
+    X_train = images_train.reshape(n, -1).astype(np.float64)
+    X_test = images_test.reshape(images_test.shape[0], -1).astype(np.float64)
+    X_train /= 255.0
+    X_test /= 255.0
+    mean = X_train.mean(axis=0)
+    X_train -= mean
+    X_test -= mean
+    scale = float(np.sqrt(np.mean(X_train ** 2)))
+    if not scale > 0:
+        raise ValueError(f"train_size: the {n} training image(s) are all identical, so the inputs cannot be "
+                         f"centred and scaled; use at least 2 different images")
+    X_train /= scale
+    X_test /= scale
+    info = {
+        "scheme": "pixels/255, flattened (file order), minus mean training image, divided by one scalar s "
+                  "so that mean over training rows of |x|^2/d0 = 1; identical map on test",
+        "flatten_order": "row-major (28x28)" if images_train.shape[1:] == (28, 28)
+        else "channel planes R,G,B, each row-major 32x32",
+        "pixel_divisor": 255.0,
+        "centre": "mean training image",
+        "scale_s": scale,
+        "mean_image_norm": float(np.linalg.norm(mean)),
+        "statistics_from": f"the {n} training rows used",
+        "targets": "one-hot, not centred",
+    }
+    return X_train, X_test, info
+
+
+def one_hot(labels, k):
+    """(n,) int labels 0..k-1 -> (n, k) float64 one-hot rows."""
+    Y = np.zeros((labels.size, k), dtype=np.float64)
+    Y[np.arange(labels.size), labels] = 1.0
+    return Y
+
+
+@dataclasses.dataclass
+class Dataset:
+    """A train/test data set for the simulators.
+
+    Attributes
+    ----------
+    name : str, "mnist", "cifar" or "synthetic"
+    X_train : (N, d0) float64 inputs
+    Y_train : (N, dr) float64 targets (one-hot for classification)
+    X_test : (M, d0) float64
+    Y_test : (M, dr) float64
+    labels_train, labels_test : (N,), (M,) int64 class positions (columns of Y), or None for regression
+    classes : list of str (the class of each column of Y), or None for regression
+    meta : dict, JSON-serialisable: sizes, preprocessing, source files, subset seed and digests
+    index_train, index_test : (N,), (M,) int64 positions of the rows in the original split, or None
+    """
+
+    name: str
+    X_train: np.ndarray
+    Y_train: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+    labels_train: np.ndarray | None = None
+    labels_test: np.ndarray | None = None
+    classes: list | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+    index_train: np.ndarray | None = None
+    index_test: np.ndarray | None = None
+
+    @property
+    def n_train(self):
+        return self.X_train.shape[0]
+
+    @property
+    def n_test(self):
+        return self.X_test.shape[0]
+
+    @property
+    def d0(self):
+        return self.X_train.shape[1]
+
+    @property
+    def dr(self):
+        return self.Y_train.shape[1]
+
+
+def _digest(index):
+    return hashlib.sha256(np.ascontiguousarray(index, dtype="<i8").tobytes()).hexdigest()
+
+
+def _classification_dataset(raw, train_size, test_size, seed):
+    n_train_all, n_test_all = raw.labels_train.size, raw.labels_test.size
+    train_size = _check_size("train_size", train_size, n_train_all)
+    test_size = _check_size("test_size", test_size, n_test_all)
+    rows = {}
+    for split, size, stream, labels in (("train", train_size, 0, raw.labels_train),
+                                        ("test", test_size, 1, raw.labels_test)):
+        if size is None:
+            rows[split] = np.arange(labels.size)
+        else:
+            rows[split] = stratified_subset(labels, size, np.random.default_rng([seed, stream]))
+    img_tr, img_te = raw.images_train[rows["train"]], raw.images_test[rows["test"]]
+    lab_tr, lab_te = raw.labels_train[rows["train"]], raw.labels_test[rows["test"]]
+    idx_tr, idx_te = raw.index_train[rows["train"]], raw.index_test[rows["test"]]
+    X_train, X_test, info = preprocess(img_tr, img_te)
+    k = len(raw.classes)
+    meta = {
+        "dataset": raw.name,
+        "n_train": int(lab_tr.size), "n_test": int(lab_te.size),
+        "n_train_available": int(n_train_all), "n_test_available": int(n_test_all),
+        "d0": int(X_train.shape[1]), "dr": k,
+        "classes": list(raw.classes), "class_ids_in_files": [int(c) for c in raw.class_ids],
+        "class_counts_train": np.bincount(lab_tr, minlength=k).tolist(),
+        "class_counts_test": np.bincount(lab_te, minlength=k).tolist(),
+        "subset": {
+            "method": "all rows, file order" if train_size is None and test_size is None else
+            "class-stratified: per class the first quota rows of a permutation from "
+            "numpy.random.default_rng([seed, 0 train / 1 test]); file order",
+            "seed": int(seed), "train_size": train_size, "test_size": test_size,
+            "train_index_sha256": _digest(idx_tr), "test_index_sha256": _digest(idx_te),
+        },
+        "preprocessing": info,
+        "source_files": [str(p) for p in raw.files],
+    }
+    return Dataset(name=raw.name, X_train=X_train, Y_train=one_hot(lab_tr, k), X_test=X_test,
+                   Y_test=one_hot(lab_te, k), labels_train=lab_tr, labels_test=lab_te,
+                   classes=list(raw.classes), meta=meta, index_train=idx_tr, index_test=idx_te)
+
+
+def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, classes=None,
+                 **synthetic_options):
+    """Load a data set of SPEC §7 as float64 arrays (see the module docstring for files and preprocessing).
+
+    Parameters
+    ----------
+    name : {"synthetic", "mnist", "cifar"} ("cifar10" and "cifar-10" are accepted for "cifar")
+    data_dir : str or Path or None, see :func:`resolve_data_dir` (unused for "synthetic")
+    train_size, test_size : int or None
+        Number of rows to keep (seeded class-stratified subset); None keeps the whole split. For
+        "synthetic" they are the numbers of points drawn (None: make_synthetic's defaults, 2000 each).
+    seed : int >= 0, subset seed (for "synthetic": the seed of every random draw)
+    classes : class selection for "mnist" / "cifar" (see :func:`load_cifar10`); default all digits for
+        MNIST and ("deer", "dog") for CIFAR-10
+    **synthetic_options : forwarded to :func:`refimpl.synthetic.make_synthetic`
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DataError for bad or missing files, ValueError for bad arguments.
+    """
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"name: unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    if key == "synthetic":
+        if classes is not None:
+            raise ValueError("classes: not used by the synthetic regression data set")
+        from .synthetic import make_synthetic  # lazy: only the synthetic task needs it
+        sizes = {k: v for k, v in (("n_train", train_size), ("n_test", test_size)) if v is not None}
+        X_train, Y_train, X_test, Y_test, meta = make_synthetic(seed=seed, **sizes, **synthetic_options)
+        meta = {"dataset": "synthetic", **meta,
+                "preprocessing": {"scheme": "none here: inputs N(0, I), targets standardised by make_synthetic"}}
+        return Dataset(name="synthetic", X_train=X_train, Y_train=Y_train, X_test=X_test, Y_test=Y_test,
+                       meta=meta)
+    if synthetic_options:
+        raise ValueError(f"unexpected options for {key}: {', '.join(sorted(synthetic_options))} "
+                         f"(they apply to the synthetic data set only)")
+    raw = load_mnist(data_dir, classes=classes) if key == "mnist" else load_cifar10(data_dir, classes=classes)
+    ds = _classification_dataset(raw, train_size, test_size, int(seed))
+    ds.meta["data_dir"] = str(resolve_data_dir(data_dir))
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------------
+# Download
+# ----------------------------------------------------------------------------------------------------
+
+def sha256_file(path):
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _expected(checksums, name):
+    digest = checksums.get(name)
+    if not digest:
+        raise DataError(f"{name}: no known sha256 in the checksum table, refusing to use it unchecked")
+    return digest.lower()
+
+
+def _temp_in(folder, name):
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    return os.fdopen(fd, "wb"), Path(tmp)
+
+
+class _Rejected(Exception):
+    """A download or archive member failed its check; the message leaves out the file name."""
+
+
+def _store_stream(stream, dest, expected, source, say):
+    """Copy ``stream`` to a temp file beside ``dest``, check its sha256, then ``os.replace`` it into place.
+
+    Raises ``_Rejected`` on a checksum mismatch or an oversized stream; the temp file is always removed.
+    """
+    fh, tmp = _temp_in(dest.parent, dest.name)
+    try:
+        h, n = hashlib.sha256(), 0
+        with fh:
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                n += len(chunk)
+                if n > MAX_DOWNLOAD_BYTES:
+                    raise _Rejected(f"{source} sent more than {MAX_DOWNLOAD_BYTES} bytes; the file was not saved")
+                h.update(chunk)
+                fh.write(chunk)
+                if say and n % (32 * _CHUNK) == 0:
+                    say(f"  {dest.name}: {n >> 20} MiB")
+            fh.flush()
+            os.fsync(fh.fileno())
+        actual = h.hexdigest()
+        if actual != expected:
+            raise _Rejected(f"checksum mismatch for {source}: expected sha256 {expected}, got {actual} "
+                            f"({n} bytes); the file was not saved")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _fetch(urls, dest, expected, timeout, say, name):
+    """Download the first URL that works into ``dest`` (sha256-checked, atomic).
+
+    Raises DataError "<name>: <what went wrong for each URL>" when no URL gave the right file.
+    """
+    errors = []
+    for url in urls:
+        if say:
+            say(f"downloading {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return _store_stream(resp, dest, expected, url, say)
+        except urllib.error.HTTPError as exc:
+            errors.append(f"download of {url} failed: HTTP {exc.code} {exc.reason}")
+        except urllib.error.URLError as exc:
+            errors.append(f"download of {url} failed: {exc.reason}")
+        except _Rejected as exc:
+            errors.append(str(exc))
+        except (OSError, ValueError) as exc:   # timeouts, connection resets, malformed URLs, disk full
+            errors.append(f"download of {url} failed: {exc}")
+    raise DataError(f"{name}: " + "; ".join(errors))
+
+
+def _is_ok(path, expected):
+    return path.is_file() and sha256_file(path) == expected
+
+
+def _join(base, name):
+    return base.rstrip("/") + "/" + name
+
+
+def download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0, progress=None):
+    """Fetch the official files of a data set into the data directory, checking every sha256.
+
+    Parameters
+    ----------
+    dataset : {"mnist", "cifar"}
+    data_dir : str or Path or None, see :func:`resolve_data_dir`; created if missing. MNIST goes to
+        ``DIR/mnist/``, CIFAR-10 to ``DIR/cifar-10-batches-bin/``.
+    base_url : str or None
+        A URL prefix serving the official file names (``<base_url>/train-images-idx3-ubyte.gz``, ...,
+        ``<base_url>/cifar-10-binary.tar.gz``); default :data:`MNIST_MIRRORS` / :data:`CIFAR_MIRRORS`,
+        tried in order.
+    checksums : mapping file name -> sha256 hex, or None for :data:`SHA256`. Every file must have an entry.
+    timeout : float, seconds per network operation
+    progress : callable(str) or None, receives one-line progress messages
+
+    Returns
+    -------
+    list of Path, the data files now present (already valid files are kept and not fetched again)
+
+    Raises
+    ------
+    DataError
+        Download failed (HTTP error, unreachable host), checksum mismatch (naming the file and both digests),
+        unsafe or incomplete archive. Nothing unchecked is ever left in place.
+    """
+    key = _ALIASES.get(str(dataset).strip().lower(), str(dataset).strip().lower())
+    if key not in ("mnist", "cifar"):
+        raise ValueError(f"dataset: expected 'mnist' or 'cifar', got {dataset!r}")
+    checksums = SHA256 if checksums is None else dict(checksums)
+    root = resolve_data_dir(data_dir)
+    bases = (base_url,) if base_url else (MNIST_MIRRORS if key == "mnist" else CIFAR_MIRRORS)
+    say = progress
+    if key == "mnist":
+        folder = root / MNIST_SUBDIR
+        folder.mkdir(parents=True, exist_ok=True)
+        done = []
+        for split in ("train", "test"):
+            for stem in MNIST_FILES[split]:
+                name = stem + ".gz"
+                dest, expected = folder / name, _expected(checksums, name)
+                if _is_ok(dest, expected):
+                    if say:
+                        say(f"ok (sha256 verified, already present): {dest}")
+                else:
+                    _fetch([_join(b, name) for b in bases], dest, expected, timeout, say, name)
+                    if say:
+                        say(f"ok (sha256 verified): {dest}")
+                done.append(dest)
+        return done
+
+    folder = root / CIFAR_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE, CIFAR_META_FILE)
+    expected = {name: _expected(checksums, name) for name in wanted}
+    archive_digest = _expected(checksums, CIFAR_ARCHIVE)
+    dests = [folder / name for name in wanted]
+    if all(_is_ok(folder / name, expected[name]) for name in wanted):
+        if say:
+            say(f"ok (sha256 verified, already present): {folder}")
+        return dests
+    fh, tmp_archive = _temp_in(root, CIFAR_ARCHIVE)
+    fh.close()
+    try:
+        _fetch([_join(b, CIFAR_ARCHIVE) for b in bases], tmp_archive, archive_digest, timeout, say,
+               CIFAR_ARCHIVE)
+        _extract_cifar(tmp_archive, folder, expected, say)
+    finally:
+        tmp_archive.unlink(missing_ok=True)
+    return dests
+
+
+def _extract_cifar(archive, folder, expected, say):
+    """Extract exactly the members ``cifar-10-batches-bin/<name>`` for the names in ``expected``.
+
+    Guards against path traversal and similar tricks: the archive is first scanned, and any member with an
+    absolute path, a backslash or a ``..`` component rejects the whole archive before anything is written;
+    members are then looked up by exact name and written only to ``folder/<name>`` (``extractall`` is never
+    used); wanted members must be regular files (no links, devices); every extracted file is sha256-checked
+    before ``os.replace``.
+    """
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {}
+            for member in tar.getmembers():
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith("/") or "\\" in member.name or ".." in parts:
+                    raise DataError(f"{CIFAR_ARCHIVE}: unsafe path {member.name!r} in archive; archive rejected, "
+                                    f"nothing extracted")
+                if len(parts) == 2 and parts[0] == CIFAR_SUBDIR and parts[1] in expected:
+                    if parts[1] in members:
+                        raise DataError(f"{CIFAR_ARCHIVE}: member {member.name!r} appears twice; archive rejected")
+                    if not member.isfile():
+                        raise DataError(f"{CIFAR_ARCHIVE}: member {member.name!r} is not a regular file; "
+                                        f"archive rejected")
+                    members[parts[1]] = member
+            missing = [n for n in expected if n not in members]
+            if missing:
+                raise DataError(f"{CIFAR_ARCHIVE}: archive lacks "
+                                f"{', '.join(CIFAR_SUBDIR + '/' + n for n in missing)}")
+            for name, member in members.items():
+                dest = folder / name
+                if _is_ok(dest, expected[name]):
+                    continue
+                with tar.extractfile(member) as stream:
+                    try:
+                        _store_stream(stream, dest, expected[name], f"{member.name} in {CIFAR_ARCHIVE}", say)
+                    except _Rejected as exc:
+                        raise DataError(f"{name}: {exc}") from None
+                if say:
+                    say(f"ok (sha256 verified): {dest}")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataError(f"{CIFAR_ARCHIVE}: cannot read the archive ({exc})") from None
