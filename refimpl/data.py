@@ -78,6 +78,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import tarfile
 import tempfile
@@ -242,7 +243,7 @@ def _read_idx(path):
                         f"for {ndim} dimensions")
     shape = tuple(int(v) for v in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(IDX_DTYPES[code])
-    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    need = math.prod(shape) * dtype.itemsize   # Python ints: no overflow for absurd headers
     have = len(data) - header
     if have < need:
         raise DataError(f"{path}: truncated file: shape {shape} needs {need} data bytes after the header, "
