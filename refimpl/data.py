@@ -848,9 +848,12 @@ def download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0
     root = resolve_data_dir(data_dir)
     bases = (base_url,) if base_url else (MNIST_MIRRORS if key == "mnist" else CIFAR_MIRRORS)
     say = progress
-    if key == "mnist":
-        folder = root / MNIST_SUBDIR
+    folder = root / (MNIST_SUBDIR if key == "mnist" else CIFAR_SUBDIR)
+    try:
         folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create the data directory ({exc.strerror or exc})") from None
+    if key == "mnist":
         done = []
         for split in ("train", "test"):
             for stem in MNIST_FILES[split]:
@@ -866,8 +869,6 @@ def download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0
                 done.append(dest)
         return done
 
-    folder = root / CIFAR_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
     wanted = CIFAR_TRAIN_FILES + (CIFAR_TEST_FILE, CIFAR_META_FILE)
     expected = {name: _expected(checksums, name) for name in wanted}
     archive_digest = _expected(checksums, CIFAR_ARCHIVE)
@@ -876,7 +877,10 @@ def download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0
         if say:
             say(f"ok (sha256 verified, already present): {folder}")
         return dests
-    fh, tmp_archive = _temp_in(root, CIFAR_ARCHIVE)
+    try:
+        fh, tmp_archive = _temp_in(root, CIFAR_ARCHIVE)
+    except OSError as exc:
+        raise DataError(f"{root}: cannot write the archive there ({exc.strerror or exc})") from None
     fh.close()
     try:
         _fetch([_join(b, CIFAR_ARCHIVE) for b in bases], tmp_archive, archive_digest, timeout, say,

@@ -624,3 +624,9 @@ def test_shared_cifar_dog_vs_deer():
     sub = load_dataset("cifar", data_dir=SHARED, train_size=100, test_size=40, seed=1)
     assert sub.meta["class_counts_train"] == [50, 50] and sub.meta["class_counts_test"] == [20, 20]
     assert np.isin(sub.index_train, ds.index_train).all()
+
+
+def test_download_into_a_file_path_is_a_clear_error(tmp_path):
+    (tmp_path / "not-a-dir").write_text("x")
+    with pytest.raises(DataError, match="not-a-dir/mnist: cannot create the data directory"):
+        data.download("mnist", tmp_path / "not-a-dir", base_url="http://127.0.0.1:9")
