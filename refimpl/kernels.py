@@ -83,12 +83,6 @@ def unit_rows(X):
     return norms, X / safe[:, None]
 
 
-def row_blocks(p, q, m):
-    """Slices of range(p) such that a (rows, q, m) temporary stays below BLOCK_ELEMENTS."""
-    rows = max(1, BLOCK_ELEMENTS // max(1, q * m))
-    return [slice(i, min(p, i + rows)) for i in range(0, p, rows)]
-
-
 def pair_angles(X, Y):
     """Pairwise angles between rows of ``X`` (p, m) and ``Y`` (q, m).
 
@@ -100,14 +94,23 @@ def pair_angles(X, Y):
     """
     nx, Xh = unit_rows(X)
     ny, Yh = unit_rows(Y)
-    p, m = X.shape
-    q = Y.shape[0]
-    theta = np.empty((p, q))
-    for rows in row_blocks(p, q, m):
-        minus = Xh[rows, None, :] - Yh[None, :, :]
-        plus = Xh[rows, None, :] + Yh[None, :, :]
-        theta[rows] = 2.0 * np.arctan2(np.sqrt(np.einsum("ijk,ijk->ij", minus, minus)),
-                                       np.sqrt(np.einsum("ijk,ijk->ij", plus, plus)))
+    # |x^ -+ y^|^2 = |x^|^2 + |y^|^2 -+ 2 x^.y^ is accurate to a few ulps while |x^.y^| <= 1/2;
+    # nearer to parallel or anti-parallel the cancellation would cost digits, so those pairs
+    # are recomputed from the explicit differences x^ -+ y^ (SPEC §2.1).
+    cos = Xh @ Yh.T
+    sx = np.einsum("ij,ij->i", Xh, Xh)[:, None]
+    sy = np.einsum("ij,ij->i", Yh, Yh)[None, :]
+    minus2 = np.maximum(sx + sy - 2.0 * cos, 0.0)
+    plus2 = np.maximum(sx + sy + 2.0 * cos, 0.0)
+    ii, jj = np.nonzero(np.abs(cos) > 0.5)
+    step = max(1, BLOCK_ELEMENTS // X.shape[1])
+    for k in range(0, ii.size, step):
+        i, j = ii[k:k + step], jj[k:k + step]
+        minus = Xh[i] - Yh[j]
+        plus = Xh[i] + Yh[j]
+        minus2[i, j] = np.einsum("ij,ij->i", minus, minus)
+        plus2[i, j] = np.einsum("ij,ij->i", plus, plus)
+    theta = 2.0 * np.arctan2(np.sqrt(minus2), np.sqrt(plus2))
     return nx, ny, theta, np.cos(theta), np.sin(theta)
 
 

@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Command line of bottleneck-dynamics.  Click commands only: the math lives in refimpl/ and accel/.
+
+    python cli.py train [OPTIONS]          train one model (the main job)
+    python cli.py --help                   every command
+
+Errors are one line on stderr with a non-zero exit status.  Set
+BOTTLENECK_DEBUG=1 to see the full traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+class WidthType(click.ParamType):
+    """A positive integer bottleneck width, or ``inf`` for no bottleneck."""
+
+    name = "WIDTH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value >= 1:
+                return value
+        elif str(value).strip().lower() in ("inf", "infinity"):
+            return "inf"
+        else:
+            try:
+                v = int(str(value))
+                if v >= 1:
+                    return v
+            except ValueError:
+                pass
+        self.fail(f"expected a positive integer or 'inf', got {value!r}", param, ctx)
+
+
+class PositiveFloat(click.ParamType):
+    name = "FLOAT"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a positive number, got {value!r}", param, ctx)
+        if not (v > 0 and v != float("inf")):
+            self.fail(f"expected a positive number, got {value!r}", param, ctx)
+        return v
+
+
+WIDTH = WidthType()
+POSITIVE = PositiveFloat()
+POS_INT = click.IntRange(min=1)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call ``fn``; turn expected failures into one-line errors with exit status 2 (1 for internal errors)."""
+    from refimpl.train import TrainError
+    try:
+        return fn(*args, **kwargs)
+    except TrainError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (ValueError, OSError) as exc:
+        if os.environ.get("BOTTLENECK_DEBUG"):
+            raise
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; resume with --resume RUN_DIR") from None
+    except click.ClickException:
+        raise
+    except Exception as exc:   # noqa: BLE001 - last resort, one line unless debugging
+        if os.environ.get("BOTTLENECK_DEBUG"):
+            raise
+        raise click.ClickException(f"internal error ({type(exc).__name__}): {exc}; "
+                                   "rerun with BOTTLENECK_DEBUG=1 for the traceback") from None
+
+
+@contextlib.contextmanager
+def click_progress(total, start):
+    """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    with click.progressbar(length=total, label="training", file=sys.stderr, show_eta=True,
+                           show_pos=True) as bar:
+        if start:
+            bar.update(start)
+        yield bar
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="bottleneck-dynamics", message="%(version)s")
+def cli():
+    """Exact function-space simulation of infinitely wide networks with a finite bottleneck."""
+
+
+# ---------------------------------------------------------------------------- train
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
+              show_default=True, help="Data set (synthetic needs no download).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
+@click.option("--train-size", type=POS_INT, default=None,
+              help="Number of training points (a fixed seeded subset). [default: 1000 synthetic, all otherwise]")
+@click.option("--test-size", type=POS_INT, default=None,
+              help="Number of test points (a fixed seeded subset). [default: 500 synthetic, all otherwise]")
+@click.option("--width", type=WIDTH, default=10, show_default=True,
+              help="Bottleneck width d, or 'inf' for the network without bottleneck.")
+@click.option("--steps", type=POS_INT, default=None, help="Number of SGD steps.  [default: 600]")
+@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size B.")
+@click.option("--lr", type=POSITIVE, default=2.0, show_default=True,
+              help="Learning rate mu (loss 1/(2B) sum |F - y|^2).")
+@click.option("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr).")
+@click.option("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the initial functions and of the batch order.")
+@click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
+              help="Width n0 of the random network that draws g0, f0, J0 (SPEC §3).")
+@click.option("--activation", type=click.Choice(["relu", "linear"]), default="relu", show_default=True)
+@click.option("--eval-every", type=POS_INT, default=50, show_default=True,
+              help="Evaluate train/test loss every this many steps.")
+@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
+              help="Training points (a fixed subset) on which the training loss is evaluated.")
+@click.option("--checkpoint-every", type=POS_INT, default=None,
+              help="Write the checkpoint every this many steps (default: every evaluation).")
+@click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
+              show_default=True, help="numpy = reference; cpu = Numba; gpu = CuPy; auto = gpu if present, else cpu.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Run directory. [default: runs/<dataset>-width<d>-seed<s>-<time>]")
+@click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue the run in this directory (with its saved options) up to --steps.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train(resume_dir, out, force, quiet, steps, **options):
+    """Train one model and write a run directory.
+
+    The run directory holds config.json, metrics.csv (step, train_loss,
+    test_loss, wall_s, train_acc, test_acc), checkpoint.npz, loss.png and
+    summary.json.  A run stopped for any reason continues with --resume.
+    """
+    from refimpl.train import TrainConfig, train as run_train
+
+    if resume_dir is not None:
+        config = TrainConfig(steps=steps)
+        config.steps = steps
+        target = Path(resume_dir)
+    else:
+        if options["dataset"] == "synthetic":
+            options["train_size"] = options["train_size"] or 1000
+            options["test_size"] = options["test_size"] or 500
+        config = TrainConfig(steps=steps or 600, **options)
+        target = Path(out) if out else Path("runs") / (
+            f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    progress = None if quiet else click_progress
+    path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
+                       progress=progress, log=lambda msg: click.echo(msg, err=True))
+    summary = (path / "metrics.csv").read_text().strip().splitlines()
+    click.echo(f"run directory: {path}")
+    click.echo(f"last metrics:  {summary[-1] if len(summary) > 1 else '(none)'}  ({summary[0]})")
+
+
+if __name__ == "__main__":
+    cli()

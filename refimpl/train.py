@@ -1,0 +1,438 @@
+"""The training driver every backend shares: batches, evaluation, metrics, checkpoints, resume.
+
+A *run directory* holds
+
+``config.json``
+    Every option of the run, the data description and the backend (written once).
+``metrics.csv``
+    One row at step 0, every ``eval_every`` steps and at the last step.  The
+    first columns are exactly ``step,train_loss,test_loss,wall_s``; then
+    ``train_acc,test_acc`` (empty for regression).  ``train_loss`` is the mean
+    of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
+    points (the first ``eval_size`` rows of a permutation drawn from
+    ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
+    test set.  ``wall_s`` is the training time in seconds since the start of
+    the run, summed over resumed sessions.
+``checkpoint.npz``
+    The simulator state at the last checkpoint (no pickle), written atomically.
+``loss.png``
+    Training and test loss against steps.
+
+Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
+training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
+Batch ``t`` is therefore a pure function of (seed, t), which is what makes a
+resumed run identical, bit for bit, to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .dynamics import DivergenceError
+
+METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc"]
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
+
+
+class TrainError(Exception):
+    """A problem with the options or the run directory; the message is one line for the user."""
+
+
+class BackendUnavailable(TrainError):
+    """The requested backend cannot run here (the message says why)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All options of a training run (stored in ``config.json``)."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    train_size: int | None = 1000
+    test_size: int | None = 500
+    d0: int = 16                     # synthetic only
+    dr: int = 1                      # synthetic only
+    width: int | str = 10            # bottleneck width d, or "inf"
+    steps: int = 600
+    batch_size: int = 20
+    lr: float = 2.0
+    lr_f: float | None = None
+    lr_g: float | None = None
+    seed: int = 0                    # initial functions and batch order
+    data_seed: int = 0               # synthetic draw / data subset (the data stay the same across seeds)
+    init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (SPEC §3)
+    activation: str = "relu"
+    eval_every: int = 50
+    eval_size: int = 1000
+    checkpoint_every: int | None = None   # default: every evaluation
+    backend: str = "numpy"
+    dtype: str = "float64"
+
+    def validate(self):
+        """Raise TrainError with a one-line message for the first bad option."""
+        def positive_int(name, allow_none=False):
+            val = getattr(self, name)
+            if val is None and allow_none:
+                return
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+                raise TrainError(f"{name}: expected a positive integer, got {val!r}")
+
+        if self.dataset not in ("synthetic", "mnist", "cifar"):
+            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        if self.width != "inf":
+            positive_int("width")
+        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "d0", "dr"):
+            positive_int(name)
+        for name in ("train_size", "test_size", "checkpoint_every"):
+            positive_int(name, allow_none=True)
+        for name in ("lr", "lr_f", "lr_g"):
+            val = getattr(self, name)
+            if val is None and name != "lr":
+                continue
+            if not isinstance(val, (int, float)) or not np.isfinite(val) or val <= 0:
+                raise TrainError(f"{name}: expected a positive number, got {val!r}")
+        if self.activation not in ("relu", "linear"):
+            raise TrainError(f"activation: expected relu or linear, got {self.activation!r}")
+        if self.backend not in ("numpy", "cpu", "gpu", "auto"):
+            raise TrainError(f"backend: expected numpy, cpu, gpu or auto, got {self.backend!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise TrainError(f"dtype: expected float64 or float32, got {self.dtype!r}")
+        if self.backend == "numpy" and self.dtype != "float64":
+            raise TrainError("dtype: the numpy reference backend is float64 only")
+
+    @classmethod
+    def from_json(cls, data):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------
+# helpers: atomic files, backends, data
+# ----------------------------------------------------------------------------
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_npz(path, arrays):
+    """Save a dict of arrays as an (uncompressed) npz file, atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path):
+    """Load an npz file written by :func:`save_npz` (never unpickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def resolve_backend(name, dtype="float64"):
+    """The module-like object that provides BottleneckSimulator and InfiniteSimulator."""
+    if name == "numpy":
+        import refimpl
+        return refimpl
+    try:
+        import accel
+        get_backend = accel.get_backend
+    except (ImportError, AttributeError):
+        raise BackendUnavailable(f"backend: {name!r} is not available in this installation "
+                                 "(the accelerated backends are not built); use --backend numpy") from None
+    try:
+        return get_backend(name, dtype=dtype)
+    except Exception as exc:   # the backend's own one-line reason
+        raise BackendUnavailable(f"backend: {name!r} is unavailable: {exc}") from None
+
+
+def load_data(config):
+    """The data set of a run (deterministic in the config)."""
+    from .data import load_dataset
+    kwargs = {}
+    if config.dataset == "synthetic":
+        kwargs = {"d0": config.d0, "dr": config.dr}
+    try:
+        return load_dataset(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
+                            test_size=config.test_size, seed=config.data_seed,
+                            **kwargs)
+    except (ValueError, OSError) as exc:
+        raise TrainError(str(exc)) from None
+
+
+def batch_indices(seed, step, n, batch_size):
+    """Row indices of SGD batch number ``step`` (0-based): a pure function of (seed, step)."""
+    per_epoch = n // batch_size
+    if per_epoch < 1:
+        raise TrainError(f"batch_size: expected at most the number of training points ({n}), got {batch_size}")
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng((seed, 1, epoch)).permutation(n)
+    return np.sort(perm[k * batch_size:(k + 1) * batch_size])
+
+
+def build_simulator(config, data, backend):
+    """Construct the simulator of a run from its config and data (the initial functions come from ``seed``)."""
+    from .network import RandomNetwork
+    common = dict(lr=config.lr, lr_f=config.lr_f, lr_g=config.lr_g, X_eval=data.X_test)
+    if config.width == "inf":
+        sim = backend.InfiniteSimulator(data.X_train, data.Y_train, seed=config.seed,
+                                        activation=config.activation, **common)
+        info = {"f0_method": sim.f0_method}
+    else:
+        net = RandomNetwork.sample(data.X_train.shape[1], int(config.width), data.Y_train.shape[1],
+                                   width=config.init_width, seed=config.seed, activation=config.activation)
+        sim = backend.BottleneckSimulator(net, data.X_train, data.Y_train, **common)
+        info = {"f0_method": f"random network (width {config.init_width}, seed {config.seed})"}
+    return sim, info
+
+
+# ----------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------
+
+def eval_rows(config, n):
+    """The fixed training subset on which the training loss is evaluated."""
+    if n <= config.eval_size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng((config.seed, 2)).permutation(n)[:config.eval_size])
+
+
+def _outputs(sim, X, rows=None):
+    if hasattr(sim, "f"):                          # bottleneck: F = f_t(g_t(X))
+        G = sim.embeddings(X)
+        return sim.f(G if rows is None else G[rows])
+    F = sim.outputs(X)
+    return F if rows is None else F[rows]
+
+
+def evaluate(sim, data, rows):
+    """Losses (mean |F - y|^2 / 2) and accuracies (classification) on the eval subsets."""
+    out = {}
+    for split, X, Y, labels, r in (("train", data.X_train, data.Y_train, data.labels_train, rows),
+                                   ("test", data.X_test, data.Y_test, data.labels_test, None)):
+        F = _outputs(sim, X, r)
+        Yr = Y if r is None else Y[r]
+        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Yr) ** 2, axis=1)))
+        if labels is not None:
+            lab = labels if r is None else labels[r]
+            out[f"{split}_acc"] = float(np.mean(np.argmax(F, axis=1) == lab))
+        else:
+            out[f"{split}_acc"] = None
+    return out
+
+
+# ----------------------------------------------------------------------------
+# the run directory
+# ----------------------------------------------------------------------------
+
+def _read_metrics(path):
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_metrics(path, rows):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(row):
+    return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def prepare_run_dir(out, force):
+    """Create the run directory; refuse to overwrite an existing run unless ``force``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out: {out} exists and is not a directory")
+    existing = [f for f in RUN_FILES if (out / f).exists()]
+    if existing and not force:
+        raise TrainError(f"out: {out} already holds a run ({', '.join(existing)}); "
+                         "use --force to overwrite it or --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+    for f in existing:
+        (out / f).unlink()
+    return out
+
+
+def train(config, out, force=False, resume=False, progress=None, log=print):
+    """Run (or resume) a training run; returns the path of the run directory.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Options of a new run; for ``resume`` only ``steps`` is read from it
+        (``None`` keeps the saved value) and everything else comes from the run.
+    out : path of the run directory
+    force : overwrite an existing run directory
+    resume : continue the run in ``out`` from its checkpoint
+    progress : callable(total, start) -> context manager with ``update(n)``, or None
+    log : callable for one-line messages
+    """
+    out = Path(out)
+    if resume:
+        cfg_path = out / "config.json"
+        if not cfg_path.exists() or not (out / "checkpoint.npz").exists():
+            raise TrainError(f"resume: {out} holds no resumable run (config.json and checkpoint.npz expected)")
+        saved = json.loads(cfg_path.read_text())
+        steps = config.steps if config is not None and config.steps is not None else saved["config"]["steps"]
+        config = TrainConfig.from_json(saved["config"])
+        config.steps = steps
+        config.validate()
+    else:
+        config.validate()
+        out = prepare_run_dir(out, force)
+
+    backend = resolve_backend(config.backend, config.dtype)
+    data = load_data(config)
+    if config.batch_size > data.X_train.shape[0]:
+        raise TrainError(f"batch_size: expected at most the number of training points "
+                         f"({data.X_train.shape[0]}), got {config.batch_size}")
+    sim, info = build_simulator(config, data, backend)
+    rows = eval_rows(config, data.X_train.shape[0])
+    ckpt_every = config.checkpoint_every or config.eval_every
+
+    if resume:
+        state = load_npz(out / "checkpoint.npz")
+        wall0 = float(state.pop("driver_wall_s"))
+        saved_meta = json.loads(out.joinpath("config.json").read_text())
+        saved_meta["config"]["steps"] = config.steps
+        atomic_write_text(out / "config.json", json.dumps(saved_meta, indent=2) + "\n")
+        sim.load_state_dict(state)
+        start = sim.t
+        # drop rows written after the checkpoint, and a final-step row that is off the eval grid
+        metrics = [r for r in _read_metrics(out / "metrics.csv")
+                   if int(r["step"]) < start or (int(r["step"]) == start and start % config.eval_every == 0)]
+        log(f"resuming {out} at step {start} of {config.steps}")
+    else:
+        meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
+                "initial_functions": info, "eval_train_rows": len(rows),
+                "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
+        atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
+        wall0, start, metrics = 0.0, 0, []
+
+    if start >= config.steps and resume:
+        log(f"nothing to do: the run is already at step {start} (ask for more with --steps)")
+        return out
+
+    t0 = time.perf_counter()
+
+    def wall():
+        return wall0 + time.perf_counter() - t0
+
+    def checkpoint():
+        state = sim.state_dict()
+        state["driver_wall_s"] = np.array(wall())
+        save_npz(out / "checkpoint.npz", state)
+
+    def record(step):
+        row = {"step": step, **evaluate(sim, data, rows), "wall_s": round(wall(), 3)}
+        for key in ("train_loss", "test_loss"):
+            if not np.isfinite(row[key]):
+                raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
+        metrics.append(row)
+        _write_metrics(out / "metrics.csv", [_fmt(r) for r in metrics])
+        return row
+
+    if start == 0:
+        record(0)
+        checkpoint()
+    last = None
+    try:
+        ctx = progress(config.steps, start) if progress else _NullProgress()
+        # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings
+        with ctx as bar, np.errstate(over="ignore", invalid="ignore"):
+            for step in range(start, config.steps):
+                idx = batch_indices(config.seed, step, data.X_train.shape[0], config.batch_size)
+                last = sim.step(idx)
+                done = step + 1
+                if done % config.eval_every == 0 or done == config.steps:
+                    row = record(done)
+                    if hasattr(bar, "set_postfix"):
+                        bar.set_postfix(row)
+                if done % ckpt_every == 0 or done == config.steps:
+                    checkpoint()
+                bar.update(1)
+    except DivergenceError as exc:
+        checkpoint_step = _checkpoint_step(out)
+        _plot(out, metrics)
+        raise TrainError(f"{exc}; the last good checkpoint (step {checkpoint_step}) is kept in "
+                         f"{out / 'checkpoint.npz'}") from None
+    _plot(out, metrics)
+    summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
+               "wall_s": round(wall(), 3)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+    return out
+
+
+def _checkpoint_step(out):
+    try:
+        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
+            return int(z["t"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _plot(out, metrics):
+    """Write loss.png (training and test loss against steps, log scale)."""
+    if not metrics:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in metrics]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("train_loss", "train"), ("test_loss", "test")):
+        ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
+    ax.set_title(out.name)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / "loss.png", buf.getvalue())
