@@ -165,5 +165,25 @@ def train(resume_dir, out, force, quiet, steps, **options):
     click.echo(f"last metrics:  {summary[-1] if len(summary) > 1 else '(none)'}  ({summary[0]})")
 
 
+# ---------------------------------------------------------------------------- download
+
+@cli.command()
+@click.argument("dataset", type=click.Choice(["mnist", "cifar"]))
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Target folder [default: $BOTTLENECK_DATA, else ~/.cache/bottleneck-dynamics].")
+@click.option("--base-url", default=None,
+              help="URL prefix serving the official file names [default: the public mirrors].")
+def download(dataset, data_dir, base_url):
+    """Fetch the official MNIST or CIFAR-10 (binary) files; every sha256 is checked before use.
+
+    MNIST goes to DATA_DIR/mnist/, CIFAR-10 to DATA_DIR/cifar-10-batches-bin/.  Files already present
+    with the right checksum are kept.
+    """
+    from refimpl.data import download as run_download, resolve_data_dir
+    paths = run_guarded(run_download, dataset, data_dir, base_url=base_url,
+                        progress=lambda msg: click.echo(msg, err=True))
+    click.echo(f"{dataset}: {len(paths)} files verified in {resolve_data_dir(data_dir)}")
+
+
 if __name__ == "__main__":
     cli()

@@ -630,3 +630,45 @@ def test_download_into_a_file_path_is_a_clear_error(tmp_path):
     (tmp_path / "not-a-dir").write_text("x")
     with pytest.raises(DataError, match="not-a-dir/mnist: cannot create the data directory"):
         data.download("mnist", tmp_path / "not-a-dir", base_url="http://127.0.0.1:9")
+
+
+# ------------------------------------------------------------------------------------------------
+# cli.py download
+# ------------------------------------------------------------------------------------------------
+
+def _cli():
+    click_testing = pytest.importorskip("click.testing")
+    import cli
+    return click_testing.CliRunner(), cli.cli
+
+
+def test_cli_download_corrupt_file_is_one_line_error(server, tmp_path):
+    """The official checksum table rejects a tiny file served under an official name."""
+    www, url, _ = server
+    write(www / "files" / "train-images-idx3-ubyte.gz", b"not the real file")
+    runner, cli = _cli()
+    result = runner.invoke(cli, ["download", "mnist", "--data-dir", str(tmp_path / "d"), "--base-url", url])
+    assert result.exit_code != 0 and not isinstance(result.exception, DataError)   # handled, no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert ("train-images-idx3-ubyte.gz: checksum mismatch" in errors[0]
+            and f"expected sha256 {data.SHA256['train-images-idx3-ubyte.gz']}" in errors[0])
+    assert not list((tmp_path / "d" / "mnist").iterdir())
+
+
+def test_cli_download_missing_file(server, tmp_path):
+    www, url, _ = server
+    runner, cli = _cli()
+    result = runner.invoke(cli, ["download", "cifar", "--data-dir", str(tmp_path / "d"), "--base-url", url])
+    assert result.exit_code != 0
+    assert f"Error: cifar-10-binary.tar.gz: download of {url}/cifar-10-binary.tar.gz failed: HTTP 404" in result.output
+    assert not list((tmp_path / "d").rglob("*.*"))
+
+
+@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"MNIST not available at {SHARED / 'mnist'}")
+def test_cli_download_keeps_verified_files():
+    """The shared folder already holds the official files: verified, nothing fetched (no network needed)."""
+    runner, cli = _cli()
+    result = runner.invoke(cli, ["download", "mnist", "--data-dir", str(SHARED), "--base-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    assert f"mnist: 4 files verified in {SHARED}" in result.output
