@@ -208,9 +208,13 @@ class BottleneckSimulator(_SimulatorBase):
         if self.X_eval is not None:
             self._tracked.append(_Tracked(self.X_eval, net.g(self.X_eval)))
         self.A = np.zeros((self.N, self.d))
-        self.history = History(self.d, self.dr)
+        self.history = self._new_history()
 
     # ------------------------------------------------------------ kernel hooks
+    def _new_history(self, capacity=1024):
+        """Empty history storage (backends return their own: other dtype, device memory)."""
+        return History(self.d, self.dr, capacity=capacity)
+
     def _theta(self, Xa, Xb):
         """Theta(Xa, Xb), (p, q): the NTK of g (m = d0)."""
         return kernels.ntk(Xa, Xb, self.activation, self.depth_g)
@@ -317,7 +321,7 @@ class BottleneckSimulator(_SimulatorBase):
         _check_state_keys(state, len(self._tracked), ("A", "history_P", "history_C"))
         self.t = int(state["t"])
         self.A = np.array(state["A"], dtype=np.float64)
-        self.history = History(self.d, self.dr, capacity=max(1024, state["history_P"].shape[0]))
+        self.history = self._new_history(capacity=max(1024, state["history_P"].shape[0]))
         self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)

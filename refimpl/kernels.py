@@ -345,6 +345,15 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     X, Y = _pair(X, Y)
     sigma_g = nngp(X, Y, activation)
     theta_g = ntk(X, Y, activation, depth_g)
+    return ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
+
+
+def ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g):
+    """The last stage of :func:`ntk_inf`: NTK_inf from Sigma_g and Theta_g (p, q) of the inputs (SPEC §5).
+
+    Split out so that accelerated backends can compute Sigma_g and Theta_g their
+    own way and share this combination.
+    """
     if activation == "linear":
         return lr_f * Lf * sigma_g + lr_g * theta_g
     c11 = np.einsum("ij,ij->i", X, X) / (2.0 * X.shape[1])   # Sigma_g(x, x) = |x|^2 / (2 d0)
