@@ -7,7 +7,9 @@ A *run directory* holds
 ``metrics.csv``
     One row at step 0, every ``eval_every`` steps and at the last step.  The
     first columns are exactly ``step,train_loss,test_loss,wall_s``; then
-    ``train_acc,test_acc`` (empty for regression).  ``train_loss`` is the mean
+    ``train_acc,test_acc`` (empty for regression), then ``feature_movement,
+    kernel_alignment`` (the bottleneck metrics of :mod:`refimpl.metrics`,
+    empty for ``width = inf``).  ``train_loss`` is the mean
     of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
     points (the first ``eval_size`` rows of a permutation drawn from
     ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
@@ -17,6 +19,11 @@ A *run directory* holds
     The simulator state at the last checkpoint (no pickle), written atomically.
 ``loss.png``
     Training and test loss against steps.
+``summary.json``
+    Written when the run finishes: the final metrics, the wall time and the
+    steps needed to reach a training loss of ``fraction * L_null`` for the
+    fractions :data:`refimpl.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
+    loss of the zero predictor on the evaluation rows; see :mod:`refimpl.metrics`).
 
 Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
 training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
@@ -40,8 +47,10 @@ import numpy as np
 
 from . import __version__
 from .dynamics import DivergenceError
+from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 
-METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc"]
+METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
+                  "feature_movement", "kernel_alignment"]
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
 
 
@@ -320,6 +329,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
                          f"({data.X_train.shape[0]}), got {config.batch_size}")
     sim, info = build_simulator(config, data, backend)
     rows = eval_rows(config, data.X_train.shape[0])
+    probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume
     ckpt_every = config.checkpoint_every or config.eval_every
 
     if resume:
@@ -356,7 +366,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         save_npz(out / "checkpoint.npz", state)
 
     def record(step):
-        row = {"step": step, **evaluate(sim, data, rows), "wall_s": round(wall(), 3)}
+        row = {"step": step, **evaluate(sim, data, rows), "wall_s": round(wall(), 3), **probe(sim)}
         for key in ("train_loss", "test_loss"):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
@@ -390,9 +400,24 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
                          f"{out / 'checkpoint.npz'}") from None
     _plot(out, metrics)
     summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
-               "wall_s": round(wall(), 3)}
+               "wall_s": round(wall(), 3),
+               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train[rows]))}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out
+
+
+def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
+    """Steps to reach the training losses ``fraction * loss_null`` (see :mod:`refimpl.metrics`).
+
+    ``metrics`` are the rows of metrics.csv (values as numbers or strings).  The step is the first
+    evaluation at or below the threshold (an upper bound; resolution ``eval_every``), None if never.
+    """
+    steps = [int(r["step"]) for r in metrics]
+    losses = [float(r["train_loss"]) for r in metrics]
+    thresholds = [f * loss_null for f in fractions]
+    hits = steps_to_thresholds(steps, losses, thresholds)
+    return {"loss_null": loss_null, "definition": "first evaluated step with train_loss <= fraction * loss_null",
+            "thresholds": [{"fraction": f, "loss": t, "step": h} for f, t, h in zip(fractions, thresholds, hits)]}
 
 
 def _checkpoint_step(out):

@@ -1,0 +1,140 @@
+"""Extra training metrics: feature learning in the bottleneck and steps to reach a training loss.
+
+The paper reports losses and accuracies only (appendix D.4).  The two measures
+of feature learning here are this project's additions; both are evaluated on a
+fixed evaluation subset of the training set (the rows of
+:func:`refimpl.train.eval_rows`), with ``G_t = g_t(xi)`` the bottleneck
+embeddings of those rows (n, d) and ``Y`` their targets (n, dr):
+
+``feature_movement``
+    ``|G_t - G_0|_F / |G_0|_F``, how far the embeddings have moved from their
+    random initial values (0 at step 0).  In the NTK regime (d -> infinity) the
+    relative movement of each layer's features vanishes; with a finite
+    bottleneck it need not.
+``kernel_alignment``
+    The centred kernel-target alignment of the bottleneck Gram matrix with the
+    target Gram matrix,
+
+        A(K1, K2) = <H K1 H, H K2 H>_F / (|H K1 H|_F |H K2 H|_F),   H = I - 1 1^T / n,
+
+    with ``K1 = G_t G_t^T`` and ``K2 = Y Y^T``.  It lies in [0, 1]; larger
+    means the embedding geometry is more aligned with the targets.
+
+For ``width = inf`` there is no bottleneck and both columns are left empty.
+
+Steps to a training loss (:func:`steps_to_thresholds`): the thresholds are
+*absolute* losses, the same for every width and seed of a data set, written as
+fractions of the data set's null loss ``L_null = mean_i |y_i|^2 / 2`` over the
+evaluation rows (the loss of the zero predictor; 0.5 for standardised
+synthetic targets and for one-hot targets).  Absolute thresholds compare runs
+at the same loss level, which is what "reaching a given training loss" means;
+a threshold relative to each run's own initial loss would mix in the random
+initial loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Default thresholds as fractions of the null loss (see the module docstring).
+THRESHOLD_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.02)
+
+
+def _centre(M):
+    """Subtract the column means: H M with H = I - 1 1^T / n.  (n, k) -> (n, k)."""
+    M = np.asarray(M, dtype=np.float64)
+    return M - M.mean(axis=0, keepdims=True)
+
+
+def centred_alignment(G, Y):
+    """Centred kernel alignment of the linear kernels ``G G^T`` and ``Y Y^T``.
+
+    Uses ``H G G^T H = Gc Gc^T`` with ``Gc = H G``, so that
+    ``<Gc Gc^T, Yc Yc^T>_F = |Gc^T Yc|_F^2`` and ``|Gc Gc^T|_F = |Gc^T Gc|_F``:
+    O(n k^2) instead of O(n^2 k).
+
+    Parameters
+    ----------
+    G : (n, d) array
+    Y : (n, r) array
+
+    Returns
+    -------
+    float in [0, 1], or NaN when either centred kernel is zero.
+    """
+    Gc, Yc = _centre(G), _centre(Y)
+    if Gc.shape[0] != Yc.shape[0]:
+        raise ValueError(f"Y: expected {Gc.shape[0]} rows like G, got {Yc.shape[0]}")
+    num = np.sum((Gc.T @ Yc) ** 2)
+    den = np.linalg.norm(Gc.T @ Gc) * np.linalg.norm(Yc.T @ Yc)
+    return float(num / den) if den > 0 else float("nan")
+
+
+def relative_movement(G, G0):
+    """``|G - G0|_F / |G0|_F`` for arrays of equal shape."""
+    G, G0 = np.asarray(G, dtype=np.float64), np.asarray(G0, dtype=np.float64)
+    return float(np.linalg.norm(G - G0) / np.linalg.norm(G0))
+
+
+class FeatureProbe:
+    """The bottleneck metrics of one run, with ``G_0`` captured at construction.
+
+    Build it right after the simulator, before any step or checkpoint is
+    loaded, so that ``G_0`` is the initial embedding (for a resumed run the
+    simulator is rebuilt from the same seed, so ``G_0`` is the same).
+
+    Parameters
+    ----------
+    sim : simulator of any backend (BottleneckSimulator-like or InfiniteSimulator-like)
+    X : (N, d0) training inputs;  Y : (N, dr) training targets
+    rows : (n,) int array, the fixed evaluation rows
+    """
+
+    columns = ("feature_movement", "kernel_alignment")
+
+    def __init__(self, sim, X, Y, rows):
+        self.X, self.rows = X, np.asarray(rows)
+        self.Y = np.asarray(Y, dtype=np.float64)[self.rows]
+        self.bottleneck = hasattr(sim, "embeddings")
+        self.G0 = self._G(sim) if self.bottleneck else None
+
+    def _G(self, sim):
+        return np.asarray(sim.embeddings(self.X), dtype=np.float64)[self.rows]
+
+    def __call__(self, sim):
+        """Dict of the metric columns (None without a bottleneck)."""
+        if not self.bottleneck:
+            return {c: None for c in self.columns}
+        G = self._G(sim)
+        return {"feature_movement": relative_movement(G, self.G0),
+                "kernel_alignment": centred_alignment(G, self.Y)}
+
+
+def null_loss(Y):
+    """``mean_i |y_i|^2 / 2``, the loss of the zero predictor.  Y (n, dr) -> float."""
+    Y = np.asarray(Y, dtype=np.float64)
+    return 0.5 * float(np.mean(np.sum(Y * Y, axis=1)))
+
+
+def steps_to_thresholds(steps, losses, thresholds):
+    """First evaluated step at which the loss is at or below each threshold.
+
+    Parameters
+    ----------
+    steps : (k,) evaluation steps, increasing
+    losses : (k,) losses at those steps
+    thresholds : iterable of floats
+
+    Returns
+    -------
+    list with, per threshold, the first ``steps[i]`` with ``losses[i] <= threshold``, or None
+    when the run never reaches it.  The resolution is the evaluation interval: the
+    step returned is an upper bound on the first step that reached the threshold.
+    """
+    steps = np.asarray(steps)
+    losses = np.asarray(losses, dtype=np.float64)
+    out = []
+    for thr in thresholds:
+        hit = np.nonzero(losses <= thr)[0]
+        out.append(int(steps[hit[0]]) if hit.size else None)
+    return out
