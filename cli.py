@@ -185,5 +185,101 @@ def download(dataset, data_dir, base_url):
     click.echo(f"{dataset}: {len(paths)} files verified in {resolve_data_dir(data_dir)}")
 
 
+# ---------------------------------------------------------------------------- sweep, plot
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
+              show_default=True, help="Data set (the same data for every run).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
+@click.option("--train-size", type=POS_INT, default=None,
+              help="Number of training points. [default: 1000 synthetic, all otherwise]")
+@click.option("--test-size", type=POS_INT, default=None,
+              help="Number of test points. [default: 500 synthetic, all otherwise]")
+@click.option("--widths", default="inf,10,20,50,100,200,500", show_default=True,
+              help="Comma-separated bottleneck widths; 'inf' = no bottleneck.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Comma-separated seeds (initial functions and batch order) per width.")
+@click.option("--steps", type=POS_INT, default=None, help="SGD steps per run.  [default: 600]")
+@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size B.")
+@click.option("--lr", type=POSITIVE, default=2.0, show_default=True, help="Learning rate mu.")
+@click.option("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr).")
+@click.option("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr).")
+@click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
+              help="Width n0 of the random network that draws g0, f0, J0.")
+@click.option("--eval-every", type=POS_INT, default=50, show_default=True, help="Steps between evaluations.")
+@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
+              help="Training points (a fixed subset) for the training loss and the bottleneck metrics.")
+@click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
+              show_default=True, help="Simulator backend of every run.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@click.option("--jobs", "-j", type=POS_INT, default=None,
+              help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
+@click.option("--out", type=click.Path(), default=None,
+              help="Sweep directory. [default: runs/sweep-<dataset>-<time>]")
+@click.option("--force", is_flag=True, help="Overwrite an existing sweep directory.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue the sweep in this directory with its saved options (finished runs are kept).")
+@click.option("--no-plot", is_flag=True, help="Do not write the combined figures at the end.")
+def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps, **options):
+    """Train one model per width and seed, in parallel, into one sweep directory.
+
+    Each run goes to SWEEP_DIR/width-<d> (one seed) or SWEEP_DIR/width-<d>/seed-<s>, with the same
+    files as `cli.py train`; sweep.json records every run's status; the combined figures
+    (as `cli.py plot`) are written at the end.  A failed run does not stop the others; the exit
+    status is non-zero if any run failed.  --resume continues an interrupted sweep (with
+    --steps: to a new length).
+    """
+    from refimpl.sweep import parse_seeds, parse_widths, run_sweep
+    from refimpl.train import TrainConfig
+
+    ctx = click.get_current_context()
+    say = lambda msg: click.echo(msg, err=True)   # noqa: E731
+    if resume_dir is not None:
+        given = [name for name in ("widths", "seeds", *options)
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given or out or force:
+            flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
+            raise click.UsageError(f"{flag}: a resumed sweep keeps its saved options (only --steps, --jobs "
+                                   "and --scheduler may be given with --resume)")
+        record = run_guarded(run_sweep, resume_dir, resume=True, steps=steps, jobs=jobs,
+                             scheduler=scheduler, plot=not no_plot, log=say)
+        target = Path(resume_dir)
+    else:
+        if options["dataset"] == "synthetic":
+            options["train_size"] = options["train_size"] or 1000
+            options["test_size"] = options["test_size"] or 500
+        width_list = run_guarded(parse_widths, widths)
+        seed_list = run_guarded(parse_seeds, seeds)
+        config = TrainConfig(steps=steps or 600, width=width_list[0], seed=seed_list[0], **options)
+        target = Path(out) if out else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
+                             scheduler=scheduler, force=force, plot=not no_plot, log=say)
+    skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")
+    click.echo(f"sweep directory: {target}  ({len(record['runs'])} runs done"
+               + (f", {skipped} already finished" if skipped else "") + ")")
+
+
+@cli.command()
+@click.argument("sweep_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "figdir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNG files [default: SWEEP_DIR].")
+@click.option("--heatmap-steps", type=POS_INT, default=4000, show_default=True,
+              help="Steps shown in the width x step heatmap.")
+def plot(sweep_dir, figdir, heatmap_steps):
+    """Figures of a sweep: loss, accuracy, heatmap, test vs training loss (appendix D.4), features.
+
+    Reads every run of SWEEP_DIR (also a partial or interrupted sweep) and writes PNG files.
+    """
+    from refimpl.plots import plot_sweep
+    written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)
+    for path in written:
+        click.echo(str(path))
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,419 @@
+"""Figures of a sweep (paper appendix D.4, figs 2-10), as small PNG files.
+
+:func:`plot_sweep` reads every run of a sweep directory (:mod:`refimpl.sweep`)
+and writes into it (or into ``figdir``):
+
+``loss.png``
+    Training and test loss against steps, one curve per width, log scale
+    (paper figs 2, 5, 8).  With several seeds: the mean over seeds, and a band
+    from the smallest to the largest seed at each step.
+``accuracy.png``
+    Training and test accuracy against steps (classification only; figs 5, 8).
+``heatmap.png``
+    Loss (mean over seeds) over width x step for the first ``heatmap_steps``
+    steps (4000, or the run length if shorter), log colour scale (figs 3, 6, 9).
+``train_vs_test.png``
+    Test loss against training loss by the procedure of appendix D.4 (figs 4, 7,
+    10), left with all widths, right with the finite widths only (as fig 4).
+``features.png``
+    The bottleneck metrics of :mod:`refimpl.metrics` against steps (not in the paper).
+
+Test loss against training loss (appendix D.4), as implemented by
+:func:`train_vs_test`:
+
+1. range: ``[lo, hi]`` = the minimum and the maximum of the recorded training
+   losses over all runs of all widths shown (the paper's words: "the minimum
+   and maximum recorded training losses across all bottleneck widths");
+2. a common grid of ``n_grid`` training losses in that range; the paper does not
+   say how they are spaced: here geometrically (losses span decades);
+3. per run, the test loss at each grid training loss by linear interpolation in
+   the recorded (training loss, test loss) pairs, sorted by training loss (SGD
+   makes the training loss non-monotone in the steps; sorting is what an
+   interpolation routine that accepts unsorted data does).  A run has no
+   data outside its own recorded training-loss range: grid points there are
+   left out (NaN), never extrapolated.  This is how non-overlapping ranges are
+   handled: a width whose losses never come down to the lowest grid values
+   simply has a shorter curve;
+4. both the grid training losses and the interpolated test losses are smoothed
+   by a moving average of length 5 (``"valid"`` mode, over each run's
+   contiguous stretch of grid points, so a curve loses 2 points at each end);
+5. with several seeds: the mean over seeds at the grid points where every seed
+   has a value, and a band from the smallest to the largest seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .train import TrainError, atomic_write_bytes
+
+DPI = 90
+MA_LENGTH = 5
+FIGURES = ("loss.png", "accuracy.png", "heatmap.png", "train_vs_test.png", "features.png")
+_COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "feature_movement", "kernel_alignment")
+
+
+# ----------------------------------------------------------------------------
+# reading a sweep
+# ----------------------------------------------------------------------------
+
+def read_metrics(path):
+    """metrics.csv -> dict of float arrays (empty cells and missing columns -> NaN)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for col in _COLUMNS:
+        out[col] = np.array([float(r[col]) if r.get(col) not in (None, "") else np.nan for r in rows])
+    return out
+
+
+def _width_of(name):
+    w = name.split("-", 1)[1]
+    return "inf" if w == "inf" else int(w)
+
+
+def load_sweep(sweep_dir):
+    """Every run of a sweep: ``{width: [metrics dict per seed, ...]}`` with the seeds as a list.
+
+    Uses ``sweep.json`` when present, otherwise the ``width-*/metrics.csv`` and
+    ``width-*/seed-*/metrics.csv`` files found.  Runs without metrics are skipped.
+    """
+    from .sweep import SWEEP_FILE, width_key
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise TrainError(f"sweep_dir: {sweep_dir} is not a directory")
+    found = []
+    if (sweep_dir / SWEEP_FILE).exists():
+        record = json.loads((sweep_dir / SWEEP_FILE).read_text())
+        found = [(r["width"], r["seed"], sweep_dir / r["dir"]) for r in record["runs"]]
+    else:
+        for p in sorted(sweep_dir.glob("width-*")):
+            if (p / "metrics.csv").exists():
+                found.append((_width_of(p.name), 0, p))
+            for q in sorted(p.glob("seed-*")):
+                found.append((_width_of(p.name), int(q.name.split("-", 1)[1]), q))
+    runs = {}
+    for width, seed, path in found:
+        if (path / "metrics.csv").exists():
+            m = read_metrics(path / "metrics.csv")
+            if m["step"].size:
+                m["seed"] = seed
+                runs.setdefault(width, []).append(m)
+    if not runs:
+        raise TrainError(f"sweep_dir: no run with a metrics.csv in {sweep_dir}")
+    return dict(sorted(runs.items(), key=lambda kv: width_key(kv[0])))
+
+
+def seed_stats(runs, key):
+    """Mean, min and max over seeds of column ``key`` on the union of their steps.
+
+    Returns (steps, mean, lo, hi); at a step where some seed has no value (a shorter or
+    failed run) the statistics use the seeds that have one.
+    """
+    steps = np.unique(np.concatenate([r["step"] for r in runs]))
+    table = np.full((len(runs), steps.size), np.nan)
+    for i, r in enumerate(runs):
+        table[i, np.searchsorted(steps, r["step"])] = r[key]
+    with np.errstate(all="ignore"):
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return steps, np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+
+
+# ----------------------------------------------------------------------------
+# appendix D.4: test loss against training loss
+# ----------------------------------------------------------------------------
+
+def common_range(train_curves):
+    """``(lo, hi)``: the minimum and maximum recorded training loss over all curves (NaN ignored)."""
+    vals = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in train_curves])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        raise ValueError("train_curves: no finite training loss")
+    return float(vals.min()), float(vals.max())
+
+
+def loss_grid(lo, hi, n_grid=100):
+    """``n_grid`` training losses from ``lo`` to ``hi``, geometrically spaced (both ends included)."""
+    if not (0 < lo <= hi):
+        raise ValueError(f"lo, hi: expected 0 < lo <= hi, got {lo}, {hi}")
+    return np.geomspace(lo, hi, n_grid)
+
+
+def resample(train_loss, test_loss, grid):
+    """Test loss at the grid training losses by linear interpolation (step 3 of the procedure).
+
+    Parameters
+    ----------
+    train_loss, test_loss : (k,) recorded pairs of one run (any order; NaN pairs dropped)
+    grid : (g,) training losses
+
+    Returns
+    -------
+    (g,) array: interpolated test losses, NaN outside ``[min(train_loss), max(train_loss)]``.
+    """
+    x = np.asarray(train_loss, dtype=np.float64)
+    y = np.asarray(test_loss, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    grid = np.asarray(grid, dtype=np.float64)
+    out = np.full(grid.shape, np.nan)
+    if x.size == 0:
+        return out
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    inside = (grid >= x[0]) & (grid <= x[-1])
+    out[inside] = np.interp(grid[inside], x, y)
+    return out
+
+
+def moving_average(values, length=MA_LENGTH):
+    """Moving average of ``length`` points in "valid" mode: (k,) -> (k - length + 1,)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < length:
+        return np.empty(0)
+    return np.convolve(values, np.ones(length) / length, mode="valid")
+
+
+def _longest_finite_run(mask):
+    """(start, stop) of the longest stretch of True in ``mask`` (0, 0 if none)."""
+    best, start = (0, 0), None
+    for i, m in enumerate(list(mask) + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best
+
+
+def smooth_on_grid(grid, values, length=MA_LENGTH):
+    """Steps 4 of the procedure for one run: moving averages of the grid and of the values.
+
+    Both are smoothed over the run's longest contiguous stretch of finite values and put back
+    at the grid positions that the "valid" window centres on; everything else is NaN.
+    Returns (smoothed grid, smoothed values), both shaped like ``grid``.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    sx, sy = np.full(grid.shape, np.nan), np.full(grid.shape, np.nan)
+    a, b = _longest_finite_run(np.isfinite(values))
+    if b - a >= length:
+        h = (length - 1) // 2
+        sx[a + h:b - (length - 1 - h)] = moving_average(grid[a:b], length)
+        sy[a + h:b - (length - 1 - h)] = moving_average(values[a:b], length)
+    return sx, sy
+
+
+def train_vs_test(runs_by_width, n_grid=100, length=MA_LENGTH):
+    """Appendix D.4 for a set of widths: ``{width: (x, mean, lo, hi)}`` (see the module docstring).
+
+    ``runs_by_width`` maps a width to a list of metrics dicts (one per seed).  The
+    range comes from every run given.  ``x`` is the smoothed grid; ``mean``, ``lo``,
+    ``hi`` are the mean, minimum and maximum over seeds of the smoothed test loss,
+    at the grid points where every seed has a value.
+    """
+    lo, hi = common_range([r["train_loss"] for runs in runs_by_width.values() for r in runs])
+    grid = loss_grid(lo, hi, n_grid)
+    out = {}
+    for width, runs in runs_by_width.items():
+        xs, ys = [], []
+        for r in runs:
+            sx, sy = smooth_on_grid(grid, resample(r["train_loss"], r["test_loss"], grid), length)
+            xs.append(sx)
+            ys.append(sy)
+        Y = np.array(ys)
+        keep = np.all(np.isfinite(Y), axis=0)
+        out[width] = (np.asarray(xs[0])[keep], Y[:, keep].mean(0), Y[:, keep].min(0), Y[:, keep].max(0))
+    return out
+
+
+# ----------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _colours(widths):
+    plt = _plt()
+    cmap = plt.get_cmap("viridis")
+    finite = [w for w in widths if w != "inf"]
+    col = {w: cmap(i / max(1, len(finite) - 1) * 0.9) for i, w in enumerate(finite)}
+    col["inf"] = "black"
+    return col
+
+
+def _label(width, runs):
+    return f"{width}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+
+
+def _curves(ax, runs_by_width, key, col, log=True):
+    for width, runs in runs_by_width.items():
+        steps, mean, lo, hi = seed_stats(runs, key)
+        if not np.any(np.isfinite(mean)):
+            continue
+        ax.plot(steps, mean, color=col[width], lw=1.4, label=_label(width, runs))
+        if len(runs) > 1:
+            ax.fill_between(steps, lo, hi, color=col[width], alpha=0.2, lw=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+
+
+def _title(sweep_dir, runs_by_width):
+    n_seeds = max(len(r) for r in runs_by_width.values())
+    band = "; mean over seeds, band = min..max over seeds" if n_seeds > 1 else ""
+    return f"{Path(sweep_dir).resolve().name}{band}"
+
+
+def plot_loss(runs_by_width, path, title=""):
+    plt = _plt()
+    col = _colours(list(runs_by_width))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key in zip(axes, ("train_loss", "test_loss")):
+        _curves(ax, runs_by_width, key, col)
+        ax.set_ylabel(key.replace("_", " "))
+    axes[1].legend(title="width", fontsize=7, title_fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_accuracy(runs_by_width, path, title=""):
+    plt = _plt()
+    col = _colours(list(runs_by_width))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key in zip(axes, ("train_acc", "test_acc")):
+        _curves(ax, runs_by_width, key, col, log=False)
+        ax.set_ylabel(key.replace("_", " ").replace("acc", "accuracy"))
+    axes[1].legend(title="width", fontsize=7, title_fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def heatmap_table(runs_by_width, key, max_steps):
+    """(widths, step edges, table) for the heatmap: mean over seeds, steps <= max_steps.
+
+    The table has one row per width (order of ``runs_by_width``) and one column per
+    evaluation step of the union of all runs; missing cells are NaN.
+    """
+    stats = {w: seed_stats(r, key) for w, r in runs_by_width.items()}
+    steps = np.unique(np.concatenate([s[0] for s in stats.values()]))
+    steps = steps[steps <= max_steps]
+    table = np.full((len(stats), steps.size), np.nan)
+    for i, (steps_w, mean, _, _) in enumerate(stats.values()):
+        sel = steps_w <= max_steps
+        table[i, np.searchsorted(steps, steps_w[sel])] = mean[sel]
+    mids = (steps[1:] + steps[:-1]) / 2
+    edges = np.concatenate([[steps[0] - (mids[0] - steps[0]) if mids.size else steps[0] - 0.5], mids,
+                            [steps[-1] + (steps[-1] - mids[-1]) if mids.size else steps[0] + 0.5]])
+    return list(stats), edges, table
+
+
+def plot_heatmap(runs_by_width, path, max_steps=4000, title=""):
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(runs_by_width) + 1.2))
+    for ax, key in zip(axes, ("train_loss", "test_loss")):
+        widths, edges, table = heatmap_table(runs_by_width, key, max_steps)
+        finite = table[np.isfinite(table) & (table > 0)]
+        norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size else None
+        mesh = ax.pcolormesh(edges, np.arange(len(widths) + 1), np.ma.masked_invalid(table),
+                             norm=norm, cmap="viridis", shading="flat")
+        ax.set_yticks(np.arange(len(widths)) + 0.5)
+        ax.set_yticklabels([str(w) for w in widths])
+        ax.invert_yaxis()
+        ax.set_xlabel("step")
+        ax.set_ylabel("bottleneck width")
+        ax.set_title(key.replace("_", " "), fontsize=9)
+        fig.colorbar(mesh, ax=ax)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_train_vs_test(runs_by_width, path, title=""):
+    plt = _plt()
+    col = _colours(list(runs_by_width))
+    finite = {w: r for w, r in runs_by_width.items() if w != "inf"}
+    panels = [("all widths", runs_by_width)]
+    if finite and len(finite) < len(runs_by_width):
+        panels.append(("finite widths only", finite))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (name, group) in zip(axes[0], panels):
+        for width, (x, mean, lo, hi) in train_vs_test(group).items():
+            if x.size == 0:
+                continue
+            ax.plot(x, mean, color=col[width], lw=1.4, label=_label(width, group[width]))
+            if len(group[width]) > 1:
+                ax.fill_between(x, lo, hi, color=col[width], alpha=0.2, lw=0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training loss")
+        ax.set_ylabel("test loss")
+        ax.set_title(name, fontsize=9)
+        ax.legend(title="width", fontsize=7, title_fontsize=7)
+    fig.suptitle(title + "\n(appendix D.4: common training-loss grid, linear interpolation, "
+                 "moving average of 5)", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_features(runs_by_width, path, title=""):
+    finite = {w: r for w, r in runs_by_width.items() if w != "inf"}
+    if not finite:
+        return False
+    plt = _plt()
+    col = _colours(list(runs_by_width))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    _curves(axes[0], finite, "feature_movement", col, log=False)
+    axes[0].set_ylabel("|G_t - G_0|_F / |G_0|_F")
+    _curves(axes[1], finite, "kernel_alignment", col, log=False)
+    axes[1].set_ylabel("centred alignment of G G^T with Y Y^T")
+    axes[1].legend(title="width", fontsize=7, title_fontsize=7)
+    fig.suptitle(title + "\n(on the training-loss evaluation rows; no bottleneck for width inf)", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_sweep(sweep_dir, figdir=None, heatmap_steps=4000):
+    """Write the figures of a sweep; returns the list of files written."""
+    runs = load_sweep(sweep_dir)
+    figdir = Path(figdir) if figdir else Path(sweep_dir)
+    figdir.mkdir(parents=True, exist_ok=True)
+    title = _title(sweep_dir, runs)
+    written = []
+    plot_loss(runs, figdir / "loss.png", title)
+    written.append(figdir / "loss.png")
+    if any(np.any(np.isfinite(r["train_acc"])) for rs in runs.values() for r in rs):
+        plot_accuracy(runs, figdir / "accuracy.png", title)
+        written.append(figdir / "accuracy.png")
+    plot_heatmap(runs, figdir / "heatmap.png", heatmap_steps, title)
+    written.append(figdir / "heatmap.png")
+    plot_train_vs_test(runs, figdir / "train_vs_test.png", title)
+    written.append(figdir / "train_vs_test.png")
+    if plot_features(runs, figdir / "features.png", title):
+        written.append(figdir / "features.png")
+    return written
