@@ -1,0 +1,131 @@
+"""What the accelerated simulators share: history storage with norms, dtype, the fused step pass.
+
+A backend subclasses :class:`refimpl.BottleneckSimulator` through
+:class:`AccelBottleneckMixin` and supplies only
+
+* ``_kernels``: a namespace with ``ntk`` and ``ntk_inf`` (used by the ``_theta``
+  and ``_ntk`` hooks), and
+* ``_history_pass(Z, mode, chi)``: one pass over the stored history.
+
+All bookkeeping (step, tracked sets, A, state_dict) stays in refimpl.
+
+The history pass (SPEC §4) returns, for queries Z (q, d),
+
+    f[b]       = sum_m K(Z_b, P_m) C_m                              (q, dr)
+    T[b, r]    = sum_m alpha(Z_b, P_m) w_m,r P_m                    (q, R, d)
+    bsum[b, r] = sum_m beta(Z_b, P_m) w_m,r                         (q, R)
+
+with ``w = C`` (mode 1, R = dr) or ``w_m = C_m . chi_b`` (mode 2, R = 1); mode 0
+computes f only.  Then ``sum_m (C_m . chi_b) Xi(Z_b, P_m) = sum_r chi_b,r
+T[b, r] + (sum_r chi_b,r bsum[b, r]) Z^_b``.  In a training step f and
+J^T chi are needed at the same batch points, so ``_hist_f`` at a small batch
+runs mode 1 and keeps T, and the following ``_hist_jt_chi`` contracts it with
+chi: one pass over the history per step instead of two (the angles, the
+expensive part, are computed once).  This costs dr times the flops of the
+Xi contraction, so it is used for ``dr <= FUSE_MAX_DR`` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refimpl.dynamics import History
+from refimpl.kernels import unit_rows
+
+DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run on this machine; the message (one line) says why."""
+
+#: The fused f + Xi pass is used when the query has at most this many rows ...
+FUSE_MAX_ROWS = 256
+#: ... and the output dimension is at most this.
+FUSE_MAX_DR = 4
+
+
+def check_dtype(dtype):
+    """Return the NumPy scalar type for ``"float64"`` / ``"float32"`` (or the types themselves)."""
+    if dtype is None:
+        return np.float64
+    key = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if key not in DTYPES:
+        raise ValueError(f"dtype: expected 'float64' or 'float32', got {dtype!r}")
+    return DTYPES[key]
+
+
+class NormedHistory(History):
+    """History (P, C) in a chosen dtype that also keeps the float64 norms |P_m| of the stored rows.
+
+    Grows by amortised doubling like :class:`refimpl.History`; the norms are
+    those of the rows as stored (after rounding to ``dtype``), computed once at
+    append time so that no step recomputes them.
+    """
+
+    def __init__(self, d, dr, capacity=1024, dtype=np.float64):
+        super().__init__(d, dr, capacity=capacity, dtype=dtype)
+        self._norms = np.empty(capacity)
+
+    def append(self, P, C):
+        start = self.M
+        super().append(P, C)
+        if self._norms.shape[0] < self._P.shape[0]:
+            grown = np.empty(self._P.shape[0])
+            grown[:start] = self._norms[:start]
+            self._norms = grown
+        rows = self._P[start:self.M].astype(np.float64)
+        self._norms[start:self.M] = unit_rows(rows)[0]
+
+    @property
+    def norms(self):
+        """(M,) float64 norms of the stored embeddings."""
+        return self._norms[:self.M]
+
+
+class AccelBottleneckMixin:
+    """Hooks of :class:`refimpl.BottleneckSimulator` over a backend's history pass."""
+
+    #: Storage and compute precision of the history pass (set by accel.get_backend).
+    dtype = np.float64
+    _kernels = None
+
+    def _init_accel(self, dtype):
+        self.dtype = check_dtype(dtype if dtype is not None else type(self).dtype)
+        self._fused = None
+
+    def _new_history(self, capacity=1024):
+        return NormedHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype)
+
+    def _theta(self, Xa, Xb):
+        return self._kernels.ntk(Xa, Xb, self.activation, self.depth_g)
+
+    def _hist_f(self, Z):
+        fuse = Z.shape[0] <= FUSE_MAX_ROWS and self.dr <= FUSE_MAX_DR
+        f, T, bsum = self._history_pass(Z, 1 if fuse else 0, None)
+        self._fused = (self.history, self.history.M, Z.copy(), T, bsum) if fuse else None
+        return f
+
+    def _hist_jt_chi(self, Z, chi):
+        _, Zh = unit_rows(Z)
+        cached, self._fused = self._fused, None
+        if (cached is not None and cached[0] is self.history and cached[1] == self.history.M
+                and cached[2].shape == Z.shape and np.array_equal(cached[2], Z)):
+            T, bsum = cached[3], cached[4]
+            return np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
+        _, T, bsum = self._history_pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
+        return T[:, 0, :] + bsum[:, 0][:, None] * Zh
+
+    def _kernel_params(self):
+        """(relu flag, scale m, linear depth) of the head kernel K."""
+        return (self.activation == "relu", float(self.d), float(self.depth_f))
+
+
+class AccelInfiniteMixin:
+    """The ``_ntk`` hook of :class:`refimpl.InfiniteSimulator` over a backend's kernels."""
+
+    dtype = np.float64
+    _kernels = None
+
+    def _ntk(self, Xa, Xb):
+        return self._kernels.ntk_inf(Xa, Xb, self.activation, self.depth_f, self.depth_g,
+                                     self.lr_f, self.lr_g)
