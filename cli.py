@@ -281,5 +281,114 @@ def plot(sweep_dir, figdir, heatmap_steps):
         click.echo(str(path))
 
 
+# ---------------------------------------------------------------------------- finite networks (appendix F)
+
+@cli.command("finite-sweep")
+@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="mnist", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
+@click.option("--train-size", type=POS_INT, default=None,
+              help="Training points (a fixed seeded subset). [default: 1000 synthetic, all otherwise]")
+@click.option("--test-size", type=POS_INT, default=None,
+              help="Test points (a fixed seeded subset). [default: 500 synthetic, all otherwise]")
+@click.option("--widths", default="1,2,4,8,16,32,64,128", show_default=True,
+              help="Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000).")
+@click.option("--hidden", type=POS_INT, default=100_000, show_default=True,
+              help="Hidden width n of both wide layers (the paper's 100,000; see README for memory).")
+@click.option("--steps", type=POS_INT, default=2000, show_default=True, help="SGD steps per bottleneck size.")
+@click.option("--batch-size", type=POS_INT, default=5, show_default=True, help="SGD batch size (the paper's 5).")
+@click.option("--lr", type=POSITIVE, default=1.0, show_default=True, help="Learning rate (loss 1/(2B) sum |F - y|^2).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the weights and of the batch order.")
+@click.option("--eval-every", type=POS_INT, default=100, show_default=True, help="Steps between evaluations.")
+@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
+              help="Training points (a fixed subset) for the training loss and error.")
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@click.option("--backend", type=click.Choice(["numpy", "gpu"]), default="numpy", show_default=True,
+              help="gpu runs the same networks with CuPy arrays.")
+@click.option("--out", type=click.Path(), default=None, help="Sweep directory. [default: runs/finite-<dataset>-<time>]")
+@click.option("--force", is_flag=True, help="Start over in an existing sweep directory.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Finish the sweep in this directory with its saved options (finished sizes are skipped; "
+                   "--widths adds sizes).")
+def finite_sweep_cmd(out, force, resume_dir, widths, **options):
+    """Appendix F: finite networks of hidden width n across bottleneck sizes, trained by SGD.
+
+    Writes per size OUT/width-DDDDD/metrics.csv (step, train_loss, test_loss, train_err, test_err,
+    wall_s) and result.json, then summary.json, summary.csv, finite-losses.png (paper fig 15) and
+    finite-final.png (fig 16).  Exit status 1 if a size diverged.
+    """
+    from refimpl.finite_sweep import SweepConfig, finite_sweep
+    say = lambda msg: click.echo(msg, err=True)   # noqa: E731
+    if resume_dir is not None:
+        ctx = click.get_current_context()
+        given = [n for n in options if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given or out or force:
+            flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
+            raise click.UsageError(f"{flag}: a resumed finite sweep keeps its saved options (only --widths may "
+                                   "be given with --resume)")
+        extra = widths if ctx.get_parameter_source("widths") == click.core.ParameterSource.COMMANDLINE else None
+        summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
+        target = Path(resume_dir)
+    else:
+        if options["dataset"] == "synthetic":
+            options["train_size"] = options["train_size"] or 1000
+            options["test_size"] = options["test_size"] or 500
+        target = Path(out) if out else Path("runs") / f"finite-{options['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **options), target, force=force, log=say)
+    click.echo(f"sweep directory: {target}")
+    for row in summary["widths"]:
+        err = "" if row["test_err"] is None else f"  test_err {row['test_err']:.4f}"
+        click.echo(f"d={row['width']}: {row['status']}  train_loss {row['train_loss']:.4g}  "
+                   f"test_loss {row['test_loss']:.4g}{err}")
+    if summary["diverged"]:
+        raise click.ClickException(f"{len(summary['diverged'])} bottleneck size(s) diverged "
+                                   f"({', '.join(map(str, summary['diverged']))}); lower --lr")
+
+
+@cli.command("finite-vs-infinite")
+@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with MNIST / CIFAR-10.")
+@click.option("--train-size", type=POS_INT, default=200, show_default=True, help="Training points.")
+@click.option("--test-size", type=POS_INT, default=200, show_default=True, help="Test points.")
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@click.option("--width", type=POS_INT, default=10, show_default=True, help="Bottleneck width d.")
+@click.option("--hidden", default="500,2000,8000,32000", show_default=True,
+              help="Hidden widths n of the finite networks, comma-separated (at least two).")
+@click.option("--limit-width", type=POS_INT, default=10_000, show_default=True,
+              help="Width n0 of the default initial functions of the 'limit' simulator run.")
+@click.option("--steps", type=POS_INT, default=200, show_default=True, help="SGD steps.")
+@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size.")
+@click.option("--lr", type=POSITIVE, default=1.0, show_default=True, help="Learning rate (loss 1/(2B) sum |F - y|^2).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Weights and batch order.")
+@click.option("--eval-every", type=POS_INT, default=10, show_default=True, help="Steps between evaluations.")
+@click.option("--max-ratio", type=POSITIVE, default=0.5, show_default=True,
+              help="Check: fail unless gap(largest n) <= MAX_RATIO * gap(smallest n).")
+@click.option("--out", type=click.Path(), default=None, help="Output folder. [default: runs/finite-vs-infinite-<time>]")
+@click.option("--force", is_flag=True, help="Overwrite an existing comparison in --out.")
+def finite_vs_infinite_cmd(out, force, **options):
+    """Finite networks of growing width against the simulator (the n -> infinity limit), same data and init.
+
+    Each finite network and its simulator start from the same random network and see the same
+    batches; the relative gap of their loss curves must shrink with n.  Writes metrics.csv,
+    table.csv, summary.json and finite-vs-infinite.png; exit status 1 if the gap does not shrink.
+    """
+    from refimpl.finite_sweep import CompareConfig, finite_vs_infinite, markdown_table
+    target = Path(out) if out else Path("runs") / f"finite-vs-infinite-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_guarded(finite_vs_infinite, CompareConfig(**options), target, force=force,
+                          log=lambda msg: click.echo(msg, err=True))
+    click.echo(f"output directory: {target}")
+    click.echo(markdown_table(summary["table"], summary["limit"]))
+    chk = summary["check"]
+    slope = "n/a" if chk["loglog_slope"] is None else f"{chk['loglog_slope']:.2f}"
+    line = (f"gap(n={max(summary['config']['hidden'])}) / gap(n={min(summary['config']['hidden'])}) = "
+            f"{chk['ratio']:.3g} (max {chk['max_ratio']}), log-log slope {slope}")
+    if not chk["passed"]:
+        raise click.ClickException(f"the finite-to-simulator gap does not shrink with the width: {line}")
+    click.echo(f"check passed: {line}")
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,763 @@
+"""Finite networks across bottleneck sizes (paper appendix F) and finite against infinite width.
+
+Two experiments built on :class:`~refimpl.finite.FiniteNetwork` (weight-space SGD
+with hand-written backprop, SPEC §1):
+
+:func:`finite_sweep` (paper appendix F, figs 15 and 16)
+    For every bottleneck size d in ``widths``, train a finite network of
+    hidden width n (``hidden``; the paper's n = 100,000) by SGD with batch 5 on
+    MNIST (multi-output regression on one-hot targets), and record training
+    and test loss and error rate (1 - accuracy) against steps.  Figures: loss
+    against steps per bottleneck size (fig 15) and final loss and error rate
+    against bottleneck size (fig 16).
+
+:func:`finite_vs_infinite` (the infinite-width check, SPEC §6 / paper appendix E)
+    On one small data set, train finite networks of growing hidden width n and,
+    for each, the function-space simulation
+    :class:`~refimpl.dynamics.BottleneckSimulator` started from the *same*
+    random network (so the two share g0, f0, J0 exactly and differ only in
+    their dynamics), on the same batches.  The gap between the finite and the
+    simulated loss curves must shrink as n grows (theorem 3.2).
+
+Loss convention (SPEC §4, the same as the simulators and ``train.py``): a step
+on a batch of B points minimises ``L = 1/(2B) sum_i |F_i - y_i|^2``; reported
+losses are the mean over points of ``|F - y|^2 / 2``.  Batch t is
+:func:`refimpl.train.batch_indices` ``(seed, t, N, B)``, the same batches as
+``cli.py train`` with the same seed.
+
+Memory (float64, :func:`memory_estimate`): a network holds
+``P = n (d0 + 2 d + dr)`` weights; SGD needs the weights and one gradient of
+every matrix (16 P bytes), constructing a network holds a second copy for a
+moment (also 16 P bytes), and a forward pass forms hidden blocks of
+:data:`refimpl.finite.ROW_BLOCK_ELEMENTS` float64.  For MNIST (d0 = 784,
+dr = 10) and n = 100,000, theta1 alone is 627 MB; the whole run needs about
+1.3 GB at d = 1, 4.5 GB at d = 1000 and 30 GB at d = 9000, so n = 100,000 fits
+in 24 GiB up to d of about 7,000.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .dynamics import BottleneckSimulator, DivergenceError
+from .finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from .network import RandomNetwork
+from .train import TrainError, atomic_write_bytes, atomic_write_text, batch_indices
+
+#: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
+PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
+
+SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
+SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
+SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
+
+
+# ----------------------------------------------------------------------------
+# small shared helpers
+# ----------------------------------------------------------------------------
+
+def _positive_int(name, val):
+    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+        raise TrainError(f"{name}: expected a positive integer, got {val!r}")
+
+
+def _positive_float(name, val):
+    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
+        raise TrainError(f"{name}: expected a positive number, got {val!r}")
+
+
+def parse_widths(text, name="widths"):
+    """Parse ``"1,2,4"`` (or ``"paper"``, the paper's 36 sizes) into a sorted tuple of distinct positive ints."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        s = str(text).strip()
+        if s.lower() == "paper":
+            return PAPER_WIDTHS
+        items = [p.strip() for p in s.split(",") if p.strip()]
+    if not items:
+        raise TrainError(f"{name}: expected a comma-separated list of positive integers, got {text!r}")
+    out = []
+    for p in items:
+        try:
+            v = int(p) if not isinstance(p, (int, np.integer)) else int(p)
+        except (TypeError, ValueError):
+            raise TrainError(f"{name}: expected a comma-separated list of positive integers, "
+                             f"got {p!r} in {text!r}") from None
+        if isinstance(p, bool) or v < 1:
+            raise TrainError(f"{name}: expected positive integers, got {p!r}")
+        out.append(v)
+    return tuple(sorted(set(out)))
+
+
+def array_module(backend):
+    """The array module for ``backend``: numpy, or cupy for "gpu" (TrainError with the reason if unusable)."""
+    if backend == "numpy":
+        return np
+    if backend != "gpu":
+        raise TrainError(f"backend: expected numpy or gpu, got {backend!r}")
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device found")
+    except Exception as exc:   # ImportError, CUDA driver errors: one line for the user
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainError(f"backend: 'gpu' is not available here ({reason}); install the gpu extra "
+                         f"(cupy-cuda12x) on a CUDA machine or use --backend numpy") from None
+    return cupy
+
+
+def _to_numpy(a):
+    get = getattr(a, "get", None)          # cupy arrays
+    return np.asarray(get() if callable(get) else a)
+
+
+def memory_estimate(d0, d, dr, hidden, batch_size=5):
+    """Peak bytes of one finite-network SGD run (float64), see the module docstring.
+
+    Weights plus one gradient per matrix (16 bytes per weight) and the same again
+    while the network is constructed, plus the hidden-activation blocks of the
+    forward/backward passes (about 6 blocks of ``min(rows, ROW_BLOCK_ELEMENTS / n) * n``).
+    """
+    params = hidden * (d0 + 2 * d + dr)
+    block = min(ROW_BLOCK_ELEMENTS, max(batch_size, 1) * hidden)
+    return 16 * params + 8 * 6 * ROW_BLOCK_ELEMENTS + 8 * 4 * block
+
+
+def available_memory(xp):
+    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
+    if xp is not np:
+        try:
+            free, total = xp.cuda.runtime.memGetInfo()
+            return int(total)
+        except Exception:   # noqa: BLE001
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(b):
+    return f"{b / 2 ** 30:.1f} GiB"
+
+
+def _load(dataset, data_dir, train_size, test_size, seed, d0, dr):
+    from .data import load_dataset
+    kwargs = {"d0": d0, "dr": dr} if dataset == "synthetic" else {}
+    try:
+        return load_dataset(dataset, data_dir=data_dir, train_size=train_size, test_size=test_size,
+                            seed=seed, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise TrainError(str(exc).splitlines()[0]) from None
+
+
+def _write_csv(path, columns, rows):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
+                    for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _save_fig(fig, path, dpi=90):
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+# ----------------------------------------------------------------------------
+# appendix F: bottleneck sweep of finite networks
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SweepConfig:
+    """Options of :func:`finite_sweep` (stored in ``config.json``)."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_size: int | None = None        # None: every training row (mnist, cifar); 1000 for synthetic
+    test_size: int | None = None         # None: every test row; 500 for synthetic
+    d0: int = 16                         # synthetic only
+    dr: int = 1                          # synthetic only
+    widths: tuple = (1, 2, 4, 8, 16, 32, 64, 128)
+    hidden: int = 100_000
+    steps: int = 2000
+    batch_size: int = 5
+    lr: float = 1.0
+    seed: int = 0                        # weights and batch order
+    data_seed: int = 0                   # data subset / synthetic draw
+    eval_every: int = 100
+    eval_size: int = 1000
+    backend: str = "numpy"
+
+    def validate(self):
+        """Raise TrainError with a one-line message for the first bad option."""
+        if self.dataset not in ("synthetic", "mnist", "cifar"):
+            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        self.widths = parse_widths(self.widths)
+        for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
+            _positive_int(name, getattr(self, name))
+        for name in ("train_size", "test_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
+        _positive_float("lr", self.lr)
+        if self.backend not in ("numpy", "gpu"):
+            raise TrainError(f"backend: expected numpy or gpu, got {self.backend!r}")
+
+    def as_json(self):
+        d = dataclasses.asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+def _eval_rows(seed, n, eval_size):
+    """The fixed training subset for the training metrics (as :func:`refimpl.train.eval_rows`)."""
+    if n <= eval_size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
+
+
+def evaluate_network(net, data, rows):
+    """Losses (mean |F - y|^2 / 2) and error rates (1 - accuracy; None for regression) of a FiniteNetwork."""
+    out = {}
+    for split, X, Y, labels in (("train", data.X_train[rows], data.Y_train[rows],
+                                 None if data.labels_train is None else data.labels_train[rows]),
+                                ("test", data.X_test, data.Y_test, data.labels_test)):
+        F = _to_numpy(net.outputs(X))
+        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        out[f"{split}_err"] = None if labels is None else float(np.mean(np.argmax(F, axis=1) != labels))
+    return out
+
+
+def width_dir(out, d):
+    """Folder of one bottleneck size inside a sweep directory."""
+    return Path(out) / f"width-{d:05d}"
+
+
+def prepare_sweep_dir(out, force, resume):
+    """Create the sweep directory; refuse to overwrite a sweep unless ``force``; clear it with ``force``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out: {out} exists and is not a directory")
+    held = out.is_dir() and ((out / "config.json").exists() or any(out.glob("width-*")))
+    if resume:
+        if not (out / "config.json").exists():
+            raise TrainError(f"resume: {out} holds no finite-sweep run (config.json expected)")
+        return out
+    if held and not force:
+        raise TrainError(f"out: {out} already holds a sweep; use --resume to finish it or --force to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    if held:
+        for f in SWEEP_FILES:
+            if (out / f).exists():
+                (out / f).unlink()
+        for w in out.glob("width-*"):
+            if w.is_dir():
+                shutil.rmtree(w)
+    return out
+
+
+def _train_width(config, data, rows, d, folder, xp, log):
+    """Train one bottleneck size; write metrics.csv as it goes and result.json (atomically) at the end."""
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp)
+    metrics, status, message = [], "done", None
+    N = data.n_train
+
+    def record(step):
+        row = {"step": step, **evaluate_network(net, data, rows), "wall_s": round(time.perf_counter() - t0, 3)}
+        metrics.append(row)
+        _write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
+        for key in ("train_loss", "test_loss"):
+            if not math.isfinite(row[key]):
+                raise DivergenceError(f"{key} is {row[key]} at step {step}")
+        return row
+
+    last_batch = None
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            record(0)
+            for step in range(config.steps):
+                idx = batch_indices(config.seed, step, N, config.batch_size)
+                last_batch = net.step(data.X_train[idx], data.Y_train[idx], lr=config.lr)
+                done = step + 1
+                if done % config.eval_every == 0 or done == config.steps:
+                    row = record(done)
+                    log(f"  d={d} step {done}/{config.steps}: train_loss {row['train_loss']:.4g} "
+                        f"test_loss {row['test_loss']:.4g}" +
+                        ("" if row["test_err"] is None else f" test_err {row['test_err']:.3f}") +
+                        f" ({row['wall_s']:.0f} s)")
+    except DivergenceError as exc:
+        status, message = "diverged", f"{exc} (lower --lr)"
+        log(f"  d={d}: diverged: {message}")
+    result = {"width": d, "status": status, "message": message, "steps_done": int(net.t),
+              "final": metrics[-1] if metrics else None, "last_batch_loss": last_batch,
+              "wall_s": round(time.perf_counter() - t0, 3)}
+    atomic_write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
+    del net
+    return result
+
+
+def finite_sweep(config, out, force=False, resume=False, widths=None, log=print):
+    """Train finite networks of hidden width ``config.hidden`` for every bottleneck size (appendix F).
+
+    Parameters
+    ----------
+    config : SweepConfig, or None with ``resume``
+    out : path of the sweep directory
+    force : start over in an existing sweep directory (its sweep files are removed)
+    resume : continue the sweep in ``out`` with its saved options (``config`` is ignored):
+        sizes already finished are skipped, the others are trained (a size interrupted
+        midway starts again from step 0)
+    widths : with ``resume``, extra bottleneck sizes to add to the saved ones
+    log : callable for one-line progress messages
+
+    Writes, in ``out``: ``config.json``; ``width-DDDDD/metrics.csv`` (step, train_loss,
+    test_loss, train_err, test_err, wall_s) and ``width-DDDDD/result.json`` (written last,
+    atomically: its presence marks the size as finished); ``summary.json`` and ``summary.csv``
+    (final metrics per size); ``finite-losses.png`` (fig 15) and ``finite-final.png`` (fig 16).
+
+    Returns
+    -------
+    dict : the summary (also in ``summary.json``)
+    """
+    if resume:
+        out = prepare_sweep_dir(out, force=False, resume=True)
+        try:
+            saved = json.loads((out / "config.json").read_text())["config"]
+        except (ValueError, KeyError, OSError) as exc:
+            raise TrainError(f"resume: cannot read {out / 'config.json'} ({exc})") from None
+        names = {f.name for f in dataclasses.fields(SweepConfig)}
+        config = SweepConfig(**{k: v for k, v in saved.items() if k in names})
+        if widths is not None:
+            config.widths = tuple(sorted(set(parse_widths(config.widths)) | set(parse_widths(widths))))
+    elif config is None:
+        raise TrainError("config: expected a SweepConfig for a new sweep")
+    config.validate()
+    xp = array_module(config.backend)
+    data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
+                 config.d0, config.dr)
+    if config.batch_size > data.n_train:
+        raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
+                         f"got {config.batch_size}")
+    need = memory_estimate(data.d0, max(config.widths), data.dr, config.hidden, config.batch_size)
+    have = available_memory(xp)
+    if have is not None and need > 0.9 * have:
+        fits = [d for d in config.widths
+                if memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size) <= 0.9 * have]
+        raise TrainError(f"hidden: n={config.hidden} with bottleneck {max(config.widths)} needs about "
+                         f"{_gib(need)}, more than this machine's {_gib(have)}; lower --hidden or keep the "
+                         f"widths up to {max(fits) if fits else 'none'}")
+    if not resume:
+        out = prepare_sweep_dir(out, force, resume=False)
+    all_widths = config.widths
+    meta = {"config": {**config.as_json(), "widths": list(all_widths)}, "data": data.meta,
+            "refimpl_version": __version__,
+            "memory_estimate_bytes": {str(d): memory_estimate(data.d0, d, data.dr, config.hidden,
+                                                              config.batch_size) for d in all_widths},
+            "loss": "mean over points of |F - y|^2 / 2; SGD on 1/(2B) sum |F - y|^2",
+            "error": "1 - accuracy (argmax of F against the label); empty for regression",
+            "train_metrics_rows": int(min(config.eval_size, data.n_train))}
+    atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
+    rows = _eval_rows(config.seed, data.n_train, config.eval_size)
+
+    for d in config.widths:
+        folder = width_dir(out, d)
+        if (folder / "result.json").exists():
+            log(f"d={d}: already finished, skipped")
+            continue
+        log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
+            f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
+        _train_width(config, data, rows, d, folder, xp, log)
+    return write_sweep_summary(out)
+
+
+def load_sweep(out):
+    """Per finished bottleneck size: (result dict, metrics rows as floats), sorted by size."""
+    results = []
+    for folder in sorted(Path(out).glob("width-*")):
+        if not (folder / "result.json").exists():
+            continue
+        res = json.loads((folder / "result.json").read_text())
+        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
+                for r in _read_csv(folder / "metrics.csv")]
+        results.append((res, rows))
+    results.sort(key=lambda r: r[0]["width"])
+    return results
+
+
+def write_sweep_summary(out):
+    """Write summary.json, summary.csv and the two figures from the finished sizes in ``out``."""
+    out = Path(out)
+    cfg = json.loads((out / "config.json").read_text())
+    results = load_sweep(out)
+    table = []
+    for res, _ in results:
+        fin = res.get("final") or {}
+        table.append({"width": res["width"], "status": res["status"], "steps_done": res["steps_done"],
+                      **{k: fin.get(k) for k in SWEEP_COLUMNS[1:5]}, "wall_s": res["wall_s"]})
+    summary = {"config": cfg["config"], "data": {k: cfg["data"].get(k) for k in ("dataset", "n_train", "n_test",
+                                                                                 "d0", "dr")},
+               "final_is": "the last evaluation (step = steps, or the last good one of a diverged size)",
+               "widths": table,
+               "diverged": [r["width"] for r in table if r["status"] != "done"],
+               "missing": [d for d in cfg["config"]["widths"] if d not in {r["width"] for r in table}]}
+    done = [r for r in table if r["status"] == "done" and r["test_loss"] is not None]
+    if done:
+        summary["best_test_loss_width"] = min(done, key=lambda r: r["test_loss"])["width"]
+        if done[0]["test_err"] is not None:
+            summary["best_test_err_width"] = min(done, key=lambda r: r["test_err"])["width"]
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
+                                     "test_err", "wall_s"], table)
+    if results:
+        plot_sweep(out, results, cfg["config"])
+    return summary
+
+
+def plot_sweep(out, results, config):
+    """fig 15 (loss against steps per bottleneck size) and fig 16 (final loss and error against size)."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("viridis")
+    ws = [r[0]["width"] for r in results]
+    lw = np.log(ws)
+    span = (lw.max() - lw.min()) or 1.0
+    title = (f"{config['dataset']}, n={config['hidden']:,}, batch {config['batch_size']}, lr {config['lr']}")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for (res, rows), l in zip(results, lw):
+        colour = cmap(0.9 * (l - lw.min()) / span)
+        steps = [r["step"] for r in rows]
+        for ax, key in zip(axes, ("train_loss", "test_loss")):
+            ax.plot(steps, [r[key] for r in rows], color=colour, lw=1.2,
+                    label=f"d={res['width']}" + ("" if res["status"] == "done" else " (diverged)"))
+    for ax, name in zip(axes, ("training loss", "test loss")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (mean |F - y|^2 / 2)")
+    axes[1].legend(fontsize=7, ncol=2 if len(results) > 8 else 1, title="bottleneck")
+    fig.suptitle(f"finite networks: {title}", fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, out / "finite-losses.png")
+
+    done = [(res, rows) for res, rows in results if res["status"] == "done"]
+    has_err = bool(done) and done[0][0]["final"].get("test_err") is not None
+    fig, axes = plt.subplots(1, 2 if has_err else 1, figsize=(10 if has_err else 5.5, 4), squeeze=False)
+    axes = axes[0]
+    x = [res["width"] for res, _ in done]
+    for key, label, style in (("train_loss", "train", "o-"), ("test_loss", "test", "s-")):
+        axes[0].plot(x, [res["final"][key] for res, _ in done], style, ms=4, label=label)
+    axes[0].set_ylabel("final loss")
+    if has_err:
+        for key, label, style in (("train_err", "train", "o-"), ("test_err", "test", "s-")):
+            axes[1].plot(x, [res["final"][key] for res, _ in done], style, ms=4, label=label)
+        axes[1].set_ylabel("final error rate (1 - accuracy)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("bottleneck size d")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"end of training ({config['steps']} steps): {title}", fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, out / "finite-final.png")
+
+
+# ----------------------------------------------------------------------------
+# finite against infinite width
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CompareConfig:
+    """Options of :func:`finite_vs_infinite` (stored in ``summary.json``)."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    train_size: int = 200
+    test_size: int = 200
+    d0: int = 16                      # synthetic only
+    dr: int = 1                       # synthetic only
+    width: int = 10                   # bottleneck d
+    hidden: tuple = (500, 2000, 8000, 32000)
+    limit_width: int = 10_000         # n0 of the simulator's default initial functions ("limit")
+    steps: int = 300
+    batch_size: int = 20
+    lr: float = 1.0
+    seed: int = 0
+    data_seed: int = 0
+    eval_every: int = 5
+    max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
+
+    def validate(self):
+        if self.dataset not in ("synthetic", "mnist", "cifar"):
+            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        self.hidden = parse_widths(self.hidden, "hidden")
+        if len(self.hidden) < 2:
+            raise TrainError(f"hidden: expected at least two widths to compare, got {list(self.hidden)}")
+        for name in ("train_size", "test_size", "d0", "dr", "width", "limit_width", "steps", "batch_size",
+                     "eval_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
+        _positive_float("lr", self.lr)
+        _positive_float("max_ratio", self.max_ratio)
+
+    def as_json(self):
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+COMPARE_COLUMNS = ["run", "n", "step", "finite_train_loss", "finite_test_loss", "sim_train_loss", "sim_test_loss",
+                   "rel_gap_train", "rel_gap_test", "output_gap"]
+TABLE_COLUMNS = ["n", "finite_train_final", "sim_train_final", "finite_test_final", "sim_test_final",
+                 "max_rel_gap_train", "final_rel_gap_train", "max_rel_gap_test", "final_rel_gap_test",
+                 "max_output_gap", "final_output_gap"]
+
+
+def relative_gap(a, b):
+    """|a - b| / |b| elementwise (0 where both are 0): the gap of finite losses ``a`` to simulated losses ``b``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    diff = np.abs(a - b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(diff == 0, 0.0, diff / np.abs(b))
+
+
+def output_gap(F_fin, F_sim):
+    """Relative distance of the outputs, ``||F_fin - F_sim||_F / ||F_sim||_F`` (0 when equal)."""
+    diff = float(np.linalg.norm(np.asarray(F_fin) - np.asarray(F_sim)))
+    ref = float(np.linalg.norm(F_sim))
+    return 0.0 if diff == 0 else diff / ref
+
+
+def gap_table(records):
+    """One row per width from the per-step records of :func:`finite_vs_infinite`.
+
+    ``records``: dicts with keys n, step, finite_/sim_ train/test losses and output_gap
+    (the ``run == "finite"`` rows of metrics.csv).  Max is over the evaluated steps, final
+    is the last step.
+    """
+    table = []
+    for n in sorted({int(r["n"]) for r in records}):
+        rs = sorted((r for r in records if int(r["n"]) == n), key=lambda r: int(r["step"]))
+        row = {"n": n}
+        for split in ("train", "test"):
+            fin = np.array([float(r[f"finite_{split}_loss"]) for r in rs])
+            sim = np.array([float(r[f"sim_{split}_loss"]) for r in rs])
+            rel = relative_gap(fin, sim)
+            row[f"finite_{split}_final"] = float(fin[-1])
+            row[f"sim_{split}_final"] = float(sim[-1])
+            row[f"max_rel_gap_{split}"] = float(rel.max())
+            row[f"final_rel_gap_{split}"] = float(rel[-1])
+        og = np.array([float(r["output_gap"]) for r in rs])
+        row["max_output_gap"] = float(og.max())
+        row["final_output_gap"] = float(og[-1])
+        table.append(row)
+    return table
+
+
+def gap_check(table, max_ratio, key="max_rel_gap_train"):
+    """(passed, ratio, slope): does the gap shrink from the smallest to the largest width?
+
+    ``ratio = gap(largest n) / gap(smallest n)``, passed when ``ratio <= max_ratio``; ``slope``
+    is the least-squares exponent of gap against n on log-log axes (about -0.5 expected).
+    """
+    ns = np.array([r["n"] for r in table], dtype=np.float64)
+    gaps = np.array([r[key] for r in table], dtype=np.float64)
+    small, large = gaps[np.argmin(ns)], gaps[np.argmax(ns)]
+    ratio = 0.0 if large == 0 else (math.inf if small == 0 else float(large / small))
+    ok = np.all(gaps > 0)
+    slope = float(np.polyfit(np.log(ns[gaps > 0]), np.log(gaps[gaps > 0]), 1)[0]) if ok and len(ns) > 1 else None
+    return ratio <= max_ratio, ratio, slope
+
+
+def _losses(F, Y):
+    return 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+
+
+def finite_vs_infinite(config, out, force=False, log=print):
+    """Loss curves of finite networks of growing width against the function-space simulation.
+
+    For each hidden width n in ``config.hidden``: ``net = RandomNetwork.sample(d0, d, dr, n, seed)``,
+    ``finite = FiniteNetwork.from_random_network(net)`` and ``sim = BottleneckSimulator(net, ...)``
+    (the same g0, f0, J0), trained on the same batches with the same rate.  The training loss is
+    evaluated on all training points, the test loss on all test points, every ``eval_every`` steps.
+    A reference simulation from the default initial functions (width ``limit_width``) is run as "limit".
+
+    Writes, in ``out``: ``metrics.csv`` (columns :data:`COMPARE_COLUMNS`; run = finite or limit),
+    ``table.csv`` (columns :data:`TABLE_COLUMNS`), ``summary.json`` (options, table, check) and
+    ``finite-vs-infinite.png``.
+
+    Returns
+    -------
+    dict : the summary, with ``check = {"passed", "ratio", "slope", "max_ratio", "quantity"}``
+    """
+    config.validate()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out: {out} exists and is not a directory")
+    existing = [f for f in ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")
+                if (out / f).exists()]
+    if existing and not force:
+        raise TrainError(f"out: {out} already holds a comparison ({', '.join(existing)}); use --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
+                 config.d0, config.dr)
+    if config.batch_size > data.n_train:
+        raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
+                         f"got {config.batch_size}")
+    X, Y, Xt, Yt = data.X_train, data.Y_train, data.X_test, data.Y_test
+    N = data.n_train
+    eval_steps = sorted({0, config.steps, *range(config.eval_every, config.steps, config.eval_every)})
+    records = []
+    t0 = time.perf_counter()
+
+    def run(kind, n, net, finite):
+        sim = BottleneckSimulator(net, X, Y, lr=config.lr, X_eval=Xt)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                for step in range(config.steps + 1):
+                    if step in eval_steps:
+                        Fs, Fst = sim.outputs(X), sim.outputs(Xt)
+                        rec = {"run": kind, "n": n, "step": step, "sim_train_loss": _losses(Fs, Y),
+                               "sim_test_loss": _losses(Fst, Yt)}
+                        if finite is not None:
+                            Ff, Fft = _to_numpy(finite.outputs(X)), _to_numpy(finite.outputs(Xt))
+                            rec.update(finite_train_loss=_losses(Ff, Y), finite_test_loss=_losses(Fft, Yt),
+                                       output_gap=output_gap(np.vstack([Ff, Fft]), np.vstack([Fs, Fst])))
+                            rec["rel_gap_train"] = float(relative_gap(rec["finite_train_loss"],
+                                                                      rec["sim_train_loss"]))
+                            rec["rel_gap_test"] = float(relative_gap(rec["finite_test_loss"],
+                                                                     rec["sim_test_loss"]))
+                        for k in ("sim_train_loss", "finite_train_loss"):
+                            if k in rec and not math.isfinite(rec[k]):
+                                raise DivergenceError(f"{k} is {rec[k]} at step {step}")
+                        records.append(rec)
+                    if step == config.steps:
+                        break
+                    idx = batch_indices(config.seed, step, N, config.batch_size)
+                    if finite is not None:
+                        finite.step(X[idx], Y[idx], lr=config.lr)
+                    sim.step(idx)
+        except DivergenceError as exc:
+            raise TrainError(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
+
+    for n in config.hidden:
+        net = RandomNetwork.sample(data.d0, config.width, data.dr, width=n, seed=config.seed)
+        run("finite", n, net, FiniteNetwork.from_random_network(net))
+        last = records[-1]
+        log(f"n={n}: finite train loss {last['finite_train_loss']:.5g}, simulator {last['sim_train_loss']:.5g}, "
+            f"output gap {last['output_gap']:.3g} ({time.perf_counter() - t0:.0f} s)")
+    limit_net = RandomNetwork.sample(data.d0, config.width, data.dr, width=config.limit_width, seed=config.seed)
+    run("limit", config.limit_width, limit_net, None)
+
+    _write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
+    table = gap_table([r for r in records if r["run"] == "finite"])
+    _write_csv(out / "table.csv", TABLE_COLUMNS, table)
+    passed, ratio, slope = gap_check(table, config.max_ratio)
+    limit_final = [r for r in records if r["run"] == "limit"][-1]
+    summary = {"config": config.as_json(),
+               "data": {k: data.meta.get(k) for k in ("dataset", "n_train", "n_test", "d0", "dr")},
+               "refimpl_version": __version__,
+               "table": table,
+               "limit": {"n0": config.limit_width, "train_final": limit_final["sim_train_loss"],
+                         "test_final": limit_final["sim_test_loss"]},
+               "check": {"quantity": "max over steps of |L_finite - L_sim| / L_sim (training loss)",
+                         "ratio": ratio, "max_ratio": config.max_ratio, "passed": bool(passed),
+                         "loglog_slope": slope},
+               "definitions": {
+                   "rel_gap": "|L_finite - L_sim| / L_sim at one step, L the mean of |F - y|^2 / 2",
+                   "output_gap": "||F_finite - F_sim||_F / ||F_sim||_F over the train and test points",
+                   "sim": "BottleneckSimulator started from the same RandomNetwork as the finite network",
+                   "limit": "BottleneckSimulator from the default initial functions (width limit_width)"},
+               "wall_s": round(time.perf_counter() - t0, 2)}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_comparison(out, records, table, config)
+    return summary
+
+
+def plot_comparison(out, records, table, config):
+    """One figure: training and test loss, finite (solid) and simulator (dashed) per n, limit in black."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("plasma")
+    ns = sorted({r["n"] for r in records if r["run"] == "finite"})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for i, n in enumerate(ns):
+        colour = cmap(0.85 * i / max(len(ns) - 1, 1))
+        rs = [r for r in records if r["run"] == "finite" and r["n"] == n]
+        steps = [r["step"] for r in rs]
+        for ax, split in zip(axes[:2], ("train", "test")):
+            ax.plot(steps, [r[f"finite_{split}_loss"] for r in rs], "-", color=colour, lw=1.3, label=f"finite n={n}")
+            ax.plot(steps, [r[f"sim_{split}_loss"] for r in rs], "--", color=colour, lw=1.3,
+                    label=f"simulator, same init" if i == len(ns) - 1 else None)
+        axes[2].plot(steps[1:], [r["rel_gap_train"] for r in rs][1:], "-", color=colour, label=f"n={n}")
+    lim = [r for r in records if r["run"] == "limit"]
+    for ax, split in zip(axes[:2], ("train", "test")):
+        ax.plot([r["step"] for r in lim], [r[f"sim_{split}_loss"] for r in lim], ":", color="k", lw=1.5,
+                label=f"limit (simulator, n0={config.limit_width})")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{split} loss")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("loss (mean |F - y|^2 / 2)")
+    axes[0].legend(fontsize=7)
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("step")
+    axes[2].set_title("|L_finite - L_sim| / L_sim (train)")
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=7)
+    fig.suptitle(f"finite vs infinite width: {config.dataset}, d={config.width}, batch {config.batch_size}, "
+                 f"lr {config.lr}", fontsize=10)
+    fig.tight_layout()
+    _save_fig(fig, out / "finite-vs-infinite.png")
+
+
+def markdown_table(table, limit=None):
+    """The gap table as GitHub markdown (for docs)."""
+    lines = ["| n | finite train (end) | simulator train (end) | max rel. gap train | end rel. gap train | "
+             "max rel. gap test | max output gap |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table:
+        lines.append(f"| {r['n']:,} | {r['finite_train_final']:.4g} | {r['sim_train_final']:.4g} | "
+                     f"{r['max_rel_gap_train']:.3g} | {r['final_rel_gap_train']:.3g} | "
+                     f"{r['max_rel_gap_test']:.3g} | {r['max_output_gap']:.3g} |")
+    if limit is not None:
+        lines.append(f"| limit (n0={limit['n0']:,}) | | {limit['train_final']:.4g} | | | | |")
+    return "\n".join(lines)
