@@ -390,5 +390,120 @@ def finite_vs_infinite_cmd(out, force, **options):
     click.echo(f"check passed: {line}")
 
 
+# ---------------------------------------------------------------------------- verify (paper appendix E)
+
+class IntListType(click.ParamType):
+    """Comma-separated positive integers, e.g. ``1000,10000``."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            out = ()
+        if not out or min(out) < 1:
+            self.fail(f"expected comma-separated positive integers, got {value!r}", param, ctx)
+        return out
+
+
+INT_LIST = IntListType()
+
+
+def _verify_common(fn):
+    """Options shared by every verify subcommand."""
+    fn = click.option("--quiet", "-q", is_flag=True, help="No progress messages.")(fn)
+    fn = click.option("--out", type=click.Path(file_okay=False), default=None,
+                      help="Output folder for <name>.json and <name>.png.  [default: runs/verify/<name>]")(fn)
+    fn = click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed.  [default: 0]")(fn)
+    return fn
+
+
+def _run_verify(name, out, quiet, **options):
+    from refimpl import verify as V
+    target = Path(out) if out else Path("runs") / "verify" / name
+    log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    report = run_guarded(V.CHECKS[name], target, log=log, **options)
+    for line in V.format_table(report):
+        click.echo(line)
+    click.echo(f"wrote {report['files'][0]} and {report['files'][1]} ({report['wall_s']:.1f} s)")
+    failure = V.first_failure(report)
+    if failure:
+        raise click.ClickException(failure)
+
+
+@cli.group()
+def verify():
+    """Check the theory numerically against finite networks (paper appendix E, SPEC §6).
+
+    Each subcommand writes <name>.json (all numbers, the configuration, the verdicts) and
+    <name>.png into --out, prints a table, and exits with status 1 and a one-line message when
+    a check misses its threshold.  The defaults take well under a minute each on 2 cores
+    (theorem3.2 about a minute); raise --samples, --widths, --steps for sharper numbers.
+    """
+
+
+@verify.command("lemma3.1")
+@click.option("--widths", type=INT_LIST, default=None, help="Hidden widths n of the heads.  [default: 100,1000]")
+@click.option("--samples", type=click.IntRange(min=2), default=None,
+              help="Random initialisations per width.  [default: 20000]")
+@click.option("--pairs", type=POS_INT, default=None, help="Random input pairs.  [default: 20]")
+@click.option("--dim", type=POS_INT, default=None, help="Input dimension of the head.  [default: 2]")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Largest relative Frobenius error of each covariance over all pairs.  [default: 0.05]")
+@_verify_common
+def verify_lemma31(out, quiet, **options):
+    """Lemma 3.1: Monte Carlo covariances of (f, J) against Sigma, Sigma_(1), Sigma_(2) (fig 11)."""
+    _run_verify("lemma3.1", out, quiet, **options)
+
+
+@verify.command("theorem3.2")
+@click.option("--widths", type=INT_LIST, default=None,
+              help="Hidden widths n of the finite networks.  [default: 1000,10000,100000]")
+@click.option("--steps", type=POS_INT, default=None, help="Full-batch GD steps.  [default: 40]")
+@click.option("--lr", type=POSITIVE, default=None, help="Learning rate.  [default: 0.05]")
+@click.option("--samples", type=POS_INT, default=None,
+              help="Networks per width (the distances are averaged).  [default: 3]")
+@click.option("--points", type=POS_INT, default=None, help="Training points.  [default: 8]")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Largest final distance in F and g and median g residual at the largest width.  "
+                   "[default: 0.05]")
+@_verify_common
+def verify_theorem32(out, quiet, **options):
+    """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
+    _run_verify("theorem3.2", out, quiet, **options)
+
+
+@verify.command("lemma4.1")
+@click.option("--widths", type=INT_LIST, default=None,
+              help="Hidden widths n of the deep linear networks.  [default: 64,256,1024]")
+@click.option("--depths", type=INT_LIST, default=None, help="Depths L = L_f = L_g.  [default: 2,3]")
+@click.option("--steps", type=POS_INT, default=None, help="Full-batch GD steps.  [default: 40]")
+@click.option("--lr", type=POSITIVE, default=None, help="Learning rate of the deep networks.  [default: 0.05]")
+@click.option("--points", type=POS_INT, default=None, help="Training points.  [default: 8]")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Largest final distance in F between deep and effective network at the largest width.  "
+                   "[default: 0.05]")
+@_verify_common
+def verify_lemma41(out, quiet, **options):
+    """Lemma 4.1: deep linear networks vs the effective network and the simulator (figs 13, 14)."""
+    _run_verify("lemma4.1", out, quiet, **options)
+
+
+@verify.command("inf-limit")
+@click.option("--dims", type=INT_LIST, default=None, help="Bottleneck widths d.  [default: 4,16,64,256]")
+@click.option("--width", type=POS_INT, default=None, help="Hidden width of the random networks.  [default: 2000]")
+@click.option("--samples", type=POS_INT, default=None, help="Random networks per d.  [default: 4]")
+@click.option("--points", type=click.IntRange(min=2), default=None, help="Input points.  [default: 10]")
+@click.option("--threshold", type=click.FloatRange(min=0), default=None,
+              help="Largest mean relative gap to NTK_inf at the largest d.  [default: 0.1]")
+@_verify_common
+def verify_inf_limit(out, quiet, **options):
+    """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (SPEC §5)."""
+    _run_verify("inf-limit", out, quiet, **options)
+
+
 if __name__ == "__main__":
     cli()

@@ -1,0 +1,641 @@
+"""Numerical checks of the theory against finite networks (paper appendix E, SPEC §6).
+
+The engine of ``cli.py verify``.  Each check writes ``<name>.json`` (every
+number, the configuration and the pass/fail verdicts) and ``<name>.png`` (the
+figure) into its output folder and returns the same report as a dict;
+:func:`format_table` turns a report into a short text table.
+
+:func:`lemma31` (paper fig 11)
+    Monte Carlo over many random initialisations of the head f (width n):
+    empirical covariances of f and J = df/dx at random input pairs against
+    Sigma, Sigma_(1), Sigma_(2) (lemma 3.1, SPEC §2), as relative Frobenius
+    errors ``|cov_emp - cov_theory|_F / |cov_theory|_F`` per pair.
+:func:`theorem32` (paper fig 12)
+    A wide ReLU network (SPEC §1) trained by full-batch GD with a small rate.
+    Per step, the residual of the evolution equations 12-14 evaluated on the
+    finite network's own trajectory with the limiting kernels,
+    ``|(psi[t+1] - psi[t]) / lr - RHS_psi[t]| / |RHS_psi[t]|`` for psi = F, g
+    (on the training inputs) and J (at fixed probe points of the bottleneck),
+    and the distance between the finite network and the function-space
+    simulator started from the same initial functions, for several widths.
+:func:`lemma41` (paper figs 13, 14)
+    Deep linear networks (depth 2 and 3) trained with rate mu against the
+    effective two-layer network trained with rate L mu and the simulator with
+    linear kernels; residuals of eqs 12-14 for both networks.
+:func:`inf_limit` (SPEC §5)
+    The bottleneck kernel at initialisation, ``K(g, g~) + Theta J J~^T`` from
+    a wide random network, against NTK_inf as the bottleneck width d grows.
+
+Loss convention as everywhere (SPEC §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
+``chi = (F - y) / B``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, kernels
+from .dynamics import BottleneckSimulator
+from .finite import FiniteNetwork
+from .network import RandomNetwork
+from .train import atomic_write_bytes, atomic_write_text
+
+#: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
+MC_BLOCK_ELEMENTS = 1 << 22
+#: A Monte Carlo mean further than this many standard errors from the closed form fails lemma 3.1.
+MC_MAX_Z = 5.0
+#: Agreement required between the linear-kernel simulator and the effective network (lemma 4.1).
+EXACT_TOL = 1e-9
+
+DEFAULTS = {
+    "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
+    "theorem3.2": dict(widths=(1_000, 10_000, 100_000), steps=40, lr=0.05, samples=3, points=8, seed=0,
+                       threshold=0.05),
+    "lemma4.1": dict(widths=(64, 256, 1024), depths=(2, 3), steps=40, lr=0.05, points=8, seed=0,
+                     threshold=0.05),
+    "inf-limit": dict(dims=(4, 16, 64, 256), width=2000, samples=4, points=10, seed=0, threshold=0.1),
+}
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _ints(name, values, minimum=1):
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = (values,)
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(f"{name}: expected a list of integers, got {values!r}") from None
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
+                         for v in values):
+        raise ValueError(f"{name}: expected a non-empty list of integers >= {minimum}, got {values!r}")
+    return tuple(int(v) for v in values)
+
+
+def _int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _positive(name, value, allow_zero=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}")
+    return value
+
+
+def _rel(a, b):
+    nb = float(np.linalg.norm(b))
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b))) / nb if nb > 0 else float("inf")
+
+
+def _check(name, value, threshold, text):
+    """A verdict: passes when value <= threshold."""
+    value, threshold = float(value), float(threshold)
+    return {"name": name, "value": value, "threshold": threshold, "passed": bool(value <= threshold),
+            "text": text}
+
+
+# ----------------------------------------------------------------------------- output
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _prepare(out):
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _finish(name, out, config, results, checks, fig, started):
+    """Write <name>.json and <name>.png atomically; return the report."""
+    import matplotlib.pyplot as plt
+
+    report = {"name": name, "version": __version__, "config": config, "results": results, "checks": checks,
+              "passed": all(c["passed"] for c in checks), "wall_s": time.perf_counter() - started}
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / f"{name}.png", buf.getvalue())
+    atomic_write_text(out / f"{name}.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    report["files"] = [str(out / f"{name}.json"), str(out / f"{name}.png")]
+    return report
+
+
+def _figure(rows, cols, size):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    return fig, axes
+
+
+def format_table(report):
+    """Lines of text: the report's table followed by one line per check."""
+    lines = list(report["table"]) if "table" in report else []
+    for c in report["checks"]:
+        verdict = "ok  " if c["passed"] else "FAIL"
+        rel = "<=" if c["passed"] else ">"
+        lines.append(f"{verdict} {c['name']}: {c['value']:.3g} {rel} {c['threshold']:.3g}  ({c['text']})")
+    return lines
+
+
+def first_failure(report):
+    """One line describing the first failed check, or None."""
+    for c in report["checks"]:
+        if not c["passed"]:
+            return (f"{report['name']}: check {c['name']} failed: {c['value']:.3g} > {c['threshold']:.3g} "
+                    f"({c['text']}); see {report['files'][0]}")
+    return None
+
+
+def _silent(msg):
+    pass
+
+
+# ============================================================================= lemma 3.1
+
+def _mc_heads(points, width, samples, rng):
+    """f and J = df/dx of ``samples`` independent heads f(x) = v relu(u x / sqrt(m)) / sqrt(n) (dr = 1).
+
+    Returns f (S, p) and J (S, p, m); the weights are i.i.d. N(0, 1) as in
+    :meth:`RandomNetwork.sample`.  Memory is bounded by MC_BLOCK_ELEMENTS.
+    """
+    p, m = points.shape
+    f = np.empty((samples, p))
+    J = np.empty((samples, p, m))
+    chunk = max(1, MC_BLOCK_ELEMENTS // (width * max(p, m)))
+    for s in range(0, samples, chunk):
+        c = min(chunk, samples - s)
+        u = rng.standard_normal((c, width, m))
+        v = rng.standard_normal((c, width))
+        pre = u @ points.T / math.sqrt(m)                                  # (c, n, p)
+        f[s:s + c] = np.einsum("cn,cnp->cp", v, np.maximum(pre, 0.0)) / math.sqrt(width)
+        J[s:s + c] = np.einsum("cnp,cnk->cpk", (pre > 0) * v[:, :, None], u) / math.sqrt(width * m)
+    return f, J
+
+
+def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, threshold=None, log=_silent):
+    """Lemma 3.1 by Monte Carlo (paper appendix E, fig 11).
+
+    For ``pairs`` random input pairs (x, y) in R^dim (i.i.d. N(0, I)) and each
+    width n, draw ``samples`` independent heads and compare
+
+        E[f(x) f(y)]   with Sigma(x, y)          ("ff")
+        E[f(x) J(y)]   with Sigma_(1)(x, y)      ("Jf")
+        E[J(x)^T J(y)] with Sigma_(2)(x, y)      ("JJ")
+
+    For a two-layer head these expectations equal the closed forms at every
+    width, so the only error is Monte Carlo error of order samples^-1/2.
+
+    Checks: the relative Frobenius error over all pairs, per covariance and
+    width, is at most ``threshold``; and every pair's error is within
+    MC_MAX_Z standard errors (estimated from the samples).
+
+    Returns
+    -------
+    dict report (also written to ``out/lemma3.1.json``; figure ``out/lemma3.1.png``)
+    """
+    cfg = dict(DEFAULTS["lemma3.1"])
+    cfg.update({k: v for k, v in dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
+                                         threshold=threshold).items() if v is not None})
+    cfg["widths"] = _ints("widths", cfg["widths"])
+    cfg["samples"] = _int("samples", cfg["samples"], 2)
+    cfg["pairs"] = _int("pairs", cfg["pairs"])
+    cfg["dim"] = _int("dim", cfg["dim"])
+    cfg["seed"] = _int("seed", cfg["seed"], 0)
+    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    out = _prepare(out)
+    started = time.perf_counter()
+    rng = np.random.default_rng(cfg["seed"])
+    m, S = cfg["dim"], cfg["samples"]
+    P = rng.standard_normal((2 * cfg["pairs"], m))
+    Xp, Yp = P[0::2], P[1::2]
+    idx = np.arange(cfg["pairs"])
+    theory = {"ff": kernels.nngp(Xp, Yp)[idx, idx],
+              "Jf": kernels.sigma1(Xp, Yp)[idx, idx],
+              "JJ": kernels.sigma2(Xp, Yp)[idx, idx]}
+    results, checks, table = {}, [], [f"{'width':>8} {'cov':>4} {'rel.err (all pairs)':>20} "
+                                      f"{'median per pair':>16} {'max z':>6}"]
+    for n in cfg["widths"]:
+        log(f"lemma3.1: width {n}, {S} networks")
+        f, J = _mc_heads(P, n, S, rng)
+        fx, fy, Jx, Jy = f[:, 0::2], f[:, 1::2], J[:, 0::2], J[:, 1::2]
+        prods = {"ff": fx * fy,                                            # (S, pairs)
+                 "Jf": fx[:, :, None] * Jy,                                # (S, pairs, m)
+                 "JJ": Jx[:, :, :, None] * Jy[:, :, None, :]}              # (S, pairs, m, m)
+        res = {}
+        for key, pr in prods.items():
+            emp = pr.mean(axis=0)
+            diff = (emp - theory[key]).reshape(cfg["pairs"], -1)
+            th = theory[key].reshape(cfg["pairs"], -1)
+            var = pr.var(axis=0, ddof=1).reshape(cfg["pairs"], -1) / S
+            err = np.linalg.norm(diff, axis=1)
+            per_pair = err / np.linalg.norm(th, axis=1)
+            z = err / np.sqrt(np.sum(var, axis=1))
+            agg = float(np.linalg.norm(diff) / np.linalg.norm(th))
+            res[key] = {"rel_error_per_pair": per_pair, "z_per_pair": z, "rel_error_all_pairs": agg,
+                        "standard_error_all_pairs": float(np.sqrt(np.sum(var)) / np.linalg.norm(th))}
+            table.append(f"{n:>8} {key:>4} {agg:>20.3e} {np.median(per_pair):>16.3e} {z.max():>6.2f}")
+            checks.append(_check(f"{key}_rel_error_n{n}", agg, cfg["threshold"],
+                                 f"relative Frobenius error of cov_{key} over {cfg['pairs']} pairs, width {n}"))
+            checks.append(_check(f"{key}_max_z_n{n}", z.max(), MC_MAX_Z,
+                                 f"largest error in Monte Carlo standard errors, width {n}"))
+        results[str(n)] = res
+
+    fig, axes = _figure(1, 3, (14, 4))
+    titles = {"JJ": "(a) cov JJ vs Sigma_(2)", "ff": "(b) cov ff vs Sigma", "Jf": "(c) cov Jf vs Sigma_(1)"}
+    for ax, key in zip(axes[0], ("JJ", "ff", "Jf")):
+        for n in cfg["widths"]:
+            ax.plot(idx, results[str(n)][key]["rel_error_per_pair"], "o", ms=4, label=f"n = {n}")
+        ax.set_yscale("log")
+        ax.set_xlabel("input pair")
+        ax.set_ylabel("|cov_emp - cov_theory|_F / |cov_theory|_F")
+        ax.set_title(titles[key])
+        ax.legend()
+    fig.suptitle(f"lemma 3.1: {S} random initialisations per width, inputs in R^{m}")
+    fig.tight_layout()
+    report = _finish("lemma3.1", out, cfg, results, checks, fig, started)
+    report["table"] = table
+    return report
+
+
+# ============================================================================= eqs 12-14 residuals
+
+def _fstate(net, X, probes):
+    """g on the inputs, F = f(g), and J at the probes of a FiniteNetwork."""
+    G = net.g(X)
+    return G, net.f(G), net.jacobian(probes)
+
+
+def _rhs(net, G, F, Y, probes, theta, activation, depth_f):
+    """Right-hand sides of eqs 12-14 at the network's current state, with the limiting kernels.
+
+    RHS_g(xi_j) = -sum_i Theta(xi_j, xi_i) J(g_i)^T chi_i
+    RHS_F(xi_j) = -sum_i [K(g_j, g_i) chi_i + Theta(xi_j, xi_i) J(g_j) J(g_i)^T chi_i]
+    RHS_J(p)    = -sum_i chi_i Xi(p, g_i)^T
+    """
+    chi = (F - Y) / F.shape[0]
+    TV = theta @ net.jacobian_t_dot(G, chi)
+    rhs_g = -TV
+    rhs_F = -(kernels.ntk(G, G, activation, depth_f) @ chi) - np.einsum("jab,jb->ja", net.jacobian(G), TV)
+    rhs_J = -np.einsum("ia,pib->pab", chi, kernels.xi(probes, G, activation, depth_f))
+    return {"F": rhs_F, "g": rhs_g, "J": rhs_J}
+
+
+def _residuals(before, after, rhs, lr):
+    """|(psi[t+1] - psi[t]) / lr - RHS[t]| / |RHS[t]| for psi = g, F, J."""
+    out = {}
+    for k, (a, b) in zip(("g", "F", "J"), zip(after, before)):
+        out[k] = _rel((a - b) / lr, rhs[k]) if np.linalg.norm(rhs[k]) > 0 else 0.0
+    return out
+
+
+# ============================================================================= theorem 3.2
+
+def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
+    """One finite network of width n and its simulator; per-step errors (and residuals if asked)."""
+    d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
+    lr, idx = cfg["lr"], np.arange(X.shape[0])
+    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed)
+    finite = FiniteNetwork.from_random_network(net)
+    sim = BottleneckSimulator(net, X, Y, lr=lr)
+    keys = ["err_F", "err_g", "err_J", "loss_finite", "loss_sim"]
+    if residuals:
+        keys += ["resid_F", "resid_g", "resid_J"]
+    rec = {k: [] for k in keys}
+    state = _fstate(finite, X, probes)
+    for _ in range(cfg["steps"]):
+        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, "relu", None) if residuals else None
+        rec["loss_finite"].append(finite.step(X, Y, lr=lr))
+        rec["loss_sim"].append(sim.step(idx))
+        new = _fstate(finite, X, probes)
+        if residuals:
+            for k, v in _residuals(state, new, rhs, lr).items():
+                rec[f"resid_{k}"].append(v)
+        state = new
+        rec["err_g"].append(_rel(state[0], sim.embeddings(X)))
+        rec["err_F"].append(_rel(state[1], sim.outputs(X)))
+        rec["err_J"].append(_rel(state[2], sim.jacobian(probes)))
+    return {k: np.array(v) for k, v in rec.items()}
+
+
+def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
+              d0=4, d=3, dr=2, log=_silent):
+    """Theorem 3.2: wide finite ReLU networks against the function-space dynamics (paper fig 12).
+
+    Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr)
+    (drawn from ``seed``) and 4 fixed probe points of the bottleneck.  For
+    each width n and each of ``samples`` networks (seeds ``seed``,
+    ``seed + 1``, ...), a RandomNetwork gives the initial functions of both a
+    FiniteNetwork, trained by full-batch GD with rate ``lr``, and a
+    BottleneckSimulator run on the same data.  Recorded per step:
+
+    - the relative distance between finite network and simulator in F, g
+      (training inputs) and J (probes), averaged over the networks;
+    - for the first network, the residuals of eqs 12-14 along the finite
+      network's own trajectory, ``|(psi[t+1] - psi[t]) / lr - RHS[t]| / |RHS[t]|``
+      for psi = F, g on the inputs and J at the probes (paper fig 12).
+
+    Only the g residual is a test of the width: g's inputs are fixed, so
+    units of g flip only through O(n^-1/2) weight changes.  F = f(g) is
+    evaluated at points that move by O(lr) per step, so the kinks of f's
+    ReLUs crossed in one step add a term of relative size about
+    sqrt(lr |RHS_g| / |g|) that does not shrink with n (the simulator
+    reproduces it exactly, because it evaluates the same f0 at the moving
+    points; it vanishes in the gradient-flow limit lr -> 0); and J's flips
+    add noise of relative size about (lr)^-1/2 n^-1/4.  Both are reported,
+    not checked.
+
+    Checks: at the largest width, the mean final distance in F and in g and
+    the median g residual are at most ``threshold``; with several widths,
+    the mean final distance in F and the median g residual at the largest
+    width are below those at the smallest.
+    """
+    cfg = dict(DEFAULTS["theorem3.2"])
+    cfg.update({k: v for k, v in dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points,
+                                         seed=seed, threshold=threshold).items() if v is not None})
+    cfg["widths"] = _ints("widths", cfg["widths"])
+    cfg["steps"] = _int("steps", cfg["steps"])
+    cfg["lr"] = _positive("lr", cfg["lr"])
+    cfg["samples"] = _int("samples", cfg["samples"])
+    cfg["points"] = _int("points", cfg["points"])
+    cfg["seed"] = _int("seed", cfg["seed"], 0)
+    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    out = _prepare(out)
+    started = time.perf_counter()
+    rng = np.random.default_rng(cfg["seed"])
+    X = rng.standard_normal((cfg["points"], d0))
+    Y = rng.standard_normal((cfg["points"], dr))
+    probes = rng.standard_normal((4, d))
+    theta = kernels.ntk(X, X)
+    results = {}
+    for n in cfg["widths"]:
+        runs = []
+        for s in range(cfg["samples"]):
+            log(f"theorem3.2: width {n}, network {s + 1}/{cfg['samples']}, {cfg['steps']} steps")
+            runs.append(_theorem32_run(n, cfg["seed"] + s, X, Y, probes, theta, cfg, residuals=(s == 0)))
+        rec = {k: runs[0][k] for k in ("resid_F", "resid_g", "resid_J")}
+        for k in ("err_F", "err_g", "err_J", "loss_finite", "loss_sim"):
+            rec[f"{k}_per_network"] = np.array([r[k] for r in runs])
+            rec[k] = rec[f"{k}_per_network"].mean(axis=0)
+        rec["summary"] = {"resid_F": float(np.median(rec["resid_F"])), "resid_g": float(np.median(rec["resid_g"])),
+                          "resid_J": float(np.median(rec["resid_J"])), "err_F": float(rec["err_F"][-1]),
+                          "err_g": float(rec["err_g"][-1]), "err_J": float(rec["err_J"][-1])}
+        results[str(n)] = rec
+
+    table = [f"{'width':>8} {'resid F':>9} {'resid g':>9} {'resid J':>9} {'err F':>9} {'err g':>9} {'err J':>9}",
+             "         (resid: median over steps, first network; err: finite vs simulator at the last step, "
+             f"mean over {cfg['samples']} networks)"]
+    for n in cfg["widths"]:
+        s = results[str(n)]["summary"]
+        table.insert(len(table) - 1, f"{n:>8} " + " ".join(
+            f"{s[k]:>9.2e}" for k in ("resid_F", "resid_g", "resid_J", "err_F", "err_g", "err_J")))
+    big, small = max(cfg["widths"]), min(cfg["widths"])
+    sb, ss = results[str(big)]["summary"], results[str(small)]["summary"]
+    checks = [
+        _check("err_F", sb["err_F"], cfg["threshold"], f"finite vs simulator in F at the last step, width {big}"),
+        _check("err_g", sb["err_g"], cfg["threshold"], f"finite vs simulator in g at the last step, width {big}"),
+        _check("resid_g", sb["resid_g"], cfg["threshold"], f"median residual of eq 12 (g), width {big}"),
+    ]
+    if big != small:
+        checks.append(_check("err_F_falls", sb["err_F"] / ss["err_F"], 1.0,
+                             f"err F at width {big} over err F at width {small}"))
+        checks.append(_check("resid_g_falls", sb["resid_g"] / ss["resid_g"], 1.0,
+                             f"resid g at width {big} over resid g at width {small}"))
+
+    fig, axes = _figure(2, 3, (14, 7.5))
+    steps_ax = np.arange(1, cfg["steps"] + 1)
+    for col, key in enumerate(("F", "g", "J")):
+        for n in cfg["widths"]:
+            axes[0, col].plot(steps_ax, results[str(n)][f"resid_{key}"], lw=1, label=f"n = {n}")
+            axes[1, col].plot(steps_ax, results[str(n)][f"err_{key}"], lw=1, label=f"n = {n}")
+        axes[0, col].set_title(f"residual of the {key} equation per step")
+        axes[1, col].set_title(f"finite network vs simulator: {key}")
+        for row in range(2):
+            axes[row, col].set_yscale("log")
+            axes[row, col].set_xlabel("step")
+            axes[row, col].legend(fontsize=8)
+    axes[0, 0].set_ylabel("|(psi[t+1]-psi[t])/lr - RHS| / |RHS|")
+    axes[1, 0].set_ylabel(f"relative distance (mean of {cfg['samples']})")
+    fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, d = {d}, dr = {dr}, "
+                 f"{cfg['points']} points")
+    fig.tight_layout()
+    report = _finish("theorem3.2", out, cfg, results, checks, fig, started)
+    report["table"] = table
+    return report
+
+
+# ============================================================================= lemma 4.1
+
+def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, seed=None, threshold=None,
+            d0=4, d=3, dr=2, log=_silent):
+    """Lemma 4.1: deep linear networks against the effective network (paper figs 13, 14).
+
+    For each depth L (= L_f = L_g) and width n: a deep linear FiniteNetwork
+    trained by full-batch GD with rate ``lr``; its effective two-layer network
+    (same initial functions) trained with rate L lr; and the simulator with
+    linear kernels of depth L started from the same functions.  Recorded per
+    step: residuals of eqs 12-14 (linear kernels of depth L) for the deep and
+    for the effective network, and the relative distances deep vs effective
+    and simulator vs effective in F and g.
+
+    Checks: the simulator equals the effective network to EXACT_TOL at every
+    step; the final distance in F between the deep and the effective network
+    at the largest width is at most ``threshold`` for every depth, and below
+    that at the smallest width.
+    """
+    cfg = dict(DEFAULTS["lemma4.1"])
+    cfg.update({k: v for k, v in dict(widths=widths, depths=depths, steps=steps, lr=lr, points=points, seed=seed,
+                                         threshold=threshold).items() if v is not None})
+    cfg["widths"] = _ints("widths", cfg["widths"])
+    cfg["depths"] = _ints("depths", cfg["depths"])
+    cfg["steps"] = _int("steps", cfg["steps"])
+    cfg["lr"] = _positive("lr", cfg["lr"])
+    cfg["points"] = _int("points", cfg["points"])
+    cfg["seed"] = _int("seed", cfg["seed"], 0)
+    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    out = _prepare(out)
+    started = time.perf_counter()
+    rng = np.random.default_rng(cfg["seed"])
+    X = rng.standard_normal((cfg["points"], d0))
+    Y = rng.standard_normal((cfg["points"], dr))
+    probes = rng.standard_normal((4, d))
+    lr_, idx = cfg["lr"], np.arange(cfg["points"])
+    results, checks = {}, []
+    table = [f"{'depth':>5} {'width':>7} {'deep vs eff F':>14} {'deep vs eff g':>14} {'sim vs eff':>11} "
+             f"{'resid F deep':>13} {'resid F eff':>12}"]
+    for L in cfg["depths"]:
+        theta = kernels.ntk(X, X, "linear", L)
+        for n in cfg["widths"]:
+            log(f"lemma4.1: depth {L}, width {n}, {cfg['steps']} steps")
+            deep = FiniteNetwork.sample(d0, d, dr, width=n, seed=cfg["seed"], activation="linear",
+                                        depth_g=L, depth_f=L)
+            eff = deep.effective()
+            sim = BottleneckSimulator(deep.as_random_network(), X, Y, lr=lr_, activation="linear",
+                                      depth_f=L, depth_g=L)
+            rec = {k: [] for k in ("resid_F_deep", "resid_g_deep", "resid_J_deep", "resid_F_eff", "resid_g_eff",
+                                   "resid_J_eff", "err_F", "err_g", "sim_err")}
+            st_deep, st_eff = _fstate(deep, X, probes), _fstate(eff, X, probes)
+            for _ in range(cfg["steps"]):
+                rhs_deep = _rhs(deep, st_deep[0], st_deep[1], Y, probes, theta, "linear", L)
+                rhs_eff = _rhs(eff, st_eff[0], st_eff[1], Y, probes, theta, "linear", L)
+                deep.step(X, Y, lr=lr_)
+                eff.step(X, Y, lr=L * lr_)
+                sim.step(idx)
+                new_deep, new_eff = _fstate(deep, X, probes), _fstate(eff, X, probes)
+                for tag, st, new, rhs in (("deep", st_deep, new_deep, rhs_deep), ("eff", st_eff, new_eff, rhs_eff)):
+                    for k, v in _residuals(st, new, rhs, lr_).items():
+                        rec[f"resid_{k}_{tag}"].append(v)
+                st_deep, st_eff = new_deep, new_eff
+                rec["err_F"].append(_rel(st_deep[1], st_eff[1]))
+                rec["err_g"].append(_rel(st_deep[0], st_eff[0]))
+                rec["sim_err"].append(max(_rel(sim.outputs(X), st_eff[1]), _rel(sim.embeddings(X), st_eff[0]),
+                                          _rel(sim.jacobian(probes), st_eff[2])))
+            rec = {k: np.array(v) for k, v in rec.items()}
+            results[f"depth{L}_n{n}"] = rec
+            table.append(f"{L:>5} {n:>7} {rec['err_F'][-1]:>14.2e} {rec['err_g'][-1]:>14.2e} "
+                         f"{rec['sim_err'].max():>11.1e} {np.median(rec['resid_F_deep']):>13.2e} "
+                         f"{np.median(rec['resid_F_eff']):>12.2e}")
+        big, small = max(cfg["widths"]), min(cfg["widths"])
+        e_big = results[f"depth{L}_n{big}"]["err_F"][-1]
+        e_small = results[f"depth{L}_n{small}"]["err_F"][-1]
+        checks.append(_check(f"err_F_depth{L}", e_big, cfg["threshold"],
+                             f"deep (depth {L}, width {big}) vs effective network in F at the last step"))
+        if big != small:
+            checks.append(_check(f"err_F_falls_depth{L}", e_big / e_small, 1.0,
+                                 f"err F at width {big} over err F at width {small}, depth {L}"))
+    sim_err = max(float(r["sim_err"].max()) for r in results.values())
+    checks.insert(0, _check("simulator_exact", sim_err, EXACT_TOL,
+                            "simulator with linear kernels vs effective network, largest relative distance"))
+
+    fig, axes = _figure(2, 3, (14, 7.5))
+    steps_ax = np.arange(1, cfg["steps"] + 1)
+    for key, r in results.items():
+        axes[0, 0].plot(steps_ax, r["err_F"], lw=1, label=key)
+        axes[0, 1].plot(steps_ax, r["err_g"], lw=1, label=key)
+        axes[0, 2].plot(steps_ax, np.maximum(r["sim_err"], 1e-17), lw=1, label=key)
+        for col, k in enumerate(("F", "g", "J")):
+            line, = axes[1, col].plot(steps_ax, np.maximum(r[f"resid_{k}_deep"], 1e-17), lw=1, label=f"{key} deep")
+            axes[1, col].plot(steps_ax, np.maximum(r[f"resid_{k}_eff"], 1e-17), lw=1, ls="--",
+                              color=line.get_color(), label=f"{key} effective")
+    titles = ("deep vs effective network: F", "deep vs effective network: g",
+              "linear-kernel simulator vs effective network",
+              "residual of the F equation", "residual of the g equation", "residual of the J equation")
+    for ax, title in zip(axes.ravel(), titles):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"lemma 4.1: linear networks, GD with lr = {lr_} (effective network: L lr)")
+    fig.tight_layout()
+    report = _finish("lemma4.1", out, cfg, results, checks, fig, started)
+    report["table"] = table
+    return report
+
+
+# ============================================================================= d -> infinity
+
+def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, threshold=None, d0=5,
+              log=_silent):
+    """The bottleneck kernel at initialisation approaches NTK_inf as d grows (SPEC §5).
+
+    For each bottleneck width d and each of ``samples`` random networks of
+    hidden width ``width`` (seeds ``seed``, ``seed + 1``, ...), on ``points``
+    inputs xi ~ N(0, I_d0): the gap
+    ``|K(g, g~) + Theta J J~^T - NTK_inf|_F / |NTK_inf|_F`` (dr = 1).
+    SPEC §5 measured 0.50, 0.28, 0.12, 0.062 for d = 4, 16, 64, 256.
+
+    Checks: the mean gap at the largest d is at most ``threshold``, and (with
+    several d) below the mean gap at the smallest d.
+    """
+    cfg = dict(DEFAULTS["inf-limit"])
+    cfg.update({k: v for k, v in dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
+                                         threshold=threshold).items() if v is not None})
+    cfg["dims"] = _ints("dims", cfg["dims"])
+    cfg["width"] = _int("width", cfg["width"])
+    cfg["samples"] = _int("samples", cfg["samples"])
+    cfg["points"] = _int("points", cfg["points"], 2)
+    cfg["seed"] = _int("seed", cfg["seed"], 0)
+    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    cfg["d0"] = _int("d0", d0)
+    out = _prepare(out)
+    started = time.perf_counter()
+    X = np.random.default_rng(cfg["seed"]).standard_normal((cfg["points"], d0))
+    target = kernels.ntk_inf(X, X)
+    theta = kernels.ntk(X, X)
+    results = {}
+    table = [f"{'d':>6} {'mean gap':>9} {'min':>9} {'max':>9}"]
+    for d in cfg["dims"]:
+        log(f"inf-limit: d = {d}, {cfg['samples']} networks of width {cfg['width']}")
+        gaps = []
+        for s in range(cfg["samples"]):
+            net = RandomNetwork.sample(d0, d, 1, width=cfg["width"], seed=cfg["seed"] + s)
+            G = net.g(X)
+            J = net.jacobian(G)[:, 0, :]
+            gaps.append(_rel(kernels.ntk(G, G) + theta * (J @ J.T), target))
+        gaps = np.array(gaps)
+        results[str(d)] = {"gaps": gaps, "mean_gap": float(gaps.mean())}
+        table.append(f"{d:>6} {gaps.mean():>9.3f} {gaps.min():>9.3f} {gaps.max():>9.3f}")
+    dims_ = np.array(cfg["dims"], dtype=float)
+    means = np.array([results[str(d)]["mean_gap"] for d in cfg["dims"]])
+    slope = float(np.polyfit(np.log(dims_), np.log(means), 1)[0]) if len(set(cfg["dims"])) > 1 else float("nan")
+    results["slope_log_gap_vs_log_d"] = slope
+    if math.isfinite(slope):
+        table.append(f"fitted gap ~ d^{slope:.2f}")
+    big, small = max(cfg["dims"]), min(cfg["dims"])
+    checks = [_check("gap", results[str(big)]["mean_gap"], cfg["threshold"], f"mean gap at d = {big}")]
+    if big != small:
+        checks.append(_check("gap_falls", results[str(big)]["mean_gap"] / results[str(small)]["mean_gap"], 1.0,
+                             f"mean gap at d = {big} over mean gap at d = {small}"))
+
+    fig, axes = _figure(1, 1, (6, 4.5))
+    ax = axes[0, 0]
+    for d in cfg["dims"]:
+        g = results[str(d)]["gaps"]
+        ax.plot(np.full(g.shape, d), g, "o", color="0.6", ms=4)
+    ax.plot(dims_, means, "o-", label="mean over networks")
+    ax.plot(dims_, means[0] * np.sqrt(dims_[0] / dims_), "k:", label="d^-1/2")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bottleneck width d")
+    ax.set_ylabel("|K + Theta J J^T - NTK_inf|_F / |NTK_inf|_F")
+    ax.set_title(f"bottleneck kernel at init vs NTK_inf (width {cfg['width']})")
+    ax.legend()
+    fig.tight_layout()
+    report = _finish("inf-limit", out, cfg, results, checks, fig, started)
+    report["table"] = table
+    return report
+
+
+#: Subcommand name -> function.
+CHECKS = {"lemma3.1": lemma31, "theorem3.2": theorem32, "lemma4.1": lemma41, "inf-limit": inf_limit}
