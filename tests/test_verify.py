@@ -1,0 +1,80 @@
+"""`cli.py verify` (refimpl/verify.py) at a tiny scale: outputs, verdicts and exit codes."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from refimpl import verify
+
+TINY = {
+    "lemma3.1": ["--widths", "20,50", "--samples", "400", "--pairs", "3", "--threshold", "1"],
+    "theorem3.2": ["--widths", "300", "--steps", "4", "--samples", "1", "--points", "4", "--threshold", "1"],
+    "lemma4.1": ["--widths", "16,32", "--depths", "2", "--steps", "3", "--points", "4", "--threshold", "1"],
+    "inf-limit": ["--dims", "4,256", "--width", "300", "--samples", "2", "--points", "4", "--threshold", "1"],
+}
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli.cli, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_verify_subcommand_writes_outputs_and_passes(tmp_path, name):
+    out = tmp_path / name
+    res = _invoke(["verify", name, "--out", str(out), "-q", *TINY[name]])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / f"{name}.json").read_text())
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["name"] == name and report["passed"] is True
+    assert report["checks"] and all(c["passed"] for c in report["checks"])
+    assert "ok   " in res.stdout and f"{name}.json" in res.stdout
+    assert not list(out.glob("*.tmp"))                      # atomic writes leave nothing behind
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_impossible_threshold_fails_with_one_line(tmp_path, name):
+    args = [a for a in TINY[name]]
+    args[args.index("--threshold") + 1] = "0"
+    res = _invoke(["verify", name, "--out", str(tmp_path), "-q", *args])
+    assert res.exit_code == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"Error: {name}: check ") and "failed" in err[0]
+    assert "Traceback" not in res.output
+    report = json.loads((tmp_path / f"{name}.json").read_text())
+    assert report["passed"] is False                        # the numbers are still written
+
+
+def test_bad_options_give_one_line_errors(tmp_path):
+    res = _invoke(["verify", "theorem3.2", "--widths", "100,0"])
+    assert res.exit_code == 2 and "--widths" in res.stderr
+    res = _invoke(["verify", "lemma3.1", "--samples", "1"])
+    assert res.exit_code == 2 and "--samples" in res.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = _invoke(["verify", "inf-limit", "--out", str(blocker), "-q", *TINY["inf-limit"]])
+    assert res.exit_code == 2 and "--out" in res.stderr and "Traceback" not in res.output
+    with pytest.raises(ValueError, match="^out: .* exists and is not a directory"):
+        verify.inf_limit(blocker, dims=[4], width=10, samples=1, points=3)
+
+
+def test_library_checks_and_argument_errors(tmp_path):
+    rep = verify.lemma41(tmp_path, widths=[16], depths=[1, 3], steps=3, points=4)
+    exact = next(c for c in rep["checks"] if c["name"] == "simulator_exact")
+    assert exact["value"] < 1e-12                            # lemma 4.1 holds exactly for the simulator
+    assert rep["results"]["depth1_n16"]["err_F"].max() < 1e-12   # depth 1: the net is its own effective net
+    for kwargs, name in ((dict(widths=[0]), "widths"), (dict(widths="12"), "widths"), (dict(lr=-1.0), "lr"),
+                         (dict(steps=0), "steps"), (dict(threshold=float("nan")), "threshold")):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
+            verify.theorem32(tmp_path, **kwargs)
+
+
+def test_help_states_the_library_defaults():
+    """The [default: ...] texts of the CLI must match verify.DEFAULTS."""
+    for name, defaults in verify.DEFAULTS.items():
+        text = _invoke(["verify", name, "--help"]).output.replace("\n", " ")
+        text = " ".join(text.split())
+        for key, value in defaults.items():
+            shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+            assert f"[default: {shown}]" in text, (name, key, shown)
