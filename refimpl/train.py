@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -439,10 +440,20 @@ class _NullProgress:
         pass
 
 
+#: matplotlib is not thread-safe (its mathtext parser fails under concurrent use), and runs may share a
+#: process as threads (Dask workers): every figure of the package is drawn under this lock.
+PLOT_LOCK = threading.RLock()
+
+
 def _plot(out, metrics):
     """Write loss.png (training and test loss against steps, log scale)."""
     if not metrics:
         return
+    with PLOT_LOCK:
+        _plot_locked(out, metrics)
+
+
+def _plot_locked(out, metrics):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
