@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import TrainError, atomic_write_bytes
+from .train import PLOT_LOCK, TrainError, atomic_write_bytes
 
 DPI = 90
 MA_LENGTH = 5
@@ -400,6 +400,11 @@ def plot_features(runs_by_width, path, title=""):
 
 def plot_sweep(sweep_dir, figdir=None, heatmap_steps=4000):
     """Write the figures of a sweep; returns the list of files written."""
+    with PLOT_LOCK:
+        return _plot_sweep(sweep_dir, figdir, heatmap_steps)
+
+
+def _plot_sweep(sweep_dir, figdir, heatmap_steps):
     runs = load_sweep(sweep_dir)
     figdir = Path(figdir) if figdir else Path(sweep_dir)
     figdir.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,8 @@ from .train import TrainConfig, TrainError, atomic_write_text, load_data, resolv
 
 SWEEP_FILE = "sweep.json"
 #: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
+#: How long to wait for a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT = "10s"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -170,7 +172,7 @@ def run_one(task):
     config = TrainConfig.from_json(task["config"])
     out = Path(task["dir"])
     t0 = time.perf_counter()
-    action = None
+    action, trace = None, None
     try:
         action = {"done": "skipped", "resume": "resumed", "fresh": "started"}[run_state(out, config.steps)]
         if action == "resumed":
@@ -187,7 +189,12 @@ def run_one(task):
     except TrainError as exc:
         status, error = "failed", str(exc)
     except Exception as exc:  # noqa: BLE001 - a failed run must not stop the sweep
-        status, error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+        import traceback
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        status = "failed"
+        error = (f"{type(exc).__name__}: {exc}".splitlines()[0]
+                 + f" (at {Path(frame.filename).name}:{frame.lineno})")
+        trace = traceback.format_exc()
     final = None
     path = out / "metrics.csv"
     if path.exists():
@@ -195,7 +202,7 @@ def run_one(task):
             rows = list(csv.DictReader(fh))
         final = rows[-1] if rows else None
     return {"status": status, "action": action, "error": error, "final": final,
-            "seconds": round(time.perf_counter() - t0, 3)}
+            "seconds": round(time.perf_counter() - t0, 3), "traceback": trace}
 
 
 # ----------------------------------------------------------------------------
@@ -243,7 +250,7 @@ def _run_dask(tasks, scheduler, on_result):
         raise TrainError("scheduler: Dask is not installed; pip install 'bottleneck-dynamics[dask]' "
                          "(dask[distributed])") from None
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise TrainError(f"scheduler: cannot connect to {scheduler}: {exc}".splitlines()[0]) from None
     try:
@@ -378,6 +385,10 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     def on_result(i, res):
         run = record["runs"][i]
         run.update(status=res["status"], error=res["error"], final=res["final"], action=res["action"])
+        if res.get("traceback"):          # an unexpected error: keep the details for the user
+            run["traceback"] = res["traceback"]
+        else:
+            run.pop("traceback", None)
         finished[0] += 1
         extra = (f"train_loss {float(res['final']['train_loss']):.4g} at step {res['final']['step']}"
                  if res["final"] else "")

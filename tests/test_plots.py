@@ -1,0 +1,133 @@
+"""refimpl.plots: the appendix D.4 procedure on curves with known answers, and `cli.py plot`."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from refimpl.plots import (common_range, heatmap_table, load_sweep, loss_grid, moving_average, resample,
+                           seed_stats, smooth_on_grid, train_vs_test)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(train, test, steps=None, acc=False):
+    train = np.asarray(train, dtype=float)
+    steps = np.arange(train.size) * 10 if steps is None else np.asarray(steps)
+    nan = np.full(train.size, np.nan)
+    return {"step": steps, "train_loss": train, "test_loss": np.asarray(test, dtype=float),
+            "train_acc": nan, "test_acc": nan, "feature_movement": nan, "kernel_alignment": nan}
+
+
+def test_moving_average_known_values():
+    assert np.allclose(moving_average(np.arange(10.0)), np.arange(2.0, 8.0))     # linear: the centre values
+    assert np.allclose(moving_average([1, 1, 1, 6, 1, 1, 1]), [2, 2, 2])
+    assert moving_average([1.0, 2.0]).size == 0
+
+
+def test_common_range_and_grid():
+    lo, hi = common_range([[0.5, 0.2, np.nan], [0.9, 0.3]])
+    assert (lo, hi) == (0.2, 0.9)
+    g = loss_grid(0.01, 1.0, 3)
+    assert np.allclose(g, [0.01, 0.1, 1.0])
+
+
+def test_resample_linear_relation_any_order_and_nan_outside():
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0.2, 0.8, 30)
+    test = 2.0 * train + 1.0                     # exactly linear: interpolation is exact
+    grid = np.linspace(0.0, 1.0, 101)
+    out = resample(train, test, grid)
+    inside = (grid >= train.min()) & (grid <= train.max())
+    assert np.allclose(out[inside], 2.0 * grid[inside] + 1.0)
+    assert np.all(np.isnan(out[~inside]))        # never extrapolated
+    # piecewise linear between recorded points, also when training loss is non-monotone in time
+    out = resample([1.0, 0.5, 0.7, 0.2], [3.0, 2.0, 1.0, 0.0], [0.2, 0.35, 0.6, 0.85, 1.0])
+    assert np.allclose(out, [0.0, 1.0, 1.5, 2.0, 3.0])
+
+
+def test_smooth_on_grid_positions():
+    grid = np.arange(10.0)
+    vals = np.r_[np.nan, np.arange(1.0, 8.0), np.nan, np.nan]      # finite on indices 1..7
+    sx, sy = smooth_on_grid(grid, vals)
+    assert np.allclose(sx[3:6], [3, 4, 5]) and np.allclose(sy[3:6], [3, 4, 5])
+    assert np.all(np.isnan(sx[[0, 1, 2, 6, 7, 8, 9]]))
+
+
+def test_train_vs_test_known_answer_with_seeds_and_disjoint_ranges():
+    t = np.geomspace(1.0, 0.1, 40)
+    runs = {
+        5: [_run(t, 3 * t + b) for b in (0.0, 0.2)],                 # two seeds
+        "inf": [_run(np.geomspace(1.0, 0.5, 40), np.geomspace(1.0, 0.5, 40) + 1.0)],   # only high losses
+    }
+    res = train_vs_test(runs, n_grid=60)
+    x, mean, lo, hi = res[5]
+    grid = loss_grid(0.1, 1.0, 60)                                    # the range spans all widths
+    # moving averages of a linear function of the grid: exactly that function of the smoothed grid
+    assert np.allclose(mean, 3 * x + 0.1) and np.allclose(lo, 3 * x) and np.allclose(hi, 3 * x + 0.2)
+    assert np.allclose(x, moving_average(grid))
+    xi, mi, _, _ = res["inf"]
+    assert xi.min() >= 0.5 and np.allclose(mi, xi + 1.0)         # a shorter curve, no extrapolation
+    assert xi.size < x.size
+
+
+def test_seed_stats_unequal_lengths_and_heatmap_table():
+    a = _run([4.0, 2.0, 1.0], [0, 0, 0], steps=[0, 10, 20])
+    b = _run([2.0, 1.0], [0, 0], steps=[0, 10])                     # a shorter (failed) seed
+    steps, mean, lo, hi = seed_stats([a, b], "train_loss")
+    assert list(steps) == [0, 10, 20]
+    assert np.allclose(mean, [3.0, 1.5, 1.0]) and np.allclose(lo, [2, 1, 1]) and np.allclose(hi, [4, 2, 1])
+    widths, edges, table = heatmap_table({2: [a, b], "inf": [a]}, "train_loss", max_steps=10)
+    assert widths == [2, "inf"]
+    assert np.allclose(edges, [-5, 5, 15])
+    assert np.allclose(table, [[3.0, 1.5], [4.0, 2.0]])
+
+
+def _write_run(path, width, seed, classification):
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    cols = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
+            "feature_movement", "kernel_alignment"]
+    with open(path / "metrics.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for k, step in enumerate(range(0, 200, 20)):
+            loss = (0.5 + 0.1 * rng.random()) * np.exp(-step / (50.0 if width == "inf" else 30.0))
+            acc = [min(1.0, 0.5 + step / 400), min(1.0, 0.45 + step / 500)] if classification else ["", ""]
+            feat = ["", ""] if width == "inf" else [0.01 * k, 0.2 + 0.05 * k]
+            w.writerow([step, loss, 1.2 * loss + 0.05, 0.1 * k, *acc, *feat])
+
+
+@pytest.mark.parametrize("classification", [False, True])
+def test_plot_command_writes_small_pngs(tmp_path, classification):
+    sweep = tmp_path / "sweep"
+    runs = []
+    for width in (4, 16, "inf"):
+        for seed in (0, 1):
+            d = f"width-{width}/seed-{seed}"
+            _write_run(sweep / d, width, seed, classification)
+            runs.append({"width": width, "seed": seed, "dir": d, "status": "done"})
+    (sweep / "sweep.json").write_text(json.dumps({"widths": [4, 16, "inf"], "seeds": [0, 1], "runs": runs}))
+    res = CliRunner().invoke(cli.cli, ["plot", str(sweep), "--out", str(tmp_path / "fig")])
+    assert res.exit_code == 0, res.output
+    names = {"loss.png", "heatmap.png", "train_vs_test.png", "features.png"}
+    if classification:
+        names.add("accuracy.png")
+    assert {p.name for p in (tmp_path / "fig").iterdir()} == names
+    for p in (tmp_path / "fig").iterdir():
+        data = p.read_bytes()
+        assert data[:8] == PNG and len(data) < 200_000, p.name
+    # without sweep.json the runs are found by their directory names
+    (sweep / "sweep.json").unlink()
+    assert list(load_sweep(sweep)) == [4, 16, "inf"]             # finite widths ascending, then inf
+    assert [len(v) for v in load_sweep(sweep).values()] == [2, 2, 2]
+
+
+def test_plot_command_errors_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli.cli, ["plot", str(tmp_path / "empty")])
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert [ln for ln in res.output.splitlines() if ln.startswith("Error")][0].count("metrics.csv") == 1

@@ -1,0 +1,179 @@
+"""`cli.py sweep` and refimpl.sweep: layout, parallel workers, resume, failures, Dask."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from refimpl.sweep import parse_seeds, parse_widths, run_state
+from refimpl.train import TrainConfig, TrainError, load_npz, train
+
+TINY = ["--train-size", "40", "--test-size", "20", "--d0", "3", "--init-width", "200", "--batch-size", "10",
+        "--eval-every", "3", "--eval-size", "40", "--lr", "1.0"]
+
+
+def _sweep(*args):
+    return CliRunner().invoke(cli.cli, ["sweep", *TINY, *args])
+
+
+def _rows(path):
+    with open(path / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _record(out):
+    return json.loads((out / "sweep.json").read_text())
+
+
+def _one_line_error(result):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_sweep_layout_seeds_and_figures(tmp_path):
+    out = tmp_path / "sw"
+    res = _sweep("--widths", "inf,3", "--seeds", "0,1", "--steps", "7", "-j", "1", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rec = _record(out)
+    assert [(r["width"], r["seed"], r["dir"], r["status"]) for r in rec["runs"]] == [
+        (3, 0, "width-3/seed-0", "done"), (3, 1, "width-3/seed-1", "done"),
+        ("inf", 0, "width-inf/seed-0", "done"), ("inf", 1, "width-inf/seed-1", "done")]
+    for r in rec["runs"]:
+        run = out / r["dir"]
+        for name in ("config.json", "metrics.csv", "checkpoint.npz", "summary.json"):
+            assert (run / name).is_file(), (r["dir"], name)
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["config"]["width"] == r["width"] and cfg["config"]["seed"] == r["seed"]
+        assert _rows(run)[-1]["step"] == "7"
+    # a seed changes the initial functions, not the data
+    cfg0, cfg1 = (json.loads((out / f"width-3/seed-{s}/config.json").read_text()) for s in (0, 1))
+    assert cfg0["data"] == cfg1["data"]
+    assert _rows(out / "width-3/seed-0")[0]["train_loss"] != _rows(out / "width-3/seed-1")[0]["train_loss"]
+    for name in ("loss.png", "heatmap.png", "train_vs_test.png", "features.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_single_seed_layout_and_parallel_workers_match_serial(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--widths", "2,inf", "--seeds", "3", "--steps", "5", "--no-plot"]
+    assert _sweep(*common, "-j", "2", "--out", str(a)).exit_code == 0      # spawned worker processes
+    assert _sweep(*common, "-j", "1", "--out", str(b)).exit_code == 0      # in this process
+    assert sorted(p.name for p in a.iterdir()) == ["sweep.json", "width-2", "width-inf"]
+    for w in ("width-2", "width-inf"):
+        sa, sb = load_npz(a / w / "checkpoint.npz"), load_npz(b / w / "checkpoint.npz")
+        for key in sa:
+            if key != "driver_wall_s":
+                assert np.array_equal(sa[key], sb[key]), (w, key)
+
+
+def test_resume_skips_finished_runs_and_continues_the_others(tmp_path):
+    out = tmp_path / "sw"
+    assert _sweep("--widths", "2,4", "--seeds", "0,1", "--steps", "6", "-j", "1", "--no-plot",
+                  "--out", str(out)).exit_code == 0
+    done = out / "width-2/seed-0"
+    stamp = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.iterdir()}
+    # one run interrupted at step 3: rewrite it as the same run stopped there
+    cut = out / "width-4/seed-1"
+    saved = json.loads((cut / "config.json").read_text())["config"]
+    train(TrainConfig.from_json(dict(saved, steps=3)), cut, force=True, log=lambda m: None)
+    assert run_state(cut, 6) == "resume"
+    res = CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--no-plot", "-j", "1"])
+    assert res.exit_code == 0, res.output
+    assert "1 already finished" not in res.output and "3 already finished" in res.output
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in done.iterdir()} == stamp   # not rerun
+    actions = {r["dir"]: r["action"] for r in _record(out)["runs"]}
+    assert actions == {"width-2/seed-0": "skipped", "width-2/seed-1": "skipped",
+                       "width-4/seed-0": "skipped", "width-4/seed-1": "resumed"}
+    # extend the whole sweep: every run continues from its checkpoint, bit for bit as a fresh 9-step sweep
+    assert CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--steps", "9", "--no-plot",
+                                        "-j", "1"]).exit_code == 0
+    fresh = tmp_path / "fresh"
+    assert _sweep("--widths", "2,4", "--seeds", "0,1", "--steps", "9", "-j", "1", "--no-plot",
+                  "--out", str(fresh)).exit_code == 0
+    for r in _record(out)["runs"]:
+        sa, sb = load_npz(out / r["dir"] / "checkpoint.npz"), load_npz(fresh / r["dir"] / "checkpoint.npz")
+        assert int(sa["t"]) == 9
+        for key in sa:
+            if key != "driver_wall_s":
+                assert np.array_equal(sa[key], sb[key]), (r["dir"], key)
+        keys = ("step", "train_loss", "test_loss", "feature_movement")
+        assert [[x[k] for k in keys] for x in _rows(out / r["dir"])] == \
+               [[x[k] for k in keys] for x in _rows(fresh / r["dir"])]
+
+
+def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):
+    out = tmp_path / "sw"
+    assert _sweep("--widths", "2,inf", "--seeds", "0", "--steps", "4", "-j", "1", "--no-plot",
+                  "--out", str(out)).exit_code == 0
+    broken = out / "width-2"
+    (broken / "summary.json").unlink()
+    (broken / "checkpoint.npz").write_bytes(b"not an npz file")
+    res = CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--steps", "8", "-j", "1"])
+    line = _one_line_error(res)
+    assert "1 of 2 runs failed" in line and "width-2" in line
+    rec = {r["dir"]: r for r in _record(out)["runs"]}
+    assert rec["width-2"]["status"] == "failed" and rec["width-2"]["error"]
+    assert rec["width-inf"]["status"] == "done"
+    assert _rows(out / "width-inf")[-1]["step"] == "8"       # the other run went on
+    assert (out / "loss.png").exists()                       # and the figures were still made
+
+
+def test_diverging_runs_fail_without_traceback(tmp_path):
+    res = _sweep("--widths", "2", "--seeds", "0,1", "--steps", "40", "--lr", "1e7", "-j", "1", "--no-plot",
+                 "--out", str(tmp_path / "sw"))
+    line = _one_line_error(res)
+    assert "2 of 2 runs failed" in line and "diverged" in line
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--widths", "0,3"], "widths"), (["--widths", "3,abc"], "widths"), (["--widths", "3,3"], "widths"),
+    (["--seeds", "-1"], "seeds"), (["--seeds", ""], "seeds"), (["--batch-size", "1000"], "batch_size"),
+])
+def test_bad_options_one_line(tmp_path, args, word):
+    res = _sweep("--steps", "2", "--out", str(tmp_path / "sw"), *args)
+    assert word in _one_line_error(res)
+
+
+def test_existing_sweep_needs_force_and_resume_keeps_options(tmp_path):
+    out = str(tmp_path / "sw")
+    base = ["--widths", "2", "--steps", "3", "-j", "1", "--no-plot", "--out", out]
+    assert _sweep(*base).exit_code == 0
+    assert "--force" in _one_line_error(_sweep(*base))
+    assert _sweep(*base, "--force").exit_code == 0
+    res = CliRunner().invoke(cli.cli, ["sweep", "--resume", out, "--lr", "3"])
+    assert "--lr" in _one_line_error(res)
+
+
+def test_parsers_and_run_state(tmp_path):
+    assert parse_widths("inf, 10,2") == ["inf", 10, 2]
+    assert parse_seeds("0,2") == [0, 2]
+    with pytest.raises(TrainError, match="widths"):
+        parse_widths("1.5")
+    assert run_state(tmp_path / "nothing", 5) == "fresh"
+
+
+def test_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp",
+                                  host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        res = _sweep("--widths", "2,inf", "--seeds", "0", "--steps", "4", "--no-plot",
+                     "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "sw"))
+    assert res.exit_code == 0, res.output
+    rec = _record(tmp_path / "sw")
+    assert [r["status"] for r in rec["runs"]] == ["done", "done"]
+    assert _rows(tmp_path / "sw" / "width-2")[-1]["step"] == "4"
+
+
+def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr("refimpl.sweep.DASK_CONNECT_TIMEOUT", "1s")
+    res = _sweep("--widths", "2", "--steps", "2", "--scheduler", "tcp://127.0.0.1:9",
+                 "--out", str(tmp_path / "sw"))
+    assert "scheduler" in _one_line_error(res)
