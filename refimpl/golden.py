@@ -1,0 +1,410 @@
+"""Golden files: reference results written by refimpl, against which every backend is checked.
+
+``python cli.py golden --regenerate`` writes ``golden/*.npz`` and
+``golden/manifest.json`` (atomically); nothing else writes them.  Plain
+``python cli.py golden`` replays them on every available backend and prints a
+table of errors.  The tests (tests/test_golden.py) do the same.
+
+Cases
+-----
+``kernels``
+    Pair sets for m = 3, 10, 50 (bottleneck widths) and m = 16 (an input
+    dimension): random pairs, parallel, anti-parallel, nearly parallel and
+    nearly anti-parallel pairs (angles 1e-2 ... 1e-9 and pi minus those),
+    orthogonal pairs and a zero vector.  Outputs: nngp, sigmadot, ntk, the Xi
+    coefficients alpha and beta, xi, ntk_inf (ReLU), and ntk, xi (linear, depth 2 and 3).
+``bottleneck_*``, ``infinite_*``, ``linear_*``
+    Trajectories of a few hundred SGD steps (SPEC §4, §5) from recorded initial
+    networks, data and batches: the batch loss of every step, and at
+    checkpoints the embeddings g_t on the training set and F_t on X_eval.
+
+Error measures (what the tolerances refer to)
+---------------------------------------------
+* kernel arrays, and the per-step losses: elementwise relative error
+  ``max_i |a_i - b_i| / (|b_i| + 1e-6 max_j |b_j|)`` (entries below 1e-6 of the
+  largest, e.g. Sigma at anti-parallel pairs where it vanishes like angle^3, are
+  compared absolutely); singular pairs separately, see SINGULAR and TOL_SINGULAR;
+* ``xi``: the same with the scale ``|alpha| |y| + |beta|`` in place of ``|b_i|``,
+  because Xi = alpha y + beta x^ cancels for nearly parallel pairs (alpha and
+  beta grow like 1/sin) and no implementation resolves the sum better than that;
+* trajectory checkpoints (embeddings, F): relative Frobenius error
+  ``|a - b|_F / |b|_F`` per array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import kernels
+from .dynamics import BottleneckSimulator, InfiniteSimulator
+from .network import RandomNetwork
+
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+#: float64 tolerance of the issue: every backend against refimpl's golden files.
+TOL_FLOAT64 = 1e-10
+#: float32 tolerance (history stored and summed in float32), measured on the golden
+#: trajectories: worst 1.9e-5 (losses, bottleneck_d10_mini, array-module path); see docs/BENCHMARKS.md.
+TOL_FLOAT32 = 1e-4
+
+#: Trajectory cases: name -> config.  Widths of the initial networks are small
+#: (the initial function is any fixed network; its width does not matter here).
+TRAJECTORIES = {
+    "bottleneck_d3_full": dict(model="bottleneck", d=3, d0=6, dr=1, N=24, B=24, steps=300,
+                               lr=1.0, lr_f=None, lr_g=None, seed=11, n_eval=8),
+    "bottleneck_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=2, N=60, B=10, steps=300,
+                               lr=1.0, lr_f=1.5, lr_g=0.5, seed=12, n_eval=8),
+    "bottleneck_d10_mini": dict(model="bottleneck", d=10, d0=8, dr=1, N=80, B=8, steps=300,
+                                lr=2.0, lr_f=3.0, lr_g=1.0, seed=13, n_eval=10),
+    "bottleneck_d10_full": dict(model="bottleneck", d=10, d0=8, dr=3, N=20, B=20, steps=200,
+                                lr=1.0, lr_f=None, lr_g=None, seed=14, n_eval=10),
+    "bottleneck_d50_mini": dict(model="bottleneck", d=50, d0=12, dr=1, N=100, B=10, steps=250,
+                                lr=2.0, lr_f=1.0, lr_g=4.0, seed=15, n_eval=10),
+    "infinite_mini": dict(model="infinite", d=None, d0=8, dr=2, N=80, B=8, steps=300,
+                          lr=1.0, lr_f=1.0, lr_g=2.0, seed=16, n_eval=10),
+    "linear_d5_mini": dict(model="linear", d=5, d0=6, dr=2, N=40, B=8, steps=300,
+                           lr=0.5, lr_f=0.7, lr_g=0.3, seed=17, n_eval=8),
+}
+#: Steps after which embeddings and F_t(X_eval) are recorded (and the last step).
+CHECKPOINT_EVERY = 50
+INIT_WIDTH = 256
+
+
+class GoldenError(RuntimeError):
+    """A golden file is missing, altered (sha256) or from another format."""
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path, data):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _npz_bytes(arrays):
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_manifest(directory=GOLDEN_DIR):
+    """The manifest of the golden directory (raises GoldenError if absent or unreadable)."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise GoldenError(f"{path}: no golden manifest; write it with `python cli.py golden --regenerate`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"{path}: not valid JSON ({exc.msg})") from None
+    if manifest.get("format") != FORMAT:
+        raise GoldenError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def load_case(name, directory=GOLDEN_DIR):
+    """The arrays of golden case ``name``, after checking its sha256 against the manifest."""
+    manifest = read_manifest(directory)
+    entry = manifest["files"].get(name)
+    if entry is None:
+        raise GoldenError(f"golden case {name!r} is not in the manifest")
+    path = Path(directory) / entry["file"]
+    if not path.is_file():
+        raise GoldenError(f"{path}: missing golden file")
+    digest = _sha256(path)
+    if digest != entry["sha256"]:
+        raise GoldenError(f"{path}: sha256 {digest[:12]}... does not match the manifest "
+                          f"({entry['sha256'][:12]}...); regenerate or restore it")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ---------------------------------------------------------------------------
+# kernel case
+# ---------------------------------------------------------------------------
+
+def _rotate_towards(x, angle, rng):
+    """A vector at exactly-specified ``angle`` from x (in the plane of x and a random direction)."""
+    xh = x / np.linalg.norm(x)
+    u = rng.standard_normal(x.shape)
+    u -= (u @ xh) * xh
+    u /= np.linalg.norm(u)
+    return (np.cos(angle) * xh + np.sin(angle) * u) * rng.uniform(0.5, 2.0)
+
+
+def kernel_inputs(m, seed):
+    """Pairs (X[i], Y[i]) of dimension m covering the regimes of SPEC §2.1, as two (p, m) arrays."""
+    rng = np.random.default_rng(seed)
+    X, Y = [], []
+    for _ in range(12):                                     # random pairs
+        X.append(rng.standard_normal(m))
+        Y.append(rng.standard_normal(m))
+    for c in (1.0, 2.5, 0.3, -1.0, -0.7):                   # parallel and anti-parallel
+        x = rng.standard_normal(m)
+        X.append(x)
+        Y.append(c * x)
+    for a in (1e-2, 1e-4, 1e-6, 1e-8, 1e-9, 3e-11):       # nearly parallel / anti-parallel
+        x = rng.standard_normal(m)
+        X.append(x)
+        Y.append(_rotate_towards(x, a, rng))
+        X.append(x)
+        Y.append(_rotate_towards(x, np.pi - a, rng))
+    x = rng.standard_normal(m)                              # orthogonal
+    X.append(x)
+    Y.append(_rotate_towards(x, np.pi / 2, rng))
+    X.append(np.zeros(m))                                   # zero vectors
+    Y.append(rng.standard_normal(m))
+    X.append(rng.standard_normal(m))
+    Y.append(np.zeros(m))
+    return np.array(X), np.array(Y)
+
+
+def kernel_outputs(kern, X, Y):
+    """Every kernel of ``kern`` (a module or backend with refimpl's kernel functions) on X x Y."""
+    out = {}
+    out["nngp"] = kern.nngp(X, Y)
+    out["sigmadot"] = kern.sigmadot(X, Y)
+    out["ntk"] = kern.ntk(X, Y)
+    out["alpha"], out["beta"] = kern.xi_coefficients(X, Y)
+    out["xi"] = kern.xi(X, Y)
+    out["ntk_inf"] = kern.ntk_inf(X, Y)
+    out["ntk_inf_rates"] = kern.ntk_inf(X, Y, lr_f=0.7, lr_g=1.9)
+    out["linear_ntk"] = kern.ntk(X, Y, "linear", 3)
+    out["linear_xi"] = kern.xi(X, Y, "linear", 2)
+    out["linear_ntk_inf"] = kern.ntk_inf(X, Y, "linear", 2, 3, 0.5, 2.0)
+    return out
+
+
+KERNEL_DIMS = (3, 10, 16, 50)
+
+
+def make_kernel_case():
+    arrays = {}
+    for m in KERNEL_DIMS:
+        X, Y = kernel_inputs(m, seed=100 + m)
+        arrays[f"m{m}/X"], arrays[f"m{m}/Y"] = X, Y
+        for k, v in kernel_outputs(kernels, X, Y).items():
+            arrays[f"m{m}/{k}"] = v
+    return arrays
+
+
+# ---------------------------------------------------------------------------
+# trajectory cases
+# ---------------------------------------------------------------------------
+
+def trajectory_inputs(cfg):
+    """Data, initial network weights and batches of a trajectory case (deterministic in its seed)."""
+    rng = np.random.default_rng(cfg["seed"])
+    X = rng.standard_normal((cfg["N"], cfg["d0"]))
+    Y = np.tanh(X[:, :cfg["dr"]] + 0.5 * X[:, 1:cfg["dr"] + 1] ** 2) - 0.3
+    X_eval = rng.standard_normal((cfg["n_eval"], cfg["d0"]))
+    batches = np.array([np.arange(cfg["N"]) if cfg["B"] == cfg["N"]
+                        else np.sort(rng.permutation(cfg["N"])[:cfg["B"]])
+                        for _ in range(cfg["steps"])])
+    arrays = {"X": X, "Y": Y, "X_eval": X_eval, "batches": batches}
+    if cfg["model"] != "infinite":
+        act = "linear" if cfg["model"] == "linear" else "relu"
+        net = RandomNetwork.sample(cfg["d0"], cfg["d"], cfg["dr"], width=INIT_WIDTH,
+                                   seed=cfg["seed"] + 1000, activation=act)
+        arrays.update({f"net/{k}": v for k, v in net.weights().items()})
+    return arrays
+
+
+def build_simulator(cfg, arrays, backend):
+    """The simulator of a case from the recorded inputs, with ``backend``'s classes."""
+    rates = dict(lr=cfg["lr"], lr_f=cfg["lr_f"], lr_g=cfg["lr_g"], X_eval=arrays["X_eval"])
+    if cfg["model"] == "infinite":
+        return backend.InfiniteSimulator(arrays["X"], arrays["Y"], init="cholesky",
+                                         seed=cfg["seed"] + 2000, **rates)
+    act = "linear" if cfg["model"] == "linear" else "relu"
+    net = RandomNetwork(arrays["net/theta1"], arrays["net/theta2"], arrays["net/u"], arrays["net/v"], act)
+    return backend.BottleneckSimulator(net, arrays["X"], arrays["Y"], **rates)
+
+
+def replay(cfg, arrays, backend):
+    """Run a case on ``backend``: per-step losses and the checkpoint arrays."""
+    sim = build_simulator(cfg, arrays, backend)
+    losses = np.empty(cfg["steps"])
+    out = {}
+    for t, idx in enumerate(arrays["batches"]):
+        losses[t] = sim.step(idx)
+        if (t + 1) % CHECKPOINT_EVERY == 0 or t + 1 == cfg["steps"]:
+            out[f"ckpt{t + 1}/F_eval"] = sim.outputs(arrays["X_eval"])
+            if cfg["model"] != "infinite":
+                out[f"ckpt{t + 1}/embeddings"] = sim.embeddings(arrays["X"])
+    out["losses"] = losses
+    return out
+
+
+# ---------------------------------------------------------------------------
+# regenerate / compare
+# ---------------------------------------------------------------------------
+
+def regenerate(directory=GOLDEN_DIR, log=print):
+    """Write every golden case with refimpl and the manifest (each file atomically)."""
+    import refimpl
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    t0 = time.perf_counter()
+    cases = [("kernels", None)] + list(TRAJECTORIES.items())
+    for name, cfg in cases:
+        t = time.perf_counter()
+        if cfg is None:
+            arrays = make_kernel_case()
+            config = {"dims": list(KERNEL_DIMS)}
+        else:
+            arrays = trajectory_inputs(cfg)
+            arrays.update({f"out/{k}": v for k, v in replay(cfg, arrays, refimpl).items()})
+            config = dict(cfg, init_width=INIT_WIDTH, checkpoint_every=CHECKPOINT_EVERY)
+        fname = f"{name}.npz"
+        _atomic_write(directory / fname, _npz_bytes(arrays))
+        entries[name] = {"file": fname, "sha256": _sha256(directory / fname), "config": config,
+                         "arrays": sorted(arrays)}
+        log(f"{name}: {time.perf_counter() - t:.1f} s, {(directory / fname).stat().st_size / 1024:.0f} KiB")
+    manifest = {
+        "format": FORMAT,
+        "written_by": "python cli.py golden --regenerate (refimpl.golden.regenerate)",
+        "refimpl_version": refimpl.__version__,
+        "numpy_version": np.__version__,
+        "error_measures": "see refimpl/golden.py docstring",
+        "tolerance_float64": TOL_FLOAT64,
+        "files": entries,
+    }
+    _atomic_write(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    log(f"golden files written to {directory} in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+def rel_elementwise(a, b, scale=None, floor=1e-6, scale_max=None):
+    """max_i |a_i - b_i| / (s_i + floor * S) with s = |b| (or ``scale``), S = max s (or ``scale_max``)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not b.size:
+        return 0.0
+    s = np.abs(b) if scale is None else np.asarray(scale, dtype=np.float64)
+    den = s + floor * (float(np.max(s)) if scale_max is None else scale_max)
+    return float(np.max(np.abs(a - b) / np.where(den > 0, den, 1.0)))
+
+
+def rel_frobenius(a, b):
+    """|a - b|_F / |b|_F."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / (nb if nb > 0 else 1.0))
+
+
+#: Pairs within this angle of anti-parallel (and, for ntk_inf, of parallel) are compared
+#: separately, under "<quantity>@singular".
+SINGULAR = 1e-5
+#: Their tolerance.  refimpl is ill-conditioned there, not the backends: it holds theta ~ pi
+#: with an absolute error of ulp(pi) = 4.4e-16, so its sin(theta) and pi - theta carry a
+#: relative error up to 4.4e-16 / (pi - theta) (4.4e-7 at 1e-9), where the backends take them
+#: from the half-angle differences; and NTK_inf takes arccos of a correlation that is 1 to
+#: within a few ulps for (nearly) parallel inputs, which turns an ulp of Sigma_g into ~1e-8
+#: in the angle (the backends share that code, refimpl.kernels.ntk_inf_from_g, but not the
+#: last bit of Sigma_g).
+TOL_SINGULAR = 1e-6
+
+
+def compare_kernels(golden, kern):
+    """{quantity: error} of the kernel functions of ``kern`` against the golden kernel case.
+
+    Elementwise relative errors with a floor of 1e-6 of the array's largest
+    entry (values that vanish, e.g. Sigma at anti-parallel pairs, are compared
+    absolutely).  Singular pairs (see SINGULAR) are reported under
+    ``<quantity>@singular``.
+    """
+    errors = {}
+    for m in KERNEL_DIMS:
+        X, Y = golden[f"m{m}/X"], golden[f"m{m}/Y"]
+        theta = kernels.pair_angles(X, Y)[2]
+        anti = (np.pi - theta) < SINGULAR
+        para = theta < SINGULAR
+        got = kernel_outputs(kern, X, Y)
+        for k, v in got.items():
+            ref = golden[f"m{m}/{k}"]
+            scale = np.abs(ref)
+            if k == "xi":
+                scale = np.broadcast_to((np.abs(golden[f"m{m}/alpha"]) * np.linalg.norm(Y, axis=1)[None, :]
+                                         + np.abs(golden[f"m{m}/beta"]))[:, :, None], ref.shape)
+            singular = (anti | para) if k.startswith("ntk_inf") else anti
+            top = float(np.max(scale))
+            for key, mask in ((k, ~singular), (f"{k}@singular", singular)):
+                if mask.any():
+                    err = rel_elementwise(v[mask], ref[mask], scale[mask], scale_max=top)
+                    errors[key] = max(errors.get(key, 0.0), err)
+    return errors
+
+
+def tolerance(quantity, dtype="float64"):
+    """The documented tolerance of an error reported by :func:`compare_kernels` / :func:`compare_trajectory`."""
+    if quantity.endswith("@singular"):
+        return TOL_SINGULAR
+    return TOL_FLOAT64 if dtype == "float64" else TOL_FLOAT32
+
+
+def compare_trajectory(name, golden, backend, directory=GOLDEN_DIR):
+    """{"losses": err, "embeddings": err, "F_eval": err} of ``backend`` on trajectory ``name``."""
+    cfg = TRAJECTORIES[name]
+    got = replay(cfg, golden, backend)
+    errors = {"losses": rel_elementwise(got["losses"], golden["out/losses"], floor=0.0)}
+    for key in got:
+        if key.startswith("ckpt"):
+            kind = key.split("/")[1]
+            errors[kind] = max(errors.get(kind, 0.0), rel_frobenius(got[key], golden[f"out/{key}"]))
+    return errors
+
+
+def check(targets, directory=GOLDEN_DIR, cases=None, log=print):
+    """Replay golden cases on each target; return a list of result dicts.
+
+    ``targets``: (label, backend, dtype) with ``backend`` anything that has
+    refimpl's simulator classes and kernel functions.  Each result has label,
+    case, errors ({quantity: error}), worst (the largest error relative to its
+    tolerance, as error / tolerance), ok, seconds.
+    """
+    rows = []
+    for name in cases or (["kernels"] + list(TRAJECTORIES)):
+        golden = load_case(name, directory)
+        for label, backend, dtype in targets:
+            t = time.perf_counter()
+            errs = compare_kernels(golden, backend) if name == "kernels" else \
+                compare_trajectory(name, golden, backend, directory)
+            ratio = {k: v / tolerance(k, dtype) for k, v in errs.items()}
+            worst = max(ratio, key=ratio.get)
+            row = {"label": label, "case": name, "errors": errs, "worst": worst,
+                   "worst_error": errs[worst], "tolerance": tolerance(worst, dtype),
+                   "ok": all(r <= 1.0 for r in ratio.values()), "seconds": time.perf_counter() - t}
+            rows.append(row)
+            if log:
+                log(f"{label:<24} {name:<20} {row['worst']:<22} {row['worst_error']:9.2e} "
+                    f"{row['tolerance']:7.0e}  {'ok' if row['ok'] else 'FAIL':<4} {row['seconds']:5.1f} s")
+    return rows
