@@ -403,8 +403,7 @@ class InfiniteSimulator(_SimulatorBase):
         if self.activation == "linear":
             cov = sigma_g
         else:
-            diag = np.diag(sigma_g).copy()
-            cov, _ = kernels._relu_from_covariance(diag, diag, sigma_g)
+            cov, _ = kernels.relu_composed(Xall, Xall)
         scale = max(1.0, float(np.max(np.diag(cov))))
         L = np.linalg.cholesky(cov + jitter * scale * np.eye(cov.shape[0]))
         rng = np.random.default_rng(seed)

@@ -317,13 +317,23 @@ def sigma2(X, Y, activation="relu", depth=None):
 # No bottleneck (SPEC §5)
 # --------------------------------------------------------------------------
 
-def _relu_from_covariance(c11, c22, c12):
-    """ReLU NNGP and derivative kernel for pre-activations with covariance [[c11, c12], [c12, c22]]."""
-    D = np.sqrt(np.outer(c11, c22))
-    lam = np.clip(c12 / np.where(D > 0, D, 1.0), -1.0, 1.0)
-    theta = np.arccos(lam)
-    sigma_ = D * (lam * (np.pi - theta) + np.sqrt(1.0 - lam * lam)) / TWO_PI
-    return sigma_, (np.pi - theta) / TWO_PI
+def relu_composed(X, Y):
+    """Sigma_F, Sigmadot_F (p, q): ReLU kernels of a layer fed by g's infinite bottleneck (SPEC §5).
+
+    The pre-activations of f then have covariance Sigma_g (the ReLU NNGP of the
+    inputs, m = d0), with variances |x|^2 / (2 d0) and correlation
+    ``cos theta_F = J(theta) / pi``, ``J(theta) = sin theta + (pi - theta) cos theta``,
+    where theta is the angle between the inputs.  ``1 - cos theta_F`` is computed
+    as ``(2 pi sin^2(theta/2) + theta cos theta - sin theta) / pi``, without the
+    cancellation of ``1 - J/pi``, and ``theta_F = 2 asin(sqrt((1 - cos theta_F)/2))``
+    keeps full relative accuracy near theta = 0 (a point with itself), as in SPEC §2.1.
+    """
+    nx, ny, theta, lam, s = pair_angles(X, Y)
+    one_minus = (TWO_PI * np.sin(0.5 * theta) ** 2 + theta * lam - s) / np.pi
+    theta_F = 2.0 * np.arcsin(np.sqrt(np.clip(0.5 * one_minus, 0.0, 1.0)))
+    D = np.outer(nx, ny) / (2.0 * X.shape[1])                 # sqrt(Sigma_g(x, x) Sigma_g(y, y))
+    sigma_F = D * (np.cos(theta_F) * (np.pi - theta_F) + np.sin(theta_F)) / TWO_PI
+    return sigma_F, (np.pi - theta_F) / TWO_PI
 
 
 def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
@@ -356,7 +366,5 @@ def ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g):
     """
     if activation == "linear":
         return lr_f * Lf * sigma_g + lr_g * theta_g
-    c11 = np.einsum("ij,ij->i", X, X) / (2.0 * X.shape[1])   # Sigma_g(x, x) = |x|^2 / (2 d0)
-    c22 = np.einsum("ij,ij->i", Y, Y) / (2.0 * Y.shape[1])
-    sigma_F, sigmadot_F = _relu_from_covariance(c11, c22, sigma_g)
+    sigma_F, sigmadot_F = relu_composed(X, Y)
     return lr_f * (sigma_F + sigmadot_F * sigma_g) + lr_g * sigmadot_F * theta_g

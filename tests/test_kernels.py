@@ -214,8 +214,7 @@ def test_ntk_inf_properties():
     np.testing.assert_allclose(T, T.T, atol=1e-15)
     assert np.linalg.eigvalsh(T).min() > -1e-12                               # positive semi-definite
     # diagonal closed form: Sigma_g = |x|^2/(2 d0), Sigma_F = Sigma_g/2, Sigmadot_F = 1/2, Theta_g = |x|^2/d0
-    # (to 1e-7 only: see test_ntk_inf_diagonal_to_full_precision)
-    np.testing.assert_allclose(np.diag(T), np.sum(X * X, axis=1) / 5, rtol=1e-7)
+    np.testing.assert_allclose(np.diag(T), np.sum(X * X, axis=1) / 5, rtol=1e-13)
     # the rates weight the two parameter groups linearly
     f_part = K.ntk_inf(X, X, lr_f=1.0, lr_g=0.0)
     g_part = K.ntk_inf(X, X, lr_f=0.0, lr_g=1.0)
@@ -225,12 +224,11 @@ def test_ntk_inf_properties():
     ratio = g_part / K.ntk(X, X)
     assert np.all(ratio >= 0) and np.all(ratio <= 0.5 + 1e-14)
     # homogeneous of degree one in each argument
-    np.testing.assert_allclose(K.ntk_inf(3.0 * X[:2], 0.5 * X), 1.5 * T[:2], rtol=1e-7)
+    np.testing.assert_allclose(K.ntk_inf(3.0 * X[:2], 0.5 * X), 1.5 * T[:2], rtol=1e-13)
 
 
-@pytest.mark.xfail(strict=True, reason="kernels._relu_from_covariance takes arccos of the Gram cosine, which "
-                   "loses half the digits at lam = 1 (SPEC §2.1); reported to the lead")
 def test_ntk_inf_diagonal_to_full_precision():
+    """A point with itself (lam = 1) keeps every digit (SPEC §2.1): NTK_inf(x, x) = |x|^2 / d0."""
     X = np.random.default_rng(1).standard_normal((20, 5))
     np.testing.assert_allclose(np.diag(K.ntk_inf(X, X)), np.sum(X * X, axis=1) / 5, rtol=1e-13)
 
