@@ -17,6 +17,9 @@ and writes into it (or into ``figdir``):
     10), left with all widths, right with the finite widths only (as fig 4).
 ``features.png``
     The bottleneck metrics of :mod:`refimpl.metrics` against steps (not in the paper).
+``tables.md``
+    Markdown tables (:func:`summary_tables`): steps to reach training-loss thresholds per width,
+    final metrics, and the test loss at matched training losses (needs ``sweep.json``).
 
 Test loss against training loss (appendix D.4), as implemented by
 :func:`train_vs_test`:
@@ -421,4 +424,96 @@ def _plot_sweep(sweep_dir, figdir, heatmap_steps):
     written.append(figdir / "train_vs_test.png")
     if plot_features(runs, figdir / "features.png", title):
         written.append(figdir / "features.png")
+    from .sweep import SWEEP_FILE
+    if (Path(sweep_dir) / SWEEP_FILE).exists():
+        from .train import atomic_write_text
+        atomic_write_text(figdir / "tables.md", summary_tables(sweep_dir) + "\n")
+        written.append(figdir / "tables.md")
     return written
+
+
+# ----------------------------------------------------------------------------
+# tables (markdown) for reports
+# ----------------------------------------------------------------------------
+
+def _fmt_steps(values):
+    """'mean (min-max)' over the seeds that reached a threshold, with 'k/n' when some did not."""
+    hit = [v for v in values if v is not None]
+    if not hit:
+        return f"not reached (0/{len(values)})"
+    text = f"{np.mean(hit):.0f} ({min(hit)}-{max(hit)})" if len(hit) > 1 else f"{hit[0]}"
+    return text + (f" [{len(hit)}/{len(values)}]" if len(hit) < len(values) else "")
+
+
+def threshold_rows(sweep_dir):
+    """Steps to reach each training-loss threshold, per width, from the runs' summary.json.
+
+    Returns (fractions, loss_null, {width: [[step per seed] per fraction]}); runs without a
+    summary (unfinished, failed) are left out.
+    """
+    from .sweep import SWEEP_FILE, width_key
+    sweep_dir = Path(sweep_dir)
+    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    table, fractions, loss_null = {}, None, None
+    for r in record["runs"]:
+        path = sweep_dir / r["dir"] / "summary.json"
+        if not path.exists():
+            continue
+        st = json.loads(path.read_text()).get("steps_to_threshold")
+        if not st:
+            continue
+        fractions = [t["fraction"] for t in st["thresholds"]]
+        loss_null = st["loss_null"]
+        cols = table.setdefault(r["width"], [[] for _ in fractions])
+        for k, t in enumerate(st["thresholds"]):
+            cols[k].append(t["step"])
+    return fractions, loss_null, dict(sorted(table.items(), key=lambda kv: width_key(kv[0])))
+
+
+def summary_tables(sweep_dir, matched=None):
+    """Markdown tables of a sweep: steps to training-loss thresholds, final metrics, and the
+    test loss at matched training losses (from the appendix D.4 curves, all widths)."""
+    runs = load_sweep(sweep_dir)
+    lines = []
+    fractions, loss_null, table = threshold_rows(sweep_dir)
+    if table:
+        lines += [f"Steps to reach training loss <= fraction x L_null (L_null = {loss_null:.4g}); "
+                  "mean (min-max) over seeds, [k/n] = seeds that reached it:", "",
+                  "| width | " + " | ".join(f"{f:g} ({f * loss_null:.3g})" for f in fractions) + " |",
+                  "|---|" + "---|" * len(fractions)]
+        for width, cols in table.items():
+            lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
+        lines.append("")
+    keys = [k for k in ("train_loss", "test_loss", "train_acc", "test_acc", "feature_movement",
+                        "kernel_alignment") if any(np.any(np.isfinite(r[k])) for rs in runs.values() for r in rs)]
+    lines += ["Final values, mean +- standard deviation over seeds:", "",
+              "| width | step | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for width, rs in runs.items():
+        cells = []
+        for k in keys:
+            v = np.array([r[k][-1] for r in rs])
+            v = v[np.isfinite(v)]
+            cells.append(f"{v.mean():.4g} +- {v.std():.2g}" if v.size else "")
+        lines.append(f"| {width} | {int(max(r['step'][-1] for r in rs))} | " + " | ".join(cells) + " |")
+    lines.append("")
+    curves = train_vs_test(runs)
+    if matched is None:       # three training losses inside every width's curve, if there are any
+        lo = max(c[0].min() for c in curves.values() if c[0].size) if all(c[0].size for c in curves.values()) else None
+        hi = min(c[0].max() for c in curves.values() if c[0].size) if lo is not None else None
+        matched = list(np.geomspace(lo, hi, 3)) if lo is not None and lo < hi else []
+    if matched:
+        lines += ["Test loss at matched training loss (appendix D.4 curves, mean over seeds; "
+                  "min-max over seeds in brackets):", "",
+                  "| width | " + " | ".join(f"train {m:.3g}" for m in matched) + " |", "|---|" + "---|" * len(matched)]
+        for width, (x, mean, lo_, hi_) in curves.items():
+            cells = []
+            for m in matched:
+                if x.size and x.min() <= m <= x.max():
+                    cells.append(f"{np.interp(m, x, mean):.4g} ({np.interp(m, x, lo_):.3g}-{np.interp(m, x, hi_):.3g})")
+                else:
+                    cells.append("n/a")
+            lines.append(f"| {width} | " + " | ".join(cells) + " |")
+        lines.append("")
+    else:
+        lines += ["Test loss at matched training loss: the widths' training-loss ranges do not overlap.", ""]
+    return "\n".join(lines)

@@ -113,13 +113,14 @@ def test_plot_command_writes_small_pngs(tmp_path, classification):
     (sweep / "sweep.json").write_text(json.dumps({"widths": [4, 16, "inf"], "seeds": [0, 1], "runs": runs}))
     res = CliRunner().invoke(cli.cli, ["plot", str(sweep), "--out", str(tmp_path / "fig")])
     assert res.exit_code == 0, res.output
-    names = {"loss.png", "heatmap.png", "train_vs_test.png", "features.png"}
+    names = {"loss.png", "heatmap.png", "train_vs_test.png", "features.png", "tables.md"}
     if classification:
         names.add("accuracy.png")
     assert {p.name for p in (tmp_path / "fig").iterdir()} == names
-    for p in (tmp_path / "fig").iterdir():
+    for p in (tmp_path / "fig").glob("*.png"):
         data = p.read_bytes()
         assert data[:8] == PNG and len(data) < 200_000, p.name
+    assert "| 16 | 180 |" in (tmp_path / "fig" / "tables.md").read_text()     # final values per width
     # without sweep.json the runs are found by their directory names
     (sweep / "sweep.json").unlink()
     assert list(load_sweep(sweep)) == [4, 16, "inf"]             # finite widths ascending, then inf
@@ -131,3 +132,22 @@ def test_plot_command_errors_one_line(tmp_path):
     res = CliRunner().invoke(cli.cli, ["plot", str(tmp_path / "empty")])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert [ln for ln in res.output.splitlines() if ln.startswith("Error")][0].count("metrics.csv") == 1
+
+
+def test_tables_aggregate_thresholds_over_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = []
+    steps = {(4, 0): [20, 60, None], (4, 1): [40, 80, None], ("inf", 0): [40, None, None]}
+    for (width, seed), hits in steps.items():
+        d = f"width-{width}/seed-{seed}"
+        _write_run(sweep / d, width, seed, False)
+        th = [{"fraction": f, "loss": f * 0.5, "step": h} for f, h in zip((0.5, 0.2, 0.1), hits)]
+        (sweep / d / "summary.json").write_text(json.dumps(
+            {"steps": 180, "steps_to_threshold": {"loss_null": 0.5, "thresholds": th}}))
+        runs.append({"width": width, "seed": seed, "dir": d, "status": "done"})
+    (sweep / "sweep.json").write_text(json.dumps({"runs": runs}))
+    res = CliRunner().invoke(cli.cli, ["plot", str(sweep)])
+    assert res.exit_code == 0, res.output
+    text = (sweep / "tables.md").read_text()
+    assert "| 4 | 30 (20-40) | 70 (60-80) | not reached (0/2) |" in text
+    assert "| inf | 40 | not reached (0/1) | not reached (0/1) |" in text
