@@ -505,5 +505,69 @@ def verify_inf_limit(out, quiet, **options):
     _run_verify("inf-limit", out, quiet, **options)
 
 
+# ---------------------------------------------------------------------------- golden, bench (accel; issue 4)
+
+@cli.command()
+@click.option("--regenerate", is_flag=True,
+              help="Rewrite golden/ with refimpl (the only way golden files are written).")
+@click.option("--cases", default=None, help="Comma-separated golden cases to check.  [default: all]")
+def golden(regenerate, cases):
+    """Check every available backend against the golden files (or --regenerate them with refimpl)."""
+    def go():
+        from refimpl import golden as gold
+        if regenerate:
+            gold.regenerate(log=click.echo)
+            return
+        import accel
+        names = None if cases is None else [c.strip() for c in cases.split(",") if c.strip()]
+        known = ["kernels", *gold.TRAJECTORIES]
+        for c in names or []:
+            if c not in known:
+                raise ValueError(f"cases: unknown golden case {c!r}; expected some of {', '.join(known)}")
+        click.echo(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
+        try:
+            rows = gold.check(accel.golden_targets(), cases=names, log=click.echo)
+        except gold.GoldenError as exc:
+            raise ValueError(str(exc)) from None
+        bad = [r for r in rows if not r["ok"]]
+        if bad:
+            raise click.ClickException(f"{len(bad)} of {len(rows)} golden checks failed")
+        click.echo(f"all {len(rows)} golden checks within tolerance")
+    run_guarded(go)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(dir_okay=False), default="bench.json", show_default=True,
+              help="JSON file for the results.")
+@click.option("--sizes", type=INT_LIST, default="10000,100000,1000000", show_default=True,
+              help="History lengths M.")
+@click.option("--widths", type=INT_LIST, default="10,100", show_default=True, help="Bottleneck widths d.")
+@click.option("--backends", default="numpy,cpu,gpu", show_default=True,
+              help="Comma-separated backends (unavailable ones are skipped with their reason).")
+@click.option("--dtypes", default="float64,float32", show_default=True, help="Precisions of cpu/gpu.")
+@click.option("--reps", type=POS_INT, default=3, show_default=True, help="Timed steps per point (median).")
+@click.option("--numpy-max-m", type=POS_INT, default=1_000_000, show_default=True,
+              help="Skip refimpl above this M (it is slow there).")
+def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m):
+    """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
+    def go():
+        from accel import BACKENDS
+        from accel import bench as b
+        names = [x.strip() for x in backends.split(",") if x.strip()]
+        for n in names:
+            if n not in BACKENDS or n == "auto":
+                raise ValueError(f"backends: expected some of numpy, cpu, gpu, got {n!r}")
+        dts = [x.strip() for x in dtypes.split(",") if x.strip()]
+        for dt in dts:
+            if dt not in ("float64", "float32"):
+                raise ValueError(f"dtypes: expected float64 and/or float32, got {dt!r}")
+        report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
+                       numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
+        b.write(report, out)
+        click.echo(b.table(report))
+        click.echo(f"wrote {out}", err=True)
+    run_guarded(go)
+
+
 if __name__ == "__main__":
     cli()

@@ -107,3 +107,23 @@ def available_backends():
     if gpu.available():
         out.append("gpu")
     return out
+
+
+def golden_targets(include_numpy_path=True):
+    """(label, backend, dtype) for every backend available here, for refimpl.golden.check.
+
+    Includes "gpu-path/numpy": the GPU backend's code on NumPy arrays (what CI
+    can test without a GPU).
+    """
+    targets = [("numpy", get_backend("numpy"), "float64")]
+    for name in available_backends()[1:]:
+        for dtype in ("float64", "float32"):
+            targets.append((f"{name}/{dtype}", get_backend(name, dtype), dtype))
+    if include_numpy_path:
+        from . import gpu
+        bott, inf, kern = gpu.numpy_path()
+        for dtype in ("float64", "float32"):
+            targets.append((f"gpu-path/numpy/{dtype}",
+                            Backend("gpu-path/numpy", dtype, _bind_dtype(bott, dtype),
+                                    _bind_dtype(inf, dtype), kern), dtype))
+    return targets

@@ -28,10 +28,18 @@ float64.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
-import numba
-from numba import njit, prange
+
+# Numba's OpenMP threads would otherwise spin after each parallel region and
+# starve the BLAS threads that the step uses next (or vice versa) on few cores.
+# Read once when libgomp starts, i.e. at the first parallel call; a value set by
+# the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 import refimpl
 from refimpl import kernels as rk

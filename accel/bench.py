@@ -1,0 +1,238 @@
+"""Benchmark of one SGD step against history length M and bottleneck width d (issue 4, item 5).
+
+``python cli.py bench`` runs :func:`run` and writes JSON and a Markdown table.
+
+What is timed: ``BottleneckSimulator.step`` on a batch of B = 20 points with a
+history of M points synthesised directly (no M/B training steps): the
+embeddings g0(xi) of random training points of a synthetic data set
+(N = 2000, d0 = 16, dr = 1), moved by 1 % noise as training moves them, and
+small random loss derivatives.  This keeps the realistic geometry (every query
+has its own earlier embeddings in the history, and the usual spread of
+angles).  Median of ``reps`` steps after one untimed warm-up step (which
+includes Numba's compilation or cache load).
+
+Flop model (useful work of the history pass, SPEC §4): per (query, history
+point) pair, 2 d for the dot product, 2 d for the Xi contraction and 2 dr for
+K C: ``flops = B M (4 d + 2 dr)``.  The per-pair formulas (angles, ~40 flops)
+and refimpl's repeated dot products are not counted.
+
+Peak memory: the increase of the process's peak resident set during the
+timed steps (Linux: VmHWM of /proc/self/status after resetting it through
+/proc/self/clear_refs), which sees NumPy, Numba and BLAS allocations alike;
+elsewhere tracemalloc's peak (NumPy allocations only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+
+import refimpl
+
+from . import BackendUnavailable, get_backend
+
+DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
+DEFAULT_WIDTHS = (10, 100)
+BATCH = 20
+N_DATA = 2000
+D0 = 16
+DR = 1
+
+
+# ---------------------------------------------------------------------------
+# machine facts and raw throughput
+# ---------------------------------------------------------------------------
+
+def machine_info():
+    """CPU model, core count, memory, library versions."""
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "cpu_count": os.cpu_count()}
+    try:
+        import numba
+        info["numba"] = numba.__version__
+        info["numba_threads"] = numba.get_num_threads()
+    except ImportError:                                    # pragma: no cover
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as fh:
+            info["mem_total_gib"] = round(int(fh.readline().split()[1]) / 2**20, 1)
+    except OSError:                                        # pragma: no cover
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:                                        # pragma: no cover
+        pass
+    return info
+
+
+def _best(fn, reps=5):
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def throughput():
+    """Measured matmul GFLOP/s (n = 2000, float64 and float32, NumPy's BLAS, all threads),
+    elementwise throughput (a + b on 2^24 float64: GB/s moved) and arccos (ns per element)."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for dt in (np.float64, np.float32):
+        A = rng.standard_normal((2000, 2000)).astype(dt)
+        out[f"matmul_gflops_{np.dtype(dt).name}"] = 2 * 2000**3 / _best(lambda: A @ A) / 1e9
+    x = rng.standard_normal(1 << 24)
+    y = rng.standard_normal(1 << 24)
+    z = np.empty_like(x)
+    out["elementwise_add_gbs"] = 3 * x.nbytes / _best(lambda: np.add(x, y, out=z)) / 1e9
+    lam = 1.0 - rng.random(1 << 22) * 1e-3
+    w = np.empty_like(lam)
+    out["arccos_ns"] = _best(lambda: np.arccos(lam, out=w)) / lam.size * 1e9
+    return out
+
+
+# ---------------------------------------------------------------------------
+# one measurement
+# ---------------------------------------------------------------------------
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(field)
+
+
+def synthetic_problem(d, seed=0):
+    """Data, initial network and the rows/noise from which histories are drawn."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N_DATA, D0))
+    Y = np.tanh(X[:, :DR]) + 0.1 * rng.standard_normal((N_DATA, DR))
+    net = refimpl.RandomNetwork.sample(D0, d, DR, width=1000, seed=seed)
+    return X, Y, net
+
+
+def synthetic_history(sim, M, seed=1, chunk=1 << 16):
+    """Append M synthetic history points to ``sim`` (in chunks, so no M-sized float64 temporaries)."""
+    rng = np.random.default_rng(seed)
+    G = sim.embeddings(sim.X)
+    scale = 0.01 * float(np.sqrt(np.mean(G * G)))
+    for s in range(0, M, chunk):
+        k = min(chunk, M - s)
+        P = G[rng.integers(0, sim.N, k)] + scale * rng.standard_normal((k, sim.d))
+        C = 1e-3 * rng.standard_normal((k, sim.dr))
+        sim.history.append(P, C)
+
+
+def measure(backend, d, M, reps=3, seed=0):
+    """Seconds per step (median), GFLOP/s and peak memory of ``backend`` at (d, M)."""
+    X, Y, net = synthetic_problem(d, seed)
+    sim = backend.BottleneckSimulator(net, X, Y, lr=0.5)
+    synthetic_history(sim, M)
+    rng = np.random.default_rng(seed + 7)
+    batches = [np.sort(rng.permutation(N_DATA)[:BATCH]) for _ in range(reps + 1)]
+    sim.step(batches[0])                                   # warm-up: compile / cache load
+    use_rss = _reset_peak_rss()
+    base = _rss_kib("VmRSS") if use_rss else 0
+    if not use_rss:
+        tracemalloc.start()
+    times = []
+    for idx in batches[1:]:
+        t = time.perf_counter()
+        sim.step(idx)
+        times.append(time.perf_counter() - t)
+    if use_rss:
+        peak_mib = (_rss_kib("VmHWM") - base) / 1024
+        mem_method = "peak RSS increase (VmHWM)"
+    else:
+        peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        mem_method = "tracemalloc peak"
+    sec = statistics.median(times)
+    flops = BATCH * M * (4 * d + 2 * DR)
+    return {"backend": backend.name, "dtype": backend.dtype, "d": d, "M": M, "B": BATCH,
+            "seconds_per_step": sec, "all_seconds": times, "gflops": flops / sec / 1e9,
+            "peak_mib": peak_mib, "memory_method": mem_method,
+            "history_mib": M * (d + DR) * np.dtype(backend.dtype).itemsize / 2**20}
+
+
+# ---------------------------------------------------------------------------
+# the whole run
+# ---------------------------------------------------------------------------
+
+def run(sizes=DEFAULT_SIZES, widths=DEFAULT_WIDTHS, backends=("numpy", "cpu", "gpu"),
+        dtypes=("float64", "float32"), reps=3, numpy_max_M=1_000_000, numpy_reps_large=1, log=print):
+    """Benchmark every available backend; returns a dict (machine, throughput, results)."""
+    targets = []
+    for name in backends:
+        for dtype in (("float64",) if name == "numpy" else dtypes):
+            try:
+                targets.append(get_backend(name, dtype))
+            except BackendUnavailable as exc:
+                log(f"skip {name}/{dtype}: {exc}")
+                break
+    report = {"machine": machine_info(), "throughput": throughput(), "results": [],
+              "flop_model": "B*M*(4d + 2dr)", "batch": BATCH, "d0": D0, "dr": DR}
+    log("throughput: " + ", ".join(f"{k}={v:.3g}" for k, v in report["throughput"].items()))
+    for d in widths:
+        for M in sizes:
+            for be in targets:
+                if be.name == "numpy" and M > numpy_max_M:
+                    log(f"skip numpy at M={M} (--numpy-max-m {numpy_max_M})")
+                    continue
+                r = reps if not (be.name == "numpy" and M >= 1_000_000) else numpy_reps_large
+                res = measure(be, d, M, reps=r)
+                report["results"].append(res)
+                log(f"d={d:<4} M={M:<8} {be.name}/{be.dtype:<8} {res['seconds_per_step']:9.4f} s/step "
+                    f"{res['gflops']:7.2f} GFLOP/s  peak +{res['peak_mib']:.0f} MiB")
+    _add_ratios(report["results"])
+    return report
+
+
+def _add_ratios(results):
+    ref = {(r["d"], r["M"]): r["seconds_per_step"] for r in results if r["backend"] == "numpy"}
+    for r in results:
+        base = ref.get((r["d"], r["M"]))
+        r["speedup_vs_numpy"] = None if base is None else base / r["seconds_per_step"]
+
+
+def table(report):
+    """A Markdown table of the results."""
+    lines = ["| d | M | backend | dtype | s/step | GFLOP/s | x refimpl | peak MiB |",
+             "|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        sp = "" if r["speedup_vs_numpy"] is None else f"{r['speedup_vs_numpy']:.1f}"
+        lines.append(f"| {r['d']} | {r['M']:.0e} | {r['backend']} | {r['dtype']} | "
+                     f"{r['seconds_per_step']:.4g} | {r['gflops']:.2f} | {sp} | {r['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def write(report, path):
+    """Write the report as JSON (atomically)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(report, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
