@@ -30,9 +30,10 @@ Memory (float64, :func:`memory_estimate`): a network holds
 every matrix (16 P bytes), constructing a network holds a second copy for a
 moment (also 16 P bytes), and a forward pass forms hidden blocks of
 :data:`refimpl.finite.ROW_BLOCK_ELEMENTS` float64.  For MNIST (d0 = 784,
-dr = 10) and n = 100,000, theta1 alone is 627 MB; the whole run needs about
-1.3 GB at d = 1, 4.5 GB at d = 1000 and 30 GB at d = 9000, so n = 100,000 fits
-in 24 GiB up to d of about 7,000.
+dr = 10) and n = 100,000, theta1 alone is 627 MB; the estimate is 1.4 GiB at
+d = 1, 4.4 GiB at d = 1000 and 28 GiB at d = 9000, so n = 100,000 fits in
+24 GiB up to d of about 7,500 (6,780 with the 10% margin that
+:func:`finite_sweep` keeps).
 """
 
 from __future__ import annotations
