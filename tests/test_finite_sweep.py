@@ -222,3 +222,10 @@ def test_finite_vs_infinite_bad_options(tmp_path):
     assert res.exit_code != 0 and "hidden" in res.output and "Traceback" not in res.output
     res = _invoke(["finite-vs-infinite", "--hidden", "100,abc", "--out", str(tmp_path / "b")])
     assert res.exit_code != 0 and "hidden" in res.output
+
+
+def test_refuses_a_network_that_does_not_fit_in_memory(tmp_path):
+    # 16 bytes per weight: n = 1e12 hidden units need petabytes; refused before anything is written
+    res = _invoke(["finite-sweep", *TINY, "--widths", "1,2", "--hidden", str(10 ** 12), "--out", str(tmp_path / "m")])
+    assert res.exit_code != 0 and "hidden" in res.output and "widths up to none" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "m").exists()
