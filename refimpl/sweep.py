@@ -224,22 +224,37 @@ def _thread_env(threads):
                 os.environ.pop(k, None)
 
 
+def _worker_init():
+    """Workers leave Ctrl-C to the parent, which terminates them (no traceback per worker)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _indexed_run(item):
+    i, task = item
+    return i, run_one(task)
+
+
 def _run_local(tasks, jobs, on_result):
-    """Run the tasks in ``jobs`` spawned worker processes; ``on_result(i, result)`` as each finishes."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Run the tasks in ``jobs`` spawned worker processes; ``on_result(i, result)`` as each finishes.
+
+    On any interruption the workers are terminated at once, so that no orphaned worker goes on
+    writing into a run directory that a later ``--resume`` may be using.
+    """
     import multiprocessing
 
     cores = default_jobs()
-    with _thread_env(max(1, cores // jobs)):
-        ex = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    with _thread_env(max(1, cores // jobs)):       # also for workers the pool restarts
+        pool = multiprocessing.get_context("spawn").Pool(processes=jobs, initializer=_worker_init)
         try:
-            futures = {ex.submit(run_one, t): i for i, t in enumerate(tasks)}
-            for fut in as_completed(futures):
-                on_result(futures[fut], fut.result())
+            for i, res in pool.imap_unordered(_indexed_run, list(enumerate(tasks))):
+                on_result(i, res)
+            pool.close()
         except BaseException:
-            ex.shutdown(wait=False, cancel_futures=True)
+            pool.terminate()
             raise
-        ex.shutdown(wait=True)
+        finally:
+            pool.join()
 
 
 def _run_dask(tasks, scheduler, on_result):
