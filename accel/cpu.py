@@ -285,6 +285,8 @@ def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock,
     nqb = (q + qblock - 1) // qblock
     per = (M + nchunks - 1) // nchunks
     wdt = P.dtype
+    # float32: the Xi terms of nearly parallel pairs are summed in float64 (see below)
+    exact_near = relu and P.itemsize < 8
     for tile in prange(nqb * nchunks):
         qi = tile // nchunks
         c = tile - qi * nchunks
@@ -294,11 +296,12 @@ def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock,
         h1 = min(M, h0 + per)
         dots = np.empty((nb, hblock), dtype=wdt)
         Kv = np.empty((nb, hblock), dtype=wdt)
-        Av = np.empty((nb, hblock), dtype=wdt)
+        Av = np.empty((nb, hblock), dtype=np.float64)
         Bv = np.empty((nb, hblock), dtype=np.float64)
         near = np.zeros((nb, hblock), dtype=np.bool_)
         W = np.empty((nb, hblock), dtype=wdt)
         accT = np.zeros((nb, max(R, 1), d), dtype=wdt)
+        accT64 = np.zeros((nb, max(R, 1), d), dtype=np.float64)
         zero = np.zeros(1, dtype=wdt)[0]
         for s0 in range(h0, h1, hblock):
             nm = min(h1, s0 + hblock) - s0
@@ -344,14 +347,28 @@ def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock,
                             bacc += Bv[bb, mm] * cw
                         out_b[c, b0 + bb, r] += bacc
                     accT[:] = 0
+                    accT64[:] = 0
                     for mm in range(nm):
                         for bb in range(nb):
-                            w = W[bb, mm]
-                            for k in range(d):
-                                accT[bb, r, k] += w * P[s0 + mm, k]
+                            if exact_near and near[bb, mm]:
+                                # alpha ~ 1/sin here and cancels against beta's term: float64
+                                w64 = Av[bb, mm]
+                                if mode == 1:
+                                    w64 *= np.float64(C[s0 + mm, r])
+                                else:
+                                    cw = 0.0
+                                    for rr in range(dr):
+                                        cw += chi[b0 + bb, rr] * C[s0 + mm, rr]
+                                    w64 *= cw
+                                for k in range(d):
+                                    accT64[bb, r, k] += w64 * P[s0 + mm, k]
+                            else:
+                                w = W[bb, mm]
+                                for k in range(d):
+                                    accT[bb, r, k] += w * P[s0 + mm, k]
                     for bb in range(nb):
                         for k in range(d):
-                            out_T[c, b0 + bb, r, k] += accT[bb, r, k]
+                            out_T[c, b0 + bb, r, k] += accT[bb, r, k] + accT64[bb, r, k]
 
 
 def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,

@@ -90,7 +90,7 @@ class XPEngine:
         if rows.size:
             K[rows, cols], A[rows, cols], Bt[rows, cols] = self._near_terms(
                 Zh, P, pn, G[rows, cols], zn, m, rows, cols)
-        return K, A, Bt
+        return K, A, Bt, (rows, cols)
 
     # ------------------------------------------------------------ pair kernels
     def pair_kernel(self, X, Y, what):
@@ -125,6 +125,20 @@ class XPEngine:
         }[what]()
         return tuple(self.to_host(a) for a in out) if isinstance(out, tuple) else self.to_host(out)
 
+    def _xi_sum(self, W, Ps, wdt, near):
+        """W @ Ps (q, d) in float64; in float32 the nearly parallel pairs (``near``) are summed
+        apart in float64, since there alpha ~ 1/sin cancels against the beta term."""
+        xp = self.xp
+        if near is None:
+            return (W.astype(wdt) @ Ps).astype(xp.float64)
+        rows, cols = near
+        Wn = W[rows, cols]
+        W = W.copy()
+        W[rows, cols] = 0.0
+        out = (W.astype(wdt) @ Ps).astype(xp.float64)
+        _scatter_add(xp, out, rows, Wn[:, None] * Ps[cols].astype(xp.float64))
+        return out
+
     def to_host(self, a):
         return a if self.xp is np else self.xp.asnumpy(a)
 
@@ -152,8 +166,11 @@ class XPEngine:
             for s0 in range(0, M, block):
                 Ps, Cs, pns = P[s0:s0 + block], C[s0:s0 + block], pn[s0:s0 + block]
                 G = Zw[rs] @ Ps.T
+                near = None
                 if relu:
-                    K, A, Bt = self.relu_terms(G, zn[rs], Zh[rs], Ps, pns, m)
+                    K, A, Bt, near = self.relu_terms(G, zn[rs], Zh[rs], Ps, pns, m)
+                    if wdt == np.float64 or not near[0].size:
+                        near = None
                 else:
                     K = lin * G.astype(xp.float64) / m
                     A = xp.full(K.shape, lin / m)
@@ -163,16 +180,24 @@ class XPEngine:
                 if mode == 1:
                     for r in range(dr):
                         W = A * Cs[:, r].astype(xp.float64)[None, :]
-                        T[rs, r] += (W.astype(wdt) @ Ps).astype(xp.float64)
+                        T[rs, r] += self._xi_sum(W, Ps, wdt, near)
                     bsum[rs] += Bt @ Cs.astype(xp.float64)
                 elif mode == 2:
                     Wc = chi_d[rs] @ Cs.astype(xp.float64).T
-                    T[rs, 0] += ((A * Wc).astype(wdt) @ Ps).astype(xp.float64)
+                    T[rs, 0] += self._xi_sum(A * Wc, Ps, wdt, near)
                     bsum[rs, 0] += xp.sum(Bt * Wc, axis=1)
         f = self.to_host(f) if mode != 2 else None
         if mode == 0:
             return f, None, None
         return f, self.to_host(T), self.to_host(bsum)
+
+
+def _scatter_add(xp, target, rows, values):
+    if xp is np:
+        np.add.at(target, rows, values)
+    else:                                              # pragma: no cover - needs CuPy
+        import cupyx
+        cupyx.scatter_add(target, rows, values)
 
 
 def make_kernels(engine):

@@ -54,8 +54,10 @@ FORMAT = 1
 #: float64 tolerance of the issue: every backend against refimpl's golden files.
 TOL_FLOAT64 = 1e-10
 #: float32 tolerance (history stored and summed in float32), measured on the golden
-#: trajectories: worst 1.9e-5 (losses, bottleneck_d10_mini, array-module path); see docs/BENCHMARKS.md.
-TOL_FLOAT32 = 1e-4
+#: trajectories: rounding differences grow along a trajectory, worst 6.1e-4 (the per-step loss
+#: of bottleneck_d3_mini near step 255, cpu and array-module path alike), typically 1e-7..2e-5;
+#: see docs/BENCHMARKS.md.
+TOL_FLOAT32 = 2e-3
 
 #: Trajectory cases: name -> config.  Widths of the initial networks are small
 #: (the initial function is any fixed network; its width does not matter here).

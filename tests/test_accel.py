@@ -1,0 +1,275 @@
+"""accel: backend selection, the shared formulas, the history passes (cpu and the GPU code on
+NumPy) against refimpl, blocking, memory, history growth, float32 near lam = 1, checkpoints."""
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import accel
+import cli
+import refimpl
+from accel import cpu, formulas, gpu
+from accel._simbase import NormedHistory
+from refimpl import kernels as rk
+
+GPU_BOTT, GPU_INF, GPU_KERNELS = gpu.numpy_path()
+KERNEL_IMPLS = {"cpu": cpu, "gpu-path/numpy": GPU_KERNELS}
+
+
+# ------------------------------------------------------------------ backend selection
+
+def test_get_backend_names_and_errors():
+    assert accel.get_backend("numpy").BottleneckSimulator is refimpl.BottleneckSimulator
+    b = accel.get_backend("cpu", "float32")
+    assert b.name == "cpu" and b.dtype == "float32"
+    assert issubclass(b.BottleneckSimulator, refimpl.BottleneckSimulator)
+    assert b.BottleneckSimulator.dtype is np.float32
+    for name in accel.KERNEL_NAMES:
+        assert callable(getattr(b, name))
+    with pytest.raises(ValueError, match="backend"):
+        accel.get_backend("tpu")
+    with pytest.raises(ValueError, match="dtype"):
+        accel.get_backend("cpu", "float16")
+    with pytest.raises(ValueError, match="float64 only"):
+        accel.get_backend("numpy", "float32")
+    expected = "gpu" if gpu.available() else "cpu"
+    assert accel.get_backend("auto").name == expected
+
+
+@pytest.mark.skipif(gpu.available(), reason="a GPU is available here")
+def test_gpu_unavailable_is_one_line():
+    with pytest.raises(accel.BackendUnavailable) as exc:
+        accel.get_backend("gpu")
+    assert "\n" not in str(exc.value) and ("CuPy" in str(exc.value))
+    res = CliRunner().invoke(cli.cli, ["train", "--backend", "gpu", "--steps", "2", "--train-size", "40",
+                                       "--test-size", "10", "--out", "unused_run_dir"])
+    assert res.exit_code != 0
+    assert "gpu" in res.output and "CuPy" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ shared formulas
+
+def test_asin_polynomial_within_an_ulp():
+    x = np.linspace(-0.5, 0.5, 20001)
+    got = formulas.numpy_formulas["asin_small"](x)
+    ref = np.array([math.asin(v) for v in x])
+    assert np.max(np.abs(got - ref) / np.maximum(np.abs(ref), 1e-300)) < 2.5e-16
+
+
+def test_geometry_matches_arccos_and_halves():
+    F = formulas.numpy_formulas
+    lam = np.linspace(-1 + formulas.NEAR, 1 - formulas.NEAR, 10001)
+    theta, lam2, s = F["geometry_from_cos"](lam)
+    np.testing.assert_allclose(theta, np.arccos(lam), rtol=4e-16, atol=0)
+    np.testing.assert_allclose(s, np.sqrt(1 - lam * lam), rtol=2e-15)
+    # explicit half-angle route against refimpl's atan2 for tiny and near-pi angles
+    rng = np.random.default_rng(0)
+    for a in (1e-12, 1e-8, 1e-4, 0.3, np.pi - 1e-3, np.pi - 1e-9):
+        x = rng.standard_normal(7)
+        xh = x / np.linalg.norm(x)
+        u = rng.standard_normal(7)
+        u -= (u @ xh) * xh
+        u /= np.linalg.norm(u)
+        y = np.cos(a) * xh + np.sin(a) * u
+        th, lm, sn = F["geometry_from_halves"](np.sum((xh - y) ** 2), np.sum((xh + y) ** 2))
+        ref = rk.pair_angles(x[None], y[None])[2].item()
+        assert abs(th - ref) <= 1e-15 * max(ref, 1e-300) + 5e-16, a
+
+
+@pytest.mark.parametrize("impl", list(KERNEL_IMPLS))
+def test_kernels_match_refimpl_near_parallel(impl):
+    kern = KERNEL_IMPLS[impl]
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((9, 6))
+    near = X[:4] * (1 + rng.standard_normal((4, 1)) * 1e-3) + 1e-7 * rng.standard_normal((4, 6))
+    Y = np.concatenate([rng.standard_normal((5, 6)), near, -X[4:6], X[6:7] * 3.0, np.zeros((1, 6))])
+    for name in ("nngp", "sigmadot", "ntk", "ntk_inf"):
+        np.testing.assert_allclose(getattr(kern, name)(X, Y), getattr(rk, name)(X, Y), rtol=1e-11, atol=1e-15)
+    a, b = kern.xi_coefficients(X, Y)
+    ra, rb = rk.xi_coefficients(X, Y)
+    np.testing.assert_allclose(a, ra, rtol=1e-10)
+    np.testing.assert_allclose(b, rb, rtol=1e-10, atol=1e-15)
+    np.testing.assert_allclose(kern.xi(X, Y, "linear", 3), rk.xi(X, Y, "linear", 3), rtol=1e-14)
+    with pytest.raises(ValueError, match="columns"):
+        kern.ntk(X, Y[:, :3])
+
+
+# ------------------------------------------------------------------ history passes
+
+def _history(M, d, dr, rng, dtype=np.float64):
+    h = NormedHistory(d, dr, dtype=dtype)
+    base = rng.standard_normal((50, d))
+    P = base[rng.integers(0, 50, M)] + 1e-3 * rng.standard_normal((M, d))
+    h.append(P, rng.standard_normal((M, dr)))
+    return h, base
+
+
+def _ref_pass(Z, P, C, chi):
+    """refimpl's sums: f = sum K C and sum_m (C_m . chi_b) Xi(Z_b, P_m)."""
+    f = rk.ntk(Z, P) @ C
+    alpha, beta = rk.xi_coefficients(Z, P)
+    W = chi @ C.T
+    _, Zh = rk.unit_rows(Z)
+    return f, (W * alpha) @ P + np.sum(W * beta, axis=1)[:, None] * Zh
+
+
+def _pass(impl, Z, h, mode, chi, **kw):
+    if impl == "cpu":
+        return cpu.history_pass(Z, h.P, h.norms, h.C, mode, chi, True, Z.shape[1], 2, dtype=h.P.dtype, **kw)
+    return gpu.engine("numpy").history_pass(Z, h.P, h.norms, h.C, mode, chi, True, float(Z.shape[1]), 2, **kw)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "gpu-path/numpy"])
+def test_history_pass_modes_match_refimpl(impl):
+    rng = np.random.default_rng(2)
+    h, base = _history(3000, 7, 3, rng)
+    Z = np.concatenate([base[:6] + 1e-4 * rng.standard_normal((6, 7)), rng.standard_normal((4, 7))])
+    chi = rng.standard_normal((10, 3))
+    f_ref, jt_ref = _ref_pass(Z, h.P, h.C, chi)
+    f0, _, _ = _pass(impl, Z, h, 0, None)
+    f1, T, bsum = _pass(impl, Z, h, 1, None)
+    _, T2, b2 = _pass(impl, Z, h, 2, chi)
+    _, Zh = rk.unit_rows(Z)
+    jt1 = np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
+    jt2 = T2[:, 0] + b2[:, 0][:, None] * Zh
+    for got, ref in ((f0, f_ref), (f1, f_ref), (jt1, jt_ref), (jt2, jt_ref)):
+        assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
+
+
+def test_cpu_pass_independent_of_blocking():
+    rng = np.random.default_rng(3)
+    h, base = _history(5000, 5, 2, rng)
+    Z = base[:40] + 1e-5
+    ref = _pass("cpu", Z, h, 1, None)
+    for qb, hb in ((1, 7), (13, 100), (64, 4096)):
+        got = _pass("cpu", Z, h, 1, None, qblock=qb, hblock=hb)
+        for a, b in zip(got, ref):
+            assert np.linalg.norm(a - b) <= 1e-13 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "gpu-path/numpy"])
+def test_history_pass_memory_is_bounded(impl):
+    """No (queries x M) temporaries: the pass's peak allocation does not grow with M."""
+    rng = np.random.default_rng(4)
+    B = 20
+    peaks = {}
+    for M in (50_000, 400_000):
+        h, base = _history(M, 4, 1, rng)
+        Z = base[:B] + 1e-3
+        _pass(impl, Z, h, 1, None)            # compile / warm
+        tracemalloc.start()
+        _pass(impl, Z, h, 1, None)
+        _pass(impl, Z, h, 2, rng.standard_normal((B, 1)))
+        peaks[M] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[400_000] < 1.3 * peaks[50_000] + 2**20, peaks
+    assert peaks[400_000] < B * 400_000 * 8 / 2, peaks      # B x M float64 would be 64 MB
+
+
+def test_history_grows_by_doubling():
+    h = NormedHistory(3, 1, capacity=4)
+    buffers = set()
+    rng = np.random.default_rng(5)
+    rows = []
+    for _ in range(300):
+        P = rng.standard_normal((5, 3))
+        h.append(P, np.ones((5, 1)))
+        rows.append(P)
+        buffers.add(id(h._P))
+    assert h.M == 1500 and len(buffers) <= 10            # 4 -> 2048 in 9 doublings
+    np.testing.assert_array_equal(h.P, np.concatenate(rows))
+    np.testing.assert_allclose(h.norms, np.linalg.norm(h.P, axis=1), rtol=1e-15)
+    h32 = NormedHistory(3, 1, dtype=np.float32)
+    h32.append(rows[0], np.ones((5, 1)))
+    assert h32.P.dtype == np.float32
+    np.testing.assert_allclose(h32.norms, np.linalg.norm(h32.P.astype(np.float64), axis=1), rtol=1e-15)
+
+
+def test_float32_error_near_lam_one():
+    """float32 history: queries at angle ~1e-4 from the history's own points (lam ~ 1 - 5e-9).
+
+    Measured (docs/BENCHMARKS.md): J^T chi 1.6e-6, f 1e-7 (cpu) / 9e-7 (array path)."""
+    rng = np.random.default_rng(6)
+    h64, base = _history(4000, 10, 1, rng)
+    h32 = NormedHistory(10, 1, dtype=np.float32)
+    h32.append(h64.P, h64.C)
+    P0 = h64.P[:20]
+    Z = P0 + 1e-4 * np.linalg.norm(P0, axis=1, keepdims=True) * rng.standard_normal((20, 10)) / np.sqrt(10)
+    chi = rng.standard_normal((20, 1))
+    f_ref, jt_ref = _ref_pass(Z, h64.P, h64.C, chi)
+    for impl in ("cpu", "gpu-path/numpy"):
+        f, _, _ = _pass(impl, Z, h32, 0, None)
+        _, T, b = _pass(impl, Z, h32, 2, chi)
+        jt = T[:, 0] + b[:, 0][:, None] * rk.unit_rows(Z)[1]
+        ef = np.linalg.norm(f - f_ref) / np.linalg.norm(f_ref)
+        ej = np.linalg.norm(jt - jt_ref) / np.linalg.norm(jt_ref)
+        assert ef < 1e-5 and ej < 1e-5, (impl, ef, ej)
+        assert ef > 1e-10                                   # it is float32
+
+
+# ------------------------------------------------------------------ simulators
+
+def _problem(d=4, dr=2, N=30, seed=0, act="relu"):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((N, 5))
+    Y = rng.standard_normal((N, dr))
+    net = refimpl.RandomNetwork.sample(5, d, dr, width=200, seed=seed, activation=act)
+    return net, X, Y
+
+
+@pytest.mark.parametrize("cls", [cpu.BottleneckSimulator, GPU_BOTT], ids=["cpu", "gpu-path/numpy"])
+def test_fused_cache_never_stale(cls):
+    net, X, Y = _problem()
+    sim = cls(net, X, Y, lr=0.5)
+    for t in range(5):
+        sim.step(np.arange(t, t + 6))
+    Z = sim.embeddings(X[:6])
+    chi = np.random.default_rng(1).standard_normal((6, 2))
+    fresh = sim._hist_jt_chi(Z, chi)                    # two-pass (no cache)
+    sim._hist_f(Z)
+    assert sim._fused is not None
+    np.testing.assert_allclose(sim._hist_jt_chi(Z, chi), fresh, rtol=1e-13)   # from the cache
+    sim._hist_f(Z)
+    sim.history.append(Z[:1], chi[:1])                    # history changed: cache must not be used
+    ref = refimpl.BottleneckSimulator._hist_jt_chi(sim, Z, chi)
+    np.testing.assert_allclose(sim._hist_jt_chi(Z, chi), ref, rtol=1e-12)
+    sim._hist_f(Z)
+    Z2 = Z + 1e-3                                         # other points: not from the cache
+    np.testing.assert_allclose(sim._hist_jt_chi(Z2, chi), refimpl.BottleneckSimulator._hist_jt_chi(sim, Z2, chi),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_checkpoint_resume_is_exact(dtype):
+    be = accel.get_backend("cpu", dtype)
+    net, X, Y = _problem(dr=1)
+    a = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
+    b = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
+    for t in range(6):
+        a.step(np.arange(t, t + 4))
+    state = {k: np.array(v) for k, v in a.state_dict().items()}
+    assert state["history_P"].dtype == np.dtype(dtype)
+    b.load_state_dict(state)
+    for t in range(6, 10):
+        assert a.step(np.arange(t, t + 4)) == b.step(np.arange(t, t + 4))
+    np.testing.assert_array_equal(a.outputs(X), b.outputs(X))
+
+
+def test_train_driver_runs_on_cpu_backend(tmp_path):
+    """cli.py train --backend cpu gives the numpy backend's metrics (float64)."""
+    runner = CliRunner()
+    common = ["train", "--train-size", "60", "--test-size", "20", "--steps", "12", "--width", "4",
+              "--init-width", "300", "--batch-size", "10", "--eval-every", "6", "--quiet"]
+    outs = {}
+    for be in ("numpy", "cpu"):
+        res = runner.invoke(cli.cli, common + ["--backend", be, "--out", str(tmp_path / be)])
+        assert res.exit_code == 0, res.output
+        lines = (tmp_path / be / "metrics.csv").read_text().splitlines()
+        header = lines[0].split(",")
+        col = header.index("test_loss")
+        outs[be] = np.array([float(l.split(",")[col]) for l in lines[1:]])
+    np.testing.assert_allclose(outs["cpu"], outs["numpy"], rtol=1e-10)
