@@ -283,10 +283,10 @@ def _curves(ax, runs_by_width, key, col, log=True):
     ax.set_xlabel("step")
 
 
-def _title(sweep_dir, runs_by_width):
+def _title(sweep_dir, runs_by_width, band=True):
     n_seeds = max(len(r) for r in runs_by_width.values())
-    band = "; mean over seeds, band = min..max over seeds" if n_seeds > 1 else ""
-    return f"{Path(sweep_dir).resolve().name}{band}"
+    what = ("; mean over seeds, band = min..max over seeds" if band else "; mean over seeds") if n_seeds > 1 else ""
+    return f"{Path(sweep_dir).resolve().name}{what}"
 
 
 def plot_loss(runs_by_width, path, title=""):
@@ -373,6 +373,11 @@ def plot_train_vs_test(runs_by_width, path, title=""):
                 ax.fill_between(x, lo, hi, color=col[width], alpha=0.2, lw=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        from matplotlib.ticker import FormatStrFormatter, LogLocator
+        for axis in (ax.xaxis, ax.yaxis):                   # plain labels at 1, 2, 5 x 10^k
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axis.set_minor_formatter(FormatStrFormatter("%g"))
+            axis.set_major_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("training loss")
         ax.set_ylabel("test loss")
         ax.set_title(name, fontsize=9)
@@ -418,7 +423,7 @@ def _plot_sweep(sweep_dir, figdir, heatmap_steps):
     if any(np.any(np.isfinite(r["train_acc"])) for rs in runs.values() for r in rs):
         plot_accuracy(runs, figdir / "accuracy.png", title)
         written.append(figdir / "accuracy.png")
-    plot_heatmap(runs, figdir / "heatmap.png", heatmap_steps, title)
+    plot_heatmap(runs, figdir / "heatmap.png", heatmap_steps, _title(sweep_dir, runs, band=False))
     written.append(figdir / "heatmap.png")
     plot_train_vs_test(runs, figdir / "train_vs_test.png", title)
     written.append(figdir / "train_vs_test.png")
