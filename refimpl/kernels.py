@@ -32,6 +32,9 @@ ACTIVATIONS = ("relu", "linear")
 #: Largest temporary, in float64 elements, that the pairwise helpers allocate.
 BLOCK_ELEMENTS = 1 << 21
 
+#: Pairs with |cos| above this get their angle from explicit differences (see :func:`pair_angles`).
+NEAR_PARALLEL_COS = 0.95
+
 #: Below this sine, Xi's direction ``a`` is set to 0 (SPEC §2; golden files depend on it).
 XI_SIN_THRESHOLD = 1e-10
 
@@ -94,15 +97,16 @@ def pair_angles(X, Y):
     """
     nx, Xh = unit_rows(X)
     ny, Yh = unit_rows(Y)
-    # |x^ -+ y^|^2 = |x^|^2 + |y^|^2 -+ 2 x^.y^ is accurate to a few ulps while |x^.y^| <= 1/2;
-    # nearer to parallel or anti-parallel the cancellation would cost digits, so those pairs
-    # are recomputed from the explicit differences x^ -+ y^ (SPEC §2.1).
+    # |x^ -+ y^|^2 = |x^|^2 + |y^|^2 -+ 2 x^.y^ loses a factor 1/(1 -+ x^.y^) of relative accuracy
+    # to cancellation: at most 20 ulps while |x^.y^| <= NEAR_PARALLEL_COS.  Nearer to parallel or
+    # anti-parallel (where training lives, SPEC §2.1) the pairs are recomputed from the explicit
+    # differences x^ -+ y^, which keep full relative accuracy down to angle 0.
     cos = Xh @ Yh.T
     sx = np.einsum("ij,ij->i", Xh, Xh)[:, None]
     sy = np.einsum("ij,ij->i", Yh, Yh)[None, :]
     minus2 = np.maximum(sx + sy - 2.0 * cos, 0.0)
     plus2 = np.maximum(sx + sy + 2.0 * cos, 0.0)
-    ii, jj = np.nonzero(np.abs(cos) > 0.5)
+    ii, jj = np.nonzero(np.abs(cos) > NEAR_PARALLEL_COS)
     step = max(1, BLOCK_ELEMENTS // X.shape[1])
     for k in range(0, ii.size, step):
         i, j = ii[k:k + step], jj[k:k + step]
