@@ -475,6 +475,25 @@ def threshold_rows(sweep_dir):
     return fractions, loss_null, dict(sorted(table.items(), key=lambda kv: width_key(kv[0])))
 
 
+def _loss_at_steps(runs, fractions=(0.05, 0.125, 0.25, 0.5, 1.0)):
+    """Table lines: training loss per width at evaluation steps spread over the run (mean (min-max))."""
+    all_steps = np.unique(np.concatenate([r["step"] for rs in runs.values() for r in rs]))
+    last = all_steps.max()
+    chosen = sorted({int(all_steps[np.argmin(np.abs(all_steps - f * last))]) for f in fractions} - {0})
+    if not chosen:
+        return []
+    lines = ["Training loss at selected steps, mean (min-max) over seeds:", "",
+             "| width | " + " | ".join(f"step {c}" for c in chosen) + " |", "|---|" + "---|" * len(chosen)]
+    for width, rs in runs.items():
+        cells = []
+        for c in chosen:
+            v = np.array([r["train_loss"][r["step"] == c][0] for r in rs if np.any(r["step"] == c)])
+            cells.append(f"{v.mean():.4g} ({v.min():.3g}-{v.max():.3g})" if v.size > 1
+                         else (f"{v[0]:.4g}" if v.size else ""))
+        lines.append(f"| {width} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def summary_tables(sweep_dir, matched=None):
     """Markdown tables of a sweep: steps to training-loss thresholds, final metrics, and the
     test loss at matched training losses (from the appendix D.4 curves, all widths)."""
@@ -489,6 +508,7 @@ def summary_tables(sweep_dir, matched=None):
         for width, cols in table.items():
             lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
         lines.append("")
+    lines += _loss_at_steps(runs)
     keys = [k for k in ("train_loss", "test_loss", "train_acc", "test_acc", "feature_movement",
                         "kernel_alignment") if any(np.any(np.isfinite(r[k])) for rs in runs.values() for r in rs)]
     lines += ["Final values, mean +- standard deviation over seeds:", "",

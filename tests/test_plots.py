@@ -151,3 +151,20 @@ def test_tables_aggregate_thresholds_over_seeds(tmp_path):
     text = (sweep / "tables.md").read_text()
     assert "| 4 | 30 (20-40) | 70 (60-80) | not reached (0/2) |" in text
     assert "| inf | 40 | not reached (0/1) | not reached (0/1) |" in text
+
+
+def test_tables_training_loss_at_selected_steps(tmp_path):
+    sweep = tmp_path / "sweep"
+    runs = []
+    for seed in (0, 1):
+        d = f"width-4/seed-{seed}"
+        _write_run(sweep / d, 4, seed, False)
+        runs.append({"width": 4, "seed": seed, "dir": d, "status": "done"})
+    (sweep / "sweep.json").write_text(json.dumps({"runs": runs}))
+    from refimpl.plots import summary_tables
+    text = summary_tables(sweep)
+    losses = [load_sweep(sweep)[4][s]["train_loss"][1] for s in (0, 1)]          # step 20 of each seed
+    header = [ln for ln in text.splitlines() if ln.startswith("| width | step 20")][0]
+    assert header == "| width | step 20 | step 40 | step 80 | step 180 |"
+    row = text.splitlines()[text.splitlines().index(header) + 2]
+    assert row.startswith(f"| 4 | {np.mean(losses):.4g} ({min(losses):.3g}-{max(losses):.3g}) |")
