@@ -25,8 +25,9 @@ For ``width = inf`` there is no bottleneck and both columns are left empty.
 Steps to a training loss (:func:`steps_to_thresholds`): the thresholds are
 *absolute* losses, the same for every width and seed of a data set, written as
 fractions of the data set's null loss ``L_null = mean_i |y_i|^2 / 2`` over the
-evaluation rows (the loss of the zero predictor; 0.5 for standardised
-synthetic targets and for one-hot targets).  Absolute thresholds compare runs
+whole training set (the loss of the zero predictor; 0.5 for the standardised
+synthetic targets and for one-hot targets; the same for every seed, whereas the
+evaluation rows depend on the seed).  Absolute thresholds compare runs
 at the same loss level, which is what "reaching a given training loss" means;
 a threshold relative to each run's own initial loss would mix in the random
 initial loss.

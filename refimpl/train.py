@@ -23,7 +23,7 @@ A *run directory* holds
     Written when the run finishes: the final metrics, the wall time and the
     steps needed to reach a training loss of ``fraction * L_null`` for the
     fractions :data:`refimpl.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
-    loss of the zero predictor on the evaluation rows; see :mod:`refimpl.metrics`).
+    loss of the zero predictor on the training set; see :mod:`refimpl.metrics`).
 
 Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
 training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
@@ -402,7 +402,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     _plot(out, metrics)
     summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                "wall_s": round(wall(), 3),
-               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train[rows]))}
+               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train))}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out
 
