@@ -41,6 +41,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import as_points
+from ._validate import positive_rate
 from .network import RandomNetwork
 
 
@@ -52,18 +53,6 @@ class DivergenceError(FloatingPointError):
 HISTORY_BLOCK = 4096
 #: Query rows processed per block when evaluating f_t at many points.
 QUERY_BLOCK = 512
-
-
-def _check_rate(name, value):
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return value
 
 
 def _check_targets(X, Y):
@@ -127,11 +116,11 @@ class _SimulatorBase:
     def _setup(self, X, Y, lr, lr_f, lr_g, X_eval):
         self.X = as_points(X, "X")
         self.Y = _check_targets(self.X, Y)
-        lr = _check_rate("lr", lr)
+        lr = positive_rate("lr", lr)
         if lr is None:
             raise ValueError("lr: expected a positive finite number, got None")
-        self.lr_f = _check_rate("lr_f", lr_f) or lr
-        self.lr_g = _check_rate("lr_g", lr_g) or lr
+        self.lr_f = positive_rate("lr_f", lr_f) or lr
+        self.lr_g = positive_rate("lr_g", lr_g) or lr
         self.X_eval = None if X_eval is None else as_points(X_eval, "X_eval")
         if self.X_eval is not None and self.X_eval.shape[1] != self.X.shape[1]:
             raise ValueError(f"X_eval: expected {self.X.shape[1]} columns like X, got {self.X_eval.shape[1]}")

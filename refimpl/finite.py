@@ -46,27 +46,10 @@ import numpy as np
 from .dynamics import DivergenceError
 from .kernels import ACTIVATIONS, as_points
 from .network import RandomNetwork
+from ._validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
 ROW_BLOCK_ELEMENTS = 1 << 22
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_rate(name, value):
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive number, got {value!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
-    return value
 
 
 class _MLP:
@@ -235,7 +218,7 @@ class FiniteNetwork:
         """
         for name, val in (("d0", d0), ("d", d), ("dr", dr), ("width", width),
                           ("depth_g", depth_g), ("depth_f", depth_f)):
-            _check_positive_int(name, val)
+            positive_int(name, val)
         rng = np.random.default_rng(seed)
         g_dims = [d0] + [width] * (depth_g - 1) + [d]
         f_dims = [d] + [width] * (depth_f - 1) + [dr]
@@ -415,9 +398,9 @@ class FiniteNetwork:
         Raises :class:`~refimpl.dynamics.DivergenceError` without changing the
         weights when the loss or a gradient is not finite.
         """
-        lr = _check_rate("lr", lr)
-        lr_f = _check_rate("lr_f", lr_f) or lr
-        lr_g = _check_rate("lr_g", lr_g) or lr
+        lr = positive_rate("lr", lr)
+        lr_f = positive_rate("lr_f", lr_f) or lr
+        lr_g = positive_rate("lr_g", lr_g) or lr
         if lr_f is None or lr_g is None:
             raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
         xp = self.xp

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import positive_int
 from .kernels import ACTIVATIONS, as_points
 
 #: Rows of inputs evaluated at once, so that (rows, n) hidden activations stay small.
@@ -90,8 +91,7 @@ class RandomNetwork:
         gives the same network.
         """
         for name, val in (("d0", d0), ("d", d), ("dr", dr), ("width", width)):
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+            positive_int(name, val)
         rng = np.random.default_rng(seed)
         theta1 = rng.standard_normal((width, d0))
         theta2 = rng.standard_normal((d, width))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from ._validate import positive_int
 
 
 def _gp_sample(K, columns, rng, jitter):
@@ -56,8 +57,7 @@ def make_synthetic(n_train=2000, n_test=2000, d0=16, dr=1, hidden=8, seed=0, jit
     meta : dict describing the construction (JSON-serialisable)
     """
     for name, val in (("n_train", n_train), ("n_test", n_test), ("d0", d0), ("dr", dr), ("hidden", hidden)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+        positive_int(name, val)
     if n_train + n_test > 20_000:
         raise ValueError(f"n_train: n_train + n_test must be at most 20000 for the exact GP draw, "
                          f"got {n_train + n_test}")
