@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 #: Default thresholds as fractions of the null loss (see the module docstring).
-THRESHOLD_FRACTIONS = (0.5, 0.2, 0.1, 0.05, 0.02)
+THRESHOLD_FRACTIONS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 
 
 def _centre(M):
