@@ -141,8 +141,8 @@ def train(resume_dir, out, force, quiet, steps, **options):
     """Train one model and write a run directory.
 
     The run directory holds config.json, metrics.csv (step, train_loss,
-    test_loss, wall_s, train_acc, test_acc), checkpoint.npz, loss.png and
-    summary.json.  A run stopped for any reason continues with --resume.
+    test_loss, wall_s, train_acc, test_acc, feature_movement,
+    kernel_alignment), checkpoint.npz, loss.png and summary.json.  A run stopped for any reason continues with --resume.
     """
     from refimpl.train import TrainConfig, train as run_train
 

@@ -236,8 +236,5 @@ def table(report):
 
 def write(report, path):
     """Write the report as JSON (atomically)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    from refimpl.fileio import atomic_write_text
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")

@@ -731,7 +731,7 @@ def plot_comparison(out, records, table, config):
         for ax, split in zip(axes[:2], ("train", "test")):
             ax.plot(steps, [r[f"finite_{split}_loss"] for r in rs], "-", color=colour, lw=1.3, label=f"finite n={n}")
             ax.plot(steps, [r[f"sim_{split}_loss"] for r in rs], "--", color=colour, lw=1.3,
-                    label=f"simulator, same init" if i == len(ns) - 1 else None)
+                    label="simulator, same init" if i == len(ns) - 1 else None)
         axes[2].plot(steps[1:], [r["output_gap"] for r in rs][1:], "-", color=colour, label=f"n={n}")
     lim = [r for r in records if r["run"] == "limit"]
     for ax, split in zip(axes[:2], ("train", "test")):

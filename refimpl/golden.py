@@ -36,15 +36,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import kernels
-from .dynamics import BottleneckSimulator, InfiniteSimulator
+from .fileio import atomic_write_bytes
 from .network import RandomNetwork
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
@@ -96,20 +94,6 @@ def _sha256(path):
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path, data):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _npz_bytes(arrays):
@@ -288,7 +272,7 @@ def regenerate(directory=GOLDEN_DIR, log=print):
             arrays.update({f"out/{k}": v for k, v in replay(cfg, arrays, refimpl).items()})
             config = dict(cfg, init_width=INIT_WIDTH, checkpoint_every=CHECKPOINT_EVERY)
         fname = f"{name}.npz"
-        _atomic_write(directory / fname, _npz_bytes(arrays))
+        atomic_write_bytes(directory / fname, _npz_bytes(arrays))
         entries[name] = {"file": fname, "sha256": _sha256(directory / fname), "config": config,
                          "arrays": sorted(arrays)}
         log(f"{name}: {time.perf_counter() - t:.1f} s, {(directory / fname).stat().st_size / 1024:.0f} KiB")
@@ -301,7 +285,7 @@ def regenerate(directory=GOLDEN_DIR, log=print):
         "tolerance_float64": TOL_FLOAT64,
         "files": entries,
     }
-    _atomic_write(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     log(f"golden files written to {directory} in {time.perf_counter() - t0:.1f} s")
     return manifest
 

@@ -37,9 +37,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,6 +45,7 @@ import numpy as np
 
 from . import __version__
 from .dynamics import DivergenceError
+from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
@@ -130,39 +128,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------
 # helpers: atomic files, backends, data
 # ----------------------------------------------------------------------------
-
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def save_npz(path, arrays):
-    """Save a dict of arrays as an (uncompressed) npz file, atomically."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_npz(path):
-    """Load an npz file written by :func:`save_npz` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
 
 def resolve_backend(name, dtype="float64"):
     """The module-like object that provides BottleneckSimulator and InfiniteSimulator."""

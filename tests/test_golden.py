@@ -3,7 +3,6 @@ refimpl plus every available backend against them (float64 to 1e-10, float32 to 
 tolerance; error measures in refimpl/golden.py)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ TARGETS = accel.golden_targets()
 TARGET_IDS = [t[0] for t in TARGETS]
 # refimpl replays of these cases take ~8-10 s each on 2 cores; they run with RUN_SLOW=1 (and in
 # `python cli.py golden`).  The backends replay every case.
-SLOW_FOR_REFIMPL = {"bottleneck_d3_full", "bottleneck_d10_full", "bottleneck_d50_mini"}
 
 
 def test_manifest_matches_files():
@@ -72,8 +70,6 @@ def test_kernels_against_golden(label, backend, dtype):
 @pytest.mark.parametrize("case", list(golden.TRAJECTORIES))
 @pytest.mark.parametrize("label,backend,dtype", TARGETS, ids=TARGET_IDS)
 def test_trajectory_against_golden(case, label, backend, dtype):
-    if label == "numpy" and case in SLOW_FOR_REFIMPL and not os.environ.get("RUN_SLOW"):
-        pytest.skip("refimpl replay of a large case (~10 s); set RUN_SLOW=1")
     errors = golden.compare_trajectory(case, golden.load_case(case), backend)
     assert set(errors) >= {"losses", "F_eval"}
     for quantity, err in errors.items():
