@@ -407,7 +407,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         finished[0] += 1
         extra = (f"train_loss {float(res['final']['train_loss']):.4g} at step {res['final']['step']}"
                  if res["final"] else "")
-        what = res["action"] if res["status"] == "done" else f"FAILED: {res['error']}"
+        what = ({"started": "done,", "resumed": "resumed and done,", "skipped": "already done,"}[res["action"]]
+                if res["status"] == "done" else f"FAILED: {res['error']}")
         log(f"[{finished[0]}/{n}] {run['dir']}: {what} {extra}".rstrip())
         _write_sweep(out, record)
 
