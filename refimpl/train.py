@@ -301,6 +301,12 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     if resume:
         state = load_npz(out / "checkpoint.npz")
         wall0 = float(state.pop("driver_wall_s"))
+        done = int(state["t"])
+        if config.steps < done:
+            raise TrainError(f"steps: the run in {out} is already at step {done}; ask for at least that many")
+        if config.steps == done:
+            log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
+            return out
         saved_meta = json.loads(out.joinpath("config.json").read_text())
         saved_meta["config"]["steps"] = config.steps
         atomic_write_text(out / "config.json", json.dumps(saved_meta, indent=2) + "\n")
@@ -316,10 +322,6 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
                 "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
         atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
         wall0, start, metrics = 0.0, 0, []
-
-    if start >= config.steps and resume:
-        log(f"nothing to do: the run is already at step {start} (ask for more with --steps)")
-        return out
 
     t0 = time.perf_counter()
 

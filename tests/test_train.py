@@ -50,6 +50,17 @@ def test_resume_is_bit_exact(tmp_path, width):
     assert strip[0] == strip[1]
 
 
+def test_resume_to_fewer_steps_is_refused_and_changes_nothing(tmp_path):
+    out = train(TrainConfig(steps=10, **SMALL), tmp_path / "run", log=lambda m: None)
+    before = {f: (out / f).read_bytes() for f in ("config.json", "metrics.csv", "checkpoint.npz")}
+    with pytest.raises(TrainError, match="steps"):
+        train(TrainConfig(steps=5), out, resume=True, log=lambda m: None)
+    said = []
+    train(TrainConfig(steps=10), out, resume=True, log=said.append)       # already there: nothing to do
+    assert said and "nothing to do" in said[0]
+    assert before == {f: (out / f).read_bytes() for f in before}
+
+
 def test_refuses_to_overwrite_without_force(tmp_path):
     out = train(TrainConfig(steps=3, **SMALL), tmp_path / "run", log=lambda m: None)
     with pytest.raises(TrainError, match="--force"):
