@@ -245,8 +245,8 @@ def _fmt(row):
     return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
 
 
-def prepare_run_dir(out, force):
-    """Create the run directory; refuse to overwrite an existing run unless ``force``."""
+def check_run_dir(out, force):
+    """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
@@ -254,6 +254,13 @@ def prepare_run_dir(out, force):
     if existing and not force:
         raise TrainError(f"out: {out} already holds a run ({', '.join(existing)}); "
                          "use --force to overwrite it or --resume to continue it")
+    return existing
+
+
+def prepare_run_dir(out, force):
+    """Create the run directory; refuse to overwrite an existing run unless ``force``."""
+    out = Path(out)
+    existing = check_run_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     for f in existing:
         (out / f).unlink()
@@ -286,13 +293,16 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         config.validate()
     else:
         config.validate()
-        out = prepare_run_dir(out, force)
+        check_run_dir(out, force)
 
+    # everything that can fail on bad input fails before a new run directory is made
     backend = resolve_backend(config.backend, config.dtype)
     data = load_data(config)
     if config.batch_size > data.X_train.shape[0]:
         raise TrainError(f"batch_size: expected at most the number of training points "
                          f"({data.X_train.shape[0]}), got {config.batch_size}")
+    if not resume:
+        out = prepare_run_dir(out, force)
     sim, info = build_simulator(config, data, backend)
     rows = eval_rows(config, data.X_train.shape[0])
     probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume

@@ -79,6 +79,12 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
         assert np.all(np.isfinite(arr)), key
 
 
+def test_bad_input_leaves_no_run_directory(tmp_path):
+    with pytest.raises(TrainError, match="batch_size"):
+        train(TrainConfig(steps=2, **dict(SMALL, batch_size=500)), tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_batches_are_a_function_of_seed_and_step():
     n, B = 53, 10
     first = [batch_indices(4, t, n, B) for t in range(5)]
