@@ -73,6 +73,11 @@ def _positive_int(name, val):
         raise TrainError(f"{name}: expected a positive integer, got {val!r}")
 
 
+def _non_negative_int(name, val):
+    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+        raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
+
+
 def _positive_float(name, val):
     if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
         raise TrainError(f"{name}: expected a positive number, got {val!r}")
@@ -230,9 +235,7 @@ class SweepConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-                raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
+            _non_negative_int(name, getattr(self, name))
         _positive_float("lr", self.lr)
         if self.backend not in ("numpy", "gpu"):
             raise TrainError(f"backend: expected numpy or gpu, got {self.backend!r}")
@@ -533,9 +536,7 @@ class CompareConfig:
                      "eval_every"):
             _positive_int(name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            val = getattr(self, name)
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-                raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
+            _non_negative_int(name, getattr(self, name))
         _positive_float("lr", self.lr)
         _positive_float("max_ratio", self.max_ratio)
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from clihelpers import one_line_error
 from refimpl.sweep import parse_seeds, parse_widths, run_state
 from refimpl.train import TrainConfig, TrainError, load_npz, train
 
@@ -26,14 +27,6 @@ def _rows(path):
 
 def _record(out):
     return json.loads((out / "sweep.json").read_text())
-
-
-def _one_line_error(result):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 def test_sweep_layout_seeds_and_figures(tmp_path):
@@ -115,7 +108,7 @@ def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):
     (broken / "summary.json").unlink()
     (broken / "checkpoint.npz").write_bytes(b"not an npz file")
     res = CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--steps", "8", "-j", "1"])
-    line = _one_line_error(res)
+    line = one_line_error(res)
     assert "1 of 2 runs failed" in line and "width-2" in line
     rec = {r["dir"]: r for r in _record(out)["runs"]}
     assert rec["width-2"]["status"] == "failed" and rec["width-2"]["error"]
@@ -127,7 +120,7 @@ def test_failed_run_is_recorded_and_does_not_stop_the_sweep(tmp_path):
 def test_diverging_runs_fail_without_traceback(tmp_path):
     res = _sweep("--widths", "2", "--seeds", "0,1", "--steps", "40", "--lr", "1e7", "-j", "1", "--no-plot",
                  "--out", str(tmp_path / "sw"))
-    line = _one_line_error(res)
+    line = one_line_error(res)
     assert "2 of 2 runs failed" in line and "diverged" in line
 
 
@@ -137,17 +130,17 @@ def test_diverging_runs_fail_without_traceback(tmp_path):
 ])
 def test_bad_options_one_line(tmp_path, args, word):
     res = _sweep("--steps", "2", "--out", str(tmp_path / "sw"), *args)
-    assert word in _one_line_error(res)
+    assert word in one_line_error(res)
 
 
 def test_existing_sweep_needs_force_and_resume_keeps_options(tmp_path):
     out = str(tmp_path / "sw")
     base = ["--widths", "2", "--steps", "3", "-j", "1", "--no-plot", "--out", out]
     assert _sweep(*base).exit_code == 0
-    assert "--force" in _one_line_error(_sweep(*base))
+    assert "--force" in one_line_error(_sweep(*base))
     assert _sweep(*base, "--force").exit_code == 0
     res = CliRunner().invoke(cli.cli, ["sweep", "--resume", out, "--lr", "3"])
-    assert "--lr" in _one_line_error(res)
+    assert "--lr" in one_line_error(res)
 
 
 def test_parsers_and_run_state(tmp_path):
@@ -176,4 +169,4 @@ def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr("refimpl.sweep.DASK_CONNECT_TIMEOUT", "1s")
     res = _sweep("--widths", "2", "--steps", "2", "--scheduler", "tcp://127.0.0.1:9",
                  "--out", str(tmp_path / "sw"))
-    assert "scheduler" in _one_line_error(res)
+    assert "scheduler" in one_line_error(res)

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from clihelpers import one_line_error
 from refimpl.train import TrainConfig, TrainError, batch_indices, load_npz, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, width=3, init_width=400, batch_size=10,
@@ -110,14 +111,6 @@ ARGS = ["--train-size", "120", "--test-size", "40", "--d0", "4", "--dr", "2", "-
         "--init-width", "400", "--batch-size", "10", "--eval-every", "5", "-q"]
 
 
-def _one_line_error(result):
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
-
-
 def test_cli_train_and_resume(tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
@@ -135,14 +128,14 @@ def test_cli_train_and_resume(tmp_path):
 ])
 def test_cli_bad_input_one_line(tmp_path, extra, word):
     res = CliRunner().invoke(cli.cli, ["train", *ARGS, "--out", str(tmp_path / "r"), *extra])
-    assert word in _one_line_error(res)
+    assert word in one_line_error(res)
 
 
 def test_cli_existing_run_needs_force(tmp_path):
     runner = CliRunner()
     out = str(tmp_path / "run")
     assert runner.invoke(cli.cli, ["train", *ARGS, "--steps", "2", "--out", out]).exit_code == 0
-    line = _one_line_error(runner.invoke(cli.cli, ["train", *ARGS, "--steps", "2", "--out", out]))
+    line = one_line_error(runner.invoke(cli.cli, ["train", *ARGS, "--steps", "2", "--out", out]))
     assert "--force" in line
     assert runner.invoke(cli.cli, ["train", *ARGS, "--steps", "2", "--out", out, "--force"]).exit_code == 0
 
@@ -150,4 +143,4 @@ def test_cli_existing_run_needs_force(tmp_path):
 def test_cli_divergence_message(tmp_path):
     res = CliRunner().invoke(cli.cli, ["train", *ARGS, "--steps", "40", "--lr", "1e7",
                                        "--out", str(tmp_path / "r")])
-    assert "diverged" in _one_line_error(res)
+    assert "diverged" in one_line_error(res)
