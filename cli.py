@@ -60,7 +60,7 @@ POS_INT = click.IntRange(min=1)
 
 def run_guarded(fn, *args, **kwargs):
     """Call ``fn``; turn expected failures into one-line errors with exit status 2 (1 for internal errors)."""
-    from refimpl.train import TrainError
+    from experiments.train import TrainError
     try:
         return fn(*args, **kwargs)
     except TrainError as exc:
@@ -118,7 +118,7 @@ def cli():
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the initial functions and of the batch order.")
 @click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
-              help="Width n0 of the random network that draws g0, f0, J0 (SPEC §3).")
+              help="Width n0 of the random network that draws g0, f0, J0 (MATH §3).")
 @click.option("--activation", type=click.Choice(["relu", "linear"]), default="relu", show_default=True)
 @click.option("--eval-every", type=POS_INT, default=50, show_default=True,
               help="Evaluate train/test loss every this many steps.")
@@ -144,7 +144,7 @@ def train(resume_dir, out, force, quiet, steps, **options):
     test_loss, wall_s, train_acc, test_acc, feature_movement,
     kernel_alignment), checkpoint.npz, loss.png and summary.json.  A run stopped for any reason continues with --resume.
     """
-    from refimpl.train import TrainConfig, train as run_train
+    from experiments.train import TrainConfig, train as run_train
 
     if resume_dir is not None:
         config = TrainConfig(steps=steps)
@@ -179,7 +179,7 @@ def download(dataset, data_dir, base_url):
     MNIST goes to DATA_DIR/mnist/, CIFAR-10 to DATA_DIR/cifar-10-batches-bin/.  Files already present
     with the right checksum are kept.
     """
-    from refimpl.data import download as run_download, resolve_data_dir
+    from experiments.data import download as run_download, resolve_data_dir
     paths = run_guarded(run_download, dataset, data_dir, base_url=base_url,
                         progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{dataset}: {len(paths)} files verified in {resolve_data_dir(data_dir)}")
@@ -234,8 +234,8 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
     status is non-zero if any run failed.  --resume continues an interrupted sweep (with
     --steps: to a new length).
     """
-    from refimpl.sweep import parse_seeds, parse_widths, run_sweep
-    from refimpl.train import TrainConfig
+    from experiments.sweep import parse_seeds, parse_widths, run_sweep
+    from experiments.train import TrainConfig
 
     ctx = click.get_current_context()
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
@@ -275,7 +275,7 @@ def plot(sweep_dir, figdir, heatmap_steps):
 
     Reads every run of SWEEP_DIR (also a partial or interrupted sweep) and writes PNG files.
     """
-    from refimpl.plots import plot_sweep
+    from experiments.plots import plot_sweep
     written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)
     for path in written:
         click.echo(str(path))
@@ -319,7 +319,7 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
     wall_s) and result.json, then summary.json, summary.csv, finite-losses.png (paper fig 15) and
     finite-final.png (fig 16).  Exit status 1 if a size diverged.
     """
-    from refimpl.finite_sweep import SweepConfig, finite_sweep
+    from experiments.finite_sweep import SweepConfig, finite_sweep
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
     if resume_dir is not None:
         ctx = click.get_current_context()
@@ -375,7 +375,7 @@ def finite_vs_infinite_cmd(out, force, **options):
     batches; the relative gap of their loss curves must shrink with n.  Writes metrics.csv,
     table.csv, summary.json and finite-vs-infinite.png; exit status 1 if the gap does not shrink.
     """
-    from refimpl.finite_sweep import CompareConfig, finite_vs_infinite, markdown_table
+    from experiments.finite_sweep import CompareConfig, finite_vs_infinite, markdown_table
     target = Path(out) if out else Path("runs") / f"finite-vs-infinite-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = run_guarded(finite_vs_infinite, CompareConfig(**options), target, force=force,
                           log=lambda msg: click.echo(msg, err=True))
@@ -425,7 +425,7 @@ def _verify_common(fn):
 
 
 def _run_verify(name, out, quiet, **options):
-    from refimpl import verify as V
+    from experiments import verify as V
     target = Path(out) if out else Path("runs") / "verify" / name
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_guarded(V.CHECKS[name], target, log=log, **options)
@@ -439,7 +439,7 @@ def _run_verify(name, out, quiet, **options):
 
 @cli.group()
 def verify():
-    """Check the theory numerically against finite networks (paper appendix E, SPEC §6).
+    """Check the theory numerically against finite networks (paper appendix E, MATH §6).
 
     Each subcommand writes <name>.json (all numbers, the configuration, the verdicts) and
     <name>.png into --out, prints a table, and exits with status 1 and a one-line message when
@@ -504,11 +504,11 @@ def verify_lemma41(out, quiet, **options):
               help="Largest mean relative gap to NTK_inf at the largest d.  [default: 0.1]")
 @_verify_common
 def verify_inf_limit(out, quiet, **options):
-    """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (SPEC §5)."""
+    """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (MATH §5)."""
     _run_verify("inf-limit", out, quiet, **options)
 
 
-# ---------------------------------------------------------------------------- golden, bench (accel; issue 4)
+# ---------------------------------------------------------------------------- golden, bench (accel)
 
 @cli.command()
 @click.option("--regenerate", is_flag=True,
@@ -517,7 +517,7 @@ def verify_inf_limit(out, quiet, **options):
 def golden(regenerate, cases):
     """Check every available backend against the golden files (or --regenerate them with refimpl)."""
     def go():
-        from refimpl import golden as gold
+        from experiments import golden as gold
         if regenerate:
             gold.regenerate(log=click.echo)
             return
@@ -555,7 +555,7 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
     def go():
         from accel import BACKENDS
-        from accel import bench as b
+        from experiments import bench as b
         names = [x.strip() for x in backends.split(",") if x.strip()]
         for n in names:
             if n not in BACKENDS or n == "auto":

@@ -1,4 +1,4 @@
-"""Accelerated backends of bottleneck-dynamics (issue 4).
+"""Accelerated backends of bottleneck-dynamics.
 
 ``get_backend(name, dtype)`` returns an object that exposes
 ``BottleneckSimulator``, ``InfiniteSimulator`` and the kernel functions
@@ -110,7 +110,7 @@ def available_backends():
 
 
 def golden_targets(include_numpy_path=True):
-    """(label, backend, dtype) for every backend available here, for refimpl.golden.check.
+    """(label, backend, dtype) for every backend available here, for experiments.golden.check.
 
     Includes "gpu-path/numpy": the GPU backend's code on NumPy arrays (what CI
     can test without a GPU).

@@ -9,7 +9,7 @@ A backend subclasses :class:`refimpl.BottleneckSimulator` through
 
 All bookkeeping (step, tracked sets, A, state_dict) stays in refimpl.
 
-The history pass (SPEC §4) returns, for queries Z (q, d),
+The history pass (MATH §4) returns, for queries Z (q, d),
 
     f[b]       = sum_m K(Z_b, P_m) C_m                              (q, dr)
     T[b, r]    = sum_m alpha(Z_b, P_m) w_m,r P_m                    (q, R, d)

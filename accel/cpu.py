@@ -1,4 +1,4 @@
-"""Numba backend: parallel CPU kernels behind refimpl's interface (issue 4).
+"""Numba backend: parallel CPU kernels behind refimpl's interface.
 
 Exposes the kernel functions of :mod:`refimpl.kernels` under the same names
 and signatures, and :class:`BottleneckSimulator` / :class:`InfiniteSimulator`,
@@ -14,7 +14,7 @@ calls no BLAS (nothing to oversubscribe inside ``prange``).  Per tile:
 2. the angle of every pair from its cosine, branch-free with the reduced-range
    arcsine of :mod:`accel.formulas` (vectorised by LLVM), then a scalar pass
    that recomputes nearly (anti-)parallel pairs (|cos| > 1 - NEAR) from the
-   explicit differences z^ -+ p^ in float64 (SPEC §2.1);
+   explicit differences z^ -+ p^ in float64 (MATH §2.1);
 3. the sums f += K C, T += alpha C P, bsum += beta C (or with C . chi).
 
 Partial sums are kept per history chunk (a fixed split of the history that

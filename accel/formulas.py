@@ -1,4 +1,4 @@
-"""Per-pair kernel formulas, written once for every backend (SPEC §2, §2.1).
+"""Per-pair kernel formulas, written once for every backend (MATH §2, §2.1).
 
 The functions here take the geometry of one pair (or arrays of pairs) and
 return the kernel terms.  They use only arithmetic, ``sqrt`` and a
@@ -9,7 +9,7 @@ definition serves
 * the array-module path of the GPU backend (``where = xp.where`` on NumPy or
   CuPy arrays, optionally fused by ``cupy.fuse``).
 
-Angles (SPEC §2.1)
+Angles (MATH §2.1)
 ------------------
 A pair is described by ``hu = sin(theta/2) = |x^ - y^|/2`` and
 ``hv = cos(theta/2) = |x^ + y^|/2``.  For pairs that are not nearly parallel or
@@ -46,7 +46,7 @@ PI = math.pi
 TWO_PI = 2.0 * math.pi
 HALF_PI = 0.5 * math.pi
 
-#: Pairs with |cos| above 1 - NEAR get their angle from explicit differences (SPEC §2.1).
+#: Pairs with |cos| above 1 - NEAR get their angle from explicit differences (MATH §2.1).
 #: Below it the cosine from a dot product loses at most eps/NEAR relative in 1 -+ lam.
 NEAR = 0.125
 
@@ -155,14 +155,14 @@ def relu_ntk(dot, nn, m, theta, lam, s):
 
 
 def relu_xi_alpha(m, theta, lam, s):
-    """alpha of Xi = alpha y + beta x^ (SPEC §2; a := 0 below XI_SIN_THRESHOLD)."""
+    """alpha of Xi = alpha y + beta x^ (MATH §2; a := 0 below XI_SIN_THRESHOLD)."""
     ridge = s < XI_SIN_THRESHOLD
     inv_s = where(ridge, 0.0, 1.0 / where(ridge, 1.0, s))
     return (2.0 * relu_sigmadot(theta) + lam * inv_s / TWO_PI) / m
 
 
 def relu_xi_beta(ny, m, lam, s):
-    """beta of Xi = alpha y + beta x^ (SPEC §2)."""
+    """beta of Xi = alpha y + beta x^ (MATH §2)."""
     ridge = s < XI_SIN_THRESHOLD
     inv_s = where(ridge, 0.0, 1.0 / where(ridge, 1.0, s))
     return ny * (s - lam * lam * inv_s) / (TWO_PI * m)

@@ -1,4 +1,4 @@
-"""CuPy backend: the history pass on a GPU, cuBLAS GEMMs and fused per-pair kernels (issue 4).
+"""CuPy backend: the history pass on a GPU, cuBLAS GEMMs and fused per-pair kernels.
 
 Everything runs through :class:`accel.xpcore.XPEngine` over the array module
 ``cupy``; the same engine over ``numpy`` (:func:`numpy_path`) is what CI tests

@@ -5,9 +5,9 @@ GEMMs and the per-pair formulas of :mod:`accel.formulas` run as one fused
 elementwise kernel (``cupy.fuse``); with ``xp = numpy`` the very same code
 runs on the CPU, which is how CI tests it against the golden files without a
 GPU.  The history is processed in blocks of ``block`` rows, so the
-temporaries are O(q x block) whatever M (SPEC §4).
+temporaries are O(q x block) whatever M (MATH §4).
 
-Angles follow SPEC §2.1 as in the other backends: cosines from a GEMM, and
+Angles follow MATH §2.1 as in the other backends: cosines from a GEMM, and
 pairs with |cos| > 1 - NEAR recomputed from the explicit differences
 z^ -+ p^ (gathered, then scattered back).
 """

@@ -19,7 +19,7 @@ sys.path.insert(0, os.getcwd())
 
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 
-from refimpl.train import TrainConfig, TrainError, train  # noqa: E402
+from experiments.train import TrainConfig, TrainError, train  # noqa: E402
 
 PROBE_STEPS = 150
 GRID = [1, 2, 4, 8, 16, 32, 64]

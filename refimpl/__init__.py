@@ -1,11 +1,11 @@
-"""bottleneck-dynamics reference implementation: pure NumPy, float64, read next to SPEC.md.
+"""bottleneck-dynamics reference implementation: pure NumPy, float64, read next to docs/MATH.md.
 
 Public API
 ----------
-Kernels (SPEC §2, §5): :func:`nngp`, :func:`sigmadot`, :func:`ntk`, :func:`xi`,
+Kernels (MATH §2, §5): :func:`nngp`, :func:`sigmadot`, :func:`ntk`, :func:`xi`,
 :func:`sigma1`, :func:`sigma2`, :func:`ntk_inf`.
-Initial functions (SPEC §3): :class:`RandomNetwork`.
-Dynamics (SPEC §4, §5): :class:`BottleneckSimulator`, :class:`InfiniteSimulator`.
+Initial functions (MATH §3): :class:`RandomNetwork`.
+Dynamics (MATH §4, §5): :class:`BottleneckSimulator`, :class:`InfiniteSimulator`.
 """
 
 from .kernels import nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf

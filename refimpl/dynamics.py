@@ -1,14 +1,14 @@
-"""Function-space SGD of an infinitely wide network with a finite bottleneck (SPEC §4, §5).
+"""Function-space SGD of an infinitely wide network with a finite bottleneck (MATH §4, §5).
 
 Two simulators share one interface:
 
 :class:`BottleneckSimulator`
     The embeddings g_t, the head f_t and its Jacobian J_t under the discrete
-    dynamics of SPEC §4 (paper eqs 42-44, corrected: every sum starts at the
+    dynamics of MATH §4 (paper eqs 42-44, corrected: every sum starts at the
     first step and F_{t+1}(xi) = f_{t+1}(g_{t+1}(xi))).
 :class:`InfiniteSimulator`
     The same network without a bottleneck (d -> infinity): ordinary NTK
-    dynamics with the kernel :func:`~refimpl.kernels.ntk_inf` (SPEC §5).
+    dynamics with the kernel :func:`~refimpl.kernels.ntk_inf` (MATH §5).
 
 Loss: ``L = 1/(2B) sum_{i in batch} |F_i - y_i|^2``, so ``chi_i = (F_i - y_i)/B``.
 
@@ -25,7 +25,7 @@ batch embeddings ``P`` (M, d) and loss derivatives ``C`` (M, dr), M = t * B:
     J_t(x)^T chi = J0(x)^T chi - mu_f sum_m (C_m . chi) Xi(x, P_m)
 
 and since ``Xi(x, y) = alpha(x, y) y + beta(x, y) x^`` the second sum is two
-matrix products over the history (SPEC §4); J itself is never formed in the
+matrix products over the history (MATH §4); J itself is never formed in the
 hot loop.  The embeddings of the training inputs (and of optional evaluation
 inputs) are updated in place.  Embeddings at any other input use the
 accumulated ``A_j = sum over the steps where row j was in the batch of
@@ -41,7 +41,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import as_points
-from ._validate import positive_rate
+from .validate import positive_rate
 from .network import RandomNetwork
 
 
@@ -157,12 +157,12 @@ class _SimulatorBase:
 
 
 class BottleneckSimulator(_SimulatorBase):
-    """Discrete function-space SGD with a finite bottleneck (SPEC §4).
+    """Discrete function-space SGD with a finite bottleneck (MATH §4).
 
     Parameters
     ----------
     net : RandomNetwork
-        Supplies the initial functions g0, f0, J0 (SPEC §3).
+        Supplies the initial functions g0, f0, J0 (MATH §3).
     X : (N, d0) array
         Training inputs.
     Y : (N, dr) array
@@ -330,7 +330,7 @@ def _check_state_keys(state, n_tracked, keys):
 
 
 class InfiniteSimulator(_SimulatorBase):
-    """NTK dynamics of the network without bottleneck (SPEC §5).
+    """NTK dynamics of the network without bottleneck (MATH §5).
 
         F_{t+1}(xi) = F_t(xi) - sum_i NTK_inf(xi, xi_i) chi_i
 

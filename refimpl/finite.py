@@ -1,12 +1,12 @@
-"""Finite-width networks of the SPEC §1 architecture, trained by plain (S)GD in weight space.
+"""Finite-width networks of the MATH §1 architecture, trained by plain (S)GD in weight space.
 
-These are the objects the theory is checked against (SPEC §6, paper appendix
+These are the objects the theory is checked against (MATH §6, paper appendix
 E): a wide :class:`FiniteNetwork` trained by gradient descent must follow the
 function-space dynamics of :class:`~refimpl.dynamics.BottleneckSimulator`
 (theorem 3.2), and deep linear ones must follow their two-layer effective
 network (lemma 4.1).
 
-Architecture (SPEC §1, NTK parametrisation, no biases).  Both halves are
+Architecture (MATH §1, NTK parametrisation, no biases).  Both halves are
 multilayer perceptrons in which every layer divides by the square root of its
 fan-in:
 
@@ -21,11 +21,11 @@ With two weight matrices per half this is exactly
 as in :class:`~refimpl.network.RandomNetwork`.  With ``activation="linear"``
 and L weight matrices it is the deep linear network of lemma 4.1 (scale
 1/sqrt(d0) or 1/sqrt(d) at the input and 1/sqrt(n) per hidden layer), and with
-one weight matrix per half it is the effective two-layer network of SPEC §2,
+one weight matrix per half it is the effective two-layer network of MATH §2,
 
     F(xi) = W Theta xi / sqrt(d d0),   g(xi) = Theta xi / sqrt(d0),   f(x) = W x / sqrt(d).
 
-Loss (same as the simulators, SPEC §4): ``L = 1/(2B) sum_i |F_i - y_i|^2``,
+Loss (same as the simulators, MATH §4): ``L = 1/(2B) sum_i |F_i - y_i|^2``,
 ``chi_i = (F_i - y_i) / B``.  A step updates every weight matrix at once with
 the gradient at the current weights: ``W <- W - lr_f dL/dW`` for the layers
 of f and ``lr_g`` for those of g.
@@ -46,7 +46,7 @@ import numpy as np
 from .dynamics import DivergenceError
 from .kernels import ACTIVATIONS, as_points
 from .network import RandomNetwork
-from ._validate import positive_int, positive_rate
+from .validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
 ROW_BLOCK_ELEMENTS = 1 << 22
@@ -133,13 +133,13 @@ class _MLP:
 
 
 class FiniteNetwork:
-    """A finite network F = f o g of SPEC §1 with hand-written gradient descent.
+    """A finite network F = f o g of MATH §1 with hand-written gradient descent.
 
     Parameters
     ----------
     g_weights : sequence of 2-d arrays
         Weight matrices of g from input to bottleneck: ``[theta1 (n, d0), theta2 (d, n)]``
-        for the SPEC §1 network, L_g matrices for a deep linear g, one (d, d0) matrix
+        for the MATH §1 network, L_g matrices for a deep linear g, one (d, d0) matrix
         for the effective network.
     f_weights : sequence of 2-d arrays
         Weight matrices of f from bottleneck to output: ``[u (n, d), v (dr, n)]``, etc.
@@ -234,7 +234,7 @@ class FiniteNetwork:
         return cls([net.theta1, net.theta2], [net.u, net.v], net.activation, xp)
 
     def effective(self):
-        """The effective two-layer network of a linear network (lemma 4.1, SPEC §2).
+        """The effective two-layer network of a linear network (lemma 4.1, MATH §2).
 
         ``W_eff = w_L ... w_1 / sqrt(n_1 ... n_{L-1})`` and likewise
         ``Theta_eff``, so that ``f(x) = W_eff x / sqrt(d)`` and

@@ -1,4 +1,4 @@
-"""Closed-form kernels of the infinite layers (SPEC §2 and §5).
+"""Closed-form kernels of the infinite layers (MATH §2 and §5).
 
 Every function takes a batch of points ``X`` of shape (p, m) and ``Y`` of
 shape (q, m) and returns the kernel for every pair ``(X[i], Y[j])``.  The scale
@@ -9,15 +9,15 @@ Two activations are supported:
 
 ``"relu"``
     One hidden ReLU layer of infinite width between two weight matrices
-    (SPEC §1, paper eq 45).
+    (MATH §1, paper eq 45).
 ``"linear"``
     A deep linear network with ``depth`` weight matrices (paper lemma 4.1).
-    ``depth=2`` is the architecture of SPEC §1 with the identity activation.
+    ``depth=2`` is the architecture of MATH §1 with the identity activation.
 
 ``depth`` counts weight matrices (the paper's L_f, L_g).  The ReLU kernels are
-those of the two-matrix network of SPEC §1, so ``depth`` must be 2 there.
+those of the two-matrix network of MATH §1, so ``depth`` must be 2 there.
 
-Numerics (SPEC §2.1): the angle between two points is computed as
+Numerics (MATH §2.1): the angle between two points is computed as
 ``2 * atan2(|x^ - y^|, |x^ + y^|)``, which keeps full relative accuracy near 0
 and pi, and cos and sin are taken from it.  A zero vector has unit vector 0 and
 all kernels return their limits there (no NaN).
@@ -35,7 +35,7 @@ BLOCK_ELEMENTS = 1 << 21
 #: Pairs with |cos| above this get their angle from explicit differences (see :func:`pair_angles`).
 NEAR_PARALLEL_COS = 0.95
 
-#: Below this sine, Xi's direction ``a`` is set to 0 (SPEC §2; golden files depend on it).
+#: Below this sine, Xi's direction ``a`` is set to 0 (MATH §2; golden files depend on it).
 XI_SIN_THRESHOLD = 1e-10
 
 TWO_PI = 2.0 * np.pi
@@ -92,14 +92,14 @@ def pair_angles(X, Y):
     Returns
     -------
     nx : (p,) norms of X;  ny : (q,) norms of Y
-    theta : (p, q) angles in [0, pi], ``2 atan2(|x^ - y^|, |x^ + y^|)`` (SPEC §2.1)
+    theta : (p, q) angles in [0, pi], ``2 atan2(|x^ - y^|, |x^ + y^|)`` (MATH §2.1)
     lam : (p, q) cos(theta);  s : (p, q) sin(theta)
     """
     nx, Xh = unit_rows(X)
     ny, Yh = unit_rows(Y)
     # |x^ -+ y^|^2 = |x^|^2 + |y^|^2 -+ 2 x^.y^ loses a factor 1/(1 -+ x^.y^) of relative accuracy
     # to cancellation: at most 20 ulps while |x^.y^| <= NEAR_PARALLEL_COS.  Nearer to parallel or
-    # anti-parallel (where training lives, SPEC §2.1) the pairs are recomputed from the explicit
+    # anti-parallel (where training lives, MATH §2.1) the pairs are recomputed from the explicit
     # differences x^ -+ y^, which keep full relative accuracy down to angle 0.
     cos = Xh @ Yh.T
     sx = np.einsum("ij,ij->i", Xh, Xh)[:, None]
@@ -119,7 +119,7 @@ def pair_angles(X, Y):
 
 
 # --------------------------------------------------------------------------
-# NNGP, its derivative kernel, NTK  (paper eq 45; SPEC §2)
+# NNGP, its derivative kernel, NTK  (paper eq 45; MATH §2)
 # --------------------------------------------------------------------------
 
 def _relu_parts(X, Y):
@@ -132,7 +132,7 @@ def _relu_parts(X, Y):
 
 
 def nngp(X, Y, activation="relu", depth=None):
-    """NNGP kernel Sigma(x, y) (paper eq 45; SPEC §2).
+    """NNGP kernel Sigma(x, y) (paper eq 45; MATH §2).
 
     ReLU: ``Sigma = (|x||y|/m) (lam (pi - arccos lam) + sqrt(1 - lam^2)) / (2 pi)``.
     Linear: ``Sigma = x.y / m`` for every depth.
@@ -196,16 +196,16 @@ def ntk(X, Y, activation="relu", depth=None):
 
 
 # --------------------------------------------------------------------------
-# Xi = dK(x, y)/dx  (paper eq 46, stable form of SPEC §2)
+# Xi = dK(x, y)/dx  (paper eq 46, stable form of MATH §2)
 # --------------------------------------------------------------------------
 
 def xi_coefficients(X, Y, activation="relu", depth=None):
-    """Coefficients of Xi(x, y) = alpha * y + beta * x^ (SPEC §2, §4).
+    """Coefficients of Xi(x, y) = alpha * y + beta * x^ (MATH §2, §4).
 
     Xi is a combination of the two points, which is what lets the simulator
     sum it over the history with two matrix products.  With
     ``a = (y^ - lam x^) / s`` (the unit vector of y - (y.x^) x^) the stable form
-    of SPEC §2,
+    of MATH §2,
 
         Xi = (2 Sigmadot y + (|y| / 2pi) (s x^ + lam a)) / m,
 
@@ -239,7 +239,7 @@ def xi_coefficients(X, Y, activation="relu", depth=None):
 def xi(X, Y, activation="relu", depth=None):
     """Xi(x, y) = dK(x, y)/dx, the gradient of K in its first argument (paper eq 13, 46).
 
-    Uses the stable form of SPEC §2 (finite for parallel and anti-parallel
+    Uses the stable form of MATH §2 (finite for parallel and anti-parallel
     pairs: ``Xi(x, c x) = c x / m`` for c > 0 and 0 for c < 0).  Linear:
     ``Xi(x, y) = depth * y / m``.
 
@@ -293,7 +293,7 @@ def sigma2(X, Y, activation="relu", depth=None):
     """Jacobian covariance E[J^{ab}(x) J^{ac}(y)] = Sigma_(2)^{bc}(x, y) (paper eq 8, 11).
 
     ReLU: ``(Sigmadot I + (s / 2pi)(x^ y^T + a b^T)) / m`` with
-    ``a = unit(y - (y.x^) x^)``, ``b = unit(x - (x.y^) y^)`` (SPEC §2).
+    ``a = unit(y - (y.x^) x^)``, ``b = unit(x - (x.y^) y^)`` (MATH §2).
     Linear: ``I / m``.
 
     Returns
@@ -318,11 +318,11 @@ def sigma2(X, Y, activation="relu", depth=None):
 
 
 # --------------------------------------------------------------------------
-# No bottleneck (SPEC §5)
+# No bottleneck (MATH §5)
 # --------------------------------------------------------------------------
 
 def relu_composed(X, Y):
-    """Sigma_F, Sigmadot_F (p, q): ReLU kernels of a layer fed by g's infinite bottleneck (SPEC §5).
+    """Sigma_F, Sigmadot_F (p, q): ReLU kernels of a layer fed by g's infinite bottleneck (MATH §5).
 
     The pre-activations of f then have covariance Sigma_g (the ReLU NNGP of the
     inputs, m = d0), with variances |x|^2 / (2 d0) and correlation
@@ -330,7 +330,7 @@ def relu_composed(X, Y):
     where theta is the angle between the inputs.  ``1 - cos theta_F`` is computed
     as ``(2 pi sin^2(theta/2) + theta cos theta - sin theta) / pi``, without the
     cancellation of ``1 - J/pi``, and ``theta_F = 2 asin(sqrt((1 - cos theta_F)/2))``
-    keeps full relative accuracy near theta = 0 (a point with itself), as in SPEC §2.1.
+    keeps full relative accuracy near theta = 0 (a point with itself), as in MATH §2.1.
     """
     nx, ny, theta, lam, s = pair_angles(X, Y)
     one_minus = (TWO_PI * np.sin(0.5 * theta) ** 2 + theta * lam - s) / np.pi
@@ -341,7 +341,7 @@ def relu_composed(X, Y):
 
 
 def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
-    """NTK of the network without bottleneck, d -> infinity (SPEC §5).
+    """NTK of the network without bottleneck, d -> infinity (MATH §5).
 
     ``NTK_inf = lr_f (Sigma_F + Sigmadot_F Sigma_g) + lr_g Sigmadot_F Theta_g``, where
     Sigma_g, Theta_g are the NNGP and NTK of g (m = d0) and Sigma_F, Sigmadot_F
@@ -363,7 +363,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
 
 
 def ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g):
-    """The last stage of :func:`ntk_inf`: NTK_inf from Sigma_g and Theta_g (p, q) of the inputs (SPEC §5).
+    """The last stage of :func:`ntk_inf`: NTK_inf from Sigma_g and Theta_g (p, q) of the inputs (MATH §5).
 
     Split out so that accelerated backends can compute Sigma_g and Theta_g their
     own way and share this combination.

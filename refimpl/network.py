@@ -1,9 +1,9 @@
-"""Random finite networks that supply the initial functions g0, f0, J0 (SPEC §1, §3).
+"""Random finite networks that supply the initial functions g0, f0, J0 (MATH §1, §3).
 
 The paper (appendix D.1) samples the initial Gaussian processes by drawing one
 finite random network of width n0 = 10,000 and using it as the initial
 function.  :class:`RandomNetwork` is that network, in the NTK parametrisation
-of SPEC §1:
+of MATH §1:
 
     g(xi) = theta2 phi(theta1 xi / sqrt(d0)) / sqrt(n)      R^d0 -> R^d
     f(x)  = v phi(u x / sqrt(d)) / sqrt(n)                   R^d  -> R^dr
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import positive_int
+from .validate import positive_int
 from .kernels import ACTIVATIONS, as_points
 
 #: Rows of inputs evaluated at once, so that (rows, n) hidden activations stay small.

@@ -1,4 +1,4 @@
-"""Data loaders and the download command (refimpl/data.py): tiny files in the official formats, bad files,
+"""Data loaders and the download command (experiments/data.py): tiny files in the official formats, bad files,
 a local HTTP server for downloads, and the full data sets in ../shared/datasets when present."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refimpl import data
-from refimpl.data import DataError, load_cifar10, load_dataset, load_mnist, read_idx
+from experiments import data
+from experiments.data import DataError, load_cifar10, load_dataset, load_mnist, read_idx
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 

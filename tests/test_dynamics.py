@@ -1,4 +1,4 @@
-"""Properties of the function-space simulators (SPEC §4, §5): losses, consistency of the stored
+"""Properties of the function-space simulators (MATH §4, §5): losses, consistency of the stored
 history with the closed forms, checkpoints, divergence handling and argument checking."""
 
 import numpy as np
@@ -164,7 +164,7 @@ def test_state_dict_roundtrip_reproduces_the_next_steps_bit_for_bit(data, tmp_pa
 # --------------------------------------------------------------------------- InfiniteSimulator init
 
 def _sigma_F(X):
-    """NNGP of the composed network without bottleneck (SPEC §5), written out here."""
+    """NNGP of the composed network without bottleneck (MATH §5), written out here."""
     n = np.linalg.norm(X, axis=1)
     d0 = X.shape[1]
     lam_g = np.clip((X @ X.T) / np.outer(n, n), -1, 1)

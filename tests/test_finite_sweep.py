@@ -1,4 +1,4 @@
-"""Appendix-F sweep of finite networks and the finite-against-infinite check (refimpl/finite_sweep.py, cli.py)."""
+"""Appendix-F sweep of finite networks and the finite-against-infinite check (experiments/finite_sweep.py, cli.py)."""
 
 import csv
 import json
@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 import cli
 from refimpl.finite import FiniteNetwork
-from refimpl.finite_sweep import (
+from experiments.finite_sweep import (
     PAPER_WIDTHS, SweepConfig, evaluate_network, gap_check, gap_table, memory_estimate, output_gap,
     parse_widths, relative_gap,
 )
-from refimpl.train import TrainError, batch_indices
+from experiments.train import TrainError, batch_indices
 
 TINY = ["--dataset", "synthetic", "--train-size", "40", "--test-size", "20", "--d0", "3", "--dr", "2",
         "--hidden", "200", "--steps", "10", "--batch-size", "5", "--eval-every", "4", "--lr", "0.5"]
@@ -44,7 +44,7 @@ def test_sweep_outputs_and_values(tmp_path):
     assert [r["width"] for r in summary["widths"]] == [1, 3]
 
     # the recorded metrics are those of the same network trained by hand on the same batches
-    from refimpl.data import load_dataset
+    from experiments.data import load_dataset
     ds = load_dataset("synthetic", train_size=40, test_size=20, seed=0, d0=3, dr=2)
     net = FiniteNetwork.sample(3, 3, 2, width=200, seed=0)
     for t in range(10):

@@ -1,6 +1,6 @@
 """Golden files (golden/, written by refimpl via `cli.py golden --regenerate`): integrity, and
 refimpl plus every available backend against them (float64 to 1e-10, float32 to the measured
-tolerance; error measures in refimpl/golden.py)."""
+tolerance; error measures in experiments/golden.py)."""
 
 import json
 
@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import accel
 import cli
-from refimpl import golden
+from experiments import golden
 
 TARGETS = accel.golden_targets()
 TARGET_IDS = [t[0] for t in TARGETS]

@@ -10,7 +10,7 @@ import pytest
 
 import accel
 from accel import gpu
-from refimpl import golden
+from experiments import golden
 from refimpl import kernels as rk
 
 pytestmark = [pytest.mark.gpu,
@@ -65,6 +65,6 @@ def test_device_history_doubles_and_reads_back():
 
 
 def test_bench_smoke(tmp_path):
-    from accel import bench
+    from experiments import bench
     report = bench.run(sizes=(10_000,), widths=(10,), backends=("cpu", "gpu"), reps=1, log=lambda m: None)
     assert {r["backend"] for r in report["results"]} == {"cpu", "gpu"}

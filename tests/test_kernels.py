@@ -1,4 +1,4 @@
-"""Closed-form kernels (SPEC §2, §5) against finite differences, the SPEC formulas written out here,
+"""Closed-form kernels (MATH §2, §5) against finite differences, the MATH formulas written out here,
 and Monte Carlo over random networks (lemma 3.1)."""
 
 import numpy as np
@@ -66,7 +66,7 @@ def test_xi_on_the_ridge_follows_the_spec_convention():
 
 
 def _xi_direct(x, y, m):
-    """SPEC §2's stable form of Xi, written out independently of the library."""
+    """MATH §2's stable form of Xi, written out independently of the library."""
     xh, yh = x / np.linalg.norm(x), y / np.linalg.norm(y)
     angle = 2 * np.arctan2(np.linalg.norm(xh - yh), np.linalg.norm(xh + yh))
     s, lam = np.sin(angle), np.cos(angle)
@@ -228,7 +228,7 @@ def test_ntk_inf_properties():
 
 
 def test_ntk_inf_diagonal_to_full_precision():
-    """A point with itself (lam = 1) keeps every digit (SPEC §2.1): NTK_inf(x, x) = |x|^2 / d0."""
+    """A point with itself (lam = 1) keeps every digit (MATH §2.1): NTK_inf(x, x) = |x|^2 / d0."""
     X = np.random.default_rng(1).standard_normal((20, 5))
     np.testing.assert_allclose(np.diag(K.ntk_inf(X, X)), np.sum(X * X, axis=1) / 5, rtol=1e-13)
 

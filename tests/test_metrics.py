@@ -1,4 +1,4 @@
-"""refimpl.metrics and the extra columns / summary fields the training driver writes with them."""
+"""experiments.metrics and the extra columns / summary fields the training driver writes with them."""
 
 import csv
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from refimpl.metrics import (centred_alignment, null_loss, relative_movement, steps_to_thresholds)
-from refimpl.train import TrainConfig, train
+from experiments.metrics import (centred_alignment, null_loss, relative_movement, steps_to_thresholds)
+from experiments.train import TrainConfig, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, init_width=400, batch_size=10,
              eval_every=5, eval_size=60, lr=1.0)

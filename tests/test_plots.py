@@ -1,4 +1,4 @@
-"""refimpl.plots: the appendix D.4 procedure on curves with known answers, and `cli.py plot`."""
+"""experiments.plots: the appendix D.4 procedure on curves with known answers, and `cli.py plot`."""
 
 import csv
 import json
@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from refimpl.plots import (common_range, heatmap_table, load_sweep, loss_grid, moving_average, resample,
+from experiments.plots import (common_range, heatmap_table, load_sweep, loss_grid, moving_average, resample,
                            seed_stats, smooth_on_grid, train_vs_test)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -161,7 +161,7 @@ def test_tables_training_loss_at_selected_steps(tmp_path):
         _write_run(sweep / d, 4, seed, False)
         runs.append({"width": 4, "seed": seed, "dir": d, "status": "done"})
     (sweep / "sweep.json").write_text(json.dumps({"runs": runs}))
-    from refimpl.plots import summary_tables
+    from experiments.plots import summary_tables
     text = summary_tables(sweep)
     losses = [load_sweep(sweep)[4][s]["train_loss"][1] for s in (0, 1)]          # step 20 of each seed
     header = [ln for ln in text.splitlines() if ln.startswith("| width | step 20")][0]

@@ -1,4 +1,4 @@
-"""`cli.py sweep` and refimpl.sweep: layout, parallel workers, resume, failures, Dask."""
+"""`cli.py sweep` and experiments.sweep: layout, parallel workers, resume, failures, Dask."""
 
 import csv
 import json
@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 import cli
 from clihelpers import one_line_error
-from refimpl.sweep import parse_seeds, parse_widths, run_state
-from refimpl.train import TrainConfig, TrainError, load_npz, train
+from experiments.sweep import parse_seeds, parse_widths, run_state
+from experiments.train import TrainConfig, TrainError, load_npz, train
 
 TINY = ["--train-size", "40", "--test-size", "20", "--d0", "3", "--init-width", "200", "--batch-size", "10",
         "--eval-every", "3", "--eval-size", "40", "--lr", "1.0"]
@@ -166,7 +166,7 @@ def test_dask_local_cluster(tmp_path):
 
 def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    monkeypatch.setattr("refimpl.sweep.DASK_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("experiments.sweep.DASK_CONNECT_TIMEOUT", "1s")
     res = _sweep("--widths", "2", "--steps", "2", "--scheduler", "tcp://127.0.0.1:9",
                  "--out", str(tmp_path / "sw"))
     assert "scheduler" in one_line_error(res)

@@ -1,10 +1,10 @@
-"""The function-space dynamics against finite networks (paper appendix E, SPEC §4-§6).
+"""The function-space dynamics against finite networks (paper appendix E, MATH §4-§6).
 
 (a) Theorem 3.2: a wide ReLU network trained by full-batch GD follows the simulator started from the
     same initial functions, more closely as the width grows.
 (b) Lemma 4.1: with linear activations the simulator is exactly the effective two-layer network
     trained with rates L_f mu_f, L_g mu_g, and deep linear networks approach it as n grows.
-(c) SPEC §5: the bottleneck kernel at initialisation, K(g, g~) + Theta J J~^T, approaches NTK_inf
+(c) MATH §5: the bottleneck kernel at initialisation, K(g, g~) + Theta J J~^T, approaches NTK_inf
     as the bottleneck widens.
 """
 
@@ -86,7 +86,7 @@ def test_lemma_4_1_simulator_equals_the_effective_network(lr_f, lr_g):
         worst = max(worst, _rel(eff.outputs(X), F), _rel(eff.g(X), g), _rel(eff.jacobian(probes), J))
     assert worst < 1e-10
     assert _rel(sim.outputs(X), net.f(net.g(X))) > 0.3          # and it did train
-    # SPEC §2: the history collapses, f_t(x) = W_t x / sqrt(d) with W_t = W_0 - mu L_f/sqrt(d) sum chi g^T
+    # MATH §2: the history collapses, f_t(x) = W_t x / sqrt(d) with W_t = W_0 - mu L_f/sqrt(d) sum chi g^T
     W_t = W_eff - lr_f * 2 / np.sqrt(D) * sim.history.C.T @ sim.history.P
     np.testing.assert_allclose(sim.f(probes), probes @ W_t.T / np.sqrt(D), rtol=1e-10, atol=1e-12)
 
@@ -127,7 +127,7 @@ def test_lemma_4_1_deep_linear_networks_approach_the_effective_network(depth, wi
 def test_bottleneck_kernel_at_init_approaches_ntk_inf():
     """Relative gap |K(g,g~) + Theta J J~^T - NTK_inf|_F / |NTK_inf|_F, mean over 4 seeds.
 
-    SPEC §5 measured 0.50, 0.28, 0.12, 0.062 for d = 4, 16, 64, 256 (about d^-1/2)."""
+    MATH §5 measured 0.50, 0.28, 0.12, 0.062 for d = 4, 16, 64, 256 (about d^-1/2)."""
     X = np.random.default_rng(0).standard_normal((10, 5))
     target = kernels.ntk_inf(X, X)
     theta = kernels.ntk(X, X)

@@ -1,4 +1,4 @@
-"""`cli.py verify` (refimpl/verify.py) at a tiny scale: outputs, verdicts and exit codes."""
+"""`cli.py verify` (experiments/verify.py) at a tiny scale: outputs, verdicts and exit codes."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from refimpl import verify
+from experiments import verify
 
 TINY = {
     "lemma3.1": ["--widths", "20,50", "--samples", "400", "--pairs", "3", "--threshold", "1"],

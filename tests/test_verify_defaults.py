@@ -1,5 +1,5 @@
-"""Every `cli.py verify` subcommand passes its own checks at its default settings (issue 5: "passes by
-default in CI time").  About 40 s in total on 2 cores; tests/test_verify.py covers the options and failures."""
+"""Every `cli.py verify` subcommand passes its own checks at its default settings, in CI
+time.  About 40 s in total on 2 cores; tests/test_verify.py covers the options and failures."""
 
 import json
 

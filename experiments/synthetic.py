@@ -1,8 +1,8 @@
-"""Synthetic regression data from a deep Gaussian process (SPEC §7, paper appendix D.4.1).
+"""Synthetic regression data from a deep Gaussian process (MATH §7, paper appendix D.4.1).
 
 The paper draws 2000 training and 2000 test inputs from a standard normal
 distribution and passes them through "a deep Gaussian process model" without
-saying which.  This module uses the construction suggested in SPEC §7:
+saying which.  This module uses the construction suggested in MATH §7:
 
 1. inputs ``xi ~ N(0, I_{d0})``, train and test drawn together;
 2. a hidden layer ``h = (h_1, ..., h_k)`` of ``k = hidden`` independent
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
-from ._validate import positive_int
+from refimpl import kernels
+from refimpl.validate import positive_int
 
 
 def _gp_sample(K, columns, rng, jitter):

@@ -1,4 +1,4 @@
-"""Numerical checks of the theory against finite networks (paper appendix E, SPEC §6).
+"""Numerical checks of the theory against finite networks (paper appendix E, MATH §6).
 
 The engine of ``cli.py verify``.  Each check writes ``<name>.json`` (every
 number, the configuration and the pass/fail verdicts) and ``<name>.png`` (the
@@ -8,10 +8,10 @@ figure) into its output folder and returns the same report as a dict;
 :func:`lemma31` (paper fig 11)
     Monte Carlo over many random initialisations of the head f (width n):
     empirical covariances of f and J = df/dx at random input pairs against
-    Sigma, Sigma_(1), Sigma_(2) (lemma 3.1, SPEC §2), as relative Frobenius
+    Sigma, Sigma_(1), Sigma_(2) (lemma 3.1, MATH §2), as relative Frobenius
     errors ``|cov_emp - cov_theory|_F / |cov_theory|_F`` per pair.
 :func:`theorem32` (paper fig 12)
-    A wide ReLU network (SPEC §1) trained by full-batch GD with a small rate.
+    A wide ReLU network (MATH §1) trained by full-batch GD with a small rate.
     Per step, the residual of the evolution equations 12-14 evaluated on the
     finite network's own trajectory with the limiting kernels,
     ``|(psi[t+1] - psi[t]) / lr - RHS_psi[t]| / |RHS_psi[t]|`` for psi = F, g
@@ -22,11 +22,11 @@ figure) into its output folder and returns the same report as a dict;
     Deep linear networks (depth 2 and 3) trained with rate mu against the
     effective two-layer network trained with rate L mu and the simulator with
     linear kernels; residuals of eqs 12-14 for both networks.
-:func:`inf_limit` (SPEC §5)
+:func:`inf_limit` (MATH §5)
     The bottleneck kernel at initialisation, ``K(g, g~) + Theta J J~^T`` from
     a wide random network, against NTK_inf as the bottleneck width d grows.
 
-Loss convention as everywhere (SPEC §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
+Loss convention as everywhere (MATH §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
 ``chi = (F - y) / B``.
 """
 
@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, kernels
-from .dynamics import BottleneckSimulator
-from .finite import FiniteNetwork
-from .network import RandomNetwork
+from refimpl import __version__, kernels
+from refimpl.dynamics import BottleneckSimulator
+from refimpl.finite import FiniteNetwork
+from refimpl.network import RandomNetwork
 from .train import atomic_write_bytes, atomic_write_text
 
 #: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
@@ -567,13 +567,13 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
 
 def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, threshold=None, d0=5,
               log=_silent):
-    """The bottleneck kernel at initialisation approaches NTK_inf as d grows (SPEC §5).
+    """The bottleneck kernel at initialisation approaches NTK_inf as d grows (MATH §5).
 
     For each bottleneck width d and each of ``samples`` random networks of
     hidden width ``width`` (seeds ``seed``, ``seed + 1``, ...), on ``points``
     inputs xi ~ N(0, I_d0): the gap
     ``|K(g, g~) + Theta J J~^T - NTK_inf|_F / |NTK_inf|_F`` (dr = 1).
-    SPEC §5 measured 0.50, 0.28, 0.12, 0.062 for d = 4, 16, 64, 256.
+    MATH §5 measured 0.50, 0.28, 0.12, 0.062 for d = 4, 16, 64, 256.
 
     Checks: the mean gap at the largest d is at most ``threshold``, and (with
     several d) below the mean gap at the smallest d.

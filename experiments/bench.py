@@ -1,4 +1,4 @@
-"""Benchmark of one SGD step against history length M and bottleneck width d (issue 4, item 5).
+"""Benchmark of one SGD step against history length M and bottleneck width d.
 
 ``python cli.py bench`` runs :func:`run` and writes JSON and a Markdown table.
 
@@ -11,7 +11,7 @@ has its own earlier embeddings in the history, and the usual spread of
 angles).  Median of ``reps`` steps after one untimed warm-up step (which
 includes Numba's compilation or cache load).
 
-Flop model (useful work of the history pass, SPEC §4): per (query, history
+Flop model (useful work of the history pass, MATH §4): per (query, history
 point) pair, 2 d for the dot product, 2 d for the Xi contraction and 2 dr for
 K C: ``flops = B M (4 d + 2 dr)``.  The per-pair formulas (angles, ~40 flops)
 and refimpl's repeated dot products are not counted.
@@ -39,7 +39,7 @@ import numpy as np
 
 import refimpl
 
-from . import BackendUnavailable, get_backend
+from accel import BackendUnavailable, get_backend
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_WIDTHS = (10, 100)
@@ -236,5 +236,5 @@ def table(report):
 
 def write(report, path):
     """Write the report as JSON (atomically)."""
-    from refimpl.fileio import atomic_write_text
+    from .fileio import atomic_write_text
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,7 @@ A *run directory* holds
     One row at step 0, every ``eval_every`` steps and at the last step.  The
     first columns are exactly ``step,train_loss,test_loss,wall_s``; then
     ``train_acc,test_acc`` (empty for regression), then ``feature_movement,
-    kernel_alignment`` (the bottleneck metrics of :mod:`refimpl.metrics`,
+    kernel_alignment`` (the bottleneck metrics of :mod:`experiments.metrics`,
     empty for ``width = inf``).  ``train_loss`` is the mean
     of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
     points (the first ``eval_size`` rows of a permutation drawn from
@@ -22,8 +22,8 @@ A *run directory* holds
 ``summary.json``
     Written when the run finishes: the final metrics, the wall time and the
     steps needed to reach a training loss of ``fraction * L_null`` for the
-    fractions :data:`refimpl.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
-    loss of the zero predictor on the training set; see :mod:`refimpl.metrics`).
+    fractions :data:`experiments.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
+    loss of the zero predictor on the training set; see :mod:`experiments.metrics`).
 
 Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
 training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
@@ -43,8 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .dynamics import DivergenceError
+from refimpl import __version__
+from refimpl.dynamics import DivergenceError
 from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 
@@ -79,7 +79,7 @@ class TrainConfig:
     lr_g: float | None = None
     seed: int = 0                    # initial functions and batch order
     data_seed: int = 0               # synthetic draw / data subset (the data stay the same across seeds)
-    init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (SPEC §3)
+    init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (MATH §3)
     activation: str = "relu"
     eval_every: int = 50
     eval_size: int = 1000
@@ -172,7 +172,7 @@ def batch_indices(seed, step, n, batch_size):
 
 def build_simulator(config, data, backend):
     """Construct the simulator of a run from its config and data (the initial functions come from ``seed``)."""
-    from .network import RandomNetwork
+    from refimpl.network import RandomNetwork
     common = dict(lr=config.lr, lr_f=config.lr_f, lr_g=config.lr_g, X_eval=data.X_test)
     if config.width == "inf":
         sim = backend.InfiniteSimulator(data.X_train, data.Y_train, seed=config.seed,
@@ -385,7 +385,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
 
 
 def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
-    """Steps to reach the training losses ``fraction * loss_null`` (see :mod:`refimpl.metrics`).
+    """Steps to reach the training losses ``fraction * loss_null`` (see :mod:`experiments.metrics`).
 
     ``metrics`` are the rows of metrics.csv (values as numbers or strings).  The step is the first
     evaluation at or below the threshold (an upper bound; resolution ``eval_every``), None if never.

@@ -3,7 +3,7 @@
 The paper reports losses and accuracies only (appendix D.4).  The two measures
 of feature learning here are this project's additions; both are evaluated on a
 fixed evaluation subset of the training set (the rows of
-:func:`refimpl.train.eval_rows`), with ``G_t = g_t(xi)`` the bottleneck
+:func:`experiments.train.eval_rows`), with ``G_t = g_t(xi)`` the bottleneck
 embeddings of those rows (n, d) and ``Y`` their targets (n, dr):
 
 ``feature_movement``

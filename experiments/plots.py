@@ -1,6 +1,6 @@
 """Figures of a sweep (paper appendix D.4, figs 2-10), as small PNG files.
 
-:func:`plot_sweep` reads every run of a sweep directory (:mod:`refimpl.sweep`)
+:func:`plot_sweep` reads every run of a sweep directory (:mod:`experiments.sweep`)
 and writes into it (or into ``figdir``):
 
 ``loss.png``
@@ -16,7 +16,7 @@ and writes into it (or into ``figdir``):
     Test loss against training loss by the procedure of appendix D.4 (figs 4, 7,
     10), left with all widths, right with the finite widths only (as fig 4).
 ``features.png``
-    The bottleneck metrics of :mod:`refimpl.metrics` against steps (not in the paper).
+    The bottleneck metrics of :mod:`experiments.metrics` against steps (not in the paper).
 ``tables.md``
     Markdown tables (:func:`summary_tables`): steps to reach training-loss thresholds per width,
     final metrics, and the test loss at matched training losses (needs ``sweep.json``).

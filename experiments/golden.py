@@ -14,7 +14,7 @@ Cases
     orthogonal pairs and a zero vector.  Outputs: nngp, sigmadot, ntk, the Xi
     coefficients alpha and beta, xi, ntk_inf (ReLU), and ntk, xi (linear, depth 2 and 3).
 ``bottleneck_*``, ``infinite_*``, ``linear_*``
-    Trajectories of a few hundred SGD steps (SPEC §4, §5) from recorded initial
+    Trajectories of a few hundred SGD steps (MATH §4, §5) from recorded initial
     networks, data and batches: the batch loss of every step, and at
     checkpoints the embeddings g_t on the training set and F_t on X_eval.
 
@@ -41,9 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import kernels
+from refimpl import kernels
 from .fileio import atomic_write_bytes
-from .network import RandomNetwork
+from refimpl.network import RandomNetwork
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 MANIFEST = "manifest.json"
@@ -147,7 +147,7 @@ def _rotate_towards(x, angle, rng):
 
 
 def kernel_inputs(m, seed):
-    """Pairs (X[i], Y[i]) of dimension m covering the regimes of SPEC §2.1, as two (p, m) arrays."""
+    """Pairs (X[i], Y[i]) of dimension m covering the regimes of MATH §2.1, as two (p, m) arrays."""
     rng = np.random.default_rng(seed)
     X, Y = [], []
     for _ in range(12):                                     # random pairs
@@ -278,10 +278,10 @@ def regenerate(directory=GOLDEN_DIR, log=print):
         log(f"{name}: {time.perf_counter() - t:.1f} s, {(directory / fname).stat().st_size / 1024:.0f} KiB")
     manifest = {
         "format": FORMAT,
-        "written_by": "python cli.py golden --regenerate (refimpl.golden.regenerate)",
+        "written_by": "python cli.py golden --regenerate (experiments.golden.regenerate)",
         "refimpl_version": refimpl.__version__,
         "numpy_version": np.__version__,
-        "error_measures": "see refimpl/golden.py docstring",
+        "error_measures": "see experiments/golden.py docstring",
         "tolerance_float64": TOL_FLOAT64,
         "files": entries,
     }

@@ -3,16 +3,16 @@
 A *sweep directory* holds
 
 ``sweep.json``
-    The shared options of every run (a :class:`~refimpl.train.TrainConfig`
+    The shared options of every run (a :class:`~experiments.train.TrainConfig`
     without ``width`` and ``seed``), the widths, the seeds, and one record per
     run: its subdirectory, ``status`` (``pending``, ``done``, ``failed``,
     ``interrupted``), the error message of a failed run, and its final metrics.
     Rewritten atomically after every finished run.
 ``width-<d>/`` (one seed) or ``width-<d>/seed-<s>/`` (several seeds)
     One run directory each, exactly as written by ``cli.py train``
-    (:func:`refimpl.train.train`): ``width-inf``, ``width-10``, ...
+    (:func:`experiments.train.train`): ``width-inf``, ``width-10``, ...
 ``loss.png``, ``heatmap.png``, ``train_vs_test.png``, ``features.png``, ``accuracy.png``
-    The combined figures (:mod:`refimpl.plots`).
+    The combined figures (:mod:`experiments.plots`).
 
 A seed fixes the initial functions and the batch order; the data (``data_seed``)
 are the same for every run.  Every run is resumable on its own: a finished run
@@ -40,7 +40,7 @@ import os
 import time
 from pathlib import Path
 
-from . import __version__
+from refimpl import __version__
 from .train import TrainConfig, TrainError, atomic_write_text, load_data, resolve_backend, train
 
 SWEEP_FILE = "sweep.json"

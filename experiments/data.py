@@ -1,4 +1,4 @@
-"""Data sets of the paper's experiments (SPEC §7): MNIST, CIFAR-10 (binary) and the synthetic regression task.
+"""Data sets of the paper's experiments (MATH §7): MNIST, CIFAR-10 (binary) and the synthetic regression task.
 
 Everything is returned as a :class:`Dataset` of float64 arrays ready for the simulators:
 ``X_train`` (N, d0), ``Y_train`` (N, dr), ``X_test``, ``Y_test``.
@@ -45,7 +45,7 @@ Preprocessing (identical for train and test)
 3. Scaling: all train and test inputs are divided by one scalar
    ``s = sqrt(mean over training rows of |x|^2 / d0)``, the root-mean-square of the centred training
    coordinates. After this the training inputs satisfy ``mean_i |x_i|^2 / d0 = 1`` exactly, the scale of
-   the synthetic N(0, I) inputs, so the kernels' |x|^2/d0 normalisation (SPEC §2) sees O(1) values.
+   the synthetic N(0, I) inputs, so the kernels' |x|^2/d0 normalisation (MATH §2) sees O(1) values.
 
 The statistics (mean image, ``s``) come from the training rows only and the identical affine map is
 applied to the test rows; ``meta["preprocessing"]`` records the scheme and ``s``. Test inputs are not
@@ -55,7 +55,7 @@ Targets: plain one-hot vectors (0/1, not centred), as in the paper (MSE on one-h
 for MNIST, one column per chosen class for CIFAR-10 in the order the classes were given (default
 deer, dog: column 0 = deer = CIFAR label 4, column 1 = dog = CIFAR label 5).
 
-The synthetic regression data set is made by :func:`refimpl.synthetic.make_synthetic`; ``load_dataset``
+The synthetic regression data set is made by :func:`experiments.synthetic.make_synthetic`; ``load_dataset``
 only forwards to it.
 
 Errors
@@ -677,7 +677,7 @@ def _classification_dataset(raw, train_size, test_size, seed):
 
 def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, classes=None,
                  **synthetic_options):
-    """Load a data set of SPEC §7 as float64 arrays (see the module docstring for files and preprocessing).
+    """Load a data set of MATH §7 as float64 arrays (see the module docstring for files and preprocessing).
 
     Parameters
     ----------
@@ -689,7 +689,7 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
     seed : int >= 0, subset seed (for "synthetic": the seed of every random draw)
     classes : class selection for "mnist" / "cifar" (see :func:`load_cifar10`); default all digits for
         MNIST and ("deer", "dog") for CIFAR-10
-    **synthetic_options : forwarded to :func:`refimpl.synthetic.make_synthetic`
+    **synthetic_options : forwarded to :func:`experiments.synthetic.make_synthetic`
 
     Returns
     -------

@@ -1,7 +1,7 @@
 """Finite networks across bottleneck sizes (paper appendix F) and finite against infinite width.
 
 Two experiments built on :class:`~refimpl.finite.FiniteNetwork` (weight-space SGD
-with hand-written backprop, SPEC §1):
+with hand-written backprop, MATH §1):
 
 :func:`finite_sweep` (paper appendix F, figs 15 and 16)
     For every bottleneck size d in ``widths``, train a finite network of
@@ -11,7 +11,7 @@ with hand-written backprop, SPEC §1):
     against steps per bottleneck size (fig 15) and final loss and error rate
     against bottleneck size (fig 16).
 
-:func:`finite_vs_infinite` (the infinite-width check, SPEC §6 / paper appendix E)
+:func:`finite_vs_infinite` (the infinite-width check, MATH §6 / paper appendix E)
     On one small data set, train finite networks of growing hidden width n and,
     for each, the function-space simulation
     :class:`~refimpl.dynamics.BottleneckSimulator` started from the *same*
@@ -19,10 +19,10 @@ with hand-written backprop, SPEC §1):
     their dynamics), on the same batches.  The gap between the finite and the
     simulated loss curves must shrink as n grows (theorem 3.2).
 
-Loss convention (SPEC §4, the same as the simulators and ``train.py``): a step
+Loss convention (MATH §4, the same as the simulators and ``train.py``): a step
 on a batch of B points minimises ``L = 1/(2B) sum_i |F_i - y_i|^2``; reported
 losses are the mean over points of ``|F - y|^2 / 2``.  Batch t is
-:func:`refimpl.train.batch_indices` ``(seed, t, N, B)``, the same batches as
+:func:`experiments.train.batch_indices` ``(seed, t, N, B)``, the same batches as
 ``cli.py train`` with the same seed.
 
 Memory (float64, :func:`memory_estimate`): a network holds
@@ -50,10 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .dynamics import BottleneckSimulator, DivergenceError
-from .finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
-from .network import RandomNetwork
+from refimpl import __version__
+from refimpl.dynamics import BottleneckSimulator, DivergenceError
+from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from refimpl.network import RandomNetwork
 from .train import TrainError, atomic_write_bytes, atomic_write_text, batch_indices
 
 #: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
@@ -247,7 +247,7 @@ class SweepConfig:
 
 
 def _eval_rows(seed, n, eval_size):
-    """The fixed training subset for the training metrics (as :func:`refimpl.train.eval_rows`)."""
+    """The fixed training subset for the training metrics (as :func:`experiments.train.eval_rows`)."""
     if n <= eval_size:
         return np.arange(n)
     return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
