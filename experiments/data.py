@@ -151,7 +151,9 @@ CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
 MAX_DOWNLOAD_BYTES = 1 << 30
 _CHUNK = 1 << 20
 
-DATASETS = ("synthetic", "mnist", "cifar")
+DATASETS = ("synthetic", "mnist", "cifar", "multi-index", "manifold")
+#: Generated data sets (no files): their options are forwarded to their generator.
+GENERATED = ("synthetic", "multi-index", "manifold")
 _ALIASES = {"cifar10": "cifar", "cifar-10": "cifar"}
 
 
@@ -681,7 +683,8 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
 
     Parameters
     ----------
-    name : {"synthetic", "mnist", "cifar"} ("cifar10" and "cifar-10" are accepted for "cifar")
+    name : {"synthetic", "mnist", "cifar", "multi-index", "manifold"} ("cifar10" and "cifar-10" are
+        accepted for "cifar"); the last two are made by :mod:`experiments.tasks` (MATH §7.2, §7.3)
     data_dir : str or Path or None, see :func:`resolve_data_dir` (unused for "synthetic")
     train_size, test_size : int or None
         Number of rows to keep (seeded class-stratified subset); None keeps the whole split. For
@@ -689,7 +692,8 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
     seed : int >= 0, subset seed (for "synthetic": the seed of every random draw)
     classes : class selection for "mnist" / "cifar" (see :func:`load_cifar10`); default all digits for
         MNIST and ("deer", "dog") for CIFAR-10
-    **synthetic_options : forwarded to :func:`experiments.synthetic.make_synthetic`
+    **synthetic_options : forwarded to :func:`experiments.synthetic.make_synthetic` (``d0``, ``dr``,
+        ``hidden``) or to the generator of "multi-index" / "manifold" (``d0``, ``latent_dim``)
 
     Returns
     -------
@@ -715,6 +719,15 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
                 "preprocessing": {"scheme": "none here: inputs N(0, I), targets standardised by make_synthetic"}}
         return Dataset(name="synthetic", X_train=X_train, Y_train=Y_train, X_test=X_test, Y_test=Y_test,
                        meta=meta)
+    if key in ("multi-index", "manifold"):
+        if classes is not None:
+            raise ValueError(f"classes: not used by the {key} data set")
+        from . import tasks     # lazy, like the synthetic task
+        sizes = {k: v for k, v in (("n_train", train_size), ("n_test", test_size)) if v is not None}
+        make = tasks.make_multi_index if key == "multi-index" else tasks.make_manifold
+        X_train, Y_train, X_test, Y_test, meta, *_ = make(seed=seed, **sizes, **synthetic_options)
+        meta = {"dataset": key, **meta}
+        return Dataset(name=key, X_train=X_train, Y_train=Y_train, X_test=X_test, Y_test=Y_test, meta=meta)
     if synthetic_options:
         raise ValueError(f"unexpected options for {key}: {', '.join(sorted(synthetic_options))} "
                          f"(they apply to the synthetic data set only)")

@@ -31,6 +31,12 @@ evaluation rows depend on the seed).  Absolute thresholds compare runs
 at the same loss level, which is what "reaching a given training loss" means;
 a threshold relative to each run's own initial loss would mix in the random
 initial loss.
+
+Steps to a training accuracy (:func:`steps_to_accuracies`, classification only):
+the first evaluated step at which the training accuracy (on the same evaluation
+rows) is at or above each of :data:`ACCURACY_LEVELS`.  Loss and accuracy can rank
+the widths differently (the MSE rewards the size of every output, the accuracy
+only the arg max), so both are reported.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ import numpy as np
 
 #: Default thresholds as fractions of the null loss (see the module docstring).
 THRESHOLD_FRACTIONS = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
+#: Default training-accuracy levels (classification) for :func:`steps_to_accuracies`.
+ACCURACY_LEVELS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def _centre(M):
@@ -137,5 +145,27 @@ def steps_to_thresholds(steps, losses, thresholds):
     out = []
     for thr in thresholds:
         hit = np.nonzero(losses <= thr)[0]
+        out.append(int(steps[hit[0]]) if hit.size else None)
+    return out
+
+
+def steps_to_accuracies(steps, accuracies, levels):
+    """First evaluated step at which the accuracy is at or above each level.
+
+    Parameters
+    ----------
+    steps : (k,) evaluation steps, increasing
+    accuracies : (k,) accuracies at those steps (NaN: never counts as reached)
+    levels : iterable of floats in [0, 1]
+
+    Returns
+    -------
+    list with, per level, the first ``steps[i]`` with ``accuracies[i] >= level``, or None.
+    """
+    steps = np.asarray(steps)
+    acc = np.asarray(accuracies, dtype=np.float64)
+    out = []
+    for level in levels:
+        hit = np.nonzero(acc >= level)[0]
         out.append(int(steps[hit[0]]) if hit.size else None)
     return out

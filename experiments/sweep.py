@@ -8,6 +8,9 @@ A *sweep directory* holds
     run: its subdirectory, ``status`` (``pending``, ``done``, ``failed``,
     ``interrupted``), the error message of a failed run, and its final metrics.
     Rewritten atomically after every finished run.
+``lr_probe.json``
+    With ``lr_policy = "per-width"`` only: the learning-rate probe of every width
+    (:mod:`experiments.controls`); each run's rate is then also in its record (``lr``).
 ``width-<d>/`` (one seed) or ``width-<d>/seed-<s>/`` (several seeds)
     One run directory each, exactly as written by ``cli.py train``
     (:func:`experiments.train.train`): ``width-inf``, ``width-10``, ...
@@ -377,10 +380,17 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
                                    "seed": record["seeds"][0]})
     _check_before_start(probe, scheduler)
     out.mkdir(parents=True, exist_ok=True)
+    if probe.lr_policy == "per-width":      # one rate per width from a recorded probe (experiments.controls)
+        from .controls import PROBE_FILE, per_width_rates
+        if force and not resume and (out / PROBE_FILE).exists():
+            (out / PROBE_FILE).unlink()
+        rates = per_width_rates(out, probe, record["widths"], log=log)
+        for r in record["runs"]:
+            r["lr"] = rates[str(r["width"])]
 
     tasks = []
     for r in record["runs"]:
-        cfg = {**record["config"], "width": r["width"], "seed": r["seed"]}
+        cfg = {**record["config"], "width": r["width"], "seed": r["seed"], **({"lr": r["lr"]} if "lr" in r else {})}
         tasks.append({"config": cfg, "dir": str(out / r["dir"])})
         if force and not resume:
             r["status"] = "pending"

@@ -23,7 +23,9 @@ A *run directory* holds
     Written when the run finishes: the final metrics, the wall time and the
     steps needed to reach a training loss of ``fraction * L_null`` for the
     fractions :data:`experiments.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
-    loss of the zero predictor on the training set; see :mod:`experiments.metrics`).
+    loss of the zero predictor on the training set; see :mod:`experiments.metrics`), and for
+    classification the steps needed to reach the training accuracies
+    :data:`experiments.metrics.ACCURACY_LEVELS`.
 
 Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
 training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
@@ -46,7 +48,8 @@ import numpy as np
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
 from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
-from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
+from .metrics import (ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_accuracies,
+                      steps_to_thresholds)
 
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
                   "feature_movement", "kernel_alignment"]
@@ -86,6 +89,13 @@ class TrainConfig:
     checkpoint_every: int | None = None   # default: every evaluation
     backend: str = "numpy"
     dtype: str = "float64"
+    # controls of the experiments (experiments.controls, experiments.tasks; MATH §7.2-§7.4)
+    task: str = "default"            # "autoencoder": targets = inputs
+    latent_dim: int = 2              # multi-index / manifold only
+    center: bool = False             # train and report F - F0
+    lr_policy: str = "fixed"         # "per-width": lr = lr_fraction x largest stable rate (set by the probe)
+    lr_fraction: float = 0.5
+    lr_probe_steps: int = 100
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
@@ -96,11 +106,18 @@ class TrainConfig:
             if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
                 raise TrainError(f"{name}: expected a positive integer, got {val!r}")
 
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        from .data import DATASETS
+        if self.dataset not in DATASETS:
+            raise TrainError(f"dataset: expected one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        from .controls import validate_controls
+        try:
+            validate_controls(self)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         if self.width != "inf":
             positive_int("width")
-        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "d0", "dr"):
+        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "d0", "dr", "latent_dim",
+                     "lr_probe_steps"):
             positive_int(name)
         for name in ("train_size", "test_size", "checkpoint_every"):
             positive_int(name, allow_none=True)
@@ -149,13 +166,16 @@ def resolve_backend(name, dtype="float64"):
 def load_data(config):
     """The data set of a run (deterministic in the config)."""
     from .data import load_dataset
+    from .tasks import apply_task
     kwargs = {}
     if config.dataset == "synthetic":
         kwargs = {"d0": config.d0, "dr": config.dr}
+    elif config.dataset in ("multi-index", "manifold"):
+        kwargs = {"d0": config.d0, "latent_dim": config.latent_dim}
     try:
-        return load_dataset(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
-                            test_size=config.test_size, seed=config.data_seed,
-                            **kwargs)
+        return apply_task(load_dataset(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
+                                       test_size=config.test_size, seed=config.data_seed, **kwargs),
+                          config.task)
     except (ValueError, OSError) as exc:
         raise TrainError(str(exc)) from None
 
@@ -205,12 +225,17 @@ def _outputs(sim, X, rows=None):
     return F if rows is None else F[rows]
 
 
-def evaluate(sim, data, rows):
-    """Losses (mean |F - y|^2 / 2) and accuracies (classification) on the eval subsets."""
+def evaluate(sim, data, rows, centring=None):
+    """Losses (mean |F - y|^2 / 2) and accuracies (classification) on the eval subsets.
+
+    With ``centring`` (:class:`experiments.controls.Centring`) the outputs are F - F0 (MATH §7.4).
+    """
     out = {}
     for split, X, Y, labels, r in (("train", data.X_train, data.Y_train, data.labels_train, rows),
                                    ("test", data.X_test, data.Y_test, data.labels_test, None)):
         F = _outputs(sim, X, r)
+        if centring is not None:
+            F = centring.centred(split, F, r)
         Yr = Y if r is None else Y[r]
         out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Yr) ** 2, axis=1)))
         if labels is not None:
@@ -304,6 +329,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     if not resume:
         out = prepare_run_dir(out, force)
     sim, info = build_simulator(config, data, backend)
+    from .controls import Centring
+    centring = Centring(sim, data) if config.center else None    # F0 of the fresh simulator, before any step
     rows = eval_rows(config, data.X_train.shape[0])
     probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume
     ckpt_every = config.checkpoint_every or config.eval_every
@@ -344,7 +371,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         save_npz(out / "checkpoint.npz", state)
 
     def record(step):
-        row = {"step": step, **evaluate(sim, data, rows), "wall_s": round(wall(), 3), **probe(sim)}
+        row = {"step": step, **evaluate(sim, data, rows, centring), "wall_s": round(wall(), 3), **probe(sim)}
         for key in ("train_loss", "test_loss"):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
@@ -379,7 +406,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     _plot(out, metrics)
     summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                "wall_s": round(wall(), 3),
-               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train))}
+               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train)),
+               "steps_to_accuracy": accuracy_summary(metrics)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out
 
@@ -396,6 +424,16 @@ def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
     hits = steps_to_thresholds(steps, losses, thresholds)
     return {"loss_null": loss_null, "definition": "first evaluated step with train_loss <= fraction * loss_null",
             "thresholds": [{"fraction": f, "loss": t, "step": h} for f, t, h in zip(fractions, thresholds, hits)]}
+
+
+def accuracy_summary(metrics, levels=ACCURACY_LEVELS):
+    """Steps to reach the training accuracies ``levels`` (None for regression; see :mod:`experiments.metrics`)."""
+    acc = [r.get("train_acc") for r in metrics]
+    if not acc or any(a in (None, "") for a in acc):
+        return None
+    hits = steps_to_accuracies([int(r["step"]) for r in metrics], [float(a) for a in acc], levels)
+    return {"definition": "first evaluated step with train_acc >= level",
+            "levels": [{"accuracy": a, "step": h} for a, h in zip(levels, hits)]}
 
 
 def _checkpoint_step(out):
