@@ -11,7 +11,13 @@ and writes into it (or into ``figdir``):
     Training and test accuracy against steps (classification only; figs 5, 8).
 ``heatmap.png``
     Loss (mean over seeds) over width x step for the first ``heatmap_steps``
-    steps (4000, or the run length if shorter), log colour scale (figs 3, 6, 9).
+    steps (4000, or the run length if shorter), log colour scale (figs 3, 6, 9)
+    spanning the losses after step 0 (the random initial losses would otherwise
+    set the scale and leave the rest in one colour; step 0 is clipped).
+``heatmap_relative.png``
+    Each width's mean loss divided by ``inf``'s at the same step, log colour
+    scale symmetric about 1 (blue: lower loss than ``inf``, red: higher); only
+    when the sweep has ``inf`` (:func:`relative_table`).
 ``train_vs_test.png``
     Test loss against training loss by the procedure of appendix D.4 (figs 4, 7,
     10), left with all widths, right with the finite widths only (as fig 4).
@@ -57,7 +63,7 @@ from .train import PLOT_LOCK, TrainError, atomic_write_bytes
 
 DPI = 90
 MA_LENGTH = 5
-FIGURES = ("loss.png", "accuracy.png", "heatmap.png", "train_vs_test.png", "features.png")
+FIGURES = ("loss.png", "accuracy.png", "heatmap.png", "heatmap_relative.png", "train_vs_test.png", "features.png")
 _COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "feature_movement", "kernel_alignment")
 
 
@@ -334,23 +340,76 @@ def heatmap_table(runs_by_width, key, max_steps):
     return list(stats), edges, table
 
 
+def relative_table(runs_by_width, key, max_steps, reference="inf"):
+    """(widths, step edges, ratio): each width's mean loss divided by ``reference``'s at the same step.
+
+    Same layout as :func:`heatmap_table` (the reference row is all ones where it has a value);
+    NaN where either value is missing or the reference is not positive.
+
+    Raises
+    ------
+    ValueError when the sweep has no run of width ``reference``.
+    """
+    widths, edges, table = heatmap_table(runs_by_width, key, max_steps)
+    if reference not in widths:
+        raise ValueError(f"reference: the sweep has no width {reference!r} to divide by")
+    ref = table[widths.index(reference)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(ref > 0, table / ref, np.nan)
+    return widths, edges, ratio
+
+
+def colour_range(table, skip_first=True):
+    """(vmin, vmax) of the positive finite cells, leaving out the first column (step 0) if there are others.
+
+    Step 0 holds the random initial losses, which can lie far above everything after it; a colour
+    scale stretched to include them leaves the rest of the map in one colour.  Returns None if empty.
+    """
+    body = table[:, 1:] if skip_first and table.shape[1] > 1 else table
+    vals = body[np.isfinite(body) & (body > 0)]
+    return (float(vals.min()), float(vals.max())) if vals.size else None
+
+
+def _heatmap_axes(fig, ax, widths, edges, table, norm, cmap, title, label):
+    mesh = ax.pcolormesh(edges, np.arange(len(widths) + 1), np.ma.masked_invalid(table),
+                         norm=norm, cmap=cmap, shading="flat")
+    ax.set_yticks(np.arange(len(widths)) + 0.5)
+    ax.set_yticklabels([str(w) for w in widths])
+    ax.invert_yaxis()
+    ax.set_xlabel("step")
+    ax.set_ylabel("bottleneck width")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(mesh, ax=ax, label=label)
+
+
+def plot_heatmap_relative(runs_by_width, path, max_steps=4000, title=""):
+    """Each width's loss divided by inf's at the same step; log colour scale centred at 1 (blue = faster)."""
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(runs_by_width) + 1.2))
+    for ax, key in zip(axes, ("train_loss", "test_loss")):
+        widths, edges, ratio = relative_table(runs_by_width, key, max_steps)
+        vals = ratio[np.isfinite(ratio) & (ratio > 0)]
+        m = float(np.max(np.abs(np.log(vals)))) if vals.size else 0.0
+        m = max(m, np.log(1.01))                     # symmetric about 1 on the log scale
+        _heatmap_axes(fig, ax, widths, edges, ratio, LogNorm(vmin=np.exp(-m), vmax=np.exp(m)), "RdBu_r",
+                      key.replace("_", " ") + " / inf's", "ratio to inf (< 1: lower)")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_heatmap(runs_by_width, path, max_steps=4000, title=""):
+    """Loss over width x step, log colour scale over the steps after step 0 (step 0 clipped to the top)."""
     plt = _plt()
     from matplotlib.colors import LogNorm
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(runs_by_width) + 1.2))
     for ax, key in zip(axes, ("train_loss", "test_loss")):
         widths, edges, table = heatmap_table(runs_by_width, key, max_steps)
-        finite = table[np.isfinite(table) & (table > 0)]
-        norm = LogNorm(vmin=finite.min(), vmax=finite.max()) if finite.size else None
-        mesh = ax.pcolormesh(edges, np.arange(len(widths) + 1), np.ma.masked_invalid(table),
-                             norm=norm, cmap="viridis", shading="flat")
-        ax.set_yticks(np.arange(len(widths)) + 0.5)
-        ax.set_yticklabels([str(w) for w in widths])
-        ax.invert_yaxis()
-        ax.set_xlabel("step")
-        ax.set_ylabel("bottleneck width")
-        ax.set_title(key.replace("_", " "), fontsize=9)
-        fig.colorbar(mesh, ax=ax)
+        rng = colour_range(table)
+        norm = LogNorm(vmin=rng[0], vmax=rng[1], clip=True) if rng else None
+        _heatmap_axes(fig, ax, widths, edges, table, norm, "viridis", key.replace("_", " "),
+                      "loss (colour range: steps > 0)")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -425,6 +484,10 @@ def _plot_sweep(sweep_dir, figdir, heatmap_steps):
         written.append(figdir / "accuracy.png")
     plot_heatmap(runs, figdir / "heatmap.png", heatmap_steps, _title(sweep_dir, runs, band=False))
     written.append(figdir / "heatmap.png")
+    if "inf" in runs and len(runs) > 1:
+        plot_heatmap_relative(runs, figdir / "heatmap_relative.png", heatmap_steps,
+                              _title(sweep_dir, runs, band=False))
+        written.append(figdir / "heatmap_relative.png")
     plot_train_vs_test(runs, figdir / "train_vs_test.png", title)
     written.append(figdir / "train_vs_test.png")
     if plot_features(runs, figdir / "features.png", title):
@@ -475,6 +538,29 @@ def threshold_rows(sweep_dir):
     return fractions, loss_null, dict(sorted(table.items(), key=lambda kv: width_key(kv[0])))
 
 
+def accuracy_rows(sweep_dir):
+    """Steps to reach each training accuracy, per width, from the runs' summary.json.
+
+    Returns (levels, {width: [[step per seed] per level]}); ({} when no run has accuracies).
+    """
+    from .sweep import SWEEP_FILE, width_key
+    sweep_dir = Path(sweep_dir)
+    record = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    table, levels = {}, None
+    for r in record["runs"]:
+        path = sweep_dir / r["dir"] / "summary.json"
+        if not path.exists():
+            continue
+        st = json.loads(path.read_text()).get("steps_to_accuracy")
+        if not st:
+            continue
+        levels = [t["accuracy"] for t in st["levels"]]
+        cols = table.setdefault(r["width"], [[] for _ in levels])
+        for k, t in enumerate(st["levels"]):
+            cols[k].append(t["step"])
+    return levels, dict(sorted(table.items(), key=lambda kv: width_key(kv[0])))
+
+
 def _loss_at_steps(runs, fractions=(0.05, 0.125, 0.25, 0.5, 1.0)):
     """Table lines: training loss per width at evaluation steps spread over the run (mean (min-max))."""
     all_steps = np.unique(np.concatenate([r["step"] for rs in runs.values() for r in rs]))
@@ -506,6 +592,14 @@ def summary_tables(sweep_dir, matched=None):
                   "| width | " + " | ".join(f"{f:g} ({f * loss_null:.3g})" for f in fractions) + " |",
                   "|---|" + "---|" * len(fractions)]
         for width, cols in table.items():
+            lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
+        lines.append("")
+    levels, acc_table = accuracy_rows(sweep_dir)
+    if acc_table:
+        lines += ["Steps to reach training accuracy >= level; mean (min-max) over seeds, [k/n] = seeds that "
+                  "reached it:", "", "| width | " + " | ".join(f"{a:g}" for a in levels) + " |",
+                  "|---|" + "---|" * len(levels)]
+        for width, cols in acc_table.items():
             lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
         lines.append("")
     lines += _loss_at_steps(runs)

@@ -92,3 +92,11 @@ def test_feature_columns_survive_resume(tmp_path):
     b = train(TrainConfig(steps=25, width=3, **SMALL), tmp_path / "b", log=lambda m: None)
     keys = ("step", "train_loss", "feature_movement", "kernel_alignment")
     assert [[r[k] for k in keys] for r in _rows(a)] == [[r[k] for k in keys] for r in _rows(b)]
+
+
+def test_steps_to_accuracies_first_step_at_or_above():
+    from experiments.metrics import steps_to_accuracies
+    steps = [0, 10, 20, 30]
+    acc = [0.1, 0.55, 0.5, 0.81]          # not monotone: the first crossing counts
+    assert steps_to_accuracies(steps, acc, [0.5, 0.8, 0.81, 0.9]) == [10, 30, 30, None]
+    assert steps_to_accuracies(steps, [np.nan] * 4, [0.1]) == [None]

@@ -113,7 +113,7 @@ def test_plot_command_writes_small_pngs(tmp_path, classification):
     (sweep / "sweep.json").write_text(json.dumps({"widths": [4, 16, "inf"], "seeds": [0, 1], "runs": runs}))
     res = CliRunner().invoke(cli.cli, ["plot", str(sweep), "--out", str(tmp_path / "fig")])
     assert res.exit_code == 0, res.output
-    names = {"loss.png", "heatmap.png", "train_vs_test.png", "features.png", "tables.md"}
+    names = {"loss.png", "heatmap.png", "heatmap_relative.png", "train_vs_test.png", "features.png", "tables.md"}
     if classification:
         names.add("accuracy.png")
     assert {p.name for p in (tmp_path / "fig").iterdir()} == names
@@ -168,3 +168,36 @@ def test_tables_training_loss_at_selected_steps(tmp_path):
     assert header == "| width | step 20 | step 40 | step 80 | step 180 |"
     row = text.splitlines()[text.splitlines().index(header) + 2]
     assert row.startswith(f"| 4 | {np.mean(losses):.4g} ({min(losses):.3g}-{max(losses):.3g}) |")
+
+
+# ---------------------------------------------------------------- relative heatmap, colour range
+
+def test_relative_table_known_curves(tmp_path):
+    from experiments.plots import colour_range, plot_heatmap_relative, relative_table
+    steps = np.arange(0, 101, 10)
+    ref = np.exp(-steps / 50.0) + 0.1
+    runs = {5: [_run(0.5 * ref, ref, steps)],                                   # half of inf's loss throughout
+            10: [_run(2.0 * ref, ref, steps), _run(4.0 * ref, ref, steps)],     # mean over seeds: 3x inf
+            "inf": [_run(ref, 2 * ref, steps)]}
+    widths, edges, ratio = relative_table(runs, "train_loss", 80)
+    assert widths == [5, 10, "inf"]
+    assert ratio.shape == (3, 9) and edges.size == 10                          # steps 0..80
+    assert np.allclose(ratio[0], 0.5) and np.allclose(ratio[1], 3.0) and np.allclose(ratio[2], 1.0)
+    _, _, test_ratio = relative_table(runs, "test_loss", 100)
+    assert np.allclose(test_ratio[:2], 0.5)
+    plot_heatmap_relative(runs, tmp_path / "rel.png")
+    assert (tmp_path / "rel.png").read_bytes()[:8] == PNG
+    with pytest.raises(ValueError, match="reference"):
+        relative_table({5: runs[5]}, "train_loss", 80)
+    # the absolute heatmap's colour range leaves out step 0 (a large random initial loss)
+    table = np.array([[50.0, 0.2, 0.1], [40.0, 0.3, 0.05]])
+    assert colour_range(table) == (0.05, 0.3)
+    assert colour_range(table[:, :1]) == (40.0, 50.0)
+
+
+def test_relative_table_missing_steps_are_nan():
+    from experiments.plots import relative_table
+    runs = {3: [_run([1.0, 0.5, 0.25], [1, 1, 1], [0, 10, 20])],
+            "inf": [_run([2.0, 1.0], [1, 1], [0, 10])]}
+    _, _, ratio = relative_table(runs, "train_loss", 100)
+    assert np.allclose(ratio[0, :2], 0.5) and np.isnan(ratio[0, 2]) and np.isnan(ratio[1, 2])
