@@ -159,12 +159,15 @@ def _gib(b):
     return f"{b / 2 ** 30:.1f} GiB"
 
 
-def _load(dataset, data_dir, train_size, test_size, seed, d0, dr):
+def _load(dataset, data_dir, train_size, test_size, seed, d0, dr, task="default", latent_dim=2):
     from .data import load_dataset
+    from .tasks import apply_task
     kwargs = {"d0": d0, "dr": dr} if dataset == "synthetic" else {}
+    if dataset in ("multi-index", "manifold"):
+        kwargs = {"d0": d0, "latent_dim": latent_dim}
     try:
-        return load_dataset(dataset, data_dir=data_dir, train_size=train_size, test_size=test_size,
-                            seed=seed, **kwargs)
+        return apply_task(load_dataset(dataset, data_dir=data_dir, train_size=train_size, test_size=test_size,
+                                       seed=seed, **kwargs), task)
     except (ValueError, OSError) as exc:
         raise TrainError(str(exc).splitlines()[0]) from None
 
@@ -223,11 +226,18 @@ class SweepConfig:
     eval_every: int = 100
     eval_size: int = 1000
     backend: str = "numpy"
+    task: str = "default"                # "autoencoder": targets = inputs (experiments.tasks)
+    latent_dim: int = 2                  # multi-index / manifold only
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        from .data import DATASETS
+        from .tasks import TASKS
+        if self.dataset not in DATASETS:
+            raise TrainError(f"dataset: expected one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.task not in TASKS:
+            raise TrainError(f"task: expected one of {', '.join(TASKS)}, got {self.task!r}")
+        _positive_int("latent_dim", self.latent_dim)
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
             _positive_int(name, getattr(self, name))
@@ -373,7 +383,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     config.validate()
     xp = array_module(config.backend)
     data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
-                 config.d0, config.dr)
+                 config.d0, config.dr, config.task, config.latent_dim)
     if config.batch_size > data.n_train:
         raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
                          f"got {config.batch_size}")
@@ -642,7 +652,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
         raise TrainError(f"out: {out} already holds a comparison ({', '.join(existing)}); use --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
-                 config.d0, config.dr)
+                 config.d0, config.dr, config.task, config.latent_dim)
     if config.batch_size > data.n_train:
         raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
                          f"got {config.batch_size}")

@@ -87,3 +87,14 @@ def test_load_dataset_dispatch_multi_index():
     ds = load_dataset("multi-index", train_size=50, test_size=20, seed=2, d0=8, latent_dim=1)
     assert ds.name == "multi-index" and ds.X_train.shape == (50, 8) and ds.Y_train.shape == (50, 1)
     assert ds.meta["dataset"] == "multi-index" and ds.labels_train is None
+
+
+def test_finite_sweep_autoencoder_on_the_manifold(tmp_path):
+    import json
+    from experiments.finite_sweep import SweepConfig, finite_sweep
+    cfg = SweepConfig(dataset="manifold", task="autoencoder", d0=6, latent_dim=2, train_size=40, test_size=20,
+                      widths=(2,), hidden=200, steps=8, batch_size=5, eval_every=4, lr=0.5)
+    summary = finite_sweep(cfg, tmp_path / "fs", log=lambda m: None)
+    assert summary["widths"][0]["status"] == "done"
+    saved = json.loads((tmp_path / "fs" / "config.json").read_text())
+    assert saved["config"]["task"] == "autoencoder" and saved["data"]["dr"] == 6
