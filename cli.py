@@ -56,6 +56,30 @@ class PositiveFloat(click.ParamType):
 WIDTH = WidthType()
 POSITIVE = PositiveFloat()
 POS_INT = click.IntRange(min=1)
+DATASET_CHOICES = ["synthetic", "mnist", "cifar", "multi-index", "manifold"]
+
+
+def task_options(fn):
+    """--task and --latent-dim (train, sweep, finite-sweep; experiments.tasks, MATH §7.2-§7.3)."""
+    fn = click.option("--latent-dim", type=POS_INT, default=2, show_default=True,
+                      help="Latent dimension k of --dataset multi-index / manifold.")(fn)
+    fn = click.option("--task", type=click.Choice(["default", "autoencoder"]), default="default",
+                      show_default=True, help="autoencoder: the targets are the inputs (dr = d0).")(fn)
+    return fn
+
+
+def control_options(fn):
+    """--center and the learning-rate policy (train, sweep; experiments.controls, MATH §7.4-§7.5)."""
+    fn = click.option("--lr-probe-steps", type=POS_INT, default=100, show_default=True,
+                      help="Steps of each probe run of --lr-policy per-width.")(fn)
+    fn = click.option("--lr-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.5,
+                      show_default=True, help="per-width: the fraction of each width's largest stable rate.")(fn)
+    fn = click.option("--lr-policy", type=click.Choice(["fixed", "per-width"]), default="fixed", show_default=True,
+                      help="fixed: --lr for every width; per-width: --lr-fraction x the width's largest stable "
+                           "rate from a short recorded probe (lr_probe.json).")(fn)
+    fn = click.option("--center", is_flag=True,
+                      help="Train and report F - F0 (subtract each input's initial output).")(fn)
+    return task_options(fn)
 
 
 def run_guarded(fn, *args, **kwargs):
@@ -99,14 +123,14 @@ def cli():
 # ---------------------------------------------------------------------------- train
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
-              show_default=True, help="Data set (synthetic needs no download).")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="synthetic",
+              show_default=True, help="Data set (synthetic, multi-index and manifold need no download).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
 @click.option("--train-size", type=POS_INT, default=None,
-              help="Number of training points (a fixed seeded subset). [default: 1000 synthetic, all otherwise]")
+              help="Number of training points (a fixed seeded subset). [default: 1000 generated data, all otherwise]")
 @click.option("--test-size", type=POS_INT, default=None,
-              help="Number of test points (a fixed seeded subset). [default: 500 synthetic, all otherwise]")
+              help="Number of test points (a fixed seeded subset). [default: 500 generated data, all otherwise]")
 @click.option("--width", type=WIDTH, default=10, show_default=True,
               help="Bottleneck width d, or 'inf' for the network without bottleneck.")
 @click.option("--steps", type=POS_INT, default=None, help="Number of SGD steps.  [default: 600]")
@@ -129,7 +153,7 @@ def cli():
 @click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
               show_default=True, help="numpy = reference; cpu = Numba; gpu = CuPy; auto = gpu if present, else cpu.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic, multi-index, manifold).")
 @click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
 @click.option("--out", type=click.Path(), default=None,
               help="Run directory. [default: runs/<dataset>-width<d>-seed<s>-<time>]")
@@ -137,6 +161,7 @@ def cli():
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue the run in this directory (with its saved options) up to --steps.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@control_options
 def train(resume_dir, out, force, quiet, steps, **options):
     """Train one model and write a run directory.
 
@@ -151,12 +176,15 @@ def train(resume_dir, out, force, quiet, steps, **options):
         config.steps = steps
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
+        if options["dataset"] in ("synthetic", "multi-index", "manifold"):
             options["train_size"] = options["train_size"] or 1000
             options["test_size"] = options["test_size"] or 500
         config = TrainConfig(steps=steps or 600, **options)
         target = Path(out) if out else Path("runs") / (
             f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if config.lr_policy == "per-width":
+            from experiments.controls import probe_run
+            run_guarded(probe_run, config, target, force, log=lambda msg: click.echo(msg, err=True))
     progress = None if quiet else click_progress
     path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
                        progress=progress, log=lambda msg: click.echo(msg, err=True))
@@ -188,7 +216,7 @@ def download(dataset, data_dir, base_url):
 # ---------------------------------------------------------------------------- sweep, plot
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="synthetic",
               show_default=True, help="Data set (the same data for every run).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
@@ -213,7 +241,7 @@ def download(dataset, data_dir, base_url):
 @click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
               show_default=True, help="Simulator backend of every run.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic, multi-index, manifold).")
 @click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
 @click.option("--jobs", "-j", type=POS_INT, default=None,
               help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
@@ -225,6 +253,7 @@ def download(dataset, data_dir, base_url):
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue the sweep in this directory with its saved options (finished runs are kept).")
 @click.option("--no-plot", is_flag=True, help="Do not write the combined figures at the end.")
+@control_options
 def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps, **options):
     """Train one model per width and seed, in parallel, into one sweep directory.
 
@@ -250,7 +279,7 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
                              scheduler=scheduler, plot=not no_plot, log=say)
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
+        if options["dataset"] in ("synthetic", "multi-index", "manifold"):
             options["train_size"] = options["train_size"] or 1000
             options["test_size"] = options["test_size"] or 500
         width_list = run_guarded(parse_widths, widths)
@@ -284,7 +313,7 @@ def plot(sweep_dir, figdir, heatmap_steps):
 # ---------------------------------------------------------------------------- finite networks (appendix F)
 
 @cli.command("finite-sweep")
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="mnist", show_default=True)
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="mnist", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
 @click.option("--train-size", type=POS_INT, default=None,
@@ -303,7 +332,7 @@ def plot(sweep_dir, figdir, heatmap_steps):
 @click.option("--eval-every", type=POS_INT, default=100, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
               help="Training points (a fixed subset) for the training loss and error.")
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
+@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic, multi-index, manifold).")
 @click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
 @click.option("--backend", type=click.Choice(["numpy", "gpu"]), default="numpy", show_default=True,
               help="gpu runs the same networks with CuPy arrays.")
@@ -312,6 +341,7 @@ def plot(sweep_dir, figdir, heatmap_steps):
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Finish the sweep in this directory with its saved options (finished sizes are skipped; "
                    "--widths adds sizes).")
+@task_options
 def finite_sweep_cmd(out, force, resume_dir, widths, **options):
     """Appendix F: finite networks of hidden width n across bottleneck sizes, trained by SGD.
 
@@ -332,7 +362,7 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
         summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
+        if options["dataset"] in ("synthetic", "multi-index", "manifold"):
             options["train_size"] = options["train_size"] or 1000
             options["test_size"] = options["test_size"] or 500
         target = Path(out) if out else Path("runs") / f"finite-{options['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"

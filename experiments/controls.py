@@ -198,3 +198,21 @@ def per_width_rates(out, config, widths, log=None):
             record["widths"][str(w)] = probe_width(config, w, data, backend, log)
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return {str(w): record["widths"][str(w)]["lr"] for w in widths}
+
+
+def probe_run(config, out, force=False, log=None):
+    """Per-width rate of a single run (``cli.py train --lr-policy per-width``): probe, set ``config.lr``.
+
+    The probe is written to ``out/lr_probe.json`` (the run directory; created here) in the format
+    of a sweep's.  Bad options fail before anything is written.
+    """
+    from .train import atomic_write_text, check_run_dir
+    config.validate()
+    check_run_dir(out, force)
+    result = probe_width(config, config.width, log=log)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
+              "seed": config.seed, "options": _probe_key(config), "widths": {str(config.width): result}}
+    atomic_write_text(Path(out) / PROBE_FILE, json.dumps(record, indent=2) + "\n")
+    config.lr = result["lr"]
+    return result

@@ -126,3 +126,50 @@ def test_train_on_multi_index_and_autoencoder_manifold(tmp_path):
     loss = _cols(out, "train_loss")[:, 0]
     assert loss[-1] < loss[0]
     assert json.loads((out / "config.json").read_text())["data"]["dr"] == 6
+
+
+# ---------------------------------------------------------------- command line
+
+TINY = ["--train-size", "60", "--test-size", "20", "--d0", "4", "--batch-size", "10", "--eval-every", "5",
+        "--eval-size", "30", "--init-width", "300"]
+
+
+def test_cli_train_per_width_and_centred(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli.cli, ["train", *TINY, "--width", "3", "--steps", "10", "--center",
+                                       "--lr-policy", "per-width", "--lr-fraction", "0.5", "--lr-probe-steps", "10",
+                                       "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    probe = json.loads((out / "lr_probe.json").read_text())
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["lr"] == probe["widths"]["3"]["lr"] == 0.5 * probe["widths"]["3"]["largest_stable"]
+    assert cfg["center"] is True and cfg["lr_policy"] == "per-width"
+
+
+def test_cli_sweep_multi_index_autoencoder_and_finite_sweep(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    res = CliRunner().invoke(cli.cli, ["sweep", *TINY, "--dataset", "multi-index", "--latent-dim", "1",
+                                       "--widths", "2,inf", "--seeds", "0", "--steps", "10", "-j", "1",
+                                       "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "heatmap_relative.png").is_file()
+    res = CliRunner().invoke(cli.cli, ["finite-sweep", "--dataset", "manifold", "--task", "autoencoder", "--d0", "5",
+                                       "--latent-dim", "2", "--train-size", "30", "--test-size", "10",
+                                       "--hidden", "100", "--steps", "5", "--eval-every", "5", "--widths", "2",
+                                       "--lr", "0.2", "--out", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_bad_control_option_one_line(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    from clihelpers import one_line_error
+    res = CliRunner().invoke(cli.cli, ["train", *TINY, "--lr-fraction", "2", "--out", str(tmp_path / "r")])
+    assert "--lr-fraction" in one_line_error(res)
+    res = CliRunner().invoke(cli.cli, ["train", *TINY, "--dataset", "multi-index", "--latent-dim", "9",
+                                       "--out", str(tmp_path / "r")])
+    assert "latent_dim" in one_line_error(res)
+    assert not (tmp_path / "r").exists()
