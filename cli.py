@@ -235,6 +235,7 @@ def download(dataset, data_dir, base_url):
 @click.option("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr).")
 @click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
               help="Width n0 of the random network that draws g0, f0, J0.")
+@click.option("--activation", type=click.Choice(["relu", "linear"]), default="relu", show_default=True)
 @click.option("--eval-every", type=POS_INT, default=50, show_default=True, help="Steps between evaluations.")
 @click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
               help="Training points (a fixed subset) for the training loss and the bottleneck metrics.")
