@@ -580,6 +580,57 @@ def _loss_at_steps(runs, fractions=(0.05, 0.125, 0.25, 0.5, 1.0)):
     return lines + [""]
 
 
+def relative_to_inf(runs, steps, key="train_loss"):
+    """Each finite width's loss against ``inf``'s at the given steps (for verdicts on acceleration).
+
+    Returns {width: [(ratio of means, lo, hi, relation) per step]} with ``lo``/``hi`` the width's
+    min/max over seeds, and ``relation`` "below" when every seed of the width is below every seed of
+    ``inf`` (seed ranges disjoint), "above" in the opposite case, "overlap" otherwise; None where a
+    width or ``inf`` has no value at that step.  {} without ``inf``.
+    """
+    if "inf" not in runs:
+        return {}
+
+    def at(rs, step):
+        return np.array([r[key][r["step"] == step][0] for r in rs if np.any(r["step"] == step)])
+
+    out = {}
+    for width, rs in runs.items():
+        if width == "inf":
+            continue
+        cells = []
+        for step in steps:
+            v, ref = at(rs, step), at(runs["inf"], step)
+            if not v.size or not ref.size:
+                cells.append(None)
+                continue
+            rel = "below" if v.max() < ref.min() else ("above" if v.min() > ref.max() else "overlap")
+            cells.append((float(v.mean() / ref.mean()), float(v.min()), float(v.max()), rel))
+        out[width] = cells
+    return out
+
+
+def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0)):
+    if "inf" not in runs:
+        return []
+    all_steps = np.unique(np.concatenate([r["step"] for rs in runs.values() for r in rs]))
+    chosen = sorted({int(all_steps[np.argmin(np.abs(all_steps - f * all_steps.max()))]) for f in fractions} - {0})
+    table = relative_to_inf(runs, chosen)
+    lines = ["Training loss relative to inf: ratio of the means over seeds, the width's min-max over seeds, and "
+             "whether every seed is below / above every seed of inf (disjoint ranges) or they overlap:", "",
+             "| width | " + " | ".join(f"step {c}" for c in chosen) + " |", "|---|" + "---|" * len(chosen)]
+    for width, cells in table.items():
+        lines.append(f"| {width} | " + " | ".join("" if c is None else f"{c[0]:.3g} ({c[1]:.3g}-{c[2]:.3g}, {c[3]})"
+                                                  for c in cells) + " |")
+    ref = seed_stats(runs["inf"], "train_loss")
+    cells = []
+    for c in chosen:
+        i = np.nonzero(ref[0] == c)[0]
+        cells.append(f"1 ({ref[2][i[0]]:.3g}-{ref[3][i[0]]:.3g})" if i.size else "")
+    lines.append("| inf | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def summary_tables(sweep_dir, matched=None):
     """Markdown tables of a sweep: steps to training-loss thresholds, final metrics, and the
     test loss at matched training losses (from the appendix D.4 curves, all widths)."""
@@ -603,6 +654,7 @@ def summary_tables(sweep_dir, matched=None):
             lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
         lines.append("")
     lines += _loss_at_steps(runs)
+    lines += _relative_lines(runs)
     keys = [k for k in ("train_loss", "test_loss", "train_acc", "test_acc", "feature_movement",
                         "kernel_alignment") if any(np.any(np.isfinite(r[k])) for rs in runs.values() for r in rs)]
     lines += ["Final values, mean +- standard deviation over seeds:", "",

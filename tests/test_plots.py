@@ -201,3 +201,18 @@ def test_relative_table_missing_steps_are_nan():
             "inf": [_run([2.0, 1.0], [1, 1], [0, 10])]}
     _, _, ratio = relative_table(runs, "train_loss", 100)
     assert np.allclose(ratio[0, :2], 0.5) and np.isnan(ratio[0, 2]) and np.isnan(ratio[1, 2])
+
+
+def test_relative_to_inf_relations():
+    from experiments.plots import relative_to_inf
+    steps = np.array([0, 10, 20])
+    runs = {4: [_run([1.0, 0.2, 0.1], [1, 1, 1], steps), _run([1.0, 0.3, 0.3], [1, 1, 1], steps)],
+            "inf": [_run([1.0, 0.4, 0.2], [1, 1, 1], steps), _run([1.0, 0.5, 0.25], [1, 1, 1], steps)]}
+    cells = relative_to_inf(runs, [10, 20, 30])[4]
+    assert cells[0][0] == pytest.approx(0.25 / 0.45) and cells[0][1:] == (0.2, 0.3, "below")
+    assert cells[1][3] == "overlap" and cells[2] is None
+    runs[4][1]["train_loss"][1] = 0.6
+    assert relative_to_inf(runs, [10])[4][0][3] == "overlap"
+    runs[4][0]["train_loss"][1] = 0.55
+    assert relative_to_inf(runs, [10])[4][0][3] == "above"
+    assert relative_to_inf({4: runs[4]}, [10]) == {}
