@@ -168,19 +168,21 @@ def _probe_key(config):
     return d
 
 
-def per_width_rates(out, config, widths, log=None):
+def per_width_rates(out, config, widths, log=None, jobs=1):
     """Rates of a per-width sweep: read ``out/lr_probe.json`` if it matches, else probe and write it.
 
     Parameters
     ----------
     out : sweep directory;  config : TrainConfig of the sweep (its ``seed`` is the probe's seed)
     widths : list of int or "inf"
+    jobs : probe the widths in this many spawned processes (the results do not depend on it)
 
     Returns
     -------
     dict {str(width): rate}
     """
     from .train import atomic_write_text, load_data, resolve_backend
+    Path(out).mkdir(parents=True, exist_ok=True)
     path = Path(out) / PROBE_FILE
     key = _probe_key(config)
     record = None
@@ -192,12 +194,29 @@ def per_width_rates(out, config, widths, log=None):
         record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
                   "seed": config.seed, "options": key, "widths": {}}
     missing = [w for w in widths if str(w) not in record["widths"]]
-    if missing:
+    if missing and jobs > 1 and len(missing) > 1:      # one worker process per width (same results)
+        import multiprocessing
+        from .sweep import _thread_env, default_jobs
+        n = min(jobs, len(missing))
+        with _thread_env(max(1, default_jobs() // n)):
+            with multiprocessing.get_context("spawn").Pool(n) as pool:
+                results = pool.starmap(_probe_task, [(dataclasses.asdict(config), w) for w in missing])
+        for w, res in zip(missing, results):
+            record["widths"][str(w)] = res
+            if log:
+                log(f"lr probe width {w}: largest stable {res['largest_stable']:g}, rate {res['lr']:g}")
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    elif missing:
         data, backend = load_data(config), resolve_backend(config.backend, config.dtype)
         for w in missing:
             record["widths"][str(w)] = probe_width(config, w, data, backend, log)
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return {str(w): record["widths"][str(w)]["lr"] for w in widths}
+
+
+def _probe_task(config_dict, width):
+    from .train import TrainConfig
+    return probe_width(TrainConfig.from_json(config_dict), width)
 
 
 def probe_run(config, out, force=False, log=None):

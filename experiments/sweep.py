@@ -384,7 +384,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         from .controls import PROBE_FILE, per_width_rates
         if force and not resume and (out / PROBE_FILE).exists():
             (out / PROBE_FILE).unlink()
-        rates = per_width_rates(out, probe, record["widths"], log=log)
+        rates = per_width_rates(out, probe, record["widths"], log=log,
+                                jobs=1 if scheduler else (jobs or default_jobs()))
         for r in record["runs"]:
             r["lr"] = rates[str(r["width"])]
 

@@ -173,3 +173,19 @@ def test_cli_bad_control_option_one_line(tmp_path):
                                        "--out", str(tmp_path / "r")])
     assert "latent_dim" in one_line_error(res)
     assert not (tmp_path / "r").exists()
+
+
+def test_probe_in_parallel_gives_the_serial_result(tmp_path):
+    from experiments.controls import per_width_rates
+    cfg = TrainConfig(lr_policy="per-width", lr_probe_steps=10, **SMALL)
+    serial = per_width_rates(tmp_path / "a", cfg, [3, "inf"], jobs=1)
+    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], jobs=2)
+    assert serial == parallel
+    a = json.loads((tmp_path / "a" / "lr_probe.json").read_text())["widths"]
+    b = json.loads((tmp_path / "b" / "lr_probe.json").read_text())["widths"]
+    for w in a:       # same decisions; losses equal up to the rounding of another BLAS thread count
+        assert [(t["lr"], t["stable"]) for t in a[w]["trials"]] == [(t["lr"], t["stable"]) for t in b[w]["trials"]]
+        for ta, tb in zip(a[w]["trials"], b[w]["trials"]):
+            assert ta["initial_loss"] == pytest.approx(tb["initial_loss"], rel=1e-10)
+            if ta["final_loss"] is not None:
+                assert ta["final_loss"] == pytest.approx(tb["final_loss"], rel=1e-10)
