@@ -384,7 +384,7 @@ def download(dataset, data_dir, base_url):
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated seeds (initial functions and batch order) per width.")
 @model_options()
-@run_options(skip=("seed", "checkpoint_every"), backend={"help": "Simulator backend of every run."})
+@run_options(skip=("seed", "checkpoint_every"))
 @click.option("--jobs", "-j", type=POS_INT, default=None,
               help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
