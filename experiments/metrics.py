@@ -169,3 +169,15 @@ def steps_to_accuracies(steps, accuracies, levels):
         hit = np.nonzero(acc >= level)[0]
         out.append(int(steps[hit[0]]) if hit.size else None)
     return out
+
+
+def simulator_outputs(sim, X, rows=None):
+    """F_t on the inputs X (q, d0) of a simulator of any backend, at ``rows`` of them (None: all) -> (q', dr).
+
+    A bottleneck simulator reads its tracked embeddings g_t(X) and applies f_t; ``inf`` reads F_t.
+    """
+    if hasattr(sim, "f"):                          # bottleneck: F = f_t(g_t(X))
+        G = sim.embeddings(X)
+        return sim.f(G if rows is None else G[rows])
+    F = sim.outputs(X)
+    return F if rows is None else F[rows]

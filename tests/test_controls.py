@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import experiments.train as train_mod
-from experiments.controls import Centring, probe_width
+from experiments.controls import Centring
+from experiments.lr_probe import probe_width
+from experiments.metrics import simulator_outputs
 from experiments.sweep import run_sweep
 from experiments.train import TrainConfig, TrainError, build_simulator, load_data, resolve_backend, train
 
@@ -32,8 +34,8 @@ def test_centring_equals_uncentred_run_on_shifted_targets(tmp_path, monkeypatch,
     # the uncentred simulator on targets y + F0 (F0 = the initial outputs of the same seed's simulator)
     data = load_data(cfg)
     sim, _ = build_simulator(cfg, data, resolve_backend("numpy"))
-    F0_train = train_mod._outputs(sim, data.X_train)
-    F0_test = train_mod._outputs(sim, data.X_test)
+    F0_train = simulator_outputs(sim, data.X_train)
+    F0_test = simulator_outputs(sim, data.X_test)
     shifted = dataclasses.replace(data, Y_train=data.Y_train + F0_train, Y_test=data.Y_test + F0_test)
     monkeypatch.setattr(train_mod, "load_data", lambda config: shifted)
     plain = train(dataclasses.replace(cfg, center=False), tmp_path / "plain", log=lambda m: None)
@@ -176,10 +178,11 @@ def test_cli_bad_control_option_one_line(tmp_path):
 
 
 def test_probe_in_parallel_gives_the_serial_result(tmp_path):
-    from experiments.controls import per_width_rates
+    from experiments.lr_probe import per_width_rates
+    from experiments.sweep import _pool_starmap
     cfg = TrainConfig(lr_policy="per-width", lr_probe_steps=10, **SMALL)
-    serial = per_width_rates(tmp_path / "a", cfg, [3, "inf"], jobs=1)
-    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], jobs=2)
+    serial = per_width_rates(tmp_path / "a", cfg, [3, "inf"])
+    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], starmap=lambda f, a: _pool_starmap(f, a, 2))
     assert serial == parallel
     a = json.loads((tmp_path / "a" / "lr_probe.json").read_text())["widths"]
     b = json.loads((tmp_path / "b" / "lr_probe.json").read_text())["widths"]

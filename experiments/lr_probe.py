@@ -1,0 +1,161 @@
+"""The per-width learning-rate probe (MATH §7.5; the rule is in :mod:`experiments.controls`).
+
+:func:`probe_width` finds one width's largest stable rate of the doubling grid; :func:`per_width_rates`
+does it for the widths of a sweep and records every trial in ``lr_probe.json``; :func:`probe_run` does it
+for a single ``cli.py train`` run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from refimpl.dynamics import DivergenceError
+from .controls import Centring
+from .fileio import atomic_write_text
+from .train import (TrainConfig, TrainError, batch_indices, build_simulator, check_run_dir, eval_rows, evaluate,
+                    load_data, resolve_backend)
+
+PROBE_FILE = "lr_probe.json"
+#: The probe's grid: rates 2^j for j in this range.
+GRID_EXPONENTS = (-12, 12)
+PROBE_RULE = ("rates 2^j; walk from 2^0 up while stable, down while unstable; stable = no divergence and "
+              "final training loss (evaluation rows, centred if the run is) below the initial one")
+
+def _trial(config, data, backend, rate):
+    """One probe run at ``rate``: (stable, initial loss, final loss, error or None)."""
+    cfg = dataclasses.replace(config, lr=float(rate))
+    sim, _ = build_simulator(cfg, data, backend)
+    centring = Centring(sim, data) if cfg.center else None
+    rows = eval_rows(cfg, data.X_train.shape[0])
+    first = evaluate(sim, data, rows, centring)["train_loss"]
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            for step in range(cfg.lr_probe_steps):
+                sim.step(batch_indices(cfg.seed, step, data.X_train.shape[0], cfg.batch_size))
+            last = evaluate(sim, data, rows, centring)["train_loss"]
+    except DivergenceError as exc:
+        return False, first, None, str(exc).splitlines()[0]
+    if not np.isfinite(last):
+        return False, first, None, f"training loss {last} after {cfg.lr_probe_steps} steps"
+    return bool(last < first), first, float(last), None
+
+
+def probe_width(config, width, data=None, backend=None, log=None):
+    """The largest stable rate of the doubling grid for one width (module docstring).
+
+    Parameters
+    ----------
+    config : TrainConfig (its seed, data, steps of the probe ``lr_probe_steps``, centring, task)
+    width : int or "inf"
+    data, backend : the loaded data set and simulator backend (loaded from ``config`` when None)
+
+    Returns
+    -------
+    dict: ``trials`` (list of {lr, stable, initial_loss, final_loss, error}, in the order run),
+    ``largest_stable`` (float) and ``lr`` (= lr_fraction x largest_stable).  Deterministic.
+
+    Raises
+    ------
+    TrainError when no rate of the grid is stable.
+    """
+    config = dataclasses.replace(config, width=width, lr_policy="fixed")
+    data = data if data is not None else load_data(config)
+    backend = backend if backend is not None else resolve_backend(config.backend, config.dtype)
+    lo, hi = GRID_EXPONENTS
+    trials, cache = [], {}
+
+    def stable(j):
+        if j not in cache:
+            ok, first, last, err = _trial(config, data, backend, 2.0 ** j)
+            cache[j] = ok
+            trials.append({"lr": 2.0 ** j, "stable": ok, "initial_loss": first, "final_loss": last, "error": err})
+            if log:
+                log(f"lr probe width {width}: lr {2.0 ** j:g} {'stable' if ok else 'unstable'}")
+        return cache[j]
+
+    j = 0
+    if stable(j):
+        while j < hi and stable(j + 1):
+            j += 1
+    else:
+        while j > lo and not stable(j - 1):
+            j -= 1
+        j -= 1
+        if j < lo or not cache.get(j, False):
+            raise TrainError(f"lr_policy: no stable rate down to 2^{lo} for width {width}")
+    best = 2.0 ** j
+    return {"trials": trials, "largest_stable": best, "lr": float(config.lr_fraction * best)}
+
+
+def _probe_key(config):
+    """The options a probe result depends on (a resumed sweep reuses the probe only when they match)."""
+    d = dataclasses.asdict(config)
+    for k in ("width", "lr", "steps", "eval_every", "checkpoint_every"):
+        d.pop(k, None)
+    return d
+
+
+def per_width_rates(out, config, widths, log=None, starmap=None):
+    """Rates of a per-width sweep: read ``out/lr_probe.json`` if it matches, else probe and write it.
+
+    Parameters
+    ----------
+    out : sweep directory;  config : TrainConfig of the sweep (its ``seed`` is the probe's seed)
+    widths : list of int or "inf"
+    starmap : optional ``starmap(fn, list of argument tuples) -> list`` that runs the widths' probes
+        (e.g. in worker processes; the sweep passes its pool); default: one after the other here
+
+    Returns
+    -------
+    dict {str(width): rate}
+    """
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / PROBE_FILE
+    key = _probe_key(config)
+    record = None
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("options") == key:
+            record = saved
+    if record is None:
+        record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
+                  "seed": config.seed, "options": key, "widths": {}}
+    missing = [w for w in widths if str(w) not in record["widths"]]
+    if missing and starmap is not None and len(missing) > 1:      # e.g. one worker process per width
+        results = starmap(_probe_task, [(dataclasses.asdict(config), w) for w in missing])
+        for w, res in zip(missing, results):
+            record["widths"][str(w)] = res
+            if log:
+                log(f"lr probe width {w}: largest stable {res['largest_stable']:g}, rate {res['lr']:g}")
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    elif missing:
+        data, backend = load_data(config), resolve_backend(config.backend, config.dtype)
+        for w in missing:
+            record["widths"][str(w)] = probe_width(config, w, data, backend, log)
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return {str(w): record["widths"][str(w)]["lr"] for w in widths}
+
+
+def _probe_task(config_dict, width):
+    return probe_width(TrainConfig.from_json(config_dict), width)
+
+
+def probe_run(config, out, force=False, log=None):
+    """Per-width rate of a single run (``cli.py train --lr-policy per-width``): probe, set ``config.lr``.
+
+    The probe is written to ``out/lr_probe.json`` (the run directory; created here) in the format
+    of a sweep's.  Bad options fail before anything is written.
+    """
+    config.validate()
+    check_run_dir(out, force)
+    result = probe_width(config, config.width, log=log)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
+              "seed": config.seed, "options": _probe_key(config), "widths": {str(config.width): result}}
+    atomic_write_text(Path(out) / PROBE_FILE, json.dumps(record, indent=2) + "\n")
+    config.lr = result["lr"]
+    return result
