@@ -608,7 +608,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
         raise TrainError(f"out: {out} already holds a comparison ({', '.join(existing)}); use --force to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
     data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
-                 config.d0, config.dr, config.task, config.latent_dim)
+                 config.d0, config.dr)
     if config.batch_size > data.n_train:
         raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
                          f"got {config.batch_size}")
