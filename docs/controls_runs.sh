@@ -20,7 +20,7 @@ sweep $SYN --activation linear --lr 1 --out $OUT/lin-A                    # (e) 
 # (e) added after lin-B: on the deep-GP targets every linear width reaches the best linear fit within 25 steps
 LAE="--dataset manifold --task autoencoder --d0 16 --latent-dim 4 --activation linear --widths inf,16,32,200"
 sweep $LAE --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/linae-D  # (e) linear autoencoder
-sweep $LAE --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --center --out $OUT/linae-DB
+sweep $LAE --lr 0.5 --out $OUT/linae-A     # half the smallest largest-stable rate of linae-D's probe
 sweep $SYN --lr 2 --center --out $OUT/gp-B                                # (b) deep GP, centred
 sweep $SYN --lr 2 --out $OUT/gp-A                                         # (a) deep GP, as is
 sweep $MI2 --lr 2 --center --out $OUT/mi2-B                               # (g) multi-index k=2, d0=32, centred
