@@ -45,91 +45,11 @@ import numpy as np
 
 from .dynamics import DivergenceError
 from .kernels import ACTIVATIONS, as_points
-from .network import RandomNetwork
+from .network import MLP, RandomNetwork
 from .validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
 ROW_BLOCK_ELEMENTS = 1 << 22
-
-
-class _MLP:
-    """A stack of weight matrices with fan-in scaling and a hand-written backward pass."""
-
-    def __init__(self, weights, activation, xp, name):
-        if len(weights) == 0:
-            raise ValueError(f"{name}: expected at least one weight matrix")
-        ws = []
-        for k, w in enumerate(weights):
-            w = xp.ascontiguousarray(xp.asarray(w, dtype=xp.float64))
-            if w.ndim != 2:
-                raise ValueError(f"{name}[{k}]: expected a 2-d weight matrix, got shape {tuple(w.shape)}")
-            if k > 0 and w.shape[1] != ws[-1].shape[0]:
-                raise ValueError(f"{name}[{k}]: expected {ws[-1].shape[0]} columns (rows of {name}[{k - 1}]), "
-                                 f"got shape {tuple(w.shape)}")
-            ws.append(w)
-        self.weights = ws
-        self.activation = activation
-        self.xp = xp
-        self.scales = [1.0 / math.sqrt(w.shape[1]) for w in ws]
-
-    @property
-    def n_in(self):
-        return self.weights[0].shape[1]
-
-    @property
-    def n_out(self):
-        return self.weights[-1].shape[0]
-
-    @property
-    def max_width(self):
-        return max(w.shape[0] for w in self.weights)
-
-    def _phi(self, a):
-        return self.xp.maximum(a, 0.0) if self.activation == "relu" else a
-
-    def _dphi(self, a):
-        return (a > 0.0).astype(a.dtype) if self.activation == "relu" else None
-
-    def forward(self, X, keep=False):
-        """Output for rows X (p, n_in) -> (p, n_out); with keep, also the layer inputs and pre-activations."""
-        h, inputs, pre = X, [], []
-        last = len(self.weights) - 1
-        for k, (w, c) in enumerate(zip(self.weights, self.scales)):
-            if keep:
-                inputs.append(h)
-            a = (h @ w.T) * c
-            if k < last:
-                if keep:
-                    pre.append(a)
-                h = self._phi(a)
-            else:
-                h = a
-        return (h, (inputs, pre)) if keep else h
-
-    def backward(self, cache, G, grads=None, need_input=True):
-        """Back-propagate the output cotangent G (p, n_out).
-
-        Adds dL/dW_l to ``grads[l]`` when ``grads`` (a list like ``weights``,
-        entries None or arrays) is given, and returns the cotangent of the
-        input, (p, n_in), or None when ``need_input`` is false.
-        """
-        inputs, pre = cache
-        for k in range(len(self.weights) - 1, -1, -1):
-            Gs = G * self.scales[k]                           # (p, out): scale the small factor
-            if grads is not None:
-                contrib = Gs.T @ inputs[k]
-                if grads[k] is None:
-                    grads[k] = contrib
-                else:
-                    grads[k] += contrib
-            if k == 0 and not need_input:
-                return None
-            G = Gs @ self.weights[k]
-            if k > 0:
-                mask = self._dphi(pre[k - 1])
-                if mask is not None:
-                    G *= mask
-        return G
 
 
 class FiniteNetwork:
