@@ -77,42 +77,47 @@ def check_ce_targets(Y):
                          "targets (use loss 'mse')")
 
 
-def _log_softmax(F):
-    top = np.max(F, axis=1, keepdims=True)
+def _log_softmax(F, xp=np):
+    top = xp.max(F, axis=1, keepdims=True)
     Z = F - top
-    return Z - np.log(np.sum(np.exp(Z), axis=1, keepdims=True))
+    return Z - xp.log(xp.sum(xp.exp(Z), axis=1, keepdims=True))
 
 
-def _softplus(F):
-    return np.maximum(F, 0.0) + np.log1p(np.exp(-np.abs(F)))
+def _softplus(F, xp=np):
+    return xp.maximum(F, 0.0) + xp.log1p(xp.exp(-xp.abs(F)))
 
 
-def pointwise_loss(F, Y, loss="mse"):
+def pointwise_loss(F, Y, loss="mse", xp=np):
     """Loss of each row, (n, dr), (n, dr) -> (n,) (MATH §4, §4.x).
 
     mse: ``|F - y|^2 / 2``.  ce: ``-y . log softmax(F)``, or for dr = 1
-    ``softplus(F) - y F`` (logistic loss on 0/1 targets).
+    ``softplus(F) - y F`` (logistic loss on 0/1 targets).  ``xp``: array module.
     """
     if loss == "mse":
-        return 0.5 * np.sum((F - Y) ** 2, axis=1)
+        return 0.5 * xp.sum((F - Y) ** 2, axis=1)
     check_loss(loss)
     if F.shape[1] == 1:
-        return (_softplus(F) - Y * F)[:, 0]
-    return -np.sum(Y * _log_softmax(F), axis=1)
+        return (_softplus(F, xp) - Y * F)[:, 0]
+    return -xp.sum(Y * _log_softmax(F, xp), axis=1)
 
 
-def loss_and_chi(F, Y, loss="mse"):
-    """Batch loss (mean of :func:`pointwise_loss`) and chi = dL/dF (B, dr) for a batch (MATH §4, §4.x)."""
-    B = F.shape[0]
+def loss_and_chi(F, Y, loss="mse", xp=np, B=None):
+    """Batch loss and chi = dL/dF for a batch (MATH §4, §4.x).
+
+    ``B`` (default the rows of F) is the batch size the loss is averaged over;
+    a caller that splits a batch into row blocks passes the whole batch's B.
+    Returns (float, (rows, dr) array).
+    """
+    B = F.shape[0] if B is None else B
     if loss == "mse":
         resid = F - Y
-        return 0.5 * float(np.sum(resid * resid)) / B, resid / B
+        return 0.5 * float(xp.sum(resid * resid)) / B, resid / B
     check_loss(loss)
     if F.shape[1] == 1:
-        p = 0.5 * (1.0 + np.tanh(0.5 * F))                # sigmoid without overflow
+        p = 0.5 * (1.0 + xp.tanh(0.5 * F))                # sigmoid without overflow
     else:
-        p = np.exp(_log_softmax(F))
-    return float(np.sum(pointwise_loss(F, Y, loss))) / B, (p - Y) / B
+        p = xp.exp(_log_softmax(F, xp))
+    return float(xp.sum(pointwise_loss(F, Y, loss, xp))) / B, (p - Y) / B
 
 
 #: History rows processed per block in the reference hot loop.
