@@ -653,7 +653,8 @@ def verify_inf_limit(out, quiet, as_json, **options):
 @cli.command()
 @click.option("--regenerate", is_flag=True,
               help="Rewrite golden/ with refimpl (the only way golden files are written).")
-@click.option("--cases", default=None, help="Comma-separated golden cases to check.  [default: all]")
+@click.option("--cases", default=None,
+              help="Comma-separated golden cases to check (or to --regenerate, keeping the others).  [default: all]")
 @json_option
 def golden(regenerate, cases, as_json):
     """Check every available backend against the golden files (or --regenerate them with refimpl).
@@ -664,15 +665,15 @@ def golden(regenerate, cases, as_json):
 
     def go():
         from experiments import golden as gold
-        if regenerate:
-            gold.regenerate(log=say)
-            return None
-        import accel
         names = None if cases is None else [c.strip() for c in cases.split(",") if c.strip()]
-        known = ["kernels", *gold.TRAJECTORIES]
+        known = [*gold.KERNEL_CASES, *gold.TRAJECTORIES]
         for c in names or []:
             if c not in known:
                 raise ValueError(f"cases: unknown golden case {c!r}; expected some of {', '.join(known)}")
+        if regenerate:
+            gold.regenerate(log=say, cases=names)
+            return None
+        import accel
         say(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
         try:
             return gold.check(accel.golden_targets(), cases=names, log=say)
