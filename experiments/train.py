@@ -10,7 +10,7 @@ A *run directory* holds
     ``train_acc,test_acc`` (empty for regression), then ``feature_movement,
     kernel_alignment`` (the bottleneck metrics of :mod:`experiments.metrics`,
     empty for ``width = inf``).  ``train_loss`` is the mean
-    of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
+    of ``|F - y|^2 / 2`` (with ``loss="ce"``: the cross-entropy of MATH §4.x) over a fixed subset of at most ``eval_size`` training
     points (the first ``eval_size`` rows of a permutation drawn from
     ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
     test set.  ``wall_s`` is the training time in seconds since the start of
@@ -44,7 +44,18 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
-from refimpl.kernels import ACTIVATIONS
+from refimpl.dynamics import LOSSES, pointwise_loss
+from refimpl.kernels import ACTIVATIONS, architecture
+
+#: The loss of a run, in words (config.json).
+LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2",
+             "ce": "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic, "
+                   "softplus(F) - y F); batch loss its mean over the batch"}
+
+
+def _pair(value):
+    """A scale option: one number, or [g, f] (lists from config.json become tuples)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
@@ -84,6 +95,12 @@ class TrainConfig:
     data_seed: int = 0               # synthetic draw / data subset (the data stay the same across seeds)
     init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (MATH §3)
     activation: str = "relu"
+    depth_g: int = 1                 # hidden layers of g (MATH §2.2)
+    depth_f: int = 1                 # hidden layers of f
+    w_std: float | list = 1.0        # weight std of the hidden layers: one number, or [g, f]
+    b_std: float | list = 0.0        # bias std of every layer: one number, or [g, f]
+    out_std: float | list = 1.0      # weight std of the last layer of g and of f: one number, or [g, f]
+    loss: str = "mse"                # "mse" or "ce" (softmax / logistic cross-entropy, MATH §4.x)
     eval_every: int = 50
     eval_size: int = 1000
     checkpoint_every: int | None = None   # default: every evaluation
@@ -105,10 +122,23 @@ class TrainConfig:
         for name in ("lr_f", "lr_g"):
             positive_rate(name, getattr(self, name))
         one_of("activation", self.activation, ACTIVATIONS)
+        self.layers()
+        one_of("loss", self.loss, LOSSES)
+        if self.loss == "ce" and self.dataset == "synthetic":
+            raise TrainError("loss: 'ce' needs a classification data set (mnist or cifar); synthetic is "
+                             "regression (use --loss mse)")
         one_of("backend", self.backend, BACKENDS)
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
+
+    def layers(self):
+        """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option."""
+        try:
+            return architecture(self.activation, self.depth_g, self.depth_f, _pair(self.w_std),
+                                _pair(self.b_std), _pair(self.out_std))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
 
     @classmethod
     def from_json(cls, data):
@@ -165,13 +195,17 @@ def build_simulator(config, data, backend):
     """Construct the simulator of a run from its config and data (the initial functions come from ``seed``)."""
     from refimpl.network import RandomNetwork
     common = dict(lr=config.lr, lr_f=config.lr_f, lr_g=config.lr_g, X_eval=data.X_test)
+    layers_g, layers_f = config.layers()
+    if config.loss != "mse":
+        common["loss"] = config.loss
     if config.width == "inf":
         sim = backend.InfiniteSimulator(data.X_train, data.Y_train, seed=config.seed,
-                                        activation=config.activation, **common)
+                                        layers_g=layers_g, layers_f=layers_f, **common)
         info = {"f0_method": sim.f0_method}
     else:
         net = RandomNetwork.sample(data.X_train.shape[1], int(config.width), data.Y_train.shape[1],
-                                   width=config.init_width, seed=config.seed, activation=config.activation)
+                                   width=config.init_width, seed=config.seed, layers_g=layers_g,
+                                   layers_f=layers_f)
         sim = backend.BottleneckSimulator(net, data.X_train, data.Y_train, **common)
         info = {"f0_method": f"random network (width {config.init_width}, seed {config.seed})"}
     return sim, info
@@ -197,13 +231,17 @@ def _outputs(sim, X, rows=None):
 
 
 def evaluate(sim, data, rows):
-    """Losses (mean |F - y|^2 / 2) and accuracies (classification) on the eval subsets."""
+    """Losses (the trained one: mean |F - y|^2 / 2, or the cross-entropy) and accuracies (classification)."""
     out = {}
     for split, X, Y, labels, r in (("train", data.X_train, data.Y_train, data.labels_train, rows),
                                    ("test", data.X_test, data.Y_test, data.labels_test, None)):
         F = _outputs(sim, X, r)
         Yr = Y if r is None else Y[r]
-        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Yr) ** 2, axis=1)))
+        loss = getattr(sim, "loss", "mse")
+        if loss == "mse":
+            out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Yr) ** 2, axis=1)))
+        else:
+            out[f"{split}_loss"] = float(np.mean(pointwise_loss(F, Yr, loss)))
         if labels is not None:
             lab = labels if r is None else labels[r]
             out[f"{split}_acc"] = float(np.mean(np.argmax(F, axis=1) == lab))
@@ -321,7 +359,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     else:
         meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
                 "initial_functions": info, "eval_train_rows": len(rows),
-                "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
+                "loss": LOSS_TEXT[config.loss]}
         atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
         wall0, start, metrics = 0.0, 0, []
 
@@ -369,9 +407,16 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     _plot(out, metrics)
     summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                "wall_s": round(wall(), 3),
-               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train))}
+               "steps_to_threshold": threshold_summary(metrics, _null_loss(config, data.Y_train))}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out
+
+
+def _null_loss(config, Y):
+    """The trained loss of the zero predictor on Y (mean |y|^2 / 2 for mse; log k or log 2 for ce)."""
+    if config.loss == "mse":
+        return null_loss(Y)
+    return float(np.mean(pointwise_loss(np.zeros_like(Y), Y, config.loss)))
 
 
 def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
@@ -419,7 +464,7 @@ def _plot(out, metrics):
             ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
+        ax.set_ylabel("loss  (the trained loss, see config.json)")
         ax.set_title(out.name)
         ax.legend()
         fig.tight_layout()

@@ -39,6 +39,8 @@ import math
 
 import numpy as np
 
+from .validate import positive_number
+
 ACTIVATIONS = ("relu", "linear", "erf")
 
 #: Largest temporary, in float64 elements, that the pairwise helpers allocate.
@@ -75,14 +77,7 @@ def check_activation(activation, depth):
 
 
 def _std(name, value, allow_zero):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}")
-    return v
+    return positive_number(name, value, allow_zero=allow_zero)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +113,31 @@ class Layers:
     def layer_stds(self):
         """[(weight std, bias std)] of the layers, input layer first."""
         return [(self.w_std, self.b_std)] * (self.depth - 1) + [(self.out_std, self.b_std)]
+
+
+def architecture(activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0):
+    """(Layers of g, Layers of f) from the command line's options (MATH §2.2).
+
+    ``depth_g``, ``depth_f`` count *hidden layers* (1 is the network of MATH §1;
+    a Layers counts weight matrices, one more).  ``w_std``, ``b_std``, ``out_std``
+    are one number for both halves or a pair (g, f).
+    """
+    def pair(name, value):
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise ValueError(f"{name}: expected one number or two (g, f), got {value!r}")
+            return tuple(value)
+        return value, value
+
+    out = []
+    for k, (name, hidden) in enumerate((("depth_g", depth_g), ("depth_f", depth_f))):
+        if isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 0 \
+                or (hidden == 0 and activation != "linear"):
+            least = 0 if activation == "linear" else 1
+            raise ValueError(f"{name}: expected a number of hidden layers >= {least}, got {hidden!r}")
+        out.append(Layers.make(activation, int(hidden) + 1, pair("w_std", w_std)[k], pair("b_std", b_std)[k],
+                               pair("out_std", out_std)[k]))
+    return tuple(out)
 
 
 def layers(activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
