@@ -650,7 +650,7 @@ def verify_lemma31(out, quiet, as_json, **options):
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
               help="Activation of the hidden layers of g and f.")
 @arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
-                               "default to 250,1000,4000)."})
+                               "default to 250,1000,2000)."})
 @_verify_common
 def verify_theorem32(out, quiet, as_json, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""

@@ -56,7 +56,7 @@ MC_MAX_Z = 5.0
 EXACT_TOL = 1e-9
 
 #: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
-DEEP_WIDTHS = (250, 1000, 4000)
+DEEP_WIDTHS = (250, 1000, 2000)
 
 DEFAULTS = {
     "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
