@@ -18,6 +18,7 @@ Not yet run on GPU hardware in this form (see docs/BENCHMARKS.md; ``pytest -m gp
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -34,9 +35,28 @@ def _reason(exc):
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+#: Environment variable: ``BOTTLENECK_GPU=standin`` runs the gpu backend on the NumPy stand-in
+#: (accel.standin: the kernel source compiled by gcc), e.g. to try ``cli.py train --backend gpu``
+#: or ``cli.py gpu-check`` without a GPU.  Slow; for testing the code path only.
+STANDIN_ENV = "BOTTLENECK_GPU"
+
+
+def standin_requested():
+    """True when ``BOTTLENECK_GPU=standin`` is set."""
+    return os.environ.get(STANDIN_ENV, "").strip().lower() == "standin"
+
+
+def reset():
+    """Forget the cached probe and engines (after changing BOTTLENECK_GPU)."""
+    for fn in (_probe, engine, kernels):
+        fn.cache_clear()
+
+
 @functools.lru_cache(maxsize=None)
 def _probe():
     """(cupy module, None) when CuPy works here, else (None, one-line reason)."""
+    if standin_requested():
+        return numpy_device, None
     try:
         import cupy
     except ImportError as exc:
