@@ -540,8 +540,8 @@ def golden(regenerate, cases):
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False), default="bench.json", show_default=True,
-              help="JSON file for the results.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="JSON file for the results [default: runs/bench-<date>-<time>.json].")
 @click.option("--sizes", type=INT_LIST, default="10000,100000,1000000", show_default=True,
               help="History lengths M.")
 @click.option("--widths", type=INT_LIST, default="10,100", show_default=True, help="Bottleneck widths d.")
@@ -566,9 +566,10 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m):
                 raise ValueError(f"dtypes: expected float64 and/or float32, got {dt!r}")
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
                        numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
-        b.write(report, out)
+        path = out or b.default_path()
+        b.write(report, path)
         click.echo(b.table(report))
-        click.echo(f"wrote {out}", err=True)
+        click.echo(f"wrote {path}", err=True)
     run_guarded(go)
 
 

@@ -94,6 +94,11 @@ def available():
     return _probe()[0] is not None
 
 
+def unavailable_reason():
+    """Why the gpu backend cannot run here (one line), or None when it can."""
+    return _probe()[1]
+
+
 @functools.lru_cache(maxsize=None)
 def engine(xp_name):
     """The engine for ``"cupy"`` or ``"numpy"`` (the NumPy stand-in: the CI path)."""
@@ -158,6 +163,13 @@ def memory_pool_peak():
     unless freed), or None without CuPy."""
     cupy, _ = _probe()
     return None if cupy is None else int(cupy.get_default_memory_pool().total_bytes())
+
+
+def free_pool():
+    """Release the free blocks of CuPy's memory pool (so that its next high-water mark is one step's)."""
+    cupy, _ = _probe()
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
 
 
 def synchronize():
