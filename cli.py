@@ -573,5 +573,24 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m):
     run_guarded(go)
 
 
+@cli.command("gpu-check")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for gpucheck.json, table.md and the runs [default: runs/gpu-check-<date>-<time>].")
+@click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
+def gpu_check(out, tiny):
+    """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
+    M = 1e5..1e7, paper-scale timing; prints a summary table (exit 1 if a step failed)."""
+    def go():
+        import time
+        from experiments import gpucheck
+        path = out or f"runs/gpu-check-{time.strftime('%Y%m%d-%H%M%S')}"
+        report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
+                              log=lambda m: click.echo(m, err=True))
+        click.echo(gpucheck.table(report))
+        click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+        return report["ok"]
+    if not run_guarded(go):
+        sys.exit(1)
+
 if __name__ == "__main__":
     cli()

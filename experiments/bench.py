@@ -87,6 +87,8 @@ def gpu_info():
     from accel import gpu
     if not gpu.available():
         return {"gpu": gpu.unavailable_reason()}
+    if gpu.standin_requested():
+        return {"gpu": "NumPy stand-in (BOTTLENECK_GPU=standin)"}
     try:
         import cupy
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)

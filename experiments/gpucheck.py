@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: The full check (about 3-4 minutes on an H200; most of it the numpy train and the golden files).
 FULL = {
     "pytest": ["-m", "gpu", "tests/test_gpu.py"],
-    "golden_cases": None,
+    "golden": [],                                        # all cases
     "train": [],                                         # the default train
     "train_backends": ["gpu", "cpu", "numpy"],
     "bench": ["--sizes", "100000,1000000,10000000", "--widths", "100", "--backends", "gpu",
@@ -46,7 +46,7 @@ FULL = {
 #: Toy sizes: the same steps in seconds (for tests; the numbers mean nothing).
 TINY = {
     "pytest": None,
-    "golden_cases": "kernels",
+    "golden": ["--cases", "kernels"],
     "train": ["--train-size", "40", "--test-size", "10", "--steps", "4", "--eval-every", "2",
               "--width", "3", "--init-width", "200"],
     "train_backends": ["gpu", "cpu", "numpy"],
@@ -81,6 +81,10 @@ def _step(name, args, timeout, env, log, **extra):
     return row
 
 
+def _skipped(name):
+    return {"step": name, "ok": None, "rc": None, "wall_s": None, "note": "skipped in this configuration"}
+
+
 def _train_summary(run_dir):
     """Final test loss and the run's own wall time (metrics.csv) of a finished run."""
     path = Path(run_dir) / "metrics.csv"
@@ -91,9 +95,9 @@ def _train_summary(run_dir):
         return {}
     last = rows[-1]
     out = {"steps": int(last["step"])}
-    for key in ("test_loss", "wall_s"):
+    for key, name in (("test_loss", "test_loss"), ("wall_s", "run_wall_s")):
         try:
-            out[key] = float(last[key])
+            out[name] = float(last[key])
         except (KeyError, ValueError):
             pass
     return out
@@ -114,10 +118,11 @@ def run(out_dir, config=FULL, log=print, env=None):
     if config["pytest"] is not None:
         steps.append(_step("pytest -m gpu", ["-m", "pytest", "-q", *config["pytest"]], tmo["pytest"], env, log))
     else:
-        steps.append({"step": "pytest -m gpu", "ok": None, "rc": None, "wall_s": None,
-                      "note": "skipped in this configuration"})
-    golden = ["cli.py", "golden"] + (["--cases", config["golden_cases"]] if config["golden_cases"] else [])
-    steps.append(_step("golden", golden, tmo["golden"], env, log))
+        steps.append(_skipped("pytest -m gpu"))
+    if config["golden"] is not None:
+        steps.append(_step("golden", ["cli.py", "golden", *config["golden"]], tmo["golden"], env, log))
+    else:
+        steps.append(_skipped("golden"))
     for be in config["train_backends"]:
         run_dir = out / f"train-{be}"
         row = _step(f"train {be}", ["cli.py", "train", *config["train"], "--backend", be, "--quiet",
@@ -125,8 +130,11 @@ def run(out_dir, config=FULL, log=print, env=None):
         row.update(_train_summary(run_dir))
         steps.append(row)
     bench_json = out / "bench.json"
-    row = _step("bench gpu", ["cli.py", "bench", *config["bench"], "--out", str(bench_json)],
-                tmo["bench"], env, log)
+    if config["bench"] is None:
+        row = _skipped("bench gpu")
+    else:
+        row = _step("bench gpu", ["cli.py", "bench", *config["bench"], "--out", str(bench_json)],
+                    tmo["bench"], env, log)
     if bench_json.exists():
         report = json.loads(bench_json.read_text())
         row["results"] = [{k: r.get(k) for k in ("backend", "dtype", "d", "M", "seconds_per_step",
@@ -160,6 +168,8 @@ def table(report):
         detail = s.get("note", "")
         if "test_loss" in s:
             detail = f"{s.get('steps')} steps, final test loss {s['test_loss']:.4g}"
+            if "run_wall_s" in s:
+                detail += f", training {s['run_wall_s']:.1f} s (without start-up)"
         if s["step"].startswith("pytest") and s.get("output_tail"):
             detail = s["output_tail"][-1]
         head.append(f"| {s['step']} | {status} | {wall} | {detail} |")
