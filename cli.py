@@ -216,7 +216,8 @@ def download(dataset, data_dir, base_url):
 @click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
 @click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
 @click.option("--jobs", "-j", type=POS_INT, default=None,
-              help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
+              help="Local worker processes [default: number of cores; with --backend gpu one per GPU, "
+                   "each seeing only its own device]; threads per worker = cores // jobs.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
 @click.option("--out", type=click.Path(), default=None,
