@@ -57,10 +57,6 @@ class TrainError(Exception):
     """A problem with the options or the run directory; the message is one line for the user."""
 
 
-class BackendUnavailable(TrainError):
-    """The requested backend cannot run here (the message says why)."""
-
-
 @dataclasses.dataclass
 class TrainConfig:
     """All options of a training run (stored in ``config.json``)."""
@@ -138,12 +134,12 @@ def resolve_backend(name, dtype="float64"):
         import accel
         get_backend = accel.get_backend
     except (ImportError, AttributeError):
-        raise BackendUnavailable(f"backend: {name!r} is not available in this installation "
-                                 "(the accelerated backends are not built); use --backend numpy") from None
+        raise TrainError(f"backend: {name!r} is not available in this installation "
+                         "(the accelerated backends are not built); use --backend numpy") from None
     try:
         return get_backend(name, dtype=dtype)
-    except Exception as exc:   # the backend's own one-line reason
-        raise BackendUnavailable(f"backend: {name!r} is unavailable: {exc}") from None
+    except (accel.BackendUnavailable, ValueError) as exc:   # the backend's own one-line reason
+        raise TrainError(f"backend: {name!r} is unavailable: {exc}") from None
 
 
 def load_data(config):
