@@ -137,9 +137,9 @@ class XPEngine:
                             chi_d[r0:r1].ravel(), ns, nq, d, dr, R, mode, exact_near,
                             float(m), float(par), K, WA.ravel(), WB.ravel(), T64.ravel())
                 if mode != 2:
-                    f[r0:r1] += xp.matmul(K, Cs).astype(np.float64)
+                    f[r0:r1] += xp.matmul(K, Cs).astype(np.float64, copy=False)
                 if R:
-                    T[:, r0:r1] += xp.matmul(WA, Ps).astype(np.float64)
+                    T[:, r0:r1] += xp.matmul(WA, Ps).astype(np.float64, copy=False)
                     if exact_near:
                         T[:, r0:r1] += T64
                     bsum[:, r0:r1] += WB.sum(axis=2)
