@@ -141,6 +141,20 @@ class AccelBottleneckMixin:
         _, T, bsum = self._history_pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
         return T[:, 0, :] + bsum[:, 0][:, None] * Zh
 
+    def jacobian(self, Z):
+        """J_t(Z) = df_t/dx at bottleneck points Z, (q, d) -> (q, dr, d) (paper eq 13; MATH §4).
+
+        As :meth:`refimpl.BottleneckSimulator.jacobian`, from one history pass in mode 1:
+        ``J[b, r] = J0[b, r] - mu_f (T[b, r] + bsum[b, r] Z^_b)``.
+        """
+        Z = self._check_z(Z)
+        J = self.net.jacobian(Z)
+        if self.history.M:
+            _, T, bsum = self._history_pass(Z, 1, None)
+            _, Zh = unit_rows(Z)
+            J -= self.lr_f * (T + bsum[:, :, None] * Zh[:, None, :])
+        return J
+
     def _kernel_params(self):
         """(relu flag, scale m, linear depth) of the head kernel K."""
         return (self.activation == "relu", float(self.d), float(self.depth_f))

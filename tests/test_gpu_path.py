@@ -203,3 +203,20 @@ def test_gpu_path_is_a_golden_target():
     row = golden.check([t for t in accel.golden_targets() if t[0] == "gpu-path/numpy/float64"],
                        cases=["kernels"], log=None)
     assert all(r["ok"] for r in row)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu-path"])
+def test_jacobian_at_many_points_matches_refimpl(backend, standin_gpu):
+    """J_t at query points from one history pass (mode 1), dr = 3, against refimpl's blocks."""
+    be = accel.get_backend("gpu" if backend == "gpu-path" else "cpu")
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
+    net = refimpl.RandomNetwork.sample(5, 6, 3, width=200, seed=1)
+    sim = be.BottleneckSimulator(net, X, Y, lr=0.5, lr_f=0.7)
+    for t in range(8):
+        sim.step(np.arange(t, t + 5))
+    Z = np.concatenate([sim.embeddings(X), rng.standard_normal((500, 6))])
+    ref = refimpl.BottleneckSimulator.jacobian(sim, Z)
+    got = sim.jacobian(Z)
+    assert got.shape == (540, 3, 6)
+    assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
