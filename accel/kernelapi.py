@@ -11,7 +11,7 @@ the Jacobian covariances sigma1, sigma2 (Monte Carlo checks, not the dynamics) a
 from __future__ import annotations
 
 from refimpl import kernels as rk
-from refimpl.kernels import check_activation, check_pair, unit_rows
+from refimpl.kernels import check_activation, as_pair, unit_rows
 
 KERNEL_NAMES = ("nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf")
 
@@ -24,33 +24,33 @@ def make_kernels(relu_pairs):
         check_activation(activation, depth)
         if activation == "linear":
             return rk.nngp(X, Y, activation, depth)
-        return relu_pairs(*check_pair(X, Y), "nngp")[0]
+        return relu_pairs(*as_pair(X, Y), "nngp")[0]
 
     def sigmadot(X, Y, activation="relu", depth=None):
         """Derivative kernel Sigmadot(x, y), as :func:`refimpl.kernels.sigmadot`."""
         check_activation(activation, depth)
         if activation == "linear":
             return rk.sigmadot(X, Y, activation, depth)
-        return relu_pairs(*check_pair(X, Y), "sigmadot")[0]
+        return relu_pairs(*as_pair(X, Y), "sigmadot")[0]
 
     def ntk(X, Y, activation="relu", depth=None):
         """NTK (Theta with m = d0, K with m = d), as :func:`refimpl.kernels.ntk`."""
         check_activation(activation, depth)
         if activation == "linear":
             return rk.ntk(X, Y, activation, depth)
-        return relu_pairs(*check_pair(X, Y), "ntk")[0]
+        return relu_pairs(*as_pair(X, Y), "ntk")[0]
 
     def xi_coefficients(X, Y, activation="relu", depth=None):
         """alpha, beta with Xi = alpha y + beta x^, as :func:`refimpl.kernels.xi_coefficients`."""
         check_activation(activation, depth)
         if activation == "linear":
             return rk.xi_coefficients(X, Y, activation, depth)
-        alpha, beta = relu_pairs(*check_pair(X, Y), "xi")
+        alpha, beta = relu_pairs(*as_pair(X, Y), "xi")
         return alpha, beta
 
     def xi(X, Y, activation="relu", depth=None):
         """Xi(x, y) = dK/dx, (p, q, m), as :func:`refimpl.kernels.xi`."""
-        X, Y = check_pair(X, Y)
+        X, Y = as_pair(X, Y)
         alpha, beta = xi_coefficients(X, Y, activation, depth)
         _, Xh = unit_rows(X)
         return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
@@ -62,7 +62,7 @@ def make_kernels(relu_pairs):
         check_activation(activation, depth_g)
         if activation == "linear":
             return rk.ntk_inf(X, Y, activation, depth_f, depth_g, lr_f, lr_g)
-        X, Y = check_pair(X, Y)
+        X, Y = as_pair(X, Y)
         sigma_g, theta_g = relu_pairs(X, Y, "nngp+ntk")
         return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
 

@@ -286,12 +286,6 @@ def table(report):
     return "\n".join(lines)
 
 
-def default_path(now=None):
-    """Where ``cli.py bench`` writes without --out: runs/bench-YYYYmmdd-HHMMSS.json."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return os.path.join("runs", f"bench-{stamp}.json")
-
-
 def write(report, path):
     """Write the report as JSON (atomically)."""
     from .fileio import atomic_write_text

@@ -33,11 +33,8 @@ resumed run identical, bit for bit, to an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -45,16 +42,23 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
-from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
+from refimpl.kernels import ACTIVATIONS
+from .data import DATASETS
+from .figures import PLOT_LOCK, pyplot, save_figure
+from .fileio import (atomic_write_bytes, atomic_write_text, load_npz, read_csv,  # noqa: F401 (re-exported)
+                     save_npz, write_csv)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
+from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
+from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
+                       positive_number, positive_rate, width)
 
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
                   "feature_movement", "kernel_alignment"]
+BACKENDS = ("numpy", "cpu", "gpu", "auto")
+DTYPES = ("float64", "float32")
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
 
 
-class TrainError(Exception):
-    """A problem with the options or the run directory; the message is one line for the user."""
 
 
 @dataclasses.dataclass
@@ -63,8 +67,8 @@ class TrainConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
-    train_size: int | None = 1000
-    test_size: int | None = 500
+    train_size: int | None = SYNTHETIC_TRAIN_SIZE
+    test_size: int | None = SYNTHETIC_TEST_SIZE
     d0: int = 16                     # synthetic only
     dr: int = 1                      # synthetic only
     width: int | str = 10            # bottleneck width d, or "inf"
@@ -84,34 +88,22 @@ class TrainConfig:
     dtype: str = "float64"
 
     def validate(self):
-        """Raise TrainError with a one-line message for the first bad option."""
-        def positive_int(name, allow_none=False):
-            val = getattr(self, name)
-            if val is None and allow_none:
-                return
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise TrainError(f"{name}: expected a positive integer, got {val!r}")
-
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
-        if self.width != "inf":
-            positive_int("width")
+        """Raise TrainError with a one-line message for the first bad option (library callers; the
+        command line checks the same rules, from :mod:`experiments.validate`, while parsing)."""
+        one_of("dataset", self.dataset, DATASETS)
+        width("width", self.width)
         for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "d0", "dr"):
-            positive_int(name)
+            positive_int(name, getattr(self, name))
         for name in ("train_size", "test_size", "checkpoint_every"):
-            positive_int(name, allow_none=True)
-        for name in ("lr", "lr_f", "lr_g"):
-            val = getattr(self, name)
-            if val is None and name != "lr":
-                continue
-            if not isinstance(val, (int, float)) or not np.isfinite(val) or val <= 0:
-                raise TrainError(f"{name}: expected a positive number, got {val!r}")
-        if self.activation not in ("relu", "linear"):
-            raise TrainError(f"activation: expected relu or linear, got {self.activation!r}")
-        if self.backend not in ("numpy", "cpu", "gpu", "auto"):
-            raise TrainError(f"backend: expected numpy, cpu, gpu or auto, got {self.backend!r}")
-        if self.dtype not in ("float64", "float32"):
-            raise TrainError(f"dtype: expected float64 or float32, got {self.dtype!r}")
+            optional(positive_int, name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        for name in ("lr_f", "lr_g"):
+            positive_rate(name, getattr(self, name))
+        one_of("activation", self.activation, ACTIVATIONS)
+        one_of("backend", self.backend, BACKENDS)
+        one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
 
@@ -186,11 +178,12 @@ def build_simulator(config, data, backend):
 # evaluation
 # ----------------------------------------------------------------------------
 
-def eval_rows(config, n):
-    """The fixed training subset on which the training loss is evaluated."""
-    if n <= config.eval_size:
+def eval_rows(seed, n, eval_size):
+    """The fixed training subset (sorted row indices, at most ``eval_size`` of ``n``) on which the training
+    metrics are evaluated: the first rows of the permutation ``default_rng((seed, 2))``."""
+    if n <= eval_size:
         return np.arange(n)
-    return np.sort(np.random.default_rng((config.seed, 2)).permutation(n)[:config.eval_size])
+    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
 
 
 def _outputs(sim, X, rows=None):
@@ -220,26 +213,6 @@ def evaluate(sim, data, rows):
 # ----------------------------------------------------------------------------
 # the run directory
 # ----------------------------------------------------------------------------
-
-def _read_metrics(path):
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_metrics(path, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(row):
-    return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
-
 
 def check_run_dir(out, force):
     """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
@@ -274,7 +247,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     out : path of the run directory
     force : overwrite an existing run directory
     resume : continue the run in ``out`` from its checkpoint
-    progress : callable(total, start) -> context manager with ``update(n)``, or None
+    progress : callable(total, start) -> context manager with ``update(n, loss=batch_loss)``, called
+        after every step (the command line's progress display), or None
     log : callable for one-line messages
     """
     out = Path(out)
@@ -300,7 +274,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     if not resume:
         out = prepare_run_dir(out, force)
     sim, info = build_simulator(config, data, backend)
-    rows = eval_rows(config, data.X_train.shape[0])
+    rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
     probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume
     ckpt_every = config.checkpoint_every or config.eval_every
 
@@ -319,7 +293,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         sim.load_state_dict(state)
         start = sim.t
         # drop rows written after the checkpoint, and a final-step row that is off the eval grid
-        metrics = [r for r in _read_metrics(out / "metrics.csv")
+        metrics = [r for r in read_csv(out / "metrics.csv")
                    if int(r["step"]) < start or (int(r["step"]) == start and start % config.eval_every == 0)]
         log(f"resuming {out} at step {start} of {config.steps}")
     else:
@@ -345,7 +319,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
         metrics.append(row)
-        _write_metrics(out / "metrics.csv", [_fmt(r) for r in metrics])
+        write_csv(out / "metrics.csv", METRIC_COLUMNS, metrics)
         return row
 
     if start == 0:
@@ -361,16 +335,14 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
                 last = sim.step(idx)
                 done = step + 1
                 if done % config.eval_every == 0 or done == config.steps:
-                    row = record(done)
-                    if hasattr(bar, "set_postfix"):
-                        bar.set_postfix(row)
+                    record(done)
                 if done % ckpt_every == 0 or done == config.steps:
                     checkpoint()
-                bar.update(1)
+                bar.update(1, loss=last)
     except DivergenceError as exc:
         checkpoint_step = _checkpoint_step(out)
         _plot(out, metrics)
-        raise TrainError(f"{exc}; the last good checkpoint (step {checkpoint_step}) is kept in "
+        raise RunFailed(f"{exc}; the last good checkpoint (step {checkpoint_step}) is kept in "
                          f"{out / 'checkpoint.npz'}") from None
     _plot(out, metrics)
     summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
@@ -409,13 +381,8 @@ class _NullProgress:
     def __exit__(self, *exc):
         return False
 
-    def update(self, n):
+    def update(self, n=1, loss=None):
         pass
-
-
-#: matplotlib is not thread-safe (its mathtext parser fails under concurrent use), and runs may share a
-#: process as threads (Dask workers): every figure of the package is drawn under this lock.
-PLOT_LOCK = threading.RLock()
 
 
 def _plot(out, metrics):
@@ -423,25 +390,15 @@ def _plot(out, metrics):
     if not metrics:
         return
     with PLOT_LOCK:
-        _plot_locked(out, metrics)
-
-
-def _plot_locked(out, metrics):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [int(r["step"]) for r in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("train_loss", "train"), ("test_loss", "test")):
-        ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
-    ax.set_title(out.name)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "loss.png", buf.getvalue())
+        plt = pyplot()
+        steps = [int(r["step"]) for r in metrics]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("train_loss", "train"), ("test_loss", "test")):
+            ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
+        ax.set_title(out.name)
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, out / "loss.png", dpi=100)

@@ -71,7 +71,7 @@ def as_points(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def check_pair(X, Y):
+def as_pair(X, Y):
     """Check two point sets for a pair kernel: ``(X, Y)`` as float64 arrays (p, m), (q, m).
 
     Raises ValueError (naming the argument) on a wrong shape, NaN/inf, a column mismatch or
@@ -84,6 +84,9 @@ def check_pair(X, Y):
     if X.shape[1] == 0:
         raise ValueError("X: points must have at least one coordinate")
     return X, Y
+
+
+_pair = as_pair          # the short name the kernels below use
 
 
 def unit_rows(X):
@@ -155,7 +158,7 @@ def nngp(X, Y, activation="relu", depth=None):
     (p, q) array
     """
     check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     if activation == "linear":
         return X @ Y.T / X.shape[1]
     return _relu_parts(X, Y)[0]
@@ -171,7 +174,7 @@ def sigmadot(X, Y, activation="relu", depth=None):
     (p, q) array
     """
     check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     if activation == "linear":
         return np.ones((X.shape[0], Y.shape[0]))
     return _relu_parts(X, Y)[1]
@@ -194,7 +197,7 @@ def ntk(X, Y, activation="relu", depth=None):
     (p, q) array
     """
     L = check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
     if activation == "linear":
         return L * (X @ Y.T) / m
@@ -230,7 +233,7 @@ def xi_coefficients(X, Y, activation="relu", depth=None):
     alpha, beta : (p, q) arrays
     """
     L = check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
     if activation == "linear":
         return np.full((X.shape[0], Y.shape[0]), L / m), np.zeros((X.shape[0], Y.shape[0]))
@@ -258,7 +261,7 @@ def xi(X, Y, activation="relu", depth=None):
     -------
     (p, q, m) array, ``out[i, j] = Xi(X[i], Y[j])``
     """
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     alpha, beta = xi_coefficients(X, Y, activation, depth)
     _, Xh = unit_rows(X)
     return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
@@ -285,7 +288,7 @@ def sigma1(X, Y, activation="relu", depth=None):
     (p, q, m) array
     """
     check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
     if activation == "linear":
         return np.broadcast_to(X[:, None, :] / m, (X.shape[0], Y.shape[0], m)).copy()
@@ -308,7 +311,7 @@ def sigma2(X, Y, activation="relu", depth=None):
     (p, q, m, m) array
     """
     check_activation(activation, depth)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     p, m = X.shape
     q = Y.shape[0]
     eye = np.eye(m)
@@ -363,7 +366,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     """
     Lf = check_activation(activation, depth_f)
     check_activation(activation, depth_g)
-    X, Y = check_pair(X, Y)
+    X, Y = as_pair(X, Y)
     sigma_g = nngp(X, Y, activation)
     theta_g = ntk(X, Y, activation, depth_g)
     return ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
