@@ -738,18 +738,21 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
 @click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
 def gpu_check(out, tiny):
     """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
-    M = 1e5..1e7, paper-scale timing; prints a summary table (exit 1 if a step failed)."""
+    M = 1e5..1e7, paper-scale timing; prints a summary table (exit status 3 if a step failed)."""
     def go():
         import time
         from experiments import gpucheck
-        path = out or f"runs/gpu-check-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = out or str(Path("runs") / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}")
         report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
                               log=lambda m: click.echo(m, err=True))
-        click.echo(gpucheck.table(report))
-        click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
-        return report["ok"]
-    if not run_guarded(go):
-        sys.exit(1)
+        return report, gpucheck.table(report), path
+
+    report, table, path = run_guarded(go)
+    click.echo(table)
+    click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+    failed = [s["step"] for s in report["steps"] if s["ok"] is False]
+    if failed:
+        raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """One GPU per sweep worker (experiments.devices), tested with fake device lists."""
 
 import multiprocessing
+import time
 
 from experiments import devices, sweep
 
@@ -40,6 +41,8 @@ def test_sweep_workers_see_one_device_each(monkeypatch):
     slots = devices.worker_slots("gpu", context=ctx)
     assert slots[0] == ["5", "8"]
     with ctx.Pool(processes=2, initializer=sweep._worker_init, initargs=(slots,)) as pool:
-        seen = set(pool.map(devices.visible, range(2), chunksize=1))
-        # both workers exist; each claimed one distinct device at start
-        assert seen <= {"5", "8"} and slots[1].value == 2
+        seen = set(pool.map(devices.visible, range(4), chunksize=1))
+        deadline = time.monotonic() + 60
+        while slots[1].value < 2 and time.monotonic() < deadline:   # both initializers ran
+            time.sleep(0.05)
+    assert seen and seen <= {"5", "8"} and slots[1].value == 2

@@ -44,7 +44,7 @@ def test_gpu_check_tiny_on_the_standin(tmp_path, monkeypatch):
 
 def test_gpu_check_reports_a_failed_step(tmp_path, monkeypatch):
     """Without the stand-in and without a GPU the gpu steps fail with their one-line reason,
-    the others still run, and the command exits 1."""
+    the others still run, and the report is not ok."""
     monkeypatch.delenv(gpu.STANDIN_ENV, raising=False)
     gpu.reset()
     if gpu.available():
