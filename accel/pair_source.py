@@ -29,7 +29,7 @@ The source has three parts:
     Another architecture (another activation, biases, depth) is one more entry of ``ARCH``
     with these two functions; the drivers below and all the Python around them stay as they are.
 ``HISTORY_OP``, ``PAIR_OP``
-    The drivers: the body of the elementwise loop for the history pass (one query row b against
+    The drivers (numerics: MATH §2.1): the body of the elementwise loop for the history pass (one query row b against
     one history row j: K, and the Xi weights alpha w, beta w with w = C_j (mode 1) or
     C_j . chi_b (mode 2)) and for the pair kernels (a p x q matrix of Sigma, Sigmadot, K or
     alpha, beta).  In the history pass of a float32 history, the Xi term of a nearly parallel
