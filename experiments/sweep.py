@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from refimpl import __version__
+from . import devices
 from .train import TrainConfig, atomic_write_text, load_data, resolve_backend, train
 from .fileio import SWEEP_FILE
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
@@ -183,10 +184,12 @@ def _thread_env(threads):
                 os.environ.pop(k, None)
 
 
-def _worker_init():
-    """Workers leave Ctrl-C to the parent, which terminates them (no traceback per worker)."""
+def _worker_init(device_slots=None):
+    """Workers leave Ctrl-C to the parent, which terminates them (no traceback per worker);
+    with a GPU backend each takes its own device (experiments.devices)."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devices.claim(device_slots)
 
 
 def _indexed_run(item):
@@ -204,7 +207,9 @@ def _run_local(tasks, jobs, on_result):
 
     cores = default_jobs()
     with _thread_env(max(1, cores // jobs)):       # also for workers the pool restarts
-        pool = multiprocessing.get_context("spawn").Pool(processes=jobs, initializer=_worker_init)
+        slots = devices.worker_slots(tasks[0]["config"]["backend"])
+        pool = multiprocessing.get_context("spawn").Pool(processes=jobs, initializer=_worker_init,
+                                                         initargs=(slots,))
         try:
             for i, res in pool.imap_unordered(_indexed_run, list(enumerate(tasks))):
                 on_result(i, res)
@@ -350,7 +355,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     _write_sweep(out, record)
 
     n = len(tasks)
-    jobs = max(1, min(jobs or default_jobs(), n))
+    jobs = max(1, min(jobs or devices.default_jobs(record["config"]["backend"], default_jobs()), n))
     where = f"Dask scheduler {scheduler}" if scheduler else f"{jobs} local worker(s)"
     log(f"sweep {out}: {n} runs ({len(record['widths'])} widths x {len(record['seeds'])} seeds, "
         f"{record['config']['steps']} steps) on {where}")

@@ -33,9 +33,7 @@ resumed run identical, bit for bit, to an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import time
 from pathlib import Path
@@ -58,7 +56,8 @@ def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import atomic_write_bytes, atomic_write_text, load_npz, save_npz  # noqa: F401 (re-exported)
+from .fileio import (atomic_write_bytes, atomic_write_text, load_npz, read_csv,  # noqa: F401 (re-exported)
+                     save_npz, write_csv)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
@@ -71,8 +70,6 @@ DTYPES = ("float64", "float32")
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
 
 
-class BackendUnavailable(TrainError):
-    """The requested backend cannot run here (the message says why)."""
 
 
 @dataclasses.dataclass
@@ -159,12 +156,12 @@ def resolve_backend(name, dtype="float64"):
         import accel
         get_backend = accel.get_backend
     except (ImportError, AttributeError):
-        raise BackendUnavailable(f"backend: {name!r} is not available in this installation "
-                                 "(the accelerated backends are not built); use --backend numpy") from None
+        raise TrainError(f"backend: {name!r} is not available in this installation "
+                         "(the accelerated backends are not built); use --backend numpy") from None
     try:
         return get_backend(name, dtype=dtype)
-    except Exception as exc:   # the backend's own one-line reason
-        raise BackendUnavailable(f"backend: {name!r} is unavailable: {exc}") from None
+    except (accel.BackendUnavailable, ValueError) as exc:   # the backend's own one-line reason
+        raise TrainError(f"backend: {name!r} is unavailable: {exc}") from None
 
 
 def load_data(config):
@@ -215,11 +212,12 @@ def build_simulator(config, data, backend):
 # evaluation
 # ----------------------------------------------------------------------------
 
-def eval_rows(config, n):
-    """The fixed training subset on which the training loss is evaluated."""
-    if n <= config.eval_size:
+def eval_rows(seed, n, eval_size):
+    """The fixed training subset (sorted row indices, at most ``eval_size`` of ``n``) on which the training
+    metrics are evaluated: the first rows of the permutation ``default_rng((seed, 2))``."""
+    if n <= eval_size:
         return np.arange(n)
-    return np.sort(np.random.default_rng((config.seed, 2)).permutation(n)[:config.eval_size])
+    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
 
 
 def _outputs(sim, X, rows=None):
@@ -253,26 +251,6 @@ def evaluate(sim, data, rows):
 # ----------------------------------------------------------------------------
 # the run directory
 # ----------------------------------------------------------------------------
-
-def _read_metrics(path):
-    if not path.exists():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write_metrics(path, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(row):
-    return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
-
 
 def check_run_dir(out, force):
     """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
@@ -334,7 +312,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
     if not resume:
         out = prepare_run_dir(out, force)
     sim, info = build_simulator(config, data, backend)
-    rows = eval_rows(config, data.X_train.shape[0])
+    rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
     probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume
     ckpt_every = config.checkpoint_every or config.eval_every
 
@@ -353,7 +331,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         sim.load_state_dict(state)
         start = sim.t
         # drop rows written after the checkpoint, and a final-step row that is off the eval grid
-        metrics = [r for r in _read_metrics(out / "metrics.csv")
+        metrics = [r for r in read_csv(out / "metrics.csv")
                    if int(r["step"]) < start or (int(r["step"]) == start and start % config.eval_every == 0)]
         log(f"resuming {out} at step {start} of {config.steps}")
     else:
@@ -379,7 +357,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
         metrics.append(row)
-        _write_metrics(out / "metrics.csv", [_fmt(r) for r in metrics])
+        write_csv(out / "metrics.csv", METRIC_COLUMNS, metrics)
         return row
 
     if start == 0:
