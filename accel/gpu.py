@@ -109,7 +109,7 @@ def engine(xp_name):
 def kernels(xp_name):
     """Kernel functions (refimpl names and signatures) computed by :func:`engine`."""
     eng = engine(xp_name)
-    return kernelapi.make_kernels(lambda X, Y, what: eng.pair_kernel(X, Y, what))
+    return kernelapi.make_kernels(lambda X, Y, what: eng.pair_kernel(X, Y, what), eng.xp)
 
 
 class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
