@@ -70,7 +70,7 @@ def run_guarded(fn, *args, **kwargs):
             raise
         raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted; resume with --resume RUN_DIR") from None
+        raise click.ClickException("interrupted") from None
     except click.ClickException:
         raise
     except Exception as exc:   # noqa: BLE001 - last resort, one line unless debugging
@@ -88,6 +88,24 @@ def click_progress(total, start):
         if start:
             bar.update(start)
         yield bar
+
+
+def _given_options(skip=()):
+    """Names of the options of the current command given on the command line."""
+    ctx = click.get_current_context()
+    return [p.name for p in ctx.command.params if p.name not in skip
+            and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+
+
+def _synthetic_defaults(options, given):
+    """Sizes of the synthetic data; --d0 / --dr only when given for mnist / cifar (where they are checked)."""
+    if options["dataset"] == "synthetic":
+        options["train_size"] = options["train_size"] or 1000
+        options["test_size"] = options["test_size"] or 500
+    else:
+        for name in ("d0", "dr"):
+            if name not in given:
+                options[name] = None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -144,22 +162,20 @@ def train(resume_dir, out, force, quiet, steps, **options):
     test_loss, wall_s, train_acc, test_acc, feature_movement,
     kernel_alignment), checkpoint.npz, loss.png and summary.json.  A run stopped for any reason continues with --resume.
     """
-    from experiments.train import TrainConfig, train as run_train
+    from experiments.train import TrainConfig, resume as run_resume, train as run_train
 
-    if resume_dir is not None:
-        config = TrainConfig(steps=steps)
-        config.steps = steps
-        target = Path(resume_dir)
-    else:
-        if options["dataset"] == "synthetic":
-            options["train_size"] = options["train_size"] or 1000
-            options["test_size"] = options["test_size"] or 500
-        config = TrainConfig(steps=steps or 600, **options)
-        target = Path(out) if out else Path("runs") / (
-            f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    given = _given_options(("resume_dir", "quiet"))
     progress = None if quiet else click_progress
-    path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
-                       progress=progress, log=lambda msg: click.echo(msg, err=True))
+    say = lambda msg: click.echo(msg, err=True)   # noqa: E731
+    if resume_dir is not None:
+        values = {**options, "out": out, "force": force, "steps": steps}
+        path = run_guarded(run_resume, resume_dir, {k: values[k] for k in given}, progress=progress, log=say)
+    else:
+        _synthetic_defaults(options, given)
+        config = TrainConfig(steps=steps or 600, **options)
+        target = out if out is not None else Path("runs") / (
+            f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say)
     summary = (path / "metrics.csv").read_text().strip().splitlines()
     click.echo(f"run directory: {path}")
     click.echo(f"last metrics:  {summary[-1] if len(summary) > 1 else '(none)'}  ({summary[0]})")
@@ -250,13 +266,11 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
                              scheduler=scheduler, plot=not no_plot, log=say)
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
-            options["train_size"] = options["train_size"] or 1000
-            options["test_size"] = options["test_size"] or 500
+        _synthetic_defaults(options, _given_options())
         width_list = run_guarded(parse_widths, widths)
         seed_list = run_guarded(parse_seeds, seeds)
         config = TrainConfig(steps=steps or 600, width=width_list[0], seed=seed_list[0], **options)
-        target = Path(out) if out else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = out if out is not None else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")

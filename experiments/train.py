@@ -372,7 +372,8 @@ def memory_estimate(config, n_train, n_test, d0, dr):
     steps_rows = config.steps * config.batch_size
     if config.width == "inf":
         # Cholesky draw of F0 on all inputs (a few n x n matrices), or a network of width 2048
-        core = 4 * n * n + 2048 * (d0 + 2 * 2048 + dr) + n * (d0 + 3 * dr)
+        draw = 4 * n * n if n <= 4000 else 2048 * (d0 + 2 * 2048 + dr) + 3 * 2048 * min(n, 4096)
+        core = draw + n * (d0 + 3 * dr) + 4 * n * config.batch_size
     else:
         d = int(config.width)
         core = (config.init_width * (d0 + 2 * d + dr)             # the random network g0, f0, J0
@@ -700,9 +701,9 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
     _check_same_data(out, saved.get("data"), data)
     _check_batch_size(config, data)
     sim, _ = build_simulator(config, data, backend)
-    wall0 = 0.0
+    run = _Run(config, data, sim, out, wall0=0.0, metrics=metrics, log=log)   # captures G_0 first
     if state is not None:
-        wall0 = float(state.pop("driver_wall_s", 0.0))
+        run.wall0 = float(state.pop("driver_wall_s", 0.0))
         sim_state = {k: v for k, v in state.items() if not k.startswith("driver_")}
         try:
             sim.load_state_dict(sim_state)
@@ -713,7 +714,6 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
     if data_dir is not None:
         saved["config"]["data_dir"] = data_dir
     atomic_write_text(out / "config.json", json.dumps(saved, indent=2) + "\n")
-    run = _Run(config, data, sim, out, wall0=wall0, metrics=metrics, log=log)
     if state is None:
         log(f"resuming {out} from step 0 (it had no checkpoint yet)")
         try:
