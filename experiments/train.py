@@ -163,6 +163,7 @@ def load_data(config):
     kwargs = {}
     if config.dataset == "synthetic":
         kwargs = {"d0": config.d0, "dr": config.dr}
+        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, config.dr)
     else:                                              # stored as an absolute path (resume from anywhere)
         config.data_dir = str(resolve_data_dir(config.data_dir).resolve())
     try:
@@ -385,15 +386,15 @@ def memory_estimate(config, n_train, n_test, d0, dr):
     return 8 * int(core)
 
 
-def _check_memory(config, data):
+def _check_memory(config, n_train, n_test, d0, dr):
+    """Refuse (one line) a run whose :func:`memory_estimate` exceeds this machine's memory."""
     from .finite_sweep import available_memory
-    need = memory_estimate(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1],
-                           data.Y_train.shape[1])
+    need = memory_estimate(config, n_train, n_test, d0, dr) + 8 * 4 * (n_train + n_test) * (d0 + dr)
     have = available_memory(np)
     if have is not None and need > have:
         raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB (width {config.width}, init_width "
                          f"{config.init_width}, {config.steps} steps of {config.batch_size}) but this machine has "
-                         f"{have / 2**30:.3g} GiB; lower --width, --init-width or --steps")
+                         f"{have / 2**30:.3g} GiB; lower --width, --init-width, --steps or the data sizes")
     return need
 
 
@@ -628,7 +629,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     backend = resolve_backend(config.backend, config.dtype)
     data = load_data(config)
     _check_batch_size(config, data)
-    _check_memory(config, data)
+    _check_memory(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], data.Y_train.shape[1])
     ws = _Workspace(out)
     started = False
     try:
@@ -804,7 +805,7 @@ class _Run:
             good = self.good or _good_checkpoint(out)
             where = (f"the last good checkpoint (step {good[0]}, finite state and train loss {good[1]:.4g}) is kept "
                      f"in {out / 'checkpoint.npz'}") if good else "no good checkpoint was written"
-            raise TrainError(f"{exc}; {where}") from None
+            raise TrainError(f"{exc}; {where}; lower --lr and start over with --force") from None
         except KeyboardInterrupt:
             if on_first_step is not None:
                 raise
