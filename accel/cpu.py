@@ -175,7 +175,7 @@ def nngp(X, Y, activation="relu", depth=None):
     if activation == "linear":
         return rk.nngp(X, Y, activation, depth)
     check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     return _relu_pairs(X, Y, 1)[0]
 
 
@@ -184,7 +184,7 @@ def sigmadot(X, Y, activation="relu", depth=None):
     if activation == "linear":
         return rk.sigmadot(X, Y, activation, depth)
     check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     return _relu_pairs(X, Y, 2)[0]
 
 
@@ -193,7 +193,7 @@ def ntk(X, Y, activation="relu", depth=None):
     if activation == "linear":
         return rk.ntk(X, Y, activation, depth)
     check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     return _relu_pairs(X, Y, 0)[0]
 
 
@@ -202,13 +202,13 @@ def xi_coefficients(X, Y, activation="relu", depth=None):
     if activation == "linear":
         return rk.xi_coefficients(X, Y, activation, depth)
     check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     return _relu_pairs(X, Y, 3)
 
 
 def xi(X, Y, activation="relu", depth=None):
     """Xi(x, y) = dK/dx, (p, q, m), as :func:`refimpl.kernels.xi`."""
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     alpha, beta = xi_coefficients(X, Y, activation, depth)
     _, Xh = unit_rows(X)
     return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
@@ -224,7 +224,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     check_activation(activation, depth_g)
     if activation == "linear":
         return rk.ntk_inf(X, Y, activation, depth_f, depth_g, lr_f, lr_g)
-    X, Y = rk._pair(X, Y)
+    X, Y = rk.as_pair(X, Y)
     sigma_g, theta_g = _relu_pairs(X, Y, 4)
     return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
 

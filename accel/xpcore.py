@@ -205,7 +205,7 @@ def make_kernels(engine):
 
     def _relu(X, Y, activation, depth):
         check_activation(activation, depth)
-        return rk._pair(X, Y)
+        return rk.as_pair(X, Y)
 
     def nngp(X, Y, activation="relu", depth=None):
         """NNGP kernel Sigma(x, y), as :func:`refimpl.kernels.nngp`."""
@@ -233,7 +233,7 @@ def make_kernels(engine):
 
     def xi(X, Y, activation="relu", depth=None):
         """Xi(x, y), as :func:`refimpl.kernels.xi`."""
-        X, Y = rk._pair(X, Y)
+        X, Y = rk.as_pair(X, Y)
         alpha, beta = xi_coefficients(X, Y, activation, depth)
         _, Xh = rk.unit_rows(X)
         return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
@@ -244,7 +244,7 @@ def make_kernels(engine):
         check_activation(activation, depth_g)
         if activation == "linear":
             return rk.ntk_inf(X, Y, activation, depth_f, depth_g, lr_f, lr_g)
-        X, Y = rk._pair(X, Y)
+        X, Y = rk.as_pair(X, Y)
         sigma_g, theta_g = engine.pair_kernel(X, Y, "nngp+ntk")
         return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
 

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: The record of a sweep directory (written by :mod:`experiments.sweep`, read by :mod:`experiments.plots`).
+SWEEP_FILE = "sweep.json"
+
 
 def _current_umask():
     mask = os.umask(0)

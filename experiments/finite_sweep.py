@@ -54,11 +54,18 @@ from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
 from refimpl.network import RandomNetwork
-from .train import TrainError, atomic_write_bytes, atomic_write_text, batch_indices
+from .data import DATASETS
+from .figures import PLOT_LOCK, pyplot, save_figure
+from .fileio import atomic_write_text
+from .train import batch_indices
+from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
+                       positive_int, positive_number)
 
 #: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
 PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
 
+#: The array backends of the finite networks (the same code on NumPy or CuPy arrays).
+FINITE_BACKENDS = ("numpy", "gpu")
 SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
 SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
 SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
@@ -68,51 +75,16 @@ SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
 # small shared helpers
 # ----------------------------------------------------------------------------
 
-def _positive_int(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-        raise TrainError(f"{name}: expected a positive integer, got {val!r}")
-
-
-def _non_negative_int(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-        raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
-
-
-def _positive_float(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-        raise TrainError(f"{name}: expected a positive number, got {val!r}")
-
-
 def parse_widths(text, name="widths"):
     """Parse ``"1,2,4"`` (or ``"paper"``, the paper's 36 sizes) into a sorted tuple of distinct positive ints."""
-    if isinstance(text, (list, tuple)):
-        items = list(text)
-    else:
-        s = str(text).strip()
-        if s.lower() == "paper":
-            return PAPER_WIDTHS
-        items = [p.strip() for p in s.split(",") if p.strip()]
-    if not items:
-        raise TrainError(f"{name}: expected a comma-separated list of positive integers, got {text!r}")
-    out = []
-    for p in items:
-        try:
-            v = int(p) if not isinstance(p, (int, np.integer)) else int(p)
-        except (TypeError, ValueError):
-            raise TrainError(f"{name}: expected a comma-separated list of positive integers, "
-                             f"got {p!r} in {text!r}") from None
-        if isinstance(p, bool) or v < 1:
-            raise TrainError(f"{name}: expected positive integers, got {p!r}")
-        out.append(v)
-    return tuple(sorted(set(out)))
+    return _parse_widths(text, name, allow_inf=False, presets={"paper": PAPER_WIDTHS}, merge=True)
 
 
 def array_module(backend):
     """The array module for ``backend``: numpy, or cupy for "gpu" (TrainError with the reason if unusable)."""
     if backend == "numpy":
         return np
-    if backend != "gpu":
-        raise TrainError(f"backend: expected numpy or gpu, got {backend!r}")
+    one_of("backend", backend, FINITE_BACKENDS)
     try:
         import cupy
         if cupy.cuda.runtime.getDeviceCount() < 1:
@@ -184,21 +156,6 @@ def _read_csv(path):
         return list(csv.DictReader(fh))
 
 
-def _save_fig(fig, path, dpi=90):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 # ----------------------------------------------------------------------------
 # appendix F: bottleneck sweep of finite networks
 # ----------------------------------------------------------------------------
@@ -226,19 +183,16 @@ class SweepConfig:
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        one_of("dataset", self.dataset, DATASETS)
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("train_size", "test_size"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+            optional(positive_int, name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            _non_negative_int(name, getattr(self, name))
-        _positive_float("lr", self.lr)
-        if self.backend not in ("numpy", "gpu"):
-            raise TrainError(f"backend: expected numpy or gpu, got {self.backend!r}")
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        one_of("backend", self.backend, FINITE_BACKENDS)
 
     def as_json(self):
         d = dataclasses.asdict(self)
@@ -406,10 +360,10 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
         log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
             f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
         _train_width(config, data, rows, d, folder, xp, log)
-    return write_sweep_summary(out)
+    return write_finite_summary(out)
 
 
-def load_sweep(out):
+def load_finite_sweep(out):
     """Per finished bottleneck size: (result dict, metrics rows as floats), sorted by size."""
     results = []
     for folder in sorted(Path(out).glob("width-*")):
@@ -423,11 +377,11 @@ def load_sweep(out):
     return results
 
 
-def write_sweep_summary(out):
+def write_finite_summary(out):
     """Write summary.json, summary.csv and the two figures from the finished sizes in ``out``."""
     out = Path(out)
     cfg = json.loads((out / "config.json").read_text())
-    results = load_sweep(out)
+    results = load_finite_sweep(out)
     table = []
     for res, _ in results:
         fin = res.get("final") or {}
@@ -448,13 +402,18 @@ def write_sweep_summary(out):
     _write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
                                      "test_err", "wall_s"], table)
     if results:
-        plot_sweep(out, results, cfg["config"])
+        plot_finite_sweep(out, results, cfg["config"])
     return summary
 
 
-def plot_sweep(out, results, config):
+def plot_finite_sweep(out, results, config):
     """fig 15 (loss against steps per bottleneck size) and fig 16 (final loss and error against size)."""
-    plt = _pyplot()
+    with PLOT_LOCK:
+        _plot_finite_sweep(out, results, config)
+
+
+def _plot_finite_sweep(out, results, config):
+    plt = pyplot()
     cmap = plt.get_cmap("viridis")
     ws = [r[0]["width"] for r in results]
     lw = np.log(ws)
@@ -477,7 +436,7 @@ def plot_sweep(out, results, config):
     axes[1].legend(fontsize=7, ncol=2 if len(results) > 8 else 1, title="bottleneck")
     fig.suptitle(f"finite networks: {title}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-losses.png")
+    save_figure(fig, out / "finite-losses.png", dpi=90)
 
     done = [(res, rows) for res, rows in results if res["status"] == "done"]
     has_err = bool(done) and done[0][0]["final"].get("test_err") is not None
@@ -498,7 +457,7 @@ def plot_sweep(out, results, config):
         ax.legend()
     fig.suptitle(f"end of training ({config['steps']} steps): {title}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-final.png")
+    save_figure(fig, out / "finite-final.png", dpi=90)
 
 
 # ----------------------------------------------------------------------------
@@ -527,18 +486,17 @@ class CompareConfig:
     max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
 
     def validate(self):
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        one_of("dataset", self.dataset, DATASETS)
         self.hidden = parse_widths(self.hidden, "hidden")
         if len(self.hidden) < 2:
             raise TrainError(f"hidden: expected at least two widths to compare, got {list(self.hidden)}")
         for name in ("train_size", "test_size", "d0", "dr", "width", "limit_width", "steps", "batch_size",
                      "eval_every"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            _non_negative_int(name, getattr(self, name))
-        _positive_float("lr", self.lr)
-        _positive_float("max_ratio", self.max_ratio)
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        positive_number("max_ratio", self.max_ratio)
 
     def as_json(self):
         d = dataclasses.asdict(self)
@@ -680,7 +638,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
                         finite.step(X[idx], Y[idx], lr=config.lr)
                     sim.step(idx)
         except DivergenceError as exc:
-            raise TrainError(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
+            raise RunFailed(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
 
     for n in config.hidden:
         net = RandomNetwork.sample(data.d0, config.width, data.dr, width=n, seed=config.seed)
@@ -721,7 +679,12 @@ def finite_vs_infinite(config, out, force=False, log=print):
 
 def plot_comparison(out, records, table, config):
     """One figure: training and test loss, finite (solid) and simulator (dashed) per n, limit in black."""
-    plt = _pyplot()
+    with PLOT_LOCK:
+        _plot_comparison(out, records, table, config)
+
+
+def _plot_comparison(out, records, table, config):
+    plt = pyplot()
     cmap = plt.get_cmap("plasma")
     ns = sorted({r["n"] for r in records if r["run"] == "finite"})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -752,7 +715,7 @@ def plot_comparison(out, records, table, config):
     fig.suptitle(f"finite vs infinite width: {config.dataset}, d={config.width}, batch {config.batch_size}, "
                  f"lr {config.lr}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-vs-infinite.png")
+    save_figure(fig, out / "finite-vs-infinite.png", dpi=90)
 
 
 def markdown_table(table, limit=None):

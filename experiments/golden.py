@@ -307,8 +307,8 @@ def rel_frobenius(a, b):
     return float(np.linalg.norm(a - b) / (nb if nb > 0 else 1.0))
 
 
-#: Pairs within this angle of anti-parallel (and, for ntk_inf, of parallel) are compared
-#: separately, under "<quantity>@singular".
+#: Pairs within this angle of anti-parallel (and, for ntk_inf and the Xi coefficients alpha and
+#: beta, of parallel) are compared separately, under "<quantity>@singular".
 SINGULAR = 1e-5
 #: Their tolerance.  refimpl is ill-conditioned there, not the backends: it holds theta ~ pi
 #: with an absolute error of ulp(pi) = 4.4e-16, so its sin(theta) and pi - theta carry a
@@ -316,7 +316,9 @@ SINGULAR = 1e-5
 #: from the half-angle differences; and NTK_inf takes arccos of a correlation that is 1 to
 #: within a few ulps for (nearly) parallel inputs, which turns an ulp of Sigma_g into ~1e-8
 #: in the angle (the backends share that code, refimpl.kernels.ntk_inf_from_g, but not the
-#: last bit of Sigma_g).
+#: last bit of Sigma_g).  alpha and beta grow like 1/theta at parallel pairs, so an ulp in the
+#: inputs' dot products moves them by ~1e-9 relative at theta = 1e-8 (measured between two
+#: OpenBLAS kernels); only their combination Xi, compared on its own scale, is well conditioned.
 TOL_SINGULAR = 1e-6
 
 
@@ -328,25 +330,48 @@ def compare_kernels(golden, kern):
     absolutely).  Singular pairs (see SINGULAR) are reported under
     ``<quantity>@singular``.
     """
+    return _kernel_errors(golden, lambda m, X, Y: kernel_outputs(kern, X, Y))
+
+
+def _kernel_errors(golden, outputs):
+    """:func:`compare_kernels` for the outputs ``outputs(m, X, Y) -> {quantity: array}``."""
     errors = {}
     for m in KERNEL_DIMS:
         X, Y = golden[f"m{m}/X"], golden[f"m{m}/Y"]
         theta = kernels.pair_angles(X, Y)[2]
         anti = (np.pi - theta) < SINGULAR
         para = theta < SINGULAR
-        got = kernel_outputs(kern, X, Y)
-        for k, v in got.items():
+        for k, v in outputs(m, X, Y).items():
             ref = golden[f"m{m}/{k}"]
             scale = np.abs(ref)
             if k == "xi":
                 scale = np.broadcast_to((np.abs(golden[f"m{m}/alpha"]) * np.linalg.norm(Y, axis=1)[None, :]
                                          + np.abs(golden[f"m{m}/beta"]))[:, :, None], ref.shape)
-            singular = (anti | para) if k.startswith("ntk_inf") else anti
+            singular = (anti | para) if k.startswith("ntk_inf") or k in ("alpha", "beta") else anti
             top = float(np.max(scale))
             for key, mask in ((k, ~singular), (f"{k}@singular", singular)):
                 if mask.any():
                     err = rel_elementwise(v[mask], ref[mask], scale[mask], scale_max=top)
                     errors[key] = max(errors.get(key, 0.0), err)
+    return errors
+
+
+def case_errors(name, new, ref):
+    """{quantity: error} between two versions of golden case ``name`` (e.g. regenerated and stored).
+
+    The same measures and quantity names as the checks of the backends (:func:`compare_kernels`,
+    :func:`compare_trajectory`, so :func:`tolerance` applies), plus ``inputs``: the largest
+    elementwise relative error of the recorded inputs (data, networks, batches).
+    """
+    if name == "kernels":
+        inputs = [k for k in ref if k.rsplit("/", 1)[-1] in ("X", "Y")]
+        errors = _kernel_errors(ref, lambda m, X, Y: {k.split("/", 1)[1]: new[k] for k in new
+                                                     if k.startswith(f"m{m}/") and k not in inputs})
+    else:
+        inputs = [k for k in ref if not k.startswith("out/")]
+        got = {k[len("out/"):]: v for k, v in new.items() if k.startswith("out/")}
+        errors = _trajectory_errors(got, ref)
+    errors["inputs"] = max(rel_elementwise(new[k], ref[k]) for k in inputs)
     return errors
 
 
@@ -359,8 +384,11 @@ def tolerance(quantity, dtype="float64"):
 
 def compare_trajectory(name, golden, backend, directory=GOLDEN_DIR):
     """{"losses": err, "embeddings": err, "F_eval": err} of ``backend`` on trajectory ``name``."""
-    cfg = TRAJECTORIES[name]
-    got = replay(cfg, golden, backend)
+    return _trajectory_errors(replay(TRAJECTORIES[name], golden, backend), golden)
+
+
+def _trajectory_errors(got, golden):
+    """:func:`compare_trajectory` for the replayed outputs ``got`` (keys as ``out/...`` without ``out/``)."""
     errors = {"losses": rel_elementwise(got["losses"], golden["out/losses"], floor=0.0)}
     for key in got:
         if key.startswith("ckpt"):

@@ -42,66 +42,23 @@ import time
 from pathlib import Path
 
 from refimpl import __version__
-from .fileio import DirLock, read_json
-from .train import (RESUME_FIELDS, TrainConfig, TrainError, _read_metrics, atomic_write_text, load_data,
-                    resolve_backend, train)
+from .fileio import SWEEP_FILE, DirLock, read_json
+from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, train
+from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
-SWEEP_FILE = "sweep.json"
 #: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
 #: How long to wait for a Dask scheduler before giving up.
 DASK_CONNECT_TIMEOUT = "10s"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-class SweepFailed(TrainError):
+class SweepFailed(RunFailed):
     """Some runs of the sweep failed; the message is a one-line summary."""
 
 
 # ----------------------------------------------------------------------------
 # options
 # ----------------------------------------------------------------------------
-
-def parse_widths(text):
-    """``"inf,10,20"`` -> ``["inf", 10, 20]``; a one-line TrainError for bad or repeated items."""
-    items = [s.strip().lower() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise TrainError(f"widths: expected a comma-separated list of positive integers or 'inf', got {text!r}")
-    out = []
-    for s in items:
-        if s in ("inf", "infinity"):
-            w = "inf"
-        else:
-            try:
-                w = int(s)
-            except ValueError:
-                w = None
-            if w is None or w < 1:
-                raise TrainError(f"widths: expected positive integers or 'inf', got {s!r} in {text!r}")
-        if w in out:
-            raise TrainError(f"widths: {s!r} appears twice in {text!r}")
-        out.append(w)
-    return out
-
-
-def parse_seeds(text):
-    """``"0,1,2"`` -> ``[0, 1, 2]``; a one-line TrainError for bad or repeated items."""
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise TrainError(f"seeds: expected a comma-separated list of non-negative integers, got {text!r}")
-    out = []
-    for s in items:
-        if not s.isdigit():
-            raise TrainError(f"seeds: expected non-negative integers, got {s!r} in {text!r}")
-        if int(s) in out:
-            raise TrainError(f"seeds: {s!r} appears twice in {text!r}")
-        out.append(int(s))
-    return out
-
-
-def width_key(width):
-    """Sort key: finite widths ascending, then ``inf``."""
-    return (1, 0) if width == "inf" else (0, int(width))
-
 
 def run_subdir(width, seed, n_seeds):
     """Relative directory of the run (width, seed): ``width-<d>`` or ``width-<d>/seed-<s>``."""
@@ -585,7 +542,7 @@ def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
             if r["status"] == "pending":
                 r["status"] = "interrupted"
         _write_sweep(out, record)
-        raise TrainError(f"interrupted; finished runs are kept, continue with --resume {out}") from None
+        raise RunFailed(f"interrupted; finished runs are kept, continue with --resume {out}") from None
     record["seconds"] = round(time.perf_counter() - t0, 3)
     _write_sweep(out, record)
 

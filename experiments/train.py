@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -49,18 +48,22 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
+from refimpl.kernels import ACTIVATIONS
 from . import fileio
+from .data import DATASETS
+from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
                      read_json, remove_stale_temp_files, save_npz)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
+from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
+from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
+                       positive_number, positive_rate, width)
 
 METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
                   "feature_movement", "kernel_alignment"]
+BACKENDS = ("numpy", "cpu", "gpu", "auto")
+DTYPES = ("float64", "float32")
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
-
-
-class TrainError(Exception):
-    """A problem with the options or the run directory; the message is one line for the user."""
 
 
 class BackendUnavailable(TrainError):
@@ -73,8 +76,8 @@ class TrainConfig:
 
     dataset: str = "synthetic"
     data_dir: str | None = None
-    train_size: int | None = 1000
-    test_size: int | None = 500
+    train_size: int | None = SYNTHETIC_TRAIN_SIZE
+    test_size: int | None = SYNTHETIC_TEST_SIZE
     d0: int | None = None            # synthetic only (default 16); None for mnist / cifar
     dr: int | None = None            # synthetic only (default 1); None for mnist / cifar
     width: int | str = 10            # bottleneck width d, or "inf"
@@ -94,39 +97,30 @@ class TrainConfig:
     dtype: str = "float64"
 
     def validate(self):
-        """Raise TrainError with a one-line message for the first bad option."""
-        def positive_int(name, allow_none=False):
-            val = getattr(self, name)
-            if val is None and allow_none:
-                return
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-                raise TrainError(f"{name}: expected a positive integer, got {val!r}")
+        """Raise TrainError with a one-line message for the first bad option (library callers; the
+        command line checks the same rules, from :mod:`experiments.validate`, while parsing).
 
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
-        if self.width != "inf":
-            positive_int("width")
+        Fills in the synthetic data's defaults ``d0 = 16``, ``dr = 1``; for mnist and cifar ``d0`` and
+        ``dr`` stay None (given values are checked against the data by :func:`load_data`)."""
+        one_of("dataset", self.dataset, DATASETS)
+        width("width", self.width)
         if self.dataset == "synthetic":
             self.d0 = 16 if self.d0 is None else self.d0
             self.dr = 1 if self.dr is None else self.dr
         for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size"):
-            positive_int(name)
+            positive_int(name, getattr(self, name))
         for name in ("d0", "dr"):
-            positive_int(name, allow_none=True)
+            optional(positive_int, name, getattr(self, name))
         for name in ("train_size", "test_size", "checkpoint_every"):
-            positive_int(name, allow_none=True)
-        for name in ("lr", "lr_f", "lr_g"):
-            val = getattr(self, name)
-            if val is None and name != "lr":
-                continue
-            if not isinstance(val, (int, float)) or not np.isfinite(val) or val <= 0:
-                raise TrainError(f"{name}: expected a positive number, got {val!r}")
-        if self.activation not in ("relu", "linear"):
-            raise TrainError(f"activation: expected relu or linear, got {self.activation!r}")
-        if self.backend not in ("numpy", "cpu", "gpu", "auto"):
-            raise TrainError(f"backend: expected numpy, cpu, gpu or auto, got {self.backend!r}")
-        if self.dtype not in ("float64", "float32"):
-            raise TrainError(f"dtype: expected float64 or float32, got {self.dtype!r}")
+            optional(positive_int, name, getattr(self, name))
+        for name in ("seed", "data_seed"):
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        for name in ("lr_f", "lr_g"):
+            positive_rate(name, getattr(self, name))
+        one_of("activation", self.activation, ACTIVATIONS)
+        one_of("backend", self.backend, BACKENDS)
+        one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
 
@@ -598,7 +592,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     out : path of the run directory
     force : overwrite an existing run directory (only once the new run has made its first step)
     resume : continue the run in ``out`` from its checkpoint (from step 0 if it has none yet)
-    progress : callable(total, start) -> context manager with ``update(n)``, or None
+    progress : callable(total, start) -> context manager with ``update(n, loss=batch_loss)``, called
+        after every step (the command line's progress display), or None
     log : callable for one-line messages
     data_dir : for ``resume``, a new location of the data (recorded in config.json)
 
@@ -646,7 +641,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
             run.record(0)
             run.checkpoint(evaluated=True)
         except DivergenceError as exc:
-            raise TrainError(f"{exc}; nothing was written") from None
+            raise RunFailed(f"{exc}; nothing was written") from None
 
         def first_step_done():
             nonlocal started
@@ -658,7 +653,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         if not started:
             ws.abort()
             if isinstance(exc, KeyboardInterrupt):
-                raise TrainError("interrupted before the first step; nothing was written") from None
+                raise RunFailed("interrupted before the first step; nothing was written") from None
             if isinstance(exc, MemoryError):
                 raise TrainError(f"memory: out of memory while setting up the run (width {config.width}, "
                                  f"init_width {config.init_width}); nothing was written") from None
@@ -721,7 +716,7 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
             run.record(0)
             run.checkpoint(evaluated=True)
         except DivergenceError as exc:
-            raise TrainError(f"{exc}") from None
+            raise RunFailed(f"{exc}") from None
     else:
         log(f"resuming {out} at step {done} of {config.steps}")
         if done == config.steps:          # the summary was missing: write it
@@ -792,27 +787,25 @@ class _Run:
                     fault_point("train:step")
                     evaluated = done % config.eval_every == 0 or done == config.steps
                     if evaluated:
-                        row = self.record(done)
-                        if hasattr(bar, "set_postfix"):
-                            bar.set_postfix(row)
+                        self.record(done)
                     if done % self.ckpt_every == 0 or done == config.steps:
                         self.checkpoint(evaluated)
-                    bar.update(1)
+                    bar.update(1, loss=last)
         except DivergenceError as exc:
             if on_first_step is not None:
-                raise TrainError(f"{exc}; nothing was written (it diverged at the first step)") from None
+                raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
             _plot(out, self.metrics)
             good = self.good or _good_checkpoint(out)
             where = (f"the last good checkpoint (step {good[0]}, finite state and train loss {good[1]:.4g}) is kept "
                      f"in {out / 'checkpoint.npz'}") if good else "no good checkpoint was written"
-            raise TrainError(f"{exc}; {where}; lower --lr and start over with --force") from None
+            raise RunFailed(f"{exc}; {where}; lower --lr and start over with --force") from None
         except KeyboardInterrupt:
             if on_first_step is not None:
                 raise
             good = self.good or _good_checkpoint(out)
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
-            raise TrainError(f"interrupted at step {step}; {kept}; continue with: python cli.py train "
-                             f"--resume {out}") from None
+            raise RunFailed(f"interrupted at step {step}; {kept}; continue with: python cli.py train "
+                            f"--resume {out}") from None
         return self.finish(last)
 
     def finish(self, last):
@@ -868,13 +861,8 @@ class _NullProgress:
     def __exit__(self, *exc):
         return False
 
-    def update(self, n):
+    def update(self, n=1, loss=None):
         pass
-
-
-#: matplotlib is not thread-safe (its mathtext parser fails under concurrent use), and runs may share a
-#: process as threads (Dask workers): every figure of the package is drawn under this lock.
-PLOT_LOCK = threading.RLock()
 
 
 def _plot(out, metrics):
@@ -882,25 +870,15 @@ def _plot(out, metrics):
     if not metrics:
         return
     with PLOT_LOCK:
-        _plot_locked(out, metrics)
-
-
-def _plot_locked(out, metrics):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [int(r["step"]) for r in metrics]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("train_loss", "train"), ("test_loss", "test")):
-        ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
-    ax.set_title(out.name)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "loss.png", buf.getvalue())
+        plt = pyplot()
+        steps = [int(r["step"]) for r in metrics]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("train_loss", "train"), ("test_loss", "test")):
+            ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
+        ax.set_title(out.name)
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, out / "loss.png", dpi=100)

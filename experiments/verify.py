@@ -32,7 +32,6 @@ Loss convention as everywhere (MATH §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -44,7 +43,9 @@ from refimpl import __version__, kernels
 from refimpl.dynamics import BottleneckSimulator
 from refimpl.finite import FiniteNetwork
 from refimpl.network import RandomNetwork
-from .train import atomic_write_bytes, atomic_write_text
+from refimpl.validate import int_at_least, non_negative_int, positive_int, positive_number
+from .figures import pyplot, save_figure
+from .fileio import atomic_write_text
 
 #: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
 MC_BLOCK_ELEMENTS = 1 << 22
@@ -78,23 +79,6 @@ def _ints(name, values, minimum=1):
     return tuple(int(v) for v in values)
 
 
-def _int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(name, value, allow_zero=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}")
-    return value
-
-
 def _rel(a, b):
     nb = float(np.linalg.norm(b))
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b))) / nb if nb > 0 else float("inf")
@@ -109,13 +93,13 @@ def _check(name, value, threshold, text):
 
 # ----------------------------------------------------------------------------- output
 
-def _jsonable(obj):
+def jsonable(obj):
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else str(v)
@@ -136,23 +120,16 @@ def _prepare(out):
 
 def _finish(name, out, config, results, checks, fig, started):
     """Write <name>.json and <name>.png atomically; return the report."""
-    import matplotlib.pyplot as plt
-
     report = {"name": name, "version": __version__, "config": config, "results": results, "checks": checks,
               "passed": all(c["passed"] for c in checks), "wall_s": time.perf_counter() - started}
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / f"{name}.png", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    save_figure(fig, out / f"{name}.png", dpi=100)
+    atomic_write_text(out / f"{name}.json", json.dumps(jsonable(report), indent=1) + "\n")
     report["files"] = [str(out / f"{name}.json"), str(out / f"{name}.png")]
     return report
 
 
 def _figure(rows, cols, size):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
     return fig, axes
 
@@ -227,11 +204,11 @@ def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, thr
     cfg.update({k: v for k, v in dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
                                          threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["samples"] = _int("samples", cfg["samples"], 2)
-    cfg["pairs"] = _int("pairs", cfg["pairs"])
-    cfg["dim"] = _int("dim", cfg["dim"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    cfg["samples"] = int_at_least("samples", cfg["samples"], 2)
+    cfg["pairs"] = positive_int("pairs", cfg["pairs"])
+    cfg["dim"] = positive_int("dim", cfg["dim"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -383,13 +360,13 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     cfg.update({k: v for k, v in dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points,
                                          seed=seed, threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["steps"] = _int("steps", cfg["steps"])
-    cfg["lr"] = _positive("lr", cfg["lr"])
-    cfg["samples"] = _int("samples", cfg["samples"])
-    cfg["points"] = _int("points", cfg["points"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    cfg["steps"] = positive_int("steps", cfg["steps"])
+    cfg["lr"] = positive_number("lr", cfg["lr"])
+    cfg["samples"] = positive_int("samples", cfg["samples"])
+    cfg["points"] = positive_int("points", cfg["points"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -478,12 +455,12 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
                                          threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
     cfg["depths"] = _ints("depths", cfg["depths"])
-    cfg["steps"] = _int("steps", cfg["steps"])
-    cfg["lr"] = _positive("lr", cfg["lr"])
-    cfg["points"] = _int("points", cfg["points"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    cfg["steps"] = positive_int("steps", cfg["steps"])
+    cfg["lr"] = positive_number("lr", cfg["lr"])
+    cfg["points"] = positive_int("points", cfg["points"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -582,12 +559,12 @@ def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, 
     cfg.update({k: v for k, v in dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
                                          threshold=threshold).items() if v is not None})
     cfg["dims"] = _ints("dims", cfg["dims"])
-    cfg["width"] = _int("width", cfg["width"])
-    cfg["samples"] = _int("samples", cfg["samples"])
-    cfg["points"] = _int("points", cfg["points"], 2)
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg["d0"] = _int("d0", d0)
+    cfg["width"] = positive_int("width", cfg["width"])
+    cfg["samples"] = positive_int("samples", cfg["samples"])
+    cfg["points"] = int_at_least("points", cfg["points"], 2)
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg["d0"] = positive_int("d0", d0)
     out = _prepare(out)
     started = time.perf_counter()
     X = np.random.default_rng(cfg["seed"]).standard_normal((cfg["points"], d0))

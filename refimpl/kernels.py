@@ -71,7 +71,8 @@ def as_points(X, name="X"):
     return np.ascontiguousarray(X)
 
 
-def _pair(X, Y):
+def as_pair(X, Y):
+    """Check and convert the two point sets of a kernel: (p, m) and (q, m) float64 arrays, m >= 1."""
     X = as_points(X, "X")
     Y = as_points(Y, "Y")
     if X.shape[1] != Y.shape[1]:
@@ -79,6 +80,9 @@ def _pair(X, Y):
     if X.shape[1] == 0:
         raise ValueError("X: points must have at least one coordinate")
     return X, Y
+
+
+_pair = as_pair          # the short name the kernels below use
 
 
 def unit_rows(X):
