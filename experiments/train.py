@@ -380,9 +380,22 @@ def memory_estimate(config, n_train, n_test, d0, dr):
     return 8 * int(core)
 
 
+def available_memory(xp):
+    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
+    if xp is not np:
+        try:
+            free, total = xp.cuda.runtime.memGetInfo()
+            return int(total)
+        except Exception:   # noqa: BLE001
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_memory(config, n_train, n_test, d0, dr):
     """Refuse (one line) a run whose :func:`memory_estimate` exceeds this machine's memory."""
-    from .finite_sweep import available_memory
     need = memory_estimate(config, n_train, n_test, d0, dr) + 8 * 4 * (n_train + n_test) * (d0 + dr)
     have = available_memory(np)
     if have is not None and need > have:
