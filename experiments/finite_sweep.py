@@ -43,7 +43,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
