@@ -22,12 +22,18 @@ stopped), and a run that fails (diverges, or anything else) is recorded as
 ``failed`` without stopping the others.  :func:`run_sweep` raises
 :class:`SweepFailed` at the end when any run failed.
 
-Execution: local worker processes (``jobs``; started with ``spawn``, each with
-``OMP_NUM_THREADS`` etc. set to ``cores // jobs`` unless already set, so that
-parallel runs do not oversubscribe the cores), or an existing Dask cluster
-(``scheduler="tcp://host:port"``, needs the optional ``dask[distributed]``;
-the workers must be able to import ``refimpl`` and to read and write the sweep
-directory, e.g. on a shared file system).
+Execution: local worker processes (``jobs``, started with ``spawn``; every run executes in a worker,
+also with ``jobs = 1``; a script that calls :func:`run_sweep` needs the usual
+``if __name__ == "__main__":`` guard of multiprocessing).  The workers' thread variables
+(``OMP_NUM_THREADS`` etc.: the user's, else ``cores // jobs``) are fixed in ``sweep.json`` when the sweep
+is made and applied again on every resume, whatever ``jobs`` then is, so that the BLAS rounding, and
+with it every number, is the same.  A worker that dies is noticed at once (its run is recorded as
+``interrupted``); workers die with the sweep process (``PR_SET_PDEATHSIG`` on Linux, a watchdog on the
+parent pid elsewhere).  The sweep directory and every run directory hold a lock file ``.lock`` (the
+writer's pid) that other sweeps and resumes honour.  Or an existing Dask cluster
+(``scheduler="tcp://host:port"``, needs the optional ``dask[distributed]``, connected before anything
+is written; the workers must be able to import ``refimpl`` and to read and write the sweep directory,
+e.g. on a shared file system, and set their own thread variables).
 """
 
 from __future__ import annotations
@@ -448,6 +454,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
+    if scheduler is not None and not str(scheduler).strip():
+        raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:
         record = read_sweep(out)
         saved_steps = int(record["config"]["steps"])

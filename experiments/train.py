@@ -399,9 +399,11 @@ def _check_memory(config, n_train, n_test, d0, dr):
     need = memory_estimate(config, n_train, n_test, d0, dr) + 8 * 4 * (n_train + n_test) * (d0 + dr)
     have = available_memory(np)
     if have is not None and need > have:
-        raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB (width {config.width}, init_width "
-                         f"{config.init_width}, {config.steps} steps of {config.batch_size}) but this machine has "
-                         f"{have / 2**30:.3g} GiB; lower --width, --init-width, --steps or the data sizes")
+        sizes = ", ".join(f"{k} {v}" for k, v in (
+            ("train_size", n_train), ("test_size", n_test), ("d0", d0), ("dr", dr), ("width", config.width),
+            ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size)))
+        raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB ({sizes}) but this machine has "
+                         f"{have / 2**30:.3g} GiB; lower one of these")
     return need
 
 

@@ -91,9 +91,10 @@ def test_sweep_bad_numbers(tmp_path, opt, val):
     assert not out.exists()
 
 
-def test_sweep_bad_scheduler_writes_nothing(tmp_path):
+@pytest.mark.parametrize("address", ["notanaddress", ""])
+def test_sweep_bad_scheduler_writes_nothing(tmp_path, address):
     out = tmp_path / "sw"
-    args = ["sweep", *SWEEP_TINY, "--scheduler", "notanaddress", "--out", str(out)]
+    args = ["sweep", *SWEEP_TINY, "--scheduler", address, "--out", str(out)]
     _fails_cleanly(_invoke(args), "scheduler")
     assert not out.exists()
     _fails_cleanly(_invoke(args), "scheduler")          # the same command: same error, not 'use --force'
