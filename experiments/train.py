@@ -474,6 +474,7 @@ class _Workspace:
         _remove_dead_staging(self.out)
         try:
             self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.new-"))
+            os.chmod(self.dir, 0o777 & ~fileio._UMASK)      # mkdtemp makes 0700; the run gets the usual mode
         except OSError as exc:
             self._remove_parents()
             raise TrainError(f"out: cannot write in {self.out.parent} ({exc.strerror or exc})") from None
@@ -708,7 +709,13 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
         log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
         return out
     backend = resolve_backend(config.backend, config.dtype)
-    data = load_data(config)
+    try:
+        data = load_data(config)
+    except TrainError as exc:
+        if config.dataset == "synthetic":
+            raise
+        raise TrainError(f"data: cannot read the run's data in {config.data_dir} ({str(exc).split('; ')[0]}); "
+                         f"give their folder with --data-dir (recorded in {out / 'config.json'})") from None
     _check_same_data(out, saved.get("data"), data)
     _check_batch_size(config, data)
     sim, _ = build_simulator(config, data, backend)
