@@ -191,7 +191,7 @@ def test_sweep_parent_killed_three_times_no_orphans_and_identical_result(tmp_pat
         deadline = time.monotonic() + 60
         while not _workers(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.2, 1.0))          # workers are importing or training
+        time.sleep(rng.uniform(0.1, 0.5))          # workers are importing or training
         workers = _workers(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
