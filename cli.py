@@ -397,7 +397,8 @@ def download(dataset, data_dir, base_url):
 @model_options()
 @run_options(skip=("seed", "checkpoint_every"))
 @click.option("--jobs", "-j", type=POS_INT, default=None,
-              help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
+              help="Local worker processes [default: number of cores; with --backend gpu one per GPU, "
+                   "each seeing only its own device]; threads per worker = cores // jobs.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
 @click.option("--out", type=click.Path(), default=None,
@@ -730,17 +731,39 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
             V.one_of("dtypes", dt, DTYPES)
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
                        numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        b.write(report, out)
-        return report, b.table(report)
+        path = out
+        b.write(report, path)
+        return report, b.table(report), path
 
-    report, table = run_guarded(go)
+    report, table, path = run_guarded(go)
     if as_json:
-        emit_json({"ok": True, "file": str(out), **report})
+        emit_json({"ok": True, "file": str(path), **report})
     else:
         click.echo(table)
-    click.echo(f"wrote {out}", err=True)
+    click.echo(f"wrote {path}", err=True)
 
+
+@cli.command("gpu-check")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for gpucheck.json, table.md and the runs [default: runs/gpu-check-<date>-<time>].")
+@click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
+def gpu_check(out, tiny):
+    """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
+    M = 1e5..1e7, paper-scale timing; prints a summary table (exit status 3 if a step failed)."""
+    def go():
+        import time
+        from experiments import gpucheck
+        path = out or str(Path("runs") / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}")
+        report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
+                              log=lambda m: click.echo(m, err=True))
+        return report, gpucheck.table(report), path
+
+    report, table, path = run_guarded(go)
+    click.echo(table)
+    click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+    failed = [s["step"] for s in report["steps"] if s["ok"] is False]
+    if failed:
+        raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
 
 if __name__ == "__main__":
     main()

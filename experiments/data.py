@@ -89,6 +89,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from refimpl.validate import non_negative_int, positive_int
+
 
 class DataError(ValueError):
     """A data file is missing, malformed or fails its checksum; the message names the file and the problem."""
@@ -507,13 +509,10 @@ def load_cifar10(data_dir=None, classes=CIFAR_DEFAULT_CLASSES):
 def _check_size(argument, size, available):
     if size is None:
         return None
-    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer)):
-        raise ValueError(f"{argument}: expected a positive integer or None, got {size!r}")
-    if size < 1:
-        raise ValueError(f"{argument}: expected a positive integer, got {size}")
+    size = positive_int(argument, size)
     if size > available:
         raise ValueError(f"{argument}: asked for {size} rows but only {available} are available")
-    return int(size)
+    return size
 
 
 def stratified_subset(labels, size, rng):
@@ -714,8 +713,7 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
         raise ValueError(f"name: unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    non_negative_int("seed", seed)
     if key == "synthetic":
         if classes is not None:
             raise ValueError("classes: not used by the synthetic regression data set")

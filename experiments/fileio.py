@@ -260,3 +260,28 @@ class DirLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def write_csv(path, columns, rows):
+    """Write the dicts ``rows`` as CSV with the header ``columns``, atomically.
+
+    None is written as an empty cell, a float as its ``repr`` (every digit, read back exactly).
+    """
+    import csv
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else
+                             repr(float(row[k])) if isinstance(row[k], float) else row[k]) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path):
+    """The rows of a CSV file as dicts of strings ([] when the file does not exist)."""
+    import csv
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))

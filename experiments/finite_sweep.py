@@ -38,9 +38,7 @@ d = 1, 4.4 GiB at d = 1000 and 28 GiB at d = 9000, so n = 100,000 fits in
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import shutil
@@ -55,8 +53,8 @@ from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
 from refimpl.network import RandomNetwork
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import atomic_write_text
-from .train import available_memory, batch_indices
+from .fileio import atomic_write_text, read_csv, write_csv
+from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
 
@@ -126,21 +124,6 @@ def _load(dataset, data_dir, train_size, test_size, seed, d0, dr):
         raise TrainError(str(exc).splitlines()[0]) from None
 
 
-def _write_csv(path, columns, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
-                    for k in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 # ----------------------------------------------------------------------------
 # appendix F: bottleneck sweep of finite networks
 # ----------------------------------------------------------------------------
@@ -183,13 +166,6 @@ class SweepConfig:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         return d
-
-
-def _eval_rows(seed, n, eval_size):
-    """The fixed training subset for the training metrics (as :func:`experiments.train.eval_rows`)."""
-    if n <= eval_size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
 
 
 def evaluate_network(net, data, rows):
@@ -243,7 +219,7 @@ def _train_width(config, data, rows, d, folder, xp, log):
     def record(step):
         row = {"step": step, **evaluate_network(net, data, rows), "wall_s": round(time.perf_counter() - t0, 3)}
         metrics.append(row)
-        _write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
+        write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
         for key in ("train_loss", "test_loss"):
             if not math.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}")
@@ -335,7 +311,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
             "error": "1 - accuracy (argmax of F against the label); empty for regression",
             "train_metrics_rows": int(min(config.eval_size, data.n_train))}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
-    rows = _eval_rows(config.seed, data.n_train, config.eval_size)
+    rows = eval_rows(config.seed, data.n_train, config.eval_size)
 
     for d in config.widths:
         folder = width_dir(out, d)
@@ -356,7 +332,7 @@ def load_finite_sweep(out):
             continue
         res = json.loads((folder / "result.json").read_text())
         rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
-                for r in _read_csv(folder / "metrics.csv")]
+                for r in read_csv(folder / "metrics.csv")]
         results.append((res, rows))
     results.sort(key=lambda r: r[0]["width"])
     return results
@@ -384,7 +360,7 @@ def write_finite_summary(out):
         if done[0]["test_err"] is not None:
             summary["best_test_err_width"] = min(done, key=lambda r: r["test_err"])["width"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
+    write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
                                      "test_err", "wall_s"], table)
     if results:
         plot_finite_sweep(out, results, cfg["config"])
@@ -634,9 +610,9 @@ def finite_vs_infinite(config, out, force=False, log=print):
     limit_net = RandomNetwork.sample(data.d0, config.width, data.dr, width=config.limit_width, seed=config.seed)
     run("limit", config.limit_width, limit_net, None)
 
-    _write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
+    write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
     table = gap_table([r for r in records if r["run"] == "finite"])
-    _write_csv(out / "table.csv", TABLE_COLUMNS, table)
+    write_csv(out / "table.csv", TABLE_COLUMNS, table)
     checks = {}
     for name, key, what in (("loss", "max_rel_gap_train", "max over steps of |L_finite - L_sim| / L_sim (training loss)"),
                             ("output", "max_output_gap", "max over steps of ||F_finite - F_sim|| / ||F_sim||")):

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from refimpl import __version__
+from . import devices
 from .fileio import SWEEP_FILE, DirLock, read_json
 from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
@@ -243,9 +244,18 @@ def _die_with_parent(parent_pid):
     threading.Thread(target=watchdog, daemon=True, name="parent-watchdog").start()
 
 
-def _worker_main(conn, parent_pid):
+def _worker_init(device_slots=None):
+    """Workers leave Ctrl-C to the parent, which terminates them (no traceback per worker);
+    with a GPU backend each takes its own device (experiments.devices)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    devices.claim(device_slots)
+
+
+def _worker_main(conn, parent_pid, device_slots=None):
     """A local worker: runs the tasks the parent sends until it sends None."""
     _die_with_parent(parent_pid)
+    _worker_init(device_slots)
     while True:
         try:
             item = conn.recv()
@@ -277,13 +287,14 @@ def _run_local(tasks, jobs, env, on_result):
     from multiprocessing.connection import wait
 
     ctx = multiprocessing.get_context("spawn")
+    slots = devices.worker_slots(tasks[0]["config"]["backend"], context=ctx) if tasks else None
     queue = list(enumerate(tasks))
     workers = {}                                   # conn -> [process, current index or None]
 
     def start():
         parent, child = ctx.Pipe()
         with _environ(env):
-            proc = ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True)
+            proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), slots), daemon=True)
             proc.start()
         child.close()
         workers[parent] = [proc, None]
@@ -480,10 +491,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
                                    "seed": record["seeds"][0]})
     probe = _check_before_start(probe, scheduler)
     record["config"]["data_dir"] = probe.data_dir            # absolute, as the runs record it
-    if not resume:
-        record["thread_env"] = thread_env(max(1, min(jobs or default_jobs(), len(record["runs"]))))
-    env = record.get("thread_env") or thread_env(max(1, min(jobs or default_jobs(), len(record["runs"]))))
-    record["thread_env"] = env
+    if not resume or not record.get("thread_env"):
+        record["thread_env"] = thread_env(_jobs(jobs, record))
     client = _dask_client(scheduler) if scheduler else None   # connected before anything is written
 
     made = not out.exists()
@@ -506,6 +515,12 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         lock.release()
 
 
+def _jobs(jobs, record):
+    """Local workers: ``jobs``, else one per GPU (GPU backend) or per core; at most one per run."""
+    default = devices.default_jobs(record["config"]["backend"], default_jobs())
+    return max(1, min(jobs or default, len(record["runs"])))
+
+
 def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
     tasks = []
     for r in record["runs"]:
@@ -516,7 +531,7 @@ def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
     _write_sweep(out, record)
 
     n = len(tasks)
-    jobs = max(1, min(jobs or default_jobs(), n))
+    jobs = _jobs(jobs, record)
     where = f"Dask scheduler {scheduler}" if scheduler else f"{jobs} local worker(s)"
     log(f"sweep {out}: {n} runs ({len(record['widths'])} widths x {len(record['seeds'])} seeds, "
         f"{record['config']['steps']} steps) on {where}")

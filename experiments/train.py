@@ -33,8 +33,8 @@ resumed run identical, bit for bit, to an uninterrupted one.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import csv
 import hashlib
 import io
 import json
@@ -53,7 +53,7 @@ from . import fileio
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
-                     read_json, remove_stale_temp_files, save_npz)
+                     read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
@@ -66,8 +66,6 @@ DTYPES = ("float64", "float32")
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
 
 
-class BackendUnavailable(TrainError):
-    """The requested backend cannot run here (the message says why)."""
 
 
 @dataclasses.dataclass
@@ -143,12 +141,12 @@ def resolve_backend(name, dtype="float64"):
         import accel
         get_backend = accel.get_backend
     except (ImportError, AttributeError):
-        raise BackendUnavailable(f"backend: {name!r} is not available in this installation "
-                                 "(the accelerated backends are not built); use --backend numpy") from None
+        raise TrainError(f"backend: {name!r} is not available in this installation "
+                         "(the accelerated backends are not built); use --backend numpy") from None
     try:
         return get_backend(name, dtype=dtype)
-    except Exception as exc:   # the backend's own one-line reason
-        raise BackendUnavailable(f"backend: {name!r} is unavailable: {exc}") from None
+    except (accel.BackendUnavailable, ValueError) as exc:   # the backend's own one-line reason
+        raise TrainError(f"backend: {name!r} is unavailable: {exc}") from None
 
 
 def load_data(config):
@@ -206,11 +204,12 @@ def build_simulator(config, data, backend):
 # evaluation
 # ----------------------------------------------------------------------------
 
-def eval_rows(config, n):
-    """The fixed training subset on which the training loss is evaluated."""
-    if n <= config.eval_size:
+def eval_rows(seed, n, eval_size):
+    """The fixed training subset (sorted row indices, at most ``eval_size`` of ``n``) on which the training
+    metrics are evaluated: the first rows of the permutation ``default_rng((seed, 2))``."""
+    if n <= eval_size:
         return np.arange(n)
-    return np.sort(np.random.default_rng((config.seed, 2)).permutation(n)[:config.eval_size])
+    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
 
 
 def _outputs(sim, X, rows=None):
@@ -319,19 +318,6 @@ def _read_metrics(path):
         last = step
         rows.append(row)
     return rows
-
-
-def _write_metrics(path, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _fmt(row):
-    return {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()}
 
 
 def _check_out(out):
@@ -751,7 +737,7 @@ class _Run:
 
     def __init__(self, config, data, sim, out, wall0, metrics, log):
         self.config, self.data, self.sim, self.out, self.log = config, data, sim, Path(out), log
-        self.rows = eval_rows(config, data.X_train.shape[0])
+        self.rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
         self.probe = FeatureProbe(sim, data.X_train, data.Y_train, self.rows)   # G_0 before any step
         self.metrics = metrics
         self.ckpt_every = config.checkpoint_every or config.eval_every
@@ -769,7 +755,7 @@ class _Run:
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
         self.metrics.append(row)
-        _write_metrics(self.out / "metrics.csv", [_fmt(r) for r in self.metrics])
+        write_csv(self.out / "metrics.csv", METRIC_COLUMNS, self.metrics)
         return row
 
     def checkpoint(self, evaluated):

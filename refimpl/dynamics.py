@@ -67,21 +67,32 @@ def _check_targets(X, Y):
 
 
 class History:
-    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling."""
+    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling.
+
+    Subclasses may store more per-row arrays (listed in ``_arrays``, grown together) and
+    allocate elsewhere (``_empty``, e.g. device memory).
+    """
+
+    #: Per-row storage arrays, grown together.
+    _arrays = ("_P", "_C")
 
     def __init__(self, d, dr, capacity=1024, dtype=np.float64):
-        self._P = np.empty((capacity, d), dtype=dtype)
-        self._C = np.empty((capacity, dr), dtype=dtype)
+        self._P = self._empty((capacity, d), dtype)
+        self._C = self._empty((capacity, dr), dtype)
         self.M = 0
+
+    def _empty(self, shape, dtype):
+        """Uninitialised storage (NumPy here)."""
+        return np.empty(shape, dtype=dtype)
 
     def append(self, P, C):
         """Append rows; copies the storage only when it is full (capacity doubles)."""
         k = P.shape[0]
         if self.M + k > self._P.shape[0]:
             cap = max(2 * self._P.shape[0], self.M + k)
-            for name in ("_P", "_C"):
+            for name in self._arrays:
                 old = getattr(self, name)
-                new = np.empty((cap, old.shape[1]), dtype=old.dtype)
+                new = self._empty((cap,) + old.shape[1:], old.dtype)
                 new[:self.M] = old[:self.M]
                 setattr(self, name, new)
         self._P[self.M:self.M + k] = P

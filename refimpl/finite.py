@@ -21,7 +21,7 @@ With two weight matrices per half this is exactly
 as in :class:`~refimpl.network.RandomNetwork`.  With ``activation="linear"``
 and L weight matrices it is the deep linear network of lemma 4.1 (scale
 1/sqrt(d0) or 1/sqrt(d) at the input and 1/sqrt(n) per hidden layer), and with
-one weight matrix per half it is the effective two-layer network of MATH §2,
+one weight matrix per half it is the effective two-layer network of MATH §5.2,
 
     F(xi) = W Theta xi / sqrt(d d0),   g(xi) = Theta xi / sqrt(d0),   f(x) = W x / sqrt(d).
 
