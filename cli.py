@@ -107,6 +107,21 @@ WIDTH = Checked("WIDTH", lambda v: V.width("width", v))
 POSITIVE = Checked("FLOAT", _positive)
 POS_INT = click.IntRange(min=1)
 SEED = click.IntRange(min=0)
+def _scale(value):
+    """A layer scale: one non-negative number, or two (g, f) separated by a comma."""
+    if isinstance(value, (int, float, tuple)):
+        return value
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) not in (1, 2):
+        raise V.TrainError(f"value: expected one number or two (g,f), got {value!r}")
+    try:
+        nums = [V.positive_number("value", float(p), allow_zero=True) for p in parts]
+    except (TypeError, ValueError, V.TrainError):
+        raise V.TrainError(f"value: expected one non-negative number or two (g,f), got {value!r}") from None
+    return nums[0] if len(nums) == 1 else tuple(nums)
+
+
+SCALE = Checked("STD[,STD]", _scale)
 INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.parse_int_list(v, "value")))
 
 
@@ -157,11 +172,11 @@ def _option_set(*specs):
 
 def _library_defaults():
     from experiments.data import DATASETS
-    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, TrainConfig
-    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, TrainConfig.steps
+    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig
+    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig.steps
 
 
-DATASETS, ACTIVATIONS, BACKENDS, DTYPES, DEFAULT_STEPS = _library_defaults()
+DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, DEFAULT_STEPS = _library_defaults()
 _SYNTH = "[default: {} synthetic, all otherwise]"
 
 #: The data set: train, sweep, finite-sweep, finite-vs-infinite.  One line per option.
@@ -178,12 +193,28 @@ data_options = _option_set(
     _opt("--dr", type=POS_INT, default=1, help="Output dimension (synthetic only)."),
 )
 
+#: The architecture and the loss (MATH §2.2, §4.x): train, sweep, finite-sweep, verify theorem3.2.
+ARCH_OPTIONS = (
+    _opt("--depth-g", type=click.IntRange(min=0), default=1,
+         help="Hidden layers of g (1: the paper's network; 0 only for linear)."),
+    _opt("--depth-f", type=click.IntRange(min=0), default=1, help="Hidden layers of f."),
+    _opt("--w-std", type=SCALE, default="1.0",
+         help="Weight std of the hidden layers, Dense(W_std, b_std): one value, or G,F for g and f."),
+    _opt("--b-std", type=SCALE, default="0.0", help="Bias std of every layer (0: no biases); or G,F."),
+    _opt("--out-std", type=SCALE, default="1.0",
+         help="Weight std of the last layer of g and of f (small f: the paper's footnote 3); or G,F."),
+    _opt("--loss", type=click.Choice(LOSSES), default="mse",
+         help="mse, or ce: softmax cross-entropy on one-hot targets (logistic for one output)."),
+)
+arch_options = _option_set(*ARCH_OPTIONS)
+
 #: The model and its initialisation: train, sweep.
 model_options = _option_set(
     _opt("--activation", type=click.Choice(ACTIVATIONS), default="relu",
          help="Activation of both wide layers (MATH §1)."),
     _opt("--init-width", type=POS_INT, default=10_000,
          help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
+    *ARCH_OPTIONS,
 )
 
 #: SGD and its bookkeeping: train, sweep, finite-sweep, finite-vs-infinite.
@@ -471,6 +502,9 @@ def plot(sweep_dir, figdir, heatmap_steps):
               help="Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000).")
 @click.option("--hidden", type=POS_INT, default=100_000, show_default=True,
               help="Hidden width n of both wide layers (the paper's 100,000; see README for memory).")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers.")
+@arch_options()
 @run_options(skip=("lr_f", "lr_g", "checkpoint_every", "dtype"),
              steps={"default": 2000, "show_default": True, "help": "SGD steps per bottleneck size."},
              batch_size={"default": 5, "help": "SGD batch size B (the paper's 5)."},
@@ -625,6 +659,10 @@ def verify_lemma31(out, quiet, as_json, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest final distance in F and g and median g residual at the largest width.  "
                    "[default: 0.05]")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers of g and f.")
+@arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
+                               "default to 250,1000,2000)."})
 @_verify_common
 def verify_theorem32(out, quiet, as_json, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
@@ -665,7 +703,8 @@ def verify_inf_limit(out, quiet, as_json, **options):
 @cli.command()
 @click.option("--regenerate", is_flag=True,
               help="Rewrite golden/ with refimpl (the only way golden files are written).")
-@click.option("--cases", default=None, help="Comma-separated golden cases to check.  [default: all]")
+@click.option("--cases", default=None,
+              help="Comma-separated golden cases to check (or to --regenerate, keeping the others).  [default: all]")
 @json_option
 def golden(regenerate, cases, as_json):
     """Check every available backend against the golden files (or --regenerate them with refimpl).
@@ -676,15 +715,15 @@ def golden(regenerate, cases, as_json):
 
     def go():
         from experiments import golden as gold
-        if regenerate:
-            gold.regenerate(log=say)
-            return None
-        import accel
         names = None if cases is None else [c.strip() for c in cases.split(",") if c.strip()]
-        known = ["kernels", *gold.TRAJECTORIES]
+        known = [*gold.KERNEL_CASES, *gold.TRAJECTORIES]
         for c in names or []:
             if c not in known:
                 raise ValueError(f"cases: unknown golden case {c!r}; expected some of {', '.join(known)}")
+        if regenerate:
+            gold.regenerate(log=say, cases=names)
+            return None
+        import accel
         say(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
         try:
             return gold.check(accel.golden_targets(), cases=names, log=say)

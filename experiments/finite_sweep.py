@@ -49,7 +49,9 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
+from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
@@ -148,10 +150,22 @@ class SweepConfig:
     eval_every: int = 100
     eval_size: int = 1000
     backend: str = "numpy"
+    activation: str = "relu"             # the architecture (MATH §2.2), as experiments.train.TrainConfig
+    depth_g: int = 1
+    depth_f: int = 1
+    w_std: float | list = 1.0
+    b_std: float | list = 0.0
+    out_std: float | list = 1.0
+    loss: str = "mse"
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
         one_of("dataset", self.dataset, DATASETS)
+        self.layers()
+        one_of("loss", self.loss, LOSSES)
+        if self.loss == "ce" and self.dataset == "synthetic":
+            raise TrainError("loss: 'ce' needs a classification data set (mnist or cifar); synthetic is "
+                             "regression (use --loss mse)")
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
             positive_int(name, getattr(self, name))
@@ -162,6 +176,15 @@ class SweepConfig:
         positive_number("lr", self.lr)
         one_of("backend", self.backend, FINITE_BACKENDS)
 
+    def layers(self):
+        """(Layers of g, Layers of f) (MATH §2.2); TrainError for a bad option."""
+        pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v    # noqa: E731
+        try:
+            return architecture(self.activation, self.depth_g, self.depth_f, pair(self.w_std),
+                                pair(self.b_std), pair(self.out_std))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+
     def as_json(self):
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
@@ -169,13 +192,18 @@ class SweepConfig:
 
 
 def evaluate_network(net, data, rows):
-    """Losses (mean |F - y|^2 / 2) and error rates (1 - accuracy; None for regression) of a FiniteNetwork."""
+    """Losses (the trained one: mean |F - y|^2 / 2 or the cross-entropy) and error rates (1 - accuracy;
+    None for regression) of a FiniteNetwork."""
     out = {}
     for split, X, Y, labels in (("train", data.X_train[rows], data.Y_train[rows],
                                  None if data.labels_train is None else data.labels_train[rows]),
                                 ("test", data.X_test, data.Y_test, data.labels_test)):
         F = _to_numpy(net.outputs(X))
-        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        loss = getattr(net, "loss_name", "mse")
+        if loss == "mse":
+            out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        else:
+            out[f"{split}_loss"] = float(np.mean(pointwise_loss(F, Y, loss)))
         out[f"{split}_err"] = None if labels is None else float(np.mean(np.argmax(F, axis=1) != labels))
     return out
 
@@ -212,7 +240,9 @@ def _train_width(config, data, rows, d, folder, xp, log):
     """Train one bottleneck size; write metrics.csv as it goes and result.json (atomically) at the end."""
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp)
+    layers_g, layers_f = config.layers()
+    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp,
+                               layers_g=layers_g, layers_f=layers_f, loss=config.loss)
     metrics, status, message = [], "done", None
     N = data.n_train
 

@@ -48,7 +48,8 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
-from refimpl.kernels import ACTIVATIONS
+from refimpl.dynamics import LOSSES, pointwise_loss
+from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
@@ -66,6 +67,17 @@ DTYPES = ("float64", "float32")
 RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
 
 
+
+
+#: The loss of a run, in words (config.json).
+LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2",
+             "ce": "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic, "
+                   "softplus(F) - y F); batch loss its mean over the batch"}
+
+
+def _pair(value):
+    """A scale option: one number, or [g, f] (lists from config.json become tuples)."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
 @dataclasses.dataclass
@@ -88,6 +100,12 @@ class TrainConfig:
     data_seed: int = 0               # synthetic draw / data subset (the data stay the same across seeds)
     init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (MATH §3)
     activation: str = "relu"
+    depth_g: int = 1                 # hidden layers of g (MATH §2.2)
+    depth_f: int = 1                 # hidden layers of f
+    w_std: float | list = 1.0        # weight std of the hidden layers: one number, or [g, f]
+    b_std: float | list = 0.0        # bias std of every layer: one number, or [g, f]
+    out_std: float | list = 1.0      # weight std of the last layer of g and of f: one number, or [g, f]
+    loss: str = "mse"                # "mse" or "ce" (softmax / logistic cross-entropy, MATH §4.x)
     eval_every: int = 50
     eval_size: int = 1000
     checkpoint_every: int | None = None   # default: every evaluation
@@ -117,10 +135,23 @@ class TrainConfig:
         for name in ("lr_f", "lr_g"):
             positive_rate(name, getattr(self, name))
         one_of("activation", self.activation, ACTIVATIONS)
+        self.layers()
+        one_of("loss", self.loss, LOSSES)
+        if self.loss == "ce" and self.dataset == "synthetic":
+            raise TrainError("loss: 'ce' needs a classification data set (mnist or cifar); synthetic is "
+                             "regression (use --loss mse)")
         one_of("backend", self.backend, BACKENDS)
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
+
+    def layers(self):
+        """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option."""
+        try:
+            return architecture(self.activation, self.depth_g, self.depth_f, _pair(self.w_std),
+                                _pair(self.b_std), _pair(self.out_std))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
 
     @classmethod
     def from_json(cls, data):
@@ -188,13 +219,17 @@ def build_simulator(config, data, backend):
     """Construct the simulator of a run from its config and data (the initial functions come from ``seed``)."""
     from refimpl.network import RandomNetwork
     common = dict(lr=config.lr, lr_f=config.lr_f, lr_g=config.lr_g, X_eval=data.X_test)
+    layers_g, layers_f = config.layers()
+    if config.loss != "mse":
+        common["loss"] = config.loss
     if config.width == "inf":
         sim = backend.InfiniteSimulator(data.X_train, data.Y_train, seed=config.seed,
-                                        activation=config.activation, **common)
+                                        layers_g=layers_g, layers_f=layers_f, **common)
         info = {"f0_method": sim.f0_method}
     else:
         net = RandomNetwork.sample(data.X_train.shape[1], int(config.width), data.Y_train.shape[1],
-                                   width=config.init_width, seed=config.seed, activation=config.activation)
+                                   width=config.init_width, seed=config.seed, layers_g=layers_g,
+                                   layers_f=layers_f)
         sim = backend.BottleneckSimulator(net, data.X_train, data.Y_train, **common)
         info = {"f0_method": f"random network (width {config.init_width}, seed {config.seed})"}
     return sim, info
@@ -221,13 +256,13 @@ def _outputs(sim, X, rows=None):
 
 
 def evaluate(sim, data, rows):
-    """Losses (mean |F - y|^2 / 2) and accuracies (classification) on the eval subsets."""
+    """Losses (the trained one: mean |F - y|^2 / 2, or the cross-entropy) and accuracies (classification)."""
     out = {}
     for split, X, Y, labels, r in (("train", data.X_train, data.Y_train, data.labels_train, rows),
                                    ("test", data.X_test, data.Y_test, data.labels_test, None)):
         F = _outputs(sim, X, r)
         Yr = Y if r is None else Y[r]
-        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Yr) ** 2, axis=1)))
+        out[f"{split}_loss"] = _mean_loss(sim, F, Yr)
         if labels is not None:
             lab = labels if r is None else labels[r]
             out[f"{split}_acc"] = float(np.mean(np.argmax(F, axis=1) == lab))
@@ -631,7 +666,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     started = False
     try:
         meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
-                "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
+                "loss": LOSS_TEXT[config.loss]}
         atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
         ws.publish_early()
         fault_point("train:config-written")
@@ -821,15 +856,30 @@ class _Run:
         _plot(out, metrics)
         summary = {"steps": self.config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                    "wall_s": round(self.wall(), 3),
-                   "steps_to_threshold": threshold_summary(metrics, null_loss(self.data.Y_train))}
+                   "steps_to_threshold": threshold_summary(metrics, _null_loss(self.config, self.data.Y_train))}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
         return out
 
 
 def evaluate_train_loss(sim, data, rows):
-    """The training loss on the fixed evaluation rows (mean |F - y|^2 / 2)."""
+    """The training loss on the fixed evaluation rows (the trained loss, as :func:`evaluate`)."""
     F = _outputs(sim, data.X_train, rows)
-    return 0.5 * float(np.mean(np.sum((F - data.Y_train[rows]) ** 2, axis=1)))
+    return _mean_loss(sim, F, data.Y_train[rows])
+
+
+def _mean_loss(sim, F, Y):
+    """The simulator's trained loss, averaged over the rows: mean |F - y|^2 / 2, or the cross-entropy."""
+    loss = getattr(sim, "loss", "mse")
+    if loss == "mse":
+        return 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+    return float(np.mean(pointwise_loss(F, Y, loss)))
+
+
+def _null_loss(config, Y):
+    """The trained loss of the zero predictor on Y (mean |y|^2 / 2 for mse; log k or log 2 for ce)."""
+    if config.loss == "mse":
+        return null_loss(Y)
+    return float(np.mean(pointwise_loss(np.zeros_like(Y), Y, config.loss)))
 
 
 def _good_checkpoint(out):
@@ -885,7 +935,7 @@ def _plot(out, metrics):
             ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss  (mean |F - y|^2 / 2)")
+        ax.set_ylabel("loss  (the trained loss, see config.json)")
         ax.set_title(out.name)
         ax.legend()
         fig.tight_layout()

@@ -22,7 +22,7 @@ def test_manifest_matches_files():
     manifest = golden.read_manifest()
     assert manifest["refimpl_version"]
     names = set(manifest["files"])
-    assert names == {"kernels", *golden.TRAJECTORIES}
+    assert names == {*golden.KERNEL_CASES, *golden.TRAJECTORIES}
     total = 0
     for name, entry in manifest["files"].items():
         path = golden.GOLDEN_DIR / entry["file"]
