@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .validate import positive_number
+from .validate import positive_number, real_array
 
 ACTIVATIONS = ("relu", "linear", "erf")
 
@@ -151,7 +151,7 @@ def layers(activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
 
 def as_points(X, name="X"):
     """Return ``X`` as a C-contiguous float64 array of shape (p, m)."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(real_array(name, X), dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array of shape (points, dim), got shape {X.shape}")
     if not np.all(np.isfinite(X)):
