@@ -39,7 +39,10 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 import refimpl
 from refimpl import kernels as rk
@@ -240,10 +243,10 @@ sigma2 = rk.sigma2
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, **_FAST_PAIR)
-def _row_terms(drow, znb, pn, m, s0, nm, Krow, Arow, Brow, nearrow):
-    """Pair terms K, alpha, beta of one query against history rows s0 .. s0 + nm (branch-free)."""
+def _row_terms(drow, znb, pnt, m, nm, Krow, Arow, Brow, nearrow):
+    """Pair terms K, alpha, beta of one query against the nm history rows of norms pnt (branch-free)."""
     for mm in range(nm):
-        pnm = pn[s0 + mm]
+        pnm = pnt[mm]
         dot = np.float64(drow[mm])
         nn = znb * pnm
         lam = _f_cos_of_pair(dot, nn, znb + pnm == 0.0)
@@ -255,25 +258,122 @@ def _row_terms(drow, znb, pn, m, s0, nm, Krow, Arow, Brow, nearrow):
 
 
 @njit(cache=True, **_FAST_PAIR)
-def _row_near(zh, znb, drow, P, pn, m, s0, nm, Krow, Arow, Brow, nearrow):
+def _row_near(zh, znb, drow, Pt, pnt, m, nm, Krow, Arow, Brow, nearrow):
     """Recompute the nearly (anti-)parallel pairs of one query from explicit differences, float64."""
     for mm in range(nm):
         if nearrow[mm]:
-            pnm = pn[s0 + mm]
-            minus2, plus2 = _near_halves(zh, P[s0 + mm], pnm)
+            pnm = pnt[mm]
+            minus2, plus2 = _near_halves(zh, Pt[mm], pnm)
             theta, lam, s = _f_geometry_from_halves(minus2, plus2)
             Krow[mm] = _f_relu_ntk(np.float64(drow[mm]), znb * pnm, m, theta, lam, s)
             Arow[mm] = _f_relu_xi_alpha(m, theta, lam, s)
             Brow[mm] = _f_relu_xi_beta(pnm, m, lam, s)
 
 
+@intrinsic
+def _prefetch(typingctx, flat, i):
+    """Hint the CPU to fetch the cache line of flat[i] (1-d array) into all cache levels."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep, data
+        return context.get_dummy_value()
+    return types.void(flat, types.intp), codegen
+
+
+@njit(cache=True, **_FAST_LOOP)
+def _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots):
+    """dots[bb, mm] = Zw[b0 + bb] . P[s0 + mm] for bb < nb, mm < nm (MATH §4: the Gram tile).
+
+    Register-blocked: 4 history rows x 4 queries share each load, 16 running sums
+    (vectorised over the reduction index k by LLVM).  ``zero`` is 0 in the working dtype.
+    """
+    d = Zw.shape[1]
+    m4 = nm - nm % 4
+    b4 = nb - nb % 4
+    for mm in range(0, m4, 4):
+        j = s0 + mm
+        for bb in range(0, b4, 4):
+            i = b0 + bb
+            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
+            a10 = zero; a11 = zero; a12 = zero; a13 = zero     # noqa: E702
+            a20 = zero; a21 = zero; a22 = zero; a23 = zero     # noqa: E702
+            a30 = zero; a31 = zero; a32 = zero; a33 = zero     # noqa: E702
+            for k in range(d):
+                p0 = P[j, k]
+                p1 = P[j + 1, k]
+                p2 = P[j + 2, k]
+                p3 = P[j + 3, k]
+                z = Zw[i, k]
+                a00 += z * p0; a01 += z * p1; a02 += z * p2; a03 += z * p3     # noqa: E702
+                z = Zw[i + 1, k]
+                a10 += z * p0; a11 += z * p1; a12 += z * p2; a13 += z * p3     # noqa: E702
+                z = Zw[i + 2, k]
+                a20 += z * p0; a21 += z * p1; a22 += z * p2; a23 += z * p3     # noqa: E702
+                z = Zw[i + 3, k]
+                a30 += z * p0; a31 += z * p1; a32 += z * p2; a33 += z * p3     # noqa: E702
+            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
+            dots[bb + 1, mm] = a10; dots[bb + 1, mm + 1] = a11; dots[bb + 1, mm + 2] = a12; dots[bb + 1, mm + 3] = a13  # noqa: E702,E501
+            dots[bb + 2, mm] = a20; dots[bb + 2, mm + 1] = a21; dots[bb + 2, mm + 2] = a22; dots[bb + 2, mm + 3] = a23  # noqa: E702,E501
+            dots[bb + 3, mm] = a30; dots[bb + 3, mm + 1] = a31; dots[bb + 3, mm + 2] = a32; dots[bb + 3, mm + 3] = a33  # noqa: E702,E501
+        for bb in range(b4, nb):
+            i = b0 + bb
+            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
+            for k in range(d):
+                z = Zw[i, k]
+                a00 += z * P[j, k]; a01 += z * P[j + 1, k]; a02 += z * P[j + 2, k]; a03 += z * P[j + 3, k]  # noqa: E702,E501
+            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
+    for mm in range(m4, nm):
+        for bb in range(nb):
+            a00 = zero
+            for k in range(d):
+                a00 += Zw[b0 + bb, k] * P[s0 + mm, k]
+            dots[bb, mm] = a00
+
+
+@njit(cache=True, **_FAST_LOOP)
+def _axpy_tile(W, P, s0, nb, nm, acc):
+    """acc[bb, :] += sum_mm W[bb, mm] P[s0 + mm, :] for bb < nb, mm < nm (the Xi contraction).
+
+    Blocked over 8 history rows: each load and store of a row of acc serves 8
+    rows of P (which stay in L1 across the queries).  One stored-to row per loop
+    keeps LLVM's run-time alias checks few enough for it to vectorise over k.
+    """
+    d = P.shape[1]
+    m8 = nm - nm % 8
+    for mm in range(0, m8, 8):
+        j = s0 + mm
+        for bb in range(nb):
+            w0 = W[bb, mm]
+            w1 = W[bb, mm + 1]
+            w2 = W[bb, mm + 2]
+            w3 = W[bb, mm + 3]
+            w4 = W[bb, mm + 4]
+            w5 = W[bb, mm + 5]
+            w6 = W[bb, mm + 6]
+            w7 = W[bb, mm + 7]
+            for k in range(d):
+                acc[bb, k] += ((w0 * P[j, k] + w1 * P[j + 1, k]) + (w2 * P[j + 2, k] + w3 * P[j + 3, k])
+                               + ((w4 * P[j + 4, k] + w5 * P[j + 5, k]) + (w6 * P[j + 6, k] + w7 * P[j + 7, k])))
+    for mm in range(m8, nm):
+        for bb in range(nb):
+            w0 = W[bb, mm]
+            for k in range(d):
+                acc[bb, k] += w0 * P[s0 + mm, k]
+
+
 @njit(parallel=True, cache=True, **_FAST_LOOP)
-def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock, hblock,
+def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, qblock, hblock,
                  out_f, out_T, out_b):
     """One pass over the history P (M, d), C (M, dr) for the queries Zw (q, d).
 
     Zw is in the working dtype (that of P); zn, Zh are the float64 norms and
-    unit rows of the queries; pn the float64 norms of P.  Adds the sums of
+    unit rows of the queries; pn the float64 norms of P; Pflat the (M d,) view of P.  Adds the sums of
     chunk c into out_f[c] (q, dr), out_T[c] (q, R, d), out_b[c] (q, R);
     mode 0: f only; 1: f and T, bsum with w = C; 2: T, bsum with w_m = C_m . chi_b.
     relu: ReLU kernels, else linear with K = lin x.y / m, alpha = lin / m, beta = 0.
@@ -300,75 +400,87 @@ def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock,
         Bv = np.empty((nb, hblock), dtype=np.float64)
         near = np.zeros((nb, hblock), dtype=np.bool_)
         W = np.empty((nb, hblock), dtype=wdt)
-        accT = np.zeros((nb, max(R, 1), d), dtype=wdt)
-        accT64 = np.zeros((nb, max(R, 1), d), dtype=np.float64)
+        accT = np.zeros((max(R, 1), nb, d), dtype=wdt)
+        accT64 = np.zeros((nb, d), dtype=np.float64)
         zero = np.zeros(1, dtype=wdt)[0]
+        # the next tile's rows are prefetched in nb pieces while the pair terms run
+        line = 64 // P.itemsize
         for s0 in range(h0, h1, hblock):
             nm = min(h1, s0 + hblock) - s0
-            # 1. dot products (reduction over d, reassociated and vectorised)
-            for mm in range(nm):
-                for bb in range(nb):
-                    acc = zero
-                    for k in range(d):
-                        acc += Zw[b0 + bb, k] * P[s0 + mm, k]
-                    dots[bb, mm] = acc
+            pnt = pn[s0:s0 + nm]
+            Ct = C[s0:s0 + nm]
+            Pt = P[s0:s0 + nm]
+            f0 = (s0 + nm) * d
+            f1 = min(h1, s0 + nm + hblock) * d
+            piece = ((f1 - f0 + nb - 1) // nb + line - 1) // line * line
+            # 1. dot products (register-blocked tile of Zw P^T)
+            _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots)
             # 2. pair terms: branch-free for all pairs, then the near pairs again
             for bb in range(nb):
                 if relu:
-                    _row_terms(dots[bb], zn[b0 + bb], pn, m, s0, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
-                    _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], P, pn, m, s0, nm,
+                    _row_terms(dots[bb], zn[b0 + bb], pnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
+                    _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], Pt, pnt, m, nm,
                               Kv[bb], Av[bb], Bv[bb], near[bb])
                 else:
                     for mm in range(nm):
                         Kv[bb, mm] = lin * dots[bb, mm] / m
                         Av[bb, mm] = lin / m
                         Bv[bb, mm] = 0.0
+                for e in range(f0 + bb * piece, min(f1, f0 + (bb + 1) * piece), line):
+                    _prefetch(Pflat, e)
             # 3. sums over the tile's history rows
             if mode != 2:
                 for bb in range(nb):
                     for r in range(dr):
                         acc64 = 0.0
                         for mm in range(nm):
-                            acc64 += Kv[bb, mm] * C[s0 + mm, r]
+                            acc64 += Kv[bb, mm] * Ct[mm, r]
                         out_f[c, b0 + bb, r] += acc64
             if mode != 0:
                 for r in range(R):
                     # weights w[b, m] = alpha * C[m, r]  (mode 1)  or  alpha * (C_m . chi_b)  (mode 2)
+                    accr = accT[r]
+                    accr[:] = 0
                     for bb in range(nb):
                         bacc = 0.0
-                        for mm in range(nm):
-                            if mode == 1:
-                                cw = np.float64(C[s0 + mm, r])
-                            else:
+                        if mode == 1:
+                            for mm in range(nm):
+                                cw = np.float64(Ct[mm, r])
+                                W[bb, mm] = Av[bb, mm] * cw
+                                bacc += Bv[bb, mm] * cw
+                        else:
+                            for mm in range(nm):
                                 cw = 0.0
                                 for rr in range(dr):
-                                    cw += chi[b0 + bb, rr] * C[s0 + mm, rr]
-                            W[bb, mm] = Av[bb, mm] * cw
-                            bacc += Bv[bb, mm] * cw
+                                    cw += chi[b0 + bb, rr] * Ct[mm, rr]
+                                W[bb, mm] = Av[bb, mm] * cw
+                                bacc += Bv[bb, mm] * cw
                         out_b[c, b0 + bb, r] += bacc
-                    accT[:] = 0
-                    accT64[:] = 0
-                    for mm in range(nm):
+                    if exact_near:
+                        # float32: alpha ~ 1/sin at nearly parallel pairs and cancels against
+                        # beta's term, so their Xi terms are summed in float64, apart
+                        accT64[:] = 0
                         for bb in range(nb):
-                            if exact_near and near[bb, mm]:
-                                # alpha ~ 1/sin here and cancels against beta's term: float64
-                                w64 = Av[bb, mm]
-                                if mode == 1:
-                                    w64 *= np.float64(C[s0 + mm, r])
-                                else:
-                                    cw = 0.0
-                                    for rr in range(dr):
-                                        cw += chi[b0 + bb, rr] * C[s0 + mm, rr]
-                                    w64 *= cw
-                                for k in range(d):
-                                    accT64[bb, r, k] += w64 * P[s0 + mm, k]
-                            else:
-                                w = W[bb, mm]
-                                for k in range(d):
-                                    accT[bb, r, k] += w * P[s0 + mm, k]
+                            for mm in range(nm):
+                                if near[bb, mm]:
+                                    w64 = Av[bb, mm]
+                                    if mode == 1:
+                                        w64 *= np.float64(Ct[mm, r])
+                                    else:
+                                        cw = 0.0
+                                        for rr in range(dr):
+                                            cw += chi[b0 + bb, rr] * Ct[mm, rr]
+                                        w64 *= cw
+                                    W[bb, mm] = 0.0
+                                    for k in range(d):
+                                        accT64[bb, k] += w64 * Pt[mm, k]
+                        for bb in range(nb):
+                            for k in range(d):
+                                out_T[c, b0 + bb, r, k] += accT64[bb, k]
+                    _axpy_tile(W, P, s0, nb, nm, accr)
                     for bb in range(nb):
                         for k in range(d):
-                            out_T[c, b0 + bb, r, k] += accT[bb, r, k] + accT64[bb, r, k]
+                            out_T[c, b0 + bb, r, k] += accr[bb, k]
 
 
 def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
@@ -378,6 +490,7 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     Returns f (q, dr), T (q, R, d), bsum (q, R) in float64 (T, bsum are None in mode 0).
     """
     Z = np.ascontiguousarray(Z, dtype=np.float64)
+    P = np.ascontiguousarray(P)
     q, d = Z.shape
     M, dr = C.shape
     zn, Zh = unit_rows(Z)
@@ -391,7 +504,7 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     chi = np.zeros((1, 1)) if chi is None else np.ascontiguousarray(chi, dtype=np.float64)
     if M:
         with _threads(q * M):
-            _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, float(m), float(lin), nchunks,
+            _hist_kernel(Zw, zn, Zh, P, P.reshape(-1), pn, C, chi, mode, relu, float(m), float(lin), nchunks,
                          qblock, hblock, out_f, out_T, out_b)
     f = out_f.sum(axis=0) if mode != 2 else None
     if mode == 0:
