@@ -52,7 +52,7 @@ from . import formulas
 from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin
 
 #: History rows per tile of the hot loop.
-HIST_BLOCK = 512
+HIST_BLOCK = 256
 #: Query rows per tile of the hot loop.
 QUERY_BLOCK = 32
 #: Target number of tiles per pass (enough for 16 threads); fixes the chunking.
@@ -336,35 +336,95 @@ def _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots):
             dots[bb, mm] = a00
 
 
+#: Queries per register tile of the Xi contraction (:func:`_outer_tile`).
+OUTER_ROWS = 4
+#: Bytes of one SIMD register the contraction is written for (AVX2 / AVX-512 at 256 bits).
+VECTOR_BYTES = 32
+
+
+def _make_outer_tile(nvec):
+    """Intrinsic: acc[b:b+4, k:k+w] += W[b:b+4, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
+
+    Written as LLVM vector IR: the 4 x nvec accumulators stay in registers over the
+    whole reduction over nm history rows, each loaded row chunk of P serves 4 queries
+    and each broadcast weight nvec vectors (an outer-product micro-kernel; Numba's
+    loop vectoriser keeps such accumulators in memory instead).
+    """
+    @intrinsic
+    def outer_tile(typingctx, W, P, acc, b, s0, nm, k):
+        def codegen(context, builder, sig, args):
+            Wty, Pty, Aty = sig.args[:3]
+            arrays = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:3], args[:3])]
+            Wa, Pa, Aa = arrays
+            b_, s0_, nm_, k_ = args[3:]
+            fty = context.get_value_type(Pty.dtype)
+            lanes = VECTOR_BYTES * 8 // Pty.dtype.bitwidth
+            vty = ir.VectorType(fty, lanes)
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            align = Pty.dtype.bitwidth // 8
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, lanes), [i32(0)] * lanes)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, [fty(0.0)] * lanes))
+                     for _ in range(nvec)] for _ in range(OUTER_ROWS)]
+
+            def vectors(ptr):
+                base = builder.bitcast(ptr, vty.as_pointer())
+                return [builder.gep(base, [intp(v)]) for v in range(nvec)]
+
+            with cgutils.for_range(builder, nm_) as loop:
+                mm = loop.index
+                prow = cgutils.get_item_pointer(context, builder, Pty, Pa, [builder.add(s0_, mm), k_],
+                                                wraparound=False)
+                pv = [builder.load(p, align=align) for p in vectors(prow)]
+                for i in range(OUTER_ROWS):
+                    wptr = cgutils.get_item_pointer(context, builder, Wty, Wa, [builder.add(b_, intp(i)), mm],
+                                                    wraparound=False)
+                    wv = builder.shuffle_vector(builder.insert_element(undef, builder.load(wptr), i32(0)),
+                                                undef, splat)
+                    for v in range(nvec):
+                        prod = builder.fmul(wv, pv[v], flags=("contract",))
+                        builder.store(builder.fadd(builder.load(accs[i][v]), prod, flags=("contract",)),
+                                      accs[i][v])
+            for i in range(OUTER_ROWS):
+                arow = cgutils.get_item_pointer(context, builder, Aty, Aa, [builder.add(b_, intp(i)), k_],
+                                                wraparound=False)
+                for v, p in enumerate(vectors(arow)):
+                    builder.store(builder.fadd(builder.load(p, align=align), builder.load(accs[i][v])),
+                                  p, align=align)
+            return context.get_dummy_value()
+        return types.void(W, P, acc, b, s0, nm, k), codegen
+    return outer_tile
+
+
+_outer_tile3 = _make_outer_tile(3)
+_outer_tile1 = _make_outer_tile(1)
+
+
 @njit(cache=True, **_FAST_LOOP)
 def _axpy_tile(W, P, s0, nb, nm, acc):
     """acc[bb, :] += sum_mm W[bb, mm] P[s0 + mm, :] for bb < nb, mm < nm (the Xi contraction).
 
-    Blocked over 8 history rows: each load and store of a row of acc serves 8
-    rows of P (which stay in L1 across the queries).  One stored-to row per loop
-    keeps LLVM's run-time alias checks few enough for it to vectorise over k.
+    Register tiles of 4 queries x 3 SIMD vectors of columns (:func:`_make_outer_tile`),
+    then 4 x 1 vector for the columns left, then plain loops for the rest (columns
+    past the last full vector, queries past the last multiple of 4).
     """
     d = P.shape[1]
-    m8 = nm - nm % 8
-    for mm in range(0, m8, 8):
-        j = s0 + mm
+    lanes = VECTOR_BYTES // P.itemsize
+    k3 = d - d % (3 * lanes)
+    k1 = d - d % lanes
+    b4 = nb - nb % OUTER_ROWS
+    for kc in range(0, k3, 3 * lanes):
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile3(W, P, acc, bb, s0, nm, kc)
+    for kc in range(k3, k1, lanes):
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile1(W, P, acc, bb, s0, nm, kc)
+    for mm in range(nm):
         for bb in range(nb):
-            w0 = W[bb, mm]
-            w1 = W[bb, mm + 1]
-            w2 = W[bb, mm + 2]
-            w3 = W[bb, mm + 3]
-            w4 = W[bb, mm + 4]
-            w5 = W[bb, mm + 5]
-            w6 = W[bb, mm + 6]
-            w7 = W[bb, mm + 7]
-            for k in range(d):
-                acc[bb, k] += ((w0 * P[j, k] + w1 * P[j + 1, k]) + (w2 * P[j + 2, k] + w3 * P[j + 3, k])
-                               + ((w4 * P[j + 4, k] + w5 * P[j + 5, k]) + (w6 * P[j + 6, k] + w7 * P[j + 7, k])))
-    for mm in range(m8, nm):
-        for bb in range(nb):
-            w0 = W[bb, mm]
-            for k in range(d):
-                acc[bb, k] += w0 * P[s0 + mm, k]
+            w = W[bb, mm]
+            for k in range(0 if bb >= b4 else k1, d):
+                acc[bb, k] += w * P[s0 + mm, k]
 
 
 @njit(parallel=True, cache=True, **_FAST_LOOP)
