@@ -8,21 +8,27 @@ subclasses of the refimpl simulators that override only the kernel hooks
 The hot loop (:func:`_hist_kernel`) walks the history in tiles of
 ``HIST_BLOCK`` rows against ``QUERY_BLOCK`` query rows, so its temporaries
 are O(QUERY_BLOCK x HIST_BLOCK) whatever M and the number of queries; it
-calls no BLAS (nothing to oversubscribe inside ``prange``).  Per tile:
+calls no BLAS (nothing to oversubscribe inside ``prange``; a single-threaded
+BLAS call per tile was measured slower than the kernels below at these
+skinny shapes).  Per tile:
 
-1. dot products z_b . p_m in the working dtype (float32 or float64);
+1. dot products z_b . p_m in the working dtype (float32 or float64), a
+   register-blocked Gram tile (:func:`_dots_tile`, 4 queries x 4 history rows);
 2. the angle of every pair from its cosine, branch-free with the reduced-range
    arcsine of :mod:`accel.formulas` (vectorised by LLVM), then a scalar pass
    that recomputes nearly (anti-)parallel pairs (|cos| > 1 - NEAR) from the
-   explicit differences z^ -+ p^ in float64 (MATH §2.1);
-3. the sums f += K C, T += alpha C P, bsum += beta C (or with C . chi).
+   explicit differences z^ -+ p^ in float64 (MATH §2.1); meanwhile the next
+   tile of the history is prefetched into the caches;
+3. the sums f += K C, bsum += beta C (or with C . chi), and the Xi contraction
+   T += (alpha C) P as an outer-product register tile written in LLVM vector
+   IR (:func:`_axpy_tile`, 4 queries x 3 SIMD vectors of columns).
 
 Partial sums are kept per history chunk (a fixed split of the history that
-depends on M and the number of queries only, never on the thread count) and
-added in order, so results are deterministic.  In float32 mode the history is
-stored in float32, the dot products and the sums inside a tile run in float32,
-the angle of near pairs is computed in float64, and sums across tiles are
-float64.
+depends on M and the number of queries only, never on the thread count or on
+which thread runs a chunk) and added in order, so results are deterministic.
+In float32 mode the history is stored in float32, the dot products and the
+sums inside a tile run in float32, the angle of near pairs is computed in
+float64, and sums across tiles are float64.
 """
 
 from __future__ import annotations
@@ -63,19 +69,29 @@ SERIAL_PAIRS = 1 << 16
 
 
 class _threads:
-    """Context: run Numba parallel regions on one thread when the work is small."""
+    """Context: run Numba parallel regions on one thread when the work is small.
 
-    def __init__(self, pairs):
+    With ``dynamic``, the iterations of the parallel loop are handed out one at a
+    time instead of in equal static shares, so that a thread slowed down by other
+    processes on the same cores does not hold the others up at the end.
+    """
+
+    def __init__(self, pairs, dynamic=False):
         self.serial = pairs < SERIAL_PAIRS
+        self.dynamic = dynamic and not self.serial
 
     def __enter__(self):
         if self.serial:
             self.saved = numba.get_num_threads()
             numba.set_num_threads(1)
+        if self.dynamic:
+            self.saved_chunk = numba.set_parallel_chunksize(1)
 
     def __exit__(self, *exc):
         if self.serial:
             numba.set_num_threads(self.saved)
+        if self.dynamic:
+            numba.set_parallel_chunksize(self.saved_chunk)
 
 # Floating point: error_model="numpy" everywhere (a float division by zero gives inf
 # instead of a Python exception; no per-division branches, so loops vectorise).  The
@@ -280,7 +296,7 @@ def _prefetch(typingctx, flat, i):
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)     # name mangled by llvmlite
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep, data
         return context.get_dummy_value()
     return types.void(flat, types.intp), codegen
@@ -336,7 +352,7 @@ def _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots):
             dots[bb, mm] = a00
 
 
-#: Queries per register tile of the Xi contraction (:func:`_outer_tile`).
+#: Queries per register tile of the Xi contraction (:func:`_make_outer_tile`).
 OUTER_ROWS = 4
 #: Bytes of one SIMD register the contraction is written for (AVX2 / AVX-512 at 256 bits).
 VECTOR_BYTES = 32
@@ -433,8 +449,9 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
     """One pass over the history P (M, d), C (M, dr) for the queries Zw (q, d).
 
     Zw is in the working dtype (that of P); zn, Zh are the float64 norms and
-    unit rows of the queries; pn the float64 norms of P; Pflat the (M d,) view of P.  Adds the sums of
-    chunk c into out_f[c] (q, dr), out_T[c] (q, R, d), out_b[c] (q, R);
+    unit rows of the queries; pn the float64 norms of P; Pflat the flat (M d,)
+    view of P (for prefetching).  Adds the sums of chunk c into out_f[c]
+    (q, dr), out_T[c] (q, R, d), out_b[c] (q, R);
     mode 0: f only; 1: f and T, bsum with w = C; 2: T, bsum with w_m = C_m . chi_b.
     relu: ReLU kernels, else linear with K = lin x.y / m, alpha = lin / m, beta = 0.
     """
@@ -463,7 +480,8 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
         accT = np.zeros((max(R, 1), nb, d), dtype=wdt)
         accT64 = np.zeros((nb, d), dtype=np.float64)
         zero = np.zeros(1, dtype=wdt)[0]
-        # the next tile's rows are prefetched in nb pieces while the pair terms run
+        # the next tile's rows [f0, f1) of Pflat are prefetched, one cache line at a time,
+        # in nb pieces interleaved with the pair terms (which do not touch P)
         line = 64 // P.itemsize
         for s0 in range(h0, h1, hblock):
             nm = min(h1, s0 + hblock) - s0
@@ -563,7 +581,7 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     out_b = np.zeros((nchunks, q, R) if mode else (1, 1, 1))
     chi = np.zeros((1, 1)) if chi is None else np.ascontiguousarray(chi, dtype=np.float64)
     if M:
-        with _threads(q * M):
+        with _threads(q * M, dynamic=True):
             _hist_kernel(Zw, zn, Zh, P, P.reshape(-1), pn, C, chi, mode, relu, float(m), float(lin), nchunks,
                          qblock, hblock, out_f, out_T, out_b)
     f = out_f.sum(axis=0) if mode != 2 else None
