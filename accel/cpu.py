@@ -260,17 +260,24 @@ sigma2 = rk.sigma2
 
 @njit(cache=True, **_FAST_PAIR)
 def _row_terms(drow, znb, pnt, m, nm, Krow, Arow, Brow, nearrow):
-    """Pair terms K, alpha, beta of one query against the nm history rows of norms pnt (branch-free)."""
+    """Pair terms K, alpha, beta of one query against the nm history rows of norms pnt (branch-free).
+
+    Flags the nearly (anti-)parallel pairs in nearrow and returns how many there are.
+    """
+    count = 0
     for mm in range(nm):
         pnm = pnt[mm]
         dot = np.float64(drow[mm])
         nn = znb * pnm
         lam = _f_cos_of_pair(dot, nn, znb + pnm == 0.0)
-        nearrow[mm] = abs(lam) > 1.0 - NEAR
+        is_near = abs(lam) > 1.0 - NEAR
+        nearrow[mm] = is_near
+        count += is_near
         theta, lam, s = _f_geometry_from_cos(lam)
         Krow[mm] = _f_relu_ntk(dot, nn, m, theta, lam, s)
         Arow[mm] = _f_relu_xi_alpha(m, theta, lam, s)
         Brow[mm] = _f_relu_xi_beta(pnm, m, lam, s)
+    return count
 
 
 @njit(cache=True, **_FAST_PAIR)
@@ -476,6 +483,7 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
         Av = np.empty((nb, hblock), dtype=np.float64)
         Bv = np.empty((nb, hblock), dtype=np.float64)
         near = np.zeros((nb, hblock), dtype=np.bool_)
+        nnear = np.zeros(nb, dtype=np.int64)             # near pairs per query in the tile
         W = np.empty((nb, hblock), dtype=wdt)
         accT = np.zeros((max(R, 1), nb, d), dtype=wdt)
         accT64 = np.zeros((nb, d), dtype=np.float64)
@@ -496,9 +504,10 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
             # 2. pair terms: branch-free for all pairs, then the near pairs again
             for bb in range(nb):
                 if relu:
-                    _row_terms(dots[bb], zn[b0 + bb], pnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
-                    _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], Pt, pnt, m, nm,
-                              Kv[bb], Av[bb], Bv[bb], near[bb])
+                    nnear[bb] = _row_terms(dots[bb], zn[b0 + bb], pnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
+                    if nnear[bb]:
+                        _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], Pt, pnt, m, nm,
+                                  Kv[bb], Av[bb], Bv[bb], near[bb])
                 else:
                     for mm in range(nm):
                         Kv[bb, mm] = lin * dots[bb, mm] / m
@@ -539,7 +548,7 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
                         # beta's term, so their Xi terms are summed in float64, apart
                         accT64[:] = 0
                         for bb in range(nb):
-                            for mm in range(nm):
+                            for mm in range(nm if nnear[bb] else 0):
                                 if near[bb, mm]:
                                     w64 = Av[bb, mm]
                                     if mode == 1:
