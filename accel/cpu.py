@@ -365,7 +365,7 @@ OUTER_ROWS = 4
 VECTOR_BYTES = 32
 
 
-def _make_outer_tile(nvec):
+def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
     """Intrinsic: acc[b:b+4, k:k+w] += W[b:b+4, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
 
     Written as LLVM vector IR: the 4 x nvec accumulators stay in registers over the
@@ -381,7 +381,7 @@ def _make_outer_tile(nvec):
             Wa, Pa, Aa = arrays
             b_, s0_, nm_, k_ = args[3:]
             fty = context.get_value_type(Pty.dtype)
-            lanes = VECTOR_BYTES * 8 // Pty.dtype.bitwidth
+            lanes = vector_bytes * 8 // Pty.dtype.bitwidth
             vty = ir.VectorType(fty, lanes)
             intp = context.get_value_type(types.intp)
             i32 = ir.IntType(32)
@@ -422,6 +422,7 @@ def _make_outer_tile(nvec):
 
 _outer_tile3 = _make_outer_tile(3)
 _outer_tile1 = _make_outer_tile(1)
+_outer_tile_half = _make_outer_tile(1, VECTOR_BYTES // 2)
 
 
 @njit(cache=True, **_FAST_LOOP)
@@ -429,13 +430,14 @@ def _axpy_tile(W, P, s0, nb, nm, acc):
     """acc[bb, :] += sum_mm W[bb, mm] P[s0 + mm, :] for bb < nb, mm < nm (the Xi contraction).
 
     Register tiles of 4 queries x 3 SIMD vectors of columns (:func:`_make_outer_tile`),
-    then 4 x 1 vector for the columns left, then plain loops for the rest (columns
-    past the last full vector, queries past the last multiple of 4).
+    then 4 x 1 vector and 4 x 1 half vector for the columns left, then plain loops
+    for the rest (the last columns, queries past the last multiple of 4).
     """
     d = P.shape[1]
     lanes = VECTOR_BYTES // P.itemsize
     k3 = d - d % (3 * lanes)
     k1 = d - d % lanes
+    kh = d - d % (lanes // 2)
     b4 = nb - nb % OUTER_ROWS
     for kc in range(0, k3, 3 * lanes):
         for bb in range(0, b4, OUTER_ROWS):
@@ -443,10 +445,13 @@ def _axpy_tile(W, P, s0, nb, nm, acc):
     for kc in range(k3, k1, lanes):
         for bb in range(0, b4, OUTER_ROWS):
             _outer_tile1(W, P, acc, bb, s0, nm, kc)
+    if kh > k1:
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile_half(W, P, acc, bb, s0, nm, k1)
     for mm in range(nm):
         for bb in range(nb):
             w = W[bb, mm]
-            for k in range(0 if bb >= b4 else k1, d):
+            for k in range(0 if bb >= b4 else kh, d):
                 acc[bb, k] += w * P[s0 + mm, k]
 
 
