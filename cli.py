@@ -1,16 +1,24 @@
 #!/usr/bin/env python
-"""Command line of bottleneck-dynamics.  Click commands only: the math lives in refimpl/ and accel/.
+"""Command line of bottleneck-dynamics.  Click commands only: the math lives in refimpl/ and accel/,
+the experiment drivers in experiments/.
 
-    python cli.py train [OPTIONS]          train one model (the main job)
-    python cli.py --help                   every command
+    bottleneck train [OPTIONS]             train one model (the main job); also `python cli.py train`
+    bottleneck --help                      every command
 
-Errors are one line on stderr with a non-zero exit status.  Set
-BOTTLENECK_DEBUG=1 to see the full traceback of an unexpected error.
+Exit status (the same for every command):
+
+    0  ok
+    1  a run failed: it diverged, was interrupted, some runs of a sweep failed, or an internal error
+    2  usage or bad input: an unknown option, a bad value, missing data, an occupied output folder
+    3  a check failed: `verify`, `golden`, `finite-vs-infinite`
+
+Errors are one line on stderr.  Set BOTTLENECK_DEBUG=1 to see the full traceback of an unexpected error.
+With --json (train, verify, golden, bench) stdout carries exactly one JSON object, also on failure.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import sys
 import time
@@ -18,151 +26,375 @@ from pathlib import Path
 
 import click
 
+from experiments import validate as V
 
-class WidthType(click.ParamType):
-    """A positive integer bottleneck width, or ``inf`` for no bottleneck."""
-
-    name = "WIDTH"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value >= 1:
-                return value
-        elif str(value).strip().lower() in ("inf", "infinity"):
-            return "inf"
-        else:
-            try:
-                v = int(str(value))
-                if v >= 1:
-                    return v
-            except ValueError:
-                pass
-        self.fail(f"expected a positive integer or 'inf', got {value!r}", param, ctx)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
 
-class PositiveFloat(click.ParamType):
-    name = "FLOAT"
+# ============================================================================ errors and exit codes
 
-    def convert(self, value, param, ctx):
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"expected a positive number, got {value!r}", param, ctx)
-        if not (v > 0 and v != float("inf")):
-            self.fail(f"expected a positive number, got {value!r}", param, ctx)
-        return v
+class CommandError(click.ClickException):
+    """A one-line error with its exit status; under --json also a JSON object on stdout."""
+
+    def __init__(self, message, exit_code=EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = exit_code
+        ctx = click.get_current_context(silent=True)
+        self.as_json = bool(ctx is not None and ctx.params.get("as_json"))
+
+    def show(self, file=None):
+        super().show(file)
+        if self.as_json:
+            click.echo(json.dumps({"ok": False, "exit_code": self.exit_code, "error": self.message}))
 
 
-WIDTH = WidthType()
-POSITIVE = PositiveFloat()
-POS_INT = click.IntRange(min=1)
+def _first_line(exc):
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def run_guarded(fn, *args, **kwargs):
-    """Call ``fn``; turn expected failures into one-line errors with exit status 2 (1 for internal errors)."""
-    from experiments.train import TrainError
+    """Call ``fn``; turn its failures into one-line errors with the documented exit status."""
     try:
         return fn(*args, **kwargs)
-    except TrainError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (ValueError, OSError) as exc:
-        if os.environ.get("BOTTLENECK_DEBUG"):
-            raise
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    except KeyboardInterrupt:
-        raise click.ClickException("interrupted; resume with --resume RUN_DIR") from None
     except click.ClickException:
         raise
-    except Exception as exc:   # noqa: BLE001 - last resort, one line unless debugging
+    except V.RunFailed as exc:
+        raise CommandError(str(exc), EXIT_FAILED) from None
+    except (V.TrainError, ValueError) as exc:          # bad options or input (DataError is a ValueError)
+        if os.environ.get("BOTTLENECK_DEBUG") and not isinstance(exc, V.TrainError):
+            raise
+        raise CommandError(_first_line(exc), EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        raise CommandError("interrupted; resume with --resume", EXIT_FAILED) from None
+    except Exception as exc:   # noqa: BLE001 - OSError, divergence, bugs: one line unless debugging
         if os.environ.get("BOTTLENECK_DEBUG"):
             raise
-        raise click.ClickException(f"internal error ({type(exc).__name__}): {exc}; "
-                                   "rerun with BOTTLENECK_DEBUG=1 for the traceback") from None
+        if isinstance(exc, (OSError, FloatingPointError)):
+            raise CommandError(_first_line(exc), EXIT_FAILED) from None
+        raise CommandError(f"internal error ({type(exc).__name__}): {exc}; "
+                           "rerun with BOTTLENECK_DEBUG=1 for the traceback", EXIT_FAILED) from None
 
 
-@contextlib.contextmanager
-def click_progress(total, start):
-    """A progress bar on stderr (hidden when stderr is not a terminal)."""
-    with click.progressbar(length=total, label="training", file=sys.stderr, show_eta=True,
-                           show_pos=True) as bar:
-        if start:
-            bar.update(start)
-        yield bar
+def emit_json(obj):
+    """The one JSON object of a --json command, on stdout."""
+    click.echo(json.dumps(obj, default=float))
 
+
+# ============================================================================ option types
+
+class Checked(click.ParamType):
+    """A click type whose rule is a check of :mod:`experiments.validate` (so each rule is written once)."""
+
+    def __init__(self, name, check):
+        self.name = name
+        self.check = check
+
+    def convert(self, value, param, ctx):
+        try:
+            return self.check(value)
+        except V.TrainError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+
+
+def _positive(value):
+    try:
+        return V.positive_number("value", float(value))
+    except (TypeError, ValueError, V.TrainError):
+        raise V.TrainError(f"value: expected a positive finite number, got {value!r}") from None
+
+
+WIDTH = Checked("WIDTH", lambda v: V.width("width", v))
+POSITIVE = Checked("FLOAT", _positive)
+POS_INT = click.IntRange(min=1)
+SEED = click.IntRange(min=0)
+def _scale(value):
+    """A layer scale: one non-negative number, or two (g, f) separated by a comma."""
+    if isinstance(value, (int, float, tuple)):
+        return value
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) not in (1, 2):
+        raise V.TrainError(f"value: expected one number or two (g,f), got {value!r}")
+    try:
+        nums = [V.positive_number("value", float(p), allow_zero=True) for p in parts]
+    except (TypeError, ValueError, V.TrainError):
+        raise V.TrainError(f"value: expected one non-negative number or two (g,f), got {value!r}") from None
+    return nums[0] if len(nums) == 1 else tuple(nums)
+
+
+SCALE = Checked("STD[,STD]", _scale)
+INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.parse_int_list(v, "value")))
+
+
+# ============================================================================ the shared option sets
+
+def _opt(*decls, **attrs):
+    """One option of a shared set: click.option's arguments, kept until a command applies them."""
+    attrs.setdefault("show_default", attrs.get("default") is not None and not attrs.get("is_flag"))
+    return decls, attrs
+
+
+def _param_name(decls):
+    names = [d for d in decls if not d.startswith("-")]
+    if names:
+        return names[0]
+    longest = max(decls, key=len)
+    return longest.lstrip("-").replace("-", "_")
+
+
+def _option_set(*specs):
+    """A decorator factory that adds the options ``specs`` to a command.
+
+    ``factory(skip=(...), **overrides)``: options named in ``skip`` are left out; an override is a new
+    default, or a dict of click.option attributes (help, type, ...) for that option.
+    """
+    names = [_param_name(decls) for decls, _ in specs]
+
+    def factory(*, skip=(), **overrides):
+        unknown = (set(skip) | set(overrides)) - set(names)
+        if unknown:
+            raise TypeError(f"unknown options {sorted(unknown)}; this set has {names}")
+
+        def decorate(fn):
+            for name, (decls, attrs) in reversed(list(zip(names, specs))):
+                if name in skip:
+                    continue
+                attrs = dict(attrs)
+                change = overrides.get(name)
+                if isinstance(change, dict):
+                    attrs.update(change)
+                elif name in overrides:
+                    attrs.update(default=change, show_default=True)
+                fn = click.option(*decls, **attrs)(fn)
+            return fn
+        return decorate
+    return factory
+
+
+def _library_defaults():
+    from experiments.data import DATASETS
+    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig
+    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig.steps
+
+
+DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, DEFAULT_STEPS = _library_defaults()
+_SYNTH = "[default: {} synthetic, all otherwise]"
+
+#: The data set: train, sweep, finite-sweep, finite-vs-infinite.  One line per option.
+data_options = _option_set(
+    _opt("--dataset", type=click.Choice(DATASETS), default="synthetic",
+         help="Data set (synthetic needs no download; MATH §7)."),
+    _opt("--data-dir", type=click.Path(file_okay=False), default=None,
+         help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache)."),
+    _opt("--train-size", type=POS_INT, default=None,
+         help="Training points (a fixed seeded subset). " + _SYNTH.format("{train}")),
+    _opt("--test-size", type=POS_INT, default=None,
+         help="Test points (a fixed seeded subset). " + _SYNTH.format("{test}")),
+    _opt("--d0", type=POS_INT, default=16, help="Input dimension (synthetic only)."),
+    _opt("--dr", type=POS_INT, default=1, help="Output dimension (synthetic only)."),
+)
+
+#: The architecture and the loss (MATH §2.2, §4.x): train, sweep, finite-sweep, verify theorem3.2.
+ARCH_OPTIONS = (
+    _opt("--depth-g", type=click.IntRange(min=0), default=1,
+         help="Hidden layers of g (1: the paper's network; 0 only for linear)."),
+    _opt("--depth-f", type=click.IntRange(min=0), default=1, help="Hidden layers of f."),
+    _opt("--w-std", type=SCALE, default="1.0",
+         help="Weight std of the hidden layers, Dense(W_std, b_std): one value, or G,F for g and f."),
+    _opt("--b-std", type=SCALE, default="0.0", help="Bias std of every layer (0: no biases); or G,F."),
+    _opt("--out-std", type=SCALE, default="1.0",
+         help="Weight std of the last layer of g and of f (small f: the paper's footnote 3); or G,F."),
+    _opt("--loss", type=click.Choice(LOSSES), default="mse",
+         help="mse, or ce: softmax cross-entropy on one-hot targets (logistic for one output)."),
+)
+arch_options = _option_set(*ARCH_OPTIONS)
+
+#: The model and its initialisation: train, sweep.
+model_options = _option_set(
+    _opt("--activation", type=click.Choice(ACTIVATIONS), default="relu",
+         help="Activation of both wide layers (MATH §1)."),
+    _opt("--init-width", type=POS_INT, default=10_000,
+         help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
+    *ARCH_OPTIONS,
+)
+
+#: SGD and its bookkeeping: train, sweep, finite-sweep, finite-vs-infinite.
+run_options = _option_set(
+    _opt("--steps", type=POS_INT, default=None,
+         help=f"Number of SGD steps.  [default: {DEFAULT_STEPS}; with --resume: the saved value]"),
+    _opt("--batch-size", type=POS_INT, default=20, help="SGD batch size B."),
+    _opt("--lr", type=POSITIVE, default=2.0, help="Learning rate mu (loss 1/(2B) sum |F - y|^2)."),
+    _opt("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr)."),
+    _opt("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr)."),
+    _opt("--seed", type=SEED, default=0, help="Seed of the initial functions and of the batch order."),
+    _opt("--eval-every", type=POS_INT, default=50, help="Evaluate the losses every this many steps."),
+    _opt("--eval-size", type=POS_INT, default=1000,
+         help="Training points (a fixed subset) for the training loss and the bottleneck metrics."),
+    _opt("--checkpoint-every", type=POS_INT, default=None,
+         help="Write the checkpoint every this many steps (default: every evaluation)."),
+    _opt("--backend", type=click.Choice(BACKENDS), default="numpy",
+         help="numpy = reference; cpu = Numba; gpu = CuPy; auto = gpu if present, else cpu."),
+    _opt("--dtype", type=click.Choice(DTYPES), default="float64",
+         help="Precision of the cpu / gpu backends (numpy is float64 only)."),
+)
+
+def _sizes(options):
+    """Fill in the synthetic data set's default sizes (the one place the commands do so)."""
+    from experiments.synthetic import default_sizes
+    options["train_size"], options["test_size"] = default_sizes(
+        options["dataset"], options["train_size"], options["test_size"])
+    return options
+
+
+def _size_help(cmd):
+    """Put the synthetic default sizes into the --train-size / --test-size help of ``cmd``."""
+    from experiments.synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
+    for p in cmd.params:
+        if p.name in ("train_size", "test_size") and p.help:
+            p.help = p.help.format(train=SYNTHETIC_TRAIN_SIZE, test=SYNTHETIC_TEST_SIZE)
+    return cmd
+
+
+def _given_on_command_line(ctx, names):
+    return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+
+
+def _synthetic_only(ctx, options):
+    """--d0 / --dr apply to the synthetic data: for mnist / cifar pass them only when given (then checked)."""
+    if options["dataset"] != "synthetic":
+        for name in ("d0", "dr"):
+            if not _given_on_command_line(ctx, [name]):
+                options[name] = None
+    return options
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print one JSON summary on stdout (and only that); messages go to stderr.")
+
+
+# ============================================================================ progress
+
+class Progress:
+    """Progress of a training run on stderr: step, current batch loss, steps/s and ETA.
+
+    On a terminal one line is redrawn in place (at most ten times a second); otherwise (a log file, a
+    pipe, a batch job) a plain line is printed at most every ``interval`` seconds and once at the end.
+    Protocol of :func:`experiments.train.train`: ``progress(total, start)`` returns a context manager
+    whose ``update(n, loss=None)`` is called after every step.
+    """
+
+    def __init__(self, total, start=0, stream=None, interval=10.0, tty=None):
+        self.total, self.step, self.start = total, start, start
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = 0.1 if self.tty else interval
+        self.loss = None
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.step > self.start:
+            self._show(final=True)
+        return False
+
+    def update(self, n=1, loss=None):
+        self.step += n
+        if loss is not None:
+            self.loss = float(loss)
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._show()
+
+    def line(self):
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        rate = (self.step - self.start) / elapsed
+        eta = (self.total - self.step) / rate if rate > 0 else float("inf")
+        loss = "" if self.loss is None else f"  batch loss {self.loss:.4g}"
+        return (f"step {self.step}/{self.total}{loss}  {rate:.1f} steps/s  "
+                f"ETA {_duration(eta)}  elapsed {_duration(elapsed)}")
+
+    def _show(self, final=False):
+        if self.tty:
+            self.stream.write("\r" + self.line() + "\033[K" + ("\n" if final else ""))
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+
+def _duration(seconds):
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+# ============================================================================ the group
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="bottleneck-dynamics", message="%(version)s")
 def cli():
-    """Exact function-space simulation of infinitely wide networks with a finite bottleneck."""
+    """Exact function-space simulation of infinitely wide networks with a finite bottleneck.
+
+    Exit status: 0 ok; 1 a run failed or diverged; 2 usage or bad input; 3 a check failed
+    (verify, golden, finite-vs-infinite).
+    """
+
+
+def main():
+    """Entry point of the ``bottleneck`` console script (and of ``python cli.py``)."""
+    cli()
 
 
 # ---------------------------------------------------------------------------- train
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
-              show_default=True, help="Data set (synthetic needs no download).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
-@click.option("--train-size", type=POS_INT, default=None,
-              help="Number of training points (a fixed seeded subset). [default: 1000 synthetic, all otherwise]")
-@click.option("--test-size", type=POS_INT, default=None,
-              help="Number of test points (a fixed seeded subset). [default: 500 synthetic, all otherwise]")
+@data_options()
 @click.option("--width", type=WIDTH, default=10, show_default=True,
-              help="Bottleneck width d, or 'inf' for the network without bottleneck.")
-@click.option("--steps", type=POS_INT, default=None, help="Number of SGD steps.  [default: 600]")
-@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size B.")
-@click.option("--lr", type=POSITIVE, default=2.0, show_default=True,
-              help="Learning rate mu (loss 1/(2B) sum |F - y|^2).")
-@click.option("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr).")
-@click.option("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the initial functions and of the batch order.")
-@click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
-              help="Width n0 of the random network that draws g0, f0, J0 (MATH §3).")
-@click.option("--activation", type=click.Choice(["relu", "linear"]), default="relu", show_default=True)
-@click.option("--eval-every", type=POS_INT, default=50, show_default=True,
-              help="Evaluate train/test loss every this many steps.")
-@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
-              help="Training points (a fixed subset) on which the training loss is evaluated.")
-@click.option("--checkpoint-every", type=POS_INT, default=None,
-              help="Write the checkpoint every this many steps (default: every evaluation).")
-@click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
-              show_default=True, help="numpy = reference; cpu = Numba; gpu = CuPy; auto = gpu if present, else cpu.")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
-@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+              help="Bottleneck width d, or 'inf' for the network without bottleneck (MATH §5).")
+@model_options()
+@run_options()
 @click.option("--out", type=click.Path(), default=None,
               help="Run directory. [default: runs/<dataset>-width<d>-seed<s>-<time>]")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue the run in this directory (with its saved options) up to --steps.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(resume_dir, out, force, quiet, steps, **options):
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@json_option
+def train(resume_dir, out, force, quiet, as_json, steps, **options):
     """Train one model and write a run directory.
 
-    The run directory holds config.json, metrics.csv (step, train_loss,
-    test_loss, wall_s, train_acc, test_acc, feature_movement,
-    kernel_alignment), checkpoint.npz, loss.png and summary.json.  A run stopped for any reason continues with --resume.
+    The run directory holds config.json, metrics.csv (step, train_loss, test_loss, wall_s,
+    train_acc, test_acc, feature_movement, kernel_alignment), checkpoint.npz, loss.png and
+    summary.json.  A run stopped for any reason continues with --resume.
     """
-    from experiments.train import TrainConfig, train as run_train
+    from experiments.train import TrainConfig, resume as run_resume, train as run_train
 
-    if resume_dir is not None:
-        config = TrainConfig(steps=steps)
-        config.steps = steps
-        target = Path(resume_dir)
+    ctx = click.get_current_context()
+    progress, say = None if quiet else Progress, lambda msg: click.echo(msg, err=True)
+    if resume_dir is not None:        # experiments.train.resume refuses the options a resume cannot change
+        values = {**options, "out": out, "force": force, "steps": steps}
+        given = _given_on_command_line(ctx, values)
+        path = run_guarded(run_resume, resume_dir, {k: values[k] for k in given}, progress=progress, log=say)
     else:
-        if options["dataset"] == "synthetic":
-            options["train_size"] = options["train_size"] or 1000
-            options["test_size"] = options["test_size"] or 500
-        config = TrainConfig(steps=steps or 600, **options)
-        target = Path(out) if out else Path("runs") / (
+        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / (
             f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    progress = None if quiet else click_progress
-    path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
-                       progress=progress, log=lambda msg: click.echo(msg, err=True))
-    summary = (path / "metrics.csv").read_text().strip().splitlines()
+        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say)
+    rows = (path / "metrics.csv").read_text().strip().splitlines()
+    if as_json:
+        summary_file = path / "summary.json"
+        emit_json({"ok": True, "run_dir": str(path), "metrics_columns": rows[0].split(","),
+                   "last_metrics": rows[-1].split(",") if len(rows) > 1 else None,
+                   "summary": json.loads(summary_file.read_text()) if summary_file.exists() else None})
+        return
     click.echo(f"run directory: {path}")
-    click.echo(f"last metrics:  {summary[-1] if len(summary) > 1 else '(none)'}  ({summary[0]})")
+    click.echo(f"last metrics:  {rows[-1] if len(rows) > 1 else '(none)'}  ({rows[0]})")
+
+
+_size_help(train)
 
 
 # ---------------------------------------------------------------------------- download
@@ -188,35 +420,16 @@ def download(dataset, data_dir, base_url):
 # ---------------------------------------------------------------------------- sweep, plot
 
 @cli.command()
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic",
-              show_default=True, help="Data set (the same data for every run).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
-@click.option("--train-size", type=POS_INT, default=None,
-              help="Number of training points. [default: 1000 synthetic, all otherwise]")
-@click.option("--test-size", type=POS_INT, default=None,
-              help="Number of test points. [default: 500 synthetic, all otherwise]")
+@data_options(dataset={"help": "Data set (the same data for every run)."})
 @click.option("--widths", default="inf,10,20,50,100,200,500", show_default=True,
               help="Comma-separated bottleneck widths; 'inf' = no bottleneck.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated seeds (initial functions and batch order) per width.")
-@click.option("--steps", type=POS_INT, default=None, help="SGD steps per run.  [default: 600]")
-@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size B.")
-@click.option("--lr", type=POSITIVE, default=2.0, show_default=True, help="Learning rate mu.")
-@click.option("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr).")
-@click.option("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr).")
-@click.option("--init-width", type=POS_INT, default=10_000, show_default=True,
-              help="Width n0 of the random network that draws g0, f0, J0.")
-@click.option("--eval-every", type=POS_INT, default=50, show_default=True, help="Steps between evaluations.")
-@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
-              help="Training points (a fixed subset) for the training loss and the bottleneck metrics.")
-@click.option("--backend", type=click.Choice(["numpy", "cpu", "gpu", "auto"]), default="numpy",
-              show_default=True, help="Simulator backend of every run.")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
-@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@model_options()
+@run_options(skip=("seed", "checkpoint_every"))
 @click.option("--jobs", "-j", type=POS_INT, default=None,
-              help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
+              help="Local worker processes [default: number of cores; with --backend gpu one per GPU, "
+                   "each seeing only its own device]; threads per worker = cores // jobs.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
 @click.option("--out", type=click.Path(), default=None,
@@ -229,19 +442,17 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
     """Train one model per width and seed, in parallel, into one sweep directory.
 
     Each run goes to SWEEP_DIR/width-<d> (one seed) or SWEEP_DIR/width-<d>/seed-<s>, with the same
-    files as `cli.py train`; sweep.json records every run's status; the combined figures
-    (as `cli.py plot`) are written at the end.  A failed run does not stop the others; the exit
-    status is non-zero if any run failed.  --resume continues an interrupted sweep (with
-    --steps: to a new length).
+    files as `train`; sweep.json records every run's status; the combined figures (as `plot`) are
+    written at the end.  A failed run does not stop the others; the exit status is 1 if any run
+    failed.  --resume continues an interrupted sweep (with --steps: to a new length).
     """
-    from experiments.sweep import parse_seeds, parse_widths, run_sweep
+    from experiments.sweep import run_sweep
     from experiments.train import TrainConfig
 
     ctx = click.get_current_context()
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
     if resume_dir is not None:
-        given = [name for name in ("widths", "seeds", *options)
-                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        given = _given_on_command_line(ctx, ("widths", "seeds", *options))
         if given or out or force:
             flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
             raise click.UsageError(f"{flag}: a resumed sweep keeps its saved options (only --steps, --jobs "
@@ -250,18 +461,19 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
                              scheduler=scheduler, plot=not no_plot, log=say)
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
-            options["train_size"] = options["train_size"] or 1000
-            options["test_size"] = options["test_size"] or 500
-        width_list = run_guarded(parse_widths, widths)
-        seed_list = run_guarded(parse_seeds, seeds)
-        config = TrainConfig(steps=steps or 600, width=width_list[0], seed=seed_list[0], **options)
-        target = Path(out) if out else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        width_list = run_guarded(V.parse_widths, widths)
+        seed_list = run_guarded(V.parse_seeds, seeds)
+        config = TrainConfig(steps=steps or DEFAULT_STEPS, width=width_list[0], seed=seed_list[0],
+                             **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")
     click.echo(f"sweep directory: {target}  ({len(record['runs'])} runs done"
                + (f", {skipped} already finished" if skipped else "") + ")")
+
+
+_size_help(sweep)
 
 
 @cli.command()
@@ -273,7 +485,8 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
 def plot(sweep_dir, figdir, heatmap_steps):
     """Figures of a sweep: loss, accuracy, heatmap, test vs training loss (appendix D.4), features.
 
-    Reads every run of SWEEP_DIR (also a partial or interrupted sweep) and writes PNG files.
+    Reads every run of SWEEP_DIR (also a partial or interrupted sweep) and writes loss.png,
+    accuracy.png (classification), heatmap.png, train_vs_test.png, features.png and tables.md.
     """
     from experiments.plots import plot_sweep
     written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)
@@ -284,29 +497,21 @@ def plot(sweep_dir, figdir, heatmap_steps):
 # ---------------------------------------------------------------------------- finite networks (appendix F)
 
 @cli.command("finite-sweep")
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="mnist", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache).")
-@click.option("--train-size", type=POS_INT, default=None,
-              help="Training points (a fixed seeded subset). [default: 1000 synthetic, all otherwise]")
-@click.option("--test-size", type=POS_INT, default=None,
-              help="Test points (a fixed seeded subset). [default: 500 synthetic, all otherwise]")
+@data_options(dataset="mnist")
 @click.option("--widths", default="1,2,4,8,16,32,64,128", show_default=True,
               help="Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000).")
 @click.option("--hidden", type=POS_INT, default=100_000, show_default=True,
               help="Hidden width n of both wide layers (the paper's 100,000; see README for memory).")
-@click.option("--steps", type=POS_INT, default=2000, show_default=True, help="SGD steps per bottleneck size.")
-@click.option("--batch-size", type=POS_INT, default=5, show_default=True, help="SGD batch size (the paper's 5).")
-@click.option("--lr", type=POSITIVE, default=1.0, show_default=True, help="Learning rate (loss 1/(2B) sum |F - y|^2).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the weights and of the batch order.")
-@click.option("--eval-every", type=POS_INT, default=100, show_default=True, help="Steps between evaluations.")
-@click.option("--eval-size", type=POS_INT, default=1000, show_default=True,
-              help="Training points (a fixed subset) for the training loss and error.")
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
-@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
-@click.option("--backend", type=click.Choice(["numpy", "gpu"]), default="numpy", show_default=True,
-              help="gpu runs the same networks with CuPy arrays.")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers.")
+@arch_options()
+@run_options(skip=("lr_f", "lr_g", "checkpoint_every", "dtype"),
+             steps={"default": 2000, "show_default": True, "help": "SGD steps per bottleneck size."},
+             batch_size={"default": 5, "help": "SGD batch size B (the paper's 5)."},
+             lr=1.0, seed={"help": "Seed of the weights and of the batch order."}, eval_every=100,
+             eval_size={"help": "Training points (a fixed subset) for the training loss and error."},
+             backend={"type": click.Choice(["numpy", "gpu"]),
+                      "help": "numpy, or gpu: the same networks with CuPy arrays."})
 @click.option("--out", type=click.Path(), default=None, help="Sweep directory. [default: runs/finite-<dataset>-<time>]")
 @click.option("--force", is_flag=True, help="Start over in an existing sweep directory.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -321,49 +526,43 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
     """
     from experiments.finite_sweep import SweepConfig, finite_sweep
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
+    ctx = click.get_current_context()
     if resume_dir is not None:
-        ctx = click.get_current_context()
-        given = [n for n in options if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        given = _given_on_command_line(ctx, options)
         if given or out or force:
             flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
             raise click.UsageError(f"{flag}: a resumed finite sweep keeps its saved options (only --widths may "
                                    "be given with --resume)")
-        extra = widths if ctx.get_parameter_source("widths") == click.core.ParameterSource.COMMANDLINE else None
+        extra = widths if _given_on_command_line(ctx, ["widths"]) else None
         summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
         target = Path(resume_dir)
     else:
-        if options["dataset"] == "synthetic":
-            options["train_size"] = options["train_size"] or 1000
-            options["test_size"] = options["test_size"] or 500
         target = Path(out) if out else Path("runs") / f"finite-{options['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **options), target, force=force, log=say)
+        summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **_sizes(options)), target, force=force,
+                              log=say)
     click.echo(f"sweep directory: {target}")
     for row in summary["widths"]:
         err = "" if row["test_err"] is None else f"  test_err {row['test_err']:.4f}"
         click.echo(f"d={row['width']}: {row['status']}  train_loss {row['train_loss']:.4g}  "
                    f"test_loss {row['test_loss']:.4g}{err}")
     if summary["diverged"]:
-        raise click.ClickException(f"{len(summary['diverged'])} bottleneck size(s) diverged "
-                                   f"({', '.join(map(str, summary['diverged']))}); lower --lr")
+        raise CommandError(f"{len(summary['diverged'])} bottleneck size(s) diverged "
+                           f"({', '.join(map(str, summary['diverged']))}); lower --lr", EXIT_FAILED)
+
+
+_size_help(finite_sweep_cmd)
 
 
 @cli.command("finite-vs-infinite")
-@click.option("--dataset", type=click.Choice(["synthetic", "mnist", "cifar"]), default="synthetic", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with MNIST / CIFAR-10.")
-@click.option("--train-size", type=POS_INT, default=200, show_default=True, help="Training points.")
-@click.option("--test-size", type=POS_INT, default=200, show_default=True, help="Test points.")
-@click.option("--d0", type=POS_INT, default=16, show_default=True, help="Input dimension (synthetic only).")
-@click.option("--dr", type=POS_INT, default=1, show_default=True, help="Output dimension (synthetic only).")
+@data_options(train_size=200, test_size=200)
 @click.option("--width", type=POS_INT, default=10, show_default=True, help="Bottleneck width d.")
 @click.option("--hidden", default="500,2000,8000,32000", show_default=True,
               help="Hidden widths n of the finite networks, comma-separated (at least two).")
 @click.option("--limit-width", type=POS_INT, default=10_000, show_default=True,
               help="Width n0 of the default initial functions of the 'limit' simulator run.")
-@click.option("--steps", type=POS_INT, default=200, show_default=True, help="SGD steps.")
-@click.option("--batch-size", type=POS_INT, default=20, show_default=True, help="SGD batch size.")
-@click.option("--lr", type=POSITIVE, default=1.0, show_default=True, help="Learning rate (loss 1/(2B) sum |F - y|^2).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Weights and batch order.")
-@click.option("--eval-every", type=POS_INT, default=10, show_default=True, help="Steps between evaluations.")
+@run_options(skip=("lr_f", "lr_g", "eval_size", "checkpoint_every", "backend", "dtype"),
+             steps={"default": 200, "show_default": True, "help": "Number of SGD steps."}, lr=1.0, eval_every=10, batch_size={"help": "SGD batch size B."},
+             seed={"help": "Seed of the weights and of the batch order."})
 @click.option("--max-ratio", type=POSITIVE, default=0.5, show_default=True,
               help="Check: fail unless gap(largest n) <= MAX_RATIO * gap(smallest n).")
 @click.option("--out", type=click.Path(), default=None, help="Output folder. [default: runs/finite-vs-infinite-<time>]")
@@ -373,7 +572,7 @@ def finite_vs_infinite_cmd(out, force, **options):
 
     Each finite network and its simulator start from the same random network and see the same
     batches; the relative gap of their loss curves must shrink with n.  Writes metrics.csv,
-    table.csv, summary.json and finite-vs-infinite.png; exit status 1 if the gap does not shrink.
+    table.csv, summary.json and finite-vs-infinite.png; exit status 3 if the gap does not shrink.
     """
     from experiments.finite_sweep import CompareConfig, finite_vs_infinite, markdown_table
     target = Path(out) if out else Path("runs") / f"finite-vs-infinite-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -389,52 +588,39 @@ def finite_vs_infinite_cmd(out, force, **options):
         lines.append(f"{name} gap(n={max(hidden)}) / gap(n={min(hidden)}) = {c['ratio']:.3g} "
                      f"(max {chk['max_ratio']}), log-log slope {slope}")
     if not chk["passed"]:
-        raise click.ClickException("the finite-to-simulator gap does not shrink with the width: " + "; ".join(lines))
+        raise CommandError("the finite-to-simulator gap does not shrink with the width: " + "; ".join(lines),
+                           EXIT_CHECK)
     click.echo("check passed: " + "; ".join(lines))
 
 
 # ---------------------------------------------------------------------------- verify (paper appendix E)
 
-class IntListType(click.ParamType):
-    """Comma-separated positive integers, e.g. ``1000,10000``."""
-
-    name = "N,N,..."
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            out = tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            out = ()
-        if not out or min(out) < 1:
-            self.fail(f"expected comma-separated positive integers, got {value!r}", param, ctx)
-        return out
-
-
-INT_LIST = IntListType()
-
-
 def _verify_common(fn):
     """Options shared by every verify subcommand."""
+    fn = json_option(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress messages.")(fn)
     fn = click.option("--out", type=click.Path(file_okay=False), default=None,
                       help="Output folder for <name>.json and <name>.png.  [default: runs/verify/<name>]")(fn)
-    fn = click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed.  [default: 0]")(fn)
+    fn = click.option("--seed", type=SEED, default=None, help="Seed.  [default: 0]")(fn)
     return fn
 
 
-def _run_verify(name, out, quiet, **options):
-    from experiments import verify as V
+def _run_verify(name, out, quiet, as_json, **options):
+    from experiments import verify as checks
     target = Path(out) if out else Path("runs") / "verify" / name
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    report = run_guarded(V.CHECKS[name], target, log=log, **options)
-    for line in V.format_table(report):
-        click.echo(line)
-    click.echo(f"wrote {report['files'][0]} and {report['files'][1]} ({report['wall_s']:.1f} s)")
-    failure = V.first_failure(report)
+    report = run_guarded(checks.CHECKS[name], target, log=log, **options)
+    failure = checks.first_failure(report)
+    if as_json:
+        emit_json({"ok": failure is None, **checks.jsonable(report)})
+    else:
+        for line in checks.format_table(report):
+            click.echo(line)
+        click.echo(f"wrote {report['files'][0]} and {report['files'][1]} ({report['wall_s']:.1f} s)")
     if failure:
-        raise click.ClickException(failure)
+        error = CommandError(failure, EXIT_CHECK)
+        error.as_json = False                       # the report above is the JSON object
+        raise error
 
 
 @cli.group()
@@ -442,7 +628,7 @@ def verify():
     """Check the theory numerically against finite networks (paper appendix E, MATH §6).
 
     Each subcommand writes <name>.json (all numbers, the configuration, the verdicts) and
-    <name>.png into --out, prints a table, and exits with status 1 and a one-line message when
+    <name>.png into --out, prints a table, and exits with status 3 and a one-line message when
     a check misses its threshold.  The defaults take well under a minute each on 2 cores
     (theorem3.2 about a minute); raise --samples, --widths, --steps for sharper numbers.
     """
@@ -457,9 +643,9 @@ def verify():
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest relative Frobenius error of each covariance over all pairs.  [default: 0.05]")
 @_verify_common
-def verify_lemma31(out, quiet, **options):
+def verify_lemma31(out, quiet, as_json, **options):
     """Lemma 3.1: Monte Carlo covariances of (f, J) against Sigma, Sigma_(1), Sigma_(2) (fig 11)."""
-    _run_verify("lemma3.1", out, quiet, **options)
+    _run_verify("lemma3.1", out, quiet, as_json, **options)
 
 
 @verify.command("theorem3.2")
@@ -473,10 +659,14 @@ def verify_lemma31(out, quiet, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest final distance in F and g and median g residual at the largest width.  "
                    "[default: 0.05]")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers of g and f.")
+@arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
+                               "default to 250,1000,2000)."})
 @_verify_common
-def verify_theorem32(out, quiet, **options):
+def verify_theorem32(out, quiet, as_json, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
-    _run_verify("theorem3.2", out, quiet, **options)
+    _run_verify("theorem3.2", out, quiet, as_json, **options)
 
 
 @verify.command("lemma4.1")
@@ -490,9 +680,9 @@ def verify_theorem32(out, quiet, **options):
               help="Largest final distance in F between deep and effective network at the largest width.  "
                    "[default: 0.05]")
 @_verify_common
-def verify_lemma41(out, quiet, **options):
+def verify_lemma41(out, quiet, as_json, **options):
     """Lemma 4.1: deep linear networks vs the effective network and the simulator (figs 13, 14)."""
-    _run_verify("lemma4.1", out, quiet, **options)
+    _run_verify("lemma4.1", out, quiet, as_json, **options)
 
 
 @verify.command("inf-limit")
@@ -503,9 +693,9 @@ def verify_lemma41(out, quiet, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest mean relative gap to NTK_inf at the largest d.  [default: 0.1]")
 @_verify_common
-def verify_inf_limit(out, quiet, **options):
+def verify_inf_limit(out, quiet, as_json, **options):
     """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (MATH §5)."""
-    _run_verify("inf-limit", out, quiet, **options)
+    _run_verify("inf-limit", out, quiet, as_json, **options)
 
 
 # ---------------------------------------------------------------------------- golden, bench (accel)
@@ -513,35 +703,51 @@ def verify_inf_limit(out, quiet, **options):
 @cli.command()
 @click.option("--regenerate", is_flag=True,
               help="Rewrite golden/ with refimpl (the only way golden files are written).")
-@click.option("--cases", default=None, help="Comma-separated golden cases to check.  [default: all]")
-def golden(regenerate, cases):
-    """Check every available backend against the golden files (or --regenerate them with refimpl)."""
+@click.option("--cases", default=None,
+              help="Comma-separated golden cases to check (or to --regenerate, keeping the others).  [default: all]")
+@json_option
+def golden(regenerate, cases, as_json):
+    """Check every available backend against the golden files (or --regenerate them with refimpl).
+
+    Exit status 3 if a backend misses a tolerance.
+    """
+    say = (lambda msg: click.echo(msg, err=True)) if as_json else click.echo
+
     def go():
         from experiments import golden as gold
-        if regenerate:
-            gold.regenerate(log=click.echo)
-            return
-        import accel
         names = None if cases is None else [c.strip() for c in cases.split(",") if c.strip()]
-        known = ["kernels", *gold.TRAJECTORIES]
+        known = [*gold.KERNEL_CASES, *gold.TRAJECTORIES]
         for c in names or []:
             if c not in known:
                 raise ValueError(f"cases: unknown golden case {c!r}; expected some of {', '.join(known)}")
-        click.echo(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
+        if regenerate:
+            gold.regenerate(log=say, cases=names)
+            return None
+        import accel
+        say(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
         try:
-            rows = gold.check(accel.golden_targets(), cases=names, log=click.echo)
+            return gold.check(accel.golden_targets(), cases=names, log=say)
         except gold.GoldenError as exc:
             raise ValueError(str(exc)) from None
-        bad = [r for r in rows if not r["ok"]]
-        if bad:
-            raise click.ClickException(f"{len(bad)} of {len(rows)} golden checks failed")
-        click.echo(f"all {len(rows)} golden checks within tolerance")
-    run_guarded(go)
+
+    rows = run_guarded(go)
+    if rows is None:
+        if as_json:
+            emit_json({"ok": True, "regenerated": True})
+        return
+    bad = [r for r in rows if not r["ok"]]
+    if as_json:
+        emit_json({"ok": not bad, "checks": len(rows), "failed": len(bad), "rows": rows})
+    if bad:
+        error = CommandError(f"{len(bad)} of {len(rows)} golden checks failed", EXIT_CHECK)
+        error.as_json = False
+        raise error
+    say(f"all {len(rows)} golden checks within tolerance")
 
 
 @cli.command()
-@click.option("--out", type=click.Path(dir_okay=False), default="bench.json", show_default=True,
-              help="JSON file for the results.")
+@click.option("--out", type=click.Path(dir_okay=False), default=str(Path("runs") / "bench.json"),
+              show_default=True, help="JSON file for the results.")
 @click.option("--sizes", type=INT_LIST, default="10000,100000,1000000", show_default=True,
               help="History lengths M.")
 @click.option("--widths", type=INT_LIST, default="10,100", show_default=True, help="Bottleneck widths d.")
@@ -551,26 +757,52 @@ def golden(regenerate, cases):
 @click.option("--reps", type=POS_INT, default=3, show_default=True, help="Timed steps per point (median).")
 @click.option("--numpy-max-m", type=POS_INT, default=1_000_000, show_default=True,
               help="Skip refimpl above this M (it is slow there).")
-def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m):
+@json_option
+def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
     def go():
-        from accel import BACKENDS
         from experiments import bench as b
         names = [x.strip() for x in backends.split(",") if x.strip()]
         for n in names:
-            if n not in BACKENDS or n == "auto":
-                raise ValueError(f"backends: expected some of numpy, cpu, gpu, got {n!r}")
+            V.one_of("backends", n, ("numpy", "cpu", "gpu"))
         dts = [x.strip() for x in dtypes.split(",") if x.strip()]
         for dt in dts:
-            if dt not in ("float64", "float32"):
-                raise ValueError(f"dtypes: expected float64 and/or float32, got {dt!r}")
+            V.one_of("dtypes", dt, DTYPES)
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
                        numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
-        b.write(report, out)
-        click.echo(b.table(report))
-        click.echo(f"wrote {out}", err=True)
-    run_guarded(go)
+        path = out
+        b.write(report, path)
+        return report, b.table(report), path
 
+    report, table, path = run_guarded(go)
+    if as_json:
+        emit_json({"ok": True, "file": str(path), **report})
+    else:
+        click.echo(table)
+    click.echo(f"wrote {path}", err=True)
+
+
+@cli.command("gpu-check")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for gpucheck.json, table.md and the runs [default: runs/gpu-check-<date>-<time>].")
+@click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
+def gpu_check(out, tiny):
+    """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
+    M = 1e5..1e7, paper-scale timing; prints a summary table (exit status 3 if a step failed)."""
+    def go():
+        import time
+        from experiments import gpucheck
+        path = out or str(Path("runs") / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}")
+        report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
+                              log=lambda m: click.echo(m, err=True))
+        return report, gpucheck.table(report), path
+
+    report, table, path = run_guarded(go)
+    click.echo(table)
+    click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+    failed = [s["step"] for s in report["steps"] if s["ok"] is False]
+    if failed:
+        raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
 
 if __name__ == "__main__":
-    cli()
+    main()

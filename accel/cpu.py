@@ -51,11 +51,11 @@ from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 import refimpl
-from refimpl import kernels as rk
-from refimpl.kernels import check_activation, unit_rows
+from refimpl.kernels import unit_rows
 
-from . import formulas
+from . import formulas, kernelapi
 from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin
+from .pair_source import WHAT
 
 #: History rows per tile of the hot loop.
 HIST_BLOCK = 256
@@ -151,8 +151,8 @@ def _near_halves(xh, y, ny):
 def _pair_kernel(G, nx, ny, Xh, Yh, m, what, out1, out2):
     """Fill out1 (and out2) for every pair from dot products G = X Y^T.
 
-    what: 0 ntk, 1 nngp, 2 sigmadot, 3 Xi coefficients (alpha -> out1, beta -> out2),
-    4 nngp -> out1 and ntk -> out2.
+    what (accel.pair_source.WHAT): 0 ntk, 1 nngp, 2 sigmadot, 3 Xi coefficients (alpha -> out1,
+    beta -> out2), 4 nngp -> out1 and ntk -> out2.
     """
     p, q = G.shape
     for i in prange(p):
@@ -189,69 +189,20 @@ def _relu_pairs(X, Y, what):
     return out1, out2
 
 
-def nngp(X, Y, activation="relu", depth=None):
-    """NNGP kernel Sigma(x, y), as :func:`refimpl.kernels.nngp`."""
-    if activation == "linear":
-        return rk.nngp(X, Y, activation, depth)
-    check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
-    return _relu_pairs(X, Y, 1)[0]
-
-
-def sigmadot(X, Y, activation="relu", depth=None):
-    """Derivative kernel Sigmadot(x, y), as :func:`refimpl.kernels.sigmadot`."""
-    if activation == "linear":
-        return rk.sigmadot(X, Y, activation, depth)
-    check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
-    return _relu_pairs(X, Y, 2)[0]
-
-
-def ntk(X, Y, activation="relu", depth=None):
-    """NTK (Theta with m = d0, K with m = d), as :func:`refimpl.kernels.ntk`."""
-    if activation == "linear":
-        return rk.ntk(X, Y, activation, depth)
-    check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
-    return _relu_pairs(X, Y, 0)[0]
-
-
-def xi_coefficients(X, Y, activation="relu", depth=None):
-    """alpha, beta with Xi = alpha y + beta x^, as :func:`refimpl.kernels.xi_coefficients`."""
-    if activation == "linear":
-        return rk.xi_coefficients(X, Y, activation, depth)
-    check_activation(activation, depth)
-    X, Y = rk._pair(X, Y)
-    return _relu_pairs(X, Y, 3)
-
-
-def xi(X, Y, activation="relu", depth=None):
-    """Xi(x, y) = dK/dx, (p, q, m), as :func:`refimpl.kernels.xi`."""
-    X, Y = rk._pair(X, Y)
-    alpha, beta = xi_coefficients(X, Y, activation, depth)
-    _, Xh = unit_rows(X)
-    return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
-
-
-def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
-    """NTK of the network without bottleneck, as :func:`refimpl.kernels.ntk_inf`.
-
-    Sigma_g and Theta_g come from one pass of the pair kernel; the combination
-    is refimpl's :func:`~refimpl.kernels.ntk_inf_from_g`.
-    """
-    Lf = check_activation(activation, depth_f)
-    check_activation(activation, depth_g)
-    if activation == "linear":
-        return rk.ntk_inf(X, Y, activation, depth_f, depth_g, lr_f, lr_g)
-    X, Y = rk._pair(X, Y)
-    sigma_g, theta_g = _relu_pairs(X, Y, 4)
-    return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
+#: The kernel functions (refimpl's names and signatures) over :func:`_relu_pairs`.
+_KernelFunctions = kernelapi.make_kernels(lambda X, Y, what: _relu_pairs(X, Y, WHAT[what]))
+nngp = _KernelFunctions.nngp
+sigmadot = _KernelFunctions.sigmadot
+ntk = _KernelFunctions.ntk
+xi_coefficients = _KernelFunctions.xi_coefficients
+xi = _KernelFunctions.xi
+ntk_inf = _KernelFunctions.ntk_inf
 
 
 # sigma1 and sigma2 (Jacobian covariances, lemma 3.1) serve Monte Carlo checks, not the
 # dynamics: every backend shares refimpl's.
-sigma1 = rk.sigma1
-sigma2 = rk.sigma2
+sigma1 = _KernelFunctions.sigma1
+sigma2 = _KernelFunctions.sigma2
 
 
 # ---------------------------------------------------------------------------
@@ -607,14 +558,6 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
 # ---------------------------------------------------------------------------
 # simulators
 # ---------------------------------------------------------------------------
-
-class _KernelFunctions:
-    """This module's kernel functions as one namespace (for the hooks and accel.get_backend)."""
-
-
-for _fn in (nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf):
-    setattr(_KernelFunctions, _fn.__name__, staticmethod(_fn))
-
 
 class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
     """:class:`refimpl.BottleneckSimulator` with the Numba history pass.

@@ -38,12 +38,9 @@ d = 1, 4.4 GiB at d = 1000 and 28 GiB at d = 9000, so n = 100,000 fits in
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -52,13 +49,22 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
+from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
-from .train import TrainError, atomic_write_bytes, atomic_write_text, batch_indices
+from .data import DATASETS
+from .figures import PLOT_LOCK, pyplot, save_figure
+from .fileio import atomic_write_text, read_csv, write_csv
+from .train import available_memory, batch_indices, eval_rows
+from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
+                       positive_int, positive_number)
 
 #: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
 PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
 
+#: The array backends of the finite networks (the same code on NumPy or CuPy arrays).
+FINITE_BACKENDS = ("numpy", "gpu")
 SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
 SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
 SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
@@ -68,51 +74,16 @@ SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
 # small shared helpers
 # ----------------------------------------------------------------------------
 
-def _positive_int(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-        raise TrainError(f"{name}: expected a positive integer, got {val!r}")
-
-
-def _non_negative_int(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-        raise TrainError(f"{name}: expected a non-negative integer, got {val!r}")
-
-
-def _positive_float(name, val):
-    if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
-        raise TrainError(f"{name}: expected a positive number, got {val!r}")
-
-
 def parse_widths(text, name="widths"):
     """Parse ``"1,2,4"`` (or ``"paper"``, the paper's 36 sizes) into a sorted tuple of distinct positive ints."""
-    if isinstance(text, (list, tuple)):
-        items = list(text)
-    else:
-        s = str(text).strip()
-        if s.lower() == "paper":
-            return PAPER_WIDTHS
-        items = [p.strip() for p in s.split(",") if p.strip()]
-    if not items:
-        raise TrainError(f"{name}: expected a comma-separated list of positive integers, got {text!r}")
-    out = []
-    for p in items:
-        try:
-            v = int(p) if not isinstance(p, (int, np.integer)) else int(p)
-        except (TypeError, ValueError):
-            raise TrainError(f"{name}: expected a comma-separated list of positive integers, "
-                             f"got {p!r} in {text!r}") from None
-        if isinstance(p, bool) or v < 1:
-            raise TrainError(f"{name}: expected positive integers, got {p!r}")
-        out.append(v)
-    return tuple(sorted(set(out)))
+    return _parse_widths(text, name, allow_inf=False, presets={"paper": PAPER_WIDTHS}, merge=True)
 
 
 def array_module(backend):
     """The array module for ``backend``: numpy, or cupy for "gpu" (TrainError with the reason if unusable)."""
     if backend == "numpy":
         return np
-    if backend != "gpu":
-        raise TrainError(f"backend: expected numpy or gpu, got {backend!r}")
+    one_of("backend", backend, FINITE_BACKENDS)
     try:
         import cupy
         if cupy.cuda.runtime.getDeviceCount() < 1:
@@ -141,20 +112,6 @@ def memory_estimate(d0, d, dr, hidden, batch_size=5):
     return 16 * params + 8 * 6 * ROW_BLOCK_ELEMENTS + 8 * 4 * block
 
 
-def available_memory(xp):
-    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
-    if xp is not np:
-        try:
-            free, total = xp.cuda.runtime.memGetInfo()
-            return int(total)
-        except Exception:   # noqa: BLE001
-            return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _gib(b):
     return f"{b / 2 ** 30:.1f} GiB"
 
@@ -167,36 +124,6 @@ def _load(dataset, data_dir, train_size, test_size, seed, d0, dr):
                             seed=seed, **kwargs)
     except (ValueError, OSError) as exc:
         raise TrainError(str(exc).splitlines()[0]) from None
-
-
-def _write_csv(path, columns, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
-                    for k in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _save_fig(fig, path, dpi=90):
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 # ----------------------------------------------------------------------------
@@ -223,22 +150,40 @@ class SweepConfig:
     eval_every: int = 100
     eval_size: int = 1000
     backend: str = "numpy"
+    activation: str = "relu"             # the architecture (MATH §2.2), as experiments.train.TrainConfig
+    depth_g: int = 1
+    depth_f: int = 1
+    w_std: float | list = 1.0
+    b_std: float | list = 0.0
+    out_std: float | list = 1.0
+    loss: str = "mse"
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        one_of("dataset", self.dataset, DATASETS)
+        self.layers()
+        one_of("loss", self.loss, LOSSES)
+        if self.loss == "ce" and self.dataset == "synthetic":
+            raise TrainError("loss: 'ce' needs a classification data set (mnist or cifar); synthetic is "
+                             "regression (use --loss mse)")
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("train_size", "test_size"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+            optional(positive_int, name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            _non_negative_int(name, getattr(self, name))
-        _positive_float("lr", self.lr)
-        if self.backend not in ("numpy", "gpu"):
-            raise TrainError(f"backend: expected numpy or gpu, got {self.backend!r}")
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        one_of("backend", self.backend, FINITE_BACKENDS)
+
+    def layers(self):
+        """(Layers of g, Layers of f) (MATH §2.2); TrainError for a bad option."""
+        pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v    # noqa: E731
+        try:
+            return architecture(self.activation, self.depth_g, self.depth_f, pair(self.w_std),
+                                pair(self.b_std), pair(self.out_std))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
 
     def as_json(self):
         d = dataclasses.asdict(self)
@@ -246,21 +191,19 @@ class SweepConfig:
         return d
 
 
-def _eval_rows(seed, n, eval_size):
-    """The fixed training subset for the training metrics (as :func:`experiments.train.eval_rows`)."""
-    if n <= eval_size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
-
-
 def evaluate_network(net, data, rows):
-    """Losses (mean |F - y|^2 / 2) and error rates (1 - accuracy; None for regression) of a FiniteNetwork."""
+    """Losses (the trained one: mean |F - y|^2 / 2 or the cross-entropy) and error rates (1 - accuracy;
+    None for regression) of a FiniteNetwork."""
     out = {}
     for split, X, Y, labels in (("train", data.X_train[rows], data.Y_train[rows],
                                  None if data.labels_train is None else data.labels_train[rows]),
                                 ("test", data.X_test, data.Y_test, data.labels_test)):
         F = _to_numpy(net.outputs(X))
-        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        loss = getattr(net, "loss_name", "mse")
+        if loss == "mse":
+            out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        else:
+            out[f"{split}_loss"] = float(np.mean(pointwise_loss(F, Y, loss)))
         out[f"{split}_err"] = None if labels is None else float(np.mean(np.argmax(F, axis=1) != labels))
     return out
 
@@ -297,14 +240,16 @@ def _train_width(config, data, rows, d, folder, xp, log):
     """Train one bottleneck size; write metrics.csv as it goes and result.json (atomically) at the end."""
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp)
+    layers_g, layers_f = config.layers()
+    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp,
+                               layers_g=layers_g, layers_f=layers_f, loss=config.loss)
     metrics, status, message = [], "done", None
     N = data.n_train
 
     def record(step):
         row = {"step": step, **evaluate_network(net, data, rows), "wall_s": round(time.perf_counter() - t0, 3)}
         metrics.append(row)
-        _write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
+        write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
         for key in ("train_loss", "test_loss"):
             if not math.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}")
@@ -396,7 +341,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
             "error": "1 - accuracy (argmax of F against the label); empty for regression",
             "train_metrics_rows": int(min(config.eval_size, data.n_train))}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
-    rows = _eval_rows(config.seed, data.n_train, config.eval_size)
+    rows = eval_rows(config.seed, data.n_train, config.eval_size)
 
     for d in config.widths:
         folder = width_dir(out, d)
@@ -406,10 +351,10 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
         log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
             f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
         _train_width(config, data, rows, d, folder, xp, log)
-    return write_sweep_summary(out)
+    return write_finite_summary(out)
 
 
-def load_sweep(out):
+def load_finite_sweep(out):
     """Per finished bottleneck size: (result dict, metrics rows as floats), sorted by size."""
     results = []
     for folder in sorted(Path(out).glob("width-*")):
@@ -417,17 +362,17 @@ def load_sweep(out):
             continue
         res = json.loads((folder / "result.json").read_text())
         rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
-                for r in _read_csv(folder / "metrics.csv")]
+                for r in read_csv(folder / "metrics.csv")]
         results.append((res, rows))
     results.sort(key=lambda r: r[0]["width"])
     return results
 
 
-def write_sweep_summary(out):
+def write_finite_summary(out):
     """Write summary.json, summary.csv and the two figures from the finished sizes in ``out``."""
     out = Path(out)
     cfg = json.loads((out / "config.json").read_text())
-    results = load_sweep(out)
+    results = load_finite_sweep(out)
     table = []
     for res, _ in results:
         fin = res.get("final") or {}
@@ -445,16 +390,21 @@ def write_sweep_summary(out):
         if done[0]["test_err"] is not None:
             summary["best_test_err_width"] = min(done, key=lambda r: r["test_err"])["width"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
+    write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
                                      "test_err", "wall_s"], table)
     if results:
-        plot_sweep(out, results, cfg["config"])
+        plot_finite_sweep(out, results, cfg["config"])
     return summary
 
 
-def plot_sweep(out, results, config):
+def plot_finite_sweep(out, results, config):
     """fig 15 (loss against steps per bottleneck size) and fig 16 (final loss and error against size)."""
-    plt = _pyplot()
+    with PLOT_LOCK:
+        _plot_finite_sweep(out, results, config)
+
+
+def _plot_finite_sweep(out, results, config):
+    plt = pyplot()
     cmap = plt.get_cmap("viridis")
     ws = [r[0]["width"] for r in results]
     lw = np.log(ws)
@@ -477,7 +427,7 @@ def plot_sweep(out, results, config):
     axes[1].legend(fontsize=7, ncol=2 if len(results) > 8 else 1, title="bottleneck")
     fig.suptitle(f"finite networks: {title}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-losses.png")
+    save_figure(fig, out / "finite-losses.png", dpi=90)
 
     done = [(res, rows) for res, rows in results if res["status"] == "done"]
     has_err = bool(done) and done[0][0]["final"].get("test_err") is not None
@@ -498,7 +448,7 @@ def plot_sweep(out, results, config):
         ax.legend()
     fig.suptitle(f"end of training ({config['steps']} steps): {title}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-final.png")
+    save_figure(fig, out / "finite-final.png", dpi=90)
 
 
 # ----------------------------------------------------------------------------
@@ -527,18 +477,17 @@ class CompareConfig:
     max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
 
     def validate(self):
-        if self.dataset not in ("synthetic", "mnist", "cifar"):
-            raise TrainError(f"dataset: expected synthetic, mnist or cifar, got {self.dataset!r}")
+        one_of("dataset", self.dataset, DATASETS)
         self.hidden = parse_widths(self.hidden, "hidden")
         if len(self.hidden) < 2:
             raise TrainError(f"hidden: expected at least two widths to compare, got {list(self.hidden)}")
         for name in ("train_size", "test_size", "d0", "dr", "width", "limit_width", "steps", "batch_size",
                      "eval_every"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("seed", "data_seed"):
-            _non_negative_int(name, getattr(self, name))
-        _positive_float("lr", self.lr)
-        _positive_float("max_ratio", self.max_ratio)
+            non_negative_int(name, getattr(self, name))
+        positive_number("lr", self.lr)
+        positive_number("max_ratio", self.max_ratio)
 
     def as_json(self):
         d = dataclasses.asdict(self)
@@ -680,7 +629,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
                         finite.step(X[idx], Y[idx], lr=config.lr)
                     sim.step(idx)
         except DivergenceError as exc:
-            raise TrainError(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
+            raise RunFailed(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
 
     for n in config.hidden:
         net = RandomNetwork.sample(data.d0, config.width, data.dr, width=n, seed=config.seed)
@@ -691,9 +640,9 @@ def finite_vs_infinite(config, out, force=False, log=print):
     limit_net = RandomNetwork.sample(data.d0, config.width, data.dr, width=config.limit_width, seed=config.seed)
     run("limit", config.limit_width, limit_net, None)
 
-    _write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
+    write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
     table = gap_table([r for r in records if r["run"] == "finite"])
-    _write_csv(out / "table.csv", TABLE_COLUMNS, table)
+    write_csv(out / "table.csv", TABLE_COLUMNS, table)
     checks = {}
     for name, key, what in (("loss", "max_rel_gap_train", "max over steps of |L_finite - L_sim| / L_sim (training loss)"),
                             ("output", "max_output_gap", "max over steps of ||F_finite - F_sim|| / ||F_sim||")):
@@ -721,7 +670,12 @@ def finite_vs_infinite(config, out, force=False, log=print):
 
 def plot_comparison(out, records, table, config):
     """One figure: training and test loss, finite (solid) and simulator (dashed) per n, limit in black."""
-    plt = _pyplot()
+    with PLOT_LOCK:
+        _plot_comparison(out, records, table, config)
+
+
+def _plot_comparison(out, records, table, config):
+    plt = pyplot()
     cmap = plt.get_cmap("plasma")
     ns = sorted({r["n"] for r in records if r["run"] == "finite"})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
@@ -752,7 +706,7 @@ def plot_comparison(out, records, table, config):
     fig.suptitle(f"finite vs infinite width: {config.dataset}, d={config.width}, batch {config.batch_size}, "
                  f"lr {config.lr}", fontsize=10)
     fig.tight_layout()
-    _save_fig(fig, out / "finite-vs-infinite.png")
+    save_figure(fig, out / "finite-vs-infinite.png", dpi=90)
 
 
 def markdown_table(table, limit=None):

@@ -47,13 +47,14 @@ Test loss against training loss (appendix D.4), as implemented by
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .train import PLOT_LOCK, TrainError, atomic_write_bytes
+from .figures import PLOT_LOCK, pyplot, save_figure
+from .fileio import SWEEP_FILE, atomic_write_text
+from .validate import TrainError, width_key
 
 DPI = 90
 MA_LENGTH = 5
@@ -86,7 +87,6 @@ def load_sweep(sweep_dir):
     Uses ``sweep.json`` when present, otherwise the ``width-*/metrics.csv`` and
     ``width-*/seed-*/metrics.csv`` files found.  Runs without metrics are skipped.
     """
-    from .sweep import SWEEP_FILE, width_key
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise TrainError(f"sweep_dir: {sweep_dir} is not a directory")
@@ -242,23 +242,8 @@ def train_vs_test(runs_by_width, n_grid=100, length=MA_LENGTH):
 # figures
 # ----------------------------------------------------------------------------
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path):
-    plt = _plt()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def _colours(widths):
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("viridis")
     finite = [w for w in widths if w != "inf"]
     col = {w: cmap(i / max(1, len(finite) - 1) * 0.9) for i, w in enumerate(finite)}
@@ -290,7 +275,7 @@ def _title(sweep_dir, runs_by_width, band=True):
 
 
 def plot_loss(runs_by_width, path, title=""):
-    plt = _plt()
+    plt = pyplot()
     col = _colours(list(runs_by_width))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key in zip(axes, ("train_loss", "test_loss")):
@@ -299,11 +284,11 @@ def plot_loss(runs_by_width, path, title=""):
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=DPI)
 
 
 def plot_accuracy(runs_by_width, path, title=""):
-    plt = _plt()
+    plt = pyplot()
     col = _colours(list(runs_by_width))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key in zip(axes, ("train_acc", "test_acc")):
@@ -312,7 +297,7 @@ def plot_accuracy(runs_by_width, path, title=""):
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=DPI)
 
 
 def heatmap_table(runs_by_width, key, max_steps):
@@ -335,7 +320,7 @@ def heatmap_table(runs_by_width, key, max_steps):
 
 
 def plot_heatmap(runs_by_width, path, max_steps=4000, title=""):
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.colors import LogNorm
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(runs_by_width) + 1.2))
     for ax, key in zip(axes, ("train_loss", "test_loss")):
@@ -353,11 +338,11 @@ def plot_heatmap(runs_by_width, path, max_steps=4000, title=""):
         fig.colorbar(mesh, ax=ax)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=DPI)
 
 
 def plot_train_vs_test(runs_by_width, path, title=""):
-    plt = _plt()
+    plt = pyplot()
     col = _colours(list(runs_by_width))
     finite = {w: r for w, r in runs_by_width.items() if w != "inf"}
     panels = [("all widths", runs_by_width)]
@@ -385,14 +370,14 @@ def plot_train_vs_test(runs_by_width, path, title=""):
     fig.suptitle(title + "\n(appendix D.4: common training-loss grid, linear interpolation, "
                  "moving average of 5)", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=DPI)
 
 
 def plot_features(runs_by_width, path, title=""):
     finite = {w: r for w, r in runs_by_width.items() if w != "inf"}
     if not finite:
         return False
-    plt = _plt()
+    plt = pyplot()
     col = _colours(list(runs_by_width))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     _curves(axes[0], finite, "feature_movement", col, log=False)
@@ -402,7 +387,7 @@ def plot_features(runs_by_width, path, title=""):
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
     fig.suptitle(title + "\n(on the training-loss evaluation rows; no bottleneck for width inf)", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path, dpi=DPI)
     return True
 
 
@@ -429,9 +414,7 @@ def _plot_sweep(sweep_dir, figdir, heatmap_steps):
     written.append(figdir / "train_vs_test.png")
     if plot_features(runs, figdir / "features.png", title):
         written.append(figdir / "features.png")
-    from .sweep import SWEEP_FILE
     if (Path(sweep_dir) / SWEEP_FILE).exists():
-        from .train import atomic_write_text
         atomic_write_text(figdir / "tables.md", summary_tables(sweep_dir) + "\n")
         written.append(figdir / "tables.md")
     return written
@@ -456,7 +439,6 @@ def threshold_rows(sweep_dir):
     Returns (fractions, loss_null, {width: [[step per seed] per fraction]}); runs without a
     summary (unfinished, failed) are left out.
     """
-    from .sweep import SWEEP_FILE, width_key
     sweep_dir = Path(sweep_dir)
     record = json.loads((sweep_dir / SWEEP_FILE).read_text())
     table, fractions, loss_null = {}, None, None

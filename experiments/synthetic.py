@@ -25,6 +25,19 @@ import numpy as np
 from refimpl import kernels
 from refimpl.validate import positive_int
 
+#: Training and test points of the synthetic data set when a command is given no size (the commands'
+#: one default; :func:`make_synthetic` itself draws the paper's 2000 and 2000).
+SYNTHETIC_TRAIN_SIZE = 1000
+SYNTHETIC_TEST_SIZE = 500
+
+
+def default_sizes(dataset, train_size=None, test_size=None):
+    """``(train_size, test_size)`` with the synthetic defaults filled in (None: the whole split otherwise)."""
+    if dataset == "synthetic":
+        return (SYNTHETIC_TRAIN_SIZE if train_size is None else train_size,
+                SYNTHETIC_TEST_SIZE if test_size is None else test_size)
+    return train_size, test_size
+
 
 def _gp_sample(K, columns, rng, jitter):
     """Draw ``columns`` independent samples of GP(0, K) on the points of K (n, n) -> (n, columns)."""

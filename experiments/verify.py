@@ -32,7 +32,7 @@ Loss convention as everywhere (MATH §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import math
 import time
@@ -41,10 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from refimpl import __version__, kernels
-from refimpl.dynamics import BottleneckSimulator
+from refimpl.dynamics import BottleneckSimulator, check_loss, loss_and_chi
 from refimpl.finite import FiniteNetwork
 from refimpl.network import RandomNetwork
-from .train import atomic_write_bytes, atomic_write_text
+from refimpl.validate import int_at_least, non_negative_int, positive_int, positive_number
+from .figures import pyplot, save_figure
+from .fileio import atomic_write_text
 
 #: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
 MC_BLOCK_ELEMENTS = 1 << 22
@@ -52,6 +54,9 @@ MC_BLOCK_ELEMENTS = 1 << 22
 MC_MAX_Z = 5.0
 #: Agreement required between the linear-kernel simulator and the effective network (lemma 4.1).
 EXACT_TOL = 1e-9
+
+#: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
+DEEP_WIDTHS = (250, 1000, 2000)
 
 DEFAULTS = {
     "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
@@ -78,23 +83,6 @@ def _ints(name, values, minimum=1):
     return tuple(int(v) for v in values)
 
 
-def _int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(name, value, allow_zero=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}: expected a {kind} finite number, got {value!r}")
-    return value
-
-
 def _rel(a, b):
     nb = float(np.linalg.norm(b))
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b))) / nb if nb > 0 else float("inf")
@@ -109,13 +97,15 @@ def _check(name, value, threshold, text):
 
 # ----------------------------------------------------------------------------- output
 
-def _jsonable(obj):
+def jsonable(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
         return v if math.isfinite(v) else str(v)
@@ -136,23 +126,16 @@ def _prepare(out):
 
 def _finish(name, out, config, results, checks, fig, started):
     """Write <name>.json and <name>.png atomically; return the report."""
-    import matplotlib.pyplot as plt
-
     report = {"name": name, "version": __version__, "config": config, "results": results, "checks": checks,
               "passed": all(c["passed"] for c in checks), "wall_s": time.perf_counter() - started}
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / f"{name}.png", buf.getvalue())
-    atomic_write_text(out / f"{name}.json", json.dumps(_jsonable(report), indent=1) + "\n")
+    save_figure(fig, out / f"{name}.png", dpi=100)
+    atomic_write_text(out / f"{name}.json", json.dumps(jsonable(report), indent=1) + "\n")
     report["files"] = [str(out / f"{name}.json"), str(out / f"{name}.png")]
     return report
 
 
 def _figure(rows, cols, size):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
     return fig, axes
 
@@ -227,11 +210,11 @@ def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, thr
     cfg.update({k: v for k, v in dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
                                          threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["samples"] = _int("samples", cfg["samples"], 2)
-    cfg["pairs"] = _int("pairs", cfg["pairs"])
-    cfg["dim"] = _int("dim", cfg["dim"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
+    cfg["samples"] = int_at_least("samples", cfg["samples"], 2)
+    cfg["pairs"] = positive_int("pairs", cfg["pairs"])
+    cfg["dim"] = positive_int("dim", cfg["dim"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -295,18 +278,18 @@ def _fstate(net, X, probes):
     return G, net.f(G), net.jacobian(probes)
 
 
-def _rhs(net, G, F, Y, probes, theta, activation, depth_f):
+def _rhs(net, G, F, Y, probes, theta, layers_f, depth_f=None, loss="mse"):
     """Right-hand sides of eqs 12-14 at the network's current state, with the limiting kernels.
 
     RHS_g(xi_j) = -sum_i Theta(xi_j, xi_i) J(g_i)^T chi_i
     RHS_F(xi_j) = -sum_i [K(g_j, g_i) chi_i + Theta(xi_j, xi_i) J(g_j) J(g_i)^T chi_i]
     RHS_J(p)    = -sum_i chi_i Xi(p, g_i)^T
     """
-    chi = (F - Y) / F.shape[0]
+    chi = loss_and_chi(F, Y, loss)[1]
     TV = theta @ net.jacobian_t_dot(G, chi)
     rhs_g = -TV
-    rhs_F = -(kernels.ntk(G, G, activation, depth_f) @ chi) - np.einsum("jab,jb->ja", net.jacobian(G), TV)
-    rhs_J = -np.einsum("ia,pib->pab", chi, kernels.xi(probes, G, activation, depth_f))
+    rhs_F = -(kernels.ntk(G, G, layers_f, depth_f) @ chi) - np.einsum("jab,jb->ja", net.jacobian(G), TV)
+    rhs_J = -np.einsum("ia,pib->pab", chi, kernels.xi(probes, G, layers_f, depth_f))
     return {"F": rhs_F, "g": rhs_g, "J": rhs_J}
 
 
@@ -324,16 +307,17 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     """One finite network of width n and its simulator; per-step errors (and residuals if asked)."""
     d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
     lr, idx = cfg["lr"], np.arange(X.shape[0])
-    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed)
-    finite = FiniteNetwork.from_random_network(net)
-    sim = BottleneckSimulator(net, X, Y, lr=lr)
+    layers_g, layers_f, loss = cfg["layers_g"], cfg["layers_f"], cfg["loss"]
+    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
+    finite = FiniteNetwork.from_random_network(net, loss=loss)
+    sim = BottleneckSimulator(net, X, Y, lr=lr, loss=loss)
     keys = ["err_F", "err_g", "err_J", "loss_finite", "loss_sim"]
     if residuals:
         keys += ["resid_F", "resid_g", "resid_J"]
     rec = {k: [] for k in keys}
     state = _fstate(finite, X, probes)
     for _ in range(cfg["steps"]):
-        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, "relu", None) if residuals else None
+        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, layers_f, loss=loss) if residuals else None
         rec["loss_finite"].append(finite.step(X, Y, lr=lr))
         rec["loss_sim"].append(sim.step(idx))
         new = _fstate(finite, X, probes)
@@ -348,11 +332,18 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
 
 
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
-              d0=4, d=3, dr=2, log=_silent):
-    """Theorem 3.2: wide finite ReLU networks against the function-space dynamics (paper fig 12).
+              d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0,
+              loss="mse", log=_silent):
+    """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12).
 
-    Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr)
-    (drawn from ``seed``) and 4 fixed probe points of the bottleneck.  For
+    Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr) (with
+    ``loss="ce"``: one-hot rows of random classes, or random 0/1 for dr = 1)
+    (drawn from ``seed``) and 4 fixed probe points of the bottleneck.
+    The architecture (MATH §2.2): ``activation``, ``depth_g``, ``depth_f``
+    (hidden layers), ``w_std``, ``b_std``, ``out_std`` (a number, or a pair g, f),
+    as :func:`refimpl.kernels.architecture`; the widths default to
+    DEEP_WIDTHS when a half has more than one hidden layer (its n x n
+    matrices limit the width).  For
     each width n and each of ``samples`` networks (seeds ``seed``,
     ``seed + 1``, ...), a RandomNetwork gives the initial functions of both a
     FiniteNetwork, trained by full-batch GD with rate ``lr``, and a
@@ -380,23 +371,30 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     width are below those at the smallest.
     """
     cfg = dict(DEFAULTS["theorem3.2"])
+    layers_g, layers_f = kernels.architecture(activation, depth_g, depth_f, w_std, b_std, out_std)
+    check_loss(loss)
+    if max(layers_g.depth, layers_f.depth) > 2:
+        cfg["widths"] = DEEP_WIDTHS
     cfg.update({k: v for k, v in dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points,
                                          seed=seed, threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["steps"] = _int("steps", cfg["steps"])
-    cfg["lr"] = _positive("lr", cfg["lr"])
-    cfg["samples"] = _int("samples", cfg["samples"])
-    cfg["points"] = _int("points", cfg["points"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    cfg["steps"] = positive_int("steps", cfg["steps"])
+    cfg["lr"] = positive_number("lr", cfg["lr"])
+    cfg["samples"] = positive_int("samples", cfg["samples"])
+    cfg["points"] = positive_int("points", cfg["points"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
     X = rng.standard_normal((cfg["points"], d0))
     Y = rng.standard_normal((cfg["points"], dr))
+    if loss == "ce":
+        Y = (Y > 0).astype(float) if dr == 1 else np.eye(dr)[rng.integers(0, dr, cfg["points"])]
     probes = rng.standard_normal((4, d))
-    theta = kernels.ntk(X, X)
+    theta = kernels.ntk(X, X, layers_g)
+    cfg.update(layers_g=layers_g, layers_f=layers_f, loss=loss)
     results = {}
     for n in cfg["widths"]:
         runs = []
@@ -478,12 +476,12 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
                                          threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
     cfg["depths"] = _ints("depths", cfg["depths"])
-    cfg["steps"] = _int("steps", cfg["steps"])
-    cfg["lr"] = _positive("lr", cfg["lr"])
-    cfg["points"] = _int("points", cfg["points"])
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg.update(d0=_int("d0", d0), d=_int("d", d), dr=_int("dr", dr))
+    cfg["steps"] = positive_int("steps", cfg["steps"])
+    cfg["lr"] = positive_number("lr", cfg["lr"])
+    cfg["points"] = positive_int("points", cfg["points"])
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -582,12 +580,12 @@ def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, 
     cfg.update({k: v for k, v in dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
                                          threshold=threshold).items() if v is not None})
     cfg["dims"] = _ints("dims", cfg["dims"])
-    cfg["width"] = _int("width", cfg["width"])
-    cfg["samples"] = _int("samples", cfg["samples"])
-    cfg["points"] = _int("points", cfg["points"], 2)
-    cfg["seed"] = _int("seed", cfg["seed"], 0)
-    cfg["threshold"] = _positive("threshold", cfg["threshold"], allow_zero=True)
-    cfg["d0"] = _int("d0", d0)
+    cfg["width"] = positive_int("width", cfg["width"])
+    cfg["samples"] = positive_int("samples", cfg["samples"])
+    cfg["points"] = int_at_least("points", cfg["points"], 2)
+    cfg["seed"] = non_negative_int("seed", cfg["seed"])
+    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg["d0"] = positive_int("d0", d0)
     out = _prepare(out)
     started = time.perf_counter()
     X = np.random.default_rng(cfg["seed"]).standard_normal((cfg["points"], d0))

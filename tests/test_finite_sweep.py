@@ -214,7 +214,7 @@ def test_finite_vs_infinite_tiny_run(tmp_path):
     res = _invoke(args)
     assert res.exit_code != 0 and "--force" in res.output
     res = _invoke(args + ["--force", "--max-ratio", "1e-9"])
-    assert res.exit_code == 1 and "does not shrink" in res.output
+    assert res.exit_code == 3 and "does not shrink" in res.output
 
 
 def test_finite_vs_infinite_bad_options(tmp_path):

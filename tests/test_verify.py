@@ -38,7 +38,7 @@ def test_impossible_threshold_fails_with_one_line(tmp_path, name):
     args = [a for a in TINY[name]]
     args[args.index("--threshold") + 1] = "0"
     res = _invoke(["verify", name, "--out", str(tmp_path), "-q", *args])
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"Error: {name}: check ") and "failed" in err[0]
     assert "Traceback" not in res.output

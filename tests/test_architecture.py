@@ -1,0 +1,274 @@
+"""The shape of the code base, read from the source with ast (nothing is imported).
+
+- Imports run one way: cli.py -> experiments -> accel -> refimpl.  refimpl imports nothing else of
+  the project; accel imports only refimpl's public names; nothing below cli.py imports experiments'
+  callers; nothing imports cli.
+- No import cycle between the project's modules.
+- The repository is self-contained: no citation of a file outside it or of an issue number.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("refimpl", "accel", "experiments")
+#: rank of each layer: a module may import modules of the same or a lower rank only
+RANK = {"refimpl": 0, "accel": 1, "experiments": 2, "cli": 3}
+
+
+def _project_modules():
+    """{dotted module name: path} of every module of the packages, and cli."""
+    mods = {"cli": ROOT / "cli.py"}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            mods[".".join(parts)] = path
+    return mods
+
+
+MODULES = _project_modules()
+
+
+def _resolve_relative(module, node):
+    """The absolute module named by a relative ``from . import`` in ``module``."""
+    is_package = MODULES[module].name == "__init__.py"
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if node.level > 1:
+        base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(module):
+    """[(imported project module, imported names or None, line)] of ``module``, from its ast."""
+    tree = ast.parse(MODULES[module].read_text(), filename=str(MODULES[module]))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                out.append((alias.name, None, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve_relative(module, node) if node.level else node.module
+            names = [a.name for a in node.names]
+            # "from pkg import submodule" imports the submodule
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            out.append((target, [n for n in names if f"{target}.{n}" not in MODULES], node.lineno))
+            out.extend((s, None, node.lineno) for s in subs)
+    return [(t, names, line) for t, names, line in out if t.split(".")[0] in RANK]
+
+
+def _layer(module):
+    return module.split(".")[0]
+
+
+def private_attribute_uses(module, layer="refimpl"):
+    """[(line, text)] where ``module`` reads a private attribute (``x._name``) of a ``layer`` module."""
+    tree = ast.parse(MODULES[module].read_text())
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {(a.asname or a.name.split(".")[0]) for a in node.names if _layer(a.name) == layer}
+        elif isinstance(node, ast.ImportFrom):
+            target = _resolve_relative(module, node) if node.level else (node.module or "")
+            if _layer(target) == layer:
+                aliases |= {a.asname or a.name for a in node.names if f"{target}.{a.name}" in MODULES}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in aliases:
+                found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def test_the_module_list_is_complete():
+    assert {"cli", "refimpl", "refimpl.kernels", "refimpl.dynamics", "accel", "accel.cpu",
+            "experiments", "experiments.train", "experiments.validate"} <= set(MODULES)
+
+
+def test_imports_run_one_way():
+    bad = []
+    for module in MODULES:
+        for target, names, line in imports_of(module):
+            src, dst = _layer(module), _layer(target)
+            where = f"{MODULES[module].relative_to(ROOT)}:{line} imports {target}"
+            if dst == "cli":
+                bad.append(f"{where}: nothing imports cli")
+            elif RANK[dst] > RANK[src]:
+                bad.append(f"{where}: against cli.py -> experiments -> accel -> refimpl")
+            elif src == "accel" and dst == "refimpl":
+                private = [n for n in (names or []) if n.startswith("_")]
+                if any(part.startswith("_") for part in target.split(".")[1:]) or private:
+                    bad.append(f"{where} {private or ''}: accel uses refimpl's public API only")
+    assert not bad, "\n".join(bad)
+
+
+def test_accel_reads_no_private_refimpl_attribute():
+    bad = [f"{MODULES[m].relative_to(ROOT)}:{line}: {text}"
+           for m in MODULES if _layer(m) == "accel" for line, text in private_attribute_uses(m)]
+    assert not bad, "accel uses refimpl's public API only:\n" + "\n".join(bad)
+
+
+def test_refimpl_is_numpy_only():
+    """The executable spec: NumPy and the standard library; no file I/O, plotting or CLI modules."""
+    banned = {"matplotlib", "click", "numba", "cupy", "json", "csv", "pathlib", "urllib"}
+    bad = []
+    for module, path in MODULES.items():
+        if _layer(module) != "refimpl":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                    if n.split(".")[0] in banned]
+    assert not bad, "\n".join(bad)
+
+
+def _cycles(graph):
+    """Every strongly connected component of more than one module (Tarjan), and self-imports."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                out.append(sorted(comp))
+
+    for v in list(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def module_graph():
+    """{module: set of project modules it imports} (a package's import of its own __init__ excluded)."""
+    graph = defaultdict(set)
+    for module in MODULES:
+        graph[module]
+        for target, _, _ in imports_of(module):
+            if target in MODULES and target != module and not module.startswith(target + "."):
+                graph[module].add(target)
+    return graph
+
+
+def test_no_import_cycles():
+    assert _cycles(module_graph()) == []
+
+
+def test_the_cycle_and_direction_checks_can_fail():
+    """The checks above see a planted cycle and a planted upward import."""
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(g) == [["a", "b", "c"]]
+    tree = ast.parse("from experiments.train import train\nfrom .kernels import _pair\n")
+    nodes = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert _resolve_relative("accel.cpu", nodes[1]) == "accel.kernels"
+    assert RANK[_layer(nodes[0].module)] > RANK["accel"]
+
+
+# ---------------------------------------------------------------------------- self-contained
+
+#: Files checked for citations outside the repository (tracked and new files; data and figures excluded).
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".txt", ".cfg", ".ini", ".json", ""}
+#: The project machine's data folder is a location, not a citation: tests read the real data sets there
+#: when present (and skip otherwise), and docs/ records the commands that made the published results.
+#: The README, the user's manual, uses generic paths.
+DATA_PATH = re.compile(r"\.\./shared/datasets|/work/shared/datasets")
+DATA_PATH_ALLOWED = ("tests/", "docs/")
+
+CITATIONS = [
+    (re.compile(r"\bSPEC\b"), "cites SPEC (the project's math is docs/MATH.md)"),
+    (re.compile(r"\.\./shared|/work/shared"), "points at a path outside the repository"),
+    (re.compile(r"(?i)\bissues?\s*#?\d+\b|(?<![\w&/])#\d{1,4}\b(?!\w)"), "cites an issue number"),
+]
+
+
+def _repository_files():
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [ROOT / f for f in listed if (ROOT / f).suffix in TEXT_SUFFIXES and (ROOT / f).is_file()
+            and not f.startswith(("golden/", "docs/figures/")) and f != "tests/test_architecture.py"]
+
+
+def citation_problems(text, data_path_allowed=True):
+    """[(line number, what)] for every citation outside the repository in ``text``."""
+    problems = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if data_path_allowed:
+            line = DATA_PATH.sub("", line)
+        for pattern, what in CITATIONS:
+            if pattern.search(line):
+                problems.append((n, what))
+    return problems
+
+
+def test_nothing_cites_outside_the_repository():
+    bad = []
+    for path in _repository_files():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        rel = path.relative_to(ROOT).as_posix()
+        bad += [f"{rel}:{n}: {what}" for n, what in citation_problems(text, rel.startswith(DATA_PATH_ALLOWED))]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_citation_check_can_fail():
+    assert citation_problems("see SPEC §4") and citation_problems("(issue 12)")
+    assert citation_problems("fixed in #7.") and citation_problems("open ../shared/paper.txt")
+    assert not citation_problems("MATH §4; paper eq 44; np.float64; data in ../shared/datasets")
+    assert citation_problems("--data-dir ../shared/datasets", data_path_allowed=False)
+
+
+# ---------------------------------------------------------------------------- MATH § citations
+
+def math_sections():
+    """The section numbers of docs/MATH.md (and of docs/math/*.md, drafts merged into it)."""
+    docs = [ROOT / "docs" / "MATH.md", *sorted((ROOT / "docs" / "math").glob("*.md"))]
+    heading = re.compile(r"^#+\s*§(\d+(?:\.\d+)*)\b", re.M)
+    return {n for path in docs if path.exists() for n in heading.findall(path.read_text())}
+
+
+def test_every_math_citation_names_a_section():
+    sections = math_sections()
+    assert {"1", "2", "2.1", "3", "4", "5", "6", "7"} <= sections
+    cite = re.compile(r"MATH\s+§(\d+(?:\.\d+)*)")
+    bad = []
+    for path in _repository_files():
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            bad += [f"{path.relative_to(ROOT)}:{n}: MATH §{s}" for s in cite.findall(line) if s not in sections]
+    assert not bad, "cited sections missing from docs/MATH.md:\n" + "\n".join(bad)
