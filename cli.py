@@ -107,6 +107,21 @@ WIDTH = Checked("WIDTH", lambda v: V.width("width", v))
 POSITIVE = Checked("FLOAT", _positive)
 POS_INT = click.IntRange(min=1)
 SEED = click.IntRange(min=0)
+def _scale(value):
+    """A layer scale: one non-negative number, or two (g, f) separated by a comma."""
+    if isinstance(value, (int, float, tuple)):
+        return value
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) not in (1, 2):
+        raise V.TrainError(f"value: expected one number or two (g,f), got {value!r}")
+    try:
+        nums = [V.positive_number("value", float(p), allow_zero=True) for p in parts]
+    except (TypeError, ValueError, V.TrainError):
+        raise V.TrainError(f"value: expected one non-negative number or two (g,f), got {value!r}") from None
+    return nums[0] if len(nums) == 1 else tuple(nums)
+
+
+SCALE = Checked("STD[,STD]", _scale)
 INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.parse_int_list(v, "value")))
 
 
@@ -157,11 +172,11 @@ def _option_set(*specs):
 
 def _library_defaults():
     from experiments.data import DATASETS
-    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, TrainConfig
-    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, TrainConfig.steps
+    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig
+    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig.steps
 
 
-DATASETS, ACTIVATIONS, BACKENDS, DTYPES, DEFAULT_STEPS = _library_defaults()
+DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, DEFAULT_STEPS = _library_defaults()
 _SYNTH = "[default: {} synthetic, all otherwise]"
 
 #: The data set: train, sweep, finite-sweep, finite-vs-infinite.  One line per option.
@@ -193,12 +208,28 @@ control_options = _option_set(
     _opt("--lr-probe-steps", type=POS_INT, default=100, help="Steps of each probe run of --lr-policy per-width."),
 )
 
+#: The architecture and the loss (MATH §2.2, §4.x): train, sweep, finite-sweep, verify theorem3.2.
+ARCH_OPTIONS = (
+    _opt("--depth-g", type=click.IntRange(min=0), default=1,
+         help="Hidden layers of g (1: the paper's network; 0 only for linear)."),
+    _opt("--depth-f", type=click.IntRange(min=0), default=1, help="Hidden layers of f."),
+    _opt("--w-std", type=SCALE, default="1.0",
+         help="Weight std of the hidden layers, Dense(W_std, b_std): one value, or G,F for g and f."),
+    _opt("--b-std", type=SCALE, default="0.0", help="Bias std of every layer (0: no biases); or G,F."),
+    _opt("--out-std", type=SCALE, default="1.0",
+         help="Weight std of the last layer of g and of f (small f: the paper's footnote 3); or G,F."),
+    _opt("--loss", type=click.Choice(LOSSES), default="mse",
+         help="mse, or ce: softmax cross-entropy on one-hot targets (logistic for one output)."),
+)
+arch_options = _option_set(*ARCH_OPTIONS)
+
 #: The model and its initialisation: train, sweep.
 model_options = _option_set(
     _opt("--activation", type=click.Choice(ACTIVATIONS), default="relu",
          help="Activation of both wide layers (MATH §1)."),
     _opt("--init-width", type=POS_INT, default=10_000,
          help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
+    *ARCH_OPTIONS,
 )
 
 #: SGD and its bookkeeping: train, sweep, finite-sweep, finite-vs-infinite.
@@ -240,6 +271,15 @@ def _size_help(cmd):
 
 def _given_on_command_line(ctx, names):
     return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+
+
+def _synthetic_only(ctx, options):
+    """--d0 / --dr apply to the synthetic data: for mnist / cifar pass them only when given (then checked)."""
+    if options["dataset"] != "synthetic":
+        for name in ("d0", "dr"):
+            if not _given_on_command_line(ctx, [name]):
+                options[name] = None
+    return options
 
 
 json_option = click.option("--json", "as_json", is_flag=True,
@@ -346,20 +386,22 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
     train_acc, test_acc, feature_movement, kernel_alignment), checkpoint.npz, loss.png and
     summary.json.  A run stopped for any reason continues with --resume.
     """
-    from experiments.train import TrainConfig, train as run_train
+    from experiments.train import TrainConfig, resume as run_resume, train as run_train
 
-    if resume_dir is not None:
-        config = TrainConfig(steps=steps)
-        target = Path(resume_dir)
+    ctx = click.get_current_context()
+    progress, say = None if quiet else Progress, lambda msg: click.echo(msg, err=True)
+    if resume_dir is not None:        # experiments.train.resume refuses the options a resume cannot change
+        values = {**options, "out": out, "force": force, "steps": steps}
+        given = _given_on_command_line(ctx, values)
+        path = run_guarded(run_resume, resume_dir, {k: values[k] for k in given}, progress=progress, log=say)
     else:
-        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_sizes(options))
-        target = Path(out) if out else Path("runs") / (
+        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / (
             f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         if config.lr_policy == "per-width":          # probe this width's rate first (lr_probe.json)
             from experiments.lr_probe import probe_run
-            run_guarded(probe_run, config, target, force, log=lambda msg: click.echo(msg, err=True))
-    path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
-                       progress=None if quiet else Progress, log=lambda msg: click.echo(msg, err=True))
+            run_guarded(probe_run, config, target, force, log=say)
+        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say)
     rows = (path / "metrics.csv").read_text().strip().splitlines()
     if as_json:
         summary_file = path / "summary.json"
@@ -406,7 +448,8 @@ def download(dataset, data_dir, base_url):
 @run_options(skip=("seed", "checkpoint_every"))
 @control_options()
 @click.option("--jobs", "-j", type=POS_INT, default=None,
-              help="Local worker processes [default: number of cores]; threads per worker = cores // jobs.")
+              help="Local worker processes [default: number of cores; with --backend gpu one per GPU, "
+                   "each seeing only its own device]; threads per worker = cores // jobs.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
 @click.option("--out", type=click.Path(), default=None,
@@ -441,8 +484,8 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
         width_list = run_guarded(V.parse_widths, widths)
         seed_list = run_guarded(V.parse_seeds, seeds)
         config = TrainConfig(steps=steps or DEFAULT_STEPS, width=width_list[0], seed=seed_list[0],
-                             **_sizes(options))
-        target = Path(out) if out else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+                             **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")
@@ -479,6 +522,9 @@ def plot(sweep_dir, figdir, heatmap_steps):
               help="Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000).")
 @click.option("--hidden", type=POS_INT, default=100_000, show_default=True,
               help="Hidden width n of both wide layers (the paper's 100,000; see README for memory).")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers.")
+@arch_options()
 @run_options(skip=("lr_f", "lr_g", "checkpoint_every", "dtype"),
              steps={"default": 2000, "show_default": True, "help": "SGD steps per bottleneck size."},
              batch_size={"default": 5, "help": "SGD batch size B (the paper's 5)."},
@@ -633,6 +679,10 @@ def verify_lemma31(out, quiet, as_json, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest final distance in F and g and median g residual at the largest width.  "
                    "[default: 0.05]")
+@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
+              help="Activation of the hidden layers of g and f.")
+@arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
+                               "default to 250,1000,2000)."})
 @_verify_common
 def verify_theorem32(out, quiet, as_json, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
@@ -673,7 +723,8 @@ def verify_inf_limit(out, quiet, as_json, **options):
 @cli.command()
 @click.option("--regenerate", is_flag=True,
               help="Rewrite golden/ with refimpl (the only way golden files are written).")
-@click.option("--cases", default=None, help="Comma-separated golden cases to check.  [default: all]")
+@click.option("--cases", default=None,
+              help="Comma-separated golden cases to check (or to --regenerate, keeping the others).  [default: all]")
 @json_option
 def golden(regenerate, cases, as_json):
     """Check every available backend against the golden files (or --regenerate them with refimpl).
@@ -684,15 +735,15 @@ def golden(regenerate, cases, as_json):
 
     def go():
         from experiments import golden as gold
-        if regenerate:
-            gold.regenerate(log=say)
-            return None
-        import accel
         names = None if cases is None else [c.strip() for c in cases.split(",") if c.strip()]
-        known = ["kernels", *gold.TRAJECTORIES]
+        known = [*gold.KERNEL_CASES, *gold.TRAJECTORIES]
         for c in names or []:
             if c not in known:
                 raise ValueError(f"cases: unknown golden case {c!r}; expected some of {', '.join(known)}")
+        if regenerate:
+            gold.regenerate(log=say, cases=names)
+            return None
+        import accel
         say(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
         try:
             return gold.check(accel.golden_targets(), cases=names, log=say)
@@ -739,17 +790,39 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
             V.one_of("dtypes", dt, DTYPES)
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
                        numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        b.write(report, out)
-        return report, b.table(report)
+        path = out
+        b.write(report, path)
+        return report, b.table(report), path
 
-    report, table = run_guarded(go)
+    report, table, path = run_guarded(go)
     if as_json:
-        emit_json({"ok": True, "file": str(out), **report})
+        emit_json({"ok": True, "file": str(path), **report})
     else:
         click.echo(table)
-    click.echo(f"wrote {out}", err=True)
+    click.echo(f"wrote {path}", err=True)
 
+
+@cli.command("gpu-check")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for gpucheck.json, table.md and the runs [default: runs/gpu-check-<date>-<time>].")
+@click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
+def gpu_check(out, tiny):
+    """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
+    M = 1e5..1e7, paper-scale timing; prints a summary table (exit status 3 if a step failed)."""
+    def go():
+        import time
+        from experiments import gpucheck
+        path = out or str(Path("runs") / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}")
+        report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
+                              log=lambda m: click.echo(m, err=True))
+        return report, gpucheck.table(report), path
+
+    report, table, path = run_guarded(go)
+    click.echo(table)
+    click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+    failed = [s["step"] for s in report["steps"] if s["ok"] is False]
+    if failed:
+        raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
 
 if __name__ == "__main__":
     main()

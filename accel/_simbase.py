@@ -32,6 +32,8 @@ import numpy as np
 from refimpl.dynamics import History
 from refimpl.kernels import unit_rows
 
+from . import archkernels
+
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
 
@@ -54,32 +56,58 @@ def check_dtype(dtype):
     return DTYPES[key]
 
 
-class NormedHistory(History):
-    """History (P, C) in a chosen dtype that also keeps the float64 norms |P_m| of the stored rows.
+class ArrayHistory(History):
+    """The history of :class:`refimpl.History` on an array module, with float64 row norms.
 
-    Grows by amortised doubling like :class:`refimpl.History`; the norms are
-    those of the rows as stored (after rounding to ``dtype``), computed once at
-    append time so that no step recomputes them.
+    One store for every backend: ``xp`` is NumPy (cpu backend) or CuPy / its NumPy stand-in
+    (gpu backend, device memory).  Rows are kept in ``dtype`` (float32 or float64); the norms
+    |P_m| are those of the rows as stored (after rounding to ``dtype``), computed once at append
+    time so that no step recomputes them.  Growth (amortised doubling) is refimpl's.
+
+    ``P``, ``C``, ``norms`` are host (NumPy) arrays, for checkpoints and refimpl's
+    ``jacobian``; ``P_dev``, ``C_dev``, ``norms_dev`` are the arrays on ``xp`` for the hot loop.
     """
 
-    def __init__(self, d, dr, capacity=1024, dtype=np.float64):
+    _arrays = ("_P", "_C", "_norms")
+
+    def __init__(self, d, dr, capacity=1024, dtype=np.float64, xp=np):
+        self.xp = xp
+        self.dtype = np.dtype(dtype)
         super().__init__(d, dr, capacity=capacity, dtype=dtype)
-        self._norms = np.empty(capacity)
+        self._norms = self._empty((capacity,), np.float64)
+
+    def _empty(self, shape, dtype):
+        return self.xp.empty(shape, dtype=dtype)
 
     def append(self, P, C):
+        xp = self.xp
         start = self.M
-        super().append(P, C)
-        if self._norms.shape[0] < self._P.shape[0]:
-            grown = np.empty(self._P.shape[0])
-            grown[:start] = self._norms[:start]
-            self._norms = grown
+        super().append(xp.asarray(np.asarray(P, dtype=self.dtype)),
+                       xp.asarray(np.asarray(C, dtype=self.dtype)))
         rows = self._P[start:self.M].astype(np.float64)
-        self._norms[start:self.M] = unit_rows(rows)[0]
+        self._norms[start:self.M] = xp.sqrt((rows * rows).sum(axis=1))
+
+    def _host(self, a):
+        return a if self.xp is np else self.xp.asnumpy(a)
+
+    P_dev = property(lambda self: self._P[:self.M])
+    C_dev = property(lambda self: self._C[:self.M])
+    norms_dev = property(lambda self: self._norms[:self.M])
+
+    @property
+    def P(self):
+        """(M, d) stored embeddings, on the host."""
+        return self._host(self.P_dev)
+
+    @property
+    def C(self):
+        """(M, dr) stored loss derivatives, on the host."""
+        return self._host(self.C_dev)
 
     @property
     def norms(self):
-        """(M,) float64 norms of the stored embeddings."""
-        return self._norms[:self.M]
+        """(M,) float64 norms of the stored embeddings, on the host."""
+        return self._host(self.norms_dev)
 
 
 class AccelBottleneckMixin:
@@ -94,14 +122,22 @@ class AccelBottleneckMixin:
         self._fused = None
 
     def _new_history(self, capacity=1024):
-        return NormedHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype)
+        return ArrayHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype)
 
     def _theta(self, Xa, Xb):
-        return self._kernels.ntk(Xa, Xb, self.activation, self.depth_g)
+        return self._kernels.ntk(Xa, Xb, self.layers_g)
+
+    def _pass(self, Z, mode, chi):
+        """The backend's history pass, or for a head of another architecture (MATH §2.2) the
+        array-module pass of :mod:`accel.archkernels` over the same stored history."""
+        if self.layers_f.closed_form:
+            return self._history_pass(Z, mode, chi)
+        h = self.history
+        return archkernels.history_pass(h.xp, Z, h.P_dev, h.C_dev, mode, chi, self.layers_f)
 
     def _hist_f(self, Z):
         fuse = Z.shape[0] <= FUSE_MAX_ROWS and self.dr <= FUSE_MAX_DR
-        f, T, bsum = self._history_pass(Z, 1 if fuse else 0, None)
+        f, T, bsum = self._pass(Z, 1 if fuse else 0, None)
         self._fused = (self.history, self.history.M, Z.copy(), T, bsum) if fuse else None
         return f
 
@@ -112,8 +148,22 @@ class AccelBottleneckMixin:
                 and cached[2].shape == Z.shape and np.array_equal(cached[2], Z)):
             T, bsum = cached[3], cached[4]
             return np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
-        _, T, bsum = self._history_pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
+        _, T, bsum = self._pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
         return T[:, 0, :] + bsum[:, 0][:, None] * Zh
+
+    def jacobian(self, Z):
+        """J_t(Z) = df_t/dx at bottleneck points Z, (q, d) -> (q, dr, d) (paper eq 13; MATH §4).
+
+        As :meth:`refimpl.BottleneckSimulator.jacobian`, from one history pass in mode 1:
+        ``J[b, r] = J0[b, r] - mu_f (T[b, r] + bsum[b, r] Z^_b)``.
+        """
+        Z = self._check_z(Z)
+        J = self.net.jacobian(Z)
+        if self.history.M:
+            _, T, bsum = self._pass(Z, 1, None)
+            _, Zh = unit_rows(Z)
+            J -= self.lr_f * (T + bsum[:, :, None] * Zh[:, None, :])
+        return J
 
     def _kernel_params(self):
         """(relu flag, scale m, linear depth) of the head kernel K."""
@@ -127,5 +177,5 @@ class AccelInfiniteMixin:
     _kernels = None
 
     def _ntk(self, Xa, Xb):
-        return self._kernels.ntk_inf(Xa, Xb, self.activation, self.depth_f, self.depth_g,
-                                     self.lr_f, self.lr_g)
+        return self._kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,
+                                     layers_f=self.layers_f)

@@ -6,8 +6,10 @@ three-argument ``where`` (select), which :func:`build` injects, so that one
 definition serves
 
 * the Numba backend (``where`` a jitted scalar select, every function ``njit``),
-* the array-module path of the GPU backend (``where = xp.where`` on NumPy or
-  CuPy arrays, optionally fused by ``cupy.fuse``).
+* NumPy arrays (``where = np.where``; :data:`numpy_formulas`, the tests' reference).
+
+The GPU backend computes the same terms in CUDA-C (:mod:`accel.pair_source`), with the same
+cut-off :data:`NEAR`.
 
 Angles (MATH §2.1)
 ------------------
@@ -34,6 +36,7 @@ transcendental calls.
 
 from __future__ import annotations
 
+import builtins
 import math
 import types
 
@@ -47,7 +50,10 @@ TWO_PI = 2.0 * math.pi
 HALF_PI = 0.5 * math.pi
 
 #: Pairs with |cos| above 1 - NEAR get their angle from explicit differences (MATH §2.1).
-#: Below it the cosine from a dot product loses at most eps/NEAR relative in 1 -+ lam.
+#: Below it the cosine from a dot product loses at most eps/NEAR relative (8 ulps) in 1 -+ lam,
+#: and the reduced-range arcsine stays on [-1/2, 1/2].  refimpl uses |cos| > 0.95
+#: (refimpl.kernels.NEAR_PARALLEL_COS, 20 ulps) because its NumPy gather of such pairs is costly;
+#: here a pair is recomputed in place for O(d) flops, so the tighter cut-off costs little.
 NEAR = 0.125
 
 
@@ -184,7 +190,7 @@ def build(where, sqrt, jit=_identity, tag="np"):
     select for ``where``) they are compiled for scalars; with ``xp.where`` and
     ``xp.sqrt`` they work elementwise on arrays of the module ``xp``.
     """
-    namespace = {"where": where, "sqrt": sqrt, "_C": _C, "PI": PI, "TWO_PI": TWO_PI,
+    namespace = {"__builtins__": builtins, "where": where, "sqrt": sqrt, "_C": _C, "PI": PI, "TWO_PI": TWO_PI,
                  "HALF_PI": HALF_PI, "XI_SIN_THRESHOLD": XI_SIN_THRESHOLD}
     out = {}
     for name in NAMES:

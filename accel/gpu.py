@@ -1,113 +1,123 @@
-"""CuPy backend: the history pass on a GPU, cuBLAS GEMMs and fused per-pair kernels.
+"""CuPy backend: the history on the GPU, cuBLAS GEMMs and one elementwise kernel per block.
 
-Everything runs through :class:`accel.xpcore.XPEngine` over the array module
-``cupy``; the same engine over ``numpy`` (:func:`numpy_path`) is what CI tests
-against the golden files, since this code has no GPU-only logic apart from
-``cupy.fuse`` (with a plain fallback) and the device-resident history.
+The history pass and the pair kernels are :class:`accel.xpcore.XPEngine` over ``cupy``; the
+per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :func:`numpy_path` gives
+the same simulators over the NumPy stand-in (:mod:`accel.standin`, the kernel source compiled
+by gcc): that is what CI runs against the golden files, so only CuPy itself (and NVRTC) is left
+untested without a GPU.
 
-CuPy is imported lazily: importing this module never fails, and constructing a
-simulator or calling a kernel raises :class:`BackendUnavailable` with a
-one-line reason when CuPy is missing or sees no CUDA device.
+CuPy is imported lazily: importing this module never fails.  :func:`load_cupy` raises
+:class:`BackendUnavailable` with a one-line reason when CuPy is missing, sees no device, or is
+installed but broken (the driver is too old for the CUDA of the wheel, or the kernel source does
+not compile or gives a wrong value on the device).
 
-Not yet run on GPU hardware (the development machine has none): see
-docs/BENCHMARKS.md and tests/test_gpu.py (``pytest -m gpu``).
+Not yet run on GPU hardware in this form (see docs/BENCHMARKS.md; ``pytest -m gpu`` and
+``cli.py gpu-check`` are the checks to run there).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
 import refimpl
 
-from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin, BackendUnavailable, NormedHistory
-from .xpcore import XPEngine, make_kernels
+from . import kernelapi
+from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin, ArrayHistory, BackendUnavailable
+from .standin import numpy_device
+from .xpcore import XPEngine
+
+
+def _reason(exc):
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+#: Environment variable: ``BOTTLENECK_GPU=standin`` runs the gpu backend on the NumPy stand-in
+#: (accel.standin: the kernel source compiled by gcc), e.g. to try ``cli.py train --backend gpu``
+#: or ``cli.py gpu-check`` without a GPU.  Slow; for testing the code path only.
+STANDIN_ENV = "BOTTLENECK_GPU"
+
+
+def standin_requested():
+    """True when ``BOTTLENECK_GPU=standin`` is set."""
+    return os.environ.get(STANDIN_ENV, "").strip().lower() == "standin"
+
+
+def reset():
+    """Forget the cached probe and engines (after changing BOTTLENECK_GPU)."""
+    for fn in (_probe, engine, kernels):
+        fn.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def _probe():
+    """(cupy module, None) when CuPy works here, else (None, one-line reason)."""
+    if standin_requested():
+        return numpy_device, None
+    try:
+        import cupy
+    except ImportError as exc:
+        if getattr(exc, "name", None) == "cupy":
+            return None, "CuPy is not installed (pip install -e '.[gpu]'; cupy-cuda13x on CUDA 13)"
+        return None, f"CuPy is installed but does not import ({_reason(exc)})"
+    except Exception as exc:                           # noqa: BLE001 - a broken installation
+        return None, f"CuPy is installed but does not import ({_reason(exc)})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:                           # noqa: BLE001 - driver missing or too old
+        return None, f"CuPy sees no usable CUDA device ({_reason(exc)})"
+    if count < 1:
+        return None, "CuPy sees no CUDA device"
+    try:                                               # compile and run the kernels once
+        got = XPEngine(cupy).pair_kernel(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), "ntk")[0]
+    except Exception as exc:                           # noqa: BLE001 - NVRTC, driver, ...
+        return None, f"CuPy works but the GPU kernels fail ({_reason(exc)})"
+    # orthogonal unit and 2x unit vector, m = 2: K = Sigma = (2/2)(0 + 1)/(2 pi)
+    if not abs(float(got[0, 0]) - 1.0 / (2.0 * np.pi)) < 1e-12:
+        return None, f"the GPU kernels give a wrong value ({float(got[0, 0])!r} for 1/(2 pi))"
+    return cupy, None
 
 
 def load_cupy():
-    """Import CuPy and check that it sees a CUDA device; raise BackendUnavailable (one line) if not."""
-    try:
-        import cupy
-    except ImportError:
-        raise BackendUnavailable("CuPy is not installed (pip install 'bottleneck-dynamics[gpu]')") from None
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:     # CUDA driver missing or broken
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BackendUnavailable(f"CuPy sees no CUDA device ({reason})") from None
-    if count < 1:
-        raise BackendUnavailable("CuPy sees no CUDA device")
+    """CuPy, checked to work on a device here; else BackendUnavailable with the cause (one line)."""
+    cupy, reason = _probe()
+    if cupy is None:
+        raise BackendUnavailable(reason)
     return cupy
 
 
 def available():
-    """True when CuPy is installed and sees a CUDA device."""
-    try:
-        load_cupy()
-        return True
-    except BackendUnavailable:
-        return False
+    """True when CuPy is installed, sees a CUDA device and runs the kernels."""
+    return _probe()[0] is not None
+
+
+def unavailable_reason():
+    """Why the gpu backend cannot run here (one line), or None when it can."""
+    return _probe()[1]
 
 
 @functools.lru_cache(maxsize=None)
 def engine(xp_name):
-    """The engine for ``"cupy"`` (fused kernels) or ``"numpy"`` (the CI path)."""
-    if xp_name == "numpy":
-        return XPEngine(np)
-    return XPEngine(load_cupy(), fuse=True)
+    """The engine for ``"cupy"`` or ``"numpy"`` (the NumPy stand-in: the CI path)."""
+    return XPEngine(numpy_device if xp_name == "numpy" else load_cupy())
 
 
 @functools.lru_cache(maxsize=None)
 def kernels(xp_name):
     """Kernel functions (refimpl names and signatures) computed by :func:`engine`."""
-    return make_kernels(engine(xp_name))
-
-
-class DeviceHistory:
-    """History P (M, d), C (M, dr) and float64 norms kept in device memory, grown by doubling.
-
-    ``P`` and ``C`` return host copies (for checkpoints and refimpl's
-    ``jacobian``); the hot loop reads ``P_dev``, ``C_dev``, ``norms_dev``.
-    """
-
-    def __init__(self, d, dr, capacity, dtype, xp):
-        self.xp = xp
-        self._P = xp.empty((capacity, d), dtype=dtype)
-        self._C = xp.empty((capacity, dr), dtype=dtype)
-        self._n = xp.empty(capacity)
-        self.M = 0
-
-    def append(self, P, C):
-        xp = self.xp
-        k = P.shape[0]
-        if self.M + k > self._P.shape[0]:
-            cap = max(2 * self._P.shape[0], self.M + k)
-            for name in ("_P", "_C", "_n"):
-                old = getattr(self, name)
-                new = xp.empty((cap,) + old.shape[1:], dtype=old.dtype)
-                new[:self.M] = old[:self.M]
-                setattr(self, name, new)
-        self._P[self.M:self.M + k] = xp.asarray(P)
-        self._C[self.M:self.M + k] = xp.asarray(C)
-        rows = self._P[self.M:self.M + k].astype(xp.float64)
-        self._n[self.M:self.M + k] = xp.sqrt(xp.sum(rows * rows, axis=1))
-        self.M += k
-
-    P_dev = property(lambda self: self._P[:self.M])
-    C_dev = property(lambda self: self._C[:self.M])
-    norms_dev = property(lambda self: self._n[:self.M])
-    P = property(lambda self: self.xp.asnumpy(self.P_dev))
-    C = property(lambda self: self.xp.asnumpy(self.C_dev))
-    norms = property(lambda self: self.xp.asnumpy(self.norms_dev))
+    eng = engine(xp_name)
+    return kernelapi.make_kernels(lambda X, Y, what: eng.pair_kernel(X, Y, what), eng.xp)
 
 
 class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
-    """:class:`refimpl.BottleneckSimulator` with the history on the GPU.
+    """:class:`refimpl.BottleneckSimulator` with the history in device memory.
 
-    Same parameters plus ``dtype`` ("float64" or "float32").  The class
-    attribute ``xp_name`` selects the array module ("cupy"; "numpy" for the
-    CPU test path of :func:`numpy_path`).
+    Same parameters plus ``dtype`` ("float64" or "float32").  The class attribute
+    ``xp_name`` selects the array module ("cupy"; "numpy" for the stand-in of
+    :func:`numpy_path`).
     """
 
     xp_name = "cupy"
@@ -119,18 +129,13 @@ class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
         super().__init__(*args, **kwargs)
 
     def _new_history(self, capacity=1024):
-        if self.xp_name == "numpy":
-            return NormedHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype)
-        return DeviceHistory(self.d, self.dr, capacity, self.dtype, self._engine.xp)
+        return ArrayHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype, xp=self._engine.xp)
 
     def _history_pass(self, Z, mode, chi):
         h = self.history
         relu, m, lin = self._kernel_params()
-        if self.xp_name == "numpy":
-            P, pn, C = h.P, h.norms, h.C
-        else:
-            P, pn, C = h.P_dev, h.norms_dev, h.C_dev
-        return self._engine.history_pass(Z, P, pn, C, mode, chi, relu, m, lin)
+        return self._engine.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi,
+                                         "relu" if relu else "linear", m, lin)
 
 
 class InfiniteSimulator(AccelInfiniteMixin, refimpl.InfiniteSimulator):
@@ -147,14 +152,35 @@ class InfiniteSimulator(AccelInfiniteMixin, refimpl.InfiniteSimulator):
 
 
 def numpy_path():
-    """(BottleneckSimulator, InfiniteSimulator, kernels) of this backend's code running on NumPy."""
+    """(BottleneckSimulator, InfiniteSimulator, kernels) of this backend's code on the NumPy stand-in."""
     bott = type("BottleneckSimulator", (BottleneckSimulator,), {"xp_name": "numpy"})
     inf = type("InfiniteSimulator", (InfiniteSimulator,), {"xp_name": "numpy"})
     return bott, inf, kernels("numpy")
 
 
+def memory_pool_peak():
+    """Bytes held by CuPy's default memory pool (its high-water mark: the pool never shrinks
+    unless freed), or None without CuPy."""
+    cupy, _ = _probe()
+    return None if cupy is None else int(cupy.get_default_memory_pool().total_bytes())
+
+
+def free_pool():
+    """Release the free blocks of CuPy's memory pool (so that its next high-water mark is one step's)."""
+    cupy, _ = _probe()
+    if cupy is not None:
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+def synchronize():
+    """Wait for the device (no-op without CuPy)."""
+    cupy, _ = _probe()
+    if cupy is not None:
+        cupy.cuda.Device().synchronize()
+
+
 def __getattr__(name):
     """Kernel functions (ntk, xi, ...) as module attributes, computed on the GPU."""
-    if name in ("nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "ntk_inf", "sigma1", "sigma2"):
+    if name in kernelapi.KERNEL_NAMES:
         return getattr(kernels("cupy"), name)
     raise AttributeError(f"module 'accel.gpu' has no attribute {name!r}")

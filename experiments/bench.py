@@ -16,14 +16,15 @@ point) pair, 2 d for the dot product, 2 d for the Xi contraction and 2 dr for
 K C: ``flops = B M (4 d + 2 dr)``.  The per-pair formulas (angles, ~40 flops)
 and refimpl's repeated dot products are not counted.
 
-Peak memory, two measures: ``peak_mib``, tracemalloc's peak over the timed
-steps (every NumPy array the step allocates, i.e. refimpl's and the
-array-module path's temporaries; not Numba's per-tile buffers inside the
-kernels, which are O(threads x 32 x 512) floats, about 1 MiB); and
-``rss_peak_mib``, the increase of the process's peak resident set over the
-timed steps (Linux: VmHWM after malloc_trim and a reset through
-/proc/self/clear_refs), which sees every allocation.  The history itself
-(``history_mib``) is not included in either.
+The timed steps run without tracemalloc and, for the gpu backend, between device
+synchronisations.  Peak memory is measured in one more, untimed step: ``peak_mib``,
+tracemalloc's peak (every NumPy array the step allocates, i.e. refimpl's temporaries; not
+Numba's per-tile buffers inside the kernels, which are O(threads x 32 x 512) floats, about
+1 MiB); ``rss_peak_mib``, the increase of the process's peak resident set (Linux: VmHWM after
+malloc_trim and a reset through /proc/self/clear_refs), which sees every host allocation; and
+for the gpu backend ``device_peak_mib``, the high-water mark of CuPy's memory pool over that
+step (history included).  The history itself (``history_mib``) is not included in the host
+measures.
 """
 
 from __future__ import annotations
@@ -77,7 +78,27 @@ def machine_info():
         info["load_average"] = os.getloadavg()
     except OSError:                                        # pragma: no cover
         pass
+    info.update(gpu_info())
     return info
+
+
+def gpu_info():
+    """CuPy version, device name, memory and CUDA versions when the gpu backend can run here."""
+    from accel import gpu
+    if not gpu.available():
+        return {"gpu": gpu.unavailable_reason()}
+    if gpu.standin_requested():
+        return {"gpu": "NumPy stand-in (BOTTLENECK_GPU=standin)"}
+    try:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return {"cupy": cupy.__version__, "gpu": name.decode() if isinstance(name, bytes) else str(name),
+                "gpu_memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+    except Exception as exc:                               # noqa: BLE001 - stand-in or odd driver
+        return {"gpu": f"(no device properties: {type(exc).__name__})"}
 
 
 def _best(fn, reps=5):
@@ -155,30 +176,59 @@ def synthetic_history(sim, M, seed=1, chunk=1 << 16):
         sim.history.append(P, C)
 
 
+def _device_sync(backend):
+    """A function that waits for the backend's device (GPU: cupy Device.synchronize; else no-op)."""
+    if backend.name == "gpu":
+        from accel import gpu
+        return gpu.synchronize
+    return lambda: None
+
+
 def measure(backend, d, M, reps=3, seed=0):
-    """Seconds per step (median), GFLOP/s and peak memory of ``backend`` at (d, M)."""
+    """Seconds per step (median), GFLOP/s and peak memory of ``backend`` at (d, M).
+
+    The timed steps run without tracemalloc (which slows Python-bound code several-fold) and,
+    on a GPU, between device synchronisations.  Memory is measured in one more, untimed step:
+    tracemalloc's peak and the rise of the peak RSS on the host, and for the gpu backend the
+    CuPy memory pool's high-water mark (``device_peak_mib``, history included; the pool's free
+    blocks are released before that step).
+    """
     X, Y, net = synthetic_problem(d, seed)
     sim = backend.BottleneckSimulator(net, X, Y, lr=0.5)
     synthetic_history(sim, M)
     rng = np.random.default_rng(seed + 7)
-    batches = [np.sort(rng.permutation(N_DATA)[:BATCH]) for _ in range(reps + 1)]
+    batches = [np.sort(rng.permutation(N_DATA)[:BATCH]) for _ in range(reps + 2)]
+    sync = _device_sync(backend)
     sim.step(batches[0])                                   # warm-up: compile / cache load
+    times = []
+    for idx in batches[1:-1]:
+        sync()
+        t = time.perf_counter()
+        sim.step(idx)
+        sync()
+        times.append(time.perf_counter() - t)
+    # memory: one untimed step
+    device_peak = None
+    if backend.name == "gpu":
+        from accel import gpu
+        gpu.free_pool()
     use_rss = _reset_peak_rss()
     base = _rss_kib("VmRSS") if use_rss else 0
     tracemalloc.start()
-    times = []
-    for idx in batches[1:]:
-        t = time.perf_counter()
-        sim.step(idx)
-        times.append(time.perf_counter() - t)
+    sim.step(batches[-1])
     peak_mib = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     rss_mib = (_rss_kib("VmHWM") - base) / 1024 if use_rss else None
+    if backend.name == "gpu":
+        from accel import gpu
+        sync()
+        device_peak = gpu.memory_pool_peak()
     sec = statistics.median(times)
     flops = BATCH * M * (4 * d + 2 * DR)
     return {"backend": backend.name, "dtype": backend.dtype, "d": d, "M": M, "B": BATCH,
             "seconds_per_step": sec, "all_seconds": times, "gflops": flops / sec / 1e9,
             "peak_mib": peak_mib, "rss_peak_mib": rss_mib,
+            "device_peak_mib": None if device_peak is None else device_peak / 2**20,
             "history_mib": M * (d + DR) * np.dtype(backend.dtype).itemsize / 2**20}
 
 
@@ -225,16 +275,20 @@ def _add_ratios(results):
 def table(report):
     """A Markdown table of the results."""
     lines = ["| d | M | backend | dtype | s/step | GFLOP/s | x refimpl | peak MiB (tracemalloc) "
-             "| peak RSS +MiB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
+             "| peak RSS +MiB | device peak MiB |", "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         sp = "" if r["speedup_vs_numpy"] is None else f"{r['speedup_vs_numpy']:.1f}"
+        dev = r.get("device_peak_mib")
         lines.append(f"| {r['d']} | {r['M']:.0e} | {r['backend']} | {r['dtype']} | "
                      f"{r['seconds_per_step']:.4g} | {r['gflops']:.2f} | {sp} | {r['peak_mib']:.1f} | "
-                     f"{'' if r['rss_peak_mib'] is None else round(r['rss_peak_mib'])} |")
+                     f"{'' if r['rss_peak_mib'] is None else round(r['rss_peak_mib'])} | "
+                     f"{'' if dev is None else round(dev)} |")
     return "\n".join(lines)
 
 
 def write(report, path):
     """Write the report as JSON (atomically)."""
     from .fileio import atomic_write_text
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")

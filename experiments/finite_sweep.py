@@ -38,12 +38,9 @@ d = 1, 4.4 GiB at d = 1000 and 28 GiB at d = 9000, so n = 100,000 fits in
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -52,12 +49,14 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
+from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
-from .data import DATASETS
+from .data import DATASETS, GENERATED
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import atomic_write_text
-from .train import batch_indices
+from .fileio import atomic_write_text, read_csv, write_csv
+from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
 
@@ -113,20 +112,6 @@ def memory_estimate(d0, d, dr, hidden, batch_size=5):
     return 16 * params + 8 * 6 * ROW_BLOCK_ELEMENTS + 8 * 4 * block
 
 
-def available_memory(xp):
-    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
-    if xp is not np:
-        try:
-            free, total = xp.cuda.runtime.memGetInfo()
-            return int(total)
-        except Exception:   # noqa: BLE001
-            return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _gib(b):
     return f"{b / 2 ** 30:.1f} GiB"
 
@@ -142,21 +127,6 @@ def _load(dataset, data_dir, train_size, test_size, seed, d0, dr, task="default"
                                        seed=seed, **kwargs), task)
     except (ValueError, OSError) as exc:
         raise TrainError(str(exc).splitlines()[0]) from None
-
-
-def _write_csv(path, columns, rows):
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    for row in rows:
-        w.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
-                    for k in columns})
-    atomic_write_text(path, buf.getvalue())
-
-
-def _read_csv(path):
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 # ----------------------------------------------------------------------------
@@ -185,6 +155,13 @@ class SweepConfig:
     backend: str = "numpy"
     task: str = "default"                # "autoencoder": targets = inputs (experiments.tasks)
     latent_dim: int = 2                  # multi-index / manifold only
+    activation: str = "relu"             # the architecture (MATH §2.2), as experiments.train.TrainConfig
+    depth_g: int = 1
+    depth_f: int = 1
+    w_std: float | list = 1.0
+    b_std: float | list = 0.0
+    out_std: float | list = 1.0
+    loss: str = "mse"
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
@@ -192,6 +169,12 @@ class SweepConfig:
         one_of("dataset", self.dataset, DATASETS)
         one_of("task", self.task, TASKS)
         positive_int("latent_dim", self.latent_dim)
+        self.layers()
+        one_of("loss", self.loss, LOSSES)
+        if self.loss == "ce" and (self.dataset in GENERATED or self.task == "autoencoder"):
+            raise TrainError(f"loss: 'ce' needs a classification data set (mnist or cifar); {self.dataset} "
+                             f"{'with --task autoencoder ' if self.task == 'autoencoder' else ''}is regression "
+                             "(use --loss mse)")
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
             positive_int(name, getattr(self, name))
@@ -202,27 +185,34 @@ class SweepConfig:
         positive_number("lr", self.lr)
         one_of("backend", self.backend, FINITE_BACKENDS)
 
+    def layers(self):
+        """(Layers of g, Layers of f) (MATH §2.2); TrainError for a bad option."""
+        pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v    # noqa: E731
+        try:
+            return architecture(self.activation, self.depth_g, self.depth_f, pair(self.w_std),
+                                pair(self.b_std), pair(self.out_std))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+
     def as_json(self):
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         return d
 
 
-def _eval_rows(seed, n, eval_size):
-    """The fixed training subset for the training metrics (as :func:`experiments.train.eval_rows`)."""
-    if n <= eval_size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
-
-
 def evaluate_network(net, data, rows):
-    """Losses (mean |F - y|^2 / 2) and error rates (1 - accuracy; None for regression) of a FiniteNetwork."""
+    """Losses (the trained one: mean |F - y|^2 / 2 or the cross-entropy) and error rates (1 - accuracy;
+    None for regression) of a FiniteNetwork."""
     out = {}
     for split, X, Y, labels in (("train", data.X_train[rows], data.Y_train[rows],
                                  None if data.labels_train is None else data.labels_train[rows]),
                                 ("test", data.X_test, data.Y_test, data.labels_test)):
         F = _to_numpy(net.outputs(X))
-        out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        loss = getattr(net, "loss_name", "mse")
+        if loss == "mse":
+            out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
+        else:
+            out[f"{split}_loss"] = float(np.mean(pointwise_loss(F, Y, loss)))
         out[f"{split}_err"] = None if labels is None else float(np.mean(np.argmax(F, axis=1) != labels))
     return out
 
@@ -259,14 +249,16 @@ def _train_width(config, data, rows, d, folder, xp, log):
     """Train one bottleneck size; write metrics.csv as it goes and result.json (atomically) at the end."""
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp)
+    layers_g, layers_f = config.layers()
+    net = FiniteNetwork.sample(data.d0, d, data.dr, width=config.hidden, seed=config.seed, xp=xp,
+                               layers_g=layers_g, layers_f=layers_f, loss=config.loss)
     metrics, status, message = [], "done", None
     N = data.n_train
 
     def record(step):
         row = {"step": step, **evaluate_network(net, data, rows), "wall_s": round(time.perf_counter() - t0, 3)}
         metrics.append(row)
-        _write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
+        write_csv(folder / "metrics.csv", SWEEP_COLUMNS, metrics)
         for key in ("train_loss", "test_loss"):
             if not math.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}")
@@ -358,7 +350,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
             "error": "1 - accuracy (argmax of F against the label); empty for regression",
             "train_metrics_rows": int(min(config.eval_size, data.n_train))}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
-    rows = _eval_rows(config.seed, data.n_train, config.eval_size)
+    rows = eval_rows(config.seed, data.n_train, config.eval_size)
 
     for d in config.widths:
         folder = width_dir(out, d)
@@ -379,7 +371,7 @@ def load_finite_sweep(out):
             continue
         res = json.loads((folder / "result.json").read_text())
         rows = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()}
-                for r in _read_csv(folder / "metrics.csv")]
+                for r in read_csv(folder / "metrics.csv")]
         results.append((res, rows))
     results.sort(key=lambda r: r[0]["width"])
     return results
@@ -407,7 +399,7 @@ def write_finite_summary(out):
         if done[0]["test_err"] is not None:
             summary["best_test_err_width"] = min(done, key=lambda r: r["test_err"])["width"]
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
+    write_csv(out / "summary.csv", ["width", "status", "steps_done", "train_loss", "test_loss", "train_err",
                                      "test_err", "wall_s"], table)
     if results:
         plot_finite_sweep(out, results, cfg["config"])
@@ -657,9 +649,9 @@ def finite_vs_infinite(config, out, force=False, log=print):
     limit_net = RandomNetwork.sample(data.d0, config.width, data.dr, width=config.limit_width, seed=config.seed)
     run("limit", config.limit_width, limit_net, None)
 
-    _write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
+    write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
     table = gap_table([r for r in records if r["run"] == "finite"])
-    _write_csv(out / "table.csv", TABLE_COLUMNS, table)
+    write_csv(out / "table.csv", TABLE_COLUMNS, table)
     checks = {}
     for name, key, what in (("loss", "max_rel_gap_train", "max over steps of |L_finite - L_sim| / L_sim (training loss)"),
                             ("output", "max_output_gap", "max over steps of ||F_finite - F_sim|| / ||F_sim||")):

@@ -74,6 +74,31 @@ TRAJECTORIES = {
                           lr=1.0, lr_f=1.0, lr_g=2.0, seed=16, n_eval=10),
     "linear_d5_mini": dict(model="linear", d=5, d0=6, dr=2, N=40, B=8, steps=300,
                            lr=0.5, lr_f=0.7, lr_g=0.3, seed=17, n_eval=8),
+    # architectures of MATH §2.2 and the cross-entropy of MATH §4.x ("layers_g"/"layers_f":
+    # activation, depth (weight matrices), w_std, b_std, out_std; "loss": mse or ce)
+    "erf_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=2, N=24, B=6, steps=200, lr=1.0, lr_f=None,
+                        lr_g=None, seed=21, n_eval=6, init_width=64, layers_g=["erf", 2, 1.0, 0.0, 1.0],
+                        layers_f=["erf", 2, 1.0, 0.0, 1.0]),
+    "bias_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=1, N=24, B=6, steps=200, lr=1.0, lr_f=1.5,
+                         lr_g=0.5, seed=22, n_eval=6, init_width=64, layers_g=["relu", 2, 1.2, 0.5, 0.9],
+                         layers_f=["relu", 2, 1.0, 0.3, 0.8]),
+    "deep_d4_mini": dict(model="bottleneck", d=4, d0=6, dr=2, N=24, B=6, steps=200, lr=1.0, lr_f=None,
+                         lr_g=None, seed=23, n_eval=6, init_width=64, layers_g=["relu", 3, 1.0, 0.0, 1.0],
+                         layers_f=["relu", 3, 1.0, 0.0, 1.0]),
+    "erf_deep_d3_full": dict(model="bottleneck", d=3, d0=5, dr=1, N=8, B=8, steps=200, lr=1.0, lr_f=None,
+                             lr_g=None, seed=24, n_eval=6, init_width=64, layers_g=["erf", 3, 1.3, 0.4, 1.0],
+                             layers_f=["erf", 3, 1.1, 0.2, 0.8]),
+    "ce_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=3, N=24, B=6, steps=200, lr=2.0, lr_f=None,
+                       lr_g=None, seed=25, n_eval=6, init_width=64, loss="ce"),
+    "ce_logistic_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=1, N=24, B=6, steps=200, lr=2.0,
+                                lr_f=None, lr_g=None, seed=26, n_eval=6, loss="ce", init_width=64,
+                                layers_g=["erf", 2, 1.0, 0.2, 1.0], layers_f=["erf", 3, 1.0, 0.2, 1.0]),
+    "infinite_arch_ce_mini": dict(model="infinite", d=None, d0=6, dr=3, N=24, B=6, steps=200, lr=1.0,
+                                  lr_f=1.0, lr_g=2.0, seed=27, n_eval=6, loss="ce",
+                                  layers_g=["erf", 3, 1.3, 0.4, 0.8], layers_f=["erf", 2, 1.0, 0.3, 1.0]),
+    "infinite_deep_mini": dict(model="infinite", d=None, d0=6, dr=1, N=24, B=6, steps=200, lr=1.0,
+                               lr_f=None, lr_g=None, seed=28, n_eval=6,
+                               layers_g=["relu", 3, 1.0, 0.0, 1.0], layers_f=["relu", 4, 1.4, 0.3, 0.7]),
 }
 #: Steps after which embeddings and F_t(X_eval) are recorded (and the last step).
 CHECKPOINT_EVERY = 50
@@ -191,13 +216,61 @@ def kernel_outputs(kern, X, Y):
 
 KERNEL_DIMS = (3, 10, 16, 50)
 
+#: Architectures of the ``kernels_arch`` case (MATH §2.2): name -> (activation, depth, w_std, b_std, out_std).
+ARCH_SPECS = {
+    "erf": ("erf", 2, 1.0, 0.0, 1.0),
+    "erf_deep_bias": ("erf", 3, 1.3, 0.4, 0.8),
+    "relu_bias": ("relu", 2, 1.2, 0.5, 0.9),
+    "relu_deep": ("relu", 3, 1.0, 0.0, 1.0),
+    "relu_deep_bias": ("relu", 4, 1.4, 0.3, 0.7),
+    "linear_bias": ("linear", 2, 0.9, 0.6, 1.2),
+}
+#: No-bottleneck kernels of the ``kernels_arch`` case: name -> (spec of g, spec of f, lr_f, lr_g).
+ARCH_INF = {
+    "inf_erf": ("erf", "erf_deep_bias", 1.0, 1.0),
+    "inf_relu": ("relu_deep_bias", "relu_bias", 0.7, 1.9),
+}
 
-def make_kernel_case():
+
+def layers_of(spec):
+    """A :class:`refimpl.kernels.Layers` from a (activation, depth, w_std, b_std, out_std) list."""
+    return kernels.Layers.make(*spec)
+
+
+def arch_kernel_outputs(kern, X, Y):
+    """The kernels of every architecture in ARCH_SPECS and ARCH_INF, computed by ``kern``."""
+    out = {}
+    for name, spec in ARCH_SPECS.items():
+        L = layers_of(spec)
+        out[f"{name}/nngp"] = kern.nngp(X, Y, L)
+        out[f"{name}/sigmadot"] = kern.sigmadot(X, Y, L)
+        out[f"{name}/ntk"] = kern.ntk(X, Y, L)
+        out[f"{name}/alpha"], out[f"{name}/beta"] = kern.xi_coefficients(X, Y, L)
+        out[f"{name}/xi"] = kern.xi(X, Y, L)
+    for name, (g, f, lr_f, lr_g) in ARCH_INF.items():
+        out[f"{name}/ntk_inf"] = kern.ntk_inf(X, Y, lr_f=lr_f, lr_g=lr_g, layers_g=layers_of(ARCH_SPECS[g]),
+                                              layers_f=layers_of(ARCH_SPECS[f]))
+    return out
+
+
+#: Kernel cases: name -> function (kern, X, Y) -> {quantity: array}.
+KERNEL_CASES = {"kernels": kernel_outputs, "kernels_arch": arch_kernel_outputs}
+
+
+#: Input dimensions of the ``kernels_arch`` case (fewer than KERNEL_DIMS: it has six architectures).
+ARCH_KERNEL_DIMS = (3, 10)
+
+
+def _kernel_dims(golden):
+    return [m for m in KERNEL_DIMS if f"m{m}/X" in golden]
+
+
+def make_kernel_case(name="kernels"):
     arrays = {}
-    for m in KERNEL_DIMS:
+    for m in (KERNEL_DIMS if name == "kernels" else ARCH_KERNEL_DIMS):
         X, Y = kernel_inputs(m, seed=100 + m)
         arrays[f"m{m}/X"], arrays[f"m{m}/Y"] = X, Y
-        for k, v in kernel_outputs(kernels, X, Y).items():
+        for k, v in KERNEL_CASES[name](kernels, X, Y).items():
             arrays[f"m{m}/{k}"] = v
     return arrays
 
@@ -211,27 +284,39 @@ def trajectory_inputs(cfg):
     rng = np.random.default_rng(cfg["seed"])
     X = rng.standard_normal((cfg["N"], cfg["d0"]))
     Y = np.tanh(X[:, :cfg["dr"]] + 0.5 * X[:, 1:cfg["dr"] + 1] ** 2) - 0.3
+    if cfg.get("loss") == "ce":          # classes: the largest coordinate (one-hot), or its sign (dr = 1)
+        Y = (Y > 0).astype(float) if cfg["dr"] == 1 else np.eye(cfg["dr"])[np.argmax(Y, axis=1)]
     X_eval = rng.standard_normal((cfg["n_eval"], cfg["d0"]))
     batches = np.array([np.arange(cfg["N"]) if cfg["B"] == cfg["N"]
                         else np.sort(rng.permutation(cfg["N"])[:cfg["B"]])
                         for _ in range(cfg["steps"])])
     arrays = {"X": X, "Y": Y, "X_eval": X_eval, "batches": batches}
     if cfg["model"] != "infinite":
-        act = "linear" if cfg["model"] == "linear" else "relu"
-        net = RandomNetwork.sample(cfg["d0"], cfg["d"], cfg["dr"], width=INIT_WIDTH,
-                                   seed=cfg["seed"] + 1000, activation=act)
+        net = RandomNetwork.sample(cfg["d0"], cfg["d"], cfg["dr"], width=cfg.get("init_width", INIT_WIDTH),
+                                   seed=cfg["seed"] + 1000, **_layers(cfg))
         arrays.update({f"net/{k}": v for k, v in net.weights().items()})
     return arrays
+
+
+def _layers(cfg):
+    """layers_g, layers_f of a case (the default network of its model when not given)."""
+    act = "linear" if cfg["model"] == "linear" else "relu"
+    return {k: layers_of(cfg[k]) if k in cfg else kernels.Layers.make(act) for k in ("layers_g", "layers_f")}
 
 
 def build_simulator(cfg, arrays, backend):
     """The simulator of a case from the recorded inputs, with ``backend``'s classes."""
     rates = dict(lr=cfg["lr"], lr_f=cfg["lr_f"], lr_g=cfg["lr_g"], X_eval=arrays["X_eval"])
+    if "loss" in cfg:
+        rates["loss"] = cfg["loss"]
+    specs = _layers(cfg)
     if cfg["model"] == "infinite":
+        if "layers_g" in cfg:
+            rates.update(specs)
         return backend.InfiniteSimulator(arrays["X"], arrays["Y"], init="cholesky",
                                          seed=cfg["seed"] + 2000, **rates)
-    act = "linear" if cfg["model"] == "linear" else "relu"
-    net = RandomNetwork(arrays["net/theta1"], arrays["net/theta2"], arrays["net/u"], arrays["net/v"], act)
+    net = RandomNetwork.from_weights({k[len("net/"):]: v for k, v in arrays.items() if k.startswith("net/")},
+                                     **specs)
     return backend.BottleneckSimulator(net, arrays["X"], arrays["Y"], **rates)
 
 
@@ -254,23 +339,41 @@ def replay(cfg, arrays, backend):
 # regenerate / compare
 # ---------------------------------------------------------------------------
 
-def regenerate(directory=GOLDEN_DIR, log=print):
-    """Write every golden case with refimpl and the manifest (each file atomically)."""
+def regenerate(directory=GOLDEN_DIR, log=print, cases=None):
+    """Write golden cases with refimpl and the manifest (each file atomically).
+
+    ``cases``: names of the cases to write (default all); the manifest keeps the
+    entries of the other cases, so new cases can be added without rewriting the
+    existing files (whose last bits depend on the machine's libm and BLAS).
+    """
     import refimpl
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = {}
+    if cases is not None:
+        known = [*KERNEL_CASES, *TRAJECTORIES]
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            raise GoldenError(f"cases: unknown golden case {unknown[0]!r}; known: {', '.join(known)}")
+        try:
+            entries = {k: v for k, v in read_manifest(directory)["files"].items() if k in known}
+        except GoldenError:
+            entries = {}
     t0 = time.perf_counter()
-    cases = [("kernels", None)] + list(TRAJECTORIES.items())
-    for name, cfg in cases:
+    cases_ = [(k, None) for k in KERNEL_CASES] + list(TRAJECTORIES.items())
+    for name, cfg in cases_:
+        if cases is not None and name not in cases:
+            continue
         t = time.perf_counter()
         if cfg is None:
-            arrays = make_kernel_case()
+            arrays = make_kernel_case(name)
             config = {"dims": list(KERNEL_DIMS)}
+            if name == "kernels_arch":
+                config.update(dims=list(ARCH_KERNEL_DIMS), specs=ARCH_SPECS, inf=ARCH_INF)
         else:
             arrays = trajectory_inputs(cfg)
             arrays.update({f"out/{k}": v for k, v in replay(cfg, arrays, refimpl).items()})
-            config = dict(cfg, init_width=INIT_WIDTH, checkpoint_every=CHECKPOINT_EVERY)
+            config = dict(cfg, init_width=cfg.get("init_width", INIT_WIDTH), checkpoint_every=CHECKPOINT_EVERY)
         fname = f"{name}.npz"
         atomic_write_bytes(directory / fname, _npz_bytes(arrays))
         entries[name] = {"file": fname, "sha256": _sha256(directory / fname), "config": config,
@@ -333,10 +436,15 @@ def compare_kernels(golden, kern):
     return _kernel_errors(golden, lambda m, X, Y: kernel_outputs(kern, X, Y))
 
 
+def compare_arch_kernels(golden, kern):
+    """:func:`compare_kernels` for the ``kernels_arch`` case (architectures of MATH §2.2)."""
+    return _kernel_errors(golden, lambda m, X, Y: arch_kernel_outputs(kern, X, Y))
+
+
 def _kernel_errors(golden, outputs):
     """:func:`compare_kernels` for the outputs ``outputs(m, X, Y) -> {quantity: array}``."""
     errors = {}
-    for m in KERNEL_DIMS:
+    for m in _kernel_dims(golden):
         X, Y = golden[f"m{m}/X"], golden[f"m{m}/Y"]
         theta = kernels.pair_angles(X, Y)[2]
         anti = (np.pi - theta) < SINGULAR
@@ -344,10 +452,11 @@ def _kernel_errors(golden, outputs):
         for k, v in outputs(m, X, Y).items():
             ref = golden[f"m{m}/{k}"]
             scale = np.abs(ref)
-            if k == "xi":
-                scale = np.broadcast_to((np.abs(golden[f"m{m}/alpha"]) * np.linalg.norm(Y, axis=1)[None, :]
-                                         + np.abs(golden[f"m{m}/beta"]))[:, :, None], ref.shape)
-            singular = (anti | para) if k.startswith("ntk_inf") or k in ("alpha", "beta") else anti
+            leaf, prefix = k.rsplit("/", 1)[-1], k[:len(k) - len(k.rsplit("/", 1)[-1])]
+            if leaf == "xi":
+                scale = np.broadcast_to((np.abs(golden[f"m{m}/{prefix}alpha"]) * np.linalg.norm(Y, axis=1)[None, :]
+                                         + np.abs(golden[f"m{m}/{prefix}beta"]))[:, :, None], ref.shape)
+            singular = (anti | para) if leaf.startswith("ntk_inf") or leaf in ("alpha", "beta") else anti
             top = float(np.max(scale))
             for key, mask in ((k, ~singular), (f"{k}@singular", singular)):
                 if mask.any():
@@ -363,7 +472,7 @@ def case_errors(name, new, ref):
     :func:`compare_trajectory`, so :func:`tolerance` applies), plus ``inputs``: the largest
     elementwise relative error of the recorded inputs (data, networks, batches).
     """
-    if name == "kernels":
+    if name in KERNEL_CASES:
         inputs = [k for k in ref if k.rsplit("/", 1)[-1] in ("X", "Y")]
         errors = _kernel_errors(ref, lambda m, X, Y: {k.split("/", 1)[1]: new[k] for k in new
                                                      if k.startswith(f"m{m}/") and k not in inputs})
@@ -406,11 +515,12 @@ def check(targets, directory=GOLDEN_DIR, cases=None, log=print):
     tolerance, as error / tolerance), ok, seconds.
     """
     rows = []
-    for name in cases or (["kernels"] + list(TRAJECTORIES)):
+    compare = {"kernels": compare_kernels, "kernels_arch": compare_arch_kernels}
+    for name in cases or (list(KERNEL_CASES) + list(TRAJECTORIES)):
         golden = load_case(name, directory)
         for label, backend, dtype in targets:
             t = time.perf_counter()
-            errs = compare_kernels(golden, backend) if name == "kernels" else \
+            errs = compare[name](golden, backend) if name in compare else \
                 compare_trajectory(name, golden, backend, directory)
             ratio = {k: v / tolerance(k, dtype) for k, v in errs.items()}
             worst = max(ratio, key=ratio.get)

@@ -30,7 +30,7 @@ def _trial(config, data, backend, rate):
     cfg = dataclasses.replace(config, lr=float(rate))
     sim, _ = build_simulator(cfg, data, backend)
     centring = Centring(sim, data) if cfg.center else None
-    rows = eval_rows(cfg, data.X_train.shape[0])
+    rows = eval_rows(cfg.seed, data.X_train.shape[0], cfg.eval_size)
     first = evaluate(sim, data, rows, centring)["train_loss"]
     try:
         with np.errstate(over="ignore", invalid="ignore"):

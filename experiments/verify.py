@@ -32,6 +32,7 @@ Loss convention as everywhere (MATH §4): ``L = 1/(2B) sum |F_i - y_i|^2``,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -40,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from refimpl import __version__, kernels
-from refimpl.dynamics import BottleneckSimulator
+from refimpl.dynamics import BottleneckSimulator, check_loss, loss_and_chi
 from refimpl.finite import FiniteNetwork
 from refimpl.network import RandomNetwork
 from refimpl.validate import int_at_least, non_negative_int, positive_int, positive_number
@@ -53,6 +54,9 @@ MC_BLOCK_ELEMENTS = 1 << 22
 MC_MAX_Z = 5.0
 #: Agreement required between the linear-kernel simulator and the effective network (lemma 4.1).
 EXACT_TOL = 1e-9
+
+#: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
+DEEP_WIDTHS = (250, 1000, 2000)
 
 DEFAULTS = {
     "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
@@ -94,6 +98,8 @@ def _check(name, value, threshold, text):
 # ----------------------------------------------------------------------------- output
 
 def jsonable(obj):
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -272,18 +278,18 @@ def _fstate(net, X, probes):
     return G, net.f(G), net.jacobian(probes)
 
 
-def _rhs(net, G, F, Y, probes, theta, activation, depth_f):
+def _rhs(net, G, F, Y, probes, theta, layers_f, depth_f=None, loss="mse"):
     """Right-hand sides of eqs 12-14 at the network's current state, with the limiting kernels.
 
     RHS_g(xi_j) = -sum_i Theta(xi_j, xi_i) J(g_i)^T chi_i
     RHS_F(xi_j) = -sum_i [K(g_j, g_i) chi_i + Theta(xi_j, xi_i) J(g_j) J(g_i)^T chi_i]
     RHS_J(p)    = -sum_i chi_i Xi(p, g_i)^T
     """
-    chi = (F - Y) / F.shape[0]
+    chi = loss_and_chi(F, Y, loss)[1]
     TV = theta @ net.jacobian_t_dot(G, chi)
     rhs_g = -TV
-    rhs_F = -(kernels.ntk(G, G, activation, depth_f) @ chi) - np.einsum("jab,jb->ja", net.jacobian(G), TV)
-    rhs_J = -np.einsum("ia,pib->pab", chi, kernels.xi(probes, G, activation, depth_f))
+    rhs_F = -(kernels.ntk(G, G, layers_f, depth_f) @ chi) - np.einsum("jab,jb->ja", net.jacobian(G), TV)
+    rhs_J = -np.einsum("ia,pib->pab", chi, kernels.xi(probes, G, layers_f, depth_f))
     return {"F": rhs_F, "g": rhs_g, "J": rhs_J}
 
 
@@ -301,16 +307,17 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     """One finite network of width n and its simulator; per-step errors (and residuals if asked)."""
     d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
     lr, idx = cfg["lr"], np.arange(X.shape[0])
-    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed)
-    finite = FiniteNetwork.from_random_network(net)
-    sim = BottleneckSimulator(net, X, Y, lr=lr)
+    layers_g, layers_f, loss = cfg["layers_g"], cfg["layers_f"], cfg["loss"]
+    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
+    finite = FiniteNetwork.from_random_network(net, loss=loss)
+    sim = BottleneckSimulator(net, X, Y, lr=lr, loss=loss)
     keys = ["err_F", "err_g", "err_J", "loss_finite", "loss_sim"]
     if residuals:
         keys += ["resid_F", "resid_g", "resid_J"]
     rec = {k: [] for k in keys}
     state = _fstate(finite, X, probes)
     for _ in range(cfg["steps"]):
-        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, "relu", None) if residuals else None
+        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, layers_f, loss=loss) if residuals else None
         rec["loss_finite"].append(finite.step(X, Y, lr=lr))
         rec["loss_sim"].append(sim.step(idx))
         new = _fstate(finite, X, probes)
@@ -325,11 +332,18 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
 
 
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
-              d0=4, d=3, dr=2, log=_silent):
-    """Theorem 3.2: wide finite ReLU networks against the function-space dynamics (paper fig 12).
+              d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0,
+              loss="mse", log=_silent):
+    """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12).
 
-    Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr)
-    (drawn from ``seed``) and 4 fixed probe points of the bottleneck.  For
+    Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr) (with
+    ``loss="ce"``: one-hot rows of random classes, or random 0/1 for dr = 1)
+    (drawn from ``seed``) and 4 fixed probe points of the bottleneck.
+    The architecture (MATH §2.2): ``activation``, ``depth_g``, ``depth_f``
+    (hidden layers), ``w_std``, ``b_std``, ``out_std`` (a number, or a pair g, f),
+    as :func:`refimpl.kernels.architecture`; the widths default to
+    DEEP_WIDTHS when a half has more than one hidden layer (its n x n
+    matrices limit the width).  For
     each width n and each of ``samples`` networks (seeds ``seed``,
     ``seed + 1``, ...), a RandomNetwork gives the initial functions of both a
     FiniteNetwork, trained by full-batch GD with rate ``lr``, and a
@@ -357,6 +371,10 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     width are below those at the smallest.
     """
     cfg = dict(DEFAULTS["theorem3.2"])
+    layers_g, layers_f = kernels.architecture(activation, depth_g, depth_f, w_std, b_std, out_std)
+    check_loss(loss)
+    if max(layers_g.depth, layers_f.depth) > 2:
+        cfg["widths"] = DEEP_WIDTHS
     cfg.update({k: v for k, v in dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points,
                                          seed=seed, threshold=threshold).items() if v is not None})
     cfg["widths"] = _ints("widths", cfg["widths"])
@@ -372,8 +390,11 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     rng = np.random.default_rng(cfg["seed"])
     X = rng.standard_normal((cfg["points"], d0))
     Y = rng.standard_normal((cfg["points"], dr))
+    if loss == "ce":
+        Y = (Y > 0).astype(float) if dr == 1 else np.eye(dr)[rng.integers(0, dr, cfg["points"])]
     probes = rng.standard_normal((4, d))
-    theta = kernels.ntk(X, X)
+    theta = kernels.ntk(X, X, layers_g)
+    cfg.update(layers_g=layers_g, layers_f=layers_f, loss=loss)
     results = {}
     for n in cfg["widths"]:
         runs = []

@@ -10,7 +10,12 @@ Two simulators share one interface:
     The same network without a bottleneck (d -> infinity): ordinary NTK
     dynamics with the kernel :func:`~refimpl.kernels.ntk_inf` (MATH §5).
 
-Loss: ``L = 1/(2B) sum_{i in batch} |F_i - y_i|^2``, so ``chi_i = (F_i - y_i)/B``.
+Loss (``loss="mse"``, the default): ``L = 1/(2B) sum_{i in batch} |F_i - y_i|^2``,
+so ``chi_i = (F_i - y_i)/B``.  ``loss="ce"`` (MATH §4.x, cross-entropy): softmax
+cross-entropy on one-hot targets, ``L = 1/B sum_i (logsumexp(F_i) - y_i . F_i)``,
+``chi_i = (softmax(F_i) - y_i)/B``; with one output (dr = 1) the logistic loss on
+0/1 targets, ``L = 1/B sum_i (softplus(F_i) - y_i F_i)``, ``chi_i = (sigmoid(F_i) - y_i)/B``.
+Only chi enters the dynamics; the loss changes nothing else.
 
 The update of one SGD step on the batch ``idx`` (with ``p_i = g_t(xi_i)``):
 
@@ -41,12 +46,78 @@ import numpy as np
 
 from . import kernels
 from .kernels import as_points
-from .validate import positive_rate
+from .validate import positive_rate, real_array, state_arrays
 from .network import RandomNetwork
 
 
 class DivergenceError(FloatingPointError):
     """Raised by ``step`` when the loss or the update is NaN or infinite; the state is left untouched."""
+
+
+#: Loss functions (MATH §4, §4.x).
+LOSSES = ("mse", "ce")
+
+
+def check_loss(loss):
+    """Return ``loss`` if it is one of LOSSES, else raise a one-line ValueError."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    return loss
+
+
+def check_ce_targets(Y):
+    """Raise a one-line ValueError unless Y (N, dr) suits cross-entropy: one-hot rows, or 0/1 when dr = 1."""
+    Y = np.asarray(Y)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    binary = np.all((Y == 0.0) | (Y == 1.0))
+    if not binary or (Y.shape[1] > 1 and not np.all(Y.sum(axis=1) == 1.0)):
+        what = "0/1 targets" if Y.shape[1] == 1 else "one-hot rows"
+        raise ValueError(f"Y: loss 'ce' needs classification targets ({what}); these look like regression "
+                         "targets (use loss 'mse')")
+
+
+def _log_softmax(F, xp=np):
+    top = xp.max(F, axis=1, keepdims=True)
+    Z = F - top
+    return Z - xp.log(xp.sum(xp.exp(Z), axis=1, keepdims=True))
+
+
+def _softplus(F, xp=np):
+    return xp.maximum(F, 0.0) + xp.log1p(xp.exp(-xp.abs(F)))
+
+
+def pointwise_loss(F, Y, loss="mse", xp=np):
+    """Loss of each row, (n, dr), (n, dr) -> (n,) (MATH §4, §4.x).
+
+    mse: ``|F - y|^2 / 2``.  ce: ``-y . log softmax(F)``, or for dr = 1
+    ``softplus(F) - y F`` (logistic loss on 0/1 targets).  ``xp``: array module.
+    """
+    if loss == "mse":
+        return 0.5 * xp.sum((F - Y) ** 2, axis=1)
+    check_loss(loss)
+    if F.shape[1] == 1:
+        return (_softplus(F, xp) - Y * F)[:, 0]
+    return -xp.sum(Y * _log_softmax(F, xp), axis=1)
+
+
+def loss_and_chi(F, Y, loss="mse", xp=np, B=None):
+    """Batch loss and chi = dL/dF for a batch (MATH §4, §4.x).
+
+    ``B`` (default the rows of F) is the batch size the loss is averaged over;
+    a caller that splits a batch into row blocks passes the whole batch's B.
+    Returns (float, (rows, dr) array).
+    """
+    B = F.shape[0] if B is None else B
+    if loss == "mse":
+        resid = F - Y
+        return 0.5 * float(xp.sum(resid * resid)) / B, resid / B
+    check_loss(loss)
+    if F.shape[1] == 1:
+        p = 0.5 * (1.0 + xp.tanh(0.5 * F))                # sigmoid without overflow
+    else:
+        p = xp.exp(_log_softmax(F, xp))
+    return float(xp.sum(pointwise_loss(F, Y, loss, xp))) / B, (p - Y) / B
 
 
 #: History rows processed per block in the reference hot loop.
@@ -56,7 +127,7 @@ QUERY_BLOCK = 512
 
 
 def _check_targets(X, Y):
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = np.asarray(real_array("Y", Y), dtype=np.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
@@ -67,21 +138,32 @@ def _check_targets(X, Y):
 
 
 class History:
-    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling."""
+    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling.
+
+    Subclasses may store more per-row arrays (listed in ``_arrays``, grown together) and
+    allocate elsewhere (``_empty``, e.g. device memory).
+    """
+
+    #: Per-row storage arrays, grown together.
+    _arrays = ("_P", "_C")
 
     def __init__(self, d, dr, capacity=1024, dtype=np.float64):
-        self._P = np.empty((capacity, d), dtype=dtype)
-        self._C = np.empty((capacity, dr), dtype=dtype)
+        self._P = self._empty((capacity, d), dtype)
+        self._C = self._empty((capacity, dr), dtype)
         self.M = 0
+
+    def _empty(self, shape, dtype):
+        """Uninitialised storage (NumPy here)."""
+        return np.empty(shape, dtype=dtype)
 
     def append(self, P, C):
         """Append rows; copies the storage only when it is full (capacity doubles)."""
         k = P.shape[0]
         if self.M + k > self._P.shape[0]:
             cap = max(2 * self._P.shape[0], self.M + k)
-            for name in ("_P", "_C"):
+            for name in self._arrays:
                 old = getattr(self, name)
-                new = np.empty((cap, old.shape[1]), dtype=old.dtype)
+                new = self._empty((cap,) + old.shape[1:], old.dtype)
                 new[:self.M] = old[:self.M]
                 setattr(self, name, new)
         self._P[self.M:self.M + k] = P
@@ -113,9 +195,14 @@ class _Tracked:
 class _SimulatorBase:
     """Shared bookkeeping: data, rates, batch checking, tracked point sets, step counter."""
 
-    def _setup(self, X, Y, lr, lr_f, lr_g, X_eval):
+    def _setup(self, X, Y, lr, lr_f, lr_g, X_eval, loss="mse"):
         self.X = as_points(X, "X")
+        if self.X.shape[0] == 0:
+            raise ValueError("X: expected at least one training point, got 0 rows")
         self.Y = _check_targets(self.X, Y)
+        self.loss = check_loss(loss)
+        if loss == "ce":
+            check_ce_targets(self.Y)
         lr = positive_rate("lr", lr)
         if lr is None:
             raise ValueError("lr: expected a positive finite number, got None")
@@ -148,12 +235,10 @@ class _SimulatorBase:
         return None
 
     def _batch_loss(self, Fb, Yb):
-        B = Fb.shape[0]
-        resid = Fb - Yb
-        loss = 0.5 * float(np.sum(resid * resid)) / B
+        loss, chi = loss_and_chi(Fb, Yb, self.loss)
         if not np.isfinite(loss):
             raise DivergenceError(f"loss is {loss} at step {self.t}: the run diverged (lower the learning rate)")
-        return loss, resid / B
+        return loss, chi
 
 
 class BottleneckSimulator(_SimulatorBase):
@@ -173,25 +258,37 @@ class BottleneckSimulator(_SimulatorBase):
         Separate rates for the weights of f and of g (default ``lr``).
     X_eval : (q, d0) array, optional
         Extra inputs (e.g. the test set) whose embeddings are kept up to date.
-    activation : {"relu", "linear"}, optional
+    activation : {"relu", "erf", "linear"}, optional
         Kernel family; defaults to ``net.activation``.
     depth_f, depth_g : int, optional
-        Depths L_f, L_g of the linear networks (lemma 4.1); default 2.
+        Depths (weight matrices) L_f, L_g of the kernels; default the network's.
+        A linear network of any depth may be started from a two-matrix network
+        with the same functions (lemma 4.1).
+    loss : {"mse", "ce"}
+        Squared loss or cross-entropy (MATH §4.x; needs one-hot or 0/1 targets).
+
+    The architecture of the kernels (depths, scales, biases; MATH §2.2) is the
+    network's, ``net.layers_g`` and ``net.layers_f``, with the overrides above.
     """
 
     def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None,
-                 activation=None, depth_f=None, depth_g=None):
+                 activation=None, depth_f=None, depth_g=None, loss="mse"):
         if not isinstance(net, RandomNetwork):
             raise TypeError(f"net: expected a RandomNetwork, got {type(net).__name__}")
-        self._setup(X, Y, lr, lr_f, lr_g, X_eval)
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
         if self.X.shape[1] != net.d0:
             raise ValueError(f"X: expected {net.d0} columns (the network's input dimension), got {self.X.shape[1]}")
         if self.Y.shape[1] != net.dr:
             raise ValueError(f"Y: expected {net.dr} columns (the network's output dimension), got {self.Y.shape[1]}")
         self.net = net
         self.activation = activation or net.activation
-        self.depth_f = kernels.check_activation(self.activation, depth_f)
-        self.depth_g = kernels.check_activation(self.activation, depth_g)
+        self.layers_g = _override(net.layers_g, self.activation, depth_g)
+        self.layers_f = _override(net.layers_f, self.activation, depth_f)
+        for name, spec, own in (("depth_g", self.layers_g, net.layers_g), ("depth_f", self.layers_f, net.layers_f)):
+            if spec.activation != "linear" and spec.depth != own.depth:
+                raise ValueError(f"{name}: the kernels of a {spec.activation} network need the network's depth "
+                                 f"({own.depth}), got {spec.depth}")
+        self.depth_f, self.depth_g = self.layers_f.depth, self.layers_g.depth
         self.d, self.dr = net.d, net.dr
         self._tracked = [_Tracked(self.X, net.g(self.X))]
         if self.X_eval is not None:
@@ -206,7 +303,7 @@ class BottleneckSimulator(_SimulatorBase):
 
     def _theta(self, Xa, Xb):
         """Theta(Xa, Xb), (p, q): the NTK of g (m = d0)."""
-        return kernels.ntk(Xa, Xb, self.activation, self.depth_g)
+        return kernels.ntk(Xa, Xb, self.layers_g)
 
     def _hist_f(self, Z):
         """sum_m K(Z, P_m) C_m over the whole history, (q, d) -> (q, dr)."""
@@ -214,7 +311,7 @@ class BottleneckSimulator(_SimulatorBase):
         out = np.zeros((Z.shape[0], self.dr))
         for r in range(0, Z.shape[0], QUERY_BLOCK):
             for s in range(0, P.shape[0], HISTORY_BLOCK):
-                K = kernels.ntk(Z[r:r + QUERY_BLOCK], P[s:s + HISTORY_BLOCK], self.activation, self.depth_f)
+                K = kernels.ntk(Z[r:r + QUERY_BLOCK], P[s:s + HISTORY_BLOCK], self.layers_f)
                 out[r:r + QUERY_BLOCK] += K @ C[s:s + HISTORY_BLOCK]
         return out
 
@@ -226,7 +323,7 @@ class BottleneckSimulator(_SimulatorBase):
         for s in range(0, P.shape[0], HISTORY_BLOCK):
             Ps = P[s:s + HISTORY_BLOCK]
             W = chi @ C[s:s + HISTORY_BLOCK].T                       # (B, Ms)
-            alpha, beta = kernels.xi_coefficients(Z, Ps, self.activation, self.depth_f)
+            alpha, beta = kernels.xi_coefficients(Z, Ps, self.layers_f)
             out += (W * alpha) @ Ps + np.sum(W * beta, axis=1)[:, None] * Zh
         return out
 
@@ -248,7 +345,7 @@ class BottleneckSimulator(_SimulatorBase):
             _, Zh = kernels.unit_rows(Z)
             for s in range(0, P.shape[0], HISTORY_BLOCK):
                 Ps, Cs = P[s:s + HISTORY_BLOCK], C[s:s + HISTORY_BLOCK]
-                alpha, beta = kernels.xi_coefficients(Z, Ps, self.activation, self.depth_f)
+                alpha, beta = kernels.xi_coefficients(Z, Ps, self.layers_f)
                 J -= self.lr_f * (np.einsum("qm,ma,mb->qab", alpha, Cs, Ps)
                                   + (beta @ Cs)[:, :, None] * Zh[:, None, :])
         return J
@@ -308,7 +405,12 @@ class BottleneckSimulator(_SimulatorBase):
     def load_state_dict(self, state):
         """Restore a state written by :meth:`state_dict` on a simulator built the same way."""
         _check_state_keys(state, len(self._tracked), ("A", "history_P", "history_C"))
-        self.t = int(state["t"])
+        shapes = {"A": (self.N, self.d), "history_P": ("M", self.d), "history_C": ("M", self.dr),
+                  **{f"tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}}
+        t = state_arrays(state, shapes)
+        if state["history_P"].shape[0] < t:
+            raise ValueError(f"state: {state['history_P'].shape[0]} history rows cannot come from {t} steps")
+        self.t = t
         self.A = np.array(state["A"], dtype=np.float64)
         self.history = self._new_history(capacity=max(1024, state["history_P"].shape[0]))
         self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
@@ -320,6 +422,12 @@ class BottleneckSimulator(_SimulatorBase):
         if Z.shape[1] != self.d:
             raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         return Z
+
+
+def _override(spec, activation, depth):
+    """``spec`` (Layers) with another activation and/or depth (None keeps the network's)."""
+    depth = spec.depth if depth is None and activation == spec.activation else depth
+    return kernels.Layers.make(activation, depth, spec.w_std, spec.b_std, spec.out_std)
 
 
 def _check_state_keys(state, n_tracked, keys):
@@ -350,14 +458,24 @@ class InfiniteSimulator(_SimulatorBase):
         Seed of the draw of F0.
     F0 : (N + q, dr) array, optional
         Initial outputs on ``X`` followed by ``X_eval``; overrides ``init``.
+    layers_g, layers_f : Layers, optional
+        Architectures of g and f (MATH §2.2); they override ``activation`` and the depths.
+    loss : {"mse", "ce"}
+        As for :class:`BottleneckSimulator`.
     """
 
     def __init__(self, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, init="auto", seed=0,
-                 width=2048, F0=None, activation="relu", depth_f=None, depth_g=None, cholesky_max=4000):
-        self._setup(X, Y, lr, lr_f, lr_g, X_eval)
-        self.activation = activation
-        self.depth_f = kernels.check_activation(activation, depth_f)
-        self.depth_g = kernels.check_activation(activation, depth_g)
+                 width=2048, F0=None, activation="relu", depth_f=None, depth_g=None, cholesky_max=4000,
+                 layers_g=None, layers_f=None, loss="mse"):
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
+        self.layers_g = layers_g if layers_g is not None else kernels.Layers.make(activation, depth_g)
+        self.layers_f = layers_f if layers_f is not None else kernels.Layers.make(self.layers_g.activation,
+                                                                                  depth_f)
+        if self.layers_f.activation != self.layers_g.activation:
+            raise ValueError(f"layers_f: expected the activation of g ({self.layers_g.activation!r}), "
+                             f"got {self.layers_f.activation!r}")
+        self.activation = self.layers_g.activation
+        self.depth_f, self.depth_g = self.layers_f.depth, self.layers_g.depth
         self.dr = self.Y.shape[1]
         Xs = [self.X] + ([self.X_eval] if self.X_eval is not None else [])
         Xall = np.concatenate(Xs)
@@ -376,8 +494,8 @@ class InfiniteSimulator(_SimulatorBase):
                 F0 = self._sample_cholesky(Xall, seed)
                 self.f0_method = "cholesky"
             else:
-                self.init_net = RandomNetwork.sample(self.X.shape[1], width, self.dr, width=width,
-                                                     seed=seed, activation=activation)
+                self.init_net = RandomNetwork.sample(self.X.shape[1], width, self.dr, width=width, seed=seed,
+                                                     layers_g=self.layers_g, layers_f=self.layers_f)
                 F0 = self.init_net.f(self.init_net.g(Xall))
                 self.f0_method = f"network(width={width})"
         self._tracked, start = [], 0
@@ -388,18 +506,15 @@ class InfiniteSimulator(_SimulatorBase):
 
     def _sample_cholesky(self, Xall, seed, jitter=1e-10):
         """Draw F0 ~ GP(0, Sigma_F) on Xall exactly: Sigma_F is the NNGP of the composed network."""
-        sigma_g = kernels.nngp(Xall, Xall, self.activation)
-        if self.activation == "linear":
-            cov = sigma_g
-        else:
-            cov, _ = kernels.relu_composed(Xall, Xall)
+        cov = kernels.nngp_inf(Xall, Xall, self.layers_g, self.layers_f)
         scale = max(1.0, float(np.max(np.diag(cov))))
         L = np.linalg.cholesky(cov + jitter * scale * np.eye(cov.shape[0]))
         rng = np.random.default_rng(seed)
         return L @ rng.standard_normal((cov.shape[0], self.dr))
 
     def _ntk(self, Xa, Xb):
-        return kernels.ntk_inf(Xa, Xb, self.activation, self.depth_f, self.depth_g, self.lr_f, self.lr_g)
+        return kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,
+                               layers_f=self.layers_f)
 
     def outputs(self, Xq):
         """F_t(Xq), (q, d0) -> (q, dr).  Inputs other than X and X_eval need ``init="network"``."""
@@ -431,7 +546,8 @@ class InfiniteSimulator(_SimulatorBase):
 
     def load_state_dict(self, state):
         _check_state_keys(state, len(self._tracked), ("A",))
-        self.t = int(state["t"])
+        self.t = state_arrays(state, {"A": (self.N, self.dr),
+                                      **{f"tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}})
         self.A = np.array(state["A"], dtype=np.float64)
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)

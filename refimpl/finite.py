@@ -21,7 +21,7 @@ With two weight matrices per half this is exactly
 as in :class:`~refimpl.network.RandomNetwork`.  With ``activation="linear"``
 and L weight matrices it is the deep linear network of lemma 4.1 (scale
 1/sqrt(d0) or 1/sqrt(d) at the input and 1/sqrt(n) per hidden layer), and with
-one weight matrix per half it is the effective two-layer network of MATH §2,
+one weight matrix per half it is the effective two-layer network of MATH §5.2,
 
     F(xi) = W Theta xi / sqrt(d d0),   g(xi) = Theta xi / sqrt(d0),   f(x) = W x / sqrt(d).
 
@@ -43,93 +43,13 @@ import math
 
 import numpy as np
 
-from .dynamics import DivergenceError
-from .kernels import ACTIVATIONS, as_points
-from .network import RandomNetwork
+from .dynamics import DivergenceError, check_ce_targets, check_loss, loss_and_chi, pointwise_loss
+from .kernels import ACTIVATIONS, Layers, as_points
+from .network import MLP, RandomNetwork
 from .validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
 ROW_BLOCK_ELEMENTS = 1 << 22
-
-
-class _MLP:
-    """A stack of weight matrices with fan-in scaling and a hand-written backward pass."""
-
-    def __init__(self, weights, activation, xp, name):
-        if len(weights) == 0:
-            raise ValueError(f"{name}: expected at least one weight matrix")
-        ws = []
-        for k, w in enumerate(weights):
-            w = xp.ascontiguousarray(xp.asarray(w, dtype=xp.float64))
-            if w.ndim != 2:
-                raise ValueError(f"{name}[{k}]: expected a 2-d weight matrix, got shape {tuple(w.shape)}")
-            if k > 0 and w.shape[1] != ws[-1].shape[0]:
-                raise ValueError(f"{name}[{k}]: expected {ws[-1].shape[0]} columns (rows of {name}[{k - 1}]), "
-                                 f"got shape {tuple(w.shape)}")
-            ws.append(w)
-        self.weights = ws
-        self.activation = activation
-        self.xp = xp
-        self.scales = [1.0 / math.sqrt(w.shape[1]) for w in ws]
-
-    @property
-    def n_in(self):
-        return self.weights[0].shape[1]
-
-    @property
-    def n_out(self):
-        return self.weights[-1].shape[0]
-
-    @property
-    def max_width(self):
-        return max(w.shape[0] for w in self.weights)
-
-    def _phi(self, a):
-        return self.xp.maximum(a, 0.0) if self.activation == "relu" else a
-
-    def _dphi(self, a):
-        return (a > 0.0).astype(a.dtype) if self.activation == "relu" else None
-
-    def forward(self, X, keep=False):
-        """Output for rows X (p, n_in) -> (p, n_out); with keep, also the layer inputs and pre-activations."""
-        h, inputs, pre = X, [], []
-        last = len(self.weights) - 1
-        for k, (w, c) in enumerate(zip(self.weights, self.scales)):
-            if keep:
-                inputs.append(h)
-            a = (h @ w.T) * c
-            if k < last:
-                if keep:
-                    pre.append(a)
-                h = self._phi(a)
-            else:
-                h = a
-        return (h, (inputs, pre)) if keep else h
-
-    def backward(self, cache, G, grads=None, need_input=True):
-        """Back-propagate the output cotangent G (p, n_out).
-
-        Adds dL/dW_l to ``grads[l]`` when ``grads`` (a list like ``weights``,
-        entries None or arrays) is given, and returns the cotangent of the
-        input, (p, n_in), or None when ``need_input`` is false.
-        """
-        inputs, pre = cache
-        for k in range(len(self.weights) - 1, -1, -1):
-            Gs = G * self.scales[k]                           # (p, out): scale the small factor
-            if grads is not None:
-                contrib = Gs.T @ inputs[k]
-                if grads[k] is None:
-                    grads[k] = contrib
-                else:
-                    grads[k] += contrib
-            if k == 0 and not need_input:
-                return None
-            G = Gs @ self.weights[k]
-            if k > 0:
-                mask = self._dphi(pre[k - 1])
-                if mask is not None:
-                    G *= mask
-        return G
 
 
 class FiniteNetwork:
@@ -143,23 +63,42 @@ class FiniteNetwork:
         for the effective network.
     f_weights : sequence of 2-d arrays
         Weight matrices of f from bottleneck to output: ``[u (n, d), v (dr, n)]``, etc.
-    activation : {"relu", "linear"}
+    activation : {"relu", "erf", "linear"}
         Activation of every hidden layer.
     xp : module, optional
         Array module (default ``numpy``).
+    g_biases, f_biases : sequences of 1-d arrays, optional
+        Biases of every layer (with ``b_std > 0``).
+    layers_g, layers_f : Layers, optional
+        Scales of the layers (MATH §2.2: w_std, b_std, out_std); their depth must
+        match the number of matrices.  Default: unit scales, no biases.
+    loss : {"mse", "ce"}
+        Squared loss or cross-entropy (MATH §4.x), as in the simulators.
 
     The weights are copied; training changes them in place.
     """
 
-    def __init__(self, g_weights, f_weights, activation="relu", xp=None):
+    def __init__(self, g_weights, f_weights, activation="relu", xp=None, g_biases=None, f_biases=None,
+                 layers_g=None, layers_f=None, loss="mse"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         self.xp = np if xp is None else xp
         self.activation = activation
-        self._g = _MLP([self.xp.array(w, dtype=self.xp.float64) for w in g_weights], activation, self.xp,
-                       "g_weights")
-        self._f = _MLP([self.xp.array(w, dtype=self.xp.float64) for w in f_weights], activation, self.xp,
-                       "f_weights")
+        self.loss_name = check_loss(loss)
+        self.layers_g = layers_g or Layers(activation, len(g_weights))
+        self.layers_f = layers_f or Layers(activation, len(f_weights))
+        for name, spec, ws in (("layers_g", self.layers_g, g_weights), ("layers_f", self.layers_f, f_weights)):
+            if spec.depth != len(ws):
+                raise ValueError(f"{name}: depth {spec.depth} does not match the {len(ws)} weight matrices")
+        self._g = MLP([self.xp.array(w, dtype=self.xp.float64) for w in g_weights], activation, self.xp,
+                      "g_weights", _copy(self.xp, g_biases if self.layers_g.b_std > 0 else None),
+                      self.layers_g.layer_stds())
+        self._f = MLP([self.xp.array(w, dtype=self.xp.float64) for w in f_weights], activation, self.xp,
+                      "f_weights", _copy(self.xp, f_biases if self.layers_f.b_std > 0 else None),
+                      self.layers_f.layer_stds())
+        for name, mlp, spec in (("g_biases", self._g, self.layers_g), ("f_biases", self._f, self.layers_f)):
+            if spec.b_std > 0 and mlp.biases is None:
+                raise ValueError(f"{name}: expected biases for b_std = {spec.b_std}")
         if self._f.n_in != self._g.n_out:
             raise ValueError(f"f_weights: the first matrix needs {self._g.n_out} columns (the bottleneck width "
                              f"of g), got {self._f.n_in}")
@@ -208,30 +147,38 @@ class FiniteNetwork:
 
     # ----------------------------------------------------------- constructors
     @classmethod
-    def sample(cls, d0, d, dr, width=10_000, seed=0, activation="relu", depth_g=2, depth_f=2, xp=None):
+    def sample(cls, d0, d, dr, width=10_000, seed=0, activation="relu", depth_g=2, depth_f=2, xp=None,
+               layers_g=None, layers_f=None, loss="mse"):
         """Draw all weights i.i.d. N(0, 1) from ``numpy.random.default_rng(seed)``.
 
-        The matrices are drawn in order, g from input to bottleneck, then f.
+        The matrices are drawn in order, g from input to bottleneck, then f,
+        then the biases (where ``b_std > 0``), as :meth:`RandomNetwork.sample`.
         With ``depth_g = depth_f = 2`` that is theta1, theta2, u, v, so the
         network computes the same functions as
         ``RandomNetwork.sample(d0, d, dr, width, seed, activation)``.
+        ``layers_g``, ``layers_f`` (Layers) override activation and depths.
         """
         for name, val in (("d0", d0), ("d", d), ("dr", dr), ("width", width),
                           ("depth_g", depth_g), ("depth_f", depth_f)):
             positive_int(name, val)
+        layers_g = layers_g or Layers(activation, depth_g)
+        layers_f = layers_f or Layers(layers_g.activation, depth_f)
         rng = np.random.default_rng(seed)
-        g_dims = [d0] + [width] * (depth_g - 1) + [d]
-        f_dims = [d] + [width] * (depth_f - 1) + [dr]
-        g_w = [rng.standard_normal((g_dims[k + 1], g_dims[k])) for k in range(depth_g)]
-        f_w = [rng.standard_normal((f_dims[k + 1], f_dims[k])) for k in range(depth_f)]
-        return cls(g_w, f_w, activation, xp)
+        g_dims = [d0] + [width] * (layers_g.depth - 1) + [d]
+        f_dims = [d] + [width] * (layers_f.depth - 1) + [dr]
+        g_w = [rng.standard_normal((g_dims[k + 1], g_dims[k])) for k in range(layers_g.depth)]
+        f_w = [rng.standard_normal((f_dims[k + 1], f_dims[k])) for k in range(layers_f.depth)]
+        g_b = [rng.standard_normal(w.shape[0]) for w in g_w] if layers_g.b_std > 0 else None
+        f_b = [rng.standard_normal(w.shape[0]) for w in f_w] if layers_f.b_std > 0 else None
+        return cls(g_w, f_w, layers_g.activation, xp, g_b, f_b, layers_g, layers_f, loss)
 
     @classmethod
-    def from_random_network(cls, net, xp=None):
+    def from_random_network(cls, net, xp=None, loss="mse"):
         """A trainable copy of a :class:`RandomNetwork` (same initial g0, f0, J0)."""
         if not isinstance(net, RandomNetwork):
             raise TypeError(f"net: expected a RandomNetwork, got {type(net).__name__}")
-        return cls([net.theta1, net.theta2], [net.u, net.v], net.activation, xp)
+        return cls(net.g_weights, net.f_weights, net.activation, xp, net.g_biases, net.f_biases,
+                   net.layers_g, net.layers_f, loss)
 
     def effective(self):
         """The effective two-layer network of a linear network (lemma 4.1, MATH §2).
@@ -263,6 +210,13 @@ class FiniteNetwork:
         ``u = I, v = sqrt(d) W_eff``, which computes the same g, f and J.
         """
         to_np = getattr(self.xp, "asnumpy", np.asarray)
+        plain = self.layers_g == Layers(self.activation) and self.layers_f == Layers(self.activation)
+        if not plain and not (self.activation == "linear" and self.layers_g.closed_form
+                              and self.layers_f.closed_form):
+            copies = [[to_np(w).copy() for w in (ws or [])] or None
+                      for ws in (self._g.weights, self._f.weights, self._g.biases, self._f.biases)]
+            return RandomNetwork.from_layers(copies[0], copies[1], self.layers_g, self.layers_f, copies[2],
+                                             copies[3])
         if self.depth_g == 2 and self.depth_f == 2:
             (t1, t2), (u, v) = self._g.weights, self._f.weights
             return RandomNetwork(to_np(t1).copy(), to_np(t2).copy(), to_np(u).copy(), to_np(v).copy(),
@@ -349,34 +303,41 @@ class FiniteNetwork:
             raise ValueError(f"Y: expected shape ({X.shape[0]}, {self.dr}) matching the rows of X, got {Y.shape}")
         if not np.all(np.isfinite(Y)):
             raise ValueError("Y: contains NaN or inf")
+        if self.loss_name == "ce":
+            check_ce_targets(Y)
         return X, self.xp.asarray(Y)
 
-    def gradients(self, X, Y):
-        """Loss and its gradients with respect to every weight matrix.
+    def gradients(self, X, Y, with_biases=False):
+        """Loss and its gradients with respect to every weight matrix (and bias).
 
         Parameters
         ----------
         X : (B, d0) array;  Y : (B, dr) array
+        with_biases : bool, also return the bias gradients
 
         Returns
         -------
-        loss : float, ``1/(2B) sum |F - y|^2``
+        loss : float, ``1/(2B) sum |F - y|^2`` (or the cross-entropy, MATH §4.x)
         grads_g, grads_f : lists of arrays shaped like :attr:`g_weights`, :attr:`f_weights`
+        grads_bg, grads_bf : lists of bias gradients (None entries without biases), if ``with_biases``
         """
         X, Y = self._batch(X, Y)
-        xp = self.xp
         B = X.shape[0]
         grads_g = [None] * self.depth_g
         grads_f = [None] * self.depth_f
+        grads_bg = [None] * self.depth_g
+        grads_bf = [None] * self.depth_f
         loss = 0.0
         rows = self._rows()
         for i in range(0, B, rows):
             Zb, cache_g = self._g.forward(X[i:i + rows], keep=True)
             Fb, cache_f = self._f.forward(Zb, keep=True)
-            resid = Fb - Y[i:i + rows]
-            loss += 0.5 * float(xp.sum(resid * resid)) / B
-            G = self._f.backward(cache_f, resid / B, grads_f)     # J^T chi at the batch embeddings
-            self._g.backward(cache_g, G, grads_g, need_input=False)
+            part, chi = loss_and_chi(Fb, Y[i:i + rows], self.loss_name, self.xp, B)
+            loss += part
+            G = self._f.backward(cache_f, chi, grads_f, grads_b=grads_bf)     # J^T chi at the batch embeddings
+            self._g.backward(cache_g, G, grads_g, need_input=False, grads_b=grads_bg)
+        if with_biases:
+            return loss, grads_g, grads_f, grads_bg, grads_bf
         return loss, grads_g, grads_f
 
     def step(self, X, Y, lr=None, lr_f=None, lr_g=None):
@@ -404,13 +365,14 @@ class FiniteNetwork:
         if lr_f is None or lr_g is None:
             raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
         xp = self.xp
-        loss, grads_g, grads_f = self.gradients(X, Y)
+        loss, grads_g, grads_f, grads_bg, grads_bf = self.gradients(X, Y, with_biases=True)
         if not math.isfinite(loss):
             raise DivergenceError(f"loss is {loss} at step {self.t}: the run diverged (lower the learning rate)")
-        for gw in grads_g + grads_f:
-            if not bool(xp.all(xp.isfinite(gw))):
+        for gw in grads_g + grads_f + grads_bg + grads_bf:
+            if gw is not None and not bool(xp.all(xp.isfinite(gw))):
                 raise DivergenceError(f"a gradient is not finite at step {self.t}: the run diverged")
-        for ws, grads, rate in ((self._g.weights, grads_g, lr_g), (self._f.weights, grads_f, lr_f)):
+        for ws, grads, rate in ((self._g.weights, grads_g, lr_g), (self._f.weights, grads_f, lr_f),
+                                (self._g.biases or [], grads_bg, lr_g), (self._f.biases or [], grads_bf, lr_f)):
             for w, gw in zip(ws, grads):
                 gw *= rate
                 w -= gw
@@ -418,7 +380,13 @@ class FiniteNetwork:
         return loss
 
     def loss(self, X, Y):
-        """The loss ``1/(2B) sum |F - y|^2`` on (X, Y) without updating."""
+        """The loss ``1/(2B) sum |F - y|^2`` (or the cross-entropy) on (X, Y) without updating."""
         X, Y = self._batch(X, Y)
         F = self._outputs(X)
-        return 0.5 * float(self.xp.sum((F - Y) ** 2)) / F.shape[0]
+        if self.loss_name == "mse":
+            return 0.5 * float(self.xp.sum((F - Y) ** 2)) / F.shape[0]
+        return float(self.xp.sum(pointwise_loss(F, Y, self.loss_name, self.xp))) / F.shape[0]
+
+
+def _copy(xp, arrays):
+    return None if arrays is None else [xp.array(a, dtype=xp.float64) for a in arrays]

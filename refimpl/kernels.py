@@ -5,17 +5,26 @@ shape (q, m) and returns the kernel for every pair ``(X[i], Y[j])``.  The scale
 ``m`` is the input dimension of the layer: ``m = d0`` for the embedding network
 g (the kernel is then Theta) and ``m = d`` for the head f (the kernel is K).
 
-Two activations are supported:
+Activations: ``"relu"`` (paper eq 45), ``"erf"`` (Williams 1997) and
+``"linear"`` (paper lemma 4.1).
 
-``"relu"``
-    One hidden ReLU layer of infinite width between two weight matrices
-    (MATH §1, paper eq 45).
-``"linear"``
-    A deep linear network with ``depth`` weight matrices (paper lemma 4.1).
-    ``depth=2`` is the architecture of MATH §1 with the identity activation.
+Architecture of one half (g or f) of the network, in the NTK parametrisation
+(MATH §1, §2.2): ``depth`` weight matrices (the paper's L_g, L_f; ``depth - 1``
+hidden layers of infinite width), every hidden layer a
+``Dense(w_std, b_std)``: ``a = w_std W h / sqrt(fan_in) + b_std b`` with W, b
+standard normal, and the last layer a ``Dense(out_std, b_std)``.  The default
+(``depth=2, w_std=1, b_std=0, out_std=1``) is the network of MATH §1.
 
-``depth`` counts weight matrices (the paper's L_f, L_g).  The ReLU kernels are
-those of the two-matrix network of MATH §1, so ``depth`` must be 2 there.
+Two code paths compute the same kernels:
+
+* the default ReLU network and the linear networks without scales or biases
+  use the closed forms of MATH §2 and lemma 4.1 written out (the golden files
+  were written by them);
+* every other architecture goes through the layer recursion of MATH §2.2
+  (:func:`pair_terms`): each layer maps the covariance entries
+  ``q = k(x, x), q~ = k(x~, x~), c = k(x, x~)`` of its inputs through the
+  activation's dual kernel, carrying the partial derivatives with respect to
+  |x| and x.x~ from which Xi, Sigma_(1) and the NTK follow by the chain rule.
 
 Numerics (MATH §2.1): the angle between two points is computed as
 ``2 * atan2(|x^ - y^|, |x^ + y^|)``, which keeps full relative accuracy near 0
@@ -25,14 +34,21 @@ all kernels return their limits there (no NaN).
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
-ACTIVATIONS = ("relu", "linear")
+from .validate import positive_number, real_array
+
+ACTIVATIONS = ("relu", "linear", "erf")
 
 #: Largest temporary, in float64 elements, that the pairwise helpers allocate.
 BLOCK_ELEMENTS = 1 << 21
 
 #: Pairs with |cos| above this get their angle from explicit differences (see :func:`pair_angles`).
+#: 0.95 bounds the loss in 1 -+ cos to 20 ulps while keeping the NumPy gather of such pairs
+#: rare.  Backends that recompute a pair in place for O(m) flops may use a tighter cut-off.
 NEAR_PARALLEL_COS = 0.95
 
 #: Below this sine, Xi's direction ``a`` is set to 0 (MATH §2; golden files depend on it).
@@ -46,22 +62,96 @@ TWO_PI = 2.0 * np.pi
 # --------------------------------------------------------------------------
 
 def check_activation(activation, depth):
-    """Validate ``activation`` and ``depth``; return the depth to use."""
+    """Validate ``activation`` and ``depth`` (weight matrices); return the depth to use (default 2).
+
+    ReLU and erf need a hidden layer (depth >= 2); a linear network may have one matrix.
+    """
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
     if depth is None:
         return 2
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth: expected a positive integer, got {depth!r}")
-    if activation == "relu" and depth != 2:
-        raise ValueError("depth: the ReLU kernels are those of one hidden layer (depth=2), "
-                         f"got depth={depth}")
+    if activation != "linear" and depth < 2:
+        raise ValueError(f"depth: a {activation} network needs at least one hidden layer (depth >= 2 weight "
+                         f"matrices), got depth={depth}")
     return int(depth)
+
+
+def _std(name, value, allow_zero):
+    return positive_number(name, value, allow_zero=allow_zero)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """One half of the network (g or f) in the NTK parametrisation (MATH §1, §2.2).
+
+    ``depth`` weight matrices; layers 1 .. depth-1 are ``Dense(w_std, b_std)``
+    followed by the activation, the last one is ``Dense(out_std, b_std)``:
+    ``a_l = std_l W_l h_{l-1} / sqrt(fan_in) + b_std b_l`` with W_l, b_l standard normal.
+    Build it with :meth:`make` (checks every field).
+    """
+
+    activation: str = "relu"
+    depth: int = 2
+    w_std: float = 1.0
+    b_std: float = 0.0
+    out_std: float = 1.0
+
+    @classmethod
+    def make(cls, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+        """A checked Layers (one-line ValueError naming the bad argument)."""
+        depth = check_activation(activation, depth)
+        return cls(activation, depth, _std("w_std", w_std, False), _std("b_std", b_std, True),
+                   _std("out_std", out_std, False))
+
+    @property
+    def closed_form(self):
+        """True where the written-out kernels of MATH §2 / lemma 4.1 apply (unit scales, no biases,
+        and for ReLU one hidden layer); the layer recursion is used otherwise."""
+        plain = self.w_std == 1.0 and self.b_std == 0.0 and self.out_std == 1.0
+        return plain and (self.activation == "linear" or (self.activation == "relu" and self.depth == 2))
+
+    def layer_stds(self):
+        """[(weight std, bias std)] of the layers, input layer first."""
+        return [(self.w_std, self.b_std)] * (self.depth - 1) + [(self.out_std, self.b_std)]
+
+
+def architecture(activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0):
+    """(Layers of g, Layers of f) from the command line's options (MATH §2.2).
+
+    ``depth_g``, ``depth_f`` count *hidden layers* (1 is the network of MATH §1;
+    a Layers counts weight matrices, one more).  ``w_std``, ``b_std``, ``out_std``
+    are one number for both halves or a pair (g, f).
+    """
+    def pair(name, value):
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise ValueError(f"{name}: expected one number or two (g, f), got {value!r}")
+            return tuple(value)
+        return value, value
+
+    out = []
+    for k, (name, hidden) in enumerate((("depth_g", depth_g), ("depth_f", depth_f))):
+        if isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 0 \
+                or (hidden == 0 and activation != "linear"):
+            least = 0 if activation == "linear" else 1
+            raise ValueError(f"{name}: expected a number of hidden layers >= {least}, got {hidden!r}")
+        out.append(Layers.make(activation, int(hidden) + 1, pair("w_std", w_std)[k], pair("b_std", b_std)[k],
+                               pair("out_std", out_std)[k]))
+    return tuple(out)
+
+
+def layers(activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    """:class:`Layers` from the keyword arguments of the kernel functions (or a Layers passed as activation)."""
+    if isinstance(activation, Layers):
+        return activation
+    return Layers.make(activation, depth, w_std, b_std, out_std)
 
 
 def as_points(X, name="X"):
     """Return ``X`` as a C-contiguous float64 array of shape (p, m)."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(real_array(name, X), dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array of shape (points, dim), got shape {X.shape}")
     if not np.all(np.isfinite(X)):
@@ -70,7 +160,11 @@ def as_points(X, name="X"):
 
 
 def as_pair(X, Y):
-    """Check and convert the two point sets of a kernel: (p, m) and (q, m) float64 arrays, m >= 1."""
+    """Check two point sets for a pair kernel: ``(X, Y)`` as float64 arrays (p, m), (q, m).
+
+    Raises ValueError (naming the argument) on a wrong shape, NaN/inf, a column mismatch or
+    m = 0.  Used by every kernel here and by the accelerated backends (accel).
+    """
     X = as_points(X, "X")
     Y = as_points(Y, "Y")
     if X.shape[1] != Y.shape[1]:
@@ -123,6 +217,227 @@ def pair_angles(X, Y):
 
 
 # --------------------------------------------------------------------------
+# Dual kernels and the layer recursion  (MATH §2.2)
+# --------------------------------------------------------------------------
+#
+# A layer's pre-activations at two inputs x, x~ are jointly Gaussian with
+# covariance entries q = sx^2, q~ = sy^2, c.  The state of a layer keeps
+#   sx, sy          standard deviations,
+#   c               the covariance,
+#   dlt = sx sy - c and eps = sx sy + c (both >= 0), computed without
+#                   cancellation, so that the angle 2 atan2(sqrt(dlt), sqrt(eps))
+#                   keeps full relative accuracy near 0 and pi (MATH §2.1),
+# and the partial derivatives with respect to r = |x| and c0 = x.x~ of the raw
+# inputs: dsx = dsx/dr, dc_r = dc/dr, dc_c = dc/dc0.
+#
+# The output of an activation (its dual kernel, MATH §2.2) has the entries
+#   Vx = E[phi(u)^2], Vy = E[phi(v)^2], V = E[phi(u) phi(v)],
+#   dltV = sqrt(Vx Vy) - V, epsV = sqrt(Vx Vy) + V,
+# their partials dVx_r, dV_r, dV_c, and the derivative kernel
+#   Vd = E[phi'(u) phi'(v)] = dV/dc (Price's theorem) with partials dVd_r, dVd_c.
+
+
+class _State:
+    """Covariance entries of a layer for arrays of pairs, with partials (see the comment above)."""
+
+    __slots__ = ("sx", "sy", "c", "dlt", "eps", "dsx", "dc_r", "dc_c")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+class _Dual:
+    """Entries of an activation's output (the next layer's input covariance) and the derivative kernel."""
+
+    __slots__ = ("Vx", "Vy", "V", "dltV", "epsV", "dVx_r", "dV_r", "dV_c", "lim0", "Vd", "dVd_r", "dVd_c")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+
+def _safe_div(xp, num, den):
+    """num / den where den > 0, else 0."""
+    ok = den > 0.0
+    return xp.where(ok, num / xp.where(ok, den, 1.0), 0.0)
+
+
+def _input_dual(nx, ny, theta, m, xp):
+    """The raw inputs as the 'output' feeding the first layer: entries x.x~/m and partials."""
+    hu, hv = xp.sin(0.5 * theta), xp.cos(0.5 * theta)
+    nn = nx * ny / m
+    zero = xp.zeros_like(nn)
+    return _Dual(Vx=nx * nx / m + zero, Vy=ny * ny / m + zero, V=nn * (hv - hu) * (hv + hu),
+                 dltV=2.0 * nn * hu * hu, epsV=2.0 * nn * hv * hv,
+                 dVx_r=2.0 * nx / m + zero, dV_r=zero, dV_c=zero + 1.0 / m, lim0=zero + 1.0 / math.sqrt(m))
+
+
+def _affine(o, w, b, xp):
+    """Pre-activation state of Dense(w, b) fed by the output ``o`` (MATH §2.2)."""
+    w2, beta = w * w, b * b
+    A, At = w2 * o.Vx, w2 * o.Vy
+    qx, qy = A + beta, At + beta
+    sx, sy = xp.sqrt(qx), xp.sqrt(qy)
+    dlt = w2 * o.dltV
+    eps = w2 * o.epsV
+    if beta > 0.0:
+        # sqrt(qx qy) - beta - sqrt(A At) and sqrt(qx qy) + beta - sqrt(A At), without cancellation
+        rA, rAt = xp.sqrt(A), xp.sqrt(At)
+        Q = sx * sy
+        dlt = dlt + beta * (rA - rAt) ** 2 / (Q + beta + rA * rAt)
+        eps = eps + beta * (A + At + beta) / (Q + rA * rAt) + beta
+    dsx = xp.where(sx > 0.0, 0.5 * w2 * o.dVx_r / xp.where(sx > 0.0, sx, 1.0), w * o.lim0)
+    return _State(sx=sx, sy=sy, c=w2 * o.V + beta, dlt=dlt, eps=eps, dsx=dsx, dc_r=w2 * o.dV_r,
+                  dc_c=w2 * o.dV_c)
+
+
+def _half_angles(st, xp):
+    """sin(theta/2), cos(theta/2) of a state.
+
+    Zero vectors as in :func:`pair_angles` (MATH §2.1): theta = pi/2 against one
+    zero vector, theta = 0 between two.
+    """
+    r2 = st.dlt + st.eps
+    zero = r2 <= 0.0
+    both = (st.sx + st.sy) <= 0.0
+    r2 = xp.where(zero, 1.0, r2)
+    hu = xp.where(zero, xp.where(both, 0.0, math.sqrt(0.5)), xp.sqrt(st.dlt / r2))
+    hv = xp.where(zero, xp.where(both, 1.0, math.sqrt(0.5)), xp.sqrt(st.eps / r2))
+    return hu, hv
+
+
+def _relu_dual(st, xp):
+    """ReLU: V = sx sy (sin t + (pi - t) cos t) / 2pi, Vd = (pi - t) / 2pi (paper eq 45; MATH §2.2)."""
+    hu, hv = _half_angles(st, xp)
+    theta = 2.0 * xp.arctan2(hu, hv)
+    pi_minus = 2.0 * xp.arctan2(hv, hu)
+    s, lam = 2.0 * hu * hv, (hv - hu) * (hv + hu)
+    nn = st.sx * st.sy
+    Vd = pi_minus / TWO_PI
+    one_minus_J = (TWO_PI * hu * hu + theta * lam - s) / np.pi          # 1 - J(t)/pi, J = s + (pi - t) lam
+    ridge = s < XI_SIN_THRESHOLD
+    inv_s = xp.where(ridge, 0.0, 1.0 / xp.where(ridge, 1.0, s))
+    dVd_c1 = _safe_div(xp, inv_s / TWO_PI, nn)                           # dVd/dc
+    dVd_sx = -_safe_div(xp, lam * inv_s / TWO_PI, st.sx)                 # dVd/dsx at fixed c
+    dV_sx = st.sy * s / TWO_PI                                           # dV/dsx at fixed c
+    return _Dual(Vx=0.5 * st.sx * st.sx, Vy=0.5 * st.sy * st.sy, V=nn * (s + pi_minus * lam) / TWO_PI,
+                 dltV=0.5 * nn * one_minus_J, epsV=0.5 * nn * (2.0 - one_minus_J),
+                 dVx_r=st.sx * st.dsx, dV_r=dV_sx * st.dsx + Vd * st.dc_r, dV_c=Vd * st.dc_c,
+                 lim0=st.dsx * math.sqrt(0.5), Vd=Vd, dVd_r=dVd_sx * st.dsx + dVd_c1 * st.dc_r,
+                 dVd_c=dVd_c1 * st.dc_c)
+
+
+def _erf_dual(st, xp):
+    """erf (Williams 1997): V = (2/pi) asin(2c / sqrt((1 + 2q)(1 + 2q~))), Vd = 4 / (pi sqrt(E)),
+    E = (1 + 2q)(1 + 2q~) - 4c^2 = 1 + 2q + 2q~ + 4 dlt eps (MATH §2.2)."""
+    qx, qy = st.sx * st.sx, st.sy * st.sy
+    E = 1.0 + 2.0 * qx + 2.0 * qy + 4.0 * st.dlt * st.eps
+    rE = xp.sqrt(E)
+    V = (2.0 / np.pi) * xp.arctan2(2.0 * st.c, rE)
+    Vx = (2.0 / np.pi) * xp.arctan2(2.0 * qx, xp.sqrt(1.0 + 4.0 * qx))
+    Vy = (2.0 / np.pi) * xp.arctan2(2.0 * qy, xp.sqrt(1.0 + 4.0 * qy))
+    Vd = 4.0 / (np.pi * rE)
+    dV_sx = -8.0 * st.sx * st.c / (np.pi * rE * (1.0 + 2.0 * qx))
+    E32 = E * rE
+    dVd_c1 = 16.0 * st.c / (np.pi * E32)
+    dVd_sx = -8.0 * st.sx * (1.0 + 2.0 * qy) / (np.pi * E32)
+    root = xp.sqrt(Vx * Vy)
+    return _Dual(Vx=Vx, Vy=Vy, V=V, dltV=root - V, epsV=root + V,
+                 dVx_r=8.0 * st.sx * st.dsx / (np.pi * (1.0 + 2.0 * qx) * xp.sqrt(1.0 + 4.0 * qx)),
+                 dV_r=dV_sx * st.dsx + Vd * st.dc_r, dV_c=Vd * st.dc_c,
+                 lim0=st.dsx * math.sqrt(4.0 / np.pi), Vd=Vd, dVd_r=dVd_sx * st.dsx + dVd_c1 * st.dc_r,
+                 dVd_c=dVd_c1 * st.dc_c)
+
+
+def _linear_dual(st, xp):
+    """Identity: V = c, Vd = 1."""
+    zero = xp.zeros_like(st.c)
+    return _Dual(Vx=st.sx * st.sx, Vy=st.sy * st.sy, V=st.c, dltV=st.dlt, epsV=st.eps,
+                 dVx_r=2.0 * st.sx * st.dsx, dV_r=st.dc_r, dV_c=st.dc_c, lim0=st.dsx, Vd=zero + 1.0,
+                 dVd_r=zero, dVd_c=zero)
+
+
+DUALS = {"relu": _relu_dual, "erf": _erf_dual, "linear": _linear_dual}
+
+
+def _state_as_output(st):
+    """A state fed forward unchanged (the linear bottleneck between g and f, MATH §5)."""
+    return _Dual(Vx=st.sx * st.sx, Vy=st.sy * st.sy, V=st.c, dltV=st.dlt, epsV=st.eps,
+                 dVx_r=2.0 * st.sx * st.dsx, dV_r=st.dc_r, dV_c=st.dc_c, lim0=st.dsx)
+
+
+def _recursion(out, spec, xp, T_in=None, lr_self=1.0):
+    """Run the layers of ``spec`` from the input entries ``out``.
+
+    NTK recursion (MATH §2.2): ``T_1 = lr_self c_1 + w_1^2 T_in``,
+    ``T_l = lr_self c_l + Sigmadot_l T_{l-1}``, ``Sigmadot_l = w_l^2 Vd`` of the
+    previous state, with the partials carried alongside.
+    Returns the last state, the NTK with its partials, and Sigmadot of the last layer.
+    """
+    dual = DUALS[spec.activation]
+    (w, b), rest = spec.layer_stds()[0], spec.layer_stds()[1:]
+    st = _affine(out, w, b, xp)
+    T, dT_r, dT_c = lr_self * st.c, lr_self * st.dc_r, lr_self * st.dc_c
+    if T_in is not None:
+        T = T + w * w * T_in
+    sdot = xp.ones_like(st.c)
+    for w, b in rest:
+        o = dual(st, xp)
+        w2 = w * w
+        sdot = w2 * o.Vd
+        st = _affine(o, w, b, xp)
+        dT_r = lr_self * st.dc_r + w2 * o.dVd_r * T + sdot * dT_r
+        dT_c = lr_self * st.dc_c + w2 * o.dVd_c * T + sdot * dT_c
+        T = lr_self * st.c + sdot * T
+    return st, T, dT_r, dT_c, sdot
+
+
+def pair_terms(nx, ny, theta, spec, m, xp=np):
+    """Kernels of the network ``spec`` (a :class:`Layers`) for arrays of pairs, by the layer recursion.
+
+    Parameters
+    ----------
+    nx, ny : arrays broadcasting to the pair shape, the norms |x|, |x~|
+    theta : array of the pair shape, the angle between x and x~ (accurate as in MATH §2.1)
+    spec : Layers
+    m : int, the input dimension
+    xp : array module (numpy, or cupy for the GPU backend)
+
+    Returns
+    -------
+    dict of arrays of the pair shape: ``nngp`` (Sigma), ``sigmadot`` (Sigmadot of the last
+    layer, ``out_std^2 E[phi' phi']``), ``ntk`` (K or Theta), ``alpha``, ``beta`` (Xi = alpha x~ + beta x^,
+    alpha = dK/d(x.x~), beta = dK/d|x|), ``nngp_dc``, ``nngp_dr`` (the same partials of Sigma).
+    """
+    st, T, dT_r, dT_c, sdot = _recursion(_input_dual(nx, ny, theta, float(m), xp), spec, xp)
+    return {"nngp": st.c, "sigmadot": sdot, "ntk": T, "alpha": dT_c, "beta": dT_r,
+            "nngp_dc": st.dc_c, "nngp_dr": st.dc_r}
+
+
+def composed_terms(nx, ny, theta, spec_g, spec_f, m, lr_f=1.0, lr_g=1.0, xp=np):
+    """NNGP and NTK of f o g without bottleneck (d -> infinity), by the layer recursion (MATH §5, §2.2).
+
+    g's last layer feeds f's first through the infinitely wide linear bottleneck,
+    so f's first layer sees the input covariance Sigma_g; its NTK gets
+    ``w_f^2 Theta_g`` from g's parameters (weighted by ``lr_g``, f's own terms by ``lr_f``).
+
+    Returns
+    -------
+    nngp (Sigma_F), ntk (NTK_inf) : arrays of the pair shape
+    """
+    st_g, T_g, _, _, _ = _recursion(_input_dual(nx, ny, theta, float(m), xp), spec_g, xp)
+    st_f, T, _, _, _ = _recursion(_state_as_output(st_g), spec_f, xp, T_in=lr_g * T_g, lr_self=lr_f)
+    return st_f.c, T
+
+
+def _terms(X, Y, spec):
+    """pair_terms on every pair of rows of X (p, m) and Y (q, m)."""
+    nx, ny, theta, _, _ = pair_angles(X, Y)
+    return pair_terms(nx[:, None], ny[None, :], theta, spec, X.shape[1])
+
+
+# --------------------------------------------------------------------------
 # NNGP, its derivative kernel, NTK  (paper eq 45; MATH §2)
 # --------------------------------------------------------------------------
 
@@ -135,7 +450,7 @@ def _relu_parts(X, Y):
     return sigma_, sigmadot_
 
 
-def nngp(X, Y, activation="relu", depth=None):
+def nngp(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """NNGP kernel Sigma(x, y) (paper eq 45; MATH §2).
 
     ReLU: ``Sigma = (|x||y|/m) (lam (pi - arccos lam) + sqrt(1 - lam^2)) / (2 pi)``.
@@ -144,56 +459,68 @@ def nngp(X, Y, activation="relu", depth=None):
     Parameters
     ----------
     X : (p, m) array;  Y : (q, m) array
-    activation : {"relu", "linear"}
-    depth : int, optional, number of weight matrices (linear only; default 2)
+    activation : {"relu", "erf", "linear"} or Layers
+    depth : int, optional, number of weight matrices (default 2)
+    w_std, b_std, out_std : float, the layer scales (MATH §2.2)
 
     Returns
     -------
     (p, q) array
     """
-    check_activation(activation, depth)
-    X, Y = _pair(X, Y)
-    if activation == "linear":
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    X, Y = as_pair(X, Y)
+    if not spec.closed_form:
+        return _terms(X, Y, spec)["nngp"]
+    if spec.activation == "linear":
         return X @ Y.T / X.shape[1]
     return _relu_parts(X, Y)[0]
 
 
-def sigmadot(X, Y, activation="relu", depth=None):
+def sigmadot(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Derivative kernel Sigmadot(x, y) = E[phi'(a) phi'(b)] (paper eq 32, 45).
 
-    ReLU: ``(pi - arccos lam) / (2 pi)``.  Linear: 1.
+    ReLU: ``(pi - arccos lam) / (2 pi)``.  Linear: 1.  In general the derivative
+    kernel of the last layer, ``out_std^2 E[phi'(a) phi'(b)]`` (MATH §2.2).
 
     Returns
     -------
     (p, q) array
     """
-    check_activation(activation, depth)
-    X, Y = _pair(X, Y)
-    if activation == "linear":
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    X, Y = as_pair(X, Y)
+    if not spec.closed_form:
+        return _terms(X, Y, spec)["sigmadot"]
+    if spec.activation == "linear":
         return np.ones((X.shape[0], Y.shape[0]))
     return _relu_parts(X, Y)[1]
 
 
-def ntk(X, Y, activation="relu", depth=None):
+def ntk(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Neural tangent kernel: Theta (inputs in R^d0) or K (points in R^d).
 
     ReLU (paper eq 45): ``NTK = (x.y/m) Sigmadot + Sigma``.
     Linear (lemma 4.1): ``NTK = depth * x.y / m``.
 
+    Other architectures: the layer recursion of MATH §2.2.
+
     Parameters
     ----------
     X : (p, m) array;  Y : (q, m) array
-    activation : {"relu", "linear"}
-    depth : int, optional (linear only; default 2)
+    activation : {"relu", "erf", "linear"} or Layers
+    depth : int, optional (default 2)
+    w_std, b_std, out_std : float, the layer scales (MATH §2.2)
 
     Returns
     -------
     (p, q) array
     """
-    L = check_activation(activation, depth)
-    X, Y = _pair(X, Y)
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    L = spec.depth
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
-    if activation == "linear":
+    if not spec.closed_form:
+        return _terms(X, Y, spec)["ntk"]
+    if spec.activation == "linear":
         return L * (X @ Y.T) / m
     sigma_, sigmadot_ = _relu_parts(X, Y)
     return (X @ Y.T) / m * sigmadot_ + sigma_
@@ -203,7 +530,7 @@ def ntk(X, Y, activation="relu", depth=None):
 # Xi = dK(x, y)/dx  (paper eq 46, stable form of MATH §2)
 # --------------------------------------------------------------------------
 
-def xi_coefficients(X, Y, activation="relu", depth=None):
+def xi_coefficients(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Coefficients of Xi(x, y) = alpha * y + beta * x^ (MATH §2, §4).
 
     Xi is a combination of the two points, which is what lets the simulator
@@ -220,16 +547,21 @@ def xi_coefficients(X, Y, activation="relu", depth=None):
 
     and for ``s < XI_SIN_THRESHOLD`` the ``a`` term is dropped (a := 0):
     ``alpha = 2 Sigmadot / m``, ``beta = |y| s / (2 pi m)``.
-    Linear: ``alpha = depth / m``, ``beta = 0``.
+    Linear: ``alpha = depth / m``, ``beta = 0``.  Other architectures (MATH §2.2):
+    ``alpha = dK/d(x.y)``, ``beta = dK/d|x| = 2 |x| dK/dq``, from the layer recursion.
 
     Returns
     -------
     alpha, beta : (p, q) arrays
     """
-    L = check_activation(activation, depth)
-    X, Y = _pair(X, Y)
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    L = spec.depth
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
-    if activation == "linear":
+    if not spec.closed_form:
+        t = _terms(X, Y, spec)
+        return t["alpha"], t["beta"]
+    if spec.activation == "linear":
         return np.full((X.shape[0], Y.shape[0]), L / m), np.zeros((X.shape[0], Y.shape[0]))
     nx, ny, theta, lam, s = pair_angles(X, Y)
     sigmadot_ = (np.pi - theta) / TWO_PI
@@ -240,7 +572,7 @@ def xi_coefficients(X, Y, activation="relu", depth=None):
     return alpha, beta
 
 
-def xi(X, Y, activation="relu", depth=None):
+def xi(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Xi(x, y) = dK(x, y)/dx, the gradient of K in its first argument (paper eq 13, 46).
 
     Uses the stable form of MATH §2 (finite for parallel and anti-parallel
@@ -255,8 +587,8 @@ def xi(X, Y, activation="relu", depth=None):
     -------
     (p, q, m) array, ``out[i, j] = Xi(X[i], Y[j])``
     """
-    X, Y = _pair(X, Y)
-    alpha, beta = xi_coefficients(X, Y, activation, depth)
+    X, Y = as_pair(X, Y)
+    alpha, beta = xi_coefficients(X, Y, activation, depth, w_std, b_std, out_std)
     _, Xh = unit_rows(X)
     return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
 
@@ -272,19 +604,26 @@ def _perp_unit(U, V):
     return out / np.where(n > 0, n, 1.0)[:, :, None]
 
 
-def sigma1(X, Y, activation="relu", depth=None):
+def sigma1(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Cross-covariance E[f(x) J(y)] = Sigma_(1)(x, y) = dSigma(x, b)/db at b = y (paper eq 9-10).
 
     ReLU: ``(Sigmadot x + (s / 2pi) |x| y^) / m``.  Linear: ``x / m``.
+    Other architectures (MATH §2.2): ``dSigma/dc (y, x) x + dSigma/dr (y, x) y^`` with the
+    partials of the NNGP from the layer recursion (Sigma is symmetric, so the derivative in its
+    second argument is the one in the first with the pair swapped).
 
     Returns
     -------
     (p, q, m) array
     """
-    check_activation(activation, depth)
-    X, Y = _pair(X, Y)
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    X, Y = as_pair(X, Y)
     m = X.shape[1]
-    if activation == "linear":
+    if not spec.closed_form:
+        t = _terms(Y, X, spec)
+        _, Yh = unit_rows(Y)
+        return t["nngp_dc"].T[:, :, None] * X[:, None, :] + t["nngp_dr"].T[:, :, None] * Yh[None, :, :]
+    if spec.activation == "linear":
         return np.broadcast_to(X[:, None, :] / m, (X.shape[0], Y.shape[0], m)).copy()
     nx, ny, theta, lam, s = pair_angles(X, Y)
     _, Yh = unit_rows(Y)
@@ -293,23 +632,27 @@ def sigma1(X, Y, activation="relu", depth=None):
             + (s * nx[:, None] / TWO_PI)[:, :, None] * Yh[None, :, :]) / m
 
 
-def sigma2(X, Y, activation="relu", depth=None):
+def sigma2(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
     """Jacobian covariance E[J^{ab}(x) J^{ac}(y)] = Sigma_(2)^{bc}(x, y) (paper eq 8, 11).
 
     ReLU: ``(Sigmadot I + (s / 2pi)(x^ y^T + a b^T)) / m`` with
     ``a = unit(y - (y.x^) x^)``, ``b = unit(x - (x.y^) y^)`` (MATH §2).
-    Linear: ``I / m``.
+    Linear: ``I / m``.  Other architectures: not available (it needs the second
+    partials of the NNGP, which the layer recursion does not carry).
 
     Returns
     -------
     (p, q, m, m) array
     """
-    check_activation(activation, depth)
-    X, Y = _pair(X, Y)
+    spec = layers(activation, depth, w_std, b_std, out_std)
+    if not spec.closed_form:
+        raise NotImplementedError("sigma2: only the default ReLU and the plain linear networks have "
+                                  "Sigma_(2) in closed form here")
+    X, Y = as_pair(X, Y)
     p, m = X.shape
     q = Y.shape[0]
     eye = np.eye(m)
-    if activation == "linear":
+    if spec.activation == "linear":
         return np.broadcast_to(eye / m, (p, q, m, m)).copy()
     nx, ny, theta, lam, s = pair_angles(X, Y)
     _, Xh = unit_rows(X)
@@ -344,7 +687,18 @@ def relu_composed(X, Y):
     return sigma_F, (np.pi - theta_F) / TWO_PI
 
 
-def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
+def _inf_specs(activation, depth_f, depth_g, layers_g, layers_f):
+    spec_g = layers_g if layers_g is not None else layers(activation, depth_g)
+    spec_f = layers_f if layers_f is not None else layers(activation, depth_f)
+    for name, s in (("layers_g", spec_g), ("layers_f", spec_f)):
+        if not isinstance(s, Layers):
+            raise TypeError(f"{name}: expected a Layers, got {type(s).__name__}")
+    closed = spec_g.closed_form and spec_f.closed_form and spec_g.activation == spec_f.activation
+    return spec_g, spec_f, closed
+
+
+def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0,
+            layers_g=None, layers_f=None):
     """NTK of the network without bottleneck, d -> infinity (MATH §5).
 
     ``NTK_inf = lr_f (Sigma_F + Sigmadot_F Sigma_g) + lr_g Sigmadot_F Theta_g``, where
@@ -353,17 +707,42 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     With equal rates (the default) this is the kernel of the composed network;
     ``lr_f``, ``lr_g`` weight the two parameter groups for unequal rates.
     Linear: ``lr_f depth_f Sigma_g + lr_g Theta_g``.
+    ``layers_g``, ``layers_f`` (:class:`Layers`) give other architectures of g and f
+    (they override ``activation`` and the depths); the composed kernel then comes
+    from the layer recursion (:func:`composed_terms`, MATH §2.2).
 
     Returns
     -------
     (p, q) array
     """
-    Lf = check_activation(activation, depth_f)
-    check_activation(activation, depth_g)
-    X, Y = _pair(X, Y)
-    sigma_g = nngp(X, Y, activation)
-    theta_g = ntk(X, Y, activation, depth_g)
-    return ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
+    spec_g, spec_f, closed = _inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
+    X, Y = as_pair(X, Y)
+    if not closed:
+        nx, ny, theta, _, _ = pair_angles(X, Y)
+        return composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, X.shape[1], lr_f, lr_g)[1]
+    sigma_g = nngp(X, Y, spec_g.activation)
+    theta_g = ntk(X, Y, spec_g.activation, spec_g.depth)
+    return ntk_inf_from_g(X, Y, sigma_g, theta_g, spec_g.activation, spec_f.depth, lr_f, lr_g)
+
+
+def nngp_inf(X, Y, layers_g=None, layers_f=None):
+    """Sigma_F, the NNGP of f o g without bottleneck (MATH §5): the covariance of F0.
+
+    Default ReLU network: :func:`relu_composed`; plain linear: ``x.y / d0``;
+    otherwise the layer recursion (:func:`composed_terms`).
+
+    Returns
+    -------
+    (p, q) array
+    """
+    spec_g, spec_f, closed = _inf_specs("relu", None, None, layers_g or Layers(), layers_f or Layers())
+    X, Y = as_pair(X, Y)
+    if closed:
+        if spec_g.activation == "linear":
+            return nngp(X, Y, "linear")
+        return relu_composed(X, Y)[0]
+    nx, ny, theta, _, _ = pair_angles(X, Y)
+    return composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, X.shape[1])[0]
 
 
 def ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g):

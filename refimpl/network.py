@@ -8,17 +8,30 @@ of MATH §1:
     g(xi) = theta2 phi(theta1 xi / sqrt(d0)) / sqrt(n)      R^d0 -> R^d
     f(x)  = v phi(u x / sqrt(d)) / sqrt(n)                   R^d  -> R^dr
     J(x)  = df/dx = v diag(phi'(u x / sqrt(d))) u / sqrt(n d)   (paper eq 15)
+
+Other architectures (MATH §2.2) are multilayer perceptrons, :class:`MLP`:
+``depth`` weight matrices per half, hidden layers
+``a_l = w_std W_l h_{l-1} / sqrt(fan_in) + b_std b_l``, ``h_l = phi(a_l)``, and
+the last layer with ``out_std`` in place of ``w_std``; all weights and biases
+standard normal.  The architecture of each half is a
+:class:`~refimpl.kernels.Layers`.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .validate import positive_int
-from .kernels import ACTIVATIONS, as_points
+from .kernels import ACTIVATIONS, Layers, as_points
 
 #: Rows of inputs evaluated at once, so that (rows, n) hidden activations stay small.
 ROW_BLOCK = 2048
+
+_SQRT_PI = math.sqrt(math.pi)
+#: erf on NumPy arrays (libm's, elementwise; NumPy has no erf).
+_ERF = np.frompyfunc(math.erf, 1, 1)
 
 
 def _phi(h, activation):
@@ -29,8 +42,137 @@ def _dphi(h, activation):
     return (h > 0.0).astype(h.dtype) if activation == "relu" else np.ones_like(h)
 
 
+def activation_function(activation, xp=np):
+    """phi and phi' of an activation on arrays of the module ``xp`` (phi' None for the identity)."""
+    if activation == "relu":
+        return (lambda a: xp.maximum(a, 0.0)), (lambda a: (a > 0.0).astype(a.dtype))
+    if activation == "erf":
+        if xp is np:
+            def phi(a):
+                return _ERF(a).astype(np.float64) if a.size else a.copy()
+        else:                                              # pragma: no cover - needs CuPy
+            import cupyx.scipy.special as sp
+            phi = sp.erf
+        return phi, (lambda a: (2.0 / _SQRT_PI) * xp.exp(-a * a))
+    return (lambda a: a), None
+
+
+class MLP:
+    """A stack of Dense(std, b_std) layers with a hand-written backward pass (MATH §1, §2.2).
+
+    Parameters
+    ----------
+    weights : list of 2-d arrays (out, in), input layer first
+    biases : list of 1-d arrays (out,) or None (no biases)
+    stds : list of (weight std, bias std) per layer; default (1, 0) for every layer
+    activation : {"relu", "erf", "linear"}, applied after every layer but the last
+    xp : array module (numpy, or cupy)
+    name : str, used in error messages
+    """
+
+    def __init__(self, weights, activation, xp=np, name="weights", biases=None, stds=None):
+        if len(weights) == 0:
+            raise ValueError(f"{name}: expected at least one weight matrix")
+        ws = []
+        for k, w in enumerate(weights):
+            w = xp.ascontiguousarray(xp.asarray(w, dtype=xp.float64))
+            if w.ndim != 2:
+                raise ValueError(f"{name}[{k}]: expected a 2-d weight matrix, got shape {tuple(w.shape)}")
+            if k > 0 and w.shape[1] != ws[-1].shape[0]:
+                raise ValueError(f"{name}[{k}]: expected {ws[-1].shape[0]} columns (rows of {name}[{k - 1}]), "
+                                 f"got shape {tuple(w.shape)}")
+            ws.append(w)
+        self.weights = ws
+        self.stds = list(stds) if stds is not None else [(1.0, 0.0)] * len(ws)
+        if len(self.stds) != len(ws):
+            raise ValueError(f"{name}: expected {len(ws)} (w_std, b_std) pairs, got {len(self.stds)}")
+        if biases is not None and any(b is not None for b in biases):
+            bs = []
+            for k, (b, w) in enumerate(zip(biases, ws)):
+                b = xp.ascontiguousarray(xp.asarray(b, dtype=xp.float64))
+                if b.shape != (w.shape[0],):
+                    raise ValueError(f"{name} bias {k}: expected shape ({w.shape[0]},), got {tuple(b.shape)}")
+                bs.append(b)
+            self.biases = bs
+        else:
+            self.biases = None
+        self.activation = activation
+        self.xp = xp
+        self.scales = [s / math.sqrt(w.shape[1]) if s != 1.0 else 1.0 / math.sqrt(w.shape[1])
+                       for (s, _), w in zip(self.stds, ws)]
+        self._phi, self._dphi_fn = activation_function(activation, xp)
+
+    @property
+    def n_in(self):
+        return self.weights[0].shape[1]
+
+    @property
+    def n_out(self):
+        return self.weights[-1].shape[0]
+
+    @property
+    def max_width(self):
+        return max(w.shape[0] for w in self.weights)
+
+    def _dphi(self, a):
+        return None if self._dphi_fn is None else self._dphi_fn(a)
+
+    def forward(self, X, keep=False):
+        """Output for rows X (p, n_in) -> (p, n_out); with keep, also the layer inputs and pre-activations."""
+        h, inputs, pre = X, [], []
+        last = len(self.weights) - 1
+        for k, (w, c) in enumerate(zip(self.weights, self.scales)):
+            if keep:
+                inputs.append(h)
+            a = (h @ w.T) * c
+            if self.biases is not None and self.stds[k][1] != 0.0:
+                a = a + self.stds[k][1] * self.biases[k]
+            if k < last:
+                if keep:
+                    pre.append(a)
+                h = self._phi(a)
+            else:
+                h = a
+        return (h, (inputs, pre)) if keep else h
+
+    def backward(self, cache, G, grads=None, need_input=True, grads_b=None):
+        """Back-propagate the output cotangent G (p, n_out).
+
+        Adds dL/dW_l to ``grads[l]`` when ``grads`` (a list like ``weights``,
+        entries None or arrays) is given, dL/db_l to ``grads_b[l]`` likewise, and
+        returns the cotangent of the input, (p, n_in), or None when
+        ``need_input`` is false.
+        """
+        inputs, pre = cache
+        for k in range(len(self.weights) - 1, -1, -1):
+            if grads_b is not None and self.biases is not None:
+                contrib_b = self.stds[k][1] * G.sum(axis=0)
+                grads_b[k] = contrib_b if grads_b[k] is None else grads_b[k] + contrib_b
+            Gs = G * self.scales[k]                           # (p, out): scale the small factor
+            if grads is not None:
+                contrib = Gs.T @ inputs[k]
+                if grads[k] is None:
+                    grads[k] = contrib
+                else:
+                    grads[k] += contrib
+            if k == 0 and not need_input:
+                return None
+            G = Gs @ self.weights[k]
+            if k > 0:
+                mask = self._dphi(pre[k - 1])
+                if mask is not None:
+                    G *= mask
+        return G
+
+
+def _draw_biases(rng, weights, spec):
+    if spec.b_std == 0.0:
+        return None
+    return [rng.standard_normal(w.shape[0]) for w in weights]
+
+
 class RandomNetwork:
-    """A finite network g (d0 -> d) followed by f (d -> dr), each with one hidden layer.
+    """A finite network g (d0 -> d) followed by f (d -> dr).
 
     Parameters
     ----------
@@ -38,73 +180,125 @@ class RandomNetwork:
     theta2 : (d, n) array, second layer of g
     u : (n, d) array, first layer of f
     v : (dr, n) array, second layer of f
-    activation : {"relu", "linear"}
+    activation : {"relu", "erf", "linear"}
 
-    The hidden widths of g and f may differ (theta1.shape[0] and u.shape[0]).
+    This is the network of MATH §1 (one hidden layer per half, unit scales, no
+    biases).  Other architectures: :meth:`from_layers` or :meth:`sample` with
+    ``layers_g``, ``layers_f``.  The hidden widths of g and f may differ.
     """
 
     def __init__(self, theta1, theta2, u, v, activation="relu"):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-        self.theta1 = np.ascontiguousarray(theta1, dtype=np.float64)
-        self.theta2 = np.ascontiguousarray(theta2, dtype=np.float64)
-        self.u = np.ascontiguousarray(u, dtype=np.float64)
-        self.v = np.ascontiguousarray(v, dtype=np.float64)
-        for name, w in (("theta1", self.theta1), ("theta2", self.theta2), ("u", self.u), ("v", self.v)):
-            if w.ndim != 2:
-                raise ValueError(f"{name}: expected a 2-d weight matrix, got shape {w.shape}")
-        n_g, _ = self.theta1.shape
-        n_f, d = self.u.shape
-        if self.theta2.shape != (d, n_g):
-            raise ValueError(f"theta2: expected shape {(d, n_g)}, got {self.theta2.shape}")
-        if self.v.shape[1] != n_f:
-            raise ValueError(f"v: expected {n_f} columns like the rows of u, got {self.v.shape[1]}")
-        self.activation = activation
+        self._init([theta1, theta2], [u, v], None, None, Layers(activation), Layers(activation))
+
+    def _init(self, g_weights, f_weights, g_biases, f_biases, layers_g, layers_f):
+        for name, ws in (("g_weights", g_weights), ("f_weights", f_weights)):
+            for k, w in enumerate(ws):
+                if np.ndim(w) != 2:
+                    raise ValueError(f"{name}[{k}]: expected a 2-d weight matrix, got shape {np.shape(w)}")
+        if layers_g.activation != layers_f.activation:
+            raise ValueError(f"layers_f: expected the activation of g ({layers_g.activation!r}), "
+                             f"got {layers_f.activation!r}")
+        for name, ws, spec in (("g_weights", g_weights, layers_g), ("f_weights", f_weights, layers_f)):
+            if len(ws) != spec.depth:
+                raise ValueError(f"{name}: expected {spec.depth} weight matrices (the depth), got {len(ws)}")
+        self.layers_g, self.layers_f = layers_g, layers_f
+        self.activation = layers_f.activation
+        self._g = MLP(g_weights, self.activation, np, "g_weights", g_biases, layers_g.layer_stds())
+        self._f = MLP(f_weights, self.activation, np, "f_weights", f_biases, layers_f.layer_stds())
+        if self._f.n_in != self._g.n_out:
+            raise ValueError(f"f_weights: the first matrix needs {self._g.n_out} columns (the bottleneck "
+                             f"width of g), got {self._f.n_in}")
+        # the network of MATH §1 keeps its written-out passes (the golden files were written by them)
+        self._plain = (layers_g.depth == 2 and layers_f.depth == 2 and self.activation in ("relu", "linear")
+                       and layers_g == Layers(self.activation) and layers_f == Layers(self.activation))
+        if self._plain:
+            (self.theta1, self.theta2), (self.u, self.v) = self._g.weights, self._f.weights
+            n_g = self.theta1.shape[0]
+            d = self.u.shape[1]
+            if self.theta2.shape != (d, n_g):
+                raise ValueError(f"theta2: expected shape {(d, n_g)}, got {self.theta2.shape}")
+
+    @classmethod
+    def from_layers(cls, g_weights, f_weights, layers_g, layers_f, g_biases=None, f_biases=None):
+        """A network of any architecture from its weight matrices (input layer first) and biases.
+
+        ``layers_g``, ``layers_f`` are :class:`~refimpl.kernels.Layers`; the biases are
+        lists of 1-d arrays (needed when ``b_std > 0``).
+        """
+        for name, spec, bs in (("g_biases", layers_g, g_biases), ("f_biases", layers_f, f_biases)):
+            if not isinstance(spec, Layers):
+                raise TypeError(f"layers: expected a Layers, got {type(spec).__name__}")
+            if spec.b_std > 0 and bs is None:
+                raise ValueError(f"{name}: expected biases for b_std = {spec.b_std}")
+        net = cls.__new__(cls)
+        net._init(list(g_weights), list(f_weights), g_biases if layers_g.b_std > 0 else None,
+                  f_biases if layers_f.b_std > 0 else None, layers_g, layers_f)
+        return net
 
     # ------------------------------------------------------------------ sizes
     @property
     def d0(self):
         """Input dimension."""
-        return self.theta1.shape[1]
+        return self._g.n_in
 
     @property
     def d(self):
         """Bottleneck width."""
-        return self.u.shape[1]
+        return self._f.n_in
 
     @property
     def dr(self):
         """Output dimension."""
-        return self.v.shape[0]
+        return self._f.n_out
 
     @property
     def width(self):
         """Hidden width n of g (and of f when they are equal)."""
-        return self.theta1.shape[0]
+        return self._g.weights[0].shape[0]
 
     # ----------------------------------------------------------- constructors
     @classmethod
-    def sample(cls, d0, d, dr, width=10_000, seed=0, activation="relu"):
+    def sample(cls, d0, d, dr, width=10_000, seed=0, activation="relu", layers_g=None, layers_f=None):
         """Draw all weights i.i.d. N(0, 1) from ``numpy.random.default_rng(seed)``.
 
-        The order of draws is theta1, theta2, u, v, so a given seed always
-        gives the same network.
+        The order of draws is the weight matrices of g (input layer first), those
+        of f, then the biases of g and of f (only where ``b_std > 0``).  For the
+        network of MATH §1 that is theta1, theta2, u, v, so a given seed always
+        gives the same network.  ``layers_g``, ``layers_f`` (Layers) set other
+        architectures; their activation overrides ``activation``.
         """
         for name, val in (("d0", d0), ("d", d), ("dr", dr), ("width", width)):
             positive_int(name, val)
+        layers_g = layers_g if layers_g is not None else Layers.make(activation)
+        layers_f = layers_f if layers_f is not None else Layers.make(layers_g.activation)
         rng = np.random.default_rng(seed)
-        theta1 = rng.standard_normal((width, d0))
-        theta2 = rng.standard_normal((d, width))
-        u = rng.standard_normal((width, d))
-        v = rng.standard_normal((dr, width))
-        return cls(theta1, theta2, u, v, activation)
+        g_dims = [d0] + [width] * (layers_g.depth - 1) + [d]
+        f_dims = [d] + [width] * (layers_f.depth - 1) + [dr]
+        g_w = [rng.standard_normal((g_dims[k + 1], g_dims[k])) for k in range(layers_g.depth)]
+        f_w = [rng.standard_normal((f_dims[k + 1], f_dims[k])) for k in range(layers_f.depth)]
+        g_b, f_b = _draw_biases(rng, g_w, layers_g), _draw_biases(rng, f_w, layers_f)
+        if layers_g == Layers(layers_g.activation) and layers_f == Layers(layers_g.activation) \
+                and layers_g.activation in ("relu", "linear"):
+            return cls(g_w[0], g_w[1], f_w[0], f_w[1], layers_g.activation)
+        return cls.from_layers(g_w, f_w, layers_g, layers_f, g_b, f_b)
 
     # -------------------------------------------------------------- functions
+    def _blocks(self, mlp, X):
+        out = np.empty((X.shape[0], mlp.n_out))
+        rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, mlp.max_width)))
+        for i in range(0, X.shape[0], rows):
+            out[i:i + rows] = mlp.forward(X[i:i + rows])
+        return out
+
     def g(self, X):
         """Bottleneck embeddings g(X), (p, d0) -> (p, d)."""
         X = as_points(X, "X")
         if X.shape[1] != self.d0:
             raise ValueError(f"X: expected {self.d0} columns, got {X.shape[1]}")
+        if not self._plain:
+            return self._blocks(self._g, X)
         out = np.empty((X.shape[0], self.d))
         scale = 1.0 / np.sqrt(self.d0)
         for i in range(0, X.shape[0], ROW_BLOCK):
@@ -115,6 +309,8 @@ class RandomNetwork:
     def f(self, Z):
         """Head outputs f(Z), (p, d) -> (p, dr)."""
         Z = self._check_z(Z)
+        if not self._plain:
+            return self._blocks(self._f, Z)
         out = np.empty((Z.shape[0], self.dr))
         n = self.u.shape[0]
         for i in range(0, Z.shape[0], ROW_BLOCK):
@@ -125,6 +321,13 @@ class RandomNetwork:
     def jacobian(self, Z):
         """Input-output Jacobians J(Z) = df/dx, (p, d) -> (p, dr, d) (paper eq 15)."""
         Z = self._check_z(Z)
+        if not self._plain:
+            out = np.empty((Z.shape[0], self.dr, self.d))
+            for a in range(self.dr):
+                E = np.zeros((Z.shape[0], self.dr))
+                E[:, a] = 1.0
+                out[:, a, :] = self.jacobian_t_dot(Z, E)
+            return out
         n = self.u.shape[0]
         out = np.empty((Z.shape[0], self.dr, self.d))
         for i in range(0, Z.shape[0], ROW_BLOCK):
@@ -135,6 +338,14 @@ class RandomNetwork:
     def jacobian_t_dot(self, Z, C):
         """J(Z)^T c for each row: (p, d), (p, dr) -> (p, d), without forming J."""
         Z = self._check_z(Z)
+        if not self._plain:
+            C = np.asarray(C, dtype=np.float64)
+            out = np.empty((Z.shape[0], self.d))
+            rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, self._f.max_width)))
+            for i in range(0, Z.shape[0], rows):
+                _, cache = self._f.forward(Z[i:i + rows], keep=True)
+                out[i:i + rows] = self._f.backward(cache, C[i:i + rows])
+            return out
         n = self.u.shape[0]
         out = np.empty((Z.shape[0], self.d))
         for i in range(0, Z.shape[0], ROW_BLOCK):
@@ -148,6 +359,52 @@ class RandomNetwork:
             raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         return Z
 
+    @property
+    def g_weights(self):
+        """Weight matrices of g, input layer first."""
+        return self._g.weights
+
+    @property
+    def f_weights(self):
+        """Weight matrices of f, input layer first."""
+        return self._f.weights
+
+    @property
+    def g_biases(self):
+        """Biases of g (list of 1-d arrays) or None."""
+        return self._g.biases
+
+    @property
+    def f_biases(self):
+        """Biases of f (list of 1-d arrays) or None."""
+        return self._f.biases
+
     def weights(self):
-        """The weights as a dict of arrays (for npz files)."""
-        return {"theta1": self.theta1, "theta2": self.theta2, "u": self.u, "v": self.v}
+        """The weights as a dict of arrays (for npz files).
+
+        The network of MATH §1: theta1, theta2, u, v.  Other architectures:
+        ``g/W0 ...``, ``f/W0 ...`` and, with biases, ``g/b0 ...``, ``f/b0 ...``
+        (read back by :meth:`from_weights`).
+        """
+        if self._plain:
+            return {"theta1": self.theta1, "theta2": self.theta2, "u": self.u, "v": self.v}
+        out = {}
+        for tag, mlp in (("g", self._g), ("f", self._f)):
+            for k, w in enumerate(mlp.weights):
+                out[f"{tag}/W{k}"] = w
+            for k, b in enumerate(mlp.biases or []):
+                out[f"{tag}/b{k}"] = b
+        return out
+
+    @classmethod
+    def from_weights(cls, arrays, layers_g=None, layers_f=None, activation="relu"):
+        """The network written by :meth:`weights` (``arrays`` a dict of arrays)."""
+        if "theta1" in arrays:
+            return cls(arrays["theta1"], arrays["theta2"], arrays["u"], arrays["v"],
+                       layers_g.activation if layers_g is not None else activation)
+        parts = {}
+        for tag, spec in (("g", layers_g), ("f", layers_f)):
+            ws = [arrays[f"{tag}/W{k}"] for k in range(spec.depth)]
+            bs = [arrays[f"{tag}/b{k}"] for k in range(spec.depth)] if spec.b_std > 0 else None
+            parts[tag] = (ws, bs)
+        return cls.from_layers(parts["g"][0], parts["f"][0], layers_g, layers_f, parts["g"][1], parts["f"][1])

@@ -179,10 +179,10 @@ def test_cli_bad_control_option_one_line(tmp_path):
 
 def test_probe_in_parallel_gives_the_serial_result(tmp_path):
     from experiments.lr_probe import per_width_rates
-    from experiments.sweep import _pool_starmap
+    from experiments.sweep import _pool_starmap, thread_env
     cfg = TrainConfig(lr_policy="per-width", lr_probe_steps=10, **SMALL)
     serial = per_width_rates(tmp_path / "a", cfg, [3, "inf"])
-    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], starmap=lambda f, a: _pool_starmap(f, a, 2))
+    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], starmap=lambda f, a: _pool_starmap(f, a, 2, thread_env(2)))
     assert serial == parallel
     a = json.loads((tmp_path / "a" / "lr_probe.json").read_text())["widths"]
     b = json.loads((tmp_path / "b" / "lr_probe.json").read_text())["widths"]

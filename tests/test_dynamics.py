@@ -224,7 +224,9 @@ def test_infinite_init_methods_and_untracked_outputs():
     (dict(X=np.zeros((N, D0 + 1))), "X"),
     (dict(X_eval=np.zeros((3, D0 + 2))), "X_eval"),
     (dict(activation="tanh"), "activation"),
-    (dict(depth_f=3), "depth"),
+    (dict(depth_f=3), "depth_f"),
+    (dict(loss="hinge"), "loss"),
+    (dict(loss="ce"), "Y"),
 ])
 def test_bottleneck_bad_arguments(data, kwargs, name):
     X, Y, _, net = data

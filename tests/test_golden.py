@@ -22,7 +22,7 @@ def test_manifest_matches_files():
     manifest = golden.read_manifest()
     assert manifest["refimpl_version"]
     names = set(manifest["files"])
-    assert names == {"kernels", *golden.TRAJECTORIES}
+    assert names == {*golden.KERNEL_CASES, *golden.TRAJECTORIES}
     total = 0
     for name, entry in manifest["files"].items():
         path = golden.GOLDEN_DIR / entry["file"]
@@ -63,6 +63,15 @@ def test_golden_cases_cover_the_issue():
 @pytest.mark.parametrize("label,backend,dtype", TARGETS, ids=TARGET_IDS)
 def test_kernels_against_golden(label, backend, dtype):
     errors = golden.compare_kernels(golden.load_case("kernels"), backend)
+    for quantity, err in errors.items():
+        assert err <= golden.tolerance(quantity, "float64"), (quantity, err)
+
+
+@pytest.mark.parametrize("label,backend,dtype", TARGETS, ids=TARGET_IDS)
+def test_arch_kernels_against_golden(label, backend, dtype):
+    """erf, biases, scales, depth and their no-bottleneck kernels (MATH §2.2), every backend."""
+    errors = golden.compare_arch_kernels(golden.load_case("kernels_arch"), backend)
+    assert any(k.startswith("erf/") for k in errors) and any(k.startswith("inf_relu/") for k in errors)
     for quantity, err in errors.items():
         assert err <= golden.tolerance(quantity, "float64"), (quantity, err)
 

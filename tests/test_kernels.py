@@ -269,7 +269,9 @@ def test_homogeneity(x, y, a, b):
     (lambda: K.xi(np.full((2, 3), np.nan), np.ones((2, 3))), "X"),
     (lambda: K.sigma2(np.ones((2, 3)), np.array([[1.0, np.inf, 0.0]])), "Y"),
     (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), activation="tanh"), "activation"),
-    (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), depth=3), "depth"),
+    (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), depth=1), "depth"),
+    (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), b_std=-1.0), "b_std"),
+    (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), "erf", w_std=0.0), "w_std"),
     (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), "linear", depth=0), "depth"),
     (lambda: K.ntk_inf(np.ones((2, 3)), np.ones((2, 3)), depth_f=2.5), "depth"),
 ])

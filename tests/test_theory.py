@@ -86,7 +86,7 @@ def test_lemma_4_1_simulator_equals_the_effective_network(lr_f, lr_g):
         worst = max(worst, _rel(eff.outputs(X), F), _rel(eff.g(X), g), _rel(eff.jacobian(probes), J))
     assert worst < 1e-10
     assert _rel(sim.outputs(X), net.f(net.g(X))) > 0.3          # and it did train
-    # MATH §2: the history collapses, f_t(x) = W_t x / sqrt(d) with W_t = W_0 - mu L_f/sqrt(d) sum chi g^T
+    # MATH §5.2: the history collapses, f_t(x) = W_t x / sqrt(d) with W_t = W_0 - mu L_f/sqrt(d) sum chi g^T
     W_t = W_eff - lr_f * 2 / np.sqrt(D) * sim.history.C.T @ sim.history.P
     np.testing.assert_allclose(sim.f(probes), probes @ W_t.T / np.sqrt(D), rtol=1e-10, atol=1e-12)
 

@@ -1,0 +1,222 @@
+"""A NumPy stand-in for the part of CuPy that the GPU backend uses, so that CI runs its code.
+
+:data:`numpy_device` is an object with CuPy's names (``asarray``, ``asnumpy``, ``empty``,
+``zeros``, ``float32``, ``float64``, ``sqrt``, ``ElementwiseKernel``, ``cuda.Device``,
+``cuda.runtime.memGetInfo``, ``get_default_memory_pool``) backed by NumPy on the host.
+Its :class:`ElementwiseKernel` takes the kernel's CUDA-C source (the ``operation`` and
+``preamble`` of :mod:`accel.pair_source`), wraps the operation in a C loop over the elements
+and compiles it with the host C compiler (``cc``/``gcc``; ``$CC`` if set) into a shared
+library that it calls through ctypes.  So the very source that CuPy hands to NVRTC on a GPU is
+executed in CI, on NumPy arrays, by the same Python code (accel.xpcore) as on the device.
+
+Only the subset of ElementwiseKernel the backend needs is supported: every non-raw argument is
+a C-contiguous array of one common shape or a scalar, outputs are passed in, and the types are
+NumPy names or the one placeholder ``T``.
+
+The stand-in "device" reports :attr:`NumpyDevice.memory_bytes` of free memory (64 MiB by
+default), so the history pass's memory-sized blocking is exercised at small sizes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import types
+
+import numpy as np
+
+_C_TYPES = {"float64": "double", "float32": "float", "int64": "long long", "int32": "int"}
+_CTYPES_SCALAR = {"float64": ctypes.c_double, "float32": ctypes.c_float,
+                  "int64": ctypes.c_longlong, "int32": ctypes.c_int}
+
+
+class CompilerUnavailable(RuntimeError):
+    """No host C compiler, or it failed on the kernel source (the message says which)."""
+
+
+def compiler():
+    """Path of the host C compiler ($CC, else cc or gcc), or None."""
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cache_dir():
+    path = os.path.join(tempfile.gettempdir(), f"bottleneck-dynamics-kernels-{os.getuid()}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def compile_shared(source, name="kernel"):
+    """Compile C ``source`` into a shared library (cached by content) and load it with ctypes."""
+    cc = compiler()
+    if cc is None:
+        raise CompilerUnavailable("no C compiler (cc, gcc or $CC) to build the kernel source")
+    digest = hashlib.sha256((cc + "\0" + source).encode()).hexdigest()[:20]
+    lib = os.path.join(_cache_dir(), f"{name}-{digest}.so")
+    if not os.path.exists(lib):
+        fd, src = tempfile.mkstemp(suffix=".c", dir=_cache_dir())
+        with os.fdopen(fd, "w") as fh:
+            fh.write(source)
+        tmp = lib + f".{os.getpid()}.tmp"
+        # IEEE semantics (no fast-math, no FMA contraction): results comparable with refimpl.
+        cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-o", tmp, src, "-lm"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        os.unlink(src)
+        if res.returncode:
+            first = (res.stderr.strip().splitlines() or ["(no message)"])[0]
+            raise CompilerUnavailable(f"{os.path.basename(cc)} failed on kernel {name}: {first}")
+        os.replace(tmp, lib)
+    return ctypes.CDLL(lib)
+
+
+def _parse(params):
+    """'T x, raw float64 y' -> [(raw, type, name), ...]."""
+    out = []
+    for part in params.split(","):
+        words = part.split()
+        raw = words[0] == "raw"
+        if raw:
+            words = words[1:]
+        if len(words) != 2:
+            raise ValueError(f"params: cannot parse {part!r}")
+        out.append((raw, words[0], words[1]))
+    return out
+
+
+class ElementwiseKernel:
+    """CuPy's ElementwiseKernel on the host: the operation in a C loop, compiled with gcc."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", preamble="", **kwargs):
+        self.inputs = _parse(in_params)
+        self.outputs = _parse(out_params)
+        self.operation = operation
+        self.name = name
+        self.preamble = preamble
+        self._libs = {}
+
+    def source(self, T, scalar_names):
+        """The C source of the loop with ``T`` bound and the given non-raw inputs as scalars."""
+        args, before, after = ["long long _n"], [], []
+        for k, (raw, typ, name) in enumerate(self.inputs + self.outputs):
+            ctype = T if typ == "T" else _C_TYPES[typ]
+            is_out = k >= len(self.inputs)
+            if raw:
+                args.append(f"{ctype} *{name}")
+            elif name in scalar_names:
+                args.append(f"{ctype} {name}")
+            else:
+                args.append(f"{ctype} *_p_{name}")
+                if is_out:
+                    before.append(f"{ctype} {name};")
+                    after.append(f"_p_{name}[i] = {name};")
+                else:
+                    before.append(f"const {ctype} {name} = _p_{name}[i];")
+        return "\n".join([
+            f"typedef {T} T;", self.preamble,
+            f"void {self.name}({', '.join(args)})", "{",
+            "    for (long long i = 0; i < _n; ++i) {",
+            *("        " + s for s in before),
+            "        {", self.operation, "        }",
+            *("        " + s for s in after),
+            "    }", "}", ""])
+
+    def __call__(self, *args):
+        params = self.inputs + self.outputs
+        if len(args) != len(params):
+            raise TypeError(f"{self.name}: expected {len(params)} arguments, got {len(args)}")
+        T = None
+        for (raw, typ, name), a in zip(params, args):
+            if typ == "T" and isinstance(a, np.ndarray):
+                T = _C_TYPES[a.dtype.name]
+                break
+        T = T or "double"
+        shape = None
+        scalars = []
+        cargs = []
+        for (raw, typ, name), a in zip(params, args):
+            want = np.dtype({"double": "float64", "float": "float32"}[T]) if typ == "T" else np.dtype(typ)
+            if isinstance(a, np.ndarray):
+                if a.dtype != want or not a.flags.c_contiguous:
+                    raise TypeError(f"{self.name}: argument {name}: expected a C-contiguous {want} "
+                                    f"array, got {a.dtype} (contiguous: {a.flags.c_contiguous})")
+                if not raw:
+                    if shape is not None and a.shape != shape:
+                        raise ValueError(f"{self.name}: argument {name}: shape {a.shape}, expected {shape}")
+                    shape = a.shape
+                cargs.append(ctypes.c_void_p(a.ctypes.data))
+            else:
+                if raw:
+                    raise TypeError(f"{self.name}: raw argument {name} must be an array")
+                scalars.append(name)
+                cargs.append(_CTYPES_SCALAR[want.name](a))
+        if shape is None:
+            raise ValueError(f"{self.name}: no array argument fixes the loop size")
+        key = (T, tuple(scalars))
+        if key not in self._libs:
+            lib = compile_shared(self.source(T, set(scalars)), self.name)
+            fn = getattr(lib, self.name)
+            fn.restype = None
+            self._libs[key] = fn
+        self._libs[key](ctypes.c_longlong(int(np.prod(shape))), *cargs)
+
+
+class _MemoryPool:
+    """What the backend reads of CuPy's memory pool (the stand-in keeps no pool)."""
+
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+    def get_limit(self):
+        return 0
+
+
+class NumpyDevice:
+    """The subset of the ``cupy`` module used by accel.xpcore and accel.gpu, on NumPy."""
+
+    __name__ = "numpy-standin"
+    #: Source target of accel.pair_source (host C instead of CUDA).
+    KERNEL_TARGET = "host"
+    ElementwiseKernel = ElementwiseKernel
+    #: Free "device" memory reported to the blocking logic.
+    memory_bytes = 64 << 20
+
+    float32 = np.float32
+    float64 = np.float64
+    ndarray = np.ndarray
+    asarray = staticmethod(np.asarray)
+    ascontiguousarray = staticmethod(np.ascontiguousarray)
+    empty = staticmethod(np.empty)
+    zeros = staticmethod(np.zeros)
+    sqrt = staticmethod(np.sqrt)
+    matmul = staticmethod(np.matmul)
+
+    def __init__(self):
+        self._pool = _MemoryPool()
+        device = types.SimpleNamespace(synchronize=lambda: None, id=0)
+        self.cuda = types.SimpleNamespace(
+            Device=lambda *a: device,
+            runtime=types.SimpleNamespace(memGetInfo=lambda: (self.memory_bytes, self.memory_bytes),
+                                          getDeviceCount=lambda: 1))
+
+    @staticmethod
+    def asnumpy(a):
+        return np.asarray(a)
+
+    def get_default_memory_pool(self):
+        return self._pool
+
+
+#: The stand-in used by accel.gpu.numpy_path() and the tests.
+numpy_device = NumpyDevice()

@@ -1,0 +1,222 @@
+"""The GPU backend's code without a GPU: its CUDA-C kernel source compiled by gcc, and the Python
+around it (blocking by device memory, near pairs, history growth, checkpoints, the train driver)
+on the NumPy stand-in (accel.standin).  On a GPU the same source runs through cupy.ElementwiseKernel
+(tests/test_gpu.py, ``pytest -m gpu``)."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import accel
+import cli
+import refimpl
+from accel import formulas, gpu, pair_source, standin, xpcore
+from accel._simbase import ArrayHistory
+from experiments import golden
+from refimpl import kernels as rk
+
+pytestmark = pytest.mark.skipif(standin.compiler() is None, reason="needs a host C compiler (gcc)")
+
+ENGINE = gpu.engine("numpy")
+
+
+def _pairs(m, seed):
+    """Random pairs plus parallel, anti-parallel, nearly (anti-)parallel, orthogonal and zero rows."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((12, m))
+    rows = [rng.standard_normal((10, m)), 2.5 * X[:3], -0.5 * X[3:5], np.zeros((1, m))]
+    for k, eps in enumerate((1e-3, 1e-6, 1e-9)):
+        v = rng.standard_normal(m)
+        v -= v @ X[k] / (X[k] @ X[k]) * X[k]
+        v *= eps * np.linalg.norm(X[k]) / np.linalg.norm(v)
+        rows += [(X[k] + v)[None], (-X[k] + v)[None]]
+    Y = np.concatenate(rows)
+    return np.concatenate([X, np.zeros((1, m))]), Y
+
+
+def _rel(a, b):
+    return np.max(np.abs(a - b) / (np.abs(b) + 1e-6 * np.max(np.abs(b))))
+
+
+@pytest.mark.parametrize("m", [3, 10, 50])
+def test_kernel_source_compiled_by_gcc_matches_refimpl(m):
+    """The CUDA-C pair source (ReLU), run on the host, against refimpl's kernels: if the source
+    and the reference formulas diverge, this fails."""
+    X, Y = _pairs(m, m)
+    # within 1e-5 of anti-parallel refimpl itself is ill-conditioned (experiments.golden.SINGULAR)
+    anti = (np.pi - rk.pair_angles(X, Y)[2]) < golden.SINGULAR
+    for what, refs in (("ntk", [rk.ntk(X, Y)]), ("nngp", [rk.nngp(X, Y)]), ("sigmadot", [rk.sigmadot(X, Y)]),
+                       ("xi", list(rk.xi_coefficients(X, Y))), ("nngp+ntk", [rk.nngp(X, Y), rk.ntk(X, Y)])):
+        got = ENGINE.pair_kernel(X, Y, what)
+        for g, r in zip(got, refs):
+            assert _rel(g[~anti], r[~anti]) < golden.TOL_FLOAT64, (what, _rel(g[~anti], r[~anti]))
+            assert np.max(np.abs(g - r)[anti] / (np.abs(r).max())) < golden.TOL_SINGULAR, what
+    np.testing.assert_allclose(ENGINE.pair_kernel(X, Y, "ntk", arch="linear", par=3)[0],
+                               rk.ntk(X, Y, "linear", 3), rtol=1e-14, atol=1e-300)
+
+
+def test_kernel_source_uses_the_named_cutoffs():
+    src = pair_source.preamble("relu", "host")
+    assert repr(1.0 - formulas.NEAR) in src and repr(rk.XI_SIN_THRESHOLD) in src
+    assert pair_source.NEAR_COS == 1.0 - formulas.NEAR
+    assert "__device__" in pair_source.preamble("relu", "cuda")
+    with pytest.raises(ValueError, match="arch"):
+        pair_source.preamble("tanh", "host")
+
+
+def test_standin_kernel_checks_its_arguments():
+    hist, pair = ENGINE.kernels("relu")
+    with pytest.raises(TypeError, match="expected 12"):
+        pair(np.zeros((2, 2)))
+    G = np.zeros((2, 2), dtype=np.float32)               # pair kernel wants float64 G
+    z = np.zeros(4)
+    with pytest.raises(TypeError, match="float64"):
+        pair(G, z, z, z, z, 2, 2, 2.0, 0.0, 0, np.empty((2, 2)), np.empty((2, 2)))
+
+
+def _history(M, d, dr, rng, dtype=np.float64):
+    h = ArrayHistory(d, dr, dtype=dtype, xp=standin.numpy_device)
+    base = rng.standard_normal((50, d))
+    h.append(base[rng.integers(0, 50, M)] + 1e-3 * rng.standard_normal((M, d)), rng.standard_normal((M, dr)))
+    return h, base
+
+
+def _run(h, Z, mode, chi, arch="relu"):
+    return ENGINE.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, arch, float(Z.shape[1]), 2)
+
+
+def test_blocks_follow_device_memory_and_do_not_change_results(monkeypatch):
+    rng = np.random.default_rng(1)
+    h, base = _history(3000, 6, 2, rng)
+    Z = np.concatenate([base[:30] + 1e-4, rng.standard_normal((10, 6))])
+    chi = rng.standard_normal((40, 2))
+    whole = [_run(h, Z, mode, chi if mode == 2 else None) for mode in (0, 1, 2)]
+    assert ENGINE.block_shape(40, 3000, 64) == (40, 3000)
+    monkeypatch.setattr(standin.NumpyDevice, "memory_bytes", 200_000)   # 80 kB for temporaries
+    qb, nb = ENGINE.block_shape(40, 3000, 64)
+    assert qb * nb * 64 <= xpcore.MEMORY_FRACTION * 200_000 and nb < 3000
+    monkeypatch.setattr(standin.NumpyDevice, "memory_bytes", 20_000)    # query blocks too
+    assert ENGINE.block_shape(40, 3000, 64)[0] < 40
+    for mode, ref in zip((0, 1, 2), whole):
+        got = _run(h, Z, mode, chi if mode == 2 else None)
+        for a, b in zip(got, ref):
+            if b is not None:
+                assert np.linalg.norm(a - b) <= 1e-13 * np.linalg.norm(b)
+
+
+def test_history_pass_matches_refimpl_sums_in_both_dtypes():
+    rng = np.random.default_rng(2)
+    h64, base = _history(2000, 8, 1, rng)
+    h32 = ArrayHistory(8, 1, dtype=np.float32, xp=standin.numpy_device)
+    h32.append(h64.P, h64.C)
+    P, C = h64.P, h64.C
+    # float64: queries parallel and anti-parallel to stored rows; float32: at angles ~1e-4 (at
+    # smaller angles the float32 rounding of the stored rows moves the angle itself; the cpu
+    # backend's error is the same there)
+    Z64 = np.concatenate([P[:10] * (1 + 1e-9), -P[10:12], base[:5] + 1e-5, rng.standard_normal((3, 8))])
+    Z32 = np.concatenate([P[:10] + 1e-4 * rng.standard_normal((10, 8)), -P[10:12] + 1e-4, base[:5] + 1e-3])
+    for h, Z, tol in ((h64, Z64, 1e-12), (h32, Z32, 1e-5)):
+        chi = rng.standard_normal((Z.shape[0], 1))
+        f_ref = rk.ntk(Z, P) @ C
+        alpha, beta = rk.xi_coefficients(Z, P)
+        W = chi @ C.T
+        jt_ref = (W * alpha) @ P + np.sum(W * beta, axis=1)[:, None] * rk.unit_rows(Z)[1]
+        f, _, _ = _run(h, Z, 0, None)
+        _, T, b = _run(h, Z, 2, chi)
+        jt = T[:, 0] + b[:, 0][:, None] * rk.unit_rows(Z)[1]
+        assert np.linalg.norm(f - f_ref) <= tol * np.linalg.norm(f_ref)
+        assert np.linalg.norm(jt - jt_ref) <= tol * np.linalg.norm(jt_ref)
+    Z = Z64
+    # linear architecture: K = 2 z.p / d, Xi = 2 p / d
+    f, T, b = _run(h64, Z, 1, None, arch="linear")
+    np.testing.assert_allclose(f, 2 * Z @ P.T @ C / 8, rtol=1e-12)
+    np.testing.assert_allclose(T[:, 0], 2 * C[:, 0] @ P / 8 * np.ones((Z.shape[0], 1)), rtol=1e-12)
+    assert np.all(b == 0)
+
+
+def test_history_store_is_one_class_over_xp():
+    rng = np.random.default_rng(3)
+    h = ArrayHistory(3, 2, capacity=4, dtype=np.float32, xp=standin.numpy_device)
+    rows = [rng.standard_normal((7, 3)) for _ in range(40)]
+    for P in rows:
+        h.append(P, np.ones((7, 2)))
+    assert isinstance(h, refimpl.dynamics.History)
+    assert h.M == 280 and h._P.shape[0] == h._norms.shape[0] < 2 * 280 + 8
+    np.testing.assert_array_equal(h.P, np.concatenate(rows).astype(np.float32))
+    np.testing.assert_allclose(h.norms, np.linalg.norm(h.P.astype(np.float64), axis=1), rtol=1e-15)
+
+
+@pytest.fixture
+def standin_gpu(monkeypatch):
+    """The gpu backend itself (get_backend("gpu")) on the NumPy stand-in."""
+    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")
+    gpu.reset()
+    yield
+    monkeypatch.delenv(gpu.STANDIN_ENV)
+    gpu.reset()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_checkpoint_resume_is_exact_on_the_gpu_path(dtype, standin_gpu):
+    be = accel.get_backend("gpu", dtype)
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((30, 5)), rng.standard_normal((30, 1))
+    net = refimpl.RandomNetwork.sample(5, 4, 1, width=200, seed=0)
+    a = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
+    b = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
+    for t in range(6):
+        a.step(np.arange(t, t + 4))
+    state = {k: np.array(v) for k, v in a.state_dict().items()}
+    assert state["history_P"].dtype == np.dtype(dtype)
+    b.load_state_dict(state)
+    for t in range(6, 10):
+        assert a.step(np.arange(t, t + 4)) == b.step(np.arange(t, t + 4))
+    np.testing.assert_array_equal(a.outputs(X), b.outputs(X))
+
+
+def test_train_backend_gpu_with_resume_on_the_standin(tmp_path, standin_gpu):
+    """cli.py train --backend gpu end to end (and --resume) on the stand-in; float64 metrics
+    equal the cpu backend's to 1e-10."""
+    runner = CliRunner()
+    common = ["train", "--train-size", "60", "--test-size", "20", "--width", "4",
+              "--init-width", "300", "--batch-size", "10", "--eval-every", "6", "--quiet"]
+    res = runner.invoke(cli.cli, common + ["--steps", "12", "--backend", "cpu", "--out", str(tmp_path / "cpu")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli.cli, common + ["--steps", "6", "--backend", "gpu", "--out", str(tmp_path / "gpu")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli.cli, ["train", "--resume", str(tmp_path / "gpu"), "--steps", "12", "--quiet"])
+    assert res.exit_code == 0, res.output
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.csv").read_text().splitlines()
+        col = lines[0].split(",").index("test_loss")
+        return np.array([float(line.split(",")[col]) for line in lines[1:]])
+
+    ref, got = losses("cpu"), losses("gpu")
+    assert got.shape == ref.shape == (3,)
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def test_gpu_path_is_a_golden_target():
+    labels = [label for label, _, _ in accel.golden_targets()]
+    assert "gpu-path/numpy/float64" in labels and "gpu-path/numpy/float32" in labels
+    row = golden.check([t for t in accel.golden_targets() if t[0] == "gpu-path/numpy/float64"],
+                       cases=["kernels"], log=None)
+    assert all(r["ok"] for r in row)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu-path"])
+def test_jacobian_at_many_points_matches_refimpl(backend, standin_gpu):
+    """J_t at query points from one history pass (mode 1), dr = 3, against refimpl's blocks."""
+    be = accel.get_backend("gpu" if backend == "gpu-path" else "cpu")
+    rng = np.random.default_rng(5)
+    X, Y = rng.standard_normal((40, 5)), rng.standard_normal((40, 3))
+    net = refimpl.RandomNetwork.sample(5, 6, 3, width=200, seed=1)
+    sim = be.BottleneckSimulator(net, X, Y, lr=0.5, lr_f=0.7)
+    for t in range(8):
+        sim.step(np.arange(t, t + 5))
+    Z = np.concatenate([sim.embeddings(X), rng.standard_normal((500, 6))])
+    ref = refimpl.BottleneckSimulator.jacobian(sim, Z)
+    got = sim.jacobian(Z)
+    assert got.shape == (540, 3, 6)
+    assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
