@@ -23,7 +23,12 @@ sweep $LAE --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OU
 sweep $LAE --lr 0.5 --out $OUT/linae-A     # half the smallest largest-stable rate of linae-D's probe
 sweep $SYN --lr 2 --center --out $OUT/gp-B                                # (b) deep GP, centred
 sweep $SYN --lr 2 --out $OUT/gp-A                                         # (a) deep GP, as is
+# From here on the code base includes --out-std (condition (c)); order changed to fit the time left
+LAEC="--dataset manifold --task autoencoder --d0 16 --latent-dim 4 --activation linear --widths inf,16,32,200 --lr 0.5"
 sweep $MI2 --lr 2 --center --out $OUT/mi2-B                               # (g) multi-index k=2, d0=32, centred
+sweep $LAEC --out-std 0.1 --out $OUT/linae-C0.1                           # (c) small initialisation, linear autoencoder
+sweep $LAEC --out-std 0.01 --out $OUT/linae-C0.01                         # (c) smaller still
+sweep $SYN --lr 2 --out-std 0.1 --out $OUT/gp-C0.1                        # (c) deep GP
 sweep $MI2 --lr 2 --out $OUT/mi2-A                                        # (g) as is
 sweep $SYN --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/gp-D   # (d) per-width rates
 sweep $AE4 --lr 1 --center --out $OUT/ae4-B                               # (f) manifold autoencoder, centred

@@ -43,7 +43,7 @@ def test_centring_equals_uncentred_run_on_shifted_targets(tmp_path, monkeypatch,
     assert a.shape == b.shape == (5, 2)
     assert np.allclose(a, b, rtol=1e-12, atol=1e-14)
     # the centred curve starts at the zero predictor's loss on the evaluation rows
-    rows = train_mod.eval_rows(cfg, data.X_train.shape[0])
+    rows = train_mod.eval_rows(cfg.seed, data.X_train.shape[0], cfg.eval_size)
     assert a[0, 0] == pytest.approx(0.5 * np.mean(np.sum(data.Y_train[rows] ** 2, axis=1)), abs=1e-15)
     assert a[0, 1] == pytest.approx(0.5 * np.mean(np.sum(data.Y_test ** 2, axis=1)), abs=1e-15)
     monkeypatch.undo()
