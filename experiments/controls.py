@@ -46,6 +46,9 @@ def validate_controls(config):
         raise ValueError(f"lr_fraction: expected a number in (0, 1], got {frac!r}")
     if not isinstance(config.center, bool):
         raise ValueError(f"center: expected true or false, got {config.center!r}")
+    if config.center and getattr(config, "loss", "mse") != "mse":
+        raise ValueError("center: implemented for the squared loss only (it shifts the targets by F0, which "
+                         "is exact for mse and not for cross-entropy); use --loss mse")
     if config.lr_policy == "per-width" and (config.lr_f is not None or config.lr_g is not None):
         raise ValueError("lr_policy: per-width sets one rate per width; it cannot be combined with lr_f / lr_g")
     if config.dataset in ("multi-index", "manifold") and config.latent_dim > config.d0:

@@ -111,7 +111,8 @@ def test_per_width_sweep_records_the_probe_and_uses_it(tmp_path):
     (dict(lr_fraction=1.5), "lr_fraction"), (dict(lr_fraction=0), "lr_fraction"),
     (dict(lr_policy="per-width", lr_f=1.0), "lr_policy"),
     (dict(dataset="multi-index", d0=4, latent_dim=5), "latent_dim"),
-    (dict(dataset="nope"), "dataset"), (dict(lr_probe_steps=0), "lr_probe_steps")])
+    (dict(dataset="nope"), "dataset"), (dict(lr_probe_steps=0), "lr_probe_steps"),
+    (dict(dataset="mnist", loss="ce", center=True), "center")])
 def test_bad_control_options_name_the_option(tmp_path, change, argument):
     with pytest.raises(TrainError, match=f"^{argument}:"):
         train(TrainConfig(steps=5, **{**SMALL, **change}), tmp_path / "r", log=lambda m: None)
