@@ -74,7 +74,7 @@ def test_standin_kernel_checks_its_arguments():
     G = np.zeros((2, 2), dtype=np.float32)               # pair kernel wants float64 G
     z = np.zeros(4)
     with pytest.raises(TypeError, match="float64"):
-        pair(G, z, z, z, z, 2, 2, 2.0, 0.0, 0, np.empty((2, 2)), np.empty((2, 2)))
+        pair(G, z, z, z, z, 2, 2, 2.0, 0.0, 0, np.empty((2, 2)), np.empty(4))
 
 
 def _history(M, d, dr, rng, dtype=np.float64):
