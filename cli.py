@@ -227,6 +227,15 @@ def _given_on_command_line(ctx, names):
     return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
 
 
+def _synthetic_only(ctx, options):
+    """--d0 / --dr apply to the synthetic data: for mnist / cifar pass them only when given (then checked)."""
+    if options["dataset"] != "synthetic":
+        for name in ("d0", "dr"):
+            if not _given_on_command_line(ctx, [name]):
+                options[name] = None
+    return options
+
+
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print one JSON summary on stdout (and only that); messages go to stderr.")
 
@@ -330,17 +339,19 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
     train_acc, test_acc, feature_movement, kernel_alignment), checkpoint.npz, loss.png and
     summary.json.  A run stopped for any reason continues with --resume.
     """
-    from experiments.train import TrainConfig, train as run_train
+    from experiments.train import TrainConfig, resume as run_resume, train as run_train
 
-    if resume_dir is not None:
-        config = TrainConfig(steps=steps)
-        target = Path(resume_dir)
+    ctx = click.get_current_context()
+    progress, say = None if quiet else Progress, lambda msg: click.echo(msg, err=True)
+    if resume_dir is not None:        # experiments.train.resume refuses the options a resume cannot change
+        values = {**options, "out": out, "force": force, "steps": steps}
+        given = _given_on_command_line(ctx, values)
+        path = run_guarded(run_resume, resume_dir, {k: values[k] for k in given}, progress=progress, log=say)
     else:
-        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_sizes(options))
-        target = Path(out) if out else Path("runs") / (
+        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / (
             f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    path = run_guarded(run_train, config, target, force=force, resume=resume_dir is not None,
-                       progress=None if quiet else Progress, log=lambda msg: click.echo(msg, err=True))
+        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say)
     rows = (path / "metrics.csv").read_text().strip().splitlines()
     if as_json:
         summary_file = path / "summary.json"
@@ -422,8 +433,8 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
         width_list = run_guarded(V.parse_widths, widths)
         seed_list = run_guarded(V.parse_seeds, seeds)
         config = TrainConfig(steps=steps or DEFAULT_STEPS, width=width_list[0], seed=seed_list[0],
-                             **_sizes(options))
-        target = Path(out) if out else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+                             **_synthetic_only(ctx, _sizes(options)))
+        target = out if out is not None else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")

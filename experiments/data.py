@@ -117,6 +117,8 @@ CIFAR_META_FILE = "batches.meta.txt"
 CIFAR_ARCHIVE = "cifar-10-binary.tar.gz"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_RECORD_BYTES = 1 + 3 * 32 * 32
+#: Records in each official CIFAR-10 batch file (the most a batch file may hold).
+CIFAR_BATCH_RECORDS = 10_000
 CIFAR_DEFAULT_CLASSES = ("deer", "dog")
 
 #: sha256 of the official files (from shared/datasets/README.md; the CIFAR-10 tarball's digest is the one
@@ -228,12 +230,14 @@ def _read_bytes(path):
     return raw
 
 
-def _read_idx(path):
-    """Parse an idx file; returns (array, magic number)."""
+def _read_idx(path, expect=None):
+    """Parse an idx file; returns (array, magic number).  ``expect``: (magic, what) the file must start with."""
     data = _read_bytes(path)
     if len(data) < 4:
         raise DataError(f"{path}: truncated file: {len(data)} bytes, shorter than the 4-byte idx magic number")
     magic = int.from_bytes(data[:4], "big")
+    if expect is not None and magic != expect[0]:
+        raise DataError(f"{path}: wrong magic number 0x{magic:08x}, expected 0x{expect[0]:08x} ({expect[1]})")
     code, ndim = data[2], data[3]
     if data[0] != 0 or data[1] != 0 or code not in IDX_DTYPES or ndim == 0:
         raise DataError(
@@ -388,13 +392,13 @@ def load_mnist(data_dir=None, classes=None):
     for split, (img_stem, lab_stem) in MNIST_FILES.items():
         img_path = _find_file(root, MNIST_SUBDIR, (img_stem, img_stem + ".gz"), "MNIST")
         lab_path = _find_file(root, MNIST_SUBDIR, (lab_stem, lab_stem + ".gz"), "MNIST")
-        images, magic = _read_idx(img_path)
+        images, magic = _read_idx(img_path, (MNIST_IMAGE_MAGIC, "idx3 uint8 images"))
         if magic != MNIST_IMAGE_MAGIC:
             raise DataError(f"{img_path}: wrong magic number 0x{magic:08x}, expected 0x{MNIST_IMAGE_MAGIC:08x} "
                             f"(idx3 uint8 images)")
         if images.shape[1:] != (28, 28):
             raise DataError(f"{img_path}: images of size {images.shape[1]}x{images.shape[2]}, expected 28x28")
-        labels, magic = _read_idx(lab_path)
+        labels, magic = _read_idx(lab_path, (MNIST_LABEL_MAGIC, "idx1 uint8 labels"))
         if magic != MNIST_LABEL_MAGIC:
             raise DataError(f"{lab_path}: wrong magic number 0x{magic:08x}, expected 0x{MNIST_LABEL_MAGIC:08x} "
                             f"(idx1 uint8 labels)")
@@ -425,6 +429,9 @@ def _read_cifar_batch(path):
             f"records (1 label byte + 3072 pixel bytes); the file is truncated or not the CIFAR-10 binary "
             f"version (official files: 30,730,000 bytes = 10,000 records)")
     records = data.reshape(-1, CIFAR_RECORD_BYTES)
+    if records.shape[0] > CIFAR_BATCH_RECORDS:
+        raise DataError(f"{path}: {records.shape[0]} records; a CIFAR-10 batch file holds at most "
+                        f"{CIFAR_BATCH_RECORDS:,} (official files: exactly {CIFAR_BATCH_RECORDS:,})")
     labels = records[:, 0].astype(np.int64)
     _check_labels(path, labels, 10, where="record")
     return records[:, 1:].reshape(-1, 3, 32, 32), labels
@@ -478,6 +485,10 @@ def load_cifar10(data_dir=None, classes=CIFAR_DEFAULT_CLASSES):
         images, labels, index, offset = [], [], [], 0
         for fname in fnames:
             img, lab = _read_cifar_batch(paths[fname])
+            if offset and lab.size != labels_per_file:
+                raise DataError(f"{paths[fname]}: {lab.size} records, but {fnames[0]} holds {labels_per_file}; "
+                                "the training batch files hold the same number (10,000 in the official files)")
+            labels_per_file = lab.size
             mapped = lut[lab]
             keep = np.flatnonzero(mapped >= 0)
             images.append(img[keep])          # copies only the selected records

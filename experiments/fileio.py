@@ -1,10 +1,24 @@
-"""Files that nothing can half-write: atomic writes and pickle-free npz (used by every writer here)."""
+"""Files that nothing can half-write, and the checks that read them back.
+
+* :func:`atomic_write_bytes` / :func:`save_npz`: temporary file in the same folder, fsync, rename.
+* :func:`read_json` / :func:`load_npz`: every problem is a one-line ``ValueError`` that names the file
+  and says what is wrong with it (never NumPy's or ``json``'s own wording, never advice to unpickle).
+* :class:`DirLock`: a lock file holding the owner's pid, so that two processes never write into the
+  same run or sweep directory; a lock whose process is gone is stale and is taken over.
+* :func:`remove_stale_temp_files`: the ``.<name>.*.tmp`` files a killed writer leaves behind.
+* :func:`fault_point`: the fault-injection hook of the tests (``BOTTLENECK_FAULT=event:n`` kills the
+  process with SIGKILL at the n-th occurrence of ``event``; unset, it does nothing).
+"""
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
+import socket
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +36,49 @@ def _current_umask():
 _UMASK = _current_umask()
 
 
+# ----------------------------------------------------------------------------
+# fault injection (tests)
+# ----------------------------------------------------------------------------
+
+def _parse_fault(text):
+    if not text or ":" not in text:
+        return None
+    name, _, count = text.rpartition(":")
+    try:
+        return name, int(count)
+    except ValueError:
+        return None
+
+
+_FAULT = _parse_fault(os.environ.get("BOTTLENECK_FAULT", ""))
+_FAULT_SEEN = {}
+
+
+def fault_point(event):
+    """Kill this process with SIGKILL at the n-th ``event`` when ``BOTTLENECK_FAULT=event:n`` (tests only)."""
+    if _FAULT is None or _FAULT[0] != event:
+        return
+    _FAULT_SEEN[event] = _FAULT_SEEN.get(event, 0) + 1
+    if _FAULT_SEEN[event] == _FAULT[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------
+# atomic writes
+# ----------------------------------------------------------------------------
+
 def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file ``.<name>.*.tmp`` in the same folder, then rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)            # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            half = len(data) // 2
+            fh.write(data[:half])
+            fh.flush()
+            fault_point(f"write:{path.name}")     # a kill in the middle of the write (tests)
+            fh.write(data[half:])
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -43,6 +92,23 @@ def atomic_write_text(path, text):
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def remove_stale_temp_files(folder, names):
+    """Delete the temporary files ``.<name>.*.tmp`` of the given file names in ``folder``; returns them."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+# ----------------------------------------------------------------------------
+# reading back, with messages that name the file
+# ----------------------------------------------------------------------------
+
 def save_npz(path, arrays):
     """Save a dict of arrays as an (uncompressed) npz file, atomically."""
     buf = io.BytesIO()
@@ -51,9 +117,149 @@ def save_npz(path, arrays):
 
 
 def load_npz(path):
-    """Load an npz file written by :func:`save_npz` (never unpickles)."""
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """Load an npz file written by :func:`save_npz` (never unpickles).
+
+    Raises ValueError (one line, naming the file) for a missing, truncated or damaged file, or one that
+    is not an npz archive of plain numeric arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: missing")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an npz archive")
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
+        reason = "truncated or damaged" if isinstance(exc, (zipfile.BadZipFile, EOFError)) else \
+            "not an npz archive of numeric arrays, or damaged"
+        raise ValueError(f"{path}: cannot be read as a checkpoint ({reason})") from None
+
+
+def read_json(path):
+    """The JSON object in ``path``; ValueError (one line, naming the file) if missing, not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (UTF-8) file") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------
+# lock files
+# ----------------------------------------------------------------------------
+
+def _start_time(pid):
+    """The start time of process ``pid`` (clock ticks since boot, Linux), or None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid, start):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if start is not None:
+        now = _start_time(pid)
+        if now is not None and now != start:
+            return False                  # the pid was reused by another process
+    return True
+
+
+class LockedError(ValueError):
+    """The directory is in use by another live process."""
+
+
+class DirLock:
+    """``<folder>/<name>`` holding "pid start-time host" of the process that writes into ``folder``.
+
+    ``acquire`` refuses (LockedError) while the owner lives; a lock of a process that is gone
+    (killed, crashed) is stale and taken over.  A lock of another host is never taken over.
+    """
+
+    def __init__(self, folder, name=".lock"):
+        self.path = Path(folder) / name
+        self.held = False
+
+    def _content(self):
+        return f"{os.getpid()} {_start_time(os.getpid())} {socket.gethostname()}\n"
+
+    def owner(self):
+        """(pid, start, host) of the current lock, or None (no lock or unreadable)."""
+        try:
+            parts = self.path.read_text().split()
+            return int(parts[0]), (None if parts[1] == "None" else int(parts[1])), parts[2]
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def acquire(self):
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self._content())
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)          # atomic: fails if a lock exists
+                    self.held = True
+                    return self
+                except FileExistsError:
+                    pass
+                owner = self.owner()
+                if owner is not None:
+                    pid, start, host = owner
+                    if host != socket.gethostname():
+                        raise LockedError(f"{self.path.parent}: in use by process {pid} on {host} (lock file "
+                                          f"{self.path}); delete that file if no such process runs")
+                    if pid == os.getpid():
+                        self.held = True
+                        return self
+                    if _alive(pid, start):
+                        raise LockedError(f"{self.path.parent}: in use by process {pid} (lock file {self.path}); "
+                                          f"wait for it to finish or stop it")
+                try:                                  # stale: its process is gone
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+            raise LockedError(f"{self.path.parent}: cannot take the lock {self.path}")
+        finally:
+            os.unlink(tmp)
+
+    def release(self):
+        if self.held:
+            owner = self.owner()
+            if owner is not None and owner[0] == os.getpid():
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
 
 
 def write_csv(path, columns, rows):

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -55,7 +54,7 @@ from refimpl.network import RandomNetwork
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import atomic_write_text, read_csv, write_csv
-from .train import batch_indices, eval_rows
+from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
 
@@ -109,20 +108,6 @@ def memory_estimate(d0, d, dr, hidden, batch_size=5):
     params = hidden * (d0 + 2 * d + dr)
     block = min(ROW_BLOCK_ELEMENTS, max(batch_size, 1) * hidden)
     return 16 * params + 8 * 6 * ROW_BLOCK_ELEMENTS + 8 * 4 * block
-
-
-def available_memory(xp):
-    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
-    if xp is not np:
-        try:
-            free, total = xp.cuda.runtime.memGetInfo()
-            return int(total)
-        except Exception:   # noqa: BLE001
-            return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _gib(b):

@@ -22,12 +22,18 @@ stopped), and a run that fails (diverges, or anything else) is recorded as
 ``failed`` without stopping the others.  :func:`run_sweep` raises
 :class:`SweepFailed` at the end when any run failed.
 
-Execution: local worker processes (``jobs``; started with ``spawn``, each with
-``OMP_NUM_THREADS`` etc. set to ``cores // jobs`` unless already set, so that
-parallel runs do not oversubscribe the cores), or an existing Dask cluster
-(``scheduler="tcp://host:port"``, needs the optional ``dask[distributed]``;
-the workers must be able to import ``refimpl`` and to read and write the sweep
-directory, e.g. on a shared file system).
+Execution: local worker processes (``jobs``, started with ``spawn``; every run executes in a worker,
+also with ``jobs = 1``; a script that calls :func:`run_sweep` needs the usual
+``if __name__ == "__main__":`` guard of multiprocessing).  The workers' thread variables
+(``OMP_NUM_THREADS`` etc.: the user's, else ``cores // jobs``) are fixed in ``sweep.json`` when the sweep
+is made and applied again on every resume, whatever ``jobs`` then is, so that the BLAS rounding, and
+with it every number, is the same.  A worker that dies is noticed at once (its run is recorded as
+``interrupted``); workers die with the sweep process (``PR_SET_PDEATHSIG`` on Linux, a watchdog on the
+parent pid elsewhere).  The sweep directory and every run directory hold a lock file ``.lock`` (the
+writer's pid) that other sweeps and resumes honour.  Or an existing Dask cluster
+(``scheduler="tcp://host:port"``, needs the optional ``dask[distributed]``, connected before anything
+is written; the workers must be able to import ``refimpl`` and to read and write the sweep directory,
+e.g. on a shared file system, and set their own thread variables).
 """
 
 from __future__ import annotations
@@ -37,13 +43,14 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 from refimpl import __version__
 from . import devices
-from .train import TrainConfig, atomic_write_text, load_data, resolve_backend, train
-from .fileio import SWEEP_FILE
+from .fileio import SWEEP_FILE, DirLock, read_json
+from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
 #: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
@@ -92,8 +99,8 @@ def run_state(out, steps):
 
     Finished: ``summary.json`` says at least ``steps`` steps, or the checkpoint and
     ``metrics.csv`` both reached ``steps`` (a run stopped between its last
-    checkpoint and its summary).  Resumable: ``config.json`` and ``checkpoint.npz``
-    exist.  Anything else starts afresh (overwriting leftovers).
+    checkpoint and its summary).  Resumable: ``config.json`` exists (a run without
+    a checkpoint yet resumes from step 0).  Anything else starts afresh.
     """
     out = Path(out)
     summary = out / "summary.json"
@@ -103,12 +110,16 @@ def run_state(out, steps):
                 return "done"
         except (ValueError, KeyError, TypeError):
             pass
-    if (out / "config.json").exists() and (out / "checkpoint.npz").exists():
-        from .train import _checkpoint_step
-        t = _checkpoint_step(out)
-        last = _last_metrics_step(out)
-        if t is not None and t >= steps and last is not None and last >= steps:
-            return "done"
+    if (out / "config.json").exists():
+        if (out / "checkpoint.npz").exists():
+            from .train import _checkpoint_step
+            t = _checkpoint_step(out)
+            try:
+                last = _last_metrics_step(out)
+            except (ValueError, KeyError, TypeError):
+                last = None
+            if t is not None and t >= steps and last is not None and last >= steps:
+                return "done"
         return "resume"
     return "fresh"
 
@@ -117,12 +128,25 @@ def _quiet(_msg):
     pass
 
 
+def _other_options(out, config):
+    """Options (names) in which the run in ``out`` differs from ``config``, besides steps and locations."""
+    try:
+        saved = read_json(out / "config.json").get("config")
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not isinstance(saved, dict):
+        raise TrainError(f"{out / 'config.json'}: no 'config' object (damaged)")
+    expected = dataclasses.asdict(config)
+    return sorted(k for k in expected if k not in RESUME_FIELDS and saved.get(k) != expected[k])
+
+
 def run_one(task):
     """Bring one run directory to its final step; never raises for a failed run.
 
     Parameters
     ----------
-    task : dict with ``config`` (a TrainConfig as a dict) and ``dir`` (the run directory)
+    task : dict with ``config`` (a TrainConfig as a dict), ``dir`` (the run directory) and
+        ``overwrite`` (True: a run made with other options is replaced, as with ``train --force``)
 
     Returns
     -------
@@ -134,16 +158,17 @@ def run_one(task):
     t0 = time.perf_counter()
     action, trace = None, None
     try:
-        action = {"done": "skipped", "resume": "resumed", "fresh": "started"}[run_state(out, config.steps)]
-        if action == "resumed":
-            saved = json.loads((out / "config.json").read_text())["config"]
-            expected = dataclasses.asdict(config)
-            diff = sorted(k for k in expected if k != "steps" and saved.get(k) != expected[k])
-            if diff:
+        state = run_state(out, config.steps)
+        if state != "fresh":
+            diff = _other_options(out, config)
+            if diff and task.get("overwrite"):
+                state = "fresh"
+            elif diff:
                 raise TrainError(f"{out}: the run was made with other options ({', '.join(diff)}) than the sweep's")
+        action = {"done": "skipped", "resume": "resumed", "fresh": "started"}[state]
+        if action == "resumed":
             train(TrainConfig(steps=config.steps), out, resume=True, log=_quiet)
         elif action == "started":
-            out.mkdir(parents=True, exist_ok=True)
             train(config, out, force=True, log=_quiet)
         status, error = "done", None
     except TrainError as exc:
@@ -155,33 +180,68 @@ def run_one(task):
         error = (f"{type(exc).__name__}: {exc}".splitlines()[0]
                  + f" (at {Path(frame.filename).name}:{frame.lineno})")
         trace = traceback.format_exc()
-    final = None
-    path = out / "metrics.csv"
-    if path.exists():
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        final = rows[-1] if rows else None
-    return {"status": status, "action": action, "error": error, "final": final,
+    return {"status": status, "action": action, "error": error, "final": _final_row(out),
             "seconds": round(time.perf_counter() - t0, 3), "traceback": trace}
+
+
+def _final_row(out):
+    try:
+        rows = _read_metrics(Path(out) / "metrics.csv")
+    except TrainError:
+        return None
+    return rows[-1] if rows else None
 
 
 # ----------------------------------------------------------------------------
 # executors
 # ----------------------------------------------------------------------------
 
+def thread_env(jobs):
+    """The thread variables of every worker of a new sweep: the user's where set, else ``cores // jobs``.
+
+    They are stored in sweep.json and applied again on resume, whatever ``--jobs`` then is, because
+    the number of BLAS threads changes the rounding of the results.
+    """
+    threads = str(max(1, default_jobs() // jobs))
+    return {k: os.environ.get(k) or threads for k in THREAD_VARS}
+
+
 @contextlib.contextmanager
-def _thread_env(threads):
-    """Set the thread variables (unless the user set them) for the workers about to be spawned."""
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
-    for k in THREAD_VARS:
-        if saved[k] is None:
-            os.environ[k] = str(threads)
+def _environ(values):
+    """Set environment variables for the worker processes about to be spawned."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: str(v) for k, v in values.items()})
     try:
         yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _die_with_parent(parent_pid):
+    """Make this worker die when the sweep process does (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog)."""
+    import signal
+    import threading
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's; it stops the workers
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:                    # the parent died before prctl took effect
+        os._exit(1)
+
+    def watchdog():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+    threading.Thread(target=watchdog, daemon=True, name="parent-watchdog").start()
 
 
 def _worker_init(device_slots=None):
@@ -192,46 +252,112 @@ def _worker_init(device_slots=None):
     devices.claim(device_slots)
 
 
-def _indexed_run(item):
-    i, task = item
-    return i, run_one(task)
+def _worker_main(conn, parent_pid, device_slots=None):
+    """A local worker: runs the tasks the parent sends until it sends None."""
+    _die_with_parent(parent_pid)
+    _worker_init(device_slots)
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):
+            return
+        if item is None:
+            return
+        i, task = item
+        conn.send((i, run_one(task)))
 
 
-def _run_local(tasks, jobs, on_result):
+def _dead_worker_result(task, proc):
+    code = proc.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+    return {"status": "interrupted", "action": None, "final": _final_row(task["dir"]), "seconds": None,
+            "traceback": None,
+            "error": f"its worker process {proc.pid} died ({how}); continue it with --resume"}
+
+
+def _run_local(tasks, jobs, env, on_result):
     """Run the tasks in ``jobs`` spawned worker processes; ``on_result(i, result)`` as each finishes.
 
-    On any interruption the workers are terminated at once, so that no orphaned worker goes on
-    writing into a run directory that a later ``--resume`` may be using.
+    Every worker gets the thread variables ``env``.  A worker that dies (killed, out of memory) is
+    noticed at once: its run is reported as ``interrupted`` and a new worker takes the next task.
+    Workers die with this process (so none goes on writing into a run directory), and on any
+    interruption here they are killed before this function returns.
     """
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    cores = default_jobs()
-    with _thread_env(max(1, cores // jobs)):       # also for workers the pool restarts
-        slots = devices.worker_slots(tasks[0]["config"]["backend"])
-        pool = multiprocessing.get_context("spawn").Pool(processes=jobs, initializer=_worker_init,
-                                                         initargs=(slots,))
-        try:
-            for i, res in pool.imap_unordered(_indexed_run, list(enumerate(tasks))):
-                on_result(i, res)
-            pool.close()
-        except BaseException:
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
+    ctx = multiprocessing.get_context("spawn")
+    slots = devices.worker_slots(tasks[0]["config"]["backend"], context=ctx) if tasks else None
+    queue = list(enumerate(tasks))
+    workers = {}                                   # conn -> [process, current index or None]
 
+    def start():
+        parent, child = ctx.Pipe()
+        with _environ(env):
+            proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), slots), daemon=True)
+            proc.start()
+        child.close()
+        workers[parent] = [proc, None]
+        return parent
 
-def _run_dask(tasks, scheduler, on_result):
-    """Run the tasks on the Dask cluster at ``scheduler`` (optional dependency, imported here)."""
+    def give(conn):
+        if queue:
+            workers[conn][1] = queue[0][0]
+            conn.send(queue.pop(0))
+        else:
+            conn.send(None)
+            workers[conn][0].join()
+            del workers[conn]
+
     try:
-        from distributed import Client, as_completed
+        for _ in range(min(jobs, len(queue))):
+            give(start())
+        while workers:
+            sentinels = {w[0].sentinel: c for c, w in workers.items()}
+            for ready in wait(list(workers) + list(sentinels)):
+                conn = sentinels.get(ready, ready)
+                if conn not in workers:
+                    continue
+                proc, current = workers[conn]
+                try:
+                    msg = conn.recv() if conn.poll() else None
+                except (EOFError, OSError):
+                    msg = None
+                if msg is not None:
+                    workers[conn][1] = None
+                    on_result(*msg)
+                    give(conn)
+                elif not proc.is_alive():
+                    proc.join()
+                    del workers[conn]
+                    if current is not None:
+                        on_result(current, _dead_worker_result(tasks[current], proc))
+                    if queue:
+                        give(start())
+    finally:
+        for conn, (proc, _) in list(workers.items()):
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+            conn.close()
+
+
+def _dask_client(scheduler):
+    """A connected Dask client, or a one-line TrainError (checked before anything is written)."""
+    try:
+        from distributed import Client
     except ImportError:
         raise TrainError("scheduler: Dask is not installed; pip install 'bottleneck-dynamics[dask]' "
                          "(dask[distributed])") from None
     try:
-        client = Client(scheduler, timeout=DASK_CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise TrainError(f"scheduler: cannot connect to {scheduler}: {exc}".splitlines()[0]) from None
+        return Client(scheduler, timeout=DASK_CONNECT_TIMEOUT)
+    except Exception as exc:   # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address, ...
+        raise TrainError(f"scheduler: cannot connect to {scheduler!r}: {exc}".splitlines()[0]) from None
+
+
+def _run_dask(tasks, client, on_result):
+    """Run the tasks on the connected Dask ``client``."""
+    from distributed import as_completed
     try:
         futures = client.map(run_one, tasks, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
@@ -245,11 +371,6 @@ def _run_dask(tasks, scheduler, on_result):
         client.close()
 
 
-def _run_serial(tasks, on_result):
-    for i, t in enumerate(tasks):
-        on_result(i, run_one(t))
-
-
 # ----------------------------------------------------------------------------
 # the sweep
 # ----------------------------------------------------------------------------
@@ -259,14 +380,29 @@ def _write_sweep(out, record):
 
 
 def read_sweep(out):
-    """The parsed ``sweep.json`` of a sweep directory (TrainError if missing or damaged)."""
+    """The parsed ``sweep.json`` of a sweep directory (TrainError naming the file if missing or damaged)."""
     path = Path(out) / SWEEP_FILE
     if not path.exists():
         raise TrainError(f"sweep: {out} holds no sweep ({SWEEP_FILE} expected)")
     try:
-        return json.loads(path.read_text())
+        record = read_json(path)
     except ValueError as exc:
-        raise TrainError(f"sweep: {path} is not valid JSON: {exc}") from None
+        raise TrainError(str(exc)) from None
+    for key, kind in (("config", dict), ("widths", list), ("seeds", list), ("runs", list)):
+        if not isinstance(record.get(key), kind):
+            what = "missing" if key not in record else f"not a JSON {kind.__name__.replace('dict', 'object')}"
+            raise TrainError(f"{path}: {key!r} is {what} (damaged or edited)")
+    for k, run in enumerate(record["runs"]):
+        if not isinstance(run, dict) or any(key not in run for key in ("width", "seed", "dir", "status")):
+            raise TrainError(f"{path}: run record {k} lacks width, seed, dir or status (damaged or edited)")
+        if Path(run["dir"]).is_absolute() or ".." in Path(run["dir"]).parts:
+            raise TrainError(f"{path}: run record {k} has a directory outside the sweep: {run['dir']!r}")
+    try:
+        cfg = TrainConfig.from_json({**record["config"], "width": record["widths"][0], "seed": record["seeds"][0]})
+        cfg.validate()
+    except (TrainError, TypeError, IndexError) as exc:
+        raise TrainError(f"{path}: {exc}") from None
+    return record
 
 
 def new_sweep_record(config, widths, seeds):
@@ -282,15 +418,19 @@ def new_sweep_record(config, widths, seeds):
 
 
 def _check_before_start(config, scheduler):
-    """Fail fast, once, on problems every run would hit (bad options, missing data, backend)."""
+    """Fail fast, once, on problems every run would hit (bad options, missing data, backend).
+
+    Returns the config as the runs record it (synthetic defaults filled in, absolute data_dir).
+    """
     config.validate()
     if scheduler:                     # the workers' environment may differ from ours
-        return
+        return config
     resolve_backend(config.backend, config.dtype)
     data = load_data(config)
     if config.batch_size > data.X_train.shape[0]:
         raise TrainError(f"batch_size: expected at most the number of training points "
                          f"({data.X_train.shape[0]}), got {config.batch_size}")
+    return config
 
 
 def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=None, force=False,
@@ -304,34 +444,44 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         Shared options of a new sweep (``width`` and ``seed`` are ignored).
     widths : list of int or "inf";  seeds : list of int
     jobs : int, optional
-        Local worker processes (default: the number of cores; 1 runs in this process).
+        Local worker processes (default: the number of cores).  Every run executes in a worker
+        process with the thread variables fixed when the sweep was made (``thread_env`` in
+        sweep.json), so that a resume with another ``jobs`` gives the same numbers.
     scheduler : str, optional
         Address of a Dask scheduler (``tcp://host:port``); overrides ``jobs``.
-    force : overwrite an existing sweep (its run directories are overwritten run by run)
+    force : overwrite an existing sweep (each old run is replaced once its new run has made a step)
     resume : continue the sweep in ``out`` with its saved options
-    steps : for ``resume``, a new number of steps (default: the saved one)
+    steps : for ``resume``, a new number of steps (default: the saved one; never fewer)
     plot : write the combined figures at the end
     log : callable for one-line progress messages
 
     Raises
     ------
-    TrainError for bad options; SweepFailed (after finishing every other run and the
-    figures) when some runs failed.
+    TrainError for bad options (nothing is written then); SweepFailed (after finishing every other
+    run and the figures) when some runs failed or were interrupted.
     """
+    if str(out).strip() == "":
+        raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"out: {out} exists and is not a directory")
+    if scheduler is not None and not str(scheduler).strip():
+        raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:
         record = read_sweep(out)
+        saved_steps = int(record["config"]["steps"])
         if steps is not None:
+            if int(steps) < saved_steps:
+                raise TrainError(f"steps: the sweep in {out} runs to {saved_steps} steps; ask for at least that many")
             record["config"]["steps"] = int(steps)
-        config = TrainConfig.from_json(record["config"])
     else:
         if config is None or not widths or not seeds:
             raise TrainError("sweep: expected a config, widths and seeds for a new sweep")
-        if out.exists() and not out.is_dir():
-            raise TrainError(f"out: {out} exists and is not a directory")
         if (out / SWEEP_FILE).exists() and not force:
             raise TrainError(f"out: {out} already holds a sweep; use --force to overwrite it "
                              "or --resume to continue it")
+        config = dataclasses.replace(config)
+        config.validate()
         record = new_sweep_record(config, widths, seeds)
         if not force:
             taken = [r["dir"] for r in record["runs"] if (out / r["dir"] / "config.json").exists()]
@@ -339,23 +489,49 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
                 raise TrainError(f"out: {out / taken[0]} already holds a run; use --force to overwrite it")
     probe = TrainConfig.from_json({**record["config"], "width": record["widths"][0],
                                    "seed": record["seeds"][0]})
-    _check_before_start(probe, scheduler)
-    out.mkdir(parents=True, exist_ok=True)
+    probe = _check_before_start(probe, scheduler)
+    record["config"]["data_dir"] = probe.data_dir            # absolute, as the runs record it
+    if not resume or not record.get("thread_env"):
+        record["thread_env"] = thread_env(_jobs(jobs, record))
+    client = _dask_client(scheduler) if scheduler else None   # connected before anything is written
 
+    made = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = DirLock(out, ".lock").acquire()
+    except (OSError, ValueError) as exc:
+        if client is not None:
+            client.close()
+        raise TrainError(str(exc) if isinstance(exc, ValueError) else
+                         f"out: cannot create {out} ({exc.strerror or exc})") from None
+    try:
+        return _run_sweep_locked(out, record, jobs, client, scheduler, force and not resume, plot, log)
+    except BaseException as exc:
+        if made and not isinstance(exc, SweepFailed) and not any((out / r["dir"]).exists() for r in record["runs"]):
+            lock.release()
+            shutil.rmtree(out, ignore_errors=True)     # a failed start leaves nothing behind
+        raise
+    finally:
+        lock.release()
+
+
+def _jobs(jobs, record):
+    """Local workers: ``jobs``, else one per GPU (GPU backend) or per core; at most one per run."""
+    default = devices.default_jobs(record["config"]["backend"], default_jobs())
+    return max(1, min(jobs or default, len(record["runs"])))
+
+
+def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
     tasks = []
     for r in record["runs"]:
         cfg = {**record["config"], "width": r["width"], "seed": r["seed"]}
-        tasks.append({"config": cfg, "dir": str(out / r["dir"])})
-        if force and not resume:
-            r["status"] = "pending"
-            target = out / r["dir"]
-            for name in ("summary.json", "checkpoint.npz"):   # so that the run starts afresh
-                if (target / name).exists():
-                    (target / name).unlink()
+        if force:
+            r["status"], r["overwrite"] = "pending", True
+        tasks.append({"config": cfg, "dir": str(out / r["dir"]), "overwrite": bool(r.get("overwrite"))})
     _write_sweep(out, record)
 
     n = len(tasks)
-    jobs = max(1, min(jobs or devices.default_jobs(record["config"]["backend"], default_jobs()), n))
+    jobs = _jobs(jobs, record)
     where = f"Dask scheduler {scheduler}" if scheduler else f"{jobs} local worker(s)"
     log(f"sweep {out}: {n} runs ({len(record['widths'])} widths x {len(record['seeds'])} seeds, "
         f"{record['config']['steps']} steps) on {where}")
@@ -364,6 +540,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     def on_result(i, res):
         run = record["runs"][i]
         run.update(status=res["status"], error=res["error"], final=res["final"], action=res["action"])
+        if res["status"] == "done":
+            run.pop("overwrite", None)
         if res.get("traceback"):          # an unexpected error: keep the details for the user
             run["traceback"] = res["traceback"]
         else:
@@ -372,18 +550,16 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         extra = (f"train_loss {float(res['final']['train_loss']):.4g} at step {res['final']['step']}"
                  if res["final"] else "")
         what = ({"started": "done,", "resumed": "resumed and done,", "skipped": "already done,"}[res["action"]]
-                if res["status"] == "done" else f"FAILED: {res['error']}")
+                if res["status"] == "done" else f"{res['status'].upper()}: {res['error']}")
         log(f"[{finished[0]}/{n}] {run['dir']}: {what} {extra}".rstrip())
         _write_sweep(out, record)
 
     t0 = time.perf_counter()
     try:
-        if scheduler:
-            _run_dask(tasks, scheduler, on_result)
-        elif jobs == 1:
-            _run_serial(tasks, on_result)
+        if client is not None:
+            _run_dask(tasks, client, on_result)
         else:
-            _run_local(tasks, jobs, on_result)
+            _run_local(tasks, jobs, record["thread_env"], on_result)
     except KeyboardInterrupt:
         for r in record["runs"]:
             if r["status"] == "pending":
@@ -402,6 +578,6 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     failed = [r for r in record["runs"] if r["status"] != "done"]
     if failed:
         first = failed[0]
-        raise SweepFailed(f"{len(failed)} of {n} runs failed (first: {first['dir']}: {first['error']}); "
-                          f"details in {out / SWEEP_FILE}")
+        raise SweepFailed(f"{len(failed)} of {n} runs failed or were interrupted (first: {first['dir']}: "
+                          f"{first['error']}); details in {out / SWEEP_FILE}; continue with --resume {out}")
     return record

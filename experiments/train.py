@@ -34,7 +34,13 @@ resumed run identical, bit for bit, to an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import csv
+import hashlib
+import io
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,10 +49,11 @@ import numpy as np
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
 from refimpl.kernels import ACTIVATIONS
+from . import fileio
 from .data import DATASETS
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import (atomic_write_bytes, atomic_write_text, load_npz, read_csv,  # noqa: F401 (re-exported)
-                     save_npz, write_csv)
+from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
+                     read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
 from .metrics import THRESHOLD_FRACTIONS, FeatureProbe, null_loss, steps_to_thresholds
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
@@ -69,8 +76,8 @@ class TrainConfig:
     data_dir: str | None = None
     train_size: int | None = SYNTHETIC_TRAIN_SIZE
     test_size: int | None = SYNTHETIC_TEST_SIZE
-    d0: int = 16                     # synthetic only
-    dr: int = 1                      # synthetic only
+    d0: int | None = None            # synthetic only (default 16); None for mnist / cifar
+    dr: int | None = None            # synthetic only (default 1); None for mnist / cifar
     width: int | str = 10            # bottleneck width d, or "inf"
     steps: int = 600
     batch_size: int = 20
@@ -89,11 +96,19 @@ class TrainConfig:
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option (library callers; the
-        command line checks the same rules, from :mod:`experiments.validate`, while parsing)."""
+        command line checks the same rules, from :mod:`experiments.validate`, while parsing).
+
+        Fills in the synthetic data's defaults ``d0 = 16``, ``dr = 1``; for mnist and cifar ``d0`` and
+        ``dr`` stay None (given values are checked against the data by :func:`load_data`)."""
         one_of("dataset", self.dataset, DATASETS)
         width("width", self.width)
-        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "d0", "dr"):
+        if self.dataset == "synthetic":
+            self.d0 = 16 if self.d0 is None else self.d0
+            self.dr = 1 if self.dr is None else self.dr
+        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size"):
             positive_int(name, getattr(self, name))
+        for name in ("d0", "dr"):
+            optional(positive_int, name, getattr(self, name))
         for name in ("train_size", "test_size", "checkpoint_every"):
             optional(positive_int, name, getattr(self, name))
         for name in ("seed", "data_seed"):
@@ -136,16 +151,27 @@ def resolve_backend(name, dtype="float64"):
 
 def load_data(config):
     """The data set of a run (deterministic in the config)."""
-    from .data import load_dataset
+    from .data import load_dataset, resolve_data_dir
     kwargs = {}
     if config.dataset == "synthetic":
         kwargs = {"d0": config.d0, "dr": config.dr}
+        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, config.dr)
+    else:                                              # stored as an absolute path (resume from anywhere)
+        config.data_dir = str(resolve_data_dir(config.data_dir).resolve())
     try:
-        return load_dataset(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
+        data = load_dataset(config.dataset, data_dir=config.data_dir, train_size=config.train_size,
                             test_size=config.test_size, seed=config.data_seed,
                             **kwargs)
     except (ValueError, OSError) as exc:
-        raise TrainError(str(exc)) from None
+        raise TrainError(str(exc).splitlines()[0]) from None
+    if config.dataset != "synthetic":
+        for name, have in (("d0", data.X_train.shape[1]), ("dr", data.Y_train.shape[1])):
+            given = getattr(config, name)
+            if given is not None and given != have:
+                raise TrainError(f"{name}: applies to the synthetic data only; the {config.dataset} data have "
+                                 f"{name} = {have}, got {given}")
+            setattr(config, name, None)
+    return data
 
 
 def batch_indices(seed, step, n, batch_size):
@@ -211,32 +237,353 @@ def evaluate(sim, data, rows):
 
 
 # ----------------------------------------------------------------------------
-# the run directory
+# the run directory: digests, checks of run files, staging, lock
 # ----------------------------------------------------------------------------
 
-def check_run_dir(out, force):
-    """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
+#: Options that only say where things are: a resume may change them (they are recorded) and they are
+#: not part of the config digest.
+LOCATION_FIELDS = ("data_dir",)
+#: Options a resume may change besides the location ones.
+RESUME_FIELDS = ("steps", *LOCATION_FIELDS)
+#: The lock file of a run directory (pid of the process that writes into it).
+LOCK_FILE = ".lock"
+#: Files a run writes atomically (their stale ``.<name>.*.tmp`` files are removed on resume).
+ATOMIC_FILES = RUN_FILES
+
+
+def config_digest(config_dict):
+    """sha256 of a run's options as stored in config.json, without ``steps`` and the location options.
+
+    Generic over the fields of :class:`TrainConfig`: every option that changes the model or the run
+    is in the digest, whatever fields the config grows.
+    """
+    fixed = {k: v for k, v in config_dict.items() if k not in RESUME_FIELDS}
+    text = json.dumps(fixed, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def state_digest(state):
+    """sha256 over the names, dtypes, shapes and bytes of the simulator's arrays (not ``driver_*``)."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in state if not k.startswith("driver_")):
+        arr = np.ascontiguousarray(state[key])
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _digest_array(hexdigest):
+    """A sha256 hex digest as the (32,) uint8 array stored in checkpoints (all checkpoint arrays are numeric)."""
+    return np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8).copy()
+
+
+def _digest_text(arr):
+    if arr is None or arr.dtype != np.uint8 or arr.shape != (32,):
+        return None
+    return arr.tobytes().hex()
+
+
+def _read_metrics(path):
+    """Rows of metrics.csv as dicts of strings; TrainError naming the file for anything damaged."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise TrainError(f"{path}: not a text CSV file (damaged)") from None
+    except OSError as exc:
+        raise TrainError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not text:
+        return []
+    if not text.endswith("\n"):
+        raise TrainError(f"{path}: truncated (the last line is incomplete)")
+    lines = text.splitlines()
+    if lines[0].split(",")[:4] != METRIC_COLUMNS[:4]:
+        raise TrainError(f"{path}: line 1 is not the metrics header ({','.join(METRIC_COLUMNS[:4])},...)")
+    header = lines[0].split(",")
+    rows, last = [], None
+    for lineno, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise TrainError(f"{path}: line {lineno} has {len(lines[lineno - 1].split(','))} fields, "
+                             f"expected {len(header)} (damaged)")
+        try:
+            step = int(row["step"])
+            for key in ("train_loss", "test_loss", "wall_s"):
+                float(row[key])
+        except ValueError:
+            raise TrainError(f"{path}: line {lineno} is not a row of numbers (damaged)") from None
+        if last is not None and step <= last:
+            raise TrainError(f"{path}: line {lineno}: step {step} does not follow step {last} (damaged)")
+        last = step
+        rows.append(row)
+    return rows
+
+
+def _check_out(out):
+    if str(out).strip() == "":
+        raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
+    return out
+
+
+def check_run_dir(out, force):
+    """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
+    out = _check_out(out)
     existing = [f for f in RUN_FILES if (out / f).exists()]
     if existing and not force:
         raise TrainError(f"out: {out} already holds a run ({', '.join(existing)}); "
                          "use --force to overwrite it or --resume to continue it")
+    if existing:
+        owner = DirLock(out, LOCK_FILE).owner()
+        if owner is not None and owner[0] != os.getpid() and fileio._alive(owner[0], owner[1]):
+            raise TrainError(f"out: {out} is in use by process {owner[0]} (lock file {out / LOCK_FILE})")
     return existing
 
 
-def prepare_run_dir(out, force):
-    """Create the run directory; refuse to overwrite an existing run unless ``force``."""
-    out = Path(out)
-    existing = check_run_dir(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in existing:
-        (out / f).unlink()
-    return out
+def memory_estimate(config, n_train, n_test, d0, dr):
+    """Peak bytes (float64) of a run: initial network, embeddings, history and evaluation blocks.
+
+    A bound good to a factor of about two; it only serves to refuse runs that cannot fit.
+    """
+    from refimpl.dynamics import HISTORY_BLOCK, QUERY_BLOCK
+    n = n_train + n_test
+    steps_rows = config.steps * config.batch_size
+    if config.width == "inf":
+        # Cholesky draw of F0 on all inputs (a few n x n matrices), or a network of width 2048
+        draw = 4 * n * n if n <= 4000 else 2048 * (d0 + 2 * 2048 + dr) + 3 * 2048 * min(n, 4096)
+        core = draw + n * (d0 + 3 * dr) + 4 * n * config.batch_size
+    else:
+        d = int(config.width)
+        core = (config.init_width * (d0 + 2 * d + dr)             # the random network g0, f0, J0
+                + 3 * config.init_width * max(config.batch_size, min(n, 512))   # its hidden activations
+                + n * (d0 + 3 * d + dr)                            # inputs, tracked embeddings, A
+                + 3 * steps_rows * (d + dr + 1)                    # history (grows by doubling)
+                + 4 * QUERY_BLOCK * HISTORY_BLOCK                 # kernel blocks
+                + 4 * min(steps_rows, HISTORY_BLOCK) * d * QUERY_BLOCK // 64)
+    return 8 * int(core)
 
 
-def train(config, out, force=False, resume=False, progress=None, log=print):
+def available_memory(xp):
+    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
+    if xp is not np:
+        try:
+            free, total = xp.cuda.runtime.memGetInfo()
+            return int(total)
+        except Exception:   # noqa: BLE001
+            return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(config, n_train, n_test, d0, dr):
+    """Refuse (one line) a run whose :func:`memory_estimate` exceeds this machine's memory."""
+    need = memory_estimate(config, n_train, n_test, d0, dr) + 8 * 4 * (n_train + n_test) * (d0 + dr)
+    have = available_memory(np)
+    if have is not None and need > have:
+        sizes = ", ".join(f"{k} {v}" for k, v in (
+            ("train_size", n_train), ("test_size", n_test), ("d0", d0), ("dr", dr), ("width", config.width),
+            ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size)))
+        raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB ({sizes}) but this machine has "
+                         f"{have / 2**30:.3g} GiB; lower one of these")
+    return need
+
+
+def _check_state(path, state, config_dict):
+    """Refuse a checkpoint whose digests, step or values do not fit (TrainError naming ``path``)."""
+    if "t" not in state or state["t"].shape != () or not np.issubdtype(state["t"].dtype, np.integer):
+        raise TrainError(f"{path}: no integer step 't' (not a checkpoint of this program, or damaged)")
+    if "driver_config_sha256" in state:
+        if _digest_text(state["driver_config_sha256"]) != config_digest(config_dict):
+            raise TrainError(f"{path}: was written for other options than those in config.json "
+                             "(config.json was edited, or the files come from different runs)")
+        if _digest_text(state.get("driver_state_sha256")) != state_digest(state):
+            raise TrainError(f"{path}: its arrays do not match their recorded digest (the file was modified)")
+    t = int(state["t"])
+    if t < 0 or t > int(config_dict.get("steps", t)):
+        raise TrainError(f"{path}: step {t} is outside 0..{config_dict.get('steps')} (damaged)")
+    for key, arr in state.items():
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            raise TrainError(f"{path}: array {key!r} holds NaN or inf (not a good checkpoint)")
+    return t
+
+
+def _check_metrics(path, rows, t, eval_every):
+    """The rows of metrics.csv to keep when resuming at step ``t``; TrainError if rows up to ``t`` are missing."""
+    if t > 0 and not path.exists():
+        raise TrainError(f"{path}: missing, but the checkpoint is at step {t} (the metrics history would be "
+                         "lost); restore the file, or start over with --force")
+    kept = [r for r in rows if int(r["step"]) < t or (int(r["step"]) == t and t % eval_every == 0)]
+    have = {int(r["step"]) for r in kept}
+    missing = [s for s in range(0, t + 1, eval_every) if s not in have]
+    if missing:
+        raise TrainError(f"{path}: has no row for step {missing[0]} although the checkpoint is at step {t} "
+                         "(truncated or edited)")
+    return [r for r in kept if int(r["step"]) % eval_every == 0]
+
+
+def _created_parents(folder):
+    """Create ``folder`` and its missing parents; return those created (deepest last)."""
+    folder = Path(folder)
+    missing = []
+    p = folder
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainError(f"out: cannot create {folder} ({exc.strerror or exc})") from None
+    return list(reversed(missing))
+
+
+class _Workspace:
+    """Where a new run is written until its first step, and how it becomes the run directory.
+
+    The run is first written into a hidden ``.<name>.new-*`` folder next to ``out``.  If ``out`` does
+    not exist (or is an empty folder) the folder is renamed to ``out`` at once, with its complete
+    config.json, so a run killed before its first checkpoint resumes from step 0.  Otherwise (``out``
+    holds an old run, with ``--force``, or other files) the old files stay untouched until the new
+    run has made its first step after its first checkpoint; then the folders are swapped (other
+    files move into the new run) and the old run is deleted.  ``abort`` removes everything the new
+    run wrote, so a failed start leaves nothing behind.
+    """
+
+    def __init__(self, out):
+        self.out = Path(out)
+        self.parents = _created_parents(self.out.parent)
+        self.out_existed = self.out.exists()
+        _remove_dead_staging(self.out)
+        try:
+            self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.new-"))
+            os.chmod(self.dir, 0o777 & ~fileio._UMASK)      # mkdtemp makes 0700; the run gets the usual mode
+        except OSError as exc:
+            self._remove_parents()
+            raise TrainError(f"out: cannot write in {self.out.parent} ({exc.strerror or exc})") from None
+        self.lock = DirLock(self.dir, LOCK_FILE).acquire()
+        self.swap_pending = True
+
+    def publish_early(self):
+        """Rename the staging folder to ``out`` now if ``out`` is missing or empty."""
+        if self.out.exists() and any(self.out.iterdir()):
+            return
+        os.replace(self.dir, self.out)          # rename(2) replaces an empty directory
+        self.dir = self.out
+        self.lock.path = self.out / LOCK_FILE
+        self.swap_pending = False
+
+    def commit(self):
+        """Make the staged run the run directory (the old run is deleted only now)."""
+        if not self.swap_pending:
+            return
+        if not self.out.exists():
+            os.replace(self.dir, self.out)
+            self.dir, self.lock.path, self.swap_pending = self.out, self.out / LOCK_FILE, False
+            return
+        aside = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
+        os.replace(self.out, aside / "run")
+        os.replace(self.dir, self.out)
+        self.dir = self.out
+        self.lock.path = self.out / LOCK_FILE
+        self.swap_pending = False
+        for entry in (aside / "run").iterdir():           # keep whatever else the user had there
+            if entry.name not in RUN_FILES and entry.name != LOCK_FILE and not entry.name.endswith(".tmp"):
+                os.replace(entry, self.out / entry.name)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def abort(self):
+        """Remove what this run wrote (a failed start leaves nothing behind)."""
+        self.lock.release()
+        if self.dir == self.out and self.out_existed:       # an empty folder the user made: keep it empty
+            for entry in self.out.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink()
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self._remove_parents()
+
+    def _remove_parents(self):
+        for p in reversed(self.parents):
+            try:
+                p.rmdir()
+            except OSError:
+                break
+
+
+def _remove_dead_staging(out):
+    """Remove ``.<name>.new-*`` folders of new runs into ``out`` whose process is gone (killed at the start)."""
+    for folder in out.parent.glob(f".{out.name}.new-*"):
+        owner = DirLock(folder, LOCK_FILE).owner()
+        if folder.is_dir() and (owner is None or not fileio._alive(owner[0], owner[1])):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _resume_config(out, overrides):
+    """The saved config of the run in ``out`` with the allowed ``overrides``; (config, saved meta)."""
+    saved = _read_run_json(out / "config.json")
+    cfg_dict = saved.get("config")
+    if not isinstance(cfg_dict, dict):
+        raise TrainError(f"{out / 'config.json'}: no 'config' object (damaged)")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if "steps" not in cfg_dict or "width" not in cfg_dict:
+        missing = [k for k in ("width", "steps") if k not in cfg_dict]
+        raise TrainError(f"{out / 'config.json'}: the option {missing[0]!r} is missing (damaged or edited)")
+    try:
+        config = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
+        config.validate()
+    except (TrainError, TypeError) as exc:
+        raise TrainError(f"{out / 'config.json'}: {exc}") from None
+    if config.dataset != "synthetic":
+        config.d0 = config.dr = None             # runs written before these were checked
+    if overrides.get("steps") is not None:
+        config.steps = int(overrides["steps"])
+    if overrides.get("data_dir") is not None:
+        config.data_dir = str(overrides["data_dir"])
+    return config, saved, cfg_dict
+
+
+def _read_run_json(path):
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+
+
+def _check_same_data(out, saved_meta, data):
+    """Refuse data that differ from the run's (other sizes, subset or source)."""
+    ignore = ("data_dir", "source_files")
+    old = {k: v for k, v in (saved_meta or {}).items() if k not in ignore}
+    new = json.loads(json.dumps({k: v for k, v in data.meta.items() if k not in ignore}, default=float))
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if old and diff:
+        raise TrainError(f"data: the data found now differ from the run's in {out / 'config.json'} "
+                         f"({', '.join(diff[:3])}); point --data-dir at the run's data")
+
+
+def resume(out, overrides=None, progress=None, log=print):
+    """Continue the run in ``out``; ``overrides`` are the options given again (name -> value).
+
+    Only ``steps`` (a new total, at least the checkpoint's step) and the location options
+    (:data:`LOCATION_FIELDS`: ``data_dir``, recorded in config.json) may be given; any other option
+    would change the model or the run and is refused in one line naming them all.
+    """
+    overrides = dict(overrides or {})
+    bad = [k for k in overrides if k not in RESUME_FIELDS]
+    if bad:
+        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
+        raise TrainError(f"{flags}: a resumed run keeps its saved options; only --steps and --data-dir may be "
+                         "given with --resume")
+    return train(TrainConfig(steps=overrides.get("steps")), out, resume=True, progress=progress, log=log,
+                 data_dir=overrides.get("data_dir"))
+
+
+def train(config, out, force=False, resume=False, progress=None, log=print, data_dir=None):
     """Run (or resume) a training run; returns the path of the run directory.
 
     Parameters
@@ -245,111 +592,252 @@ def train(config, out, force=False, resume=False, progress=None, log=print):
         Options of a new run; for ``resume`` only ``steps`` is read from it
         (``None`` keeps the saved value) and everything else comes from the run.
     out : path of the run directory
-    force : overwrite an existing run directory
-    resume : continue the run in ``out`` from its checkpoint
+    force : overwrite an existing run directory (only once the new run has made its first step)
+    resume : continue the run in ``out`` from its checkpoint (from step 0 if it has none yet)
     progress : callable(total, start) -> context manager with ``update(n, loss=batch_loss)``, called
         after every step (the command line's progress display), or None
     log : callable for one-line messages
-    """
-    out = Path(out)
-    if resume:
-        cfg_path = out / "config.json"
-        if not cfg_path.exists() or not (out / "checkpoint.npz").exists():
-            raise TrainError(f"resume: {out} holds no resumable run (config.json and checkpoint.npz expected)")
-        saved = json.loads(cfg_path.read_text())
-        steps = config.steps if config is not None and config.steps is not None else saved["config"]["steps"]
-        config = TrainConfig.from_json(saved["config"])
-        config.steps = steps
-        config.validate()
-    else:
-        config.validate()
-        check_run_dir(out, force)
+    data_dir : for ``resume``, a new location of the data (recorded in config.json)
 
-    # everything that can fail on bad input fails before a new run directory is made
+    Raises
+    ------
+    TrainError (one line) for bad options, damaged run files, a run directory in use, a diverged or
+    interrupted run.  A failed start leaves nothing behind; a failure later keeps the last good
+    checkpoint.
+    """
+    if resume:
+        out = _check_out(out)
+        if not (out / "config.json").exists():
+            raise TrainError(f"resume: {out} holds no run (config.json expected)")
+        lock = DirLock(out, LOCK_FILE)
+        try:
+            lock.acquire()
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        try:
+            return _resume_locked(out, config.steps if config is not None else None, data_dir, lock,
+                                  progress, log)
+        finally:
+            lock.release()
+    config.validate()
+    out = _check_out(out)
+    check_run_dir(out, force)
+    # everything that can be checked is checked before anything is written
     backend = resolve_backend(config.backend, config.dtype)
     data = load_data(config)
+    _check_batch_size(config, data)
+    _check_memory(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], data.Y_train.shape[1])
+    ws = _Workspace(out)
+    started = False
+    try:
+        meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
+                "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
+        atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
+        ws.publish_early()
+        fault_point("train:config-written")
+        sim, info = build_simulator(config, data, backend)
+        meta["initial_functions"] = info
+        atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
+        run = _Run(config, data, sim, ws.dir, wall0=0.0, metrics=[], log=log)
+        try:
+            run.record(0)
+            run.checkpoint(evaluated=True)
+        except DivergenceError as exc:
+            raise RunFailed(f"{exc}; nothing was written") from None
+
+        def first_step_done():
+            nonlocal started
+            ws.commit()
+            run.out = ws.dir
+            started = True
+        return run.loop(0, progress, on_first_step=first_step_done)
+    except BaseException as exc:
+        if not started:
+            ws.abort()
+            if isinstance(exc, KeyboardInterrupt):
+                raise RunFailed("interrupted before the first step; nothing was written") from None
+            if isinstance(exc, MemoryError):
+                raise TrainError(f"memory: out of memory while setting up the run (width {config.width}, "
+                                 f"init_width {config.init_width}); nothing was written") from None
+        raise
+    finally:
+        ws.lock.release()
+
+
+def _check_batch_size(config, data):
     if config.batch_size > data.X_train.shape[0]:
         raise TrainError(f"batch_size: expected at most the number of training points "
                          f"({data.X_train.shape[0]}), got {config.batch_size}")
-    if not resume:
-        out = prepare_run_dir(out, force)
-    sim, info = build_simulator(config, data, backend)
-    rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
-    probe = FeatureProbe(sim, data.X_train, data.Y_train, rows)   # captures G_0 before any step/resume
-    ckpt_every = config.checkpoint_every or config.eval_every
 
-    if resume:
-        state = load_npz(out / "checkpoint.npz")
-        wall0 = float(state.pop("driver_wall_s"))
-        done = int(state["t"])
-        if config.steps < done:
-            raise TrainError(f"steps: the run in {out} is already at step {done}; ask for at least that many")
-        if config.steps == done:
-            log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
-            return out
-        saved_meta = json.loads(out.joinpath("config.json").read_text())
-        saved_meta["config"]["steps"] = config.steps
-        atomic_write_text(out / "config.json", json.dumps(saved_meta, indent=2) + "\n")
-        sim.load_state_dict(state)
-        start = sim.t
-        # drop rows written after the checkpoint, and a final-step row that is off the eval grid
-        metrics = [r for r in read_csv(out / "metrics.csv")
-                   if int(r["step"]) < start or (int(r["step"]) == start and start % config.eval_every == 0)]
-        log(f"resuming {out} at step {start} of {config.steps}")
+
+def _resume_locked(out, steps, data_dir, lock, progress, log):
+    removed = remove_stale_temp_files(out, ATOMIC_FILES)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) left by an interrupted write")
+    if data_dir is not None:
+        data_dir = str(Path(data_dir).expanduser().resolve())
+    config, saved, cfg_dict = _resume_config(out, {"steps": steps, "data_dir": data_dir})
+    ckpt = out / "checkpoint.npz"
+    state = None
+    if ckpt.exists():
+        try:
+            state = load_npz(ckpt)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        done = _check_state(ckpt, state, cfg_dict)
     else:
-        meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
-                "initial_functions": info, "eval_train_rows": len(rows),
-                "loss": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2"}
-        atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
-        wall0, start, metrics = 0.0, 0, []
+        done = 0
+    if config.steps < done:
+        raise TrainError(f"steps: the run in {out} is already at step {done}; ask for at least that many")
+    rows = _read_metrics(out / "metrics.csv")
+    metrics = _check_metrics(out / "metrics.csv", rows, done, config.eval_every) if state is not None else []
+    if state is not None and config.steps == done and (out / "summary.json").exists() and data_dir is None:
+        log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
+        return out
+    backend = resolve_backend(config.backend, config.dtype)
+    try:
+        data = load_data(config)
+    except TrainError as exc:
+        if config.dataset == "synthetic":
+            raise
+        raise TrainError(f"data: cannot read the run's data in {config.data_dir} ({str(exc).split('; ')[0]}); "
+                         f"give their folder with --data-dir (recorded in {out / 'config.json'})") from None
+    _check_same_data(out, saved.get("data"), data)
+    _check_batch_size(config, data)
+    sim, _ = build_simulator(config, data, backend)
+    run = _Run(config, data, sim, out, wall0=0.0, metrics=metrics, log=log)   # captures G_0 first
+    if state is not None:
+        run.wall0 = float(state.pop("driver_wall_s", 0.0))
+        sim_state = {k: v for k, v in state.items() if not k.startswith("driver_")}
+        try:
+            sim.load_state_dict(sim_state)
+        except ValueError as exc:
+            raise TrainError(f"{ckpt}: does not fit the run's options ({exc})") from None
+    # only now, with every check passed, is anything rewritten
+    saved["config"]["steps"] = config.steps
+    if data_dir is not None:
+        saved["config"]["data_dir"] = data_dir
+    atomic_write_text(out / "config.json", json.dumps(saved, indent=2) + "\n")
+    if state is None:
+        log(f"resuming {out} from step 0 (it had no checkpoint yet)")
+        try:
+            run.record(0)
+            run.checkpoint(evaluated=True)
+        except DivergenceError as exc:
+            raise RunFailed(f"{exc}") from None
+    else:
+        log(f"resuming {out} at step {done} of {config.steps}")
+        if done == config.steps:          # the summary was missing: write it
+            return run.finish(None)
+    return run.loop(done, progress)
 
-    t0 = time.perf_counter()
 
-    def wall():
-        return wall0 + time.perf_counter() - t0
+class _Run:
+    """A simulator bound to its run directory: evaluation rows, checkpoints, the step loop."""
 
-    def checkpoint():
-        state = sim.state_dict()
-        state["driver_wall_s"] = np.array(wall())
-        save_npz(out / "checkpoint.npz", state)
+    def __init__(self, config, data, sim, out, wall0, metrics, log):
+        self.config, self.data, self.sim, self.out, self.log = config, data, sim, Path(out), log
+        self.rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
+        self.probe = FeatureProbe(sim, data.X_train, data.Y_train, self.rows)   # G_0 before any step
+        self.metrics = metrics
+        self.ckpt_every = config.checkpoint_every or config.eval_every
+        self.good = None                  # (step, train loss) of the last good checkpoint
+        self.t0, self.wall0 = time.perf_counter(), wall0
+        self.digest = config_digest(_read_run_json(self.out / "config.json")["config"])
 
-    def record(step):
-        row = {"step": step, **evaluate(sim, data, rows), "wall_s": round(wall(), 3), **probe(sim)}
+    def wall(self):
+        return self.wall0 + time.perf_counter() - self.t0
+
+    def record(self, step):
+        row = {"step": step, **evaluate(self.sim, self.data, self.rows), "wall_s": round(self.wall(), 3),
+               **self.probe(self.sim)}
         for key in ("train_loss", "test_loss"):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
-        metrics.append(row)
-        write_csv(out / "metrics.csv", METRIC_COLUMNS, metrics)
+        self.metrics.append(row)
+        write_csv(self.out / "metrics.csv", METRIC_COLUMNS, self.metrics)
         return row
 
-    if start == 0:
-        record(0)
-        checkpoint()
-    last = None
-    try:
-        ctx = progress(config.steps, start) if progress else _NullProgress()
-        # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings
-        with ctx as bar, np.errstate(over="ignore", invalid="ignore"):
-            for step in range(start, config.steps):
-                idx = batch_indices(config.seed, step, data.X_train.shape[0], config.batch_size)
-                last = sim.step(idx)
-                done = step + 1
-                if done % config.eval_every == 0 or done == config.steps:
-                    record(done)
-                if done % ckpt_every == 0 or done == config.steps:
-                    checkpoint()
-                bar.update(1, loss=last)
-    except DivergenceError as exc:
-        checkpoint_step = _checkpoint_step(out)
+    def checkpoint(self, evaluated):
+        """Write checkpoint.npz if the state is good: finite arrays and a finite training loss."""
+        state = self.sim.state_dict()
+        for key, arr in state.items():
+            if not np.all(np.isfinite(arr)):
+                raise DivergenceError(f"the state ({key}) is not finite at step {self.sim.t}: the run diverged")
+        if evaluated:
+            loss = float(self.metrics[-1]["train_loss"])
+        else:
+            loss = evaluate_train_loss(self.sim, self.data, self.rows)
+            if not np.isfinite(loss):
+                raise DivergenceError(f"train_loss is {loss} at step {self.sim.t}: the run diverged")
+        state["driver_config_sha256"] = _digest_array(self.digest)
+        state["driver_state_sha256"] = _digest_array(state_digest(state))
+        state["driver_train_loss"] = np.array(loss)
+        state["driver_wall_s"] = np.array(self.wall())
+        save_npz(self.out / "checkpoint.npz", state)
+        self.good = (int(self.sim.t), loss)
+        fault_point("train:checkpoint")
+
+    def loop(self, start, progress, on_first_step=None):
+        config, sim, out = self.config, self.sim, self.out
+        last, step = None, start
+        try:
+            ctx = progress(config.steps, start) if progress else _NullProgress()
+            # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings
+            with ctx as bar, np.errstate(over="ignore", invalid="ignore"):
+                for step in range(start, config.steps):
+                    idx = batch_indices(config.seed, step, self.data.X_train.shape[0], config.batch_size)
+                    last = sim.step(idx)
+                    if on_first_step is not None:
+                        on_first_step()
+                        on_first_step, out = None, self.out
+                    done = step + 1
+                    fault_point("train:step")
+                    evaluated = done % config.eval_every == 0 or done == config.steps
+                    if evaluated:
+                        self.record(done)
+                    if done % self.ckpt_every == 0 or done == config.steps:
+                        self.checkpoint(evaluated)
+                    bar.update(1, loss=last)
+        except DivergenceError as exc:
+            if on_first_step is not None:
+                raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
+            _plot(out, self.metrics)
+            good = self.good or _good_checkpoint(out)
+            where = (f"the last good checkpoint (step {good[0]}, finite state and train loss {good[1]:.4g}) is kept "
+                     f"in {out / 'checkpoint.npz'}") if good else "no good checkpoint was written"
+            raise RunFailed(f"{exc}; {where}; lower --lr and start over with --force") from None
+        except KeyboardInterrupt:
+            if on_first_step is not None:
+                raise
+            good = self.good or _good_checkpoint(out)
+            kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
+            raise RunFailed(f"interrupted at step {step}; {kept}; continue with: python cli.py train "
+                            f"--resume {out}") from None
+        return self.finish(last)
+
+    def finish(self, last):
+        out, metrics = self.out, self.metrics
         _plot(out, metrics)
-        raise RunFailed(f"{exc}; the last good checkpoint (step {checkpoint_step}) is kept in "
-                         f"{out / 'checkpoint.npz'}") from None
-    _plot(out, metrics)
-    summary = {"steps": config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
-               "wall_s": round(wall(), 3),
-               "steps_to_threshold": threshold_summary(metrics, null_loss(data.Y_train))}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
-    return out
+        summary = {"steps": self.config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
+                   "wall_s": round(self.wall(), 3),
+                   "steps_to_threshold": threshold_summary(metrics, null_loss(self.data.Y_train))}
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
+        return out
+
+
+def evaluate_train_loss(sim, data, rows):
+    """The training loss on the fixed evaluation rows (mean |F - y|^2 / 2)."""
+    F = _outputs(sim, data.X_train, rows)
+    return 0.5 * float(np.mean(np.sum((F - data.Y_train[rows]) ** 2, axis=1)))
+
+
+def _good_checkpoint(out):
+    try:
+        state = load_npz(Path(out) / "checkpoint.npz")
+        return int(state["t"]), float(state.get("driver_train_loss", np.nan))
+    except (ValueError, KeyError):
+        return None
 
 
 def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):

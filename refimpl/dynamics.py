@@ -41,7 +41,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import as_points
-from .validate import positive_rate
+from .validate import positive_rate, real_array, state_arrays
 from .network import RandomNetwork
 
 
@@ -56,7 +56,7 @@ QUERY_BLOCK = 512
 
 
 def _check_targets(X, Y):
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = np.asarray(real_array("Y", Y), dtype=np.float64)
     if Y.ndim == 1:
         Y = Y[:, None]
     if Y.ndim != 2 or Y.shape[0] != X.shape[0]:
@@ -126,6 +126,8 @@ class _SimulatorBase:
 
     def _setup(self, X, Y, lr, lr_f, lr_g, X_eval):
         self.X = as_points(X, "X")
+        if self.X.shape[0] == 0:
+            raise ValueError("X: expected at least one training point, got 0 rows")
         self.Y = _check_targets(self.X, Y)
         lr = positive_rate("lr", lr)
         if lr is None:
@@ -319,7 +321,12 @@ class BottleneckSimulator(_SimulatorBase):
     def load_state_dict(self, state):
         """Restore a state written by :meth:`state_dict` on a simulator built the same way."""
         _check_state_keys(state, len(self._tracked), ("A", "history_P", "history_C"))
-        self.t = int(state["t"])
+        shapes = {"A": (self.N, self.d), "history_P": ("M", self.d), "history_C": ("M", self.dr),
+                  **{f"tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}}
+        t = state_arrays(state, shapes)
+        if state["history_P"].shape[0] < t:
+            raise ValueError(f"state: {state['history_P'].shape[0]} history rows cannot come from {t} steps")
+        self.t = t
         self.A = np.array(state["A"], dtype=np.float64)
         self.history = self._new_history(capacity=max(1024, state["history_P"].shape[0]))
         self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
@@ -442,7 +449,8 @@ class InfiniteSimulator(_SimulatorBase):
 
     def load_state_dict(self, state):
         _check_state_keys(state, len(self._tracked), ("A",))
-        self.t = int(state["t"])
+        self.t = state_arrays(state, {"A": (self.N, self.dr),
+                                      **{f"tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}})
         self.A = np.array(state["A"], dtype=np.float64)
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validate import real_array
+
 ACTIVATIONS = ("relu", "linear")
 
 #: Largest temporary, in float64 elements, that the pairwise helpers allocate.
@@ -63,7 +65,7 @@ def check_activation(activation, depth):
 
 def as_points(X, name="X"):
     """Return ``X`` as a C-contiguous float64 array of shape (p, m)."""
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(real_array(name, X), dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array of shape (points, dim), got shape {X.shape}")
     if not np.all(np.isfinite(X)):

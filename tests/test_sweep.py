@@ -170,3 +170,20 @@ def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
     res = _sweep("--widths", "2", "--steps", "2", "--scheduler", "tcp://127.0.0.1:9",
                  "--out", str(tmp_path / "sw"))
     assert "scheduler" in one_line_error(res)
+
+
+def test_thread_env_is_fixed_at_creation_and_kept_on_resume(tmp_path, monkeypatch):
+    # -j 2 then a resume with -j 1 gave different last digits: BLAS threads change the rounding
+    from experiments.sweep import THREAD_VARS, default_jobs
+    for var in THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")        # the user's setting is kept as given
+    out = tmp_path / "sw"
+    assert _sweep("--widths", "2", "--steps", "3", "-j", "2", "--no-plot", "--out", str(out)).exit_code == 0
+    env = _record(out)["thread_env"]
+    assert env["NUMBA_NUM_THREADS"] == "1"
+    assert env["OPENBLAS_NUM_THREADS"] == env["OMP_NUM_THREADS"] == str(max(1, default_jobs() // 1))  # 1 run
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "7")
+    res = CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--steps", "5", "-j", "1", "--no-plot"])
+    assert res.exit_code == 0, res.output
+    assert _record(out)["thread_env"] == env

@@ -144,3 +144,173 @@ def test_cli_divergence_message(tmp_path):
     res = CliRunner().invoke(cli.cli, ["train", *ARGS, "--steps", "40", "--lr", "1e7",
                                        "--out", str(tmp_path / "r")])
     assert "diverged" in one_line_error(res)
+
+
+# ------------------------------------------------------------------- reliability: each reproduces a past failure
+
+def _files(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def _same_arrays(a, b):
+    sa, sb = load_npz(a / "checkpoint.npz"), load_npz(b / "checkpoint.npz")
+    assert set(sa) == set(sb)
+    for key in sa:
+        if key != "driver_wall_s":
+            assert np.array_equal(sa[key], sb[key]), key
+
+
+def test_good_checkpoint_means_finite_state_and_finite_loss(tmp_path):
+    # --lr 1000 with a checkpoint every step: the step-5 state (A ~ 1e122, loss inf) was called good
+    cfg = TrainConfig(steps=60, **dict(SMALL, lr=1000.0, eval_every=50, checkpoint_every=1))
+    with pytest.raises(TrainError, match="diverged") as err:
+        train(cfg, tmp_path / "run", log=lambda m: None)
+    state = load_npz(tmp_path / "run" / "checkpoint.npz")
+    loss = float(state["driver_train_loss"])
+    assert np.isfinite(loss) and all(np.all(np.isfinite(v)) for v in state.values())
+    assert f"step {int(state['t'])}," in str(err.value) and f"{loss:.4g}" in str(err.value)
+    assert int(state["t"]) < 60
+
+
+def test_kill_before_first_checkpoint_resumes_from_step_0(tmp_path):
+    ref = train(TrainConfig(steps=12, **SMALL), tmp_path / "ref", log=lambda m: None)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_bytes((ref / "config.json").read_bytes())     # as a kill leaves it
+    said = []
+    train(TrainConfig(steps=None), run, resume=True, log=said.append)
+    assert "from step 0" in said[-1]
+    _same_arrays(run, ref)
+    assert _rows(run) and [r["step"] for r in _rows(run)] == [r["step"] for r in _rows(ref)]
+
+
+def test_interrupt_before_the_first_step_leaves_nothing(tmp_path, monkeypatch):
+    from refimpl import BottleneckSimulator
+
+    def interrupted(self, idx):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(BottleneckSimulator, "step", interrupted)
+    with pytest.raises(TrainError, match="nothing was written"):
+        train(TrainConfig(steps=12, **SMALL), tmp_path / "run", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_at_step_0_checkpoint_has_one_step_0_row(tmp_path, monkeypatch):
+    import experiments.train as T
+    ref = train(TrainConfig(steps=12, **SMALL), tmp_path / "ref", log=lambda m: None)
+    run = tmp_path / "run"
+    calls = {"n": 0}
+    real_step = None
+
+    def dying_step(self, idx):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt            # after the first step: run committed, checkpoint at step 0
+        return real_step(self, idx)
+    from refimpl import BottleneckSimulator
+    real_step = BottleneckSimulator.step
+    monkeypatch.setattr(BottleneckSimulator, "step", dying_step)
+    with pytest.raises(TrainError, match=f"--resume {run}"):        # the real path, not a placeholder
+        train(TrainConfig(steps=12, **SMALL), run, log=lambda m: None)
+    monkeypatch.setattr(BottleneckSimulator, "step", real_step)
+    assert int(load_npz(run / "checkpoint.npz")["t"]) == 0
+    train(TrainConfig(steps=None), run, resume=True, log=lambda m: None)
+    steps = [r["step"] for r in _rows(run)]
+    assert steps.count("0") == 1 and steps == [r["step"] for r in _rows(ref)]
+    _same_arrays(run, ref)
+    assert T.LOCK_FILE not in _files(run)
+
+
+def test_failure_at_the_first_step_leaves_nothing(tmp_path, monkeypatch):
+    from refimpl import BottleneckSimulator
+
+    def broken(self, idx):
+        raise RuntimeError("kernel launch failed")
+    monkeypatch.setattr(BottleneckSimulator, "step", broken)
+    with pytest.raises(RuntimeError):
+        train(TrainConfig(steps=5, **SMALL), tmp_path / "a" / "b" / "run", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []               # not even the parents it made
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RuntimeError):
+        train(TrainConfig(steps=5, **SMALL), tmp_path / "empty", log=lambda m: None)
+    assert list((tmp_path / "empty").iterdir()) == []   # the user's empty folder stays, empty
+
+
+def test_force_keeps_the_old_run_until_the_new_one_has_stepped(tmp_path, monkeypatch):
+    out = train(TrainConfig(steps=6, **SMALL), tmp_path / "run", log=lambda m: None)
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    # too big for memory: refused before anything is touched (it used to delete the old run first)
+    with pytest.raises(TrainError, match="memory"):
+        train(TrainConfig(steps=6, **dict(SMALL, width=100_000_000)), out, force=True, log=lambda m: None)
+    assert _files(out) == before
+    # the first step fails (a GPU kernel, say): the old run is still there, no staging folder left
+    from refimpl import BottleneckSimulator
+    from refimpl.dynamics import DivergenceError
+    real = BottleneckSimulator.step
+    for exc in (RuntimeError("kernel launch failed"), DivergenceError("loss is nan at step 0")):
+        def broken(self, idx, exc=exc):
+            raise exc
+        monkeypatch.setattr(BottleneckSimulator, "step", broken)
+        with pytest.raises((RuntimeError, TrainError)):
+            train(TrainConfig(steps=6, **SMALL), out, force=True, log=lambda m: None)
+        assert _files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    monkeypatch.setattr(BottleneckSimulator, "step", real)
+    # succeeds: replaced, and the user's other file moves into the new run
+    train(TrainConfig(steps=4, **SMALL), out, force=True, log=lambda m: None)
+    assert _rows(out)[-1]["step"] == "4" and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_memory_error_during_setup_leaves_nothing(tmp_path, monkeypatch):
+    import experiments.train as T
+
+    def oom(*a, **k):
+        raise MemoryError
+    monkeypatch.setattr(T, "build_simulator", oom)
+    with pytest.raises(TrainError, match="memory"):
+        train(TrainConfig(steps=4, **SMALL), tmp_path / "run", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_files_are_removed_on_resume(tmp_path):
+    out = train(TrainConfig(steps=6, **SMALL), tmp_path / "run", log=lambda m: None)
+    for name in (".checkpoint.npz.abc123.tmp", ".metrics.csv.x.tmp", ".config.json.y.tmp"):
+        (out / name).write_bytes(b"half")
+    said = []
+    train(TrainConfig(steps=9), out, resume=True, log=said.append)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert any("temporary" in m for m in said)
+
+
+def test_failed_resume_rewrites_nothing(tmp_path):
+    out = train(TrainConfig(steps=6, **SMALL), tmp_path / "run", log=lambda m: None)
+    before = _files(out)
+    with pytest.raises(TrainError, match="batch_size|data"):
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["data"]["n_train"] = 999                            # the data found differ from the run's
+        (out / "config.json").write_text(json.dumps(cfg))
+        before = _files(out)
+        train(TrainConfig(steps=20), out, resume=True, log=lambda m: None)
+    assert _files(out) == before
+
+
+def test_live_lock_is_honoured_and_stale_lock_taken_over(tmp_path):
+    import os
+    import socket
+    from experiments.train import LOCK_FILE
+    out = train(TrainConfig(steps=4, **SMALL), tmp_path / "run", log=lambda m: None)
+    (out / LOCK_FILE).write_text(f"{os.getppid()} None {socket.gethostname()}\n")
+    with pytest.raises(TrainError, match="in use by process"):
+        train(TrainConfig(steps=8), out, resume=True, log=lambda m: None)
+    (out / LOCK_FILE).write_text(f"{2 ** 22 + 12345} None {socket.gethostname()}\n")   # no such process
+    train(TrainConfig(steps=8), out, resume=True, log=lambda m: None)
+    assert _rows(out)[-1]["step"] == "8" and not (out / LOCK_FILE).exists()
+
+
+def test_config_digest_is_generic_over_fields():
+    from experiments.train import config_digest
+    base = {"width": 3, "lr": 1.0, "steps": 10, "data_dir": "/a"}
+    assert config_digest(base) == config_digest(dict(base, steps=99, data_dir="/b"))   # resume may change
+    assert config_digest(base) != config_digest(dict(base, lr=2.0))
+    assert config_digest(base) != config_digest(dict(base, some_new_option="x"))       # new fields count

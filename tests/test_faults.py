@@ -1,0 +1,238 @@
+"""Fault injection: `cli.py train` and `cli.py sweep` killed with SIGKILL at seeded random moments, then resumed.
+
+Train: at least ten kills (before the first checkpoint, in the middle of checkpoint and metrics writes,
+between steps, and from outside at random times); each run is resumed and must end with checkpoint
+arrays and metric columns bit-identical to an uninterrupted run, and leave no temporary file, lock or
+staging folder behind.  Sweep: the parent killed three times (its workers must die with it), resumed
+each time, identical results at the end; one worker killed (the parent must notice, not hang).
+The kills inside a write come from the BOTTLENECK_FAULT hook of experiments/fileio.py.
+"""
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.fileio import load_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, str(ROOT / "cli.py")]
+TRAIN = ["train", "-q", "--train-size", "200", "--test-size", "50", "--d0", "4", "--width", "3",
+         "--init-width", "200", "--steps", "30", "--eval-every", "5", "--checkpoint-every", "3",
+         "--batch-size", "10", "--eval-size", "100", "--backend", "numpy"]
+SWEEP = ["sweep", "--train-size", "60", "--test-size", "20", "--d0", "3", "--init-width", "200",
+         "--batch-size", "10", "--eval-every", "4", "--eval-size", "60", "--widths", "2,inf", "--seeds", "0,1",
+         "--steps", "40", "--no-plot", "--backend", "numpy"]
+KEYS = ["step", "train_loss", "test_loss", "train_acc", "test_acc", "feature_movement", "kernel_alignment"]
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL, /proc and prctl: Linux")
+
+
+def _env(fault=None):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("BOTTLENECK_FAULT", None)
+    if fault:
+        env["BOTTLENECK_FAULT"] = fault
+    return env
+
+
+def _run(args, fault=None, timeout=120):
+    return subprocess.run(CLI + args, env=_env(fault), capture_output=True, text=True, timeout=timeout)
+
+
+def _columns(run):
+    with open(run / "metrics.csv", newline="") as fh:
+        return [[row[k] for k in KEYS] for row in csv.DictReader(fh)]
+
+
+def _arrays(run):
+    return {k: v for k, v in load_npz(run / "checkpoint.npz").items() if k != "driver_wall_s"}
+
+
+def _assert_same_run(run, ref):
+    a, b = _arrays(run), _arrays(ref)
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+    assert _columns(run) == _columns(ref)
+    assert (run / "summary.json").is_file()
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+    assert not list(run.parent.glob(f".{run.name}.*")), "staging folder left behind"
+
+
+def _train_scenarios(seed=20261129):
+    """(name, BOTTLENECK_FAULT or None, rows to wait for before an outside kill or None)."""
+    rng = random.Random(seed)
+    return [
+        ("first config.json write (nothing published yet)", "write:config.json:1", None),
+        ("after config.json, before the simulator", "train:config-written:1", None),
+        ("inside the step-0 metrics write", "write:metrics.csv:1", None),
+        ("inside the step-0 checkpoint write (first checkpoint)", "write:checkpoint.npz:1", None),
+        ("right after the step-0 checkpoint", "train:checkpoint:1", None),
+        ("inside a later checkpoint write", f"write:checkpoint.npz:{rng.randint(2, 10)}", None),
+        ("inside a later metrics write", f"write:metrics.csv:{rng.randint(2, 6)}", None),
+        ("between steps", f"train:step:{rng.randint(1, 29)}", None),
+        ("right after a later checkpoint", f"train:checkpoint:{rng.randint(2, 10)}", None),
+        ("inside the config.json rewrite after the initial functions", "write:config.json:2", None),
+        ("from outside, while training", None, rng.randint(2, 4)),
+        ("from outside, near the end", None, rng.randint(5, 6)),
+    ]
+
+
+def _kill_when_rows(args, run, rows):
+    """Start a child and SIGKILL it once metrics.csv has ``rows`` data rows (an outside kill -9)."""
+    proc = subprocess.Popen(CLI + args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if len((run / "metrics.csv").read_text().splitlines()) > rows:
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    return proc.wait()
+
+
+def _one_train_kill(tmp_path, k, name, fault, rows):
+    run = tmp_path / f"kill{k}"
+    args = TRAIN + ["--out", str(run)]
+    if fault:
+        res = _run(args, fault=fault)
+        code = res.returncode
+        assert code == -signal.SIGKILL, (name, code, res.stderr)
+    else:
+        code = _kill_when_rows(args, run, rows)
+    if run.exists():                 # resume (from step 0 if there was no checkpoint yet)
+        res = _run(["train", "-q", "--resume", str(run)])
+    else:                            # killed before the run directory appeared: the same command again
+        res = _run(args)
+    assert res.returncode == 0, (name, res.stderr)
+    return run, code
+
+
+def test_train_killed_at_random_moments_resumes_bit_identical(tmp_path):
+    ref = tmp_path / "ref"
+    assert _run(TRAIN + ["--out", str(ref)]).returncode == 0
+    scenarios = _train_scenarios()
+    assert len(scenarios) >= 10
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(_one_train_kill, tmp_path, k, *sc) for k, sc in enumerate(scenarios)]
+        results = [f.result() for f in futures]
+    killed = 0
+    for (run, code), (name, *_rest) in zip(results, scenarios):
+        killed += code == -signal.SIGKILL
+        _assert_same_run(run, ref)
+        steps = [r[0] for r in _columns(run)]
+        assert len(steps) == len(set(steps)), (name, steps)      # no duplicate row (step 0 included)
+    assert killed >= 10
+
+
+# ----------------------------------------------------------------------------------------------- sweep
+
+def _children(pid):
+    """Pids of the live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _workers(pid):
+    """The sweep's worker processes (its children other than multiprocessing's resource tracker)."""
+    out = []
+    for child in _children(pid):
+        try:
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "resource_tracker" not in cmd:
+            out.append(child)
+    return out
+
+
+def _alive(pid):
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def _sweep_final(out):
+    rec = json.loads((out / "sweep.json").read_text())
+    return {r["dir"]: (r["status"], _columns(out / r["dir"]), _arrays(out / r["dir"])) for r in rec["runs"]}
+
+
+def test_sweep_parent_killed_three_times_no_orphans_and_identical_result(tmp_path):
+    ref = tmp_path / "ref"
+    res = _run(SWEEP + ["-j", "2", "--out", str(ref)])
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "sw"
+    rng = random.Random(7)
+    args = SWEEP + ["-j", "2", "--out", str(out)]
+    for kill in range(3):
+        proc = subprocess.Popen(CLI + args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while not _workers(proc.pid) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.1, 0.5))          # workers are importing or training
+        workers = _workers(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert workers and proc.returncode == -signal.SIGKILL, "the sweep ended before the kill"
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "orphaned worker still running after its parent died"
+        args = ["sweep", "--resume", str(out), "-j", str(1 + kill % 2), "--no-plot"]
+    res = _run(args)                                  # the last resume runs to the end
+    assert res.returncode == 0, res.stderr
+    got, want = _sweep_final(out), _sweep_final(ref)
+    assert set(got) == set(want)
+    for d in want:
+        assert got[d][0] == "done" and got[d][1] == want[d][1], d
+        for key in want[d][2]:
+            assert np.array_equal(got[d][2][key], want[d][2][key]), (d, key)
+
+
+def test_sweep_worker_killed_is_reported_and_the_sweep_goes_on(tmp_path):
+    out = tmp_path / "sw"
+    proc = subprocess.Popen(CLI + SWEEP + ["-j", "2", "--out", str(out)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    victim, deadline = None, time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:        # a worker that holds a run's lock
+        for lock in out.glob("width-*/seed-*/.lock"):
+            try:
+                pid = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if pid != proc.pid:
+                victim = pid
+                break
+        time.sleep(0.005)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)            # no hang
+    assert proc.returncode not in (0, None)
+    assert "INTERRUPTED" in err and "died" in err and "Traceback" not in err, err
+    rec = json.loads((out / "sweep.json").read_text())
+    assert sorted(r["status"] for r in rec["runs"]).count("interrupted") == 1
+    res = _run(["sweep", "--resume", str(out), "-j", "1", "--no-plot"])   # the stale lock is taken over
+    assert res.returncode == 0, res.stderr
+    assert all(r["status"] == "done" for r in json.loads((out / "sweep.json").read_text())["runs"])
