@@ -30,7 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.dynamics import History
-from refimpl.kernels import unit_rows
+from refimpl.kernels import as_points, unit_rows
+
+from . import archkernels
 
 DTYPES = {"float64": np.float64, "float32": np.float32}
 
@@ -123,11 +125,19 @@ class AccelBottleneckMixin:
         return ArrayHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype)
 
     def _theta(self, Xa, Xb):
-        return self._kernels.ntk(Xa, Xb, self.activation, self.depth_g)
+        return self._kernels.ntk(Xa, Xb, self.layers_g)
+
+    def _pass(self, Z, mode, chi):
+        """The backend's history pass, or for a head of another architecture (MATH §2.2) the
+        array-module pass of :mod:`accel.archkernels` over the same stored history."""
+        if self.layers_f.closed_form:
+            return self._history_pass(Z, mode, chi)
+        h = self.history
+        return archkernels.history_pass(h.xp, Z, h.P_dev, h.C_dev, mode, chi, self.layers_f)
 
     def _hist_f(self, Z):
         fuse = Z.shape[0] <= FUSE_MAX_ROWS and self.dr <= FUSE_MAX_DR
-        f, T, bsum = self._history_pass(Z, 1 if fuse else 0, None)
+        f, T, bsum = self._pass(Z, 1 if fuse else 0, None)
         self._fused = (self.history, self.history.M, Z.copy(), T, bsum) if fuse else None
         return f
 
@@ -138,7 +148,7 @@ class AccelBottleneckMixin:
                 and cached[2].shape == Z.shape and np.array_equal(cached[2], Z)):
             T, bsum = cached[3], cached[4]
             return np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
-        _, T, bsum = self._history_pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
+        _, T, bsum = self._pass(Z, 2, np.ascontiguousarray(chi, dtype=np.float64))
         return T[:, 0, :] + bsum[:, 0][:, None] * Zh
 
     def jacobian(self, Z):
@@ -147,10 +157,12 @@ class AccelBottleneckMixin:
         As :meth:`refimpl.BottleneckSimulator.jacobian`, from one history pass in mode 1:
         ``J[b, r] = J0[b, r] - mu_f (T[b, r] + bsum[b, r] Z^_b)``.
         """
-        Z = self._check_z(Z)
+        Z = as_points(Z, "Z")
+        if Z.shape[1] != self.d:
+            raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         J = self.net.jacobian(Z)
         if self.history.M:
-            _, T, bsum = self._history_pass(Z, 1, None)
+            _, T, bsum = self._pass(Z, 1, None)
             _, Zh = unit_rows(Z)
             J -= self.lr_f * (T + bsum[:, :, None] * Zh[:, None, :])
         return J
@@ -167,5 +179,5 @@ class AccelInfiniteMixin:
     _kernels = None
 
     def _ntk(self, Xa, Xb):
-        return self._kernels.ntk_inf(Xa, Xb, self.activation, self.depth_f, self.depth_g,
-                                     self.lr_f, self.lr_g)
+        return self._kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,
+                                     layers_f=self.layers_f)

@@ -8,21 +8,27 @@ subclasses of the refimpl simulators that override only the kernel hooks
 The hot loop (:func:`_hist_kernel`) walks the history in tiles of
 ``HIST_BLOCK`` rows against ``QUERY_BLOCK`` query rows, so its temporaries
 are O(QUERY_BLOCK x HIST_BLOCK) whatever M and the number of queries; it
-calls no BLAS (nothing to oversubscribe inside ``prange``).  Per tile:
+calls no BLAS (nothing to oversubscribe inside ``prange``; a single-threaded
+BLAS call per tile was measured slower than the kernels below at these
+skinny shapes).  Per tile:
 
-1. dot products z_b . p_m in the working dtype (float32 or float64);
+1. dot products z_b . p_m in the working dtype (float32 or float64), a
+   register-blocked Gram tile (:func:`_dots_tile`, 4 queries x 4 history rows);
 2. the angle of every pair from its cosine, branch-free with the reduced-range
    arcsine of :mod:`accel.formulas` (vectorised by LLVM), then a scalar pass
    that recomputes nearly (anti-)parallel pairs (|cos| > 1 - NEAR) from the
-   explicit differences z^ -+ p^ in float64 (MATH §2.1);
-3. the sums f += K C, T += alpha C P, bsum += beta C (or with C . chi).
+   explicit differences z^ -+ p^ in float64 (MATH §2.1); meanwhile the next
+   tile of the history is prefetched into the caches;
+3. the sums f += K C, bsum += beta C (or with C . chi), and the Xi contraction
+   T += (alpha C) P as an outer-product register tile written in LLVM vector
+   IR (:func:`_axpy_tile`, 4 queries x 3 SIMD vectors of columns).
 
 Partial sums are kept per history chunk (a fixed split of the history that
-depends on M and the number of queries only, never on the thread count) and
-added in order, so results are deterministic.  In float32 mode the history is
-stored in float32, the dot products and the sums inside a tile run in float32,
-the angle of near pairs is computed in float64, and sums across tiles are
-float64.
+depends on M and the number of queries only, never on the thread count or on
+which thread runs a chunk) and added in order, so results are deterministic.
+In float32 mode the history is stored in float32, the dot products and the
+sums inside a tile run in float32, the angle of near pairs is computed in
+float64, and sums across tiles are float64.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 import refimpl
 from refimpl.kernels import unit_rows
@@ -49,7 +58,7 @@ from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin
 from .pair_source import WHAT
 
 #: History rows per tile of the hot loop.
-HIST_BLOCK = 512
+HIST_BLOCK = 256
 #: Query rows per tile of the hot loop.
 QUERY_BLOCK = 32
 #: Target number of tiles per pass (enough for 16 threads); fixes the chunking.
@@ -60,19 +69,29 @@ SERIAL_PAIRS = 1 << 16
 
 
 class _threads:
-    """Context: run Numba parallel regions on one thread when the work is small."""
+    """Context: run Numba parallel regions on one thread when the work is small.
 
-    def __init__(self, pairs):
+    With ``dynamic``, the iterations of the parallel loop are handed out one at a
+    time instead of in equal static shares, so that a thread slowed down by other
+    processes on the same cores does not hold the others up at the end.
+    """
+
+    def __init__(self, pairs, dynamic=False):
         self.serial = pairs < SERIAL_PAIRS
+        self.dynamic = dynamic and not self.serial
 
     def __enter__(self):
         if self.serial:
             self.saved = numba.get_num_threads()
             numba.set_num_threads(1)
+        if self.dynamic:
+            self.saved_chunk = numba.set_parallel_chunksize(1)
 
     def __exit__(self, *exc):
         if self.serial:
             numba.set_num_threads(self.saved)
+        if self.dynamic:
+            numba.set_parallel_chunksize(self.saved_chunk)
 
 # Floating point: error_model="numpy" everywhere (a float division by zero gives inf
 # instead of a Python exception; no per-division branches, so loops vectorise).  The
@@ -191,41 +210,211 @@ sigma2 = _KernelFunctions.sigma2
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, **_FAST_PAIR)
-def _row_terms(drow, znb, pn, m, s0, nm, Krow, Arow, Brow, nearrow):
-    """Pair terms K, alpha, beta of one query against history rows s0 .. s0 + nm (branch-free)."""
+def _row_terms(drow, znb, pnt, m, nm, Krow, Arow, Brow, nearrow):
+    """Pair terms K, alpha, beta of one query against the nm history rows of norms pnt (branch-free).
+
+    Flags the nearly (anti-)parallel pairs in nearrow and returns how many there are.
+    """
+    count = 0
     for mm in range(nm):
-        pnm = pn[s0 + mm]
+        pnm = pnt[mm]
         dot = np.float64(drow[mm])
         nn = znb * pnm
         lam = _f_cos_of_pair(dot, nn, znb + pnm == 0.0)
-        nearrow[mm] = abs(lam) > 1.0 - NEAR
+        is_near = abs(lam) > 1.0 - NEAR
+        nearrow[mm] = is_near
+        count += is_near
         theta, lam, s = _f_geometry_from_cos(lam)
         Krow[mm] = _f_relu_ntk(dot, nn, m, theta, lam, s)
         Arow[mm] = _f_relu_xi_alpha(m, theta, lam, s)
         Brow[mm] = _f_relu_xi_beta(pnm, m, lam, s)
+    return count
 
 
 @njit(cache=True, **_FAST_PAIR)
-def _row_near(zh, znb, drow, P, pn, m, s0, nm, Krow, Arow, Brow, nearrow):
+def _row_near(zh, znb, drow, Pt, pnt, m, nm, Krow, Arow, Brow, nearrow):
     """Recompute the nearly (anti-)parallel pairs of one query from explicit differences, float64."""
     for mm in range(nm):
         if nearrow[mm]:
-            pnm = pn[s0 + mm]
-            minus2, plus2 = _near_halves(zh, P[s0 + mm], pnm)
+            pnm = pnt[mm]
+            minus2, plus2 = _near_halves(zh, Pt[mm], pnm)
             theta, lam, s = _f_geometry_from_halves(minus2, plus2)
             Krow[mm] = _f_relu_ntk(np.float64(drow[mm]), znb * pnm, m, theta, lam, s)
             Arow[mm] = _f_relu_xi_alpha(m, theta, lam, s)
             Brow[mm] = _f_relu_xi_beta(pnm, m, lam, s)
 
 
+@intrinsic
+def _prefetch(typingctx, flat, i):
+    """Hint the CPU to fetch the cache line of flat[i] (1-d array) into all cache levels."""
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)     # name mangled by llvmlite
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep, data
+        return context.get_dummy_value()
+    return types.void(flat, types.intp), codegen
+
+
+@njit(cache=True, **_FAST_LOOP)
+def _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots):
+    """dots[bb, mm] = Zw[b0 + bb] . P[s0 + mm] for bb < nb, mm < nm (MATH §4: the Gram tile).
+
+    Register-blocked: 4 history rows x 4 queries share each load, 16 running sums
+    (vectorised over the reduction index k by LLVM).  ``zero`` is 0 in the working dtype.
+    """
+    d = Zw.shape[1]
+    m4 = nm - nm % 4
+    b4 = nb - nb % 4
+    for mm in range(0, m4, 4):
+        j = s0 + mm
+        for bb in range(0, b4, 4):
+            i = b0 + bb
+            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
+            a10 = zero; a11 = zero; a12 = zero; a13 = zero     # noqa: E702
+            a20 = zero; a21 = zero; a22 = zero; a23 = zero     # noqa: E702
+            a30 = zero; a31 = zero; a32 = zero; a33 = zero     # noqa: E702
+            for k in range(d):
+                p0 = P[j, k]
+                p1 = P[j + 1, k]
+                p2 = P[j + 2, k]
+                p3 = P[j + 3, k]
+                z = Zw[i, k]
+                a00 += z * p0; a01 += z * p1; a02 += z * p2; a03 += z * p3     # noqa: E702
+                z = Zw[i + 1, k]
+                a10 += z * p0; a11 += z * p1; a12 += z * p2; a13 += z * p3     # noqa: E702
+                z = Zw[i + 2, k]
+                a20 += z * p0; a21 += z * p1; a22 += z * p2; a23 += z * p3     # noqa: E702
+                z = Zw[i + 3, k]
+                a30 += z * p0; a31 += z * p1; a32 += z * p2; a33 += z * p3     # noqa: E702
+            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
+            dots[bb + 1, mm] = a10; dots[bb + 1, mm + 1] = a11; dots[bb + 1, mm + 2] = a12; dots[bb + 1, mm + 3] = a13  # noqa: E702,E501
+            dots[bb + 2, mm] = a20; dots[bb + 2, mm + 1] = a21; dots[bb + 2, mm + 2] = a22; dots[bb + 2, mm + 3] = a23  # noqa: E702,E501
+            dots[bb + 3, mm] = a30; dots[bb + 3, mm + 1] = a31; dots[bb + 3, mm + 2] = a32; dots[bb + 3, mm + 3] = a33  # noqa: E702,E501
+        for bb in range(b4, nb):
+            i = b0 + bb
+            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
+            for k in range(d):
+                z = Zw[i, k]
+                a00 += z * P[j, k]; a01 += z * P[j + 1, k]; a02 += z * P[j + 2, k]; a03 += z * P[j + 3, k]  # noqa: E702,E501
+            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
+    for mm in range(m4, nm):
+        for bb in range(nb):
+            a00 = zero
+            for k in range(d):
+                a00 += Zw[b0 + bb, k] * P[s0 + mm, k]
+            dots[bb, mm] = a00
+
+
+#: Queries per register tile of the Xi contraction (:func:`_make_outer_tile`).
+OUTER_ROWS = 4
+#: Bytes of one SIMD register the contraction is written for (AVX2 / AVX-512 at 256 bits).
+VECTOR_BYTES = 32
+
+
+def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
+    """Intrinsic: acc[b:b+4, k:k+w] += W[b:b+4, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
+
+    Written as LLVM vector IR: the 4 x nvec accumulators stay in registers over the
+    whole reduction over nm history rows, each loaded row chunk of P serves 4 queries
+    and each broadcast weight nvec vectors (an outer-product micro-kernel; Numba's
+    loop vectoriser keeps such accumulators in memory instead).
+    """
+    @intrinsic
+    def outer_tile(typingctx, W, P, acc, b, s0, nm, k):
+        def codegen(context, builder, sig, args):
+            Wty, Pty, Aty = sig.args[:3]
+            arrays = [context.make_array(t)(context, builder, a) for t, a in zip(sig.args[:3], args[:3])]
+            Wa, Pa, Aa = arrays
+            b_, s0_, nm_, k_ = args[3:]
+            fty = context.get_value_type(Pty.dtype)
+            lanes = vector_bytes * 8 // Pty.dtype.bitwidth
+            vty = ir.VectorType(fty, lanes)
+            intp = context.get_value_type(types.intp)
+            i32 = ir.IntType(32)
+            align = Pty.dtype.bitwidth // 8
+            undef = ir.Constant(vty, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, lanes), [i32(0)] * lanes)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, [fty(0.0)] * lanes))
+                     for _ in range(nvec)] for _ in range(OUTER_ROWS)]
+
+            def vectors(ptr):
+                base = builder.bitcast(ptr, vty.as_pointer())
+                return [builder.gep(base, [intp(v)]) for v in range(nvec)]
+
+            with cgutils.for_range(builder, nm_) as loop:
+                mm = loop.index
+                prow = cgutils.get_item_pointer(context, builder, Pty, Pa, [builder.add(s0_, mm), k_],
+                                                wraparound=False)
+                pv = [builder.load(p, align=align) for p in vectors(prow)]
+                for i in range(OUTER_ROWS):
+                    wptr = cgutils.get_item_pointer(context, builder, Wty, Wa, [builder.add(b_, intp(i)), mm],
+                                                    wraparound=False)
+                    wv = builder.shuffle_vector(builder.insert_element(undef, builder.load(wptr), i32(0)),
+                                                undef, splat)
+                    for v in range(nvec):
+                        prod = builder.fmul(wv, pv[v], flags=("contract",))
+                        builder.store(builder.fadd(builder.load(accs[i][v]), prod, flags=("contract",)),
+                                      accs[i][v])
+            for i in range(OUTER_ROWS):
+                arow = cgutils.get_item_pointer(context, builder, Aty, Aa, [builder.add(b_, intp(i)), k_],
+                                                wraparound=False)
+                for v, p in enumerate(vectors(arow)):
+                    builder.store(builder.fadd(builder.load(p, align=align), builder.load(accs[i][v])),
+                                  p, align=align)
+            return context.get_dummy_value()
+        return types.void(W, P, acc, b, s0, nm, k), codegen
+    return outer_tile
+
+
+_outer_tile3 = _make_outer_tile(3)
+_outer_tile1 = _make_outer_tile(1)
+_outer_tile_half = _make_outer_tile(1, VECTOR_BYTES // 2)
+
+
+@njit(cache=True, **_FAST_LOOP)
+def _axpy_tile(W, P, s0, nb, nm, acc):
+    """acc[bb, :] += sum_mm W[bb, mm] P[s0 + mm, :] for bb < nb, mm < nm (the Xi contraction).
+
+    Register tiles of 4 queries x 3 SIMD vectors of columns (:func:`_make_outer_tile`),
+    then 4 x 1 vector and 4 x 1 half vector for the columns left, then plain loops
+    for the rest (the last columns, queries past the last multiple of 4).
+    """
+    d = P.shape[1]
+    lanes = VECTOR_BYTES // P.itemsize
+    k3 = d - d % (3 * lanes)
+    k1 = d - d % lanes
+    kh = d - d % (lanes // 2)
+    b4 = nb - nb % OUTER_ROWS
+    for kc in range(0, k3, 3 * lanes):
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile3(W, P, acc, bb, s0, nm, kc)
+    for kc in range(k3, k1, lanes):
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile1(W, P, acc, bb, s0, nm, kc)
+    if kh > k1:
+        for bb in range(0, b4, OUTER_ROWS):
+            _outer_tile_half(W, P, acc, bb, s0, nm, k1)
+    for mm in range(nm):
+        for bb in range(nb):
+            w = W[bb, mm]
+            for k in range(0 if bb >= b4 else kh, d):
+                acc[bb, k] += w * P[s0 + mm, k]
+
+
 @njit(parallel=True, cache=True, **_FAST_LOOP)
-def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock, hblock,
+def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, qblock, hblock,
                  out_f, out_T, out_b):
     """One pass over the history P (M, d), C (M, dr) for the queries Zw (q, d).
 
     Zw is in the working dtype (that of P); zn, Zh are the float64 norms and
-    unit rows of the queries; pn the float64 norms of P.  Adds the sums of
-    chunk c into out_f[c] (q, dr), out_T[c] (q, R, d), out_b[c] (q, R);
+    unit rows of the queries; pn the float64 norms of P; Pflat the flat (M d,)
+    view of P (for prefetching).  Adds the sums of chunk c into out_f[c]
+    (q, dr), out_T[c] (q, R, d), out_b[c] (q, R);
     mode 0: f only; 1: f and T, bsum with w = C; 2: T, bsum with w_m = C_m . chi_b.
     relu: ReLU kernels, else linear with K = lin x.y / m, alpha = lin / m, beta = 0.
     """
@@ -250,76 +439,91 @@ def _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, m, lin, nchunks, qblock,
         Av = np.empty((nb, hblock), dtype=np.float64)
         Bv = np.empty((nb, hblock), dtype=np.float64)
         near = np.zeros((nb, hblock), dtype=np.bool_)
+        nnear = np.zeros(nb, dtype=np.int64)             # near pairs per query in the tile
         W = np.empty((nb, hblock), dtype=wdt)
-        accT = np.zeros((nb, max(R, 1), d), dtype=wdt)
-        accT64 = np.zeros((nb, max(R, 1), d), dtype=np.float64)
+        accT = np.zeros((max(R, 1), nb, d), dtype=wdt)
+        accT64 = np.zeros((nb, d), dtype=np.float64)
         zero = np.zeros(1, dtype=wdt)[0]
+        # the next tile's rows [f0, f1) of Pflat are prefetched, one cache line at a time,
+        # in nb pieces interleaved with the pair terms (which do not touch P)
+        line = 64 // P.itemsize
         for s0 in range(h0, h1, hblock):
             nm = min(h1, s0 + hblock) - s0
-            # 1. dot products (reduction over d, reassociated and vectorised)
-            for mm in range(nm):
-                for bb in range(nb):
-                    acc = zero
-                    for k in range(d):
-                        acc += Zw[b0 + bb, k] * P[s0 + mm, k]
-                    dots[bb, mm] = acc
+            pnt = pn[s0:s0 + nm]
+            Ct = C[s0:s0 + nm]
+            Pt = P[s0:s0 + nm]
+            f0 = (s0 + nm) * d
+            f1 = min(h1, s0 + nm + hblock) * d
+            piece = ((f1 - f0 + nb - 1) // nb + line - 1) // line * line
+            # 1. dot products (register-blocked tile of Zw P^T)
+            _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots)
             # 2. pair terms: branch-free for all pairs, then the near pairs again
             for bb in range(nb):
                 if relu:
-                    _row_terms(dots[bb], zn[b0 + bb], pn, m, s0, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
-                    _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], P, pn, m, s0, nm,
-                              Kv[bb], Av[bb], Bv[bb], near[bb])
+                    nnear[bb] = _row_terms(dots[bb], zn[b0 + bb], pnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
+                    if nnear[bb]:
+                        _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], Pt, pnt, m, nm,
+                                  Kv[bb], Av[bb], Bv[bb], near[bb])
                 else:
                     for mm in range(nm):
                         Kv[bb, mm] = lin * dots[bb, mm] / m
                         Av[bb, mm] = lin / m
                         Bv[bb, mm] = 0.0
+                for e in range(f0 + bb * piece, min(f1, f0 + (bb + 1) * piece), line):
+                    _prefetch(Pflat, e)
             # 3. sums over the tile's history rows
             if mode != 2:
                 for bb in range(nb):
                     for r in range(dr):
                         acc64 = 0.0
                         for mm in range(nm):
-                            acc64 += Kv[bb, mm] * C[s0 + mm, r]
+                            acc64 += Kv[bb, mm] * Ct[mm, r]
                         out_f[c, b0 + bb, r] += acc64
             if mode != 0:
                 for r in range(R):
                     # weights w[b, m] = alpha * C[m, r]  (mode 1)  or  alpha * (C_m . chi_b)  (mode 2)
+                    accr = accT[r]
+                    accr[:] = 0
                     for bb in range(nb):
                         bacc = 0.0
-                        for mm in range(nm):
-                            if mode == 1:
-                                cw = np.float64(C[s0 + mm, r])
-                            else:
+                        if mode == 1:
+                            for mm in range(nm):
+                                cw = np.float64(Ct[mm, r])
+                                W[bb, mm] = Av[bb, mm] * cw
+                                bacc += Bv[bb, mm] * cw
+                        else:
+                            for mm in range(nm):
                                 cw = 0.0
                                 for rr in range(dr):
-                                    cw += chi[b0 + bb, rr] * C[s0 + mm, rr]
-                            W[bb, mm] = Av[bb, mm] * cw
-                            bacc += Bv[bb, mm] * cw
+                                    cw += chi[b0 + bb, rr] * Ct[mm, rr]
+                                W[bb, mm] = Av[bb, mm] * cw
+                                bacc += Bv[bb, mm] * cw
                         out_b[c, b0 + bb, r] += bacc
-                    accT[:] = 0
-                    accT64[:] = 0
-                    for mm in range(nm):
+                    if exact_near:
+                        # float32: alpha ~ 1/sin at nearly parallel pairs and cancels against
+                        # beta's term, so their Xi terms are summed in float64, apart
+                        accT64[:] = 0
                         for bb in range(nb):
-                            if exact_near and near[bb, mm]:
-                                # alpha ~ 1/sin here and cancels against beta's term: float64
-                                w64 = Av[bb, mm]
-                                if mode == 1:
-                                    w64 *= np.float64(C[s0 + mm, r])
-                                else:
-                                    cw = 0.0
-                                    for rr in range(dr):
-                                        cw += chi[b0 + bb, rr] * C[s0 + mm, rr]
-                                    w64 *= cw
-                                for k in range(d):
-                                    accT64[bb, r, k] += w64 * P[s0 + mm, k]
-                            else:
-                                w = W[bb, mm]
-                                for k in range(d):
-                                    accT[bb, r, k] += w * P[s0 + mm, k]
+                            for mm in range(nm if nnear[bb] else 0):
+                                if near[bb, mm]:
+                                    w64 = Av[bb, mm]
+                                    if mode == 1:
+                                        w64 *= np.float64(Ct[mm, r])
+                                    else:
+                                        cw = 0.0
+                                        for rr in range(dr):
+                                            cw += chi[b0 + bb, rr] * Ct[mm, rr]
+                                        w64 *= cw
+                                    W[bb, mm] = 0.0
+                                    for k in range(d):
+                                        accT64[bb, k] += w64 * Pt[mm, k]
+                        for bb in range(nb):
+                            for k in range(d):
+                                out_T[c, b0 + bb, r, k] += accT64[bb, k]
+                    _axpy_tile(W, P, s0, nb, nm, accr)
                     for bb in range(nb):
                         for k in range(d):
-                            out_T[c, b0 + bb, r, k] += accT[bb, r, k] + accT64[bb, r, k]
+                            out_T[c, b0 + bb, r, k] += accr[bb, k]
 
 
 def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
@@ -329,6 +533,7 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     Returns f (q, dr), T (q, R, d), bsum (q, R) in float64 (T, bsum are None in mode 0).
     """
     Z = np.ascontiguousarray(Z, dtype=np.float64)
+    P = np.ascontiguousarray(P)
     q, d = Z.shape
     M, dr = C.shape
     zn, Zh = unit_rows(Z)
@@ -341,8 +546,8 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     out_b = np.zeros((nchunks, q, R) if mode else (1, 1, 1))
     chi = np.zeros((1, 1)) if chi is None else np.ascontiguousarray(chi, dtype=np.float64)
     if M:
-        with _threads(q * M):
-            _hist_kernel(Zw, zn, Zh, P, pn, C, chi, mode, relu, float(m), float(lin), nchunks,
+        with _threads(q * M, dynamic=True):
+            _hist_kernel(Zw, zn, Zh, P, P.reshape(-1), pn, C, chi, mode, relu, float(m), float(lin), nchunks,
                          qblock, hblock, out_f, out_T, out_b)
     f = out_f.sum(axis=0) if mode != 2 else None
     if mode == 0:

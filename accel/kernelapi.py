@@ -6,65 +6,76 @@ the ReLU pair kernels on checked float64 arrays X (p, m), Y (q, m), with ``what`
 "nngp+ntk" -> (Sigma, K)).  :func:`make_kernels` turns it into the functions of
 :mod:`refimpl.kernels` with their names, signatures and input checks; the linear kernels and
 the Jacobian covariances sigma1, sigma2 (Monte Carlo checks, not the dynamics) are refimpl's.
+Architectures other than the default ReLU and the plain linear networks (MATH §2.2) go through
+:mod:`accel.archkernels` on the backend's array module ``device``.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from refimpl import kernels as rk
-from refimpl.kernels import check_activation, as_pair, unit_rows
+from refimpl.kernels import as_pair, unit_rows
+
+from . import archkernels
 
 KERNEL_NAMES = ("nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf")
 
 
-def make_kernels(relu_pairs):
-    """A namespace class with the kernel functions of :mod:`refimpl.kernels` over ``relu_pairs``."""
+def make_kernels(relu_pairs, device=np):
+    """A namespace class with the kernel functions of :mod:`refimpl.kernels` over ``relu_pairs``.
 
-    def nngp(X, Y, activation="relu", depth=None):
+    ``device``: the array module of the architectures of MATH §2.2 (NumPy, CuPy or the stand-in).
+    """
+
+    def _route(X, Y, spec, what):
+        """The pair kernel ``what`` of ``spec``: refimpl's linear forms, the backend's ReLU, or the recursion."""
+        if not spec.closed_form:
+            out = archkernels.pair_kernel(device, *as_pair(X, Y), spec, what)
+            return out if isinstance(out, tuple) else (out,)
+        if spec.activation == "linear":
+            fn = {"nngp": rk.nngp, "sigmadot": rk.sigmadot, "ntk": rk.ntk, "xi": rk.xi_coefficients}[what]
+            out = fn(X, Y, "linear", spec.depth)
+            return out if isinstance(out, tuple) else (out,)
+        return relu_pairs(*as_pair(X, Y), what)
+
+    def nngp(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """NNGP kernel Sigma(x, y), as :func:`refimpl.kernels.nngp`."""
-        check_activation(activation, depth)
-        if activation == "linear":
-            return rk.nngp(X, Y, activation, depth)
-        return relu_pairs(*as_pair(X, Y), "nngp")[0]
+        return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "nngp")[0]
 
-    def sigmadot(X, Y, activation="relu", depth=None):
+    def sigmadot(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """Derivative kernel Sigmadot(x, y), as :func:`refimpl.kernels.sigmadot`."""
-        check_activation(activation, depth)
-        if activation == "linear":
-            return rk.sigmadot(X, Y, activation, depth)
-        return relu_pairs(*as_pair(X, Y), "sigmadot")[0]
+        return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "sigmadot")[0]
 
-    def ntk(X, Y, activation="relu", depth=None):
+    def ntk(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """NTK (Theta with m = d0, K with m = d), as :func:`refimpl.kernels.ntk`."""
-        check_activation(activation, depth)
-        if activation == "linear":
-            return rk.ntk(X, Y, activation, depth)
-        return relu_pairs(*as_pair(X, Y), "ntk")[0]
+        return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "ntk")[0]
 
-    def xi_coefficients(X, Y, activation="relu", depth=None):
+    def xi_coefficients(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """alpha, beta with Xi = alpha y + beta x^, as :func:`refimpl.kernels.xi_coefficients`."""
-        check_activation(activation, depth)
-        if activation == "linear":
-            return rk.xi_coefficients(X, Y, activation, depth)
-        alpha, beta = relu_pairs(*as_pair(X, Y), "xi")
+        alpha, beta = _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "xi")
         return alpha, beta
 
-    def xi(X, Y, activation="relu", depth=None):
+    def xi(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """Xi(x, y) = dK/dx, (p, q, m), as :func:`refimpl.kernels.xi`."""
         X, Y = as_pair(X, Y)
-        alpha, beta = xi_coefficients(X, Y, activation, depth)
+        alpha, beta = xi_coefficients(X, Y, activation, depth, w_std, b_std, out_std)
         _, Xh = unit_rows(X)
         return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
 
-    def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0):
+    def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0,
+                layers_g=None, layers_f=None):
         """NTK without bottleneck, as :func:`refimpl.kernels.ntk_inf`: Sigma_g and Theta_g from
-        one call of the pair routine, combined by :func:`refimpl.kernels.ntk_inf_from_g`."""
-        Lf = check_activation(activation, depth_f)
-        check_activation(activation, depth_g)
-        if activation == "linear":
-            return rk.ntk_inf(X, Y, activation, depth_f, depth_g, lr_f, lr_g)
+        one call of the pair routine, combined by :func:`refimpl.kernels.ntk_inf_from_g`
+        (other architectures: the composed recursion of :mod:`accel.archkernels`)."""
+        spec_g, spec_f, closed = rk._inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
         X, Y = as_pair(X, Y)
+        if not closed:
+            return archkernels.composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g)
+        if spec_g.activation == "linear":
+            return rk.ntk_inf(X, Y, "linear", spec_f.depth, spec_g.depth, lr_f, lr_g)
         sigma_g, theta_g = relu_pairs(X, Y, "nngp+ntk")
-        return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g)
+        return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, "relu", spec_f.depth, lr_f, lr_g)
 
     class Kernels:
         """Kernel functions of one backend (refimpl's names and signatures)."""

@@ -67,6 +67,15 @@ def test_kernels_against_golden(label, backend, dtype):
         assert err <= golden.tolerance(quantity, "float64"), (quantity, err)
 
 
+@pytest.mark.parametrize("label,backend,dtype", TARGETS, ids=TARGET_IDS)
+def test_arch_kernels_against_golden(label, backend, dtype):
+    """erf, biases, scales, depth and their no-bottleneck kernels (MATH §2.2), every backend."""
+    errors = golden.compare_arch_kernels(golden.load_case("kernels_arch"), backend)
+    assert any(k.startswith("erf/") for k in errors) and any(k.startswith("inf_relu/") for k in errors)
+    for quantity, err in errors.items():
+        assert err <= golden.tolerance(quantity, "float64"), (quantity, err)
+
+
 @pytest.mark.parametrize("case", list(golden.TRAJECTORIES))
 @pytest.mark.parametrize("label,backend,dtype", TARGETS, ids=TARGET_IDS)
 def test_trajectory_against_golden(case, label, backend, dtype):

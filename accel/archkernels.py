@@ -1,0 +1,140 @@
+"""The architectures beyond MATH §1 in the accelerated backends: one array-module path (MATH §2.2).
+
+The default ReLU network and the plain linear networks keep each backend's fast pair kernels.
+Every other architecture (erf, biases, layer scales, depth; :class:`refimpl.kernels.Layers`)
+goes through the layer recursion of :func:`refimpl.kernels.pair_terms`, which is written over
+an array module: here it runs vectorised on NumPy arrays (cpu backend, and the GPU backend's
+NumPy stand-in) or on CuPy arrays (gpu backend), for whole blocks of pairs at once.  Written
+once, used by both simulators:
+
+* :func:`pair_kernel`: the kernel functions (nngp, sigmadot, ntk, Xi coefficients, ntk_inf);
+* :func:`history_pass`: the history pass of :mod:`accel._simbase` (modes 0, 1, 2).
+
+Angles as in MATH §2.1: cosines from a matrix product, and pairs with
+|cos| > ``NEAR_PARALLEL_COS`` recomputed from the explicit differences x^ -+ y^.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refimpl import kernels as rk
+
+#: Largest number of pairs whose per-pair terms are formed at once (the recursion holds a few
+#: dozen temporaries of this size).
+MAX_PAIRS = 1 << 18
+
+
+def full_module(xp):
+    """The array module with NumPy's full API for ``xp``: NumPy itself for the NumPy stand-in."""
+    if xp is np or getattr(xp, "KERNEL_TARGET", None) == "host":
+        return np
+    return xp
+
+
+def geometry(xp, X, Y):
+    """Norms (p,), (q,) and angles (p, q) of float64 arrays X (p, m), Y (q, m) on ``xp`` (MATH §2.1)."""
+    nx = xp.sqrt(xp.sum(X * X, axis=1))
+    ny = xp.sqrt(xp.sum(Y * Y, axis=1))
+    Xh = X / xp.where(nx > 0, nx, 1.0)[:, None]
+    Yh = Y / xp.where(ny > 0, ny, 1.0)[:, None]
+    cos = Xh @ Yh.T
+    sx = xp.sum(Xh * Xh, axis=1)[:, None]
+    sy = xp.sum(Yh * Yh, axis=1)[None, :]
+    minus2 = xp.maximum(sx + sy - 2.0 * cos, 0.0)
+    plus2 = xp.maximum(sx + sy + 2.0 * cos, 0.0)
+    rows, cols = xp.nonzero(xp.abs(cos) > rk.NEAR_PARALLEL_COS)
+    if rows.size:
+        minus = Xh[rows] - Yh[cols]
+        plus = Xh[rows] + Yh[cols]
+        minus2[rows, cols] = xp.sum(minus * minus, axis=1)
+        plus2[rows, cols] = xp.sum(plus * plus, axis=1)
+    return nx, ny, 2.0 * xp.arctan2(xp.sqrt(minus2), xp.sqrt(plus2))
+
+
+def terms(xp, X, Y, spec):
+    """:func:`refimpl.kernels.pair_terms` of every pair of rows of X, Y (float64 on ``xp``)."""
+    nx, ny, theta = geometry(xp, X, Y)
+    return rk.pair_terms(nx[:, None], ny[None, :], theta, spec, X.shape[1], xp=xp)
+
+
+def _blocks(xp, X, Y, fn):
+    """fn(X block, Y) for row blocks of X with at most MAX_PAIRS pairs; results stacked on axis 0."""
+    step = max(1, MAX_PAIRS // max(1, Y.shape[0]))
+    parts = [fn(X[i:i + step], Y) for i in range(0, X.shape[0], step)]
+    if isinstance(parts[0], tuple):
+        return tuple(xp.concatenate([p[k] for p in parts]) for k in range(len(parts[0])))
+    return xp.concatenate(parts)
+
+
+def pair_kernel(device, X, Y, spec, what):
+    """Kernel ``what`` ("nngp", "sigmadot", "ntk", "xi" -> (alpha, beta)) of ``spec`` on host X, Y.
+
+    ``device``: the backend's array module (NumPy, CuPy or the stand-in).  Returns host arrays.
+    """
+    xp = full_module(device)
+    Xd, Yd = xp.asarray(X), xp.asarray(Y)
+
+    def one(Xb, Yb):
+        t = terms(xp, Xb, Yb, spec)
+        return (t["alpha"], t["beta"]) if what == "xi" else t[what]
+
+    out = _blocks(xp, Xd, Yd, one)
+    host = (lambda a: a) if xp is np else xp.asnumpy
+    return tuple(host(a) for a in out) if isinstance(out, tuple) else host(out)
+
+
+def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
+    """NTK_inf of g and f without bottleneck (MATH §5, §2.2) on host X, Y; returns a host array."""
+    xp = full_module(device)
+    m = X.shape[1]
+
+    def one(Xb, Yb):
+        nx, ny, theta = geometry(xp, Xb, Yb)
+        return rk.composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+
+    out = _blocks(xp, xp.asarray(X), xp.asarray(Y), one)
+    return out if xp is np else xp.asnumpy(out)
+
+
+def history_pass(device, Z, P, C, mode, chi, spec):
+    """The history pass of :mod:`accel._simbase` for the head architecture ``spec``.
+
+    Z (q, d), chi (q, dr) host float64; P (M, d), C (M, dr) the stored history on ``device``
+    (any float dtype; the terms are float64).  Returns host float64 f (q, dr) (None in mode 2),
+    T (q, R, d) and bsum (q, R) (None in mode 0), R = dr (mode 1) or 1 (mode 2).
+    """
+    xp = full_module(device)
+    q, d = Z.shape
+    M, dr = C.shape
+    R = {0: 0, 1: dr, 2: 1}[mode]
+    Zd = xp.asarray(np.ascontiguousarray(Z, dtype=np.float64))
+    chi_d = None if chi is None else xp.asarray(np.ascontiguousarray(chi, dtype=np.float64))
+    f = xp.zeros((q, dr))
+    T = xp.zeros((q, max(R, 1), d))
+    bsum = xp.zeros((q, max(R, 1)))
+    qstep = max(1, min(q, MAX_PAIRS // 256))
+    for r0 in range(0, q, qstep):
+        rs = slice(r0, min(q, r0 + qstep))
+        nq = rs.stop - rs.start
+        step = max(1, MAX_PAIRS // nq)
+        for s0 in range(0, M, step):
+            Ps = xp.asarray(P[s0:s0 + step]).astype(np.float64)
+            Cs = xp.asarray(C[s0:s0 + step]).astype(np.float64)
+            t = terms(xp, Zd[rs], Ps, spec)
+            if mode != 2:
+                f[rs] += t["ntk"] @ Cs
+            if mode == 1:
+                for r in range(dr):
+                    W = Cs[:, r][None, :]
+                    T[rs, r] += (t["alpha"] * W) @ Ps
+                    bsum[rs, r] += xp.sum(t["beta"] * W, axis=1)
+            elif mode == 2:
+                W = chi_d[rs] @ Cs.T
+                T[rs, 0] += (t["alpha"] * W) @ Ps
+                bsum[rs, 0] += xp.sum(t["beta"] * W, axis=1)
+    host = (lambda a: a) if xp is np else xp.asnumpy
+    f = host(f) if mode != 2 else None
+    if mode == 0:
+        return f, None, None
+    return f, host(T), host(bsum)
