@@ -687,7 +687,14 @@ def relu_composed(X, Y):
     return sigma_F, (np.pi - theta_F) / TWO_PI
 
 
-def _inf_specs(activation, depth_f, depth_g, layers_g, layers_f):
+def inf_specs(activation, depth_f, depth_g, layers_g, layers_f):
+    """The layer specifications of g and f of the network without bottleneck (MATH §5), and whether the
+    closed-form composed kernel applies (both closed-form, the same activation).
+
+    Returns
+    -------
+    spec_g, spec_f : Layers;  closed : bool
+    """
     spec_g = layers_g if layers_g is not None else layers(activation, depth_g)
     spec_f = layers_f if layers_f is not None else layers(activation, depth_f)
     for name, s in (("layers_g", spec_g), ("layers_f", spec_f)):
@@ -715,7 +722,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
+    spec_g, spec_f, closed = inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
     X, Y = as_pair(X, Y)
     if not closed:
         nx, ny, theta, _, _ = pair_angles(X, Y)
@@ -735,7 +742,7 @@ def nngp_inf(X, Y, layers_g=None, layers_f=None):
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs("relu", None, None, layers_g or Layers(), layers_f or Layers())
+    spec_g, spec_f, closed = inf_specs("relu", None, None, layers_g or Layers(), layers_f or Layers())
     X, Y = as_pair(X, Y)
     if closed:
         if spec_g.activation == "linear":
