@@ -73,7 +73,7 @@ class FiniteNetwork:
         Scales of the layers (MATH §2.2: w_std, b_std, out_std); their depth must
         match the number of matrices.  Default: unit scales, no biases.
     loss : {"mse", "ce"}
-        Squared loss or cross-entropy (MATH §4.x), as in the simulators.
+        Squared loss or cross-entropy (MATH §4.3), as in the simulators.
 
     The weights are copied; training changes them in place.
     """
@@ -317,7 +317,7 @@ class FiniteNetwork:
 
         Returns
         -------
-        loss : float, ``1/(2B) sum |F - y|^2`` (or the cross-entropy, MATH §4.x)
+        loss : float, ``1/(2B) sum |F - y|^2`` (or the cross-entropy, MATH §4.3)
         grads_g, grads_f : lists of arrays shaped like :attr:`g_weights`, :attr:`f_weights`
         grads_bg, grads_bf : lists of bias gradients (None entries without biases), if ``with_biases``
         """

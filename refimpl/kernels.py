@@ -775,7 +775,9 @@ def relu_composed(X, Y):
     return sigma_F, (np.pi - theta_F) / TWO_PI
 
 
-def _inf_specs(activation, depth_f, depth_g, layers_g, layers_f):
+def inf_layers(activation, depth_f, depth_g, layers_g, layers_f):
+    """(Layers of g, Layers of f, closed) for :func:`ntk_inf`'s arguments; ``closed``: the written-out
+    no-bottleneck kernels of MATH §5 apply (both halves closed-form, one activation)."""
     spec_g = layers_g if layers_g is not None else layers(activation, depth_g)
     spec_f = layers_f if layers_f is not None else layers(activation, depth_f)
     for name, s in (("layers_g", spec_g), ("layers_f", spec_f)):
@@ -803,7 +805,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
+    spec_g, spec_f, closed = inf_layers(activation, depth_f, depth_g, layers_g, layers_f)
     X, Y = as_pair(X, Y)
     if not closed:
         nx, ny, theta, _, _ = pair_angles(X, Y)
@@ -823,7 +825,7 @@ def nngp_inf(X, Y, layers_g=None, layers_f=None):
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs("relu", None, None, layers_g or Layers(), layers_f or Layers())
+    spec_g, spec_f, closed = inf_layers("relu", None, None, layers_g or Layers(), layers_f or Layers())
     X, Y = as_pair(X, Y)
     if closed:
         if spec_g.activation == "linear":

@@ -1,4 +1,4 @@
-"""Architectures beyond MATH §1 (MATH §2.2, §4.x): erf, biases, layer scales, depth, cross-entropy.
+"""Architectures beyond MATH §1 (MATH §2.2, §4.3): erf, biases, layer scales, depth, cross-entropy.
 
 Each kernel of the layer recursion is checked against
 * the closed forms it must reproduce (default ReLU network, plain linear networks),
@@ -291,7 +291,7 @@ def test_monte_carlo_over_random_networks(name, width, samples):
         assert per_pair.max() < 4.5, (name, key, per_pair)
 
 
-# --------------------------------------------------------------------------- cross-entropy (MATH §4.x)
+# --------------------------------------------------------------------------- cross-entropy (MATH §4.3)
 
 @pytest.mark.parametrize("dr", [1, 3])
 def test_cross_entropy_chi_is_the_gradient_of_the_loss(dr):
