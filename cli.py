@@ -208,7 +208,7 @@ control_options = _option_set(
     _opt("--lr-probe-steps", type=POS_INT, default=100, help="Steps of each probe run of --lr-policy per-width."),
 )
 
-#: The architecture and the loss (MATH §2.2, §4.x): train, sweep, finite-sweep, verify theorem3.2.
+#: The architecture and the loss (MATH §2.2, §4.3): train, sweep, finite-sweep, verify theorem3.2.
 ARCH_OPTIONS = (
     _opt("--depth-g", type=click.IntRange(min=0), default=1,
          help="Hidden layers of g (1: the paper's network; 0 only for linear)."),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl.dynamics import History
-from refimpl.kernels import unit_rows
+from refimpl.kernels import as_points, unit_rows
 
 from . import archkernels
 
@@ -157,7 +157,9 @@ class AccelBottleneckMixin:
         As :meth:`refimpl.BottleneckSimulator.jacobian`, from one history pass in mode 1:
         ``J[b, r] = J0[b, r] - mu_f (T[b, r] + bsum[b, r] Z^_b)``.
         """
-        Z = self._check_z(Z)
+        Z = as_points(Z, "Z")
+        if Z.shape[1] != self.d:
+            raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         J = self.net.jacobian(Z)
         if self.history.M:
             _, T, bsum = self._pass(Z, 1, None)

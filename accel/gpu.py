@@ -61,7 +61,7 @@ def _probe():
         import cupy
     except ImportError as exc:
         if getattr(exc, "name", None) == "cupy":
-            return None, "CuPy is not installed (pip install -e '.[gpu]'; cupy-cuda13x on CUDA 13)"
+            return None, "CuPy is not installed (pip install -e '.[gpu]'; 'cupy-cuda13x[ctk]' on CUDA 13)"
         return None, f"CuPy is installed but does not import ({_reason(exc)})"
     except Exception as exc:                           # noqa: BLE001 - a broken installation
         return None, f"CuPy is installed but does not import ({_reason(exc)})"

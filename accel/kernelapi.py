@@ -68,7 +68,7 @@ def make_kernels(relu_pairs, device=np):
         """NTK without bottleneck, as :func:`refimpl.kernels.ntk_inf`: Sigma_g and Theta_g from
         one call of the pair routine, combined by :func:`refimpl.kernels.ntk_inf_from_g`
         (other architectures: the composed recursion of :mod:`accel.archkernels`)."""
-        spec_g, spec_f, closed = rk._inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
+        spec_g, spec_f, closed = rk.inf_layers(activation, depth_f, depth_g, layers_g, layers_f)
         X, Y = as_pair(X, Y)
         if not closed:
             return archkernels.composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g)

@@ -160,10 +160,11 @@ if (mode != 0) {
 """
 
 #: Parameters of the pair-kernel loop: element i of a (p, q) matrix is (a = i / q, j = i % q);
-#: raw nx (p,), ny (q,), Xh (p, dim) unit rows of X, Y (q, dim) rows of Y, all float64.
+#: raw nx (p,), ny (q,), Xh (p, dim) unit rows of X, Y (q, dim) rows of Y, all float64; out2
+#: (p, q) is written only for two outputs ("xi", "nngp+ntk"; else it may be a 1-element dummy).
 PAIR_IN = ("float64 G, raw float64 nx, raw float64 ny, raw float64 Xh, raw float64 Y, "
            "int64 ncols, int64 dim, float64 m, float64 par, int64 what")
-PAIR_OUT = "float64 out1, float64 out2"
+PAIR_OUT = "float64 out1, raw float64 out2"
 
 #: ``what`` codes of PAIR_OP (and of :mod:`accel.kernelapi`).
 WHAT = {"ntk": 0, "nngp": 1, "sigmadot": 2, "xi": 3, "nngp+ntk": 4}
@@ -182,11 +183,11 @@ if (bd_near(nxa, nyj, dot)) {
     }
 }
 const bd_terms t = bd_pair(nxa, nyj, dot, minus2, plus2, m, par);
-if (what == 0) { out1 = t.K; out2 = 0.0; }
-else if (what == 1) { out1 = t.sigma; out2 = 0.0; }
-else if (what == 2) { out1 = t.sigmadot; out2 = 0.0; }
-else if (what == 3) { out1 = t.alpha; out2 = t.beta; }
-else { out1 = t.sigma; out2 = t.K; }
+if (what == 0) out1 = t.K;
+else if (what == 1) out1 = t.sigma;
+else if (what == 2) out1 = t.sigmadot;
+else if (what == 3) { out1 = t.alpha; out2[i] = t.beta; }
+else { out1 = t.sigma; out2[i] = t.K; }
 """
 
 #: Macro definitions per target (prepended to COMMON).

@@ -75,7 +75,8 @@ class XPEngine:
     def pair_kernel(self, X, Y, what, arch="relu", par=0.0):
         """Pair matrices of checked float64 host arrays X (p, m), Y (q, m) (MATH §2).
 
-        ``what`` as :data:`accel.pair_source.WHAT`; returns host (out1, out2), (p, q) float64.
+        ``what`` as :data:`accel.pair_source.WHAT`; returns host (out1, out2), (p, q) float64
+        (out2 None unless ``what`` is "xi" or "nngp+ntk").
         """
         xp = self.xp
         nx, Xh = unit_rows(X)
@@ -83,13 +84,14 @@ class XPEngine:
         Xd, Yd = xp.asarray(X), xp.asarray(Y)
         G = xp.matmul(Xd, Yd.T)
         G = xp.ascontiguousarray(G)
+        two = what in ("xi", "nngp+ntk")
         out1 = xp.empty(G.shape)
-        out2 = xp.empty(G.shape)
+        out2 = xp.empty(G.shape if two else (1,))
         _, kern = self.kernels(arch)
         kern(G, xp.asarray(nx), xp.asarray(ny), xp.asarray(Xh).ravel(), Yd.ravel(),
              int(Y.shape[0]), int(X.shape[1]), float(X.shape[1]), float(par),
-             int(pair_source.WHAT[what]), out1, out2)
-        return self.to_host(out1), self.to_host(out2)
+             int(pair_source.WHAT[what]), out1, out2.ravel())
+        return self.to_host(out1), (self.to_host(out2) if two else None)
 
     # ------------------------------------------------------------ history pass
     def history_pass(self, Z, P, pn, C, mode, chi, arch, m, par):

@@ -21,7 +21,8 @@ with hand-written backprop, MATH §1):
 
 Loss convention (MATH §4, the same as the simulators and ``train.py``): a step
 on a batch of B points minimises ``L = 1/(2B) sum_i |F_i - y_i|^2``; reported
-losses are the mean over points of ``|F - y|^2 / 2``.  Batch t is
+losses are the mean over points of ``|F - y|^2 / 2`` (with ``loss="ce"``: the cross-entropy of
+MATH §4.3, trained and reported).  Batch t is
 :func:`experiments.train.batch_indices` ``(seed, t, N, B)``, the same batches as
 ``cli.py train`` with the same seed.
 
@@ -346,7 +347,9 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
             "refimpl_version": __version__,
             "memory_estimate_bytes": {str(d): memory_estimate(data.d0, d, data.dr, config.hidden,
                                                               config.batch_size) for d in all_widths},
-            "loss": "mean over points of |F - y|^2 / 2; SGD on 1/(2B) sum |F - y|^2",
+            "loss": ("mean over points of |F - y|^2 / 2; SGD on 1/(2B) sum |F - y|^2" if config.loss == "mse"
+                     else "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic); "
+                          "SGD on its mean over the batch"),
             "error": "1 - accuracy (argmax of F against the label); empty for regression",
             "train_metrics_rows": int(min(config.eval_size, data.n_train))}
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
@@ -432,7 +435,7 @@ def _plot_finite_sweep(out, results, config):
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss (mean |F - y|^2 / 2)")
+    axes[0].set_ylabel("loss (the trained loss, see config.json)")
     axes[1].legend(fontsize=7, ncol=2 if len(results) > 8 else 1, title="bottleneck")
     fig.suptitle(f"finite networks: {title}", fontsize=10)
     fig.tight_layout()

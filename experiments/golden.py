@@ -74,7 +74,7 @@ TRAJECTORIES = {
                           lr=1.0, lr_f=1.0, lr_g=2.0, seed=16, n_eval=10),
     "linear_d5_mini": dict(model="linear", d=5, d0=6, dr=2, N=40, B=8, steps=300,
                            lr=0.5, lr_f=0.7, lr_g=0.3, seed=17, n_eval=8),
-    # architectures of MATH §2.2 and the cross-entropy of MATH §4.x ("layers_g"/"layers_f":
+    # architectures of MATH §2.2 and the cross-entropy of MATH §4.3 ("layers_g"/"layers_f":
     # activation, depth (weight matrices), w_std, b_std, out_std; "loss": mse or ce)
     "erf_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=2, N=24, B=6, steps=200, lr=1.0, lr_f=None,
                         lr_g=None, seed=21, n_eval=6, init_width=64, layers_g=["erf", 2, 1.0, 0.0, 1.0],

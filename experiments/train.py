@@ -108,7 +108,7 @@ class TrainConfig:
     w_std: float | list = 1.0        # weight std of the hidden layers: one number, or [g, f]
     b_std: float | list = 0.0        # bias std of every layer: one number, or [g, f]
     out_std: float | list = 1.0      # weight std of the last layer of g and of f: one number, or [g, f]
-    loss: str = "mse"                # "mse" or "ce" (softmax / logistic cross-entropy, MATH §4.x)
+    loss: str = "mse"                # "mse" or "ce" (softmax / logistic cross-entropy, MATH §4.3)
     eval_every: int = 50
     eval_size: int = 1000
     checkpoint_every: int | None = None   # default: every evaluation

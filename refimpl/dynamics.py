@@ -11,7 +11,7 @@ Two simulators share one interface:
     dynamics with the kernel :func:`~refimpl.kernels.ntk_inf` (MATH §5).
 
 Loss (``loss="mse"``, the default): ``L = 1/(2B) sum_{i in batch} |F_i - y_i|^2``,
-so ``chi_i = (F_i - y_i)/B``.  ``loss="ce"`` (MATH §4.x, cross-entropy): softmax
+so ``chi_i = (F_i - y_i)/B``.  ``loss="ce"`` (MATH §4.3, cross-entropy): softmax
 cross-entropy on one-hot targets, ``L = 1/B sum_i (logsumexp(F_i) - y_i . F_i)``,
 ``chi_i = (softmax(F_i) - y_i)/B``; with one output (dr = 1) the logistic loss on
 0/1 targets, ``L = 1/B sum_i (softplus(F_i) - y_i F_i)``, ``chi_i = (sigmoid(F_i) - y_i)/B``.
@@ -54,7 +54,7 @@ class DivergenceError(FloatingPointError):
     """Raised by ``step`` when the loss or the update is NaN or infinite; the state is left untouched."""
 
 
-#: Loss functions (MATH §4, §4.x).
+#: Loss functions (MATH §4, §4.3).
 LOSSES = ("mse", "ce")
 
 
@@ -88,7 +88,7 @@ def _softplus(F, xp=np):
 
 
 def pointwise_loss(F, Y, loss="mse", xp=np):
-    """Loss of each row, (n, dr), (n, dr) -> (n,) (MATH §4, §4.x).
+    """Loss of each row, (n, dr), (n, dr) -> (n,) (MATH §4, §4.3).
 
     mse: ``|F - y|^2 / 2``.  ce: ``-y . log softmax(F)``, or for dr = 1
     ``softplus(F) - y F`` (logistic loss on 0/1 targets).  ``xp``: array module.
@@ -102,7 +102,7 @@ def pointwise_loss(F, Y, loss="mse", xp=np):
 
 
 def loss_and_chi(F, Y, loss="mse", xp=np, B=None):
-    """Batch loss and chi = dL/dF for a batch (MATH §4, §4.x).
+    """Batch loss and chi = dL/dF for a batch (MATH §4, §4.3).
 
     ``B`` (default the rows of F) is the batch size the loss is averaged over;
     a caller that splits a batch into row blocks passes the whole batch's B.
@@ -265,7 +265,7 @@ class BottleneckSimulator(_SimulatorBase):
         A linear network of any depth may be started from a two-matrix network
         with the same functions (lemma 4.1).
     loss : {"mse", "ce"}
-        Squared loss or cross-entropy (MATH §4.x; needs one-hot or 0/1 targets).
+        Squared loss or cross-entropy (MATH §4.3; needs one-hot or 0/1 targets).
 
     The architecture of the kernels (depths, scales, biases; MATH §2.2) is the
     network's, ``net.layers_g`` and ``net.layers_f``, with the overrides above.

@@ -45,14 +45,14 @@ import numpy as np
 
 from .dynamics import DivergenceError, check_ce_targets, check_loss, loss_and_chi, pointwise_loss
 from .kernels import ACTIVATIONS, Layers, as_points
-from .network import MLP, RandomNetwork
+from .network import MLP, RandomNetwork, TwoHalves
 from .validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
 ROW_BLOCK_ELEMENTS = 1 << 22
 
 
-class FiniteNetwork:
+class FiniteNetwork(TwoHalves):
     """A finite network F = f o g of MATH §1 with hand-written gradient descent.
 
     Parameters
@@ -73,7 +73,7 @@ class FiniteNetwork:
         Scales of the layers (MATH §2.2: w_std, b_std, out_std); their depth must
         match the number of matrices.  Default: unit scales, no biases.
     loss : {"mse", "ce"}
-        Squared loss or cross-entropy (MATH §4.x), as in the simulators.
+        Squared loss or cross-entropy (MATH §4.3), as in the simulators.
 
     The weights are copied; training changes them in place.
     """
@@ -106,44 +106,9 @@ class FiniteNetwork:
 
     # ------------------------------------------------------------------ sizes
     @property
-    def d0(self):
-        """Input dimension."""
-        return self._g.n_in
-
-    @property
-    def d(self):
-        """Bottleneck width."""
-        return self._g.n_out
-
-    @property
-    def dr(self):
-        """Output dimension."""
-        return self._f.n_out
-
-    @property
-    def depth_g(self):
-        """Number of weight matrices of g (the paper's L_g)."""
-        return len(self._g.weights)
-
-    @property
-    def depth_f(self):
-        """Number of weight matrices of f (the paper's L_f)."""
-        return len(self._f.weights)
-
-    @property
     def width(self):
         """Largest hidden width (the bottleneck width d for the effective network)."""
         return max(self._g.max_width, self._f.max_width)
-
-    @property
-    def g_weights(self):
-        """The weight matrices of g (live arrays, input layer first)."""
-        return self._g.weights
-
-    @property
-    def f_weights(self):
-        """The weight matrices of f (live arrays, input layer first)."""
-        return self._f.weights
 
     # ----------------------------------------------------------- constructors
     @classmethod
@@ -317,7 +282,7 @@ class FiniteNetwork:
 
         Returns
         -------
-        loss : float, ``1/(2B) sum |F - y|^2`` (or the cross-entropy, MATH §4.x)
+        loss : float, ``1/(2B) sum |F - y|^2`` (or the cross-entropy, MATH §4.3)
         grads_g, grads_f : lists of arrays shaped like :attr:`g_weights`, :attr:`f_weights`
         grads_bg, grads_bf : lists of bias gradients (None entries without biases), if ``with_biases``
         """

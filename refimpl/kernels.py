@@ -438,6 +438,83 @@ def _terms(X, Y, spec):
 
 
 # --------------------------------------------------------------------------
+# Second partials of the NNGP: Sigma_(2) = d^2 Sigma(x, y) / dx dy  (MATH §2.2)
+# --------------------------------------------------------------------------
+
+def _dual_second(st, activation, xp):
+    """Partials of V(s_x, s_y, c) up to the mixed second ones (MATH §2.2).
+
+    Returns Vx, Vy, Vc, Vxy, Vxc, Vyc, Vcc (x, y: s_x, s_y at fixed c) and the derivatives
+    dV(q, q, q)/ds_x, dV(q~, q~, q~)/ds_y of the diagonal.  Vc = Vd and Vxc, Vyc, Vcc are Vd's partials (Price).
+    """
+    sx, sy, c = st.sx, st.sy, st.c
+    if activation == "linear":
+        zero = xp.zeros_like(c)
+        return zero, zero, zero + 1.0, zero, zero, zero, zero, 2.0 * sx, 2.0 * sy
+    if activation == "relu":
+        hu, hv = _half_angles(st, xp)
+        s, lam = 2.0 * hu * hv, (hv - hu) * (hv + hu)
+        ridge = s < XI_SIN_THRESHOLD
+        inv_s = xp.where(ridge, 0.0, 1.0 / xp.where(ridge, 1.0, s))
+        Vc = 2.0 * xp.arctan2(hv, hu) / TWO_PI
+        return (sy * s / TWO_PI, sx * s / TWO_PI, Vc, inv_s / TWO_PI,
+                -_safe_div(xp, lam * inv_s / TWO_PI, sx), -_safe_div(xp, lam * inv_s / TWO_PI, sy),
+                _safe_div(xp, inv_s / TWO_PI, sx * sy), sx, sy)
+    qx, qy = sx * sx, sy * sy
+    E = 1.0 + 2.0 * qx + 2.0 * qy + 4.0 * st.dlt * st.eps
+    rE = xp.sqrt(E)
+    E32 = E * rE
+    return (-8.0 * sx * c / (np.pi * rE * (1.0 + 2.0 * qx)), -8.0 * sy * c / (np.pi * rE * (1.0 + 2.0 * qy)),
+            4.0 / (np.pi * rE), 16.0 * sx * sy * c / (np.pi * E32),
+            -8.0 * sx * (1.0 + 2.0 * qy) / (np.pi * E32), -8.0 * sy * (1.0 + 2.0 * qx) / (np.pi * E32),
+            16.0 * c / (np.pi * E32),
+            8.0 * sx / (np.pi * (1.0 + 2.0 * qx) * xp.sqrt(1.0 + 4.0 * qx)),
+            8.0 * sy / (np.pi * (1.0 + 2.0 * qy) * xp.sqrt(1.0 + 4.0 * qy)))
+
+
+def nngp_second_partials(nx, ny, theta, spec, m, xp=np):
+    """Sigma and its partials in r_a = |x|, r_b = |y|, c0 = x.y up to the mixed second ones.
+
+    Returns a dict with ``c`` (Sigma), ``a``, ``b``, ``cc`` (first partials in r_a, r_b, c0) and
+    ``ab``, ``ac``, ``bc``, ``ccc`` (second: r_a r_b, r_a c0, r_b c0, c0 c0), by the chain rule
+    through the layer recursion (MATH §2.2).
+    """
+    m = float(m)
+    o = _input_dual(nx, ny, theta, m, xp)
+    zero = xp.zeros_like(o.V)
+    (w, b), rest = spec.layer_stds()[0], spec.layer_stds()[1:]
+    st = _affine(o, w, b, xp)
+    sy_in = _input_dual(ny, nx, theta, m, xp)                # the same step seen from y: ds_y/dr_b
+    dsy = _affine(sy_in, w, b, xp).dsx
+    w2 = w * w
+    d = {"a": zero, "b": zero, "cc": zero + w2 / m, "ab": zero, "ac": zero, "bc": zero, "ccc": zero}
+    for w, b in rest:
+        Vx, Vy, Vc, Vxy, Vxc, Vyc, Vcc, dVxx, dVyy = _dual_second(st, spec.activation, xp)
+        sxp, syp = st.dsx, dsy
+        w2 = w * w
+        new = {
+            "a": w2 * (Vx * sxp + Vc * d["a"]),
+            "b": w2 * (Vy * syp + Vc * d["b"]),
+            "cc": w2 * Vc * d["cc"],
+            "ab": w2 * (Vxy * sxp * syp + Vxc * sxp * d["b"] + Vyc * d["a"] * syp + Vcc * d["a"] * d["b"]
+                        + Vc * d["ab"]),
+            "ac": w2 * (Vxc * sxp * d["cc"] + Vcc * d["a"] * d["cc"] + Vc * d["ac"]),
+            "bc": w2 * (Vyc * syp * d["cc"] + Vcc * d["b"] * d["cc"] + Vc * d["bc"]),
+            "ccc": w2 * (Vcc * d["cc"] * d["cc"] + Vc * d["ccc"]),
+        }
+        o = DUALS[spec.activation](st, xp)
+        # ds_y/dr_b through the diagonal V(q~, q~, q~): the same rule as _affine for s_x
+        sy_new = xp.sqrt(w2 * o.Vy + b * b)
+        dVy_r = dVyy * dsy
+        lim = {"relu": math.sqrt(0.5), "erf": math.sqrt(4.0 / np.pi), "linear": 1.0}[spec.activation]
+        dsy = xp.where(sy_new > 0.0, 0.5 * w2 * dVy_r / xp.where(sy_new > 0.0, sy_new, 1.0), w * lim * dsy)
+        st = _affine(o, w, b, xp)
+        d = new
+    d["c"] = st.c
+    return d
+
+
+# --------------------------------------------------------------------------
 # NNGP, its derivative kernel, NTK  (paper eq 45; MATH §2)
 # --------------------------------------------------------------------------
 
@@ -637,8 +714,10 @@ def sigma2(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.
 
     ReLU: ``(Sigmadot I + (s / 2pi)(x^ y^T + a b^T)) / m`` with
     ``a = unit(y - (y.x^) x^)``, ``b = unit(x - (x.y^) y^)`` (MATH §2).
-    Linear: ``I / m``.  Other architectures: not available (it needs the second
-    partials of the NNGP, which the layer recursion does not carry).
+    Linear: ``I / m``.  Other architectures (MATH §2.2): ``d^2 Sigma / dx dy`` from the
+    second partials of the NNGP in r_a = |x|, r_b = |y|, c0 = x.y (:func:`nngp_second_partials`),
+
+        Sigma_(2) = S_c I + S_ab x^ y^T + S_bc y y^T + S_ac x^ x^T + S_cc y x^T.
 
     Returns
     -------
@@ -646,8 +725,17 @@ def sigma2(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.
     """
     spec = layers(activation, depth, w_std, b_std, out_std)
     if not spec.closed_form:
-        raise NotImplementedError("sigma2: only the default ReLU and the plain linear networks have "
-                                  "Sigma_(2) in closed form here")
+        X, Y = as_pair(X, Y)
+        nx, ny, theta, _, _ = pair_angles(X, Y)
+        t = nngp_second_partials(nx[:, None], ny[None, :], theta, spec, X.shape[1])
+        _, Xh = unit_rows(X)
+        _, Yh = unit_rows(Y)
+        m = X.shape[1]
+        xh, x = Xh[:, None, :, None], X[:, None, None, :]
+        yh, y = Yh[None, :, None, :], Y[None, :, :, None]
+        e = lambda k: t[k][:, :, None, None]          # noqa: E731
+        return (e("cc") * np.eye(m) + e("ab") * xh * yh + e("bc") * y * Yh[None, :, None, :]
+                + e("ac") * Xh[:, None, :, None] * x + e("ccc") * y * x)
     X, Y = as_pair(X, Y)
     p, m = X.shape
     q = Y.shape[0]
@@ -687,7 +775,9 @@ def relu_composed(X, Y):
     return sigma_F, (np.pi - theta_F) / TWO_PI
 
 
-def _inf_specs(activation, depth_f, depth_g, layers_g, layers_f):
+def inf_layers(activation, depth_f, depth_g, layers_g, layers_f):
+    """(Layers of g, Layers of f, closed) for :func:`ntk_inf`'s arguments; ``closed``: the written-out
+    no-bottleneck kernels of MATH §5 apply (both halves closed-form, one activation)."""
     spec_g = layers_g if layers_g is not None else layers(activation, depth_g)
     spec_f = layers_f if layers_f is not None else layers(activation, depth_f)
     for name, s in (("layers_g", spec_g), ("layers_f", spec_f)):
@@ -715,7 +805,7 @@ def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs(activation, depth_f, depth_g, layers_g, layers_f)
+    spec_g, spec_f, closed = inf_layers(activation, depth_f, depth_g, layers_g, layers_f)
     X, Y = as_pair(X, Y)
     if not closed:
         nx, ny, theta, _, _ = pair_angles(X, Y)
@@ -735,7 +825,7 @@ def nngp_inf(X, Y, layers_g=None, layers_f=None):
     -------
     (p, q) array
     """
-    spec_g, spec_f, closed = _inf_specs("relu", None, None, layers_g or Layers(), layers_f or Layers())
+    spec_g, spec_f, closed = inf_layers("relu", None, None, layers_g or Layers(), layers_f or Layers())
     X, Y = as_pair(X, Y)
     if closed:
         if spec_g.activation == "linear":

@@ -171,7 +171,59 @@ def _draw_biases(rng, weights, spec):
     return [rng.standard_normal(w.shape[0]) for w in weights]
 
 
-class RandomNetwork:
+class TwoHalves:
+    """Sizes and weights of a network made of two MLPs, g (``self._g``) then f (``self._f``).
+
+    Shared by :class:`RandomNetwork` and :class:`refimpl.finite.FiniteNetwork` (MATH §1).
+    """
+
+    @property
+    def d0(self):
+        """Input dimension."""
+        return self._g.n_in
+
+    @property
+    def d(self):
+        """Bottleneck width."""
+        return self._f.n_in
+
+    @property
+    def dr(self):
+        """Output dimension."""
+        return self._f.n_out
+
+    @property
+    def depth_g(self):
+        """Number of weight matrices of g (the paper's L_g)."""
+        return len(self._g.weights)
+
+    @property
+    def depth_f(self):
+        """Number of weight matrices of f (the paper's L_f)."""
+        return len(self._f.weights)
+
+    @property
+    def g_weights(self):
+        """Weight matrices of g (live arrays, input layer first)."""
+        return self._g.weights
+
+    @property
+    def f_weights(self):
+        """Weight matrices of f (live arrays, input layer first)."""
+        return self._f.weights
+
+    @property
+    def g_biases(self):
+        """Biases of g (list of 1-d arrays) or None."""
+        return self._g.biases
+
+    @property
+    def f_biases(self):
+        """Biases of f (list of 1-d arrays) or None."""
+        return self._f.biases
+
+
+class RandomNetwork(TwoHalves):
     """A finite network g (d0 -> d) followed by f (d -> dr).
 
     Parameters
@@ -238,21 +290,6 @@ class RandomNetwork:
         return net
 
     # ------------------------------------------------------------------ sizes
-    @property
-    def d0(self):
-        """Input dimension."""
-        return self._g.n_in
-
-    @property
-    def d(self):
-        """Bottleneck width."""
-        return self._f.n_in
-
-    @property
-    def dr(self):
-        """Output dimension."""
-        return self._f.n_out
-
     @property
     def width(self):
         """Hidden width n of g (and of f when they are equal)."""
@@ -359,25 +396,6 @@ class RandomNetwork:
             raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         return Z
 
-    @property
-    def g_weights(self):
-        """Weight matrices of g, input layer first."""
-        return self._g.weights
-
-    @property
-    def f_weights(self):
-        """Weight matrices of f, input layer first."""
-        return self._f.weights
-
-    @property
-    def g_biases(self):
-        """Biases of g (list of 1-d arrays) or None."""
-        return self._g.biases
-
-    @property
-    def f_biases(self):
-        """Biases of f (list of 1-d arrays) or None."""
-        return self._f.biases
 
     def weights(self):
         """The weights as a dict of arrays (for npz files).

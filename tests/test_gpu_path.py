@@ -3,6 +3,9 @@ around it (blocking by device memory, near pairs, history growth, checkpoints, t
 on the NumPy stand-in (accel.standin).  On a GPU the same source runs through cupy.ElementwiseKernel
 (tests/test_gpu.py, ``pytest -m gpu``)."""
 
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -71,7 +74,7 @@ def test_standin_kernel_checks_its_arguments():
     G = np.zeros((2, 2), dtype=np.float32)               # pair kernel wants float64 G
     z = np.zeros(4)
     with pytest.raises(TypeError, match="float64"):
-        pair(G, z, z, z, z, 2, 2, 2.0, 0.0, 0, np.empty((2, 2)), np.empty((2, 2)))
+        pair(G, z, z, z, z, 2, 2, 2.0, 0.0, 0, np.empty((2, 2)), np.empty(4))
 
 
 def _history(M, d, dr, rng, dtype=np.float64):
@@ -220,3 +223,34 @@ def test_jacobian_at_many_points_matches_refimpl(backend, standin_gpu):
     got = sim.jacobian(Z)
     assert got.shape == (540, 3, 6)
     assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
+
+
+_CUDA_MOCK = r"""
+#include <cmath>
+using std::fabs; using std::sqrt; using std::atan2;
+#define __device__
+#define __forceinline__ inline
+template<typename X> struct CArray { X* p; X& operator[](long long i) const { return p[i]; } };
+inline double atomicAdd(double* a, double v) { double o = *a; *a += v; return o; }
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+@pytest.mark.parametrize("arch", sorted(pair_source.ARCH))
+def test_cuda_target_source_is_valid_cpp(arch):
+    """What CuPy hands to NVRTC (C++): the "cuda" preamble and both loop bodies, with raw arrays as a
+    CArray-like class and outputs as references (as CuPy declares them), pass g++ -fsyntax-only."""
+    ctype = {"float64": "double", "float32": "float", "int64": "long long"}
+    for T in ("float", "double"):
+        for ins, outs, op in ((pair_source.HISTORY_IN, pair_source.HISTORY_OUT, pair_source.HISTORY_OP),
+                              (pair_source.PAIR_IN, pair_source.PAIR_OUT, pair_source.PAIR_OP)):
+            args = []
+            for k, (raw, typ, name) in enumerate(standin._parse(ins) + standin._parse(outs)):
+                c = T if typ == "T" else ctype[typ]
+                out = k >= len(standin._parse(ins))
+                args.append(f"CArray<{c}> {name}" if raw else (f"{c} &{name}" if out else f"const {c} {name}"))
+            src = (_CUDA_MOCK + pair_source.preamble(arch, "cuda") + f"typedef {T} T;\n"
+                   f"void k({', '.join(args)}) {{ for (long long i = 0; i < 4; ++i) {{ {op} }} }}\n")
+            res = subprocess.run(["g++", "-std=c++11", "-fsyntax-only", "-x", "c++", "-"], input=src,
+                                 text=True, capture_output=True)
+            assert res.returncode == 0, res.stderr[:2000]
