@@ -3,7 +3,7 @@
 ``python cli.py golden --regenerate`` writes ``golden/*.npz`` and
 ``golden/manifest.json`` (atomically); nothing else writes them.  Plain
 ``python cli.py golden`` replays them on every available backend and prints a
-table of errors.  The tests (tests/test_golden.py) do the same.
+table of errors.  The tests (tests/accel/test_golden.py) do the same.
 
 Cases
 -----

@@ -3,7 +3,7 @@
 Steps (each a subprocess of this Python, with its own time limit, so one failure does not stop
 the others):
 
-1. ``pytest -m gpu tests/test_gpu.py`` (the GPU suite);
+1. ``pytest -m gpu tests/accel/test_gpu.py`` (the GPU suite);
 2. ``cli.py golden`` (every backend against the golden files);
 3. the default ``cli.py train`` on gpu, cpu and numpy, with wall times;
 4. ``cli.py bench`` on the gpu at M = 1e5, 1e6, 1e7 (d = 100, float64 and float32);
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: The full check (about 3-4 minutes on an H200; most of it the numpy train and the golden files).
 FULL = {
-    "pytest": ["-m", "gpu", "tests/test_gpu.py"],
+    "pytest": ["-m", "gpu", "tests/accel/test_gpu.py"],
     "golden": [],                                        # all cases
     "train": [],                                         # the default train
     "train_backends": ["gpu", "cpu", "numpy"],

@@ -253,7 +253,7 @@ def test_the_citation_check_can_fail():
 # ---------------------------------------------------------------------------- MATH § citations
 
 def math_sections():
-    """The section numbers of docs/MATH.md (and of docs/math/*.md, drafts merged into it)."""
+    """The section numbers of docs/MATH.md."""
     docs = [ROOT / "docs" / "MATH.md", *sorted((ROOT / "docs" / "math").glob("*.md"))]
     heading = re.compile(r"^#+\s*§(\d+(?:\.\d+)*)\b", re.M)
     return {n for path in docs if path.exists() for n in heading.findall(path.read_text())}

@@ -1,7 +1,7 @@
 """The GPU backend's code without a GPU: its CUDA-C kernel source compiled by gcc, and the Python
 around it (blocking by device memory, near pairs, history growth, checkpoints, the train driver)
 on the NumPy stand-in (accel.standin).  On a GPU the same source runs through cupy.ElementwiseKernel
-(tests/test_gpu.py, ``pytest -m gpu``)."""
+(tests/accel/test_gpu.py, ``pytest -m gpu``)."""
 
 import shutil
 import subprocess

@@ -19,7 +19,7 @@ import pytest
 from experiments import data
 from experiments.data import DataError, load_cifar10, load_dataset, load_mnist, read_idx
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 
 from experiments.fileio import load_npz
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "cli.py")]
 TRAIN = ["train", "-q", "--train-size", "200", "--test-size", "50", "--d0", "4", "--width", "3",
          "--init-width", "200", "--steps", "30", "--eval-every", "5", "--checkpoint-every", "3",

@@ -1,7 +1,7 @@
-"""GPU suite: ``python -m pytest -m gpu tests/test_gpu.py`` on a machine with a CUDA GPU and CuPy.
+"""GPU suite: ``python -m pytest -m gpu tests/accel/test_gpu.py`` on a machine with a CUDA GPU and CuPy.
 
 Every test skips cleanly without CuPy or a device (the reason says which).  The same code runs
-on the NumPy stand-in in CI (tests/test_gpu_path.py; ``BOTTLENECK_GPU=standin`` also runs this
+on the NumPy stand-in in CI (tests/accel/test_gpu_path.py; ``BOTTLENECK_GPU=standin`` also runs this
 file there).  Not yet run on GPU hardware in this form (docs/BENCHMARKS.md).
 """
 

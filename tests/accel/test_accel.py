@@ -154,7 +154,7 @@ def test_cpu_pass_independent_of_blocking():
 @pytest.mark.parametrize("impl", ["cpu"])
 def test_history_pass_memory_is_bounded(impl):
     """No (queries x M) temporaries: the pass's peak allocation does not grow with M.
-    (The GPU path's blocks are sized by free device memory: tests/test_gpu_path.py.)"""
+    (The GPU path's blocks are sized by free device memory: tests/accel/test_gpu_path.py.)"""
     rng = np.random.default_rng(4)
     B = 20
     peaks = {}

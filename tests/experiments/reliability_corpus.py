@@ -1,9 +1,9 @@
 """The reliability corpus: about 280 bad inputs through the command line (in process), classified.
 
-Run from the repository root:  python tests/reliability_corpus.py
+Run from the repository root:  python tests/experiments/reliability_corpus.py
 Prints the counts (tracebacks, clear one-line errors, unclear errors, silent acceptances, data lost,
 partial writes, legitimate values accepted, runs that diverged after their first step and kept their
-last good checkpoint) and one line per problem.  The kills are in tests/test_faults.py.
+last good checkpoint) and one line per problem.  The kills are in tests/experiments/test_faults.py.
 """
 import json
 import shutil
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 import numpy as np
 from click.testing import CliRunner
 import cli

@@ -1,5 +1,5 @@
 """Every `cli.py verify` subcommand passes its own checks at its default settings, in CI
-time.  About 40 s in total on 2 cores; tests/test_verify.py covers the options and failures."""
+time.  About 40 s in total on 2 cores; tests/experiments/test_verify.py covers the options and failures."""
 
 import json
 
