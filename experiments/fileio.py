@@ -160,14 +160,19 @@ def read_json(path):
 # lock files
 # ----------------------------------------------------------------------------
 
+def _proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (state first), or None where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _start_time(pid):
     """The start time of process ``pid`` (clock ticks since boot, Linux), or None where unknown."""
+    fields = _proc_stat(pid)
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    try:
-        return int(stat.rsplit(")", 1)[1].split()[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
@@ -179,6 +184,9 @@ def _alive(pid, start):
         return False
     except PermissionError:
         return True
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False                      # dead, not yet reaped (e.g. an orphan under an init that does not reap)
     if start is not None:
         now = _start_time(pid)
         if now is not None and now != start:

@@ -236,3 +236,33 @@ def test_sweep_worker_killed_is_reported_and_the_sweep_goes_on(tmp_path):
     res = _run(["sweep", "--resume", str(out), "-j", "1", "--no-plot"])   # the stale lock is taken over
     assert res.returncode == 0, res.stderr
     assert all(r["status"] == "done" for r in json.loads((out / "sweep.json").read_text())["runs"])
+
+
+def test_lock_of_an_unreaped_dead_process_is_stale(tmp_path):
+    """A killed worker whose parent died too stays a zombie where init does not reap it; os.kill(pid, 0)
+    still succeeds for it, but its lock must be taken over (this made resumed sweeps refuse their runs)."""
+    import socket
+    from experiments.fileio import DirLock, LockedError, _start_time
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while not _alive_state_is(child, "Z") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _alive_state_is(child, "Z")
+        (tmp_path / ".lock").write_text(f"{child} {_start_time(child)} {socket.gethostname()}\n")
+        assert DirLock(tmp_path).acquire().held
+        # a live owner is still refused
+        (tmp_path / ".lock").write_text(f"{os.getppid()} {_start_time(os.getppid())} {socket.gethostname()}\n")
+        with pytest.raises(LockedError):
+            DirLock(tmp_path).acquire()
+    finally:
+        os.waitpid(child, 0)
+
+
+def _alive_state_is(pid, state):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == state
+    except OSError:
+        return False
