@@ -91,6 +91,8 @@ import numpy as np
 
 from refimpl.validate import non_negative_int, positive_int
 
+from .validate import TrainError
+
 
 class DataError(ValueError):
     """A data file is missing, malformed or fails its checksum; the message names the file and the problem."""
@@ -158,6 +160,15 @@ _CHUNK = 1 << 20
 DATASETS = ("synthetic", "mnist", "cifar", "multi-index", "manifold")
 #: Generated data sets (no files): their options are forwarded to their generator.
 GENERATED = ("synthetic", "multi-index", "manifold")
+
+
+def check_loss_fits_task(loss, dataset, task):
+    """TrainError unless ``loss`` can train on ``dataset`` with ``task``: cross-entropy needs class targets
+    (MATH §4.3), so it is refused on the generated regression data and on the autoencoder."""
+    if loss == "ce" and (dataset in GENERATED or task == "autoencoder"):
+        raise TrainError(f"loss: 'ce' needs a classification data set (mnist or cifar); {dataset} "
+                         f"{'with --task autoencoder ' if task == 'autoencoder' else ''}is regression "
+                         "(use --loss mse)")
 _ALIASES = {"cifar10": "cifar", "cifar-10": "cifar"}
 
 

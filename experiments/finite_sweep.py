@@ -54,7 +54,7 @@ from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
 from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
-from .data import DATASETS, GENERATED
+from .data import DATASETS, GENERATED, check_loss_fits_task
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import atomic_write_text, read_csv, write_csv
 from .train import available_memory, batch_indices, eval_rows
@@ -172,10 +172,7 @@ class SweepConfig:
         positive_int("latent_dim", self.latent_dim)
         self.layers()
         one_of("loss", self.loss, LOSSES)
-        if self.loss == "ce" and (self.dataset in GENERATED or self.task == "autoencoder"):
-            raise TrainError(f"loss: 'ce' needs a classification data set (mnist or cifar); {self.dataset} "
-                             f"{'with --task autoencoder ' if self.task == 'autoencoder' else ''}is regression "
-                             "(use --loss mse)")
+        check_loss_fits_task(self.loss, self.dataset, self.task)
         self.widths = parse_widths(self.widths)
         for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
             positive_int(name, getattr(self, name))

@@ -53,7 +53,7 @@ from refimpl.dynamics import DivergenceError
 from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
-from .data import DATASETS, GENERATED
+from .data import DATASETS, GENERATED, check_loss_fits_task
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
                      read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
@@ -152,10 +152,7 @@ class TrainConfig:
         one_of("activation", self.activation, ACTIVATIONS)
         self.layers()
         one_of("loss", self.loss, LOSSES)
-        if self.loss == "ce" and (self.dataset in GENERATED or self.task == "autoencoder"):
-            raise TrainError(f"loss: 'ce' needs a classification data set (mnist or cifar); {self.dataset} "
-                             f"{'with --task autoencoder ' if self.task == 'autoencoder' else ''}is regression "
-                             "(use --loss mse)")
+        check_loss_fits_task(self.loss, self.dataset, self.task)
         one_of("backend", self.backend, BACKENDS)
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
