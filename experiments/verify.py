@@ -83,6 +83,29 @@ def _ints(name, values, minimum=1):
     return tuple(int(v) for v in values)
 
 
+def _at_least_two(name, value):
+    return int_at_least(name, value, 2)
+
+
+def _fraction(name, value):
+    return positive_number(name, value, allow_zero=True)
+
+
+#: How each option of a check is validated (anything not listed: a positive integer).
+_CHECKS = {"widths": _ints, "depths": _ints, "dims": _ints, "lr": positive_number, "seed": non_negative_int,
+           "threshold": _fraction}
+
+
+def _config(name, given, **checks):
+    """``DEFAULTS[name]`` updated with the ``given`` values that are not None, every option checked in
+    order (a one-line ValueError naming the first bad one); ``checks`` override :data:`_CHECKS`."""
+    cfg = dict(DEFAULTS[name])
+    cfg.update({k: v for k, v in given.items() if v is not None})
+    for key in cfg:
+        cfg[key] = checks.get(key, _CHECKS.get(key, positive_int))(key, cfg[key])
+    return cfg
+
+
 def _rel(a, b):
     nb = float(np.linalg.norm(b))
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b))) / nb if nb > 0 else float("inf")
@@ -206,15 +229,8 @@ def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, thr
     -------
     dict report (also written to ``out/lemma3.1.json``; figure ``out/lemma3.1.png``)
     """
-    cfg = dict(DEFAULTS["lemma3.1"])
-    cfg.update({k: v for k, v in dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
-                                         threshold=threshold).items() if v is not None})
-    cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["samples"] = int_at_least("samples", cfg["samples"], 2)
-    cfg["pairs"] = positive_int("pairs", cfg["pairs"])
-    cfg["dim"] = positive_int("dim", cfg["dim"])
-    cfg["seed"] = non_negative_int("seed", cfg["seed"])
-    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg = _config("lemma3.1", dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
+                                   threshold=threshold), samples=_at_least_two)
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -370,20 +386,12 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     the mean final distance in F and the median g residual at the largest
     width are below those at the smallest.
     """
-    cfg = dict(DEFAULTS["theorem3.2"])
     layers_g, layers_f = kernels.architecture(activation, depth_g, depth_f, w_std, b_std, out_std)
     check_loss(loss)
-    if max(layers_g.depth, layers_f.depth) > 2:
-        cfg["widths"] = DEEP_WIDTHS
-    cfg.update({k: v for k, v in dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points,
-                                         seed=seed, threshold=threshold).items() if v is not None})
-    cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["steps"] = positive_int("steps", cfg["steps"])
-    cfg["lr"] = positive_number("lr", cfg["lr"])
-    cfg["samples"] = positive_int("samples", cfg["samples"])
-    cfg["points"] = positive_int("points", cfg["points"])
-    cfg["seed"] = non_negative_int("seed", cfg["seed"])
-    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    given = dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points, seed=seed, threshold=threshold)
+    if max(layers_g.depth, layers_f.depth) > 2 and widths is None:
+        given["widths"] = DEEP_WIDTHS
+    cfg = _config("theorem3.2", given)
     cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
@@ -471,16 +479,8 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
     at the largest width is at most ``threshold`` for every depth, and below
     that at the smallest width.
     """
-    cfg = dict(DEFAULTS["lemma4.1"])
-    cfg.update({k: v for k, v in dict(widths=widths, depths=depths, steps=steps, lr=lr, points=points, seed=seed,
-                                         threshold=threshold).items() if v is not None})
-    cfg["widths"] = _ints("widths", cfg["widths"])
-    cfg["depths"] = _ints("depths", cfg["depths"])
-    cfg["steps"] = positive_int("steps", cfg["steps"])
-    cfg["lr"] = positive_number("lr", cfg["lr"])
-    cfg["points"] = positive_int("points", cfg["points"])
-    cfg["seed"] = non_negative_int("seed", cfg["seed"])
-    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg = _config("lemma4.1", dict(widths=widths, depths=depths, steps=steps, lr=lr, points=points, seed=seed,
+                                   threshold=threshold))
     cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
@@ -576,15 +576,8 @@ def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, 
     Checks: the mean gap at the largest d is at most ``threshold``, and (with
     several d) below the mean gap at the smallest d.
     """
-    cfg = dict(DEFAULTS["inf-limit"])
-    cfg.update({k: v for k, v in dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
-                                         threshold=threshold).items() if v is not None})
-    cfg["dims"] = _ints("dims", cfg["dims"])
-    cfg["width"] = positive_int("width", cfg["width"])
-    cfg["samples"] = positive_int("samples", cfg["samples"])
-    cfg["points"] = int_at_least("points", cfg["points"], 2)
-    cfg["seed"] = non_negative_int("seed", cfg["seed"])
-    cfg["threshold"] = positive_number("threshold", cfg["threshold"], allow_zero=True)
+    cfg = _config("inf-limit", dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
+                                    threshold=threshold), points=_at_least_two)
     cfg["d0"] = positive_int("d0", d0)
     out = _prepare(out)
     started = time.perf_counter()
