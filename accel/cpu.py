@@ -12,16 +12,22 @@ calls no BLAS (nothing to oversubscribe inside ``prange``; a single-threaded
 BLAS call per tile was measured slower than the kernels below at these
 skinny shapes).  Per tile:
 
-1. dot products z_b . p_m in the working dtype (float32 or float64), a
-   register-blocked Gram tile (:func:`_dots_tile`, 4 queries x 4 history rows);
+1. dot products z_b . p_m in the working dtype (float32 or float64): the
+   Gram tile P_tile Z^T against the transposed queries, as an outer-product
+   register tile (:func:`_gram_tile`, 4 history rows x 20 queries);
 2. the angle of every pair from its cosine, branch-free with the reduced-range
-   arcsine of :mod:`accel.formulas` (vectorised by LLVM), then a scalar pass
-   that recomputes nearly (anti-)parallel pairs (|cos| > 1 - NEAR) from the
-   explicit differences z^ -+ p^ in float64 (MATH §2.1); meanwhile the next
-   tile of the history is prefetched into the caches;
+   arcsine of :mod:`accel.formulas` (vectorised by LLVM; the cosine from the
+   reciprocal norms, no division), then a scalar pass that recomputes nearly
+   (anti-)parallel pairs (|cos| > 1 - NEAR) from the explicit differences
+   z^ -+ p^ in float64 (MATH §2.1);
 3. the sums f += K C, bsum += beta C (or with C . chi), and the Xi contraction
    T += (alpha C) P as an outer-product register tile written in LLVM vector
-   IR (:func:`_axpy_tile`, 4 queries x 3 SIMD vectors of columns).
+   IR (:func:`_axpy_tile`, 8 queries x 3 SIMD vectors of columns).
+
+Throughout the tile the next tile of the history is prefetched into the caches,
+in pieces spread over the three phases.  The SGD step itself runs with one
+BLAS thread (:mod:`accel.blas_threads`).  Measured costs per pair and the
+reasons for the tile shapes: docs/BENCHMARKS.md.
 
 Partial sums are kept per history chunk (a fixed split of the history that
 depends on M and the number of queries only, never on the thread count or on
@@ -53,12 +59,12 @@ from numba.extending import intrinsic  # noqa: E402
 import refimpl
 from refimpl.kernels import unit_rows
 
-from . import formulas, kernelapi
+from . import blas_threads, formulas, kernelapi
 from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin
 from .pair_source import WHAT
 
 #: History rows per tile of the hot loop.
-HIST_BLOCK = 256
+HIST_BLOCK = 128
 #: Query rows per tile of the hot loop.
 QUERY_BLOCK = 32
 #: Target number of tiles per pass (enough for 16 threads); fixes the chunking.
@@ -120,7 +126,7 @@ _relu_xi_alpha = _F["relu_xi_alpha"]
 _relu_xi_beta = _F["relu_xi_beta"]
 
 _FF = formulas.build(_select, math.sqrt, jit=njit(**_FAST_PAIR), tag="nbfast")
-_f_cos_of_pair = _FF["cos_of_pair"]
+_f_cos_from_ratio = _FF["cos_from_ratio"]
 _f_geometry_from_cos = _FF["geometry_from_cos"]
 _f_geometry_from_halves = _FF["geometry_from_halves"]
 _f_relu_ntk = _FF["relu_ntk"]
@@ -210,17 +216,19 @@ sigma2 = _KernelFunctions.sigma2
 # ---------------------------------------------------------------------------
 
 @njit(cache=True, **_FAST_PAIR)
-def _row_terms(drow, znb, pnt, m, nm, Krow, Arow, Brow, nearrow):
+def _row_terms(drow, znb, pnt, rpnt, m, nm, Krow, Arow, Brow, nearrow):
     """Pair terms K, alpha, beta of one query against the nm history rows of norms pnt (branch-free).
 
-    Flags the nearly (anti-)parallel pairs in nearrow and returns how many there are.
+    rpnt are the reciprocal norms (0 for a zero row).  Flags the nearly (anti-)parallel pairs
+    in nearrow and returns how many there are.
     """
     count = 0
+    rz = 1.0 / znb if znb > 0.0 else 0.0
     for mm in range(nm):
         pnm = pnt[mm]
         dot = np.float64(drow[mm])
         nn = znb * pnm
-        lam = _f_cos_of_pair(dot, nn, znb + pnm == 0.0)
+        lam = _f_cos_from_ratio(dot * (rz * rpnt[mm]), nn, znb + pnm == 0.0)
         is_near = abs(lam) > 1.0 - NEAR
         nearrow[mm] = is_near
         count += is_near
@@ -261,66 +269,39 @@ def _prefetch(typingctx, flat, i):
 
 
 @njit(cache=True, **_FAST_LOOP)
-def _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots):
-    """dots[bb, mm] = Zw[b0 + bb] . P[s0 + mm] for bb < nb, mm < nm (MATH §4: the Gram tile).
-
-    Register-blocked: 4 history rows x 4 queries share each load, 16 running sums
-    (vectorised over the reduction index k by LLVM).  ``zero`` is 0 in the working dtype.
-    """
-    d = Zw.shape[1]
-    m4 = nm - nm % 4
-    b4 = nb - nb % 4
-    for mm in range(0, m4, 4):
-        j = s0 + mm
-        for bb in range(0, b4, 4):
-            i = b0 + bb
-            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
-            a10 = zero; a11 = zero; a12 = zero; a13 = zero     # noqa: E702
-            a20 = zero; a21 = zero; a22 = zero; a23 = zero     # noqa: E702
-            a30 = zero; a31 = zero; a32 = zero; a33 = zero     # noqa: E702
-            for k in range(d):
-                p0 = P[j, k]
-                p1 = P[j + 1, k]
-                p2 = P[j + 2, k]
-                p3 = P[j + 3, k]
-                z = Zw[i, k]
-                a00 += z * p0; a01 += z * p1; a02 += z * p2; a03 += z * p3     # noqa: E702
-                z = Zw[i + 1, k]
-                a10 += z * p0; a11 += z * p1; a12 += z * p2; a13 += z * p3     # noqa: E702
-                z = Zw[i + 2, k]
-                a20 += z * p0; a21 += z * p1; a22 += z * p2; a23 += z * p3     # noqa: E702
-                z = Zw[i + 3, k]
-                a30 += z * p0; a31 += z * p1; a32 += z * p2; a33 += z * p3     # noqa: E702
-            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
-            dots[bb + 1, mm] = a10; dots[bb + 1, mm + 1] = a11; dots[bb + 1, mm + 2] = a12; dots[bb + 1, mm + 3] = a13  # noqa: E702,E501
-            dots[bb + 2, mm] = a20; dots[bb + 2, mm + 1] = a21; dots[bb + 2, mm + 2] = a22; dots[bb + 2, mm + 3] = a23  # noqa: E702,E501
-            dots[bb + 3, mm] = a30; dots[bb + 3, mm + 1] = a31; dots[bb + 3, mm + 2] = a32; dots[bb + 3, mm + 3] = a33  # noqa: E702,E501
-        for bb in range(b4, nb):
-            i = b0 + bb
-            a00 = zero; a01 = zero; a02 = zero; a03 = zero     # noqa: E702
-            for k in range(d):
-                z = Zw[i, k]
-                a00 += z * P[j, k]; a01 += z * P[j + 1, k]; a02 += z * P[j + 2, k]; a03 += z * P[j + 3, k]  # noqa: E702,E501
-            dots[bb, mm] = a00; dots[bb, mm + 1] = a01; dots[bb, mm + 2] = a02; dots[bb, mm + 3] = a03  # noqa: E702,E501
-    for mm in range(m4, nm):
-        for bb in range(nb):
-            a00 = zero
-            for k in range(d):
-                a00 += Zw[b0 + bb, k] * P[s0 + mm, k]
-            dots[bb, mm] = a00
+def _prefetch_piece(flat, e0, e1, i, n):
+    """Prefetch the i-th of n equal pieces of flat[e0:e1], one cache line at a time."""
+    line = 64 // flat.itemsize
+    piece = ((e1 - e0 + n - 1) // n + line - 1) // line * line
+    for e in range(e0 + i * piece, min(e1, e0 + (i + 1) * piece), line):
+        _prefetch(flat, e)
 
 
-#: Queries per register tile of the Xi contraction (:func:`_make_outer_tile`).
-OUTER_ROWS = 4
-#: Bytes of one SIMD register the contraction is written for (AVX2 / AVX-512 at 256 bits).
+def _host_vector_registers():
+    """SIMD registers LLVM may use on this CPU: 32 with AVX-512 VL (also for 256-bit vectors), else 16."""
+    try:
+        from llvmlite import binding
+        return 32 if "+avx512vl" in binding.get_host_cpu_features().flatten().split(",") else 16
+    except Exception:       # noqa: BLE001 - any failure: assume the smaller register file
+        return 16
+
+
+#: Bytes of one SIMD vector of the contraction: 256 bits.  512-bit vectors were measured no
+#: faster on the AVX-512 machine of docs/BENCHMARKS.md (one 512-bit FMA per cycle against two
+#: 256-bit ones) and lower the clock of the whole core.
 VECTOR_BYTES = 32
+#: Queries per register tile of the Xi contraction (:func:`_make_outer_tile`): 8 x 3 vectors
+#: = 24 accumulators with 32 registers, 4 x 3 = 12 with 16; query blocks of 4 for the rest.
+OUTER_ROWS = 8 if _host_vector_registers() == 32 else 4
 
 
-def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
-    """Intrinsic: acc[b:b+4, k:k+w] += W[b:b+4, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
+def _make_outer_tile(nvec, nrows, vector_bytes=None, lanes=None):
+    """Intrinsic: acc[b:b+nrows, k:k+w] += W[b:b+nrows, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
 
-    Written as LLVM vector IR: the 4 x nvec accumulators stay in registers over the
-    whole reduction over nm history rows, each loaded row chunk of P serves 4 queries
+    A vector is ``vector_bytes`` long (its lanes depend on the dtype), or has ``lanes`` elements.
+
+    Written as LLVM vector IR: the nrows x nvec accumulators stay in registers over the
+    whole reduction over nm history rows, each loaded row chunk of P serves nrows queries
     and each broadcast weight nvec vectors (an outer-product micro-kernel; Numba's
     loop vectoriser keeps such accumulators in memory instead).
     """
@@ -332,15 +313,15 @@ def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
             Wa, Pa, Aa = arrays
             b_, s0_, nm_, k_ = args[3:]
             fty = context.get_value_type(Pty.dtype)
-            lanes = vector_bytes * 8 // Pty.dtype.bitwidth
-            vty = ir.VectorType(fty, lanes)
+            n = lanes if lanes is not None else vector_bytes * 8 // Pty.dtype.bitwidth
+            vty = ir.VectorType(fty, n)
             intp = context.get_value_type(types.intp)
             i32 = ir.IntType(32)
             align = Pty.dtype.bitwidth // 8
             undef = ir.Constant(vty, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, lanes), [i32(0)] * lanes)
-            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, [fty(0.0)] * lanes))
-                     for _ in range(nvec)] for _ in range(OUTER_ROWS)]
+            splat = ir.Constant(ir.VectorType(i32, n), [i32(0)] * n)
+            accs = [[cgutils.alloca_once_value(builder, ir.Constant(vty, [fty(0.0)] * n))
+                     for _ in range(nvec)] for _ in range(nrows)]
 
             def vectors(ptr):
                 base = builder.bitcast(ptr, vty.as_pointer())
@@ -351,7 +332,7 @@ def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
                 prow = cgutils.get_item_pointer(context, builder, Pty, Pa, [builder.add(s0_, mm), k_],
                                                 wraparound=False)
                 pv = [builder.load(p, align=align) for p in vectors(prow)]
-                for i in range(OUTER_ROWS):
+                for i in range(nrows):
                     wptr = cgutils.get_item_pointer(context, builder, Wty, Wa, [builder.add(b_, intp(i)), mm],
                                                     wraparound=False)
                     wv = builder.shuffle_vector(builder.insert_element(undef, builder.load(wptr), i32(0)),
@@ -360,7 +341,7 @@ def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
                         prod = builder.fmul(wv, pv[v], flags=("contract",))
                         builder.store(builder.fadd(builder.load(accs[i][v]), prod, flags=("contract",)),
                                       accs[i][v])
-            for i in range(OUTER_ROWS):
+            for i in range(nrows):
                 arow = cgutils.get_item_pointer(context, builder, Aty, Aa, [builder.add(b_, intp(i)), k_],
                                                 wraparound=False)
                 for v, p in enumerate(vectors(arow)):
@@ -371,39 +352,106 @@ def _make_outer_tile(nvec, vector_bytes=VECTOR_BYTES):
     return outer_tile
 
 
-_outer_tile3 = _make_outer_tile(3)
-_outer_tile1 = _make_outer_tile(1)
-_outer_tile_half = _make_outer_tile(1, VECTOR_BYTES // 2)
+# wide tiles (OUTER_ROWS queries) and 4-query tiles for the queries left; 3 vectors, 1, half
+_tileR3 = _make_outer_tile(3, OUTER_ROWS, VECTOR_BYTES)
+_tileR1 = _make_outer_tile(1, OUTER_ROWS, VECTOR_BYTES)
+_tileRh = _make_outer_tile(1, OUTER_ROWS, VECTOR_BYTES // 2)
+_tile43 = _make_outer_tile(3, 4, VECTOR_BYTES)
+_tile41 = _make_outer_tile(1, 4, VECTOR_BYTES)
+_tile4h = _make_outer_tile(1, 4, VECTOR_BYTES // 2)
 
 
 @njit(cache=True, **_FAST_LOOP)
-def _axpy_tile(W, P, s0, nb, nm, acc):
+def _axpy_tile(W, P, s0, nb, nm, acc, pflat, pf0, pf1):
     """acc[bb, :] += sum_mm W[bb, mm] P[s0 + mm, :] for bb < nb, mm < nm (the Xi contraction).
 
-    Register tiles of 4 queries x 3 SIMD vectors of columns (:func:`_make_outer_tile`),
-    then 4 x 1 vector and 4 x 1 half vector for the columns left, then plain loops
-    for the rest (the last columns, queries past the last multiple of 4).
+    Register tiles of OUTER_ROWS queries x 3 SIMD vectors of columns (:func:`_make_outer_tile`),
+    then OUTER_ROWS x 1 vector and x 1 half vector for the columns left; the same with 4 queries
+    for the queries past the last multiple of OUTER_ROWS; then plain loops for the rest (the
+    last columns, queries past the last multiple of 4).  Between the register tiles,
+    pflat[pf0:pf1] is prefetched in equal pieces (pf0 = pf1: nothing).
     """
     d = P.shape[1]
     lanes = VECTOR_BYTES // P.itemsize
     k3 = d - d % (3 * lanes)
     k1 = d - d % lanes
     kh = d - d % (lanes // 2)
-    b4 = nb - nb % OUTER_ROWS
-    for kc in range(0, k3, 3 * lanes):
-        for bb in range(0, b4, OUTER_ROWS):
-            _outer_tile3(W, P, acc, bb, s0, nm, kc)
-    for kc in range(k3, k1, lanes):
-        for bb in range(0, b4, OUTER_ROWS):
-            _outer_tile1(W, P, acc, bb, s0, nm, kc)
-    if kh > k1:
-        for bb in range(0, b4, OUTER_ROWS):
-            _outer_tile_half(W, P, acc, bb, s0, nm, k1)
+    bR = nb - nb % OUTER_ROWS
+    b4 = nb - nb % 4
+    ncalls = (bR // OUTER_ROWS + (b4 - bR) // 4) * (k3 // (3 * lanes) + (k1 - k3) // lanes + (kh > k1))
+    call = 0
+    bb = 0
+    while bb < b4:
+        wide = bb < bR
+        for kc in range(0, k3, 3 * lanes):
+            if wide:
+                _tileR3(W, P, acc, bb, s0, nm, kc)
+            else:
+                _tile43(W, P, acc, bb, s0, nm, kc)
+            _prefetch_piece(pflat, pf0, pf1, call, ncalls)
+            call += 1
+        for kc in range(k3, k1, lanes):
+            if wide:
+                _tileR1(W, P, acc, bb, s0, nm, kc)
+            else:
+                _tile41(W, P, acc, bb, s0, nm, kc)
+            _prefetch_piece(pflat, pf0, pf1, call, ncalls)
+            call += 1
+        if kh > k1:
+            if wide:
+                _tileRh(W, P, acc, bb, s0, nm, k1)
+            else:
+                _tile4h(W, P, acc, bb, s0, nm, k1)
+            _prefetch_piece(pflat, pf0, pf1, call, ncalls)
+            call += 1
+        bb += OUTER_ROWS if wide else 4
     for mm in range(nm):
         for bb in range(nb):
             w = W[bb, mm]
             for k in range(0 if bb >= b4 else kh, d):
                 acc[bb, k] += w * P[s0 + mm, k]
+
+
+#: Query columns per SIMD vector of the Gram tile, and vectors per register tile.
+GRAM_LANES = 4
+GRAM_VECTORS = 5
+_gram45 = _make_outer_tile(GRAM_VECTORS, 4, lanes=GRAM_LANES)
+_gram41 = _make_outer_tile(1, 4, lanes=GRAM_LANES)
+_gram4h = _make_outer_tile(1, 4, lanes=GRAM_LANES // 2)
+
+
+@njit(cache=True, **_FAST_LOOP)
+def _gram_tile(P, s0, nm, ZT, dotsT, pflat, pf0, pf1):
+    """dotsT[mm, bb] = P[s0 + mm] . ZT[:, bb] for mm < nm and every column bb of ZT (MATH §4).
+
+    The queries ZT (d, nb) are transposed, so that the Gram tile is an outer-product
+    register tile (4 history rows x 5 vectors of 4 queries: 20 accumulators, the batch of
+    20 in one tile) over the reduction index: no horizontal sums.  Then 4 x 1 vector and
+    4 x half vector tiles, and plain loops for the rest.  After each block of 4 history rows, a piece of pflat[pf0:pf1]
+    is prefetched (pf0 = pf1: nothing).
+    """
+    nb = ZT.shape[1]
+    d = ZT.shape[0]
+    lanes = GRAM_LANES
+    k5 = nb - nb % (GRAM_VECTORS * lanes)
+    k1 = nb - nb % lanes
+    kh = nb - nb % (lanes // 2)
+    m4 = nm - nm % 4
+    Pt = P[s0:s0 + nm]
+    dotsT[:nm] = 0
+    for mm in range(0, m4, 4):
+        for kc in range(0, k5, GRAM_VECTORS * lanes):
+            _gram45(Pt, ZT, dotsT, mm, 0, d, kc)
+        for kc in range(k5, k1, lanes):
+            _gram41(Pt, ZT, dotsT, mm, 0, d, kc)
+        if kh > k1:
+            _gram4h(Pt, ZT, dotsT, mm, 0, d, k1)
+        _prefetch_piece(pflat, pf0, pf1, mm // 4, m4 // 4)
+    for mm in range(nm):
+        for k in range(d):
+            p = Pt[mm, k]
+            for bb in range(0 if mm >= m4 else kh, nb):
+                dotsT[mm, bb] += p * ZT[k, bb]
 
 
 @njit(parallel=True, cache=True, **_FAST_LOOP)
@@ -443,24 +491,38 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
         W = np.empty((nb, hblock), dtype=wdt)
         accT = np.zeros((max(R, 1), nb, d), dtype=wdt)
         accT64 = np.zeros((nb, d), dtype=np.float64)
-        zero = np.zeros(1, dtype=wdt)[0]
-        # the next tile's rows [f0, f1) of Pflat are prefetched, one cache line at a time,
-        # in nb pieces interleaved with the pair terms (which do not touch P)
+        # the queries transposed: the Gram tile is then an outer-product register tile
+        # (history rows x vectors of queries), as the contraction
+        ZT = np.empty((d, nb), dtype=wdt)
+        for bb in range(nb):
+            for k in range(d):
+                ZT[k, bb] = Zw[b0 + bb, k]
+        dotsT = np.empty((hblock, nb), dtype=wdt)
+        rpnt = np.empty(hblock)
+        # the next tile's rows [f0, f1) of Pflat are prefetched, one cache line at a time, spread
+        # over the whole tile: a third each in the Gram tile, between the queries' pair terms, and
+        # in the Xi contraction (mode 0: two thirds with the pair terms).
         line = 64 // P.itemsize
         for s0 in range(h0, h1, hblock):
             nm = min(h1, s0 + hblock) - s0
             pnt = pn[s0:s0 + nm]
+            for mm in range(nm):
+                rpnt[mm] = 1.0 / pnt[mm] if pnt[mm] > 0.0 else 0.0
             Ct = C[s0:s0 + nm]
             Pt = P[s0:s0 + nm]
             f0 = (s0 + nm) * d
             f1 = min(h1, s0 + nm + hblock) * d
-            piece = ((f1 - f0 + nb - 1) // nb + line - 1) // line * line
-            # 1. dot products (register-blocked tile of Zw P^T)
-            _dots_tile(Zw, b0, nb, P, s0, nm, zero, dots)
+            fa = f0 + (f1 - f0) // (3 * line) * line
+            fb = f1 if mode == 0 else f0 + 2 * ((f1 - f0) // (3 * line)) * line
+            # 1. dot products: dotsT = P_tile Zw^T (register tiles), then transposed to dots
+            _gram_tile(P, s0, nm, ZT, dotsT, Pflat, f0, fa)
+            for bb in range(nb):
+                for mm in range(nm):
+                    dots[bb, mm] = dotsT[mm, bb]
             # 2. pair terms: branch-free for all pairs, then the near pairs again
             for bb in range(nb):
                 if relu:
-                    nnear[bb] = _row_terms(dots[bb], zn[b0 + bb], pnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
+                    nnear[bb] = _row_terms(dots[bb], zn[b0 + bb], pnt, rpnt, m, nm, Kv[bb], Av[bb], Bv[bb], near[bb])
                     if nnear[bb]:
                         _row_near(Zh[b0 + bb], zn[b0 + bb], dots[bb], Pt, pnt, m, nm,
                                   Kv[bb], Av[bb], Bv[bb], near[bb])
@@ -469,8 +531,7 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
                         Kv[bb, mm] = lin * dots[bb, mm] / m
                         Av[bb, mm] = lin / m
                         Bv[bb, mm] = 0.0
-                for e in range(f0 + bb * piece, min(f1, f0 + (bb + 1) * piece), line):
-                    _prefetch(Pflat, e)
+                _prefetch_piece(Pflat, fa, fb, bb, nb)
             # 3. sums over the tile's history rows
             if mode != 2:
                 for bb in range(nb):
@@ -520,7 +581,7 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
                         for bb in range(nb):
                             for k in range(d):
                                 out_T[c, b0 + bb, r, k] += accT64[bb, k]
-                    _axpy_tile(W, P, s0, nb, nm, accr)
+                    _axpy_tile(W, P, s0, nb, nm, accr, Pflat, fb, f1 if r == 0 else fb)
                     for bb in range(nb):
                         for k in range(d):
                             out_T[c, b0 + bb, r, k] += accr[bb, k]
@@ -577,6 +638,12 @@ class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
         h = self.history
         relu, m, lin = self._kernel_params()
         return history_pass(Z, h.P, h.norms, h.C, mode, chi, relu, m, lin, dtype=self.dtype)
+
+    def step(self, idx):
+        """:meth:`refimpl.BottleneckSimulator.step` with one BLAS thread (:mod:`accel.blas_threads`):
+        spinning BLAS workers would otherwise take cores from the next step's history pass."""
+        with blas_threads.limit(1):
+            return super().step(idx)
 
 
 class InfiniteSimulator(AccelInfiniteMixin, refimpl.InfiniteSimulator):

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The sweeps of docs/REPRODUCTION.md Part 5 ("Controls at 2000 / 2000 points, 1000 steps, 5 seeds"), in the
+# order they were run, from the repository root.  Every sweep: Numba backend, seeds 0-4, 1000 SGD steps,
+# batch 20, evaluation every 50 steps on 500 training rows and the whole test set, 2 worker processes.
+# The plan (sizes, widths, rates, verdict steps) was fixed before the first run (Part 5, "Plan").
+set -euo pipefail
+OUT=${OUT:-runs/c5}
+DATA=${DATA:-../shared/datasets}
+COMMON="--backend cpu --seeds 0,1,2,3,4 --steps 1000 --eval-every 50 --eval-size 500 -j ${J:-2}"
+SYN2K="--train-size 2000 --test-size 2000"
+sweep() {   # skip a sweep that has finished (its tables.md is written at the end)
+    local out=${*: -1}
+    [ -f "$out/tables.md" ] && { echo "[$(date +%T)] done already: $out"; return; }
+    echo "[$(date +%T)] cli.py sweep $*"; python cli.py sweep $COMMON --force "$@" || echo "[$(date +%T)] FAILED: $out"
+}
+W="inf,50,100,200,500"
+GP="--dataset synthetic --d0 16 $SYN2K --widths $W"
+mi() { echo "--dataset multi-index --d0 $2 --latent-dim $1 $SYN2K --widths inf,$1,10,50,100,200,500"; }
+MNIST="--dataset mnist --data-dir $DATA --train-size 2000 --test-size 1000 --widths $W"
+PW="--lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50"
+
+sweep $(mi 2 32) --lr 2 --out $OUT/mi2-32-A                # (g)+(a) multi-index k=2, d0=32, as is
+sweep $GP --lr 2 --out $OUT/gp-A                           # (a) deep GP, as is (side by side with the above)
+sweep $MNIST --lr 4 --out $OUT/mnist-A                     # (a) MNIST, as is
+sweep $(mi 2 32) $PW --out $OUT/mi2-32-D                   # (g)+(d) per-width rates
+sweep $GP $PW --out $OUT/gp-D                              # (d) deep GP, per-width rates
+sweep $(mi 1 128) --lr 2 --out $OUT/mi1-128-A              # (g) d0/k = 128
+sweep $(mi 4 32) --lr 2 --out $OUT/mi4-32-A                # (g) d0/k = 8
+sweep $(mi 2 32) --lr 2 --center --out $OUT/mi2-32-B       # (g)+(b) centred
+sweep $GP --lr 2 --center --out $OUT/gp-B                  # (b) deep GP, centred
+sweep $MNIST --lr 4 --center --out $OUT/mnist-B            # (b) MNIST, centred
+sweep $GP --lr 1 --out-std 0.3 --out $OUT/gp-C0.3          # (c) small initialisation, smaller rate
+sweep $(mi 2 32) --lr 1 --out-std 0.3 --out $OUT/mi2-32-C0.3
+sweep $GP --lr 1 --out-std 0.1 --out $OUT/gp-C0.1
+sweep $(mi 2 32) --lr 1 --out-std 0.1 --out $OUT/mi2-32-C0.1
+sweep --dataset manifold --task autoencoder --d0 16 --latent-dim 4 $SYN2K --widths inf,4,10,50,100,200,500 \
+      --lr 1 --out $OUT/ae4-A                              # (f) ReLU autoencoder on the manifold
+sweep $(mi 1 32) --lr 2 --out $OUT/mi1-32-A                # (g) d0/k = 32
+sweep $(mi 4 128) --lr 2 --out $OUT/mi4-128-A              # (g) d0/k = 32
+sweep $(mi 2 128) --lr 2 --out $OUT/mi2-128-A              # (g) d0/k = 64
+sweep $MNIST $PW --out $OUT/mnist-D                        # (d) MNIST
+sweep --dataset mnist --data-dir $DATA --train-size 1000 --test-size 500 --task autoencoder \
+      --widths inf,8,32,128,500 --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/mnist-ae-D  # (f)
