@@ -295,10 +295,11 @@ VECTOR_BYTES = 32
 OUTER_ROWS = 8 if _host_vector_registers() == 32 else 4
 
 
-def _make_outer_tile(nvec, nrows, vector_bytes=None, lanes=None):
+def _make_outer_tile(nvec, nrows, vector_bytes=None, lanes=None, accumulate=True):
     """Intrinsic: acc[b:b+nrows, k:k+w] += W[b:b+nrows, :nm] P[s0:s0+nm, k:k+w], w = nvec SIMD vectors.
 
     A vector is ``vector_bytes`` long (its lanes depend on the dtype), or has ``lanes`` elements.
+    With ``accumulate=False`` the product is stored (``=``) instead of added.
 
     Written as LLVM vector IR: the nrows x nvec accumulators stay in registers over the
     whole reduction over nm history rows, each loaded row chunk of P serves nrows queries
@@ -345,8 +346,10 @@ def _make_outer_tile(nvec, nrows, vector_bytes=None, lanes=None):
                 arow = cgutils.get_item_pointer(context, builder, Aty, Aa, [builder.add(b_, intp(i)), k_],
                                                 wraparound=False)
                 for v, p in enumerate(vectors(arow)):
-                    builder.store(builder.fadd(builder.load(p, align=align), builder.load(accs[i][v])),
-                                  p, align=align)
+                    total = builder.load(accs[i][v])
+                    if accumulate:
+                        total = builder.fadd(builder.load(p, align=align), total)
+                    builder.store(total, p, align=align)
             return context.get_dummy_value()
         return types.void(W, P, acc, b, s0, nm, k), codegen
     return outer_tile
@@ -415,9 +418,9 @@ def _axpy_tile(W, P, s0, nb, nm, acc, pflat, pf0, pf1):
 #: Query columns per SIMD vector of the Gram tile, and vectors per register tile.
 GRAM_LANES = 4
 GRAM_VECTORS = 5
-_gram45 = _make_outer_tile(GRAM_VECTORS, 4, lanes=GRAM_LANES)
-_gram41 = _make_outer_tile(1, 4, lanes=GRAM_LANES)
-_gram4h = _make_outer_tile(1, 4, lanes=GRAM_LANES // 2)
+_gram45 = _make_outer_tile(GRAM_VECTORS, 4, lanes=GRAM_LANES, accumulate=False)
+_gram41 = _make_outer_tile(1, 4, lanes=GRAM_LANES, accumulate=False)
+_gram4h = _make_outer_tile(1, 4, lanes=GRAM_LANES // 2, accumulate=False)
 
 
 @njit(cache=True, **_FAST_LOOP)
@@ -438,7 +441,6 @@ def _gram_tile(P, s0, nm, ZT, dotsT, pflat, pf0, pf1):
     kh = nb - nb % (lanes // 2)
     m4 = nm - nm % 4
     Pt = P[s0:s0 + nm]
-    dotsT[:nm] = 0
     for mm in range(0, m4, 4):
         for kc in range(0, k5, GRAM_VECTORS * lanes):
             _gram45(Pt, ZT, dotsT, mm, 0, d, kc)
@@ -448,10 +450,11 @@ def _gram_tile(P, s0, nm, ZT, dotsT, pflat, pf0, pf1):
             _gram4h(Pt, ZT, dotsT, mm, 0, d, k1)
         _prefetch_piece(pflat, pf0, pf1, mm // 4, m4 // 4)
     for mm in range(nm):
-        for k in range(d):
-            p = Pt[mm, k]
-            for bb in range(0 if mm >= m4 else kh, nb):
-                dotsT[mm, bb] += p * ZT[k, bb]
+        for bb in range(0 if mm >= m4 else kh, nb):
+            acc = 0.0
+            for k in range(d):
+                acc += Pt[mm, k] * ZT[k, bb]
+            dotsT[mm, bb] = acc
 
 
 @njit(parallel=True, cache=True, **_FAST_LOOP)
