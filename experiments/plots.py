@@ -591,6 +591,34 @@ def relative_to_inf(runs, steps, key="train_loss"):
     return out
 
 
+def acceleration_verdict(runs, steps, key="train_loss"):
+    """The verdict on "narrower bottlenecks train faster; ``inf`` is slowest" at the given steps.
+
+    The rule (fixed before the runs of docs/REPRODUCTION.md, Parts 4 and 5), from
+    :func:`relative_to_inf` over the seeds:
+
+    * ``"confirmed"``: at every step every finite width is *below* ``inf`` (all its seeds under
+      all of ``inf``'s) and the mean loss rises strictly with the width among the finite widths;
+    * ``"not confirmed"``: at no step is any finite width below ``inf``;
+    * ``"mixed"``: anything else.
+
+    Returns ``(verdict, below)`` with ``below`` = {step: [finite widths below inf there]}, or
+    ``(None, {})`` without ``inf``, without a finite width, or where a width lacks a value at a step.
+    """
+    rel = relative_to_inf(runs, steps, key)
+    widths = sorted((w for w in rel), key=width_key)
+    if not widths or any(c is None for w in widths for c in rel[w]):
+        return None, {}
+    below = {int(step): [w for w in widths if rel[w][i][3] == "below"] for i, step in enumerate(steps)}
+    ordered = all(all(rel[a][i][0] < rel[b][i][0] for a, b in zip(widths, widths[1:]))
+                  for i in range(len(steps)))
+    if all(len(v) == len(widths) for v in below.values()) and ordered:
+        return "confirmed", below
+    if not any(below.values()):
+        return "not confirmed", below
+    return "mixed", below
+
+
 def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0)):
     if "inf" not in runs:
         return []
@@ -609,6 +637,12 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0)):
         i = np.nonzero(ref[0] == c)[0]
         cells.append(f"1 ({ref[2][i[0]]:.3g}-{ref[3][i[0]]:.3g})" if i.size else "")
     lines.append("| inf | " + " | ".join(cells) + " |")
+    verdict, below = acceleration_verdict(runs, chosen)
+    if verdict is not None:
+        where = "; ".join(f"step {st}: {', '.join(str(w) for w in ws) or 'none'}" for st, ws in below.items())
+        lines += ["", f"Verdict on \"narrower trains faster, inf slowest\" (training loss at these steps; "
+                  f"confirmed / not confirmed / mixed, rule of `experiments.plots.acceleration_verdict`): "
+                  f"**{verdict}**. Widths below inf: {where}."]
     return lines + [""]
 
 

@@ -216,3 +216,40 @@ def test_relative_to_inf_relations():
     runs[4][0]["train_loss"][1] = 0.55
     assert relative_to_inf(runs, [10])[4][0][3] == "above"
     assert relative_to_inf({4: runs[4]}, [10]) == {}
+
+
+def _verdict_runs(finite, inf, steps=(0, 10, 20)):
+    """Runs per width from loss curves per seed: {width: [[loss at each step] per seed]}."""
+    out = {w: [_run(c, [1] * len(c), np.array(steps)) for c in curves] for w, curves in finite.items()}
+    out["inf"] = [_run(c, [1] * len(c), np.array(steps)) for c in inf]
+    return out
+
+
+def test_acceleration_verdict_on_known_curves():
+    from experiments.plots import acceleration_verdict
+    inf = [[1.0, 0.5, 0.4], [1.0, 0.55, 0.45]]
+    # both widths below inf at both steps, narrower lower: confirmed
+    runs = _verdict_runs({2: [[1.0, 0.1, 0.05], [1.0, 0.12, 0.06]], 8: [[1.0, 0.2, 0.1], [1.0, 0.25, 0.12]]}, inf)
+    verdict, below = acceleration_verdict(runs, [10, 20])
+    assert verdict == "confirmed" and below == {10: [2, 8], 20: [2, 8]}
+    # same, but the wider width is lower than the narrower one: not in order -> mixed
+    runs = _verdict_runs({2: [[1.0, 0.2, 0.1], [1.0, 0.25, 0.12]], 8: [[1.0, 0.1, 0.05], [1.0, 0.12, 0.06]]}, inf)
+    assert acceleration_verdict(runs, [10, 20])[0] == "mixed"
+    # one width below at one step only -> mixed
+    runs = _verdict_runs({2: [[1.0, 0.6, 0.3], [1.0, 0.6, 0.35]], 8: [[1.0, 0.6, 0.5], [1.0, 0.7, 0.6]]}, inf)
+    verdict, below = acceleration_verdict(runs, [10, 20])
+    assert verdict == "mixed" and below == {10: [], 20: [2]}
+    # overlapping or above everywhere -> not confirmed
+    runs = _verdict_runs({2: [[1.0, 0.5, 0.41], [1.0, 0.6, 0.5]], 8: [[1.0, 0.9, 0.8], [1.0, 0.9, 0.8]]}, inf)
+    assert acceleration_verdict(runs, [10, 20]) == ("not confirmed", {10: [], 20: []})
+    # no inf, or a step without values: no verdict
+    assert acceleration_verdict({2: runs[2]}, [10]) == (None, {})
+    assert acceleration_verdict(runs, [10, 30]) == (None, {})
+
+
+def test_summary_tables_state_the_verdict(tmp_path):
+    from experiments.plots import _relative_lines
+    inf = [[1.0, 0.5, 0.4], [1.0, 0.55, 0.45]]
+    runs = _verdict_runs({2: [[1.0, 0.1, 0.05], [1.0, 0.12, 0.06]]}, inf, steps=(0, 30, 60))
+    text = "\n".join(_relative_lines(runs))
+    assert "**confirmed**" in text and "step 60: 2" in text
