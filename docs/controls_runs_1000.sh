@@ -24,20 +24,24 @@ sweep $GP --lr 2 --out $OUT/gp-A                           # (a) deep GP, as is 
 sweep $MNIST --lr 4 --out $OUT/mnist-A                     # (a) MNIST, as is
 sweep $(mi 2 32) $PW --out $OUT/mi2-32-D                   # (g)+(d) per-width rates
 sweep $GP $PW --out $OUT/gp-D                              # (d) deep GP, per-width rates
+# Order changed at 00:05, while mi1-128-A ran and after (a) and (d) had been written up: the sweeps not yet
+# started were reordered to reach (b) on MNIST, (c) and (f) before the remaining d0/k points.  No rate,
+# width, size or seed was changed.  The original order: mi1-128-A, mi4-32-A, mi2-32-B, gp-B, mnist-B,
+# gp-C0.3, mi2-32-C0.3, gp-C0.1, mi2-32-C0.1, ae4-A, mi1-32-A, mi4-128-A, mi2-128-A, mnist-D, mnist-ae-D.
 sweep $(mi 1 128) --lr 2 --out $OUT/mi1-128-A              # (g) d0/k = 128
 sweep $(mi 4 32) --lr 2 --out $OUT/mi4-32-A                # (g) d0/k = 8
-sweep $(mi 2 32) --lr 2 --center --out $OUT/mi2-32-B       # (g)+(b) centred
-sweep $GP --lr 2 --center --out $OUT/gp-B                  # (b) deep GP, centred
 sweep $MNIST --lr 4 --center --out $OUT/mnist-B            # (b) MNIST, centred
+sweep $(mi 2 32) --lr 2 --center --out $OUT/mi2-32-B       # (g)+(b) centred
 sweep $GP --lr 1 --out-std 0.3 --out $OUT/gp-C0.3          # (c) small initialisation, smaller rate
+sweep --dataset manifold --task autoencoder --d0 16 --latent-dim 4 $SYN2K --widths inf,4,10,50,100,200,500 \
+      --lr 1 --out $OUT/ae4-A                              # (f) ReLU autoencoder on the manifold
+sweep $(mi 2 128) --lr 2 --out $OUT/mi2-128-A              # (g) d0/k = 64
+sweep $GP --lr 2 --center --out $OUT/gp-B                  # (b) deep GP, centred
 sweep $(mi 2 32) --lr 1 --out-std 0.3 --out $OUT/mi2-32-C0.3
 sweep $GP --lr 1 --out-std 0.1 --out $OUT/gp-C0.1
 sweep $(mi 2 32) --lr 1 --out-std 0.1 --out $OUT/mi2-32-C0.1
-sweep --dataset manifold --task autoencoder --d0 16 --latent-dim 4 $SYN2K --widths inf,4,10,50,100,200,500 \
-      --lr 1 --out $OUT/ae4-A                              # (f) ReLU autoencoder on the manifold
 sweep $(mi 1 32) --lr 2 --out $OUT/mi1-32-A                # (g) d0/k = 32
 sweep $(mi 4 128) --lr 2 --out $OUT/mi4-128-A              # (g) d0/k = 32
-sweep $(mi 2 128) --lr 2 --out $OUT/mi2-128-A              # (g) d0/k = 64
 sweep $MNIST $PW --out $OUT/mnist-D                        # (d) MNIST
 sweep --dataset mnist --data-dir $DATA --train-size 1000 --test-size 500 --task autoencoder \
       --widths inf,8,32,128,500 --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/mnist-ae-D  # (f)
