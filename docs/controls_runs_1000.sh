@@ -24,7 +24,7 @@ sweep $GP --lr 2 --out $OUT/gp-A                           # (a) deep GP, as is 
 sweep $MNIST --lr 4 --out $OUT/mnist-A                     # (a) MNIST, as is
 sweep $(mi 2 32) $PW --out $OUT/mi2-32-D                   # (g)+(d) per-width rates
 sweep $GP $PW --out $OUT/gp-D                              # (d) deep GP, per-width rates
-# Order changed at 00:05, while mi1-128-A ran and after (a) and (d) had been written up: the sweeps not yet
+# Order changed at 23:58, while mi1-128-A ran and after (a) and (d) had been written up: the sweeps not yet
 # started were reordered to reach (b) on MNIST, (c) and (f) before the remaining d0/k points.  No rate,
 # width, size or seed was changed.  The original order: mi1-128-A, mi4-32-A, mi2-32-B, gp-B, mnist-B,
 # gp-C0.3, mi2-32-C0.3, gp-C0.1, mi2-32-C0.1, ae4-A, mi1-32-A, mi4-128-A, mi2-128-A, mnist-D, mnist-ae-D.
