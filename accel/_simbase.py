@@ -130,7 +130,7 @@ class AccelBottleneckMixin:
     def _pass(self, Z, mode, chi):
         """The backend's history pass, or for a head of another architecture (MATH §2.2) the
         array-module pass of :mod:`accel.archkernels` over the same stored history."""
-        if self.layers_f.closed_form:
+        if self.layers_f.kernel_scale is not None:
             return self._history_pass(Z, mode, chi)
         h = self.history
         return archkernels.history_pass(h.xp, Z, h.P_dev, h.C_dev, mode, chi, self.layers_f)
@@ -168,8 +168,12 @@ class AccelBottleneckMixin:
         return J
 
     def _kernel_params(self):
-        """(relu flag, scale m, linear depth) of the head kernel K."""
-        return (self.activation == "relu", float(self.d), float(self.depth_f))
+        """(relu flag, scale m, linear depth) of the head kernel K.
+
+        Layer scales that factor out of K (:attr:`refimpl.kernels.Layers.kernel_scale`, c) enter
+        as m = d / c: K, alpha and beta are all proportional to 1/m (MATH §2, §2.2).
+        """
+        return (self.activation == "relu", float(self.d) / self.layers_f.kernel_scale, float(self.depth_f))
 
 
 class AccelInfiniteMixin:

@@ -239,13 +239,42 @@ def _row_terms(drow, znb, pnt, rpnt, m, nm, Krow, Arow, Brow, nearrow):
     return count
 
 
+@njit(cache=True, **_FAST_LOOP)
+def _near_diff2(xh, y, scale):
+    """|x^ - scale y|^2 in float64 for a unit row x^ (scale = +-1/|y|): one explicit difference.
+
+    The history pass's form of :func:`_near_halves`: the reciprocal is hoisted and the sum may be
+    reassociated, so the loop vectorises (a pair costs about one dot product, not a division and an
+    add-latency chain per element).
+    """
+    acc = 0.0
+    for k in range(xh.shape[0]):
+        e = xh[k] - scale * np.float64(y[k])
+        acc += e * e
+    return acc
+
+
 @njit(cache=True, **_FAST_PAIR)
 def _row_near(zh, znb, drow, Pt, pnt, m, nm, Krow, Arow, Brow, nearrow):
-    """Recompute the nearly (anti-)parallel pairs of one query from explicit differences, float64."""
+    """Recompute the nearly (anti-)parallel pairs of one query from explicit differences, float64.
+
+    Only the small one of |x^ -+ y^|^2 is formed explicitly (the difference for a nearly parallel
+    pair, the sum for a nearly anti-parallel one); the other is 4 minus it, which is well
+    conditioned (it is near 4).  Pairs with a zero vector keep both explicit sums.
+    """
     for mm in range(nm):
         if nearrow[mm]:
             pnm = pnt[mm]
-            minus2, plus2 = _near_halves(zh, Pt[mm], pnm)
+            if pnm > 0.0 and znb > 0.0:
+                rny = 1.0 / pnm
+                if drow[mm] >= 0:
+                    minus2 = _near_diff2(zh, Pt[mm], rny)
+                    plus2 = 4.0 - minus2
+                else:
+                    plus2 = _near_diff2(zh, Pt[mm], -rny)
+                    minus2 = 4.0 - plus2
+            else:
+                minus2, plus2 = _near_halves(zh, Pt[mm], pnm)
             theta, lam, s = _f_geometry_from_halves(minus2, plus2)
             Krow[mm] = _f_relu_ntk(np.float64(drow[mm]), znb * pnm, m, theta, lam, s)
             Arow[mm] = _f_relu_xi_alpha(m, theta, lam, s)

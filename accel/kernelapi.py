@@ -29,15 +29,22 @@ def make_kernels(relu_pairs, device=np):
     """
 
     def _route(X, Y, spec, what):
-        """The pair kernel ``what`` of ``spec``: refimpl's linear forms, the backend's ReLU, or the recursion."""
-        if not spec.closed_form:
+        """The pair kernel ``what`` of ``spec``: refimpl's linear forms, the backend's ReLU (times the
+        layer scales where they factor out, :attr:`refimpl.kernels.Layers.kernel_scale`), or the recursion."""
+        scale = spec.kernel_scale
+        if scale is None:
             out = archkernels.pair_kernel(device, *as_pair(X, Y), spec, what)
             return out if isinstance(out, tuple) else (out,)
         if spec.activation == "linear":
             fn = {"nngp": rk.nngp, "sigmadot": rk.sigmadot, "ntk": rk.ntk, "xi": rk.xi_coefficients}[what]
             out = fn(X, Y, "linear", spec.depth)
-            return out if isinstance(out, tuple) else (out,)
-        return relu_pairs(*as_pair(X, Y), what)
+            out = out if isinstance(out, tuple) else (out,)
+        else:
+            out = relu_pairs(*as_pair(X, Y), what)
+        if spec.closed_form:
+            return out
+        factor = spec.out_std ** 2 if what == "sigmadot" else scale
+        return tuple(None if o is None else o * factor for o in out)
 
     def nngp(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
         """NNGP kernel Sigma(x, y), as :func:`refimpl.kernels.nngp`."""

@@ -131,8 +131,9 @@ const double znb = zn[b], pnj = pn[j], dot = (double)G;
 double minus2 = -1.0, plus2 = -1.0;
 if (bd_near(znb, pnj, dot)) {
     minus2 = 0.0; plus2 = 0.0;
+    const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;  /* one division per pair, not per element */
     for (long long k = 0; k < dim; ++k) {
-        double y = pnj > 0.0 ? (double)P[j * dim + k] / pnj : 0.0;
+        double y = (double)P[j * dim + k] * rpn;
         double u = Zh[b * dim + k];
         minus2 += (u - y) * (u - y);
         plus2 += (u + y) * (u + y);

@@ -96,6 +96,13 @@ TRAJECTORIES = {
     "infinite_arch_ce_mini": dict(model="infinite", d=None, d0=6, dr=3, N=24, B=6, steps=200, lr=1.0,
                                   lr_f=1.0, lr_g=2.0, seed=27, n_eval=6, loss="ce",
                                   layers_g=["erf", 3, 1.3, 0.4, 0.8], layers_f=["erf", 2, 1.0, 0.3, 1.0]),
+    # layer scales that factor out of the closed forms (Layers.kernel_scale: the fast history pass)
+    "scaled_d4_mini": dict(model="bottleneck", d=4, d0=6, dr=2, N=24, B=6, steps=200, lr=2.0, lr_f=None,
+                           lr_g=None, seed=29, n_eval=6, init_width=64, layers_g=["relu", 2, 1.0, 0.0, 0.3],
+                           layers_f=["relu", 2, 1.5, 0.0, 0.3]),
+    "linear_scaled_d3_mini": dict(model="linear", d=3, d0=6, dr=2, N=24, B=6, steps=200, lr=0.5, lr_f=None,
+                                  lr_g=None, seed=30, n_eval=6, init_width=64,
+                                  layers_g=["linear", 2, 1.0, 0.0, 0.6], layers_f=["linear", 3, 0.8, 0.0, 0.5]),
     "infinite_deep_mini": dict(model="infinite", d=None, d0=6, dr=1, N=24, B=6, steps=200, lr=1.0,
                                lr_f=None, lr_g=None, seed=28, n_eval=6,
                                layers_g=["relu", 3, 1.0, 0.0, 1.0], layers_f=["relu", 4, 1.4, 0.3, 0.7]),

@@ -112,6 +112,20 @@ class Layers:
         plain = self.w_std == 1.0 and self.b_std == 0.0 and self.out_std == 1.0
         return plain and (self.activation == "linear" or (self.activation == "relu" and self.depth == 2))
 
+    @property
+    def kernel_scale(self):
+        """c such that Sigma, Theta and Xi are c times those of the unit-scale network (MATH §2.2).
+
+        Defined where the closed forms apply up to the scales: no biases, and a linear network or
+        a ReLU network with one hidden layer.  Both activations are positively homogeneous, so each
+        weight std w_l multiplies the kernels by w_l^2: c = prod_l w_l^2.  (Sigmadot scales by
+        out_std^2 alone.)  None for every other architecture.
+        """
+        if self.b_std != 0.0 or not (self.activation == "linear"
+                                     or (self.activation == "relu" and self.depth == 2)):
+            return None
+        return float(np.prod([w * w for w, _ in self.layer_stds()]))
+
     def layer_stds(self):
         """[(weight std, bias std)] of the layers, input layer first."""
         return [(self.w_std, self.b_std)] * (self.depth - 1) + [(self.out_std, self.b_std)]

@@ -140,6 +140,41 @@ def test_history_pass_modes_match_refimpl(impl):
         assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
 
 
+@pytest.mark.parametrize("impl", ["cpu", "gpu-path/numpy"])
+def test_history_pass_pairwise_at_tiny_and_near_pi_angles(impl):
+    """Each pair on its own (a one-row history): nearly parallel and anti-parallel pairs at angles
+    down to 1e-9 from 0 and pi (the explicit-difference route, MATH §2.1), a zero row and an
+    ordinary pair, against refimpl's K and Xi.
+
+    Xi's alpha carries 1/sin(theta), so a representation error eps in the inputs moves Xi by about
+    eps/sin(theta) relative: the tolerance is that bound (refimpl is off from a long-double
+    evaluation by 3.5e-9 at theta = 1e-8 and 1.3e-7 at pi - 1e-9; this pass by 2.8e-9 and 2.5e-7).
+    """
+    rng = np.random.default_rng(12)
+    d = 9
+    x = rng.standard_normal(d)
+    xh = x / np.linalg.norm(x)
+    u = rng.standard_normal(d)
+    u -= (u @ xh) * xh
+    u /= np.linalg.norm(u)
+    cases = [(np.zeros(d), 1.0), (rng.standard_normal(d), 1.0)]
+    for a in (0.0, 1e-12, 1e-8, 1e-4, 0.05, 0.3, np.pi - 0.3, np.pi - 1e-4, np.pi - 1e-9):
+        cases.append((2.5 * (np.cos(a) * xh + np.sin(a) * u), np.sin(a)))
+    chi = np.array([[0.7]])
+    eps = np.finfo(float).eps
+    for y, s in cases:
+        h = ArrayHistory(d, 1)
+        h.append(y[None], np.array([[1.3]]))
+        f_ref, jt_ref = _ref_pass(x[None], h.P, h.C, chi)
+        f, _, _ = _pass(impl, x[None], h, 0, None)
+        _, T, b = _pass(impl, x[None], h, 2, chi)
+        jt = T[:, 0] + b[:, 0][:, None] * xh[None]
+        scale = np.linalg.norm(x) * np.linalg.norm(y) / d * 1.3
+        np.testing.assert_allclose(f, f_ref, rtol=1e-14, atol=1e-15 * scale)
+        tol = 1e-13 + 20 * eps / max(s, 1e-300) if s > 1e-12 else 1e-13   # below 1e-12: Xi's ridge (a := 0)
+        assert np.abs(jt - jt_ref).max() <= tol * np.abs(jt_ref).max(), (s, np.abs(jt - jt_ref).max())
+
+
 def test_cpu_pass_independent_of_blocking():
     rng = np.random.default_rng(3)
     h, base = _history(5000, 5, 2, rng)
@@ -274,3 +309,58 @@ def test_train_driver_runs_on_cpu_backend(tmp_path):
         col = header.index("test_loss")
         outs[be] = np.array([float(l.split(",")[col]) for l in lines[1:]])
     np.testing.assert_allclose(outs["cpu"], outs["numpy"], rtol=1e-10)
+
+
+# ------------------------------------------------------------------ layer scales on the fast path
+
+SCALED = {"relu": rk.Layers.make("relu", 2, 1.5, 0.0, 0.3), "linear": rk.Layers.make("linear", 3, 0.8, 0.0, 0.5)}
+
+
+def test_kernel_scale_is_the_product_of_the_squared_stds():
+    assert SCALED["relu"].kernel_scale == pytest.approx((1.5 * 0.3) ** 2, rel=1e-15)
+    assert SCALED["linear"].kernel_scale == pytest.approx(0.8 ** 4 * 0.5 ** 2, rel=1e-15)
+    assert rk.Layers.make("relu").kernel_scale == 1.0
+    for spec in (rk.Layers.make("relu", 2, 1.0, 0.1, 1.0), rk.Layers.make("relu", 3, 1.2, 0.0, 0.5),
+                 rk.Layers.make("erf", 2, 1.0, 0.0, 0.5)):
+        assert spec.kernel_scale is None
+
+
+@pytest.mark.parametrize("impl", list(KERNEL_IMPLS))
+@pytest.mark.parametrize("act", sorted(SCALED))
+def test_scaled_kernels_match_the_layer_recursion(impl, act, monkeypatch):
+    """nngp, sigmadot, ntk and Xi of scaled networks from the closed forms times the scale, against
+    refimpl's layer recursion; the array-module recursion of accel is not used."""
+    from accel import archkernels
+    monkeypatch.setattr(archkernels, "pair_kernel", lambda *a, **k: pytest.fail("recursion used"))
+    kern, spec = KERNEL_IMPLS[impl], SCALED[act]
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((7, 5))
+    Y = np.concatenate([rng.standard_normal((6, 5)), 2 * X[:2] + 1e-6 * rng.standard_normal((2, 5)), -X[2:3]])
+    for name in ("nngp", "sigmadot", "ntk"):
+        np.testing.assert_allclose(getattr(kern, name)(X, Y, spec), getattr(rk, name)(X, Y, spec),
+                                   rtol=1e-12, atol=1e-15)
+    a, b = kern.xi_coefficients(X, Y, spec)
+    ra, rb = rk.xi_coefficients(X, Y, spec)
+    np.testing.assert_allclose(a, ra, rtol=1e-9, atol=1e-15)   # the anti-parallel pair: 0 (ridge) against 1.6e-18
+    np.testing.assert_allclose(b, rb, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls", [cpu.BottleneckSimulator, GPU_BOTT], ids=["cpu", "gpu-path/numpy"])
+def test_small_initialisation_takes_the_fast_history_pass(cls, monkeypatch):
+    """out_std = 0.3 (the small initialisation of the controls): the backend's own history pass,
+    not the array-module recursion, and the same trajectory as refimpl's recursion."""
+    from accel import archkernels
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((30, 5))
+    Y = rng.standard_normal((30, 1))
+    g, f = rk.architecture("relu", out_std=0.3)
+    net = refimpl.RandomNetwork.sample(5, 6, 1, width=200, seed=3, layers_g=g, layers_f=f)
+    ref = refimpl.BottleneckSimulator(net, X, Y, lr=2.0)
+    monkeypatch.setattr(archkernels, "history_pass", lambda *a, **k: pytest.fail("recursion used"))
+    sim = cls(net, X, Y, lr=2.0)
+    for t in range(40):
+        idx = rng.permutation(30)[:6]
+        ref.step(idx)
+        sim.step(idx)
+    np.testing.assert_allclose(sim.embeddings(X), ref.embeddings(X), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(sim.outputs(X), ref.outputs(X), rtol=1e-11, atol=1e-13)
