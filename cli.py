@@ -777,8 +777,11 @@ def golden(regenerate, cases, as_json):
 @click.option("--reps", type=POS_INT, default=3, show_default=True, help="Timed steps per point (median).")
 @click.option("--numpy-max-m", type=POS_INT, default=1_000_000, show_default=True,
               help="Skip refimpl above this M (it is slow there).")
+@click.option("--near-pairs", is_flag=True,
+              help="Also time one history pass with every pair nearly parallel against one with spread "
+                   "directions, at the smallest M (JSON key near_pairs; docs/BENCHMARKS.md).")
 @json_option
-def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
+def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
     def go():
         from experiments import bench as b
@@ -789,7 +792,7 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, as_json):
         for dt in dts:
             V.one_of("dtypes", dt, DTYPES)
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
-                       numpy_max_M=numpy_max_m, log=lambda m: click.echo(m, err=True))
+                       numpy_max_M=numpy_max_m, near=near_pairs, log=lambda m: click.echo(m, err=True))
         path = out
         b.write(report, path)
         return report, b.table(report), path

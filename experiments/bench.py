@@ -232,13 +232,48 @@ def measure(backend, d, M, reps=3, seed=0):
             "history_mib": M * (d + DR) * np.dtype(backend.dtype).itemsize / 2**20}
 
 
+def near_pairs(backend, d=100, M=100_000, reps=5, seed=0):
+    """Cost of nearly (anti-)parallel pairs in the history pass, as a ratio taken in one run.
+
+    Times ``jacobian(Z)`` (one history pass in mode 1) for B queries against two histories of
+    the same size: *spread*, rows in random directions (almost no pair has |cos| > 1 - NEAR),
+    and *aligned*, rows and queries within 0.3 rad of one direction or its opposite (every pair
+    takes the explicit-difference route of MATH §2.1).  Learned low-rank embeddings, e.g. after a
+    small initialisation, look like the second.  Returns seconds (best of ``reps``) and the ratio.
+    """
+    from accel.formulas import NEAR
+    rng = np.random.default_rng(seed)
+    X, Y, net = synthetic_problem(d, seed)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    out = {"backend": backend.name, "dtype": backend.dtype, "d": d, "M": M, "B": BATCH}
+    for kind in ("spread", "aligned"):
+        sim = backend.BottleneckSimulator(net, X, Y, lr=0.5)
+        rows = rng.standard_normal((M + BATCH, d))
+        if kind == "aligned":
+            sign = np.where(rng.random((M + BATCH, 1)) < 0.5, -1.0, 1.0)
+            rows = sign * (u + 0.3 / np.sqrt(d) * rows)
+        sim.history.append(rows[:M], 1e-3 * rng.standard_normal((M, DR)))
+        Z = rows[M:]
+        cos = (Z / np.linalg.norm(Z, axis=1, keepdims=True)) @ (rows[:2000] / np.linalg.norm(rows[:2000], axis=1,
+                                                                                             keepdims=True)).T
+        out[f"{kind}_near_fraction"] = float(np.mean(np.abs(cos) > 1 - NEAR))
+        sync = _device_sync(backend)
+        sim.jacobian(Z)                                    # warm-up
+        out[f"{kind}_seconds"] = _best(lambda: (sim.jacobian(Z), sync()), reps)
+    out["aligned_over_spread"] = out["aligned_seconds"] / out["spread_seconds"]
+    return out
+
+
 # ---------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------
 
 def run(sizes=DEFAULT_SIZES, widths=DEFAULT_WIDTHS, backends=("numpy", "cpu", "gpu"),
-        dtypes=("float64", "float32"), reps=3, numpy_max_M=1_000_000, numpy_reps_large=1, log=print):
-    """Benchmark every available backend; returns a dict (machine, throughput, results)."""
+        dtypes=("float64", "float32"), reps=3, numpy_max_M=1_000_000, numpy_reps_large=1, near=False,
+        log=print):
+    """Benchmark every available backend; returns a dict (machine, throughput, results, and with
+    ``near`` the cost of nearly parallel pairs, :func:`near_pairs`, at the smallest M)."""
     targets = []
     for name in backends:
         for dtype in (("float64",) if name == "numpy" else dtypes):
@@ -262,6 +297,17 @@ def run(sizes=DEFAULT_SIZES, widths=DEFAULT_WIDTHS, backends=("numpy", "cpu", "g
                 log(f"d={d:<4} M={M:<8} {be.name}/{be.dtype:<8} {res['seconds_per_step']:9.4f} s/step "
                     f"{res['gflops']:7.2f} GFLOP/s  peak {res['peak_mib']:.1f} MiB (RSS +{res['rss_peak_mib'] or 0:.0f})")
     _add_ratios(report["results"])
+    if near:
+        report["near_pairs"] = []
+        for d in widths:
+            for be in targets:
+                if be.name == "numpy":
+                    continue
+                res = near_pairs(be, d, min(sizes), reps=max(reps, 3))
+                report["near_pairs"].append(res)
+                log(f"near pairs d={d:<4} M={res['M']:<8} {be.name}/{be.dtype:<8} spread {res['spread_seconds']:.4f} s "
+                    f"(near {res['spread_near_fraction']:.2f}), aligned {res['aligned_seconds']:.4f} s "
+                    f"(near {res['aligned_near_fraction']:.2f}): x{res['aligned_over_spread']:.2f}")
     return report
 
 
