@@ -237,7 +237,7 @@ def near_pairs(backend, d=100, M=100_000, reps=5, seed=0):
 
     Times ``jacobian(Z)`` (one history pass in mode 1) for B queries against two histories of
     the same size: *spread*, rows in random directions (almost no pair has |cos| > 1 - NEAR),
-    and *aligned*, rows and queries within 0.3 rad of one direction or its opposite (every pair
+    and *aligned*, rows and queries within atan(0.2) rad of one direction or its opposite (every pair
     takes the explicit-difference route of MATH §2.1).  Learned low-rank embeddings, e.g. after a
     small initialisation, look like the second.  Returns seconds (best of ``reps``) and the ratio.
     """
@@ -252,7 +252,7 @@ def near_pairs(backend, d=100, M=100_000, reps=5, seed=0):
         rows = rng.standard_normal((M + BATCH, d))
         if kind == "aligned":
             sign = np.where(rng.random((M + BATCH, 1)) < 0.5, -1.0, 1.0)
-            rows = sign * (u + 0.3 / np.sqrt(d) * rows)
+            rows = sign * (u + 0.2 * rows / np.linalg.norm(rows, axis=1, keepdims=True))
         sim.history.append(rows[:M], 1e-3 * rng.standard_normal((M, DR)))
         Z = rows[M:]
         cos = (Z / np.linalg.norm(Z, axis=1, keepdims=True)) @ (rows[:2000] / np.linalg.norm(rows[:2000], axis=1,
