@@ -44,13 +44,15 @@ sweep $(mi 1 32) --lr 2 --out $OUT/mi1-32-A                # (g) d0/k = 32
 # run on the closed-form history pass (out-std only rescales the kernels, MATH §2.2; before, they fell
 # back to the layer recursion, which made gp-C0.3 4.5-10x slower); gp-C0.3 is rerun from the start.
 # Added: (e) at the Part 5 scale, the linear autoencoder on the manifold (Part 4's linae-A, linae-C0.30
-# at lr 0.5) with 5 seeds and widths 16-500.  The order below is the order of the runs.
+# at lr 0.5) with 5 seeds and widths 16-500; (c) on the ReLU autoencoder of ae4-A (ae4-C0.3).  The order below is the order of the runs.
 sweep $GP --lr 2 --center --out $OUT/gp-B                  # (b) deep GP, centred
 sweep $GP --lr 1 --out-std 0.3 --out $OUT/gp-C0.3          # (c) small initialisation (rerun)
 sweep $(mi 2 32) --lr 1 --out-std 0.3 --out $OUT/mi2-32-C0.3
 LAE="--dataset manifold --task autoencoder --d0 16 --latent-dim 4 --activation linear $SYN2K --widths inf,16,50,100,200,500 --lr 0.5"
 sweep $LAE --out-std 0.3 --out $OUT/linae-C0.3             # (e)+(c) linear autoencoder, small initialisation
 sweep $LAE --out $OUT/linae-A                              # (e) linear autoencoder, standard initialisation
+sweep --dataset manifold --task autoencoder --d0 16 --latent-dim 4 $SYN2K --widths inf,4,10,50,100,200,500 \
+      --lr 1 --out-std 0.3 --out $OUT/ae4-C0.3             # (f)+(c) ReLU autoencoder, small initialisation
 sweep --dataset mnist --data-dir $DATA --train-size 1000 --test-size 500 --task autoencoder \
       --widths inf,8,32,128,500 --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/mnist-ae-D  # (f)
 sweep $MNIST $PW --out $OUT/mnist-D                        # (d) MNIST
