@@ -6,7 +6,9 @@
 set -euo pipefail
 OUT=${OUT:-runs/c5}
 DATA=${DATA:-../shared/datasets}
-COMMON="--backend cpu --seeds 0,1,2,3,4 --steps 1000 --eval-every 50 --eval-size 500 -j ${J:-2}"
+# STEPS, BACKEND and J override the horizon, the backend and the worker count (the runs here: the defaults);
+# e.g. STEPS=4000 BACKEND=gpu J=1 OUT=runs/c5-4000 for the paper's horizon on a GPU machine.
+COMMON="--backend ${BACKEND:-cpu} --seeds 0,1,2,3,4 --steps ${STEPS:-1000} --eval-every 50 --eval-size 500 -j ${J:-2}"
 SYN2K="--train-size 2000 --test-size 2000"
 sweep() {   # skip a sweep that has finished (its tables.md is written at the end), or not in $ONLY if set
     local out=${*: -1}
