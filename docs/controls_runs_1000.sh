@@ -58,6 +58,9 @@ sweep --dataset manifold --task autoencoder --d0 16 --latent-dim 4 $SYN2K --widt
 sweep --dataset mnist --data-dir $DATA --train-size 1000 --test-size 500 --task autoencoder \
       --widths inf,8,32,128,500 --lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50 --out $OUT/mnist-ae-D  # (f)
 sweep $MNIST $PW --out $OUT/mnist-D                        # (d) MNIST
+# Changed at 02:08, after mi2-32-C0.3 had left every width at the zero predictor's loss for 1000 steps
+# (lr 1 is small for out-std 0.3, which scales the kernels by 0.09): (c) with per-width rates added before
+# gp-C0.1; mi2-32-C0.1 (which would learn still less) dropped.
+sweep $(mi 2 32) --out-std 0.3 $PW --out $OUT/mi2-32-C0.3D # (c)+(d) small initialisation, per-width rates
 sweep $GP --lr 1 --out-std 0.1 --out $OUT/gp-C0.1
-sweep $(mi 2 32) --lr 1 --out-std 0.1 --out $OUT/mi2-32-C0.1
 sweep $(mi 4 128) --lr 2 --out $OUT/mi4-128-A              # (g) d0/k = 32
