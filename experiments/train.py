@@ -587,7 +587,7 @@ def _resume_config(out, overrides):
         config.validate()
     except (TrainError, TypeError) as exc:
         raise TrainError(f"{out / 'config.json'}: {exc}") from None
-    if config.dataset != "synthetic":
+    if config.dataset not in GENERATED:         # the generated data sets need their d0 (and k) back
         config.d0 = config.dr = None             # runs written before these were checked
     if overrides.get("steps") is not None:
         config.steps = int(overrides["steps"])

@@ -314,3 +314,20 @@ def test_config_digest_is_generic_over_fields():
     assert config_digest(base) == config_digest(dict(base, steps=99, data_dir="/b"))   # resume may change
     assert config_digest(base) != config_digest(dict(base, lr=2.0))
     assert config_digest(base) != config_digest(dict(base, some_new_option="x"))       # new fields count
+
+
+@pytest.mark.parametrize("data", [dict(dataset="multi-index", d0=6, latent_dim=2),
+                                  dict(dataset="manifold", d0=5, latent_dim=2, task="autoencoder")])
+def test_generated_data_sets_resume_bit_exact(tmp_path, data):
+    """A multi-index or manifold run stopped part-way resumes on the same data (its d0 and k come
+    back from config.json) and ends where an uninterrupted run ends."""
+    cfg = dict(SMALL, **data)
+    cfg.pop("dr")
+    a = train(TrainConfig(steps=12, **cfg), tmp_path / "a", log=lambda m: None)
+    train(TrainConfig(steps=25), a, resume=True, log=lambda m: None)
+    b = train(TrainConfig(steps=25, **cfg), tmp_path / "b", log=lambda m: None)
+    sa, sb = load_npz(a / "checkpoint.npz"), load_npz(b / "checkpoint.npz")
+    for key in sa:
+        if key != "driver_wall_s":
+            assert np.array_equal(sa[key], sb[key]), key
+    assert json.loads((a / "config.json").read_text())["data"] == json.loads((b / "config.json").read_text())["data"]
