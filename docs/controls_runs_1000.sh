@@ -52,9 +52,9 @@ sweep $GP --lr 1 --out-std 0.3 --out $OUT/gp-C0.3          # (c) small initialis
 sweep $(mi 2 32) --lr 1 --out-std 0.3 --out $OUT/mi2-32-C0.3
 LAE="--dataset manifold --task autoencoder --d0 16 --latent-dim 4 --activation linear $SYN2K --widths inf,16,50,100,200,500 --lr 0.5"
 sweep $LAE --out-std 0.3 --out $OUT/linae-C0.3             # (e)+(c) linear autoencoder, small initialisation
-# Changed at 02:08, after mi2-32-C0.3 had left every width at the zero predictor's loss for 1000 steps
+# Changed at 02:05, after mi2-32-C0.3 had left every width at the zero predictor's loss for 1000 steps
 # (lr 1 is small for out-std 0.3, which scales the kernels by 0.09): (c) with per-width rates added;
-# mi2-32-C0.1 (which would learn still less) dropped.  Changed at 02:20, while linae-C0.3 ran (its sweep was
+# mi2-32-C0.1 (which would learn still less) dropped.  Changed at 02:06, while linae-C0.3 ran (its sweep was
 # restarted to resume two runs a bug had stopped): the sweeps that the "done when" needs first
 # (linae-A, mnist-ae-D, gp-C0.1), then the others.
 sweep $LAE --out $OUT/linae-A                              # (e) linear autoencoder, standard initialisation
