@@ -123,12 +123,13 @@ def _pass(impl, Z, h, mode, chi, **kw):
     return gpu.engine("numpy").history_pass(Z, h.P, h.norms, h.C, mode, chi, "relu", float(Z.shape[1]), 2, **kw)
 
 
+@pytest.mark.parametrize("dr", [3, cpu.WIDE_DR + 4])        # the cpu pass sums K C in two orders
 @pytest.mark.parametrize("impl", ["cpu", "gpu-path/numpy"])
-def test_history_pass_modes_match_refimpl(impl):
+def test_history_pass_modes_match_refimpl(impl, dr):
     rng = np.random.default_rng(2)
-    h, base = _history(3000, 7, 3, rng)
+    h, base = _history(3000, 7, dr, rng)
     Z = np.concatenate([base[:6] + 1e-4 * rng.standard_normal((6, 7)), rng.standard_normal((4, 7))])
-    chi = rng.standard_normal((10, 3))
+    chi = rng.standard_normal((10, dr))
     f_ref, jt_ref = _ref_pass(Z, h.P, h.C, chi)
     f0, _, _ = _pass(impl, Z, h, 0, None)
     f1, T, bsum = _pass(impl, Z, h, 1, None)
