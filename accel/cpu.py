@@ -134,7 +134,7 @@ _f_relu_xi_alpha = _FF["relu_xi_alpha"]
 _f_relu_xi_beta = _FF["relu_xi_beta"]
 NEAR = formulas.NEAR
 #: From this many outputs dr on, the history pass sums K C row by row of C (contiguous) rather than
-#: column by column (measured: 4x faster at dr = 784; the column order is faster for a few outputs).
+#: column by column (docs/BENCHMARKS.md: 3.6-4.4x faster at dr = 784, 1.2x at dr = 8; equal at dr = 4).
 WIDE_DR = 8
 
 
