@@ -109,8 +109,7 @@ class Layers:
     def closed_form(self):
         """True where the written-out kernels of MATH §2 / lemma 4.1 apply (unit scales, no biases,
         and for ReLU one hidden layer); the layer recursion is used otherwise."""
-        plain = self.w_std == 1.0 and self.b_std == 0.0 and self.out_std == 1.0
-        return plain and (self.activation == "linear" or (self.activation == "relu" and self.depth == 2))
+        return self.kernel_scale is not None and self.w_std == 1.0 and self.out_std == 1.0
 
     @property
     def kernel_scale(self):
