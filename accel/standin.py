@@ -6,7 +6,10 @@
 Its :class:`ElementwiseKernel` takes the kernel's CUDA-C source (the ``operation`` and
 ``preamble`` of :mod:`accel.pair_source`), wraps the operation in a C loop over the elements
 and compiles it with the host C compiler (``cc``/``gcc``; ``$CC`` if set) into a shared
-library that it calls through ctypes.  So the very source that CuPy hands to NVRTC on a GPU is
+library that it calls through ctypes.  The libraries are cached in a private folder of the user
+(``$XDG_CACHE_HOME`` or ``~/.cache``, then ``bottleneck-dynamics/kernels``, mode 0700) under names
+that carry the hash of compiler, flags and source; a folder or library that another user owns or
+can write is refused (:class:`KernelCacheUnsafe`), never loaded.  So the very source that CuPy hands to NVRTC on a GPU is
 executed in CI, on NumPy arrays, by the same Python code (accel.xpcore) as on the device.
 
 Only the subset of ElementwiseKernel the backend needs is supported: every non-raw argument is
@@ -23,6 +26,7 @@ import ctypes
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import types
@@ -46,32 +50,90 @@ def compiler():
     return None
 
 
+class KernelCacheUnsafe(CompilerUnavailable):
+    """The kernel cache folder or a library in it could be written by someone else: refused."""
+
+
+#: Flags of every compilation (IEEE semantics: no fast-math, no FMA contraction, so that the results
+#: compare with refimpl); part of each library's name hash.
+CFLAGS = ("-std=c99", "-O2", "-ffp-contract=off", "-fPIC", "-shared")
+
+
+def cache_root():
+    """``$XDG_CACHE_HOME/bottleneck-dynamics/kernels``, or ``~/.cache/bottleneck-dynamics/kernels``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bottleneck-dynamics", "kernels")
+
+
+def _check_private(path, what):
+    """Refuse (KernelCacheUnsafe, one line) a ``path`` that is a link, not ours, or writable by others."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise KernelCacheUnsafe(f"kernel cache: cannot inspect {path} ({exc.strerror or exc})") from None
+    kind = stat.S_ISDIR if what == "folder" else stat.S_ISREG
+    if stat.S_ISLNK(st.st_mode) or not kind(st.st_mode):
+        raise KernelCacheUnsafe(f"kernel cache: {path} is not a plain {what} (a link or another kind of file); "
+                                "refusing to use it")
+    if st.st_uid != os.getuid():
+        raise KernelCacheUnsafe(f"kernel cache: {path} is owned by uid {st.st_uid}, not by this user "
+                                f"(uid {os.getuid()}); refusing to load code from it; remove it")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise KernelCacheUnsafe(f"kernel cache: {path} is writable by group or others (mode "
+                                f"{stat.S_IMODE(st.st_mode):04o}); refusing to load code from it; "
+                                f"chmod go-w it or remove it")
+
+
 def _cache_dir():
-    path = os.path.join(tempfile.gettempdir(), f"bottleneck-dynamics-kernels-{os.getuid()}")
-    os.makedirs(path, exist_ok=True)
+    """The private kernel cache (:func:`cache_root`), created with mode 0700 and checked on every use.
+
+    KernelCacheUnsafe when it is a link, belongs to another user or can be written by group or others:
+    a library found there could be anyone's.  (The folder above it may be shared with the data cache
+    and is not checked: whoever replaces ``kernels`` there fails the owner check.)
+    """
+    path = cache_root()
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise KernelCacheUnsafe(f"kernel cache: cannot create {path} ({exc.strerror or exc})") from None
+    _check_private(path, "folder")
     return path
 
 
+def library_name(cc, source, name="kernel"):
+    """File name of the library built by ``cc`` with :data:`CFLAGS` from ``source``: carries their hash."""
+    digest = hashlib.sha256("\0".join((cc, *CFLAGS, source)).encode()).hexdigest()[:32]
+    return f"{name}-{digest}.so"
+
+
 def compile_shared(source, name="kernel"):
-    """Compile C ``source`` into a shared library (cached by content) and load it with ctypes."""
+    """Compile C ``source`` into a shared library (cached by content) and load it with ctypes.
+
+    The library is looked up in the private cache (:func:`_cache_dir`) by a name that carries the
+    hash of the compiler, the flags and the source (:func:`library_name`), and loaded only if it is
+    a plain file of this user that nobody else can write.
+    """
     cc = compiler()
     if cc is None:
         raise CompilerUnavailable("no C compiler (cc, gcc or $CC) to build the kernel source")
-    digest = hashlib.sha256((cc + "\0" + source).encode()).hexdigest()[:20]
-    lib = os.path.join(_cache_dir(), f"{name}-{digest}.so")
-    if not os.path.exists(lib):
-        fd, src = tempfile.mkstemp(suffix=".c", dir=_cache_dir())
+    folder = _cache_dir()
+    lib = os.path.join(folder, library_name(cc, source, name))
+    if not os.path.lexists(lib):
+        fd, src = tempfile.mkstemp(suffix=".c", dir=folder)
         with os.fdopen(fd, "w") as fh:
             fh.write(source)
         tmp = lib + f".{os.getpid()}.tmp"
-        # IEEE semantics (no fast-math, no FMA contraction): results comparable with refimpl.
-        cmd = [cc, "-std=c99", "-O2", "-ffp-contract=off", "-fPIC", "-shared", "-o", tmp, src, "-lm"]
+        cmd = [cc, *CFLAGS, "-o", tmp, src, "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         os.unlink(src)
         if res.returncode:
             first = (res.stderr.strip().splitlines() or ["(no message)"])[0]
             raise CompilerUnavailable(f"{os.path.basename(cc)} failed on kernel {name}: {first}")
+        os.chmod(tmp, 0o700)
         os.replace(tmp, lib)
+    _check_private(lib, "file")
     return ctypes.CDLL(lib)
 
 
