@@ -6,6 +6,8 @@
 * :class:`DirLock`: a lock file holding the owner's pid, so that two processes never write into the
   same run or sweep directory; a lock whose process is gone is stale and is taken over.
 * :func:`remove_stale_temp_files`: the ``.<name>.*.tmp`` files a killed writer leaves behind.
+* :func:`refuse_link` / :func:`refuse_links_inside`: output folders and their entries that are symbolic
+  links are refused, so nothing outside an output folder is ever moved, deleted or overwritten.
 * :func:`fault_point`: the fault-injection hook of the tests (``BOTTLENECK_FAULT=event:n`` kills the
   process with SIGKILL at the n-th occurrence of ``event``; unset, it does nothing).
 """
@@ -154,6 +156,39 @@ def read_json(path):
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+# ----------------------------------------------------------------------------
+# symbolic links: nothing is read, moved or written through a link in an output folder
+# ----------------------------------------------------------------------------
+
+def refuse_link(path, what="out"):
+    """ValueError (one line) if ``path`` itself is a symbolic link (also a dangling one).
+
+    An output folder given as a link is refused: moving or clearing it would act on the link's
+    target, a folder outside the one named.
+    """
+    if os.path.islink(path):
+        raise ValueError(f"{what}: {path} is a symbolic link (to {os.readlink(path)}); give the folder itself, "
+                         "nothing is written through a link")
+
+
+def refuse_links_inside(root, entries):
+    """ValueError (one line) naming the first ``root/entry`` that is, or lies below, a symbolic link.
+
+    ``entries`` are paths relative to ``root`` (files or folders, any depth; missing ones are fine).
+    A run or sweep folder whose own files or run folders are links would read, move or write files
+    outside it.
+    """
+    root = Path(root)
+    for rel in entries:
+        p = root
+        for part in Path(rel).parts:
+            p = p / part
+            if os.path.islink(p):
+                raise ValueError(f"{p}: is a symbolic link inside {root} (to {os.readlink(p)}); a run or sweep "
+                                 "folder may not hold links in place of its own files or folders; replace it by "
+                                 "the real file or folder")
 
 
 # ----------------------------------------------------------------------------

@@ -56,7 +56,7 @@ from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import atomic_write_text, read_csv, write_csv
+from .fileio import atomic_write_text, read_csv, refuse_link, refuse_links_inside, write_csv
 from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
@@ -69,6 +69,8 @@ FINITE_BACKENDS = ("numpy", "gpu")
 SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
 SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
 SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
+#: The files of a finite-vs-infinite comparison.
+COMPARE_FILES = ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")
 
 
 # ----------------------------------------------------------------------------
@@ -220,9 +222,25 @@ def width_dir(out, d):
     return Path(out) / f"width-{d:05d}"
 
 
+def _refuse_links(out, files, pattern=None, inner=()):
+    """TrainError (one line) if ``out``, one of its ``files``, a folder matching ``pattern`` or one of the
+    ``inner`` files of such a folder is a symbolic link (nothing is written or deleted through a link)."""
+    try:
+        refuse_link(out)
+        if out.is_dir():
+            entries = list(files)
+            if pattern:
+                for folder in sorted(out.glob(pattern)):
+                    entries += [folder.name, *(f"{folder.name}/{f}" for f in inner)]
+            refuse_links_inside(out, entries)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+
+
 def prepare_sweep_dir(out, force, resume):
     """Create the sweep directory; refuse to overwrite a sweep unless ``force``; clear it with ``force``."""
     out = Path(out)
+    _refuse_links(out, SWEEP_FILES, "width-*", ("metrics.csv", "result.json"))
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
     held = out.is_dir() and ((out / "config.json").exists() or any(out.glob("width-*")))
@@ -592,6 +610,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
     """
     config.validate()
     out = Path(out)
+    _refuse_links(out, COMPARE_FILES)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
     existing = [f for f in ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")

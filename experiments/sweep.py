@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 
 from refimpl import __version__
-from . import devices
+from . import devices, fileio
 from .fileio import SWEEP_FILE, DirLock, read_json
 from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
@@ -474,6 +474,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     if str(out).strip() == "":
         raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
+    _refuse_links(out, None)
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
     if scheduler is not None and not str(scheduler).strip():
@@ -498,6 +499,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
             taken = [r["dir"] for r in record["runs"] if (out / r["dir"] / "config.json").exists()]
             if taken:
                 raise TrainError(f"out: {out / taken[0]} already holds a run; use --force to overwrite it")
+    _refuse_links(out, record)
     probe = TrainConfig.from_json({**record["config"], "width": record["widths"][0],
                                    "seed": record["seeds"][0]})
     probe = _check_before_start(probe, scheduler)
@@ -524,6 +526,21 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         raise
     finally:
         lock.release()
+
+
+def _refuse_links(out, record):
+    """TrainError (one line) if the sweep directory, its own files, a run folder (or a folder on the way
+    to it) or a run's files are symbolic links: a sweep moves, clears and writes only inside ``out``."""
+    from .lr_probe import PROBE_FILE
+    from .train import LOCK_FILE, RUN_FILES
+    try:
+        fileio.refuse_link(out)
+        if record is not None:
+            fileio.refuse_links_inside(out, (SWEEP_FILE, PROBE_FILE, LOCK_FILE))
+            fileio.refuse_links_inside(out, [str(Path(r["dir"]) / f) for r in record["runs"]
+                                             for f in (*RUN_FILES, LOCK_FILE, ".")])
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def _jobs(jobs, record):

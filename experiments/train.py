@@ -372,9 +372,22 @@ def _check_out(out):
     if str(out).strip() == "":
         raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
+    try:
+        fileio.refuse_link(out)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise TrainError(f"out: {out} exists and is not a directory")
     return out
+
+
+def check_run_entries(out):
+    """Refuse (TrainError) a run directory whose own files (:data:`RUN_FILES`, the lock, lr_probe.json)
+    are symbolic links: a resume reads and rewrites them."""
+    try:
+        fileio.refuse_links_inside(out, (*RUN_FILES, LOCK_FILE, "lr_probe.json"))
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def check_run_dir(out, force):
@@ -655,6 +668,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     """
     if resume:
         out = _check_out(out)
+        check_run_entries(out)
         if not (out / "config.json").exists():
             raise TrainError(f"resume: {out} holds no run (config.json expected)")
         lock = DirLock(out, LOCK_FILE)
