@@ -10,10 +10,11 @@ Exit status (the same for every command):
     0  ok
     1  a run failed: it diverged, was interrupted, some runs of a sweep failed, or an internal error
     2  usage or bad input: an unknown option, a bad value, missing data, an occupied output folder
-    3  a check failed: `verify`, `golden`, `finite-vs-infinite`
+    3  a check failed: `verify`, `golden`, `finite-vs-infinite`, `gpu-check`
 
-Errors are one line on stderr.  Set BOTTLENECK_DEBUG=1 to see the full traceback of an unexpected error.
-With --json (train, verify, golden, bench) stdout carries exactly one JSON object, also on failure.
+Errors are one line on stderr, usage errors included.  Set BOTTLENECK_DEBUG=1 to see the full traceback of
+an unexpected error.  With --json (train, verify, golden, bench) stdout carries exactly one JSON object, also
+on failure: {"ok": false, "exit_code": N, "error": "..."} (JsonContractGroup).
 """
 
 from __future__ import annotations
@@ -34,18 +35,51 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 # ============================================================================ errors and exit codes
 
 class CommandError(click.ClickException):
-    """A one-line error with its exit status; under --json also a JSON object on stdout."""
+    """A one-line error with its exit status; under --json also a JSON object on stdout (printed by
+    :class:`JsonContractGroup`, unless ``json_printed``: the command already printed its one object)."""
 
     def __init__(self, message, exit_code=EXIT_FAILED):
         super().__init__(message)
         self.exit_code = exit_code
-        ctx = click.get_current_context(silent=True)
-        self.as_json = bool(ctx is not None and ctx.params.get("as_json"))
+        self.json_printed = False
 
-    def show(self, file=None):
-        super().show(file)
-        if self.as_json:
-            click.echo(json.dumps({"ok": False, "exit_code": self.exit_code, "error": self.message}))
+
+def error_object(exc):
+    """The --json object of an error: ``{"ok": false, "exit_code": N, "error": "..."}``."""
+    return {"ok": False, "exit_code": exc.exit_code, "error": exc.format_message()}
+
+
+class JsonContractGroup(click.Group):
+    """The command group: every error is one line on stderr, and with --json also one JSON object on stdout.
+
+    click's own usage errors (an unknown option, a bad value: exit status 2) are reported here, in one
+    line ending with where the help is, instead of click's three lines; errors raised by the commands
+    (:class:`CommandError`) likewise.  ``--json`` anywhere on the command line adds the error object
+    :func:`error_object` on stdout, so the --json promise holds for errors found while parsing too.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+        try:
+            rv = super().main(argv, prog_name, complete_var, False, **extra)
+        except click.ClickException as exc:
+            if isinstance(exc, click.UsageError):
+                where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+                click.echo(f"Error: {exc.format_message()}{where}", err=True)
+            else:
+                exc.show()
+            if as_json and not getattr(exc, "json_printed", False):
+                click.echo(json.dumps(error_object(exc)))
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            if as_json:
+                click.echo(json.dumps({"ok": False, "exit_code": EXIT_FAILED, "error": "aborted"}))
+            sys.exit(EXIT_FAILED)
+        sys.exit(rv if type(rv) is int else EXIT_OK)      # click.exceptions.Exit (--help, --version): its code
 
 
 def _first_line(exc):
@@ -246,8 +280,9 @@ run_options = _option_set(
          help="Training points (a fixed subset) for the training loss and the bottleneck metrics."),
     _opt("--checkpoint-every", type=POS_INT, default=None,
          help="Write the checkpoint every this many steps (default: every evaluation)."),
-    _opt("--backend", type=click.Choice(BACKENDS), default="numpy",
-         help="numpy = reference; cpu = Numba; gpu = CuPy; auto = gpu if present, else cpu."),
+    _opt("--backend", type=click.Choice(BACKENDS), default="auto",
+         help="auto = gpu if usable, else cpu, else numpy (what ran is printed and recorded); "
+              "numpy = reference; cpu = Numba; gpu = CuPy."),
     _opt("--dtype", type=click.Choice(DTYPES), default="float64",
          help="Precision of the cpu / gpu backends (numpy is float64 only)."),
 )
@@ -303,13 +338,14 @@ class Progress:
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = 0.1 if self.tty else interval
         self.loss = None
+        self.shown = None                 # the step of the last line written
         self.t0 = self.last = time.perf_counter()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        if self.step > self.start:
+        if self.step > self.start and (self.tty or self.shown != self.step):   # the last line once
             self._show(final=True)
         return False
 
@@ -331,6 +367,7 @@ class Progress:
                 f"ETA {_duration(eta)}  elapsed {_duration(elapsed)}")
 
     def _show(self, final=False):
+        self.shown = self.step
         if self.tty:
             self.stream.write("\r" + self.line() + "\033[K" + ("\n" if final else ""))
         else:
@@ -348,13 +385,13 @@ def _duration(seconds):
 
 # ============================================================================ the group
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=JsonContractGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="bottleneck-dynamics", message="%(version)s")
 def cli():
     """Exact function-space simulation of infinitely wide networks with a finite bottleneck.
 
     Exit status: 0 ok; 1 a run failed or diverged; 2 usage or bad input; 3 a check failed
-    (verify, golden, finite-vs-infinite).
+    (verify, golden, finite-vs-infinite, gpu-check).
     """
 
 
@@ -530,8 +567,9 @@ def plot(sweep_dir, figdir, heatmap_steps):
              batch_size={"default": 5, "help": "SGD batch size B (the paper's 5)."},
              lr=1.0, seed={"help": "Seed of the weights and of the batch order."}, eval_every=100,
              eval_size={"help": "Training points (a fixed subset) for the training loss and error."},
-             backend={"type": click.Choice(["numpy", "gpu"]),
-                      "help": "numpy, or gpu: the same networks with CuPy arrays."})
+             backend={"type": click.Choice(["numpy", "gpu", "auto"]),
+                      "help": "auto = gpu if usable, else numpy; numpy; or gpu: the same networks with CuPy "
+                              "arrays."})
 @click.option("--out", type=click.Path(), default=None, help="Sweep directory. [default: runs/finite-<dataset>-<time>]")
 @click.option("--force", is_flag=True, help="Start over in an existing sweep directory.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -632,14 +670,15 @@ def _run_verify(name, out, quiet, as_json, **options):
     report = run_guarded(checks.CHECKS[name], target, log=log, **options)
     failure = checks.first_failure(report)
     if as_json:
-        emit_json({"ok": failure is None, **checks.jsonable(report)})
+        emit_json({"ok": failure is None, **({"exit_code": EXIT_CHECK, "error": failure} if failure else {}),
+                   **checks.jsonable(report)})
     else:
         for line in checks.format_table(report):
             click.echo(line)
         click.echo(f"wrote {report['files'][0]} and {report['files'][1]} ({report['wall_s']:.1f} s)")
     if failure:
         error = CommandError(failure, EXIT_CHECK)
-        error.as_json = False                       # the report above is the JSON object
+        error.json_printed = as_json                # the report above is the JSON object
         raise error
 
 
@@ -757,10 +796,11 @@ def golden(regenerate, cases, as_json):
         return
     bad = [r for r in rows if not r["ok"]]
     if as_json:
-        emit_json({"ok": not bad, "checks": len(rows), "failed": len(bad), "rows": rows})
+        failed = {"exit_code": EXIT_CHECK, "error": f"{len(bad)} of {len(rows)} golden checks failed"} if bad else {}
+        emit_json({"ok": not bad, **failed, "checks": len(rows), "failed": len(bad), "rows": rows})
     if bad:
         error = CommandError(f"{len(bad)} of {len(rows)} golden checks failed", EXIT_CHECK)
-        error.as_json = False
+        error.json_printed = as_json
         raise error
     say(f"all {len(rows)} golden checks within tolerance")
 

@@ -65,7 +65,7 @@ from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional
 PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
 
 #: The array backends of the finite networks (the same code on NumPy or CuPy arrays).
-FINITE_BACKENDS = ("numpy", "gpu")
+FINITE_BACKENDS = ("numpy", "gpu", "auto")
 SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
 SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
 SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
@@ -82,19 +82,27 @@ def parse_widths(text, name="widths"):
     return _parse_widths(text, name, allow_inf=False, presets={"paper": PAPER_WIDTHS}, merge=True)
 
 
+def resolve_finite_backend(backend):
+    """The array backend that runs: "auto" is "gpu" where CuPy sees a usable GPU, else "numpy"."""
+    one_of("backend", backend, FINITE_BACKENDS)
+    if backend != "auto":
+        return backend
+    try:
+        from accel import gpu
+        return "gpu" if gpu.available() else "numpy"
+    except Exception:          # noqa: BLE001 - no accelerated backend here
+        return "numpy"
+
+
 def array_module(backend):
-    """The array module for ``backend``: numpy, or cupy for "gpu" (TrainError with the reason if unusable)."""
+    """The array module for ``backend``: numpy, or cupy for "gpu" (TrainError with the reason if unusable,
+    worded as ``train --backend gpu`` words it)."""
+    backend = resolve_finite_backend(backend)
     if backend == "numpy":
         return np
-    one_of("backend", backend, FINITE_BACKENDS)
-    try:
-        import cupy
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            raise RuntimeError("no CUDA device found")
-    except Exception as exc:   # ImportError, CUDA driver errors: one line for the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TrainError(f"backend: 'gpu' is not available here ({reason}); install the gpu extra "
-                         f"(cupy-cuda12x) on a CUDA machine or use --backend numpy") from None
+    from .train import resolve_backend
+    resolve_backend("gpu")                 # TrainError "backend: 'gpu' is unavailable: <reason>"
+    import cupy
     return cupy
 
 
@@ -155,7 +163,8 @@ class SweepConfig:
     data_seed: int = 0                   # data subset / synthetic draw
     eval_every: int = 100
     eval_size: int = 1000
-    backend: str = "numpy"
+    backend: str = "numpy"               # after finite_sweep(): what ran ("auto" is resolved)
+    backend_requested: str | None = None # what was asked (e.g. "auto"); None in sweeps made before it
     task: str = "default"                # "autoencoder": targets = inputs (experiments.tasks)
     latent_dim: int = 2                  # multi-index / manifold only
     activation: str = "relu"             # the architecture (MATH §2.2), as experiments.train.TrainConfig
@@ -341,6 +350,12 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     elif config is None:
         raise TrainError("config: expected a SweepConfig for a new sweep")
     config.validate()
+    if config.backend_requested is None and not resume:
+        config.backend_requested = config.backend
+    if config.backend == "auto":         # resolved once; recorded beside what was asked
+        config.backend = resolve_finite_backend("auto")
+        log(f"backend: {config.backend} (auto: " + ("a usable GPU is present)" if config.backend == "gpu"
+                                                     else "no usable GPU; NumPy on the CPU)"))
     xp = array_module(config.backend)
     data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
                  config.d0, config.dr, config.task, config.latent_dim)

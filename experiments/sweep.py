@@ -53,7 +53,7 @@ from pathlib import Path
 from refimpl import __version__
 from . import devices, fileio
 from .fileio import SWEEP_FILE, DirLock, read_json
-from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, train
+from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, settle_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
 #: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
@@ -494,6 +494,8 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
                              "or --resume to continue it")
         config = dataclasses.replace(config)
         config.validate()
+        if not scheduler:             # "auto" -> what runs here, recorded beside what was asked
+            settle_backend(config, log)
         record = new_sweep_record(config, widths, seeds)
         if not force:
             taken = [r["dir"] for r in record["runs"] if (out / r["dir"] / "config.json").exists()]

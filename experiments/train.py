@@ -112,7 +112,8 @@ class TrainConfig:
     eval_every: int = 50
     eval_size: int = 1000
     checkpoint_every: int | None = None   # default: every evaluation
-    backend: str = "numpy"
+    backend: str = "numpy"           # after train(): what ran (numpy, cpu or gpu; "auto" is resolved)
+    backend_requested: str | None = None   # what was asked (e.g. "auto"); None in runs made before it
     dtype: str = "float64"
     # controls of the experiments (experiments.controls, experiments.tasks; MATH §7.2-§7.4)
     task: str = "default"            # "autoencoder": targets = inputs
@@ -154,6 +155,7 @@ class TrainConfig:
         one_of("loss", self.loss, LOSSES)
         check_loss_fits_task(self.loss, self.dataset, self.task)
         one_of("backend", self.backend, BACKENDS)
+        optional(one_of, "backend_requested", self.backend_requested, BACKENDS)
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
@@ -177,7 +179,10 @@ class TrainConfig:
 # ----------------------------------------------------------------------------
 
 def resolve_backend(name, dtype="float64"):
-    """The module-like object that provides BottleneckSimulator and InfiniteSimulator."""
+    """The module-like object that provides BottleneckSimulator and InfiniteSimulator ("auto": see
+    :func:`auto_backend`)."""
+    if name == "auto":
+        name = auto_backend(dtype)
     if name == "numpy":
         import refimpl
         return refimpl
@@ -191,6 +196,36 @@ def resolve_backend(name, dtype="float64"):
         return get_backend(name, dtype=dtype)
     except (accel.BackendUnavailable, ValueError) as exc:   # the backend's own one-line reason
         raise TrainError(f"backend: {name!r} is unavailable: {exc}") from None
+
+
+def auto_backend(dtype="float64"):
+    """The backend ``auto`` stands for here: "gpu" where a usable GPU is present, else "cpu" (Numba), else
+    "numpy" (the reference; also for a dtype the accelerated backends cannot give)."""
+    try:
+        import accel
+        from accel import gpu
+        if gpu.available():
+            return "gpu"
+        accel.get_backend("cpu", dtype=dtype)
+        return "cpu"
+    except Exception:          # noqa: BLE001 - no accelerated backend here: the reference always runs
+        return "numpy"
+
+
+def settle_backend(config, log=None):
+    """Resolve ``config.backend == "auto"`` to the backend that will run, keeping what was asked in
+    ``config.backend_requested``; ``log`` the choice once.  Returns the backend name."""
+    if config.backend_requested is None:
+        config.backend_requested = config.backend
+    if config.backend == "auto":
+        config.backend = auto_backend(config.dtype)
+    if log is not None:
+        asked = config.backend_requested
+        log(f"backend: {config.backend}" + (f" ({asked}: "
+            + {"gpu": "a usable GPU is present", "cpu": "no usable GPU; Numba on the CPU",
+               "numpy": "no accelerated backend here; the NumPy reference"}[config.backend] + ")"
+            if asked == "auto" else ""))
+    return config.backend
 
 
 def load_data(config):
@@ -685,6 +720,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     out = _check_out(out)
     check_run_dir(out, force)
     # everything that can be checked is checked before anything is written
+    settle_backend(config, log)
     backend = resolve_backend(config.backend, config.dtype)
     data = load_data(config)
     _check_batch_size(config, data)
@@ -756,6 +792,9 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
     if state is not None and config.steps == done and (out / "summary.json").exists() and data_dir is None:
         log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
         return out
+    if config.backend == "auto":      # a run made before the resolved backend was recorded
+        log(f"backend: {auto_backend(config.dtype)} (the run asked for auto and did not record what ran; "
+            "bit-exact only if that was the same backend)")
     backend = resolve_backend(config.backend, config.dtype)
     try:
         data = load_data(config)
