@@ -44,6 +44,8 @@ class Backend:
     def __init__(self, name, dtype, bottleneck, infinite, kernels):
         self.name = name
         self.dtype = dtype
+        #: Why "auto" chose this backend (one line), None when it was named.
+        self.chosen_because = None
         self.BottleneckSimulator = bottleneck
         self.InfiniteSimulator = infinite
         for k in KERNEL_NAMES:
@@ -73,9 +75,12 @@ def get_backend(name, dtype="float64"):
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {name!r}")
     check_dtype(dtype)
     dtype = str(dtype if isinstance(dtype, str) else check_dtype(dtype)().dtype)
+    why = None
     if name == "auto":
         from . import gpu
         name = "gpu" if gpu.available() else "cpu"
+        why = ("auto: a working CUDA device" if name == "gpu"
+               else f"auto: cpu, since the gpu backend is unavailable: {gpu.unavailable_reason()}")
     if name == "numpy":
         if dtype != "float64":
             raise ValueError("dtype: the numpy reference backend is float64 only")
@@ -87,12 +92,16 @@ def get_backend(name, dtype="float64"):
             from . import cpu
         except ImportError as exc:            # pragma: no cover - numba is a dependency
             raise BackendUnavailable(f"Numba cannot be imported ({exc})") from None
-        return Backend("cpu", dtype, _bind_dtype(cpu.BottleneckSimulator, dtype),
-                       _bind_dtype(cpu.InfiniteSimulator, dtype), cpu._KernelFunctions)
+        be = Backend("cpu", dtype, _bind_dtype(cpu.BottleneckSimulator, dtype),
+                     _bind_dtype(cpu.InfiniteSimulator, dtype), cpu._KernelFunctions)
+        be.chosen_because = why
+        return be
     from . import gpu
     gpu.load_cupy()
-    return Backend("gpu", dtype, _bind_dtype(gpu.BottleneckSimulator, dtype),
-                   _bind_dtype(gpu.InfiniteSimulator, dtype), gpu.kernels("cupy"))
+    be = Backend("gpu", dtype, _bind_dtype(gpu.BottleneckSimulator, dtype),
+                 _bind_dtype(gpu.InfiniteSimulator, dtype), gpu.kernels("cupy"))
+    be.chosen_because = why
+    return be
 
 
 def available_backends():

@@ -52,9 +52,55 @@ def reset():
         fn.cache_clear()
 
 
+def _driver_reason(cupy, exc):
+    """Why CuPy sees no device: no NVIDIA driver at all, a driver older than CuPy's CUDA, or
+    (neither) the runtime's own message."""
+    runtime = cupy.cuda.runtime
+    try:
+        driver = int(runtime.driverGetVersion())        # 0 when no driver is installed
+    except Exception:                                   # noqa: BLE001 - no such call: ask the loader
+        driver = None if _libcuda_present() else 0
+    if driver == 0:
+        return ("no NVIDIA driver found (CuPy is installed, but this machine has no libcuda: "
+                "no GPU here, or its driver is not installed)")
+    try:
+        rt = int(runtime.runtimeGetVersion())
+    except Exception:                                   # noqa: BLE001
+        rt = None
+    if driver is not None and rt is not None and driver < rt:
+        return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA "
+                f"{_cuda_version(rt)} of this CuPy: update the driver or install the cupy-cuda"
+                f"{driver // 1000}x wheel that matches it")
+    return f"CuPy sees no usable CUDA device ({_reason(exc)})"
+
+
+def _cuda_version(v):
+    return f"{v // 1000}.{(v % 1000) // 10}"
+
+
+def _libcuda_present():
+    """Whether the CUDA driver library (libcuda) can be found by the dynamic loader."""
+    import ctypes.util
+    if ctypes.util.find_library("cuda"):
+        return True
+    import ctypes
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
 @functools.lru_cache(maxsize=None)
 def _probe():
-    """(cupy module, None) when CuPy works here, else (None, one-line reason)."""
+    """(cupy module, None) when CuPy works here, else (None, one-line reason).
+
+    The reasons, each worded for its case: CuPy not installed; installed but not importable;
+    no NVIDIA driver (no libcuda: e.g. a machine without a GPU); a driver older than the wheel's
+    CUDA; a driver but no device; kernels that fail to compile or give a wrong value.
+    """
     if standin_requested():
         return numpy_device, None
     try:
@@ -68,9 +114,9 @@ def _probe():
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:                           # noqa: BLE001 - driver missing or too old
-        return None, f"CuPy sees no usable CUDA device ({_reason(exc)})"
+        return None, _driver_reason(cupy, exc)
     if count < 1:
-        return None, "CuPy sees no CUDA device"
+        return None, "CuPy sees no CUDA device (a driver is installed, but no GPU is visible: CUDA_VISIBLE_DEVICES?)"
     try:                                               # compile and run the kernels once
         got = XPEngine(cupy).pair_kernel(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), "ntk")[0]
     except Exception as exc:                           # noqa: BLE001 - NVRTC, driver, ...

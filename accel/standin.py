@@ -151,10 +151,23 @@ def _parse(params):
     return out
 
 
+#: Type every kernel call with CuPy's own rules too, where CuPy's code generator is importable
+#: (:func:`accel.nvrtc.check_standin_call`: the CUDA source CuPy would generate for the call, so a
+#: call that CuPy would reject fails here, in CI, without a GPU).
+CUPY_TYPING = True
+
+
+def _cupy_typing(kernel, args):
+    from . import nvrtc
+    if nvrtc.toolchain_reason() is None:
+        nvrtc.check_standin_call(kernel, args, nvrtc.cuda_preamble(kernel.preamble))
+
+
 class ElementwiseKernel:
     """CuPy's ElementwiseKernel on the host: the operation in a C loop, compiled with gcc."""
 
     def __init__(self, in_params, out_params, operation, name="kernel", preamble="", **kwargs):
+        self.in_params, self.out_params = in_params, out_params
         self.inputs = _parse(in_params)
         self.outputs = _parse(out_params)
         self.operation = operation
@@ -219,6 +232,8 @@ class ElementwiseKernel:
                 cargs.append(_CTYPES_SCALAR[want.name](a))
         if shape is None:
             raise ValueError(f"{self.name}: no array argument fixes the loop size")
+        if CUPY_TYPING:
+            _cupy_typing(self, args)
         key = (T, tuple(scalars))
         if key not in self._libs:
             lib = compile_shared(self.source(T, set(scalars)), self.name)
