@@ -12,7 +12,8 @@ Exit status (the same for every command):
     2  usage or bad input: an unknown option, a bad value, missing data, an occupied output folder
     3  a check failed: `verify`, `golden`, `finite-vs-infinite`, `gpu-check`
 
-Errors are one line on stderr, usage errors included.  Set BOTTLENECK_DEBUG=1 to see the full traceback of
+Errors are one line on stderr, usage errors included.  SIGTERM is handled as Ctrl-C (SIGINT): exit status 1,
+the last checkpoint kept, one line saying how to resume.  Set BOTTLENECK_DEBUG=1 to see the full traceback of
 an unexpected error.  With --json (train, verify, golden, bench) stdout carries exactly one JSON object, also
 on failure: {"ok": false, "exit_code": N, "error": "..."} (JsonContractGroup).
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -98,8 +100,8 @@ def run_guarded(fn, *args, **kwargs):
         if os.environ.get("BOTTLENECK_DEBUG") and not isinstance(exc, V.TrainError):
             raise
         raise CommandError(_first_line(exc), EXIT_USAGE) from None
-    except KeyboardInterrupt:
-        raise CommandError("interrupted; resume with --resume", EXIT_FAILED) from None
+    except KeyboardInterrupt:                           # the drivers say how to resume where there is something
+        raise CommandError("interrupted before anything resumable was written", EXIT_FAILED) from None
     except Exception as exc:   # noqa: BLE001 - OSError, divergence, bugs: one line unless debugging
         if os.environ.get("BOTTLENECK_DEBUG"):
             raise
@@ -395,8 +397,17 @@ def cli():
     """
 
 
+def _on_sigterm(signum, frame):
+    """SIGTERM (sent by batch systems before they kill a job) is handled exactly as Ctrl-C: the drivers keep
+    the last checkpoint, release their locks and say how to resume.  A second SIGTERM is ignored so that
+    this clean-up is not cut short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main():
     """Entry point of the ``bottleneck`` console script (and of ``python cli.py``)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli()
 
 
@@ -435,10 +446,11 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
         config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
         target = out if out is not None else Path("runs") / (
             f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if config.lr_policy == "per-width":          # probe this width's rate first (lr_probe.json)
-            from experiments.lr_probe import probe_run
-            run_guarded(probe_run, config, target, force, log=say)
-        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say)
+        # with --lr-policy per-width the run probes its rate first (lr_probe.json; silent with -q)
+        from experiments.lr_probe import probe_into
+        path = run_guarded(run_train, config, target, force=force, progress=progress, log=say,
+                           probe=probe_into if config.lr_policy == "per-width" else None,
+                           probe_log=None if quiet else say)
     rows = (path / "metrics.csv").read_text().strip().splitlines()
     if as_json:
         summary_file = path / "summary.json"

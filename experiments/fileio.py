@@ -9,11 +9,13 @@
 * :func:`refuse_link` / :func:`refuse_links_inside`: output folders and their entries that are symbolic
   links are refused, so nothing outside an output folder is ever moved, deleted or overwritten.
 * :func:`fault_point`: the fault-injection hook of the tests (``BOTTLENECK_FAULT=event:n`` kills the
-  process with SIGKILL at the n-th occurrence of ``event``; unset, it does nothing).
+  process with SIGKILL, or ``$BOTTLENECK_FAULT_SIGNAL``, at the n-th occurrence of ``event``; unset, it does
+  nothing).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -53,25 +55,56 @@ def _parse_fault(text):
 
 
 _FAULT = _parse_fault(os.environ.get("BOTTLENECK_FAULT", ""))
+_FAULT_SIGNAL = getattr(signal, "SIG" + os.environ.get("BOTTLENECK_FAULT_SIGNAL", "KILL").upper().removeprefix("SIG"),
+                        signal.SIGKILL)
 _FAULT_SEEN = {}
 
 
 def fault_point(event):
-    """Kill this process with SIGKILL at the n-th ``event`` when ``BOTTLENECK_FAULT=event:n`` (tests only)."""
+    """Send this process SIGKILL (or ``$BOTTLENECK_FAULT_SIGNAL``, e.g. ``TERM``) at the n-th ``event`` when
+    ``BOTTLENECK_FAULT=event:n`` (tests only)."""
     if _FAULT is None or _FAULT[0] != event:
         return
     _FAULT_SEEN[event] = _FAULT_SEEN.get(event, 0) + 1
     if _FAULT_SEEN[event] == _FAULT[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), _FAULT_SIGNAL)
 
 
 # ----------------------------------------------------------------------------
 # atomic writes
 # ----------------------------------------------------------------------------
 
+class DiskFull(OSError):
+    """A write failed for want of space (ENOSPC) or quota (EDQUOT); the message names the file."""
+
+    def __str__(self):
+        return f"{self.filename}: no space left on the device (or quota exceeded) while writing it"
+
+
+#: errno values that mean "the disk is full".
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def disk_full(exc):
+    """True for an OSError that means the disk (or the quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
 def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` atomically (temporary file ``.<name>.*.tmp`` in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file ``.<name>.*.tmp`` in the same folder, then rename).
+
+    A full disk raises :class:`DiskFull` naming ``path``; the old file is then left as it was.
+    """
     path = Path(path)
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(exc.errno, os.strerror(exc.errno), str(path)) from None
+        raise
+
+
+def _atomic_write_bytes(path, data):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)            # mkstemp makes 0600; give the usual mode

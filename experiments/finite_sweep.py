@@ -56,7 +56,7 @@ from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import atomic_write_text, read_csv, refuse_link, refuse_links_inside, write_csv
+from .fileio import DiskFull, atomic_write_text, read_csv, refuse_link, refuse_links_inside, write_csv
 from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
@@ -385,15 +385,23 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     atomic_write_text(out / "config.json", json.dumps(meta, indent=2) + "\n")
     rows = eval_rows(config.seed, data.n_train, config.eval_size)
 
-    for d in config.widths:
-        folder = width_dir(out, d)
-        if (folder / "result.json").exists():
-            log(f"d={d}: already finished, skipped")
-            continue
-        log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
-            f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
-        _train_width(config, data, rows, d, folder, xp, log)
-    return write_finite_summary(out)
+    d = None
+    try:
+        for d in config.widths:
+            folder = width_dir(out, d)
+            if (folder / "result.json").exists():
+                log(f"d={d}: already finished, skipped")
+                continue
+            log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
+                f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
+            _train_width(config, data, rows, d, folder, xp, log)
+        return write_finite_summary(out)
+    except KeyboardInterrupt:
+        raise RunFailed(f"interrupted at bottleneck size {d}; finished sizes are kept; continue with: "
+                        f"python cli.py finite-sweep --resume {out}") from None
+    except DiskFull as exc:
+        raise RunFailed(f"{exc}; finished sizes are kept; free some space and continue with: "
+                        f"python cli.py finite-sweep --resume {out}") from None
 
 
 def load_finite_sweep(out):

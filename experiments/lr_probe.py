@@ -1,7 +1,7 @@
 """The per-width learning-rate probe (MATH §7.5; the rule is in :mod:`experiments.controls`).
 
 :func:`probe_width` finds one width's largest stable rate of the doubling grid; :func:`per_width_rates`
-does it for the widths of a sweep and records every trial in ``lr_probe.json``; :func:`probe_run` does it
+does it for the widths of a sweep and records every trial in ``lr_probe.json``; :func:`probe_into` does it
 for a single ``cli.py train`` run.
 """
 
@@ -15,8 +15,8 @@ import numpy as np
 
 from refimpl.dynamics import DivergenceError
 from .controls import Centring
-from .fileio import atomic_write_text
-from .train import (TrainConfig, TrainError, batch_indices, build_simulator, check_run_dir, eval_rows, evaluate,
+from .fileio import atomic_write_text, fault_point
+from .train import (TrainConfig, TrainError, batch_indices, build_simulator, eval_rows, evaluate,
                     load_data, resolve_backend)
 
 PROBE_FILE = "lr_probe.json"
@@ -28,6 +28,7 @@ PROBE_RULE = ("rates 2^j; walk from 2^0 up while stable, down while unstable; st
 def _trial(config, data, backend, rate):
     """One probe run at ``rate``: (stable, initial loss, final loss, error or None)."""
     cfg = dataclasses.replace(config, lr=float(rate))
+    fault_point("probe:trial")
     sim, _ = build_simulator(cfg, data, backend)
     centring = Centring(sim, data) if cfg.center else None
     rows = eval_rows(cfg.seed, data.X_train.shape[0], cfg.eval_size)
@@ -144,18 +145,16 @@ def _probe_task(config_dict, width):
     return probe_width(TrainConfig.from_json(config_dict), width)
 
 
-def probe_run(config, out, force=False, log=None):
+def probe_into(config, folder, data=None, backend=None, log=None):
     """Per-width rate of a single run (``cli.py train --lr-policy per-width``): probe, set ``config.lr``.
 
-    The probe is written to ``out/lr_probe.json`` (the run directory; created here) in the format
-    of a sweep's.  Bad options fail before anything is written.
+    Called by :func:`experiments.train.train` inside the run's staging folder ``folder``, after the output
+    folder was checked and before config.json is written: ``folder/lr_probe.json`` holds the probe in the
+    format of a sweep's, and an interrupted or failed probe leaves nothing behind.
     """
-    config.validate()
-    check_run_dir(out, force)
-    result = probe_width(config, config.width, log=log)
-    Path(out).mkdir(parents=True, exist_ok=True)
+    result = probe_width(config, config.width, data, backend, log=log)
     record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
               "seed": config.seed, "options": _probe_key(config), "widths": {str(config.width): result}}
-    atomic_write_text(Path(out) / PROBE_FILE, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(Path(folder) / PROBE_FILE, json.dumps(record, indent=2) + "\n")
     config.lr = result["lr"]
     return result

@@ -229,6 +229,7 @@ def _die_with_parent(parent_pid):
     import signal
     import threading
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's; it stops the workers
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # so is SIGTERM (cli.py handles it as Ctrl-C)
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
@@ -520,7 +521,15 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         raise TrainError(str(exc) if isinstance(exc, ValueError) else
                          f"out: cannot create {out} ({exc.strerror or exc})") from None
     try:
-        return _run_sweep_locked(out, record, jobs, client, scheduler, force and not resume, plot, log)
+        try:
+            return _run_sweep_locked(out, record, jobs, client, scheduler, force and not resume, plot, log)
+        except KeyboardInterrupt:           # before the runs started (probe, set-up): the runs say the rest
+            if resume or not made or any((out / r["dir"]).exists() for r in record["runs"]):
+                raise RunFailed(f"interrupted before the runs started; continue with --resume {out}") from None
+            raise RunFailed("interrupted before the sweep started; nothing to resume; start it again") from None
+        except fileio.DiskFull as exc:
+            raise RunFailed(f"{exc}; finished runs are kept; free some space and continue with --resume {out}") \
+                from None
     except BaseException as exc:
         if made and not isinstance(exc, SweepFailed) and not any((out / r["dir"]).exists() for r in record["runs"]):
             lock.release()

@@ -67,7 +67,8 @@ METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "tes
                   "feature_movement", "kernel_alignment"]
 BACKENDS = ("numpy", "cpu", "gpu", "auto")
 DTYPES = ("float64", "float32")
-RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json")
+RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json",
+             "lr_probe.json")              # the last: lr_policy "per-width" only
 
 
 
@@ -417,10 +418,10 @@ def _check_out(out):
 
 
 def check_run_entries(out):
-    """Refuse (TrainError) a run directory whose own files (:data:`RUN_FILES`, the lock, lr_probe.json)
+    """Refuse (TrainError) a run directory whose own files (:data:`RUN_FILES`, the lock)
     are symbolic links: a resume reads and rewrites them."""
     try:
-        fileio.refuse_links_inside(out, (*RUN_FILES, LOCK_FILE, "lr_probe.json"))
+        fileio.refuse_links_inside(out, (*RUN_FILES, LOCK_FILE))
     except ValueError as exc:
         raise TrainError(str(exc)) from None
 
@@ -679,7 +680,8 @@ def resume(out, overrides=None, progress=None, log=print):
                  data_dir=overrides.get("data_dir"))
 
 
-def train(config, out, force=False, resume=False, progress=None, log=print, data_dir=None):
+def train(config, out, force=False, resume=False, progress=None, log=print, data_dir=None, probe=None,
+          probe_log=None):
     """Run (or resume) a training run; returns the path of the run directory.
 
     Parameters
@@ -694,6 +696,10 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         after every step (the command line's progress display), or None
     log : callable for one-line messages
     data_dir : for ``resume``, a new location of the data (recorded in config.json)
+    probe : None, or ``probe(config, folder, data, backend, log=probe_log)`` run in the new run's staging
+        folder (after the output folder was checked, before config.json is written; it may set options):
+        :func:`experiments.lr_probe.probe_into` for ``lr_policy = "per-width"``
+    probe_log : callable for the probe's one-line messages, or None (silent)
 
     Raises
     ------
@@ -714,6 +720,12 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         try:
             return _resume_locked(out, config.steps if config is not None else None, data_dir, lock,
                                   progress, log)
+        except KeyboardInterrupt:           # before its first step (the loop says where it stopped)
+            raise RunFailed(f"interrupted before the resumed run made a step; the run is as it was; continue "
+                            f"with: python cli.py train --resume {out}") from None
+        except fileio.DiskFull as exc:
+            raise RunFailed(f"{exc}; the run is as it was; free some space and continue with: "
+                            f"python cli.py train --resume {out}") from None
         finally:
             lock.release()
     config.validate()
@@ -728,6 +740,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     ws = _Workspace(out)
     started = False
     try:
+        if probe is not None:             # e.g. the per-width rate probe (lr_probe.json), in the checked folder
+            probe(config, ws.dir, data, backend, log=probe_log)
         meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
                 "loss": LOSS_TEXT[config.loss]}
         atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
@@ -753,10 +767,13 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         if not started:
             ws.abort()
             if isinstance(exc, KeyboardInterrupt):
-                raise RunFailed("interrupted before the first step; nothing was written") from None
+                raise RunFailed("interrupted before the first step; nothing was written, nothing to resume; "
+                                "start the run again") from None
             if isinstance(exc, MemoryError):
                 raise TrainError(f"memory: out of memory while setting up the run (width {config.width}, "
                                  f"init_width {config.init_width}); nothing was written") from None
+            if isinstance(exc, fileio.DiskFull):
+                raise RunFailed(f"{exc}; nothing was written; free some space and start the run again") from None
         raise
     finally:
         ws.lock.release()
@@ -902,6 +919,7 @@ class _Run:
                     if done % self.ckpt_every == 0 or done == config.steps:
                         self.checkpoint(evaluated)
                     bar.update(1, loss=last)
+            return self.finish(last)
         except DivergenceError as exc:
             if on_first_step is not None:
                 raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
@@ -917,7 +935,13 @@ class _Run:
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
             raise RunFailed(f"interrupted at step {step}; {kept}; continue with: python cli.py train "
                             f"--resume {out}") from None
-        return self.finish(last)
+        except fileio.DiskFull as exc:
+            if on_first_step is not None:
+                raise
+            good = self.good or _good_checkpoint(out)
+            kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
+            raise RunFailed(f"{exc}; {kept}; the run is resumable: free some space and continue with: "
+                            f"python cli.py train --resume {out}") from None
 
     def finish(self, last):
         out, metrics = self.out, self.metrics

@@ -266,3 +266,154 @@ def _alive_state_is(pid, state):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == state
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------------------------- SIGTERM
+
+def _lock_files(folder):
+    return [p for p in Path(folder).rglob(".lock")] if Path(folder).exists() else []
+
+
+def _term_env(fault):
+    env = _env(fault)
+    env["BOTTLENECK_FAULT_SIGNAL"] = "TERM"
+    return env
+
+
+@pytest.mark.parametrize("fault", ["train:checkpoint:4", "train:step:17"])
+def test_train_sigterm_keeps_the_checkpoint_releases_the_lock_and_resumes_bit_identical(tmp_path, fault):
+    ref = tmp_path / "ref"
+    assert _run(TRAIN + ["--out", str(ref)]).returncode == 0
+    run = tmp_path / "run"
+    res = subprocess.run(CLI + TRAIN + ["--out", str(run)], env=_term_env(fault), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "interrupted at step" in errors[0] and f"--resume {run}" in errors[0], errors[0]
+    assert "checkpoint at step" in errors[0]
+    assert _lock_files(run) == [] and (run / "checkpoint.npz").is_file()
+    assert not (run / "summary.json").exists()
+    res = _run(["train", "-q", "--resume", str(run)])
+    assert res.returncode == 0, res.stderr
+    _assert_same_run(run, ref)
+
+
+def test_train_sigterm_from_outside_while_training(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(CLI + TRAIN + ["--out", str(run)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if len((run / "metrics.csv").read_text().splitlines()) > 2:
+                break
+        except OSError:
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 1 and "--resume" in err and "Traceback" not in err, err
+    assert _lock_files(run) == []
+    assert _run(["train", "-q", "--resume", str(run)]).returncode == 0
+
+
+@pytest.mark.parametrize("fault, extra", [("train:config-written:1", []),
+                                          ("probe:trial:2", ["--lr-policy", "per-width", "--lr-probe-steps", "3"])])
+def test_train_sigterm_during_start_up_or_probe_says_there_is_nothing_to_resume(tmp_path, fault, extra):
+    run = tmp_path / "run"
+    res = subprocess.run(CLI + TRAIN + extra + ["--out", str(run)], env=_term_env(fault), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "nothing to resume" in errors[0] and "--resume" not in errors[0], errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []            # nothing left: no run, no staging
+
+
+def test_sweep_sigterm_stops_the_workers_and_resumes(tmp_path):
+    out = tmp_path / "sw"
+    proc = subprocess.Popen(CLI + SWEEP + ["-j", "2", "--out", str(out)], env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("width-*/seed-*/metrics.csv")):
+        time.sleep(0.01)
+    workers = _workers(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert workers and proc.returncode == 1, (proc.returncode, err)
+    errors = [ln for ln in err.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in err and f"--resume {out}" in errors[0], err
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "worker still running after SIGTERM to the sweep"
+    assert not (out / ".lock").exists()
+    res = _run(["sweep", "--resume", str(out), "-j", "2", "--no-plot"])
+    assert res.returncode == 0, res.stderr
+    assert all(r["status"] == "done" for r in json.loads((out / "sweep.json").read_text())["runs"])
+
+
+# ----------------------------------------------------------------------------------------------- disk full
+
+def _disk_fills_at(monkeypatch, name, nth):
+    """From the ``nth`` write of the file ``name`` on, every write raises OSError(ENOSPC) (a full disk)."""
+    import errno
+    from experiments import fileio
+    real, seen = fileio._atomic_write_bytes, {"n": 0}
+
+    def write(path, data):
+        if Path(path).name == name:
+            seen["n"] += 1
+            if seen["n"] >= nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+    monkeypatch.setattr(fileio, "_atomic_write_bytes", write)
+
+
+def test_train_disk_full_names_the_file_says_resumable_and_resumes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    import cli
+    run = tmp_path / "run"
+    _disk_fills_at(monkeypatch, "checkpoint.npz", 4)
+    res = CliRunner().invoke(cli.cli, TRAIN + ["--out", str(run)])
+    assert res.exit_code == 1, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in res.output, res.output
+    line = errors[0]
+    assert str(run / "checkpoint.npz") in line and "no space left" in line, line
+    assert "resumable" in line and f"--resume {run}" in line and "checkpoint at step 6" in line, line
+    assert int(load_npz(run / "checkpoint.npz")["t"]) == 6
+    assert not (run / ".lock").exists() and not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli.cli, ["train", "-q", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert int(load_npz(run / "checkpoint.npz")["t"]) == 30
+
+
+def test_train_disk_full_at_the_start_leaves_nothing(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    import cli
+    _disk_fills_at(monkeypatch, "config.json", 1)
+    res = CliRunner().invoke(cli.cli, TRAIN + ["--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "no space left" in res.output and "nothing was written" in res.output, res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finite_sweep_disk_full_says_resumable(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    import cli
+    out = tmp_path / "fs"
+    _disk_fills_at(monkeypatch, "result.json", 2)
+    res = CliRunner().invoke(cli.cli, ["finite-sweep", "--dataset", "synthetic", "--train-size", "40", "--test-size",
+                                       "20", "--d0", "3", "--dr", "2", "--hidden", "50", "--steps", "4",
+                                       "--batch-size", "5", "--eval-every", "2", "--widths", "1,2",
+                                       "--out", str(out)])
+    assert res.exit_code == 1, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("Error")][0]
+    assert "width-00002" in line and "no space left" in line and f"--resume {out}" in line, line
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli.cli, ["finite-sweep", "--resume", str(out)])
+    assert res.exit_code == 0, res.output
