@@ -795,9 +795,12 @@ def golden(regenerate, cases, as_json):
             gold.regenerate(log=say, cases=names)
             return None
         import accel
+        skipped = gold.skipped_targets()
+        for sk in skipped:
+            say(f"{sk['target'] + '/*':<24} skipped: {sk['reason']}")
         say(f"{'target':<24} {'case':<20} {'worst quantity':<22} {'error':>9} {'tol':>7}")
         try:
-            return gold.check(accel.golden_targets(), cases=names, log=say)
+            return gold.check(accel.golden_targets(), cases=names, log=say), skipped
         except gold.GoldenError as exc:
             raise ValueError(str(exc)) from None
 
@@ -806,15 +809,18 @@ def golden(regenerate, cases, as_json):
         if as_json:
             emit_json({"ok": True, "regenerated": True})
         return
+    rows, skipped = rows
     bad = [r for r in rows if not r["ok"]]
     if as_json:
         failed = {"exit_code": EXIT_CHECK, "error": f"{len(bad)} of {len(rows)} golden checks failed"} if bad else {}
-        emit_json({"ok": not bad, **failed, "checks": len(rows), "failed": len(bad), "rows": rows})
+        emit_json({"ok": not bad, **failed, "checks": len(rows), "failed": len(bad), "rows": rows,
+                   "skipped": skipped})
     if bad:
         error = CommandError(f"{len(bad)} of {len(rows)} golden checks failed", EXIT_CHECK)
         error.json_printed = as_json
         raise error
-    say(f"all {len(rows)} golden checks within tolerance")
+    say(f"all {len(rows)} golden checks within tolerance"
+        + "".join(f"; {sk['target']} skipped ({sk['reason']})" for sk in skipped))
 
 
 @cli.command()
@@ -823,8 +829,9 @@ def golden(regenerate, cases, as_json):
 @click.option("--sizes", type=INT_LIST, default="10000,100000,1000000", show_default=True,
               help="History lengths M.")
 @click.option("--widths", type=INT_LIST, default="10,100", show_default=True, help="Bottleneck widths d.")
-@click.option("--backends", default="numpy,cpu,gpu", show_default=True,
-              help="Comma-separated backends (unavailable ones are skipped with their reason).")
+@click.option("--backends", default=None,
+              help="Comma-separated backends: each must be available (else its reason is reported, the others "
+                   "still run, and the exit status is 2).  [default: numpy,cpu, and gpu where it can run]")
 @click.option("--dtypes", default="float64,float32", show_default=True, help="Precisions of cpu/gpu.")
 @click.option("--reps", type=POS_INT, default=3, show_default=True, help="Timed steps per point (median).")
 @click.option("--numpy-max-m", type=POS_INT, default=1_000_000, show_default=True,
@@ -837,7 +844,11 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, a
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
     def go():
         from experiments import bench as b
-        names = [x.strip() for x in backends.split(",") if x.strip()]
+        if backends is None:
+            from accel import gpu
+            names = ["numpy", "cpu"] + (["gpu"] if gpu.available() else [])
+        else:
+            names = [x.strip() for x in backends.split(",") if x.strip()]
         for n in names:
             V.one_of("backends", n, ("numpy", "cpu", "gpu"))
         dts = [x.strip() for x in dtypes.split(",") if x.strip()]
@@ -850,34 +861,52 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, a
         return report, b.table(report), path
 
     report, table, path = run_guarded(go)
+    skipped = report.get("skipped", [])
+    missing = (f"asked-for backend(s) unavailable: " + "; ".join(f"{x['backend']}: {x['reason']}" for x in skipped)
+               if skipped else None)
     if as_json:
-        emit_json({"ok": True, "file": str(path), **report})
+        emit_json({"ok": not skipped, "file": str(path), **({"exit_code": EXIT_USAGE, "error": missing}
+                                                           if skipped else {}), **report})
     else:
         click.echo(table)
     click.echo(f"wrote {path}", err=True)
+    if skipped:                       # the other backends' results are written; the exit status says what is missing
+        error = CommandError(f"bench: {missing}", EXIT_USAGE)
+        error.json_printed = as_json
+        raise error
 
 
 @cli.command("gpu-check")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for gpucheck.json, table.md and the runs [default: runs/gpu-check-<date>-<time>].")
+@click.option("--quick", is_flag=True,
+              help="The check before a campaign on a lent GPU (2-3 minutes): GPU suite, golden kernels and three "
+                   "trajectories, default train on the gpu, bench at M = 1e6 with near pairs, the 4000-step timing.")
 @click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
-def gpu_check(out, tiny):
-    """Check a GPU machine: pytest -m gpu, golden, default train on gpu/cpu/numpy, bench at
-    M = 1e5..1e7, paper-scale timing; prints a summary table (exit status 3 if a step failed)."""
+def gpu_check(out, quick, tiny):
+    """Check a GPU machine: probe, pytest -m gpu, golden, default train, bench --near-pairs, 4000-step
+    timing; prints a summary table, one reason per row.  Without a usable GPU it stops within seconds
+    with the reason (exit status 3, as when a step fails)."""
+    if quick and tiny:
+        raise CommandError("--quick and --tiny: choose one", EXIT_USAGE)
+
     def go():
         import time
         from experiments import gpucheck
         path = out or str(Path("runs") / f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}")
-        report = gpucheck.run(path, gpucheck.TINY if tiny else gpucheck.FULL,
-                              log=lambda m: click.echo(m, err=True))
+        config = gpucheck.TINY if tiny else gpucheck.QUICK if quick else gpucheck.FULL
+        report = gpucheck.run(path, config, log=lambda m: click.echo(m, err=True))
         return report, gpucheck.table(report), path
 
     report, table, path = run_guarded(go)
     click.echo(table)
     click.echo(f"wrote {path}/gpucheck.json and {path}/table.md", err=True)
+    if report.get("reason"):
+        raise CommandError(f"gpu-check: no usable GPU: {report['reason']}", EXIT_CHECK)
     failed = [s["step"] for s in report["steps"] if s["ok"] is False]
     if failed:
         raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
+
 
 if __name__ == "__main__":
     main()

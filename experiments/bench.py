@@ -274,15 +274,16 @@ def run(sizes=DEFAULT_SIZES, widths=DEFAULT_WIDTHS, backends=("numpy", "cpu", "g
         log=print):
     """Benchmark every available backend; returns a dict (machine, throughput, results, and with
     ``near`` the cost of nearly parallel pairs, :func:`near_pairs`, at the smallest M)."""
-    targets = []
+    targets, skipped = [], []
     for name in backends:
         for dtype in (("float64",) if name == "numpy" else dtypes):
             try:
                 targets.append(get_backend(name, dtype))
             except BackendUnavailable as exc:
-                log(f"skip {name}/{dtype}: {exc}")
+                log(f"skip {name}: unavailable: {exc}")
+                skipped.append({"backend": name, "reason": str(exc)})
                 break
-    report = {"machine": machine_info(), "throughput": throughput(), "results": [],
+    report = {"machine": machine_info(), "throughput": throughput(), "results": [], "skipped": skipped,
               "flop_model": "B*M*(4d + 2dr)", "batch": BATCH, "d0": D0, "dr": DR}
     log("throughput: " + ", ".join(f"{k}={v:.3g}" for k, v in report["throughput"].items()))
     for d in widths:
@@ -329,6 +330,8 @@ def table(report):
                      f"{r['seconds_per_step']:.4g} | {r['gflops']:.2f} | {sp} | {r['peak_mib']:.1f} | "
                      f"{'' if r['rss_peak_mib'] is None else round(r['rss_peak_mib'])} | "
                      f"{'' if dev is None else round(dev)} |")
+    for sk in report.get("skipped", []):
+        lines.append(f"| | | {sk['backend']} | | skipped: {sk['reason']} | | | | | |")
     return "\n".join(lines)
 
 

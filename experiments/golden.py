@@ -513,6 +513,15 @@ def _trajectory_errors(got, golden):
     return errors
 
 
+def skipped_targets():
+    """[{"target", "reason"}] for the backends that cannot run here and so are not checked
+    (:func:`accel.golden_targets` lists only the available ones): the gpu backend without CuPy
+    or device, with its one-line reason."""
+    from accel import gpu
+    reason = gpu.unavailable_reason()
+    return [] if reason is None else [{"target": "gpu", "reason": reason}]
+
+
 def check(targets, directory=GOLDEN_DIR, cases=None, log=print):
     """Replay golden cases on each target; return a list of result dicts.
 

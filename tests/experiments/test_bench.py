@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from accel import get_backend
 from experiments import bench
 
@@ -20,3 +22,46 @@ def test_run_with_near_pairs_writes_them(tmp_path):
     bench.write(report, tmp_path / "b.json")
     got = json.loads((tmp_path / "b.json").read_text())
     assert [(r["backend"], r["d"], r["M"]) for r in got["near_pairs"]] == [("cpu", 4, 300)]
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine where the gpu backend cannot run (no CuPy), whatever is installed here."""
+    import sys
+    from accel import gpu
+    monkeypatch.delenv(gpu.STANDIN_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    gpu.reset()
+    yield gpu.unavailable_reason()
+    gpu.reset()
+
+
+def test_bench_asked_for_an_unavailable_backend_says_why_and_exits_nonzero(tmp_path, no_gpu):
+    from click.testing import CliRunner
+    import cli
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(cli.cli, ["bench", "--backends", "cpu,gpu", "--sizes", "300", "--widths", "3",
+                                       "--dtypes", "float64", "--reps", "1", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    assert "CuPy is not installed" in no_gpu and f"gpu: {no_gpu}" in res.output
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["results"]] == ["cpu"]           # the others still ran
+    assert report["skipped"] == [{"backend": "gpu", "reason": no_gpu}]
+    assert f"| gpu | | skipped: {no_gpu} |" in res.output
+    # the default asks only for what can run here
+    res = CliRunner().invoke(cli.cli, ["bench", "--sizes", "300", "--widths", "3", "--dtypes", "float64",
+                                       "--reps", "1", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads([line for line in res.output.splitlines() if line.startswith("{")][-1])
+    assert obj["ok"] and obj["skipped"] == [] and [r["backend"] for r in obj["results"]] == ["numpy", "cpu"]
+
+
+def test_golden_reports_the_gpu_target_as_skipped_with_its_reason(no_gpu):
+    from click.testing import CliRunner
+    import cli
+    res = CliRunner().invoke(cli.cli, ["golden", "--cases", "kernels", "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads([line for line in res.output.splitlines() if line.startswith("{")][-1])
+    assert obj["ok"] and obj["skipped"] == [{"target": "gpu", "reason": no_gpu}]
+    res = CliRunner().invoke(cli.cli, ["golden", "--cases", "kernels"])
+    assert res.exit_code == 0 and f"gpu/*" in res.output and f"skipped: {no_gpu}" in res.output
