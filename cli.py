@@ -111,6 +111,15 @@ def run_guarded(fn, *args, **kwargs):
                            "rerun with BOTTLENECK_DEBUG=1 for the traceback", EXIT_FAILED) from None
 
 
+def refuse_overwrite(paths, force, hint="use --force to overwrite"):
+    """CommandError (exit 2) naming the first of ``paths`` that exists, unless ``force``: nothing a user
+    made is overwritten without --force."""
+    taken = [Path(p) for p in paths if Path(p).exists()]
+    if taken and not force:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise CommandError(f"out: {taken[0]} already exists{more}; {hint}", EXIT_USAGE)
+
+
 def emit_json(obj):
     """The one JSON object of a --json command, on stdout."""
     click.echo(json.dumps(obj, default=float))
@@ -503,7 +512,9 @@ def download(dataset, data_dir, base_url):
               help="Run on an existing Dask cluster (tcp://host:port); needs dask[distributed].")
 @click.option("--out", type=click.Path(), default=None,
               help="Sweep directory. [default: runs/sweep-<dataset>-<time>]")
-@click.option("--force", is_flag=True, help="Overwrite an existing sweep directory.")
+@click.option("--force", is_flag=True,
+              help="Make a new sweep in an existing sweep directory: runs made with other options are replaced, "
+                   "runs with the same options kept (finished: skipped; unfinished: resumed).")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue the sweep in this directory with its saved options (finished runs are kept).")
 @click.option("--no-plot", is_flag=True, help="Do not write the combined figures at the end.")
@@ -551,13 +562,16 @@ _size_help(sweep)
               help="Folder for the PNG files [default: SWEEP_DIR].")
 @click.option("--heatmap-steps", type=POS_INT, default=4000, show_default=True,
               help="Steps shown in the width x step heatmap.")
-def plot(sweep_dir, figdir, heatmap_steps):
+@click.option("--force", is_flag=True, help="Overwrite figures already in the output folder (e.g. the sweep's own).")
+def plot(sweep_dir, figdir, heatmap_steps, force):
     """Figures of a sweep: loss, accuracy, heatmap, test vs training loss (appendix D.4), features.
 
     Reads every run of SWEEP_DIR (also a partial or interrupted sweep) and writes loss.png,
     accuracy.png (classification), heatmap.png, train_vs_test.png, features.png and tables.md.
     """
-    from experiments.plots import plot_sweep
+    from experiments.plots import SWEEP_FIGURE_FILES, plot_sweep
+    refuse_overwrite([Path(figdir or sweep_dir) / name for name in SWEEP_FIGURE_FILES], force,
+                     "use --force to overwrite the figures, or --out another folder")
     written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)
     for path in written:
         click.echo(str(path))
@@ -624,7 +638,9 @@ _size_help(finite_sweep_cmd)
 
 
 @cli.command("finite-vs-infinite")
-@data_options(train_size=200, test_size=200, skip=("task", "latent_dim"))
+@data_options(train_size={"default": 200, "show_default": True, "help": "Training points (a fixed seeded subset)."},
+              test_size={"default": 200, "show_default": True, "help": "Test points (a fixed seeded subset)."},
+              skip=("task", "latent_dim"))
 @click.option("--width", type=POS_INT, default=10, show_default=True, help="Bottleneck width d.")
 @click.option("--hidden", default="500,2000,8000,32000", show_default=True,
               help="Hidden widths n of the finite networks, comma-separated (at least two).")
@@ -669,15 +685,17 @@ def _verify_common(fn):
     """Options shared by every verify subcommand."""
     fn = json_option(fn)
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress messages.")(fn)
+    fn = click.option("--force", is_flag=True, help="Overwrite <name>.json and <name>.png already in --out.")(fn)
     fn = click.option("--out", type=click.Path(file_okay=False), default=None,
                       help="Output folder for <name>.json and <name>.png.  [default: runs/verify/<name>]")(fn)
     fn = click.option("--seed", type=SEED, default=None, help="Seed.  [default: 0]")(fn)
     return fn
 
 
-def _run_verify(name, out, quiet, as_json, **options):
+def _run_verify(name, out, quiet, as_json, force=False, **options):
     from experiments import verify as checks
     target = Path(out) if out else Path("runs") / "verify" / name
+    refuse_overwrite([target / f"{name}.json", target / f"{name}.png"], force)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_guarded(checks.CHECKS[name], target, log=log, **options)
     failure = checks.first_failure(report)
@@ -714,9 +732,9 @@ def verify():
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest relative Frobenius error of each covariance over all pairs.  [default: 0.05]")
 @_verify_common
-def verify_lemma31(out, quiet, as_json, **options):
+def verify_lemma31(out, quiet, as_json, force, **options):
     """Lemma 3.1: Monte Carlo covariances of (f, J) against Sigma, Sigma_(1), Sigma_(2) (fig 11)."""
-    _run_verify("lemma3.1", out, quiet, as_json, **options)
+    _run_verify("lemma3.1", out, quiet, as_json, force, **options)
 
 
 @verify.command("theorem3.2")
@@ -735,9 +753,9 @@ def verify_lemma31(out, quiet, as_json, **options):
 @arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
                                "default to 250,1000,2000)."})
 @_verify_common
-def verify_theorem32(out, quiet, as_json, **options):
+def verify_theorem32(out, quiet, as_json, force, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
-    _run_verify("theorem3.2", out, quiet, as_json, **options)
+    _run_verify("theorem3.2", out, quiet, as_json, force, **options)
 
 
 @verify.command("lemma4.1")
@@ -751,9 +769,9 @@ def verify_theorem32(out, quiet, as_json, **options):
               help="Largest final distance in F between deep and effective network at the largest width.  "
                    "[default: 0.05]")
 @_verify_common
-def verify_lemma41(out, quiet, as_json, **options):
+def verify_lemma41(out, quiet, as_json, force, **options):
     """Lemma 4.1: deep linear networks vs the effective network and the simulator (figs 13, 14)."""
-    _run_verify("lemma4.1", out, quiet, as_json, **options)
+    _run_verify("lemma4.1", out, quiet, as_json, force, **options)
 
 
 @verify.command("inf-limit")
@@ -764,9 +782,9 @@ def verify_lemma41(out, quiet, as_json, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest mean relative gap to NTK_inf at the largest d.  [default: 0.1]")
 @_verify_common
-def verify_inf_limit(out, quiet, as_json, **options):
+def verify_inf_limit(out, quiet, as_json, force, **options):
     """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (MATH §5)."""
-    _run_verify("inf-limit", out, quiet, as_json, **options)
+    _run_verify("inf-limit", out, quiet, as_json, force, **options)
 
 
 # ---------------------------------------------------------------------------- golden, bench (accel)
@@ -839,9 +857,12 @@ def golden(regenerate, cases, as_json):
 @click.option("--near-pairs", is_flag=True,
               help="Also time one history pass with every pair nearly parallel against one with spread "
                    "directions, at the smallest M (JSON key near_pairs; docs/BENCHMARKS.md).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @json_option
-def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, as_json):
+def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, force, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
+    refuse_overwrite([out], force)
+
     def go():
         from experiments import bench as b
         if backends is None:
@@ -883,12 +904,15 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, a
               help="The check before a campaign on a lent GPU (2-3 minutes): GPU suite, golden kernels and three "
                    "trajectories, default train on the gpu, bench at M = 1e6 with near pairs, the 4000-step timing.")
 @click.option("--tiny", is_flag=True, help="Toy sizes (seconds; checks the command, not the machine).")
-def gpu_check(out, quick, tiny):
+@click.option("--force", is_flag=True, help="Overwrite an earlier check in --out.")
+def gpu_check(out, quick, tiny, force):
     """Check a GPU machine: probe, pytest -m gpu, golden, default train, bench --near-pairs, 4000-step
     timing; prints a summary table, one reason per row.  Without a usable GPU it stops within seconds
     with the reason (exit status 3, as when a step fails)."""
     if quick and tiny:
         raise CommandError("--quick and --tiny: choose one", EXIT_USAGE)
+    if out is not None and Path(out).is_dir() and any(Path(out).iterdir()):
+        refuse_overwrite([out], force, "use --force to overwrite the check in it, or --out a new folder")
 
     def go():
         import time

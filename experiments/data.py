@@ -750,7 +750,7 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
         return Dataset(name=key, X_train=X_train, Y_train=Y_train, X_test=X_test, Y_test=Y_test, meta=meta)
     if synthetic_options:
         raise ValueError(f"unexpected options for {key}: {', '.join(sorted(synthetic_options))} "
-                         f"(they apply to the synthetic data set only)")
+                         f"(they apply to the generated data sets only: synthetic, multi-index, manifold)")
     raw = load_mnist(data_dir, classes=classes) if key == "mnist" else load_cifar10(data_dir, classes=classes)
     ds = _classification_dataset(raw, train_size, test_size, int(seed))
     ds.meta["data_dir"] = str(resolve_data_dir(data_dir))

@@ -65,6 +65,8 @@ from .validate import TrainError, width_key
 DPI = 90
 MA_LENGTH = 5
 FIGURES = ("loss.png", "accuracy.png", "heatmap.png", "heatmap_relative.png", "train_vs_test.png", "features.png")
+#: Every file :func:`plot_sweep` may write (``cli.py plot`` refuses to overwrite them without --force).
+SWEEP_FIGURE_FILES = FIGURES + ("tables.md",)
 _COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "feature_movement", "kernel_alignment")
 
 

@@ -251,7 +251,9 @@ def load_data(config):
         for name, have in (("d0", data.X_train.shape[1]), ("dr", data.Y_train.shape[1])):
             given = getattr(config, name)
             if given is not None and given != have:
-                raise TrainError(f"{name}: applies to the synthetic data only; the {config.dataset} data have "
+                applies = ("the generated data sets (synthetic, multi-index, manifold)" if name == "d0"
+                           else "the synthetic data")
+                raise TrainError(f"{name}: applies to {applies} only; the {config.dataset} data have "
                                  f"{name} = {have}, got {given}")
             setattr(config, name, None)
     return data

@@ -5,6 +5,7 @@ import io
 import json
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -199,3 +200,80 @@ def test_finite_sweep_gpu_error_is_worded_as_train(monkeypatch):
     with pytest.raises(T.TrainError) as same:
         T.resolve_backend("gpu")
     assert str(info.value) == str(same.value) and str(info.value).startswith("backend: 'gpu' is unavailable: ")
+
+
+# ---------------------------------------------------------------------------- nothing overwritten without --force
+
+def test_bench_refuses_an_existing_out_file(tmp_path):
+    out = tmp_path / "bench.json"
+    out.write_text("mine")
+    args = ["bench", "--sizes", "50", "--widths", "2", "--backends", "numpy", "--dtypes", "float64", "--reps", "1",
+            "--out", str(out)]
+    result = _invoke(args)
+    assert result.exit_code == 2 and "--force" in result.stderr and out.read_text() == "mine"
+    assert _invoke([*args, "--force"]).exit_code == 0
+    assert json.loads(out.read_text())["results"]
+
+
+def test_verify_refuses_to_overwrite_its_report(tmp_path):
+    args = ["verify", "inf-limit", "--dims", "2,4", "--width", "50", "--samples", "1", "--points", "3",
+            "--threshold", "10", "--out", str(tmp_path), "-q"]
+    assert _invoke(args).exit_code == 0
+    before = (tmp_path / "inf-limit.json").read_bytes()
+    again = _invoke([*args, "--seed", "1"])
+    assert again.exit_code == 2 and "inf-limit.json" in again.stderr and "--force" in again.stderr
+    assert (tmp_path / "inf-limit.json").read_bytes() == before
+    assert _invoke([*args, "--seed", "1", "--force"]).exit_code == 0
+    assert (tmp_path / "inf-limit.json").read_bytes() != before
+
+
+def test_plot_refuses_existing_figures(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "heatmap.png").write_bytes(b"mine")
+    result = _invoke(["plot", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "heatmap.png" in result.stderr and "--force" in result.stderr
+    assert (tmp_path / "s" / "heatmap.png").read_bytes() == b"mine"
+    forced = _invoke(["plot", str(tmp_path / "s"), "--force"])       # gets past the check: no runs to plot
+    assert forced.exit_code != 0 and "already exists" not in forced.stderr
+
+
+def test_gpu_check_refuses_a_non_empty_out(tmp_path):
+    (tmp_path / "gpucheck.json").write_text("{}")
+    result = _invoke(["gpu-check", "--tiny", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--force" in result.stderr
+    assert (tmp_path / "gpucheck.json").read_text() == "{}"
+
+
+def test_finite_vs_infinite_refuses_an_existing_comparison(tmp_path):
+    args = ["finite-vs-infinite", "--hidden", "20,40", "--steps", "2", "--train-size", "20", "--test-size", "10",
+            "--eval-every", "1", "--limit-width", "30", "--out", str(tmp_path / "c")]
+    first = _invoke(args)
+    assert first.exit_code in (0, 3), first.stderr
+    again = _invoke(args)
+    assert again.exit_code == 2 and "--force" in again.stderr
+
+
+# ---------------------------------------------------------------------------- smaller things
+
+def test_finite_vs_infinite_help_has_no_placeholders():
+    text = _invoke(["finite-vs-infinite", "--help"]).stdout
+    assert "{" not in text and "synthetic, all otherwise" not in text
+    blocks = text.split("\n  -")                      # one block per option
+    assert all(b.count("[default") <= 1 for b in blocks), [b for b in blocks if b.count("[default") > 1]
+    assert sum("-train-size" in b and "[default: 200; x>=1]" in " ".join(b.split()) for b in blocks) == 1
+
+
+def test_top_level_help_lists_gpu_check_under_exit_3():
+    text = " ".join(_invoke(["--help"]).stdout.split())
+    assert "3 a check failed (verify, golden, finite-vs-infinite, gpu-check)" in text
+
+
+def test_d0_message_names_every_data_set_that_takes_it(tmp_path, monkeypatch):
+    from experiments import data
+    fake = data.Dataset(name="mnist", X_train=np.zeros((10, 7)),
+                        Y_train=np.zeros((10, 2)), X_test=np.zeros((4, 7)),
+                        Y_test=np.zeros((4, 2)), meta={"dataset": "mnist"})
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: fake)
+    with pytest.raises(T.TrainError) as info:
+        T.load_data(T.TrainConfig(dataset="mnist", d0=5, data_dir=str(tmp_path), train_size=None, test_size=None))
+    assert "synthetic, multi-index, manifold" in str(info.value) and "d0 = 7" in str(info.value)
