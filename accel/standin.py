@@ -102,34 +102,51 @@ def _cache_dir():
     return path
 
 
-def library_name(cc, source, name="kernel"):
-    """File name of the library built by ``cc`` with :data:`CFLAGS` from ``source``: carries their hash."""
-    digest = hashlib.sha256("\0".join((cc, *CFLAGS, source)).encode()).hexdigest()[:32]
+def cxx_compiler():
+    """Path of the host C++ compiler ($CXX, else c++ or g++), or None (for :mod:`accel.cudasim`)."""
+    for name in (os.environ.get("CXX"), "c++", "g++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cxx_flags():
+    """:data:`CFLAGS` for C++ (the CUDA harness): the same optimisation and FP contraction."""
+    return tuple("-std=c++11" if f.startswith("-std=") else f for f in CFLAGS)
+
+
+def library_name(cc, source, name="kernel", flags=None):
+    """File name of the library built by ``cc`` with ``flags`` (default :data:`CFLAGS`) from
+    ``source``: carries their hash."""
+    digest = hashlib.sha256("\0".join((cc, *(CFLAGS if flags is None else flags), source)).encode()).hexdigest()[:32]
     return f"{name}-{digest}.so"
 
 
-def compile_shared(source, name="kernel"):
-    """Compile C ``source`` into a shared library (cached by content) and load it with ctypes.
+def compile_shared(source, name="kernel", cxx=False):
+    """Compile C ``source`` (C++ with ``cxx``) into a shared library (cached by content), load it.
 
     The library is looked up in the private cache (:func:`_cache_dir`) by a name that carries the
     hash of the compiler, the flags and the source (:func:`library_name`), and loaded only if it is
     a plain file of this user that nobody else can write.
     """
-    cc = compiler()
+    cc = cxx_compiler() if cxx else compiler()
     if cc is None:
-        raise CompilerUnavailable("no C compiler (cc, gcc or $CC) to build the kernel source")
+        raise CompilerUnavailable("no C++ compiler (c++, g++ or $CXX) to build the CUDA harness" if cxx else
+                                  "no C compiler (cc, gcc or $CC) to build the kernel source")
+    flags = cxx_flags() if cxx else CFLAGS
     folder = _cache_dir()
-    lib = os.path.join(folder, library_name(cc, source, name))
+    lib = os.path.join(folder, library_name(cc, source, name, flags))
     if not os.path.lexists(lib):
-        fd, src = tempfile.mkstemp(suffix=".c", dir=folder)
+        fd, src = tempfile.mkstemp(suffix=".cpp" if cxx else ".c", dir=folder)
         with os.fdopen(fd, "w") as fh:
             fh.write(source)
         tmp = lib + f".{os.getpid()}.tmp"
-        cmd = [cc, *CFLAGS, "-o", tmp, src, "-lm"]
+        cmd = [cc, *flags, "-o", tmp, src, "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True)
         os.unlink(src)
         if res.returncode:
-            first = (res.stderr.strip().splitlines() or ["(no message)"])[0]
+            lines = res.stderr.strip().splitlines()
+            first = ([ln for ln in lines if "error" in ln] or lines or ["(no message)"])[0]
             raise CompilerUnavailable(f"{os.path.basename(cc)} failed on kernel {name}: {first}")
         os.chmod(tmp, 0o700)
         os.replace(tmp, lib)
@@ -243,6 +260,42 @@ class ElementwiseKernel:
         self._libs[key](ctypes.c_longlong(int(np.prod(shape))), *cargs)
 
 
+class RawModule:
+    """``cupy.RawModule(code=..., options=...)`` on the host: the CUDA source run by the CPU
+    execution harness :mod:`accel.cudasim` (every thread of a block a coroutine, barriers as
+    synchronisation points), compiled with :func:`cxx_flags`.  ``options`` (NVRTC's) are kept
+    and not used."""
+
+    def __init__(self, code, options=(), **kwargs):
+        from . import cudasim
+        self.code = code
+        self.options = tuple(options)
+        self._names = set(cudasim.kernel_signatures(code))
+        self._kernels = {}
+
+    def get_function(self, name):
+        if name not in self._names:
+            raise KeyError(f"kernel {name!r} is not in the module (has: {sorted(self._names)})")
+        return _ModuleFunction(self, name)
+
+
+class _ModuleFunction:
+    """One kernel of a :class:`RawModule`, called like ``cupy.RawKernel``; compiled on first call
+    (again when :data:`CFLAGS` change, e.g. to FMA contraction)."""
+
+    def __init__(self, module, name):
+        self.module = module
+        self.name = name
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        from . import cudasim
+        flags = cxx_flags()
+        kernels = self.module._kernels
+        if flags not in kernels:
+            kernels[flags] = cudasim.load(self.module.code)
+        kernels[flags][self.name](grid, block, args, shared_mem=shared_mem)
+
+
 class _MemoryPool:
     """What the backend reads of CuPy's memory pool (the stand-in keeps no pool)."""
 
@@ -266,6 +319,7 @@ class NumpyDevice:
     #: Source target of accel.pair_source (host C instead of CUDA).
     KERNEL_TARGET = "host"
     ElementwiseKernel = ElementwiseKernel
+    RawModule = RawModule
     #: Free "device" memory reported to the blocking logic.
     memory_bytes = 64 << 20
 
@@ -278,10 +332,12 @@ class NumpyDevice:
     zeros = staticmethod(np.zeros)
     sqrt = staticmethod(np.sqrt)
     matmul = staticmethod(np.matmul)
+    concatenate = staticmethod(np.concatenate)
 
     def __init__(self):
         self._pool = _MemoryPool()
-        device = types.SimpleNamespace(synchronize=lambda: None, id=0)
+        device = types.SimpleNamespace(synchronize=lambda: None, id=0,
+                                       attributes={"MultiProcessorCount": 1})
         self.cuda = types.SimpleNamespace(
             Device=lambda *a: device,
             runtime=types.SimpleNamespace(memGetInfo=lambda: (self.memory_bytes, self.memory_bytes),

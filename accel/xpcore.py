@@ -1,18 +1,24 @@
 """The GPU backend's engine: history pass and pair kernels over CuPy or its NumPy stand-in.
 
-Per block of the history (MATH §4), for queries Z (q, d) against rows P (n, d), C (n, dr):
+The history pass (MATH §4) is the fused pass of :mod:`accel.fused_source`: per query tile, one
+kernel ``bd_fused_history`` streams the history P (M, d), C (M, dr) through shared memory once,
+forms the dot products with the queries, the pair terms (K, alpha, beta; nearly parallel pairs
+from explicit differences, MATH §2.1) and accumulates f, the Xi contraction T and the beta sums
+in registers; per-block partials go to a small buffer that ``bd_fused_reduce`` sums.  Per pass:
+one host-to-device copy (the queries, their norms, unit rows and chi packed in one buffer), two
+kernels per column chunk of C (one chunk unless dr is large), one device-to-host copy.  No
+(q, M) pair matrix is stored.
 
-1. ``G = Z P^T`` (one GEMM, cuBLAS on a GPU) in the working dtype T (float32 or float64);
-2. one elementwise kernel (:mod:`accel.pair_source`) computes, per pair, K and the Xi weights
-   ``WA = alpha w`` (T), ``WB = beta w`` (float64) with ``w = C`` (mode 1) or ``C . chi``
-   (mode 2), recomputing nearly (anti-)parallel pairs in place from the explicit differences
-   z^ -+ p^ in float64 (MATH §2.1): no gather, no host round trip;
-3. ``f += K C``, ``T += WA P`` (GEMMs, batched over the R weight columns), ``bsum += sum WB``.
+Where the fused kernel's shared-memory tile would not hold one history row (d or dr in the
+thousands; :func:`accel.fused_source.plan` returns None) the pass falls back to the unfused
+form (:meth:`XPEngine.gemm_history_pass`): per block of the history a GEMM G = Z P^T, one
+elementwise kernel (:mod:`accel.pair_source`) writing K and the Xi weights, and GEMMs for f
+and T, in as few blocks as the free device memory allows (:meth:`XPEngine.block_shape`).
 
-So a pass is about five kernels per block, and the history is processed in as few blocks as
-the free device memory allows (:meth:`XPEngine.block_shape`: normally the whole history at
-once).  With the NumPy stand-in (:data:`accel.standin.numpy_device`) the same code runs on the
-CPU, with the kernel source compiled by gcc: that is how CI checks it against the golden files.
+With the NumPy stand-in (:data:`accel.standin.numpy_device`) the same code runs on the CPU: the
+elementwise kernels compiled by gcc, the fused kernels by the CUDA execution harness
+:mod:`accel.cudasim` (threads as coroutines, barriers as synchronisation points).  That is how
+CI checks them against refimpl and the golden files.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 
 from refimpl.kernels import unit_rows
 
-from . import pair_source
+from . import fused_source, pair_source
 
 #: Fraction of the free device memory (plus the memory pool's free blocks) that one block's
 #: temporaries may use.
@@ -42,6 +48,10 @@ class XPEngine:
     def __init__(self, xp):
         self.xp = xp
         self._kernels = {}
+        self._modules = {}
+        #: Launches of the last history pass: {"kernels": n, "h2d": n, "d2h": n} (for the counts
+        #: in docs/BENCHMARKS.md and the tests).
+        self.last_launches = {}
 
     def kernels(self, arch):
         """(history_kernel, pair_kernel) for ``arch`` ("relu", "linear"), built on first use."""
@@ -99,8 +109,94 @@ class XPEngine:
 
         P (M, d), C (M, dr) in the working dtype and pn (M,) float64 live on ``xp``; Z, chi are
         host arrays.  Returns host float64 f (q, dr) (None in mode 2), T (q, R, d) and
-        bsum (q, R) (None in mode 0).
+        bsum (q, R) (None in mode 0).  The fused pass where its tiles fit
+        (:func:`accel.fused_source.plan`), else :meth:`gemm_history_pass`.
         """
+        q, d = Z.shape
+        M, dr = C.shape
+        pl = fused_source.plan(q, M, d, dr, mode, P.dtype, arch) if M and q else None
+        if pl is None:
+            return self.gemm_history_pass(Z, P, pn, C, mode, chi, arch, m, par)
+        return self.fused_history_pass(Z, P, pn, C, mode, chi, arch, m, par, pl)
+
+    def module(self, arch, dtype, mode, index_bits):
+        """The RawModule of one variant of :mod:`accel.fused_source`, built on first use."""
+        key = (arch, np.dtype(dtype).name, mode, index_bits)
+        if key not in self._modules:
+            target = "sim" if getattr(self.xp, "KERNEL_TARGET", "cuda") == "host" else "cuda"
+            self._modules[key] = self.xp.RawModule(code=fused_source.source(*key, target=target),
+                                                   options=fused_source.NVRTC_OPTIONS)
+        return self._modules[key]
+
+    def multiprocessors(self):
+        """Number of streaming multiprocessors of the device (1 on the stand-in)."""
+        try:
+            return int(self.xp.cuda.Device().attributes["MultiProcessorCount"])
+        except (AttributeError, KeyError, TypeError):
+            return 1
+
+    def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None):
+        """:meth:`history_pass` by the fused kernels of :mod:`accel.fused_source` (plan ``pl``)."""
+        xp = self.xp
+        q, d = Z.shape
+        M, dr = C.shape
+        wdt = np.dtype(P.dtype)
+        pl = pl or fused_source.plan(q, M, d, dr, mode, wdt, arch)
+        qt, tile, stride = pl["qt"], pl["tile"], pl["stride"]
+        Z64 = np.ascontiguousarray(Z, dtype=np.float64)
+        zn_h, Zh_h = unit_rows(Z64)
+        chi_h = np.zeros(q * dr) if chi is None else np.ascontiguousarray(chi, dtype=np.float64).ravel()
+        packed = xp.asarray(np.concatenate([Z64.ravel(), zn_h, Zh_h.ravel(), chi_h]))   # one copy
+        Zw = packed[:q * d]
+        if wdt != np.float64:
+            Zw = Zw.astype(wdt)
+        zn, Zh = packed[q * d:q * d + q], packed[q * d + q:2 * q * d + q]
+        chi_d = packed[2 * q * d + q:]
+        mod = self.module(arch, wdt, mode, pl["index_bits"])
+        hist, reduce_ = mod.get_function(fused_source.HISTORY_KERNEL), mod.get_function(fused_source.REDUCE_KERNEL)
+        gy = -(-q // qt)
+        ntiles = -(-M // tile)
+        gx = max(1, min(ntiles, 1024, (4 * self.multiprocessors()) // gy or 1))
+        i64, f64 = np.int64, np.float64
+        outs = []
+        for r0, nr in pl["chunks"]:
+            part = xp.empty(gy * gx * stride)
+            out = xp.empty(gy * stride)
+            hist((gx, gy), (pl["threads"],),
+                 (P, pn, C, Zw, zn, Zh, chi_d, i64(M), i64(q), i64(d), i64(dr), i64(r0), i64(nr),
+                  i64(qt), i64(tile), i64(stride), f64(m), f64(par), part), shared_mem=pl["shared"])
+            total = gy * stride
+            reduce_((max(1, min(1024, -(-total // 256))),), (256,),
+                    (part, i64(gx), i64(stride), i64(gy), out))
+            outs.append(out)
+        host = self.to_host(outs[0] if len(outs) == 1 else xp.concatenate(outs))   # one copy back
+        self.last_launches = {"kernels": 2 * len(outs) + (wdt != np.float64) + (len(outs) > 1),
+                              "h2d": 1, "d2h": 1}
+        R = dr if mode == 1 else _R[mode]
+        f = np.zeros((q, dr))
+        T = np.zeros((max(R, 1), q, d))
+        bsum = np.zeros((max(R, 1), q))
+        for ci, (r0, nr) in enumerate(pl["chunks"]):
+            rows = host[ci * gy * stride:(ci + 1) * gy * stride].reshape(gy, stride)
+            RR = nr if mode == 1 else R
+            for y in range(gy):
+                b0 = y * qt
+                nq = min(qt, q - b0)
+                nf = 0 if mode == 2 else nq * nr
+                if mode != 2:
+                    f[b0:b0 + nq, r0:r0 + nr] = rows[y, :nf].reshape(nq, nr)
+                if RR:
+                    c0 = r0 if mode == 1 else 0
+                    T[c0:c0 + RR, b0:b0 + nq] = rows[y, nf:nf + RR * nq * d].reshape(RR, nq, d)
+                    bsum[c0:c0 + RR, b0:b0 + nq] = rows[y, nf + RR * nq * d:nf + RR * nq * (d + 1)].reshape(RR, nq)
+        f = f if mode != 2 else None
+        if mode == 0:
+            return f, None, None
+        return f, T.transpose(1, 0, 2).copy(), bsum.T.copy()
+
+    def gemm_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par):
+        """:meth:`history_pass` unfused: GEMMs and the elementwise kernel of :mod:`accel.pair_source`
+        per block of the history (the fallback where the fused kernel's tile does not fit)."""
         xp = self.xp
         q, d = Z.shape
         M, dr = C.shape
@@ -145,6 +241,7 @@ class XPEngine:
                     if exact_near:
                         T[:, r0:r1] += T64
                     bsum[:, r0:r1] += WB.sum(axis=2)
+        self.last_launches = {}
         f = self.to_host(f) if mode != 2 else None
         if mode == 0:
             return f, None, None

@@ -1,0 +1,372 @@
+"""The fused history pass of the GPU backend: one kernel over the history, one reduction (MATH §4).
+
+For queries Z (q, d) against the history P (M, d), C (M, dr) the pass computes the sums of
+:mod:`accel._simbase` (modes 0, 1, 2):
+
+    f[b, r]       = sum_m K(Z_b, P_m) C_m,r
+    T[r, b, k]    = sum_m alpha(Z_b, P_m) w_m,r P_m,k
+    bsum[r, b]    = sum_m beta(Z_b, P_m) w_m,r
+
+with ``w = C`` (mode 1) or ``w_m = C_m . chi_b`` (mode 2, one column).  Kernel
+``bd_fused_history`` does it in one pass over the history, so each row of P and C is read
+from global memory once per query tile and no (q, M) pair matrix is ever stored:
+
+* block (x, y) takes query tile y (``qt`` queries, kept in shared memory for the whole pass)
+  and the history tiles x, x + gridDim.x, ... of ``tile`` rows (grid-stride);
+* per tile: (1) the block loads the tile of P (and its columns of C) into shared memory;
+  (2) each thread takes pairs (b, j) of the tile: the dot product z_b . p_j in the working
+  dtype T (as the GEMM of the unfused pass), then the pair terms through the architecture's
+  device functions ``bd_near`` / ``bd_pair`` of :data:`accel.pair_source.ARCH` (the same text
+  as the elementwise kernels; nearly (anti-)parallel pairs recomputed from explicit
+  differences in float64, MATH §2.1), written as coefficients to shared memory;
+  (3) each thread owns up to ``BD_NACC`` outputs (an f entry, a T entry or a beta sum) and
+  adds the tile's contribution to them in registers;
+* at the end each block writes its outputs (a partial sum over its tiles, float64) to
+  ``part[(y, x), :]``; ``bd_fused_reduce`` sums the partials over x in a fixed order
+  (deterministic), giving ``out[y, :]`` = [f (nq, nr) | T (R, nq, d) | bsum (R, nq)].
+
+Float32 histories: dot products and f / T sums run in float32 (as the float32 GEMMs did);
+beta sums in float64; the Xi term of a nearly parallel pair (alpha ~ 1/sin, cancelling against
+beta) is accumulated in float64 in the same registers' float64 twin, so there are no atomics
+(each output belongs to one thread of one block).
+
+Outputs per block are at most ``BD_NACC * blockDim.x``; :func:`plan` picks the query tile and,
+for wide outputs (dr up to 784, the MNIST autoencoder), splits the columns of C into chunks
+(r0, nr) launched one after the other.  Each chunk streams P once more, but every element of
+C is read once per query tile and never per query.  Mode 2 needs C_m . chi_b, so it keeps the
+whole row of C in the shared tile and takes smaller tiles when dr is large.  Where even a
+one-row tile does not fit in 48 KiB of shared memory (d or dr in the thousands), :func:`plan`
+returns None and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`).
+
+The source is written once; ``TARGET_MACROS`` says what the three kernel-level macros mean on
+a GPU ("cuda", NVRTC via ``cupy.RawModule``) and in the CPU execution harness ("sim",
+:mod:`accel.cudasim`, which runs each CUDA thread of a block as a coroutine).
+:func:`cuda_sources` lists every variant the backend can generate, for the NVRTC compile test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import pair_source
+
+#: Accumulators (outputs) per thread, kept in registers across the whole pass.
+NACC = 8
+#: Threads per block: at most this many (a power of two, at least MIN_THREADS).
+MAX_THREADS = 256
+MIN_THREADS = 64
+#: Queries per tile, at most.
+MAX_QT = 32
+#: History rows per tile, at most.
+MAX_TILE = 64
+#: Shared memory per block, at most (the default limit of a CUDA block without opt-in).
+SHARED_BYTES = 48 * 1024
+#: Kernel names in the module.
+HISTORY_KERNEL = "bd_fused_history"
+REDUCE_KERNEL = "bd_fused_reduce"
+#: Modes of the pass (accel._simbase).
+MODES = (0, 1, 2)
+#: Index widths: C type of the index variable.
+INDEX_TYPES = {32: "int", 64: "long long"}
+DTYPES = {"float64": "double", "float32": "float"}
+
+TARGET_MACROS = {
+    "cuda": ("#define BD_DEVICE __device__ __forceinline__\n"
+             "#define BD_GLOBAL __global__\n"
+             "#define BD_SYNC() __syncthreads()\n"
+             "#define BD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]\n"),
+    # accel.cudasim defines threadIdx, blockIdx, blockDim, gridDim, bd_sim_sync, bd_sim_shared
+    "sim": ("#include <math.h>\n"
+            "#define BD_DEVICE static inline\n"
+            "#define BD_GLOBAL\n"
+            "#define BD_SYNC() bd_sim_sync()\n"
+            "#define BD_DYNAMIC_SHARED(name) unsigned char *name = bd_sim_shared()\n"),
+}
+
+KERNEL = r"""
+/* ---- fused history pass (accel/fused_source.py; MATH 4) ---- */
+#ifndef BD_NACC
+#define BD_NACC 8
+#endif
+
+/* shared memory: [Bc | An] float64, then [Zs | Ps | Cs | Kc | Ac] T, then the near flag */
+extern "C" BD_GLOBAL void bd_fused_history(
+    const T *__restrict__ P, const double *__restrict__ pn, const T *__restrict__ C,
+    const T *__restrict__ Zw, const double *__restrict__ zn, const double *__restrict__ Zh,
+    const double *__restrict__ chi,
+    const long long M_, const long long q_, const long long d_, const long long dr_,
+    const long long r0_, const long long nr_, const long long qt_, const long long tile_,
+    const long long stride_, const double m, const double par, double *__restrict__ part)
+{
+    BD_DYNAMIC_SHARED(bd_smem);
+    const bd_idx M = (bd_idx)M_, q = (bd_idx)q_, d = (bd_idx)d_, dr = (bd_idx)dr_;
+    const bd_idx r0 = (bd_idx)r0_, nr = (bd_idx)nr_, qt = (bd_idx)qt_, tile = (bd_idx)tile_;
+    const bd_idx tid = (bd_idx)threadIdx.x, nthr = (bd_idx)blockDim.x;
+    const bd_idx b0 = (bd_idx)blockIdx.y * qt;
+    const bd_idx nq = (q - b0 < qt) ? q - b0 : qt;
+    const bd_idx ncs = (BD_MODE == 2) ? dr : nr;          /* columns of C kept per row */
+    const bd_idx RR = (BD_MODE == 1) ? nr : (BD_MODE == 2 ? 1 : 0);
+    const bd_idx NF = (BD_MODE == 2) ? 0 : nq * nr;
+    const bd_idx NTT = RR * nq * d;
+    const bd_idx nout = NF + NTT + RR * nq;
+    const bd_idx npair = qt * tile;
+
+    double *Bc = (double *)bd_smem;
+    double *An = Bc + ((BD_MODE != 0) ? npair : 0);
+    T *Zs = (T *)(An + (BD_EXACT_NEAR ? npair : 0));
+    T *Ps = Zs + qt * d;
+    T *Cs = Ps + tile * d;
+    T *Kc = Cs + tile * ncs;
+    T *Ac = Kc + ((BD_MODE != 2) ? npair : 0);
+    int *near_any = (int *)(Ac + ((BD_MODE != 0) ? npair : 0));
+
+    T accT[BD_NACC];
+    double acc64[BD_NACC];
+#pragma unroll
+    for (int a = 0; a < BD_NACC; ++a) { accT[a] = (T)0; acc64[a] = 0.0; }
+
+    for (bd_idx e = tid; e < nq * d; e += nthr) Zs[e] = Zw[b0 * d + e];
+
+    const bd_idx ntiles = (M + tile - 1) / tile;
+    for (bd_idx t = (bd_idx)blockIdx.x; t < ntiles; t += (bd_idx)gridDim.x) {
+        const bd_idx j0 = t * tile;
+        const bd_idx nrow = (M - j0 < tile) ? M - j0 : tile;
+        /* (1) load the tile */
+        for (bd_idx e = tid; e < nrow * d; e += nthr) Ps[e] = P[j0 * d + e];
+        if (BD_MODE == 2) {
+            for (bd_idx e = tid; e < nrow * dr; e += nthr) Cs[e] = C[j0 * dr + e];
+        } else {
+            for (bd_idx e = tid; e < nrow * nr; e += nthr) {
+                const bd_idx j = e / nr;
+                Cs[e] = C[(j0 + j) * dr + r0 + (e - j * nr)];
+            }
+        }
+        if (tid == 0) *near_any = 0;
+        BD_SYNC();
+        /* (2) pair terms */
+        for (bd_idx p = tid; p < nq * nrow; p += nthr) {
+            const bd_idx b = p / nrow, j = p - b * nrow;
+            T g = (T)0;
+            for (bd_idx k = 0; k < d; ++k) g += Zs[b * d + k] * Ps[j * d + k];
+            const double dot = (double)g, znb = zn[b0 + b], pnj = pn[j0 + j];
+            double minus2 = -1.0, plus2 = -1.0;
+            if (bd_near(znb, pnj, dot)) {
+                minus2 = 0.0; plus2 = 0.0;
+                const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
+                for (bd_idx k = 0; k < d; ++k) {
+                    const double y = (double)Ps[j * d + k] * rpn, u = Zh[(b0 + b) * d + k];
+                    minus2 += (u - y) * (u - y);
+                    plus2 += (u + y) * (u + y);
+                }
+            }
+            const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
+            const bd_idx c = b * tile + j;
+            if (BD_MODE != 2) Kc[c] = (T)tr.K;
+            if (BD_MODE != 0) {
+                double w = 1.0;
+                if (BD_MODE == 2) {
+                    w = 0.0;
+                    for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+                }
+                Bc[c] = tr.beta * w;
+                if (BD_EXACT_NEAR && minus2 >= 0.0) {
+                    Ac[c] = (T)0;
+                    An[c] = tr.alpha * w;
+                    *near_any = 1;
+                } else {
+                    Ac[c] = (T)(tr.alpha * w);
+                    if (BD_EXACT_NEAR) An[c] = 0.0;
+                }
+            }
+        }
+        BD_SYNC();
+        /* (3) accumulate the tile into the outputs this thread owns */
+        const int any_near = BD_EXACT_NEAR ? *near_any : 0;
+#pragma unroll
+        for (int a = 0; a < BD_NACC; ++a) {
+            const bd_idx o = tid + (bd_idx)a * nthr;
+            if (o < NF) {                                   /* f[b, r] */
+                const bd_idx b = o / nr, r = o - b * nr;
+                T s = (T)0;
+                for (bd_idx j = 0; j < nrow; ++j) s += Kc[b * tile + j] * Cs[j * nr + r];
+                accT[a] += s;
+            } else if (o < NF + NTT) {                      /* T[r, b, k] */
+                const bd_idx o2 = o - NF, r = o2 / (nq * d), rem = o2 - r * (nq * d);
+                const bd_idx b = rem / d, k = rem - b * d;
+                T s = (T)0;
+                for (bd_idx j = 0; j < nrow; ++j) {
+                    const T w = (BD_MODE == 1) ? Cs[j * nr + r] : (T)1;
+                    s += Ac[b * tile + j] * w * Ps[j * d + k];
+                }
+                accT[a] += s;
+                if (BD_EXACT_NEAR && any_near) {
+                    double s64 = 0.0;
+                    for (bd_idx j = 0; j < nrow; ++j) {
+                        const double w = (BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0;
+                        s64 += An[b * tile + j] * w * (double)Ps[j * d + k];
+                    }
+                    acc64[a] += s64;
+                }
+            } else if (o < nout) {                          /* bsum[r, b] */
+                const bd_idx o3 = o - NF - NTT, r = o3 / nq, b = o3 - r * nq;
+                double s = 0.0;
+                for (bd_idx j = 0; j < nrow; ++j)
+                    s += Bc[b * tile + j] * ((BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0);
+                acc64[a] += s;
+            }
+        }
+        BD_SYNC();
+    }
+    double *mine = part + ((bd_idx)blockIdx.y * (bd_idx)gridDim.x + (bd_idx)blockIdx.x) * (bd_idx)stride_;
+#pragma unroll
+    for (int a = 0; a < BD_NACC; ++a) {
+        const bd_idx o = tid + (bd_idx)a * nthr;
+        if (o < nout) mine[o] = (double)accT[a] + acc64[a];
+    }
+}
+
+/* out[y, o] = sum_x part[y, x, o], x in order: one thread per output, grid-stride */
+extern "C" BD_GLOBAL void bd_fused_reduce(const double *__restrict__ part, const long long nparts_,
+                                          const long long stride_, const long long ny_,
+                                          double *__restrict__ out)
+{
+    const bd_idx nparts = (bd_idx)nparts_, stride = (bd_idx)stride_, total = (bd_idx)ny_ * stride;
+    for (bd_idx e = (bd_idx)blockIdx.x * (bd_idx)blockDim.x + (bd_idx)threadIdx.x; e < total;
+         e += (bd_idx)gridDim.x * (bd_idx)blockDim.x) {
+        const bd_idx y = e / stride, o = e - y * stride;
+        double s = 0.0;
+        for (bd_idx x = 0; x < nparts; ++x) s += part[(y * nparts + x) * stride + o];
+        out[e] = s;
+    }
+}
+"""
+
+
+def exact_near(arch, dtype, mode):
+    """Whether nearly parallel pairs' Xi terms go to the float64 accumulators (float32 relu, modes 1-2)."""
+    return int(arch == "relu" and np.dtype(dtype) == np.float32 and mode != 0)
+
+
+def source(arch, dtype, mode, index_bits, target="cuda"):
+    """The module source (both kernels) of one variant.
+
+    Parameters
+    ----------
+    arch : str
+        Key of :data:`accel.pair_source.ARCH` ("relu", "linear").
+    dtype : str or dtype
+        Working dtype T of P, C, the dot products and the f / T sums: "float64" or "float32".
+    mode : int
+        0 (f), 1 (f, T, bsum with w = C), 2 (T, bsum with w = C . chi); see accel._simbase.
+    index_bits : int
+        32 or 64: the C type ``bd_idx`` of every index computation.
+    target : str
+        "cuda" (NVRTC) or "sim" (:mod:`accel.cudasim`).
+    """
+    dt = np.dtype(dtype).name
+    if dt not in DTYPES:
+        raise ValueError(f"dtype: expected float64 or float32, got {dtype!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected 0, 1 or 2, got {mode!r}")
+    if index_bits not in INDEX_TYPES:
+        raise ValueError(f"index_bits: expected 32 or 64, got {index_bits!r}")
+    if target not in TARGET_MACROS:
+        raise ValueError(f"target: expected one of {sorted(TARGET_MACROS)}, got {target!r}")
+    # the architecture's device functions, exactly as accel.pair_source writes them
+    device_functions = pair_source.preamble(arch, "cuda")
+    device_functions = device_functions[len(pair_source.TARGET_MACROS["cuda"]):]
+    return "".join([
+        TARGET_MACROS[target],
+        f"typedef {DTYPES[dt]} T;\n",
+        f"typedef {INDEX_TYPES[index_bits]} bd_idx;\n",
+        f"#define BD_MODE {int(mode)}\n",
+        f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
+        f"#define BD_NACC {NACC}\n",
+        device_functions,
+        KERNEL,
+    ])
+
+
+#: Options passed to ``cupy.RawModule`` (CuPy adds the -arch of the device itself).
+NVRTC_OPTIONS = ("--std=c++11",)
+
+
+def variant_name(arch, dtype, mode, index_bits):
+    return f"bd_fused_{arch}_{np.dtype(dtype).name}_mode{mode}_i{index_bits}"
+
+
+def cuda_sources():
+    """Every CUDA source variant the gpu backend's fused pass can generate.
+
+    Returns
+    -------
+    list of (name, source, options)
+        One entry per arch (:data:`accel.pair_source.ARCH`) x dtype (float64, float32) x mode
+        (0, 1, 2) x index width (32, 64): ``name`` a unique identifier, ``source`` the text
+        handed to ``cupy.RawModule(code=source, options=options)`` (kernels
+        ``bd_fused_history`` and ``bd_fused_reduce``, ``extern "C"``), ``options`` a tuple of
+        NVRTC options (CuPy adds ``-arch`` for the device; a compile test adds its own).
+    """
+    out = []
+    for arch in sorted(pair_source.ARCH):
+        for dtype in DTYPES:
+            for mode in MODES:
+                for bits in INDEX_TYPES:
+                    out.append((variant_name(arch, dtype, mode, bits), source(arch, dtype, mode, bits),
+                                NVRTC_OPTIONS))
+    return out
+
+
+# ---------------------------------------------------------------------------- launch plan
+def outputs_per_query(mode, d, nr):
+    """Outputs of one query: f (nr) in modes 0-1, T (R d) and bsum (R) in modes 1-2."""
+    if mode == 0:
+        return nr
+    if mode == 1:
+        return nr * (d + 2)
+    return d + 1
+
+
+def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile):
+    """Bytes of shared memory of one block (the layout of ``bd_fused_history``)."""
+    npair = qt * tile
+    ncs = dr if mode == 2 else nr
+    n64 = (npair if mode != 0 else 0) + (npair if exact else 0)
+    nT = qt * d + tile * d + tile * ncs + (npair if mode != 2 else 0) + (npair if mode != 0 else 0)
+    return 8 * n64 + itemsize * nT + 8
+
+
+def plan(q, M, d, dr, mode, dtype, arch):
+    """Launch plan of the fused pass, or None where a one-row tile would not fit.
+
+    Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr) column chunks of C;
+    one (0, dr) chunk unless the outputs of the query tile exceed ``NACC * MAX_THREADS``),
+    ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
+    ``stride`` (outputs per block, the row length of the partial buffer), ``index_bits``.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    exact = exact_near(arch, dtype, mode)
+    cap = NACC * MAX_THREADS
+    unit = outputs_per_query(mode, d, 1)
+    if unit > cap:
+        return None
+    qt = max(1, min(MAX_QT, q, cap // unit))
+    if mode == 2:
+        nr = dr
+    else:
+        nr = max(1, min(dr, cap // (qt * unit)))
+    chunks = [(r0, min(nr, dr - r0)) for r0 in range(0, dr, nr)] if mode != 2 else [(0, dr)]
+    fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
+    per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
+    tile = min(MAX_TILE, M, (SHARED_BYTES - fixed) // per_row) if SHARED_BYTES > fixed else 0
+    if tile < 1:
+        return None
+    stride = qt * outputs_per_query(mode, d, nr)
+    threads = MIN_THREADS
+    while threads < MAX_THREADS and threads * NACC < stride:
+        threads *= 2
+    nqt = -(-q // qt)
+    biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 4096, qt * tile)
+    return dict(qt=qt, chunks=chunks, tile=int(tile), threads=threads,
+                shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile), stride=stride,
+                index_bits=32 if biggest < 2**31 else 64)
