@@ -1,0 +1,295 @@
+"""The CUDA execution harness (accel.cudasim) and the fused history pass it runs (accel.fused_source).
+
+The harness must show what a GPU would do with the kernel text: threads that cooperate through
+shared memory and barriers.  So besides checking the fused pass against refimpl and the unfused
+pass, these tests plant bugs in the kernel source (a missing barrier, a wrong shared layout, a
+broken reduction, ...) and require each one to be caught.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from accel import cudasim, fused_source, pair_source, standin, xpcore
+from accel._simbase import ArrayHistory
+from refimpl import kernels as rk
+
+pytestmark = pytest.mark.skipif(standin.cxx_compiler() is None, reason="needs a C++ compiler (g++)")
+
+DEV = standin.numpy_device
+
+
+# ---------------------------------------------------------------- the harness itself
+TOY = r"""
+typedef double T;
+typedef int bd_idx;
+extern "C" BD_GLOBAL void toy(const double *__restrict__ x, const long long n, const long long mode,
+                              double *__restrict__ out)
+{
+    BD_DYNAMIC_SHARED(smem);
+    double *s = (double *)smem;
+    const int t = threadIdx.x;
+    if (mode == 3) { if (t == 0) return; }            /* divergent exit before a barrier */
+    s[t] = x[blockIdx.x * blockDim.x + t];
+    if (mode != 1) BD_SYNC();                          /* mode 1: the barrier is missing */
+    /* reverse within the block through shared memory */
+    double v = s[blockDim.x - 1 - t];
+    if (mode == 2) v = s[blockDim.x + t];              /* reads shared memory never written */
+    if (mode == 4 && t == 0) s[2 * blockDim.x] = 1.0;  /* writes past the dynamic shared memory */
+    out[blockIdx.x * blockDim.x + t] = v + 1000.0 * blockIdx.x + 0.0 * n;
+}
+"""
+
+
+def _toy():
+    return cudasim.load(fused_source.TARGET_MACROS["sim"] + TOY, name="toy")["toy"]
+
+
+def _toy_run(mode, nthr=32, nblk=3):
+    x = np.arange(nthr * nblk, dtype=np.float64)
+    out = np.full(nthr * nblk, -1.0)
+    _toy()((nblk,), (nthr,), (x, np.int64(x.size), np.int64(mode), out), shared_mem=16 * nthr)
+    return x, out
+
+
+def test_harness_runs_blocks_and_threads_with_shared_memory():
+    x, out = _toy_run(0)
+    want = x.reshape(3, 32)[:, ::-1] + 1000.0 * np.arange(3)[:, None]
+    np.testing.assert_array_equal(out.reshape(3, 32), want)
+
+
+def test_harness_catches_a_missing_barrier_and_uninitialised_shared_memory():
+    x, out = _toy_run(1)             # threads run in order: thread 0 reads before 31 wrote
+    want = x.reshape(3, 32)[:, ::-1] + 1000.0 * np.arange(3)[:, None]
+    assert np.isnan(out).any() and not np.array_equal(out.reshape(3, 32), want)
+    _, out = _toy_run(2)             # shared memory is NaN until written
+    assert np.isnan(out).all()
+
+
+def test_harness_reports_divergent_barriers_and_shared_overruns():
+    with pytest.raises(cudasim.HarnessError, match="returned while .* wait at __syncthreads"):
+        _toy_run(3)
+    with pytest.raises(cudasim.HarnessError, match="past the 512 bytes of dynamic shared memory"):
+        _toy_run(4)
+
+
+def test_harness_checks_argument_types_as_a_launch_needs_them():
+    k = _toy()
+    x, out = np.zeros(32), np.zeros(32)
+    with pytest.raises(TypeError, match="argument n: expected a numpy.int64"):
+        k((1,), (32,), (x, 32, np.int64(0), out), shared_mem=256)
+    with pytest.raises(TypeError, match="argument x: expected a C-contiguous float64"):
+        k((1,), (32,), (x.astype(np.float32), np.int64(32), np.int64(0), out), shared_mem=256)
+    with pytest.raises(TypeError, match="expected 4 arguments"):
+        k((1,), (32,), (x,), shared_mem=256)
+    with pytest.raises(cudasim.HarnessError, match="invalid launch"):
+        k((1,), (2048,), (x, np.int64(32), np.int64(0), out), shared_mem=256)
+
+
+# ---------------------------------------------------------------- the fused pass
+def _history(M, d, dr, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    h = ArrayHistory(d, dr, dtype=dtype, xp=DEV)
+    base = rng.standard_normal((40, d))
+    h.append(base[rng.integers(0, 40, M)] + 1e-3 * rng.standard_normal((M, d)), rng.standard_normal((M, dr)))
+    return h, rng
+
+
+def _queries(h, q, rng):
+    """Queries parallel, at angles ~1e-5, anti-parallel and generic to the stored rows (closer than
+    1e-5, Xi's cancellation (alpha ~ 1/sin) costs every implementation more than 1e-10)."""
+    P = h.P.astype(np.float64)
+    k = q // 4
+    return np.concatenate([P[:k] * (1 + 1e-9), P[k:2 * k] + 1e-5 * rng.standard_normal((k, P.shape[1])),
+                           -P[2 * k:3 * k], rng.standard_normal((q - 3 * k, P.shape[1]))])
+
+
+def _reference(Z, h, mode, chi, arch="relu", par=0.0):
+    """The sums of accel._simbase from refimpl's kernels (float64)."""
+    P, C = h.P.astype(np.float64), h.C.astype(np.float64)
+    d = Z.shape[1]
+    if arch == "relu":
+        K = rk.ntk(Z, P)
+        alpha, beta = rk.xi_coefficients(Z, P)
+    else:
+        K = par * Z @ P.T / d
+        alpha, beta = np.full(K.shape, par / d), np.zeros(K.shape)
+    W = C.T[:, None, :] if mode != 2 else (chi @ C.T)[None]          # (R, q, M)
+    f = K @ C
+    T = np.einsum("rbm,bm,mk->brk", W, alpha, P)
+    bsum = np.einsum("rbm,bm->br", W, beta)
+    return f, T, bsum
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+class _Mutant(xpcore.XPEngine):
+    """An engine whose fused module is compiled from a mutated kernel source."""
+
+    def __init__(self, old, new):
+        super().__init__(DEV)
+        self.old, self.new = old, new
+
+    def module(self, arch, dtype, mode, index_bits):
+        src = fused_source.source(arch, dtype, mode, index_bits, target="sim")
+        assert src.count(self.old) >= 1, self.old
+        return standin.RawModule(code=src.replace(self.old, self.new, 1))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 40), (200, 4, 60, 7)])
+def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
+    """Modes 0-2 against refimpl's kernels, with (anti-)parallel queries; (200, 4, 60, 7) splits the
+    columns of C into chunks in mode 1, (300, 5, 3, 40) takes two query tiles."""
+    h, rng = _history(M, d, dr, dtype)
+    Z = _queries(h, q, rng)
+    chi = rng.standard_normal((q, dr))
+    eng = xpcore.XPEngine(DEV)
+    plans = []
+    for mode in (0, 1, 2):
+        pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu")
+        plans.append(pl)
+        got = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None,
+                               "relu", float(d), 0.0)
+        assert eng.last_launches["kernels"] >= 2 and eng.last_launches["d2h"] == 1
+        f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
+        if mode != 2:
+            assert _rel(got[0], f_ref) <= tol
+        if mode:
+            # Xi sums cancel for nearly parallel pairs: compare J^T-like contractions as the backend uses them
+            Zh = rk.unit_rows(Z)[1]
+            J = got[1] + got[2][:, :, None] * Zh[:, None, :]
+            J_ref = T_ref + b_ref[:, :, None] * Zh[:, None, :]
+            assert _rel(J, J_ref) <= tol * 100
+    if (M, d, dr, q) == (200, 4, 60, 7):
+        assert len(plans[1]["chunks"]) > 1
+    if q == 40:
+        assert plans[0]["qt"] < q
+
+
+def test_fused_pass_linear_arch_and_64_bit_indices_agree():
+    h, rng = _history(500, 5, 2, np.float64)
+    Z = rng.standard_normal((9, 5))
+    eng = xpcore.XPEngine(DEV)
+    f, T, b = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "linear", 5.0, 3.0)
+    f_ref, T_ref, _ = _reference(Z, h, 1, None, "linear", 3.0)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-12)
+    np.testing.assert_allclose(T, T_ref, rtol=1e-12)
+    assert np.all(b == 0)
+    for mode in (0, 1, 2):
+        chi = rng.standard_normal((9, 2)) if mode == 2 else None
+        pl = fused_source.plan(9, 500, 5, 2, mode, np.float64, "relu")
+        assert pl["index_bits"] == 32
+        a = eng.fused_history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", 5.0, 0.0, pl)
+        b64 = eng.fused_history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", 5.0, 0.0,
+                                     dict(pl, index_bits=64))
+        for x, y in zip(a, b64):
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+
+
+def test_fused_pass_agrees_with_the_unfused_pass_and_falls_back_where_it_must():
+    h, rng = _history(400, 6, 2, np.float32)
+    Z = _queries(h, 12, rng)
+    eng = xpcore.XPEngine(DEV)
+    for mode in (0, 1, 2):
+        chi = rng.standard_normal((12, 2)) if mode == 2 else None
+        a = eng.fused_history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", 6.0, 0.0)
+        b = eng.gemm_history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", 6.0, 0.0)
+        for x, y in zip(a, b):
+            if y is not None:
+                assert _rel(x, y) <= 1e-5
+    assert fused_source.plan(20, 1000, 3000, 1, 1, np.float64, "relu") is None    # d + 2 > outputs
+    assert fused_source.plan(20, 1000, 100, 8000, 2, np.float64, "relu") is None  # a row of C > 48 KiB
+    assert fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")["chunks"][0] == (0, 102)
+
+
+# planted bugs: (what, old text, new text); each must give a wrong result or a harness error
+MUTANTS = [
+    ("barrier after loading the tile removed",
+     "if (tid == 0) *near_any = 0;\n        BD_SYNC();", "if (tid == 0) *near_any = 0;\n"),
+    ("barrier at the end of the tile removed", "        BD_SYNC();\n    }\n    double *mine", "    }\n    double *mine"),
+    ("reduction drops the last partial", "x < nparts; ++x", "x + 1 < nparts; ++x"),
+    ("shared layout: C tile overlaps P tile", "T *Cs = Ps + tile * d;", "T *Cs = Ps + tile * d - 1;"),
+    ("accumulator ownership differs from the write-out",
+     "const bd_idx o = tid + (bd_idx)a * nthr;\n            if (o < NF)",
+     "const bd_idx o = tid * BD_NACC + a;\n            if (o < NF)"),
+    ("near-parallel pairs not recomputed", "if (bd_near(znb, pnj, dot))", "if (0 && bd_near(znb, pnj, dot))"),
+    ("grid-stride loop skips tiles", "t += (bd_idx)gridDim.x)", "t += (bd_idx)gridDim.x + 1)"),
+    ("last partial tile dropped", "(M - j0 < tile) ? M - j0 : tile", "tile"),
+]
+
+
+@pytest.mark.parametrize("what,old,new", MUTANTS, ids=[m[0] for m in MUTANTS])
+def test_harness_catches_planted_bugs(what, old, new):
+    h, rng = _history(333, 6, 1, np.float64, seed=7)
+    Z = _queries(h, 20, rng)
+    refs = [_reference(Z, h, mode, None) for mode in (0, 1)]
+    good = xpcore.XPEngine(DEV)
+    bad = _Mutant(old, new)
+    caught = []
+    for mode, ref in zip((0, 1), refs):
+        got = good.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, None, "relu", 6.0, 0.0)
+        assert _rel(got[0], ref[0]) <= 1e-12
+        try:
+            got = bad.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, None, "relu", 6.0, 0.0)
+        except cudasim.HarnessError:
+            caught.append(True)
+            continue
+        errs = [_rel(g, r) for g, r in zip(got, ref) if g is not None]
+        caught.append(not all(np.isfinite(errs)) or max(errs) > 1e-9)
+    assert any(caught), what
+
+
+def test_every_variant_is_listed_and_valid_cpp():
+    """accel.fused_source.cuda_sources: arch x dtype x mode x index width, unique names; the CUDA
+    text passes g++ -fsyntax-only with CUDA's builtins declared (NVRTC itself: the compile test)."""
+    srcs = fused_source.cuda_sources()
+    assert len(srcs) == len(pair_source.ARCH) * 2 * 3 * 2
+    assert len({name for name, _, _ in srcs}) == len(srcs)
+    for name, src, options in srcs:
+        assert 'extern "C" BD_GLOBAL void bd_fused_history' in src and "bd_fused_reduce" in src
+        assert "__syncthreads()" in src and isinstance(options, tuple)
+        assert pair_source.ARCH[name.split("_")[2]].split("{")[0].strip() in src    # the shared device functions
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++")
+    mock = ("#include <cmath>\nusing std::fabs; using std::sqrt; using std::atan2;\n"
+            "#define __device__\n#define __global__\n#define __forceinline__ inline\n#define __align__(n)\n"
+            "#define __shared__\nstruct bd_dim3 { unsigned x, y, z; };\n"
+            "extern bd_dim3 threadIdx, blockIdx, blockDim, gridDim;\nvoid __syncthreads();\n")
+    for i, (name, src, _) in enumerate(srcs):
+        if i % 4 and "relu_float32_mode1" not in name:     # a quarter of them, and the busiest one
+            continue
+        body = re.sub(r'extern __shared__', "extern", src)
+        res = subprocess.run(["g++", "-std=c++11", "-fsyntax-only", "-x", "c++", "-"], input=mock + body,
+                             text=True, capture_output=True)
+        assert res.returncode == 0, (name, res.stderr[:2000])
+
+
+@pytest.mark.skipif(not standin.cpu_has_fma(), reason="this CPU has no FMA instructions")
+def test_standin_with_fma_contraction_meets_the_golden_tolerances(monkeypatch):
+    """The gpu path on the stand-in compiled as the GPU compiles it (a*b+c contracted to FMA), against
+    every golden file with the documented tolerances; and the contraction does change the results."""
+    from experiments import golden
+
+    import accel
+    h, rng = _history(300, 6, 1, np.float64, seed=3)
+    Z = _queries(h, 10, rng)
+    plain = xpcore.XPEngine(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "relu", 6.0, 0.0)
+    monkeypatch.setenv(standin.FP_CONTRACT_ENV, "1")
+    fma = xpcore.XPEngine(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "relu", 6.0, 0.0)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, fma))
+    for a, b in zip(plain, fma):
+        assert _rel(a, b) < 1e-10
+    targets = [t for t in accel.golden_targets() if t[0].startswith("gpu-path/")]
+    assert len(targets) == 2
+    rows = golden.check(targets, log=None)
+    bad = [r for r in rows if not r["ok"]]
+    assert rows and not bad, bad
