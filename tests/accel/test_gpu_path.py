@@ -254,3 +254,29 @@ def test_cuda_target_source_is_valid_cpp(arch):
             res = subprocess.run(["g++", "-std=c++11", "-fsyntax-only", "-x", "c++", "-"], input=src,
                                  text=True, capture_output=True)
             assert res.returncode == 0, res.stderr[:2000]
+
+
+def test_gpu_path_trajectories_run_the_fused_kernel(monkeypatch, standin_gpu):
+    """The golden trajectories of the gpu path go through the fused kernel (accel.fused_source run by
+    the CUDA harness), never through the unfused fallback, and pass their tolerances."""
+    from accel import fused_source
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the unfused history pass was used")
+
+    monkeypatch.setattr(xpcore.XPEngine, "gemm_history_pass", refuse)
+    calls = []
+    real = xpcore.XPEngine.fused_history_pass
+
+    def counting(self, *args, **kwargs):
+        calls.append(args[4])                                       # the mode
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(xpcore.XPEngine, "fused_history_pass", counting)
+    targets = [t for t in accel.golden_targets() if t[0].startswith("gpu-path/")]
+    rows = golden.check(targets, cases=["bottleneck_d10_full", "linear_d5_mini"], log=None)
+    assert len(rows) == 4 and all(r["ok"] for r in rows), rows
+    assert 1 in calls and len(calls) > 400
+    launches = accel.gpu.engine("numpy").last_launches
+    assert launches["h2d"] == 1 and launches["d2h"] == 1 and launches["kernels"] >= 2
+    assert fused_source.plan(20, 4000, 10, 3, 1, np.float64, "relu")["chunks"] == [(0, 3)]
