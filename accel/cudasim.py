@@ -26,7 +26,8 @@ using them fails to compile here, visibly, rather than running with invented sem
 The kernel source must declare its kernels as ``extern "C" BD_GLOBAL void name(...)`` with the
 macros of :data:`accel.fused_source.TARGET_MACROS` ("sim" target).  :func:`load` compiles (cached
 by content, like :func:`accel.standin.compile_shared`) and returns one :class:`SimKernel` per
-kernel, called like ``cupy.RawKernel``: ``kernel(grid, block, args, shared_mem=bytes)``.
+kernel, called like ``cupy.RawKernel`` (:class:`accel.standin.RawModule` wraps it as CuPy's
+``RawModule``): ``kernel(grid, block, args, shared_mem=bytes)``.
 """
 
 from __future__ import annotations
@@ -310,14 +311,13 @@ class SimKernel:
             raise HarnessError(f"{self.name}: {self._error().decode()}")
 
 
-def load(source, name="cudasim"):
-    """Compile ``source`` with the harness (cached by content) and return {kernel name: SimKernel}.
+def load(source, compile_cxx, name="cudasim"):
+    """Compile ``source`` with the harness and return {kernel name: SimKernel}.
 
-    Compiled by :func:`accel.standin.compile_shared` with the stand-in's flags
-    (:func:`accel.standin.cxx_flags`: IEEE semantics unless :data:`accel.standin.CFLAGS` asks for
-    FMA contraction, as NVRTC does on the GPU).
+    ``compile_cxx(cxx_source, name)`` builds and loads the shared library: the stand-in's
+    (:class:`accel.standin.RawModule`: cached, with the stand-in's flags, IEEE semantics unless
+    :data:`accel.standin.CFLAGS` asks for FMA contraction, as NVRTC does on the GPU).
     """
-    from .standin import compile_shared
     sigs = kernel_signatures(source)
-    lib = compile_shared(harness_source(source), name, cxx=True)
+    lib = compile_cxx(harness_source(source), name)
     return {k: SimKernel(lib, k, sig) for k, sig in sigs.items()}

@@ -292,7 +292,7 @@ class _ModuleFunction:
         flags = cxx_flags()
         kernels = self.module._kernels
         if flags not in kernels:
-            kernels[flags] = cudasim.load(self.module.code)
+            kernels[flags] = cudasim.load(self.module.code, lambda src, name: compile_shared(src, name, cxx=True))
         kernels[flags][self.name](grid, block, args, shared_mem=shared_mem)
 
 
