@@ -167,6 +167,28 @@ def _scale(value):
 
 
 SCALE = Checked("STD[,STD]", _scale)
+
+
+class DatasetType(click.ParamType):
+    """--dataset: one of the built-in data sets, or npz:PATH (the user's arrays; experiments.data.load_npz)."""
+
+    name = "DATASET"
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None):
+        return "[" + "|".join(self.choices) + "|npz:PATH]"
+
+    def convert(self, value, param, ctx):
+        from experiments.data import dataset_name
+        try:
+            name = dataset_name(value)
+        except ValueError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+        if name not in self.choices and not name.startswith("npz:"):
+            self.fail(f"expected one of {', '.join(self.choices)} or npz:PATH, got {value!r}", param, ctx)
+        return name
 INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.parse_int_list(v, "value")))
 
 
@@ -215,6 +237,11 @@ def _option_set(*specs):
     return factory
 
 
+def dataset_label(dataset):
+    from experiments.data import dataset_label as label
+    return label(dataset)
+
+
 def _library_defaults():
     from experiments.data import DATASETS
     from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig
@@ -226,8 +253,9 @@ _SYNTH = "[default: {} synthetic, all otherwise]"
 
 #: The data set: train, sweep, finite-sweep, finite-vs-infinite.  One line per option.
 data_options = _option_set(
-    _opt("--dataset", type=click.Choice(DATASETS), default="synthetic",
-         help="Data set (synthetic needs no download; MATH §7)."),
+    _opt("--dataset", type=DatasetType(DATASETS), default="synthetic",
+         help="Data set (synthetic needs no download; MATH §7), or npz:PATH, your own arrays X_train, Y_train "
+              "[, X_test, Y_test] (README 'Your own data')."),
     _opt("--data-dir", type=click.Path(file_okay=False), default=None,
          help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache)."),
     _opt("--train-size", type=POS_INT, default=None,
@@ -454,7 +482,7 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
     else:
         config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
         target = out if out is not None else Path("runs") / (
-            f"{config.dataset}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+            f"{dataset_label(config.dataset)}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         # with --lr-policy per-width the run probes its rate first (lr_probe.json; silent with -q)
         from experiments.lr_probe import probe_into
         path = run_guarded(run_train, config, target, force=force, progress=progress, log=say,
@@ -545,7 +573,7 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
         seed_list = run_guarded(V.parse_seeds, seeds)
         config = TrainConfig(steps=steps or DEFAULT_STEPS, width=width_list[0], seed=seed_list[0],
                              **_synthetic_only(ctx, _sizes(options)))
-        target = out if out is not None else Path("runs") / f"sweep-{config.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = out if out is not None else Path("runs") / f"sweep-{dataset_label(config.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")
@@ -621,7 +649,7 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
         summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
         target = Path(resume_dir)
     else:
-        target = Path(out) if out else Path("runs") / f"finite-{options['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        target = Path(out) if out else Path("runs") / f"finite-{dataset_label(options['dataset'])}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **_sizes(options)), target, force=force,
                               log=say)
     click.echo(f"sweep directory: {target}")

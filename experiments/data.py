@@ -158,13 +158,45 @@ MAX_DOWNLOAD_BYTES = 1 << 30
 _CHUNK = 1 << 20
 
 DATASETS = ("synthetic", "mnist", "cifar", "multi-index", "manifold")
+#: ``--dataset npz:PATH``: the user's own arrays in an .npz file (:func:`load_npz`).
+NPZ_PREFIX = "npz:"
+NPZ_KEYS = ("X_train", "Y_train", "X_test", "Y_test")
+#: Share of the rows held out as the test set of an .npz file without X_test, Y_test.
+NPZ_HOLDOUT = 0.2
 #: Generated data sets (no files): their options are forwarded to their generator.
 GENERATED = ("synthetic", "multi-index", "manifold")
+
+
+def is_npz(dataset):
+    """True for ``"npz:PATH"``, the user's own data set."""
+    return isinstance(dataset, str) and dataset.startswith(NPZ_PREFIX)
+
+
+def dataset_name(value):
+    """A checked ``--dataset``: one of :data:`DATASETS` (aliases allowed), or ``npz:PATH`` with PATH made
+    absolute (so a run resumes from anywhere); ValueError naming the argument otherwise."""
+    text = str(value).strip()
+    if text.lower().startswith(NPZ_PREFIX):
+        path = text[len(NPZ_PREFIX):].strip()
+        if not path:
+            raise ValueError("dataset: expected npz:PATH with the path of an .npz file, got 'npz:'")
+        return NPZ_PREFIX + str(Path(path).expanduser().resolve())
+    key = _ALIASES.get(text.lower(), text.lower())
+    if key not in DATASETS:
+        raise ValueError(f"dataset: expected one of {', '.join(DATASETS)} or npz:PATH, got {value!r}")
+    return key
+
+
+def dataset_label(dataset):
+    """A short name of a data set for folder names: ``npz-<file stem>`` for ``npz:PATH``."""
+    return f"npz-{Path(dataset[len(NPZ_PREFIX):]).stem}" if is_npz(dataset) else str(dataset)
 
 
 def check_loss_fits_task(loss, dataset, task):
     """TrainError unless ``loss`` can train on ``dataset`` with ``task``: cross-entropy needs class targets
     (MATH §4.3), so it is refused on the generated regression data and on the autoencoder."""
+    if is_npz(dataset) and task != "autoencoder":
+        return                      # known once the file is read: load_npz refuses ce on float targets
     if loss == "ce" and (dataset in GENERATED or task == "autoencoder"):
         raise TrainError(f"loss: 'ce' needs a classification data set (mnist or cifar); {dataset} "
                          f"{'with --task autoencoder ' if task == 'autoencoder' else ''}is regression "
@@ -698,6 +730,140 @@ def _classification_dataset(raw, train_size, test_size, seed):
                    classes=list(raw.classes), meta=meta, index_train=idx_tr, index_test=idx_te)
 
 
+def _npz_array(path, z, key):
+    """``z[key]`` as a numeric array; DataError for an object array (never unpickled) or other non-numbers."""
+    try:
+        arr = z[key]
+    except ValueError as exc:                       # numpy refuses object arrays without allow_pickle
+        raise DataError(f"dataset: {path}: {key} is an object array ({str(exc).splitlines()[0]}); expected "
+                        "numbers (the file is read without pickle)") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"dataset: {path}: {key} has dtype {arr.dtype}; expected floats or integer labels")
+    return arr
+
+
+def _npz_targets(path, key, Y, n):
+    """Targets of one split: integer labels (n,) stay labels; floats become (n, dr)."""
+    if Y.ndim == 1 and Y.dtype.kind in "biu":
+        return Y.astype(np.int64)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    if Y.ndim != 2:
+        raise DataError(f"dataset: {path}: {key} has shape {Y.shape}; expected ({n},) integer labels or "
+                        f"({n}, dr) float targets")
+    return Y.astype(np.float64)
+
+
+def load_npz(path, train_size=None, test_size=None, seed=0, loss="mse"):
+    """The user's own data set from an .npz file (``--dataset npz:PATH``; README "Your own data").
+
+    The file holds ``X_train`` (N, d0) and ``Y_train``, and optionally ``X_test`` (M, d0) and ``Y_test``.
+    Targets are float arrays (N, dr) (or (N,) for one output), or integer class labels (N,), which become
+    one-hot targets over the classes found in train and test (sorted), so the accuracy is reported.
+    Inputs and targets are used as given (no centring or scaling).  Without ``X_test``, ``Y_test`` a seeded
+    :data:`NPZ_HOLDOUT` share of the rows (``default_rng([seed, 3])``) is held out as the test set.
+    ``train_size`` / ``test_size`` take a seeded subset as for MNIST (class-stratified for labels).
+    The file is read with ``allow_pickle=False``; its sha256 is recorded in ``meta["sha256"]``.
+
+    Raises
+    ------
+    DataError (one line naming the file) for a missing file, missing keys, object arrays, wrong shapes,
+    NaN or inf, mismatched rows, or ``loss="ce"`` on float targets.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset: npz file {path} not found")
+    digest = sha256_file(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"dataset: {path} is not a readable .npz file ({str(exc).splitlines()[0]})") from None
+    if not hasattr(z, "files"):
+        raise DataError(f"dataset: {path} holds a single array; expected an .npz with X_train, Y_train "
+                        "(np.savez(path, X_train=..., Y_train=...))")
+    with z:
+        found = set(z.files)
+        missing = [k for k in ("X_train", "Y_train") if k not in found]
+        if not missing and ("X_test" in found) != ("Y_test" in found):
+            missing = ["Y_test" if "X_test" in found else "X_test"]
+        if missing:
+            raise DataError(f"dataset: {path} has no {', '.join(missing)}; expected keys X_train, Y_train "
+                            f"(and optionally X_test, Y_test together), found {', '.join(sorted(found)) or 'none'}")
+        arrays = {k: _npz_array(path, z, k) for k in NPZ_KEYS if k in found}
+    X = arrays["X_train"]
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise DataError(f"dataset: {path}: X_train has shape {X.shape}; expected (N, d0) with N, d0 >= 1")
+    Y = _npz_targets(path, "Y_train", arrays["Y_train"], X.shape[0])
+    if Y.shape[0] != X.shape[0]:
+        raise DataError(f"dataset: {path}: X_train has {X.shape[0]} rows but Y_train has {Y.shape[0]}; "
+                        "expected one target per input")
+    split = "file"
+    base_train, base_test = np.arange(X.shape[0]), None      # positions of the rows in the file
+    if "X_test" in arrays:
+        Xt = arrays["X_test"]
+        if Xt.ndim != 2 or Xt.shape[1] != X.shape[1] or Xt.shape[0] < 1:
+            raise DataError(f"dataset: {path}: X_test has shape {Xt.shape}; expected (M, {X.shape[1]}) like X_train")
+        Yt = _npz_targets(path, "Y_test", arrays["Y_test"], Xt.shape[0])
+        if Yt.shape[0] != Xt.shape[0]:
+            raise DataError(f"dataset: {path}: X_test has {Xt.shape[0]} rows but Y_test has {Yt.shape[0]}; "
+                            "expected one target per input")
+        base_test = np.arange(Xt.shape[0])
+        if (Yt.ndim == 1) != (Y.ndim == 1) or (Y.ndim == 2 and Yt.shape[1] != Y.shape[1]):
+            raise DataError(f"dataset: {path}: Y_test has shape {Yt.shape} and dtype {arrays['Y_test'].dtype} "
+                            f"but Y_train {Y.shape} and {arrays['Y_train'].dtype}; expected the same kind of targets")
+    else:
+        if X.shape[0] < 2:
+            raise DataError(f"dataset: {path}: X_train has 1 row and there is no X_test; expected at least 2 "
+                            "rows to hold some out as the test set")
+        perm = np.random.default_rng([int(seed), 3]).permutation(X.shape[0])
+        n_test = max(1, int(round(NPZ_HOLDOUT * X.shape[0])))
+        test_rows, train_rows = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+        X, Xt, Y, Yt = X[train_rows], X[test_rows], Y[train_rows], Y[test_rows]
+        base_train, base_test = train_rows, test_rows
+        split = (f"no X_test in the file: a seeded {NPZ_HOLDOUT:.0%} of the rows (default_rng([seed, 3]), "
+                 f"{n_test} rows) held out as the test set")
+    for key, arr in (("X_train", X), ("X_test", Xt), ("Y_train", Y), ("Y_test", Yt)):
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise DataError(f"dataset: {path}: {key} has {bad} NaN or inf value(s); expected finite numbers")
+    labels = Y.ndim == 1
+    if not labels and loss == "ce":
+        raise DataError(f"loss: 'ce' needs integer class labels; {path} has float targets (use --loss mse)")
+    if labels:
+        classes = np.unique(np.concatenate([Y, Yt]))
+        lab_tr, lab_te = np.searchsorted(classes, Y), np.searchsorted(classes, Yt)
+    rows = {}
+    for name, size, n, stream, lab in (("train", train_size, X.shape[0], 0, lab_tr if labels else None),
+                                       ("test", test_size, Xt.shape[0], 1, lab_te if labels else None)):
+        size = _check_size(f"{name}_size", size, n)
+        rng = np.random.default_rng([int(seed), stream])
+        if size is None:
+            rows[name] = np.arange(n)
+        elif labels:
+            rows[name] = stratified_subset(lab, size, rng)
+        else:
+            rows[name] = np.sort(rng.permutation(n)[:size])
+    X, Xt = X[rows["train"]].astype(np.float64), Xt[rows["test"]].astype(np.float64)
+    index_train, index_test = base_train[rows["train"]].astype(np.int64), base_test[rows["test"]].astype(np.int64)
+    meta = {"dataset": "npz", "file": str(path), "sha256": digest, "n_train": int(X.shape[0]),
+            "n_test": int(Xt.shape[0]), "d0": int(X.shape[1]), "split": split,
+            "subset": {"seed": int(seed), "train_size": train_size, "test_size": test_size,
+                       "train_index_sha256": _digest(index_train), "test_index_sha256": _digest(index_test)},
+            "preprocessing": {"scheme": "none: the file's arrays as given"}}
+    if labels:
+        k = int(classes.size)
+        lab_tr, lab_te = lab_tr[rows["train"]], lab_te[rows["test"]]
+        meta.update(dr=k, classes=[str(c) for c in classes.tolist()], targets="one-hot of the integer labels",
+                    class_counts_train=np.bincount(lab_tr, minlength=k).tolist())
+        return Dataset(name=NPZ_PREFIX + str(path), X_train=X, Y_train=one_hot(lab_tr, k), X_test=Xt,
+                       Y_test=one_hot(lab_te, k), labels_train=lab_tr, labels_test=lab_te,
+                       classes=meta["classes"], meta=meta, index_train=index_train, index_test=index_test)
+    Y, Yt = Y[rows["train"]], Yt[rows["test"]]
+    meta.update(dr=int(Y.shape[1]), targets="float targets as given")
+    return Dataset(name=NPZ_PREFIX + str(path), X_train=X, Y_train=Y, X_test=Xt, Y_test=Yt, meta=meta,
+                   index_train=index_train, index_test=index_test)
+
+
 def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, classes=None,
                  **synthetic_options):
     """Load a data set of MATH §7 as float64 arrays (see the module docstring for files and preprocessing).
@@ -724,6 +890,11 @@ def load_dataset(name, data_dir=None, train_size=None, test_size=None, seed=0, c
     ------
     DataError for bad or missing files, ValueError for bad arguments.
     """
+    if is_npz(str(name).strip()):
+        loss = synthetic_options.pop("loss", "mse")
+        if synthetic_options or classes is not None:
+            raise ValueError(f"unexpected options for npz data: {', '.join(sorted(synthetic_options)) or 'classes'}")
+        return load_npz(dataset_name(name)[len(NPZ_PREFIX):], train_size, test_size, seed, loss=loss)
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:

@@ -54,7 +54,7 @@ from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
 from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
-from .data import DATASETS, GENERATED, check_loss_fits_task
+from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import DiskFull, atomic_write_text, read_csv, refuse_link, refuse_links_inside, write_csv
 from .train import available_memory, batch_indices, eval_rows
@@ -178,7 +178,10 @@ class SweepConfig:
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
         from .tasks import TASKS
-        one_of("dataset", self.dataset, DATASETS)
+        try:
+            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         one_of("task", self.task, TASKS)
         positive_int("latent_dim", self.latent_dim)
         self.layers()
@@ -527,7 +530,10 @@ class CompareConfig:
     max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
 
     def validate(self):
-        one_of("dataset", self.dataset, DATASETS)
+        try:
+            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         self.hidden = parse_widths(self.hidden, "hidden")
         if len(self.hidden) < 2:
             raise TrainError(f"hidden: expected at least two widths to compare, got {list(self.hidden)}")

@@ -53,7 +53,7 @@ from refimpl.dynamics import DivergenceError
 from refimpl.dynamics import LOSSES, pointwise_loss
 from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
-from .data import DATASETS, GENERATED, check_loss_fits_task
+from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
                      read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
@@ -130,7 +130,10 @@ class TrainConfig:
 
         Fills in the synthetic data's defaults ``d0 = 16``, ``dr = 1``; for mnist and cifar ``d0`` and
         ``dr`` stay None (given values are checked against the data by :func:`load_data`)."""
-        one_of("dataset", self.dataset, DATASETS)
+        try:
+            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         width("width", self.width)
         if self.dataset in GENERATED:              # the generated data sets take d0 (and synthetic dr) as options
             self.d0 = 16 if self.d0 is None else self.d0
@@ -239,6 +242,8 @@ def load_data(config):
         _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, config.dr)
     elif config.dataset in GENERATED:
         kwargs = {"d0": config.d0, "latent_dim": config.latent_dim}
+    elif is_npz(config.dataset):                       # the user's file (its path is absolute already)
+        kwargs = {"loss": config.loss}
     else:                                              # stored as an absolute path (resume from anywhere)
         config.data_dir = str(resolve_data_dir(config.data_dir).resolve())
     try:
@@ -658,6 +663,10 @@ def _check_same_data(out, saved_meta, data):
     """Refuse data that differ from the run's (other sizes, subset or source)."""
     ignore = ("data_dir", "source_files")
     old = {k: v for k, v in (saved_meta or {}).items() if k not in ignore}
+    if old.get("sha256") and old["sha256"] != data.meta.get("sha256"):
+        raise TrainError(f"data: {data.meta.get('file')} has changed since the run was made (sha256 "
+                         f"{str(data.meta.get('sha256'))[:12]}..., recorded {old['sha256'][:12]}... in "
+                         f"{out / 'config.json'}); a run resumes only on its own data")
     new = json.loads(json.dumps({k: v for k, v in data.meta.items() if k not in ignore}, default=float))
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if old and diff:
@@ -818,7 +827,7 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
     try:
         data = load_data(config)
     except TrainError as exc:
-        if config.dataset == "synthetic":
+        if config.dataset == "synthetic" or is_npz(config.dataset):
             raise
         raise TrainError(f"data: cannot read the run's data in {config.data_dir} ({str(exc).split('; ')[0]}); "
                          f"give their folder with --data-dir (recorded in {out / 'config.json'})") from None
