@@ -960,5 +960,71 @@ def gpu_check(out, quick, tiny, force):
         raise CommandError(f"gpu-check: {len(failed)} step(s) failed: {', '.join(failed)}", EXIT_CHECK)
 
 
+@cli.group(invoke_without_command=True)
+@click.option("--budget", type=float, default=None,
+              help="Seconds this session may take (runs that do not fit their estimate are not started; "
+                   "one running at the end is cut and starts again next time).  Required to run.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Campaign folder (created; given again, what is done is skipped).  Required to run.")
+@click.option("--backend", type=click.Choice(["auto", "gpu", "cpu", "numpy"]), default="auto", show_default=True,
+              help="auto: the gpu where it can run, else cpu.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="Plan file [default: experiments/campaign_plan.json, the campaign of the paper].")
+@click.option("--data-dir", default=None, help="Folder of the MNIST / CIFAR-10 files (as for train).")
+@click.option("--only", default=None, help="Comma-separated condition names of the plan to run (default: all, in order).")
+@click.option("--widths", default=None, help="Comma-separated widths of the plan to run (default: all).")
+@click.option("--seeds", default=None, help="Comma-separated seeds of the plan to run (default: all).")
+@click.option("--max-runs", type=POS_INT, default=None, help="Start at most this many runs.")
+@click.option("--gflops", type=float, default=None,
+              help="Plan with this throughput (GFLOP/s) instead of the calibration and the timed runs.")
+@click.pass_context
+def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths, seeds, max_runs, gflops):
+    """Run the paper-scale campaign (a fixed, prioritised plan) within --budget SECONDS into --out DIR.
+
+    `bottleneck campaign report DIR` writes the tables and verdicts from whatever has run.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if budget is None or out is None:
+        raise CommandError("campaign: --budget SECONDS and --out DIR are required (or: campaign report DIR)",
+                           EXIT_USAGE)
+    if not budget > 0:
+        raise CommandError(f"budget: expected a positive number of seconds, got {budget}", EXIT_USAGE)
+    if gflops is not None and not gflops > 0:
+        raise CommandError(f"gflops: expected a positive number, got {gflops}", EXIT_USAGE)
+
+    def go():
+        from experiments import campaign as C
+        wl = None if widths is None else list(V.parse_widths(widths))
+        sl = None if seeds is None else list(V.parse_int_list(seeds, "seeds", minimum=0))
+        ol = None if only is None else [x.strip() for x in only.split(",") if x.strip()]
+        session = C.run(out, float(budget), backend=backend, dtype=dtype, plan_path=plan_path,
+                        data_dir=data_dir, gflops=gflops, only=ol, widths=wl, seeds=sl, max_runs=max_runs,
+                        log=lambda m: click.echo(m, err=True))
+        C.report(out, plan_path, log=lambda m: click.echo(m, err=True), figures=False)
+        return session
+
+    session = run_guarded(go)
+    click.echo(f"campaign: ran {len(session['ran'])} run(s) ({len(session['cut'])} cut by the budget), "
+               f"{session['left']} left; report: {Path(out) / 'report.md'}")
+
+
+@campaign.command("report")
+@click.argument("campaign_dir", type=click.Path(file_okay=False))
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), default=None,
+              help="Plan file the campaign used [default: experiments/campaign_plan.json].")
+@click.option("--no-figures", is_flag=True, help="Tables and verdicts only.")
+def campaign_report(campaign_dir, plan_path, no_figures):
+    """Tables and verdicts from whatever has run in CAMPAIGN_DIR (report.md, report.json, per condition
+    tables.md and figures)."""
+    def go():
+        from experiments import campaign as C
+        return C.report(campaign_dir, plan_path, log=lambda m: click.echo(m, err=True), figures=not no_figures)
+
+    run_guarded(go)
+    click.echo((Path(campaign_dir) / "report.md").read_text())
+
+
 if __name__ == "__main__":
     main()

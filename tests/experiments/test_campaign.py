@@ -1,0 +1,156 @@
+"""bottleneck campaign: the plan kept in the repository, the flop model, and a tiny campaign on the gpu
+backend's NumPy stand-in (BOTTLENECK_GPU=standin) and on cpu: a budget cut, a continue, then the report."""
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+from accel import gpu, standin
+from experiments import campaign as C
+from experiments import plots
+
+TINY_PLAN = {
+    "name": "tiny", "widths": ["inf", 3], "seeds": [0, 1],
+    "defaults": {"batch_size": 10, "eval_size": 40, "init_width": 200},
+    "verdict": {"rule": "experiments.plots.acceleration_verdict", "key": "train_loss", "step_fractions": [0.5, 1.0]},
+    "conditions": [
+        {"name": "gp-A", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 8,
+                                     "eval_every": 2, "lr": 1}},
+        {"name": "gp-C", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 8,
+                                     "eval_every": 2, "lr": 2, "out_std": 0.5}},
+    ]}
+
+
+def test_the_repository_plan_is_the_issue_order():
+    plan = C.load_plan()
+    names = [c["name"] for c in plan["conditions"]]
+    assert names[:9] == ["mnist-C0.3", "mnist-A", "mnist-B", "cifar-C0.3", "cifar-A", "mi2-32-C0.3", "mi2-32-A",
+                         "gp-C0.3", "gp-A"]
+    assert len(names) > 9                                       # then the rest of Part 5
+    assert plan["widths"] == ["inf", 50, 100, 200, 500, 1000] and plan["seeds"] == [0, 1, 2, 3, 4]
+    opts = {c["name"]: c["options"] for c in plan["conditions"]}
+    assert opts["mnist-A"]["train_size"] == 60000 and opts["mnist-A"]["steps"] == 4000
+    assert opts["mnist-B"]["center"] is True and opts["cifar-A"]["dataset"] == "cifar"
+    for name, base in (("mnist-C0.3", "mnist-A"), ("mi2-32-C0.3", "mi2-32-A"), ("gp-C0.3", "gp-A")):
+        # small initialisation: the (a) rate x out_std^-4 (the matched rate), times 1/4
+        s = opts[name]["out_std"]
+        assert math.isclose(opts[name]["lr"], opts[base]["lr"] * s ** -4 / 4, rel_tol=1e-6)
+    module, fn = plan["verdict"]["rule"].rsplit(".", 1)
+    assert module == "experiments.plots" and getattr(plots, fn) is plots.acceleration_verdict
+    runs = C.planned_runs(plan)
+    assert len(runs) == sum(len(c.get("widths", plan["widths"])) * 5 for c in plan["conditions"])
+    first = [(r["condition"], r["seed"], r["width"]) for r in runs[:7]]
+    assert first == [("mnist-C0.3", 0, w) for w in plan["widths"]] + [("mnist-C0.3", 1, "inf")]
+
+
+def test_flop_model():
+    base = {"dataset": "mnist", "train_size": 60000, "test_size": 10000, "steps": 4000, "eval_every": 100,
+            "eval_size": 2000, "batch_size": 20}
+    f50 = C.run_flops({**base, "width": 50})
+    # docs/REPRODUCTION.md: 1.3e13 for this run at d = 50
+    assert 0.5 < f50 / 1.3e13 < 2
+    assert C.run_flops({**base, "width": "inf"}) < f50 < C.run_flops({**base, "width": 200})
+    short = C.run_flops({**base, "width": 50, "steps": 2000, "train_size": 1, "test_size": 1, "eval_size": 1})
+    long_ = C.run_flops({**base, "width": 50, "steps": 4000, "train_size": 1, "test_size": 1, "eval_size": 1})
+    assert 3.9 < long_ / short < 4.1                              # the history term grows with steps squared
+    assert C.estimate_s({**base, "width": 50}, 1000.0, 5.0) == pytest.approx(5.0 + f50 / 1e12)
+
+
+def _invoke(args):
+    return CliRunner().invoke(cli.cli, args)
+
+
+@pytest.fixture
+def plan_file(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(TINY_PLAN))
+    return str(path)
+
+
+@pytest.mark.skipif(standin.compiler() is None, reason="needs a host C compiler (gcc)")
+def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monkeypatch):
+    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")            # --backend gpu on the stand-in, subprocesses too
+    gpu.reset()
+    out = tmp_path / "camp"
+    common = ["campaign", "--out", str(out), "--plan", plan_file, "--backend", "gpu"]
+    # 1. nothing fits: at 1e-9 GFLOP/s every estimate exceeds the budget; no run starts
+    res = _invoke([*common, "--budget", "30", "--gflops", "1e-9"])
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["runs"] == {} and len(state["sessions"][0]["skipped"]) == 8
+    assert all("estimate" in s["why"] for s in state["sessions"][0]["skipped"])
+    # 2. a session cut after three runs
+    res = _invoke([*common, "--budget", "600", "--max-runs", "3"])
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "campaign.json").read_text())
+    first = state["sessions"][-1]["ran"]
+    assert first == ["gp-A/width-inf/seed-0", "gp-A/width-3/seed-0", "gp-A/width-inf/seed-1"]
+    for rid in first:
+        rec = state["runs"][rid]
+        assert rec["status"] == "done" and rec["backend"] == "gpu" and rec["wall_s"] > 0 and rec["train_s"] > 0
+        assert (out / rid / "summary.json").exists() and (out / rid / "metrics.csv").exists()
+        assert not (out / rid / "checkpoint.npz").exists()
+    assert json.loads((out / first[0] / "config.json").read_text())["config"]["backend"] == "gpu"
+    mtimes = {rid: (out / rid / "summary.json").stat().st_mtime_ns for rid in first}
+    # 3. the same folder again: what is done is skipped, the rest runs
+    res = _invoke([*common, "--budget", "600"])
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "campaign.json").read_text())
+    again = state["sessions"][-1]["ran"]
+    assert len(again) == 5 and not set(again) & set(first) and state["sessions"][-1]["left"] == 0
+    assert all((out / rid / "summary.json").stat().st_mtime_ns == t for rid, t in mtimes.items())
+    assert not list(out.rglob("checkpoint.npz"))
+    # 4. the report, from what has run
+    res = _invoke(["campaign", "report", str(out), "--plan", plan_file])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    by = {c["condition"]: c for c in rep["conditions"]}
+    runs = plots.load_sweep(out / "gp-A")
+    steps = C._verdict_steps(runs, [0.5, 1.0])
+    assert steps == [4, 8] and by["gp-A"]["steps"] == steps
+    assert by["gp-A"]["verdict"] == plots.acceleration_verdict(runs, steps)[0]
+    assert by["gp-A"]["done"] == by["gp-C"]["done"] == 4 and by["gp-C"]["widths"] == {"3": 2, "inf": 2}
+    md = (out / "report.md").read_text()
+    assert f"| gp-A | 4/4 | 3 (2), inf (2) | {by['gp-A']['verdict']} |" in md
+    for cond in ("gp-A", "gp-C"):
+        assert (out / cond / "tables.md").exists() and (out / cond / "loss.png").exists()
+    size = C.folder_bytes(out)
+    assert size == rep["output_bytes"] and size < 5 * 2**20       # compact: well under 50 MB at paper scale
+    print(f"tiny stand-in campaign: 8 runs, output {size / 1024:.0f} KiB")
+
+
+def test_a_run_that_outlasts_the_budget_is_cut_and_removed(tmp_path):
+    plan = dict(TINY_PLAN, widths=[3], seeds=[0], conditions=[
+        {"name": "long", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 100000,
+                                     "eval_every": 1000, "lr": 1}}])
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "c"
+    # estimated at start-up time only (1e6 GFLOP/s), so it starts; the budget then stops it
+    res = _invoke(["campaign", "--out", str(out), "--plan", str(path), "--backend", "cpu", "--budget", "8",
+                   "--gflops", "1e6"])
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["sessions"][0]["cut"] == ["long/width-3"] and state["runs"] == {}
+    assert not (out / "long" / "width-3").exists()
+    assert "1 cut by the budget" in res.output
+
+
+def test_campaign_bad_input_is_one_line(tmp_path, plan_file):
+    res = _invoke(["campaign", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--budget SECONDS and --out DIR are required" in res.output
+    res = _invoke(["campaign", "--out", str(tmp_path / "x"), "--budget", "-1"])
+    assert res.exit_code == 2 and "budget: expected a positive number" in res.output
+    res = _invoke(["campaign", "--out", str(tmp_path / "x"), "--budget", "5", "--plan", plan_file,
+                   "--only", "nope", "--backend", "cpu"])
+    assert res.exit_code == 2 and "only: unknown conditions ['nope']" in res.output
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(dict(TINY_PLAN, conditions=[{"name": "a", "options": {"lr": 1, "colour": 3}}])))
+    res = _invoke(["campaign", "--out", str(tmp_path / "x"), "--budget", "5", "--plan", str(bad)])
+    assert res.exit_code == 2 and "unknown options ['colour']" in res.output
+    res = _invoke(["campaign", "report", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "holds no campaign" in res.output
+    assert "Traceback" not in res.output
