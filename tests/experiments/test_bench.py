@@ -50,7 +50,7 @@ def test_bench_asked_for_an_unavailable_backend_says_why_and_exits_nonzero(tmp_p
     assert f"| gpu | | skipped: {no_gpu} |" in res.output
     # the default asks only for what can run here
     res = CliRunner().invoke(cli.cli, ["bench", "--sizes", "300", "--widths", "3", "--dtypes", "float64",
-                                       "--reps", "1", "--out", str(out), "--json"])
+                                       "--reps", "1", "--out", str(out), "--force", "--json"])
     assert res.exit_code == 0, res.output
     obj = json.loads([line for line in res.output.splitlines() if line.startswith("{")][-1])
     assert obj["ok"] and obj["skipped"] == [] and [r["backend"] for r in obj["results"]] == ["numpy", "cpu"]
