@@ -89,7 +89,8 @@ KERNEL = r"""
 #define BD_NACC 8
 #endif
 
-/* shared memory: [Bc | An] float64, then [Zs | Ps | Cs | Kc | Ac] T, then the near flag */
+/* shared memory: [Bc | An] float64, then [Zs | Ps | Cs | Kc | Ac] T, then the near flag; rows of
+   Zs and Ps have an odd stride dp (threads of a warp read different rows at the same k) */
 extern "C" BD_GLOBAL void bd_fused_history(
     const T *__restrict__ P, const double *__restrict__ pn, const T *__restrict__ C,
     const T *__restrict__ Zw, const double *__restrict__ zn, const double *__restrict__ Zh,
@@ -110,12 +111,13 @@ extern "C" BD_GLOBAL void bd_fused_history(
     const bd_idx NTT = RR * nq * d;
     const bd_idx nout = NF + NTT + RR * nq;
     const bd_idx npair = qt * tile;
+    const bd_idx dp = d | 1;        /* odd row stride in shared memory: no bank conflicts across rows */
 
     double *Bc = (double *)bd_smem;
     double *An = Bc + ((BD_MODE != 0) ? npair : 0);
     T *Zs = (T *)(An + (BD_EXACT_NEAR ? npair : 0));
-    T *Ps = Zs + qt * d;
-    T *Cs = Ps + tile * d;
+    T *Ps = Zs + qt * dp;
+    T *Cs = Ps + tile * dp;
     T *Kc = Cs + tile * ncs;
     T *Ac = Kc + ((BD_MODE != 2) ? npair : 0);
     int *near_any = (int *)(Ac + ((BD_MODE != 0) ? npair : 0));
@@ -125,14 +127,20 @@ extern "C" BD_GLOBAL void bd_fused_history(
 #pragma unroll
     for (int a = 0; a < BD_NACC; ++a) { accT[a] = (T)0; acc64[a] = 0.0; }
 
-    for (bd_idx e = tid; e < nq * d; e += nthr) Zs[e] = Zw[b0 * d + e];
+    for (bd_idx e = tid; e < nq * d; e += nthr) {
+        const bd_idx b = e / d;
+        Zs[b * dp + (e - b * d)] = Zw[b0 * d + e];
+    }
 
     const bd_idx ntiles = (M + tile - 1) / tile;
     for (bd_idx t = (bd_idx)blockIdx.x; t < ntiles; t += (bd_idx)gridDim.x) {
         const bd_idx j0 = t * tile;
         const bd_idx nrow = (M - j0 < tile) ? M - j0 : tile;
         /* (1) load the tile */
-        for (bd_idx e = tid; e < nrow * d; e += nthr) Ps[e] = P[j0 * d + e];
+        for (bd_idx e = tid; e < nrow * d; e += nthr) {
+            const bd_idx j = e / d;
+            Ps[j * dp + (e - j * d)] = P[j0 * d + e];
+        }
         if (BD_MODE == 2) {
             for (bd_idx e = tid; e < nrow * dr; e += nthr) Cs[e] = C[j0 * dr + e];
         } else {
@@ -147,14 +155,14 @@ extern "C" BD_GLOBAL void bd_fused_history(
         for (bd_idx p = tid; p < nq * nrow; p += nthr) {
             const bd_idx b = p / nrow, j = p - b * nrow;
             T g = (T)0;
-            for (bd_idx k = 0; k < d; ++k) g += Zs[b * d + k] * Ps[j * d + k];
+            for (bd_idx k = 0; k < d; ++k) g += Zs[b * dp + k] * Ps[j * dp + k];
             const double dot = (double)g, znb = zn[b0 + b], pnj = pn[j0 + j];
             double minus2 = -1.0, plus2 = -1.0;
             if (bd_near(znb, pnj, dot)) {
                 minus2 = 0.0; plus2 = 0.0;
                 const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
                 for (bd_idx k = 0; k < d; ++k) {
-                    const double y = (double)Ps[j * d + k] * rpn, u = Zh[(b0 + b) * d + k];
+                    const double y = (double)Ps[j * dp + k] * rpn, u = Zh[(b0 + b) * d + k];
                     minus2 += (u - y) * (u - y);
                     plus2 += (u + y) * (u + y);
                 }
@@ -196,14 +204,14 @@ extern "C" BD_GLOBAL void bd_fused_history(
                 T s = (T)0;
                 for (bd_idx j = 0; j < nrow; ++j) {
                     const T w = (BD_MODE == 1) ? Cs[j * nr + r] : (T)1;
-                    s += Ac[b * tile + j] * w * Ps[j * d + k];
+                    s += Ac[b * tile + j] * w * Ps[j * dp + k];
                 }
                 accT[a] += s;
                 if (BD_EXACT_NEAR && any_near) {
                     double s64 = 0.0;
                     for (bd_idx j = 0; j < nrow; ++j) {
                         const double w = (BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0;
-                        s64 += An[b * tile + j] * w * (double)Ps[j * d + k];
+                        s64 += An[b * tile + j] * w * (double)Ps[j * dp + k];
                     }
                     acc64[a] += s64;
                 }
@@ -332,7 +340,8 @@ def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile):
     npair = qt * tile
     ncs = dr if mode == 2 else nr
     n64 = (npair if mode != 0 else 0) + (npair if exact else 0)
-    nT = qt * d + tile * d + tile * ncs + (npair if mode != 2 else 0) + (npair if mode != 0 else 0)
+    dp = d | 1
+    nT = qt * dp + tile * dp + tile * ncs + (npair if mode != 2 else 0) + (npair if mode != 0 else 0)
     return 8 * n64 + itemsize * nT + 8
 
 
@@ -366,7 +375,46 @@ def plan(q, M, d, dr, mode, dtype, arch):
     while threads < MAX_THREADS and threads * NACC < stride:
         threads *= 2
     nqt = -(-q // qt)
-    biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 4096, qt * tile)
+    biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 1024, qt * tile)
     return dict(qt=qt, chunks=chunks, tile=int(tile), threads=threads,
                 shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile), stride=stride,
                 index_bits=32 if biggest < 2**31 else 64)
+
+
+def grid(pl, q, M, multiprocessors):
+    """(gx, gy) of ``bd_fused_history`` for plan ``pl``: gy query tiles; gx blocks per query tile,
+    about 4 per multiprocessor in all (at least 1 per query tile), each taking every gx-th history tile."""
+    gy = -(-q // pl["qt"])
+    ntiles = -(-M // pl["tile"])
+    return max(1, min(ntiles, 1024, -(-4 * multiprocessors // gy))), gy
+
+
+def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132):
+    """Global-memory traffic and launches of one fused pass, from :func:`plan` and :func:`grid`.
+
+    Returns a dict: ``bytes`` (total), ``parts`` ({what: bytes}: history rows P, norms pn and C as
+    streamed per query tile and column chunk, the queries, the partial buffer written and read,
+    the reduced output; what the blocks request, an upper bound on DRAM traffic: blocks of
+    different query tiles walk the history in the same order, so concurrently resident blocks
+    share tiles through L2), ``kernels`` (launches, including the float32 cast of the queries and the
+    concatenation of column chunks), ``h2d`` and ``d2h`` (host copies: one each way),
+    ``plan`` and ``grid``.  Not counted: the rows of nearly parallel pairs' explicit differences
+    (read from the shared tile) and the unit query rows Zh read for them (a few KB, cached).
+    """
+    pl = plan(q, M, d, dr, mode, dtype, arch)
+    if pl is None:
+        return None
+    it = np.dtype(dtype).itemsize
+    gx, gy = grid(pl, q, M, multiprocessors)
+    chunks = pl["chunks"]
+    parts = {
+        "P": len(chunks) * gy * M * d * it,
+        "pn": len(chunks) * gy * M * 8,
+        "C": gy * M * dr * it,
+        "queries": (q * d * it + q * 8) * gx * len(chunks) + (q * dr * 8 * gx if mode == 2 else 0),
+        "partials": 2 * len(chunks) * gx * gy * pl["stride"] * 8,
+        "output": len(chunks) * gy * pl["stride"] * 8,
+    }
+    kernels = 2 * len(chunks) + (np.dtype(dtype) != np.float64) + (len(chunks) > 1)
+    return dict(bytes=sum(parts.values()), parts=parts, kernels=int(kernels), h2d=1, d2h=1, plan=pl,
+                grid=(gx, gy))

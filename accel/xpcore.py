@@ -154,9 +154,7 @@ class XPEngine:
         chi_d = packed[2 * q * d + q:]
         mod = self.module(arch, wdt, mode, pl["index_bits"])
         hist, reduce_ = mod.get_function(fused_source.HISTORY_KERNEL), mod.get_function(fused_source.REDUCE_KERNEL)
-        gy = -(-q // qt)
-        ntiles = -(-M // tile)
-        gx = max(1, min(ntiles, 1024, (4 * self.multiprocessors()) // gy or 1))
+        gx, gy = fused_source.grid(pl, q, M, self.multiprocessors())
         i64, f64 = np.int64, np.float64
         outs = []
         for r0, nr in pl["chunks"]:
@@ -170,8 +168,8 @@ class XPEngine:
                     (part, i64(gx), i64(stride), i64(gy), out))
             outs.append(out)
         host = self.to_host(outs[0] if len(outs) == 1 else xp.concatenate(outs))   # one copy back
-        self.last_launches = {"kernels": 2 * len(outs) + (wdt != np.float64) + (len(outs) > 1),
-                              "h2d": 1, "d2h": 1}
+        self.last_launches = {"kernels": 2 * len(outs) + int(wdt != np.float64) + int(len(outs) > 1),
+                              "h2d": 1, "d2h": 1, "partials": int(part.size), "grid": (gx, gy)}
         R = dr if mode == 1 else _R[mode]
         f = np.zeros((q, dr))
         T = np.zeros((max(R, 1), q, d))

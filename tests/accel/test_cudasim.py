@@ -217,7 +217,7 @@ MUTANTS = [
      "if (tid == 0) *near_any = 0;\n        BD_SYNC();", "if (tid == 0) *near_any = 0;\n"),
     ("barrier at the end of the tile removed", "        BD_SYNC();\n    }\n    double *mine", "    }\n    double *mine"),
     ("reduction drops the last partial", "x < nparts; ++x", "x + 1 < nparts; ++x"),
-    ("shared layout: C tile overlaps P tile", "T *Cs = Ps + tile * d;", "T *Cs = Ps + tile * d - 1;"),
+    ("shared layout: C tile overlaps P tile", "T *Cs = Ps + tile * dp;", "T *Cs = Ps + (tile - 1) * dp;"),
     ("accumulator ownership differs from the write-out",
      "const bd_idx o = tid + (bd_idx)a * nthr;\n            if (o < NF)",
      "const bd_idx o = tid * BD_NACC + a;\n            if (o < NF)"),
@@ -303,3 +303,23 @@ def test_fused_pass_with_fma_contraction_meets_the_golden_tolerances(monkeypatch
         assert len(rows) == len(golden.TRAJECTORIES) and not bad, bad
     finally:
         gpu.reset()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pass_counts_describe_what_the_engine_launches(dtype):
+    """accel.fused_source.pass_counts (the numbers of docs/BENCHMARKS.md) against the launches the
+    engine records, including a pass with column chunks; and P streamed once at B = 20, d = 100."""
+    eng = xpcore.XPEngine(DEV)
+    for M, d, dr, q, mode in ((500, 6, 1, 20, 1), (200, 4, 60, 7, 1), (300, 5, 2, 40, 0)):
+        h, rng = _history(M, d, dr, dtype)
+        eng.history_pass(rng.standard_normal((q, d)), h.P_dev, h.norms_dev, h.C_dev, mode, None,
+                         "relu", float(d), 0.0)
+        c = fused_source.pass_counts(q, M, d, dr, mode, dtype, "relu", multiprocessors=1)
+        got = eng.last_launches
+        assert (got["kernels"], got["h2d"], got["d2h"], got["grid"]) == (c["kernels"], 1, 1, c["grid"])
+        assert got["partials"] == c["grid"][0] * c["grid"][1] * c["plan"]["stride"]
+        assert c["parts"]["partials"] == 2 * 8 * got["partials"] * len(c["plan"]["chunks"])
+    big = fused_source.pass_counts(20, 10**6, 100, 1, 1, dtype, "relu")
+    it = np.dtype(dtype).itemsize
+    assert big["parts"]["P"] == 10**6 * 100 * it and big["kernels"] == (2 if it == 8 else 3)
+    assert big["bytes"] < 1.1 * (10**6 * (100 * it + 8 + it))
