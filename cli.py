@@ -279,6 +279,13 @@ control_options = _option_set(
     _opt("--lr-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.5,
          help="per-width: the fraction of each width's largest stable rate."),
     _opt("--lr-probe-steps", type=POS_INT, default=100, help="Steps of each probe run of --lr-policy per-width."),
+    _opt("--lr-scale", type=click.Choice(["none", "matched"]), default="none",
+         help="matched: divide every rate (and the probe's grid) by the factor c_g c_f by which --w-std and "
+              "--out-std scale the kernel, so a small initialisation trains at the standard one's effective "
+              "rate (MATH §7.7; relu / linear without biases)."),
+    _opt("--data-seed", type=SEED, default=0,
+         help="Seed of the data draw (synthetic, multi-index, manifold) or subset (mnist, cifar); "
+              "the same for every run of a sweep."),
 )
 
 #: The architecture and the loss (MATH §2.2, §4.3): train, sweep, finite-sweep, verify theorem3.2.

@@ -23,6 +23,15 @@ Per-width learning rates (``--lr-policy per-width --lr-fraction c``)
     probe of a sweep is written to ``lr_probe.json`` in the sweep directory
     (every trial with its losses) and each run's rate to ``sweep.json``; a
     resumed sweep reads it back and never probes again.
+
+Matched effective rates (``--lr-scale matched``)
+    A run trains at ``lr / c`` with ``c = c_g c_f`` the factor by which the weight
+    stds scale the function-space kernel at initialisation (MATH §7.7;
+    :func:`rate_scale`), so that the linearised dynamics, exact for ``inf``, are
+    those of the unit-scale network at ``lr``.  Every rate is divided by ``c``
+    (``lr``, ``lr_f``, ``lr_g``, and the per-width probe's grid, which is then in
+    units of the matched rate).  Defined where the scales factor out: ReLU or
+    linear activations, no biases; refused otherwise.
 """
 
 from __future__ import annotations
@@ -33,6 +42,57 @@ from .metrics import simulator_outputs
 from .tasks import TASKS
 
 LR_POLICIES = ("fixed", "per-width")
+#: --lr-scale: "none" (the rates as given) or "matched" (divided by :func:`rate_scale`, MATH §7.7).
+LR_SCALES = ("none", "matched")
+#: The training rows the training loss is evaluated on: "fixed" (one subset per data set, the same for every
+#: seed and width) or "seed" (drawn from the run's seed: runs made before the option existed).
+EVAL_SUBSETS = ("fixed", "seed")
+
+
+def half_scale(layers):
+    """``prod_l w_l^2`` over the weight layers of one half (hidden ``w_std``'s and the last ``out_std``).
+
+    Parameters
+    ----------
+    layers : refimpl.kernels.Layers (activation ReLU or linear, ``b_std = 0``; checked by :func:`rate_scale`)
+    """
+    return float(np.prod([w * w for w, _ in layers.layer_stds()]))
+
+
+def rate_scale(layers_g, layers_f):
+    """``c = c_g c_f``: the factor by which the scales multiply the function-space kernel (MATH §7.7).
+
+    Both activations and no biases make each half positively homogeneous of degree 1 in its input and
+    in each layer's weight std: ``g = a g_unit``, ``f = b f_unit``, ``F = a b F_unit`` with
+    ``a^2 = c_g``, ``b^2 = c_f`` (:func:`half_scale`), and the kernel of F at initialisation
+    (``K(g, g~) + Theta J J~^T``, or ``NTK_inf``) is ``c_g c_f`` times the unit network's.
+
+    Returns
+    -------
+    float ``c > 0``
+
+    Raises
+    ------
+    ValueError (one line, naming lr_scale) where the scales do not factor out: an activation other
+    than ReLU / linear, or a bias (``b_std > 0``) in either half.
+    """
+    for name, layers in (("g", layers_g), ("f", layers_f)):
+        if layers.activation not in ("relu", "linear"):
+            raise ValueError(f"lr_scale: matched needs a positively homogeneous activation (relu or linear), "
+                             f"got {layers.activation!r}")
+        if layers.b_std != 0.0:
+            raise ValueError(f"lr_scale: matched needs b_std = 0 (biases do not scale with the weights), "
+                             f"got b_std {layers.b_std:g} in {name}")
+    return half_scale(layers_g) * half_scale(layers_f)
+
+
+def rate_factor(config):
+    """The factor every rate of a run is multiplied by: ``1 / rate_scale`` for ``lr_scale = "matched"``,
+    1 otherwise (``config``: a TrainConfig; ValueError where matched does not apply)."""
+    if getattr(config, "lr_scale", "none") != "matched":
+        return 1.0
+    layers_g, layers_f = config.layers()
+    return 1.0 / rate_scale(layers_g, layers_f)
 
 
 def validate_controls(config):
@@ -51,6 +111,10 @@ def validate_controls(config):
                          "is exact for mse and not for cross-entropy); use --loss mse")
     if config.lr_policy == "per-width" and (config.lr_f is not None or config.lr_g is not None):
         raise ValueError("lr_policy: per-width sets one rate per width; it cannot be combined with lr_f / lr_g")
+    if getattr(config, "lr_scale", "none") not in LR_SCALES:
+        raise ValueError(f"lr_scale: expected none or matched, got {config.lr_scale!r}")
+    if getattr(config, "eval_subset", "fixed") not in EVAL_SUBSETS:
+        raise ValueError(f"eval_subset: expected fixed or seed, got {config.eval_subset!r}")
     if config.dataset in ("multi-index", "manifold") and config.latent_dim > config.d0:
         raise ValueError(f"latent_dim: expected at most d0 = {config.d0}, got {config.latent_dim}")
 

@@ -16,7 +16,7 @@ import numpy as np
 from refimpl.dynamics import DivergenceError
 from .controls import Centring
 from .fileio import atomic_write_text, fault_point
-from .train import (TrainConfig, TrainError, batch_indices, build_simulator, eval_rows, evaluate,
+from .train import (LEGACY_DEFAULTS, TrainConfig, TrainError, batch_indices, build_simulator, evaluate, run_eval_rows,
                     load_data, resolve_backend)
 
 PROBE_FILE = "lr_probe.json"
@@ -31,7 +31,7 @@ def _trial(config, data, backend, rate):
     fault_point("probe:trial")
     sim, _ = build_simulator(cfg, data, backend)
     centring = Centring(sim, data) if cfg.center else None
-    rows = eval_rows(cfg.seed, data.X_train.shape[0], cfg.eval_size)
+    rows = run_eval_rows(cfg, data.X_train.shape[0])
     first = evaluate(sim, data, rows, centring)["train_loss"]
     try:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -120,11 +120,11 @@ def per_width_rates(out, config, widths, log=None, starmap=None):
     record = None
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("options") == key:
-            record = saved
+        if isinstance(saved.get("options"), dict) and {**LEGACY_DEFAULTS, **saved["options"]} == key:
+            record = saved      # a probe saved before an option existed had its legacy value
     if record is None:
         record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
-                  "seed": config.seed, "options": key, "widths": {}}
+                  "seed": config.seed, "options": key, "rate_unit": _rate_unit(config), "widths": {}}
     missing = [w for w in widths if str(w) not in record["widths"]]
     if missing and starmap is not None and len(missing) > 1:      # e.g. one worker process per width
         results = starmap(_probe_task, [(dataclasses.asdict(config), w) for w in missing])
@@ -141,6 +141,15 @@ def per_width_rates(out, config, widths, log=None, starmap=None):
     return {str(w): record["widths"][str(w)]["lr"] for w in widths}
 
 
+def _rate_unit(config):
+    """What the probe's rates are in: the simulator's rate, or multiples of the matched rate (MATH §7.7)."""
+    if config.lr_scale == "matched":
+        from .controls import rate_factor
+        return (f"multiples of the matched rate: the simulator's rate is the rate here times "
+                f"{rate_factor(config):.6g} (lr_scale matched, MATH §7.7)")
+    return "the simulator's rate"
+
+
 def _probe_task(config_dict, width):
     return probe_width(TrainConfig.from_json(config_dict), width)
 
@@ -154,7 +163,8 @@ def probe_into(config, folder, data=None, backend=None, log=None):
     """
     result = probe_width(config, config.width, data, backend, log=log)
     record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
-              "seed": config.seed, "options": _probe_key(config), "widths": {str(config.width): result}}
+              "seed": config.seed, "options": _probe_key(config), "rate_unit": _rate_unit(config),
+              "widths": {str(config.width): result}}
     atomic_write_text(Path(folder) / PROBE_FILE, json.dumps(record, indent=2) + "\n")
     config.lr = result["lr"]
     return result

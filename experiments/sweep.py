@@ -53,7 +53,8 @@ from pathlib import Path
 from refimpl import __version__
 from . import devices, fileio
 from .fileio import SWEEP_FILE, DirLock, read_json
-from .train import RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data, resolve_backend, settle_backend, train
+from .train import (LEGACY_DEFAULTS, RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data,
+                    resolve_backend, settle_backend, train)
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
 #: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
@@ -140,7 +141,8 @@ def _other_options(out, config):
     if not isinstance(saved, dict):
         raise TrainError(f"{out / 'config.json'}: no 'config' object (damaged)")
     expected = dataclasses.asdict(config)
-    return sorted(k for k in expected if k not in RESUME_FIELDS and saved.get(k) != expected[k])
+    return sorted(k for k in expected if k not in RESUME_FIELDS
+                  and saved.get(k, LEGACY_DEFAULTS.get(k)) != expected[k])
 
 
 def run_one(task):

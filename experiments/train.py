@@ -12,7 +12,8 @@ A *run directory* holds
     empty for ``width = inf``).  ``train_loss`` is the mean
     of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
     points (the first ``eval_size`` rows of a permutation drawn from
-    ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
+    ``data_seed``, the same for every seed and width; runs made before
+    ``eval_subset`` existed drew it from ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
     test set.  ``wall_s`` is the training time in seconds since the start of
     the run, summed over resumed sessions.
 ``checkpoint.npz``
@@ -123,6 +124,8 @@ class TrainConfig:
     lr_policy: str = "fixed"         # "per-width": lr = lr_fraction x largest stable rate (set by the probe)
     lr_fraction: float = 0.5
     lr_probe_steps: int = 100
+    lr_scale: str = "none"           # "matched": every rate divided by the kernel scale (MATH §7.7)
+    eval_subset: str = "fixed"       # training rows of the training loss: "fixed" per data set, or "seed"
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option (library callers; the
@@ -156,6 +159,11 @@ class TrainConfig:
             positive_rate(name, getattr(self, name))
         one_of("activation", self.activation, ACTIVATIONS)
         self.layers()
+        from .controls import rate_factor
+        try:
+            rate_factor(self)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
         one_of("loss", self.loss, LOSSES)
         check_loss_fits_task(self.loss, self.dataset, self.task)
         one_of("backend", self.backend, BACKENDS)
@@ -174,8 +182,22 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data):
+        """The config saved in ``data`` (config.json / sweep.json); an option saved before it existed
+        takes its value of :data:`LEGACY_DEFAULTS` (what such runs did), not the new default."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{**LEGACY_DEFAULTS, **{k: v for k, v in data.items() if k in names}})
+
+    def rates(self):
+        """(lr, lr_f, lr_g) the simulator gets: the options times the ``lr_scale`` factor (MATH §7.7)."""
+        from .controls import rate_factor
+        c = rate_factor(self)
+        return (self.lr * c, None if self.lr_f is None else self.lr_f * c,
+                None if self.lr_g is None else self.lr_g * c)
+
+
+#: Options added after runs were made, with the value that those runs had (a saved config without the key
+#: means this): the training rows drawn from the run's seed, rates as given.
+LEGACY_DEFAULTS = {"eval_subset": "seed", "lr_scale": "none"}
 
 
 # ----------------------------------------------------------------------------
@@ -277,7 +299,8 @@ def batch_indices(seed, step, n, batch_size):
 def build_simulator(config, data, backend):
     """Construct the simulator of a run from its config and data (the initial functions come from ``seed``)."""
     from refimpl.network import RandomNetwork
-    common = dict(lr=config.lr, lr_f=config.lr_f, lr_g=config.lr_g, X_eval=data.X_test)
+    lr, lr_f, lr_g = config.rates()
+    common = dict(lr=lr, lr_f=lr_f, lr_g=lr_g, X_eval=data.X_test)
     layers_g, layers_f = config.layers()
     if config.loss != "mse":
         common["loss"] = config.loss
@@ -298,12 +321,25 @@ def build_simulator(config, data, backend):
 # evaluation
 # ----------------------------------------------------------------------------
 
-def eval_rows(seed, n, eval_size):
+def run_eval_rows(config, n):
+    """The training rows on which a run's training metrics are evaluated (:func:`eval_rows`).
+
+    ``eval_subset = "fixed"``: one subset per data set (drawn from ``data_seed``), the same for every
+    seed and width, so that the seeds' losses differ only by the runs, not by the rows; ``"seed"`` (runs
+    made before the option existed): drawn from the run's seed.
+    """
+    if getattr(config, "eval_subset", "fixed") == "seed":
+        return eval_rows(config.seed, n, config.eval_size)
+    return eval_rows(config.data_seed, n, config.eval_size, stream=3)
+
+
+def eval_rows(seed, n, eval_size, stream=2):
     """The fixed training subset (sorted row indices, at most ``eval_size`` of ``n``) on which the training
-    metrics are evaluated: the first rows of the permutation ``default_rng((seed, 2))``."""
+    metrics are evaluated: the first rows of the permutation ``default_rng((seed, stream))`` (stream 2:
+    from a run's seed; stream 3: from the data seed, :func:`run_eval_rows`)."""
     if n <= eval_size:
         return np.arange(n)
-    return np.sort(np.random.default_rng((seed, 2)).permutation(n)[:eval_size])
+    return np.sort(np.random.default_rng((seed, stream)).permutation(n)[:eval_size])
 
 
 def evaluate(sim, data, rows, centring=None):
@@ -639,7 +675,7 @@ def _resume_config(out, overrides):
         missing = [k for k in ("width", "steps") if k not in cfg_dict]
         raise TrainError(f"{out / 'config.json'}: the option {missing[0]!r} is missing (damaged or edited)")
     try:
-        config = TrainConfig(**{k: v for k, v in cfg_dict.items() if k in names})
+        config = TrainConfig(**{**LEGACY_DEFAULTS, **{k: v for k, v in cfg_dict.items() if k in names}})
         config.validate()
     except (TrainError, TypeError) as exc:
         raise TrainError(f"{out / 'config.json'}: {exc}") from None
@@ -755,6 +791,9 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
             probe(config, ws.dir, data, backend, log=probe_log)
         meta = {"config": dataclasses.asdict(config), "data": data.meta, "refimpl_version": __version__,
                 "loss": LOSS_TEXT[config.loss]}
+        if config.lr_scale != "none":                # the rates the simulator gets (MATH §7.7)
+            lr, lr_f, lr_g = config.rates()
+            meta["effective_rates"] = {"lr": lr, "lr_f": lr_f, "lr_g": lr_g, "factor": lr / config.lr}
         atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
         ws.publish_early()
         fault_point("train:config-written")
@@ -868,7 +907,7 @@ class _Run:
         self.config, self.data, self.sim, self.out, self.log = config, data, sim, Path(out), log
         from .controls import Centring                 # F0 of the fresh simulator, before any step or resume
         self.centring = Centring(sim, data) if config.center else None
-        self.rows = eval_rows(config.seed, data.X_train.shape[0], config.eval_size)
+        self.rows = run_eval_rows(config, data.X_train.shape[0])
         self.probe = FeatureProbe(sim, data.X_train, data.Y_train, self.rows)   # G_0 before any step
         self.metrics = metrics
         self.ckpt_every = config.checkpoint_every or config.eval_every
