@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Part 6 of docs/REPRODUCTION.md: the controlled study corrected (issue 20), from the repository root.
+# Part 6 of docs/REPRODUCTION.md: the controlled study corrected, from the repository root.
 # Written, and committed, before its first run.  What changed against Part 5 (docs/controls_runs_1000.sh):
 # - (c) runs at the matched effective rate (--lr-scale matched, MATH §7.7): lr 2 / (out-std^4) at out-std 0.3
 #   on both halves, the rate of (a), instead of lr 1 (about 1/250 of it);

@@ -621,7 +621,161 @@ def acceleration_verdict(runs, steps, key="train_loss"):
     return "mixed", below
 
 
-def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0)):
+#: The "inconclusive" criterion (fixed before the runs of REPRODUCTION Part 6): a sweep in
+#: which, at the horizon, every width's mean training loss (inf's included) is above this fraction of L_null
+#: learned nothing that could order the widths; it gets no verdict and is left out of every count.
+INCONCLUSIVE_LEVEL = 0.9
+
+
+def inconclusive_sweep(runs, loss_null, key="train_loss", level=INCONCLUSIVE_LEVEL):
+    """True when no width learned: at the last step that every width reached, every width's mean loss over
+    its seeds is above ``level * loss_null`` (module constant :data:`INCONCLUSIVE_LEVEL`).
+
+    Parameters
+    ----------
+    runs : {width: [metrics dict per seed]} (:func:`load_sweep`);  loss_null : float, the zero predictor's loss
+    """
+    if loss_null is None or not runs:
+        return False
+    horizon = min(max(r["step"].max() for r in rs) for rs in runs.values())
+    for rs in runs.values():
+        v = np.array([r[key][r["step"] == horizon][0] for r in rs if np.any(r["step"] == horizon)])
+        if v.size and v.mean() <= level * loss_null:
+            return False
+    return True
+
+
+def seed_ranges(runs, key="train_loss"):
+    """{width: {step: (mean, lo, hi)}} over the seeds at every evaluated step after step 0.
+
+    A seed without a value at a step that other seeds of the width reached (a diverged or stopped run) makes
+    ``hi`` infinite there: that width is not below anything at that step.
+    """
+    out = {}
+    for width, rs in runs.items():
+        steps = np.unique(np.concatenate([r["step"] for r in rs]))
+        cells = {}
+        for st in steps[steps > 0]:
+            v = np.array([r[key][r["step"] == st][0] for r in rs if np.any(r["step"] == st)])
+            hi = float(v.max()) if v.size == len(rs) and np.all(np.isfinite(v)) else np.inf
+            cells[int(st)] = (float(np.mean(v)), float(v.min()), hi)
+        out[width] = cells
+    return out
+
+
+def _ordering(ranges, step):
+    widths = [w for w in ranges if step in ranges[w]]
+    return " < ".join(str(w) for w in sorted(widths, key=lambda w: ranges[w][step][0]))
+
+
+def first_step_all_below(ranges, reference="inf"):
+    """The descriptive statistic of the acceleration study (fixed before the runs of REPRODUCTION Part 6), beside the rule of
+    :func:`acceleration_verdict`: the first evaluated step from which, at every later evaluated step too, every
+    seed of every finite width is below every seed of ``inf`` (the largest loss over the finite widths' seeds
+    under the smallest of ``inf``'s), or None ("never").
+
+    Parameters
+    ----------
+    ranges : {width: {step: (mean, lo, hi)}} (:func:`seed_ranges`, or a committed table's min-max over seeds)
+
+    Returns
+    -------
+    dict with ``step`` (int or None), ``steps`` (the steps compared: those every width has), ``ordering_at_step``
+    and ``ordering_at_horizon`` (the widths by mean loss, "a < b < ..."), or None without ``inf`` or a finite
+    width.
+    """
+    if reference not in ranges or len(ranges) < 2:
+        return None
+    steps = sorted(set.intersection(*(set(c) for c in ranges.values())))
+    if not steps:
+        return None
+    finite = [w for w in ranges if w != reference]
+    ok = [max(ranges[w][st][2] for w in finite) < ranges[reference][st][1] for st in steps]
+    first = None
+    for i in range(len(steps) - 1, -1, -1):
+        if not ok[i]:
+            break
+        first = steps[i]
+    return {"step": first, "steps": steps,
+            "ordering_at_step": _ordering(ranges, first) if first is not None else None,
+            "ordering_at_horizon": _ordering(ranges, steps[-1])}
+
+
+def describe_first_step(stat):
+    """One line for :func:`first_step_all_below`'s result."""
+    if stat is None:
+        return "n/a"
+    if stat["step"] is None:
+        return f"never (at step {stat['steps'][-1]}: {stat['ordering_at_horizon']})"
+    return (f"from step {stat['step']} of {stat['steps'][-1]} (order there: {stat['ordering_at_step']}; "
+            f"at step {stat['steps'][-1]}: {stat['ordering_at_horizon']})")
+
+
+def paired_ratios(runs, steps, key="train_loss", reference="inf"):
+    """Per-seed ratios of each finite width's loss to ``inf``'s on the same seed (same batches and evaluation
+    rows), at the given steps.
+
+    Returns {width: [(median, min, max, below, n) per step]}: the median, min and max over the seeds that
+    both have a value there, ``below`` of them with ratio < 1; None where no seed pairs.  {} without ``inf``.
+    """
+    if reference not in runs:
+        return {}
+
+    def by_seed(rs, step):
+        return {r.get("seed", i): float(r[key][r["step"] == step][0])       # runs without "seed": by position
+                for i, r in enumerate(rs) if np.any(r["step"] == step)}
+
+    out = {}
+    for width, rs in runs.items():
+        if width == reference:
+            continue
+        cells = []
+        for step in steps:
+            mine, ref = by_seed(rs, step), by_seed(runs[reference], step)
+            q = np.array([mine[sd] / ref[sd] for sd in mine if sd in ref])
+            cells.append(None if not q.size else
+                         (float(np.median(q)), float(q.min()), float(q.max()), int(np.sum(q < 1)), int(q.size)))
+        out[width] = cells
+    return out
+
+
+def parse_table_ranges(text):
+    """{width: {step: (mean, lo, hi)}} from a sweep's tables.md (:func:`summary_tables`): the "Training loss at
+    selected steps" table and the "relative to inf" table (its width min-max; inf's "1 (lo-hi)" row gives
+    no mean, so inf's mean there is the middle of its range, used for ordering only).  For sweeps whose
+    per-step curves are not kept."""
+    import re
+    out = {}
+    cell = re.compile(r"^\s*([0-9.eE+-]+) \(([0-9.eE+-]+)-([0-9.eE+-]+)(?:, (below|above|overlap))?\)\s*$")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        rel = line.startswith("Training loss relative to inf")
+        if not (line.startswith("Training loss at selected steps") or rel):
+            continue
+        header = next(l for l in lines[i + 1:] if l.startswith("| width"))
+        steps = [int(h.split()[1]) for h in header.strip("| \n").split("|")[1:]]
+        j = lines.index(header, i) + 2
+        while j < len(lines) and lines[j].startswith("|"):
+            parts = [p.strip() for p in lines[j].strip().strip("|").split("|")]
+            width = parts[0] if parts[0] == "inf" else int(parts[0])
+            for st, c in zip(steps, parts[1:]):
+                m = cell.match(c)
+                if not m:
+                    continue
+                lo, hi = float(m.group(2)), float(m.group(3))
+                if rel and width == "inf":
+                    mean = 0.5 * (lo + hi)
+                elif rel:
+                    mean = None                   # a ratio, not a loss: keep a mean from the other table
+                else:
+                    mean = float(m.group(1))
+                have = out.setdefault(width, {}).get(st)
+                out[width][st] = (mean if mean is not None else (have[0] if have else 0.5 * (lo + hi)), lo, hi)
+            j += 1
+    return out
+
+
+def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
     if "inf" not in runs:
         return []
     all_steps = np.unique(np.concatenate([r["step"] for rs in runs.values() for r in rs]))
@@ -645,6 +799,21 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0)):
         lines += ["", f"Verdict on \"narrower trains faster, inf slowest\" (training loss at these steps; "
                   f"confirmed / not confirmed / mixed, rule of `experiments.plots.acceleration_verdict`): "
                   f"**{verdict}**. Widths below inf: {where}."]
+    if inconclusive_sweep(runs, loss_null):
+        lines += ["", f"**Inconclusive** (`experiments.plots.inconclusive_sweep`): at the horizon every width's mean "
+                  f"training loss is above {INCONCLUSIVE_LEVEL:g} L_null; nothing was learned that could order the "
+                  "widths, and the sweep is left out of every count."]
+    lines += ["", "First evaluated step from which every seed of every finite width stays below every seed of inf "
+              "(`experiments.plots.first_step_all_below`): "
+              + describe_first_step(first_step_all_below(seed_ranges(runs))) + "."]
+    paired = paired_ratios(runs, chosen)
+    if paired:
+        lines += ["", "Paired ratios: each seed's loss over inf's loss on the same seed (same batches and "
+                  "evaluation rows); median (min-max) over the seeds, and how many of them are below 1:", "",
+                  "| width | " + " | ".join(f"step {c}" for c in chosen) + " |", "|---|" + "---|" * len(chosen)]
+        for width, cells in paired.items():
+            lines.append(f"| {width} | " + " | ".join("" if c is None else f"{c[0]:.3g} ({c[1]:.3g}-{c[2]:.3g}; "
+                                                      f"{c[3]}/{c[4]} below)" for c in cells) + " |")
     return lines + [""]
 
 
@@ -671,7 +840,7 @@ def summary_tables(sweep_dir, matched=None):
             lines.append(f"| {width} | " + " | ".join(_fmt_steps(c) for c in cols) + " |")
         lines.append("")
     lines += _loss_at_steps(runs)
-    lines += _relative_lines(runs)
+    lines += _relative_lines(runs, loss_null=loss_null)
     keys = [k for k in ("train_loss", "test_loss", "train_acc", "test_acc", "feature_movement",
                         "kernel_alignment") if any(np.any(np.isfinite(r[k])) for rs in runs.values() for r in rs)]
     lines += ["Final values, mean +- standard deviation over seeds:", "",
