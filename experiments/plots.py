@@ -680,17 +680,17 @@ def first_step_all_below(ranges, reference="inf"):
 
     Returns
     -------
-    dict with ``step`` (int or None), ``steps`` (the steps compared: those every width has), ``ordering_at_step``
+    dict with ``step`` (int or None), ``steps`` (the steps compared: ``inf``'s), ``ordering_at_step``
     and ``ordering_at_horizon`` (the widths by mean loss, "a < b < ..."), or None without ``inf`` or a finite
     width.
     """
     if reference not in ranges or len(ranges) < 2:
         return None
-    steps = sorted(set.intersection(*(set(c) for c in ranges.values())))
+    steps = sorted(ranges[reference])          # a width without a value at one of them (diverged) is not below
     if not steps:
         return None
     finite = [w for w in ranges if w != reference]
-    ok = [max(ranges[w][st][2] for w in finite) < ranges[reference][st][1] for st in steps]
+    ok = [max(ranges[w].get(st, (0, 0, np.inf))[2] for w in finite) < ranges[reference][st][1] for st in steps]
     first = None
     for i in range(len(steps) - 1, -1, -1):
         if not ok[i]:
@@ -699,6 +699,18 @@ def first_step_all_below(ranges, reference="inf"):
     return {"step": first, "steps": steps,
             "ordering_at_step": _ordering(ranges, first) if first is not None else None,
             "ordering_at_horizon": _ordering(ranges, steps[-1])}
+
+
+def stopped_runs(runs):
+    """{width: [last evaluated step per stopped seed]} for the seeds that end before the sweep's last step
+    (a diverged run keeps its metrics up to its last good evaluation; an unfinished one up to where it is)."""
+    horizon = max(r["step"].max() for rs in runs.values() for r in rs)
+    out = {}
+    for w, rs in runs.items():
+        short = [int(r["step"].max()) for r in rs if r["step"].max() < horizon]
+        if short:
+            out[w] = short
+    return out
 
 
 def describe_first_step(stat):
@@ -803,9 +815,18 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
         lines += ["", f"**Inconclusive** (`experiments.plots.inconclusive_sweep`): at the horizon every width's mean "
                   f"training loss is above {INCONCLUSIVE_LEVEL:g} L_null; nothing was learned that could order the "
                   "widths, and the sweep is left out of every count."]
+    ranges = seed_ranges(runs)
     lines += ["", "First evaluated step from which every seed of every finite width stays below every seed of inf "
-              "(`experiments.plots.first_step_all_below`): "
-              + describe_first_step(first_step_all_below(seed_ranges(runs))) + "."]
+              "(`experiments.plots.first_step_all_below`): " + describe_first_step(first_step_all_below(ranges)) + "."]
+    stopped = stopped_runs(runs)
+    if stopped:
+        lines += ["", "Stopped before the horizon (diverged or unfinished): " + "; ".join(
+            f"width {w}: {len(v)}/{len(runs[w])} seeds (last evaluated steps {', '.join(str(x) for x in v)})"
+            for w, v in stopped.items()) + "."]
+        whole = {w: c for w, c in ranges.items() if w not in stopped}
+        if len(whole) > 1 and "inf" in whole:
+            lines += ["", "The same statistic over the widths whose every seed reached the horizon: "
+                      + describe_first_step(first_step_all_below(whole)) + "."]
     paired = paired_ratios(runs, chosen)
     if paired:
         lines += ["", "Paired ratios: each seed's loss over inf's loss on the same seed (same batches and "

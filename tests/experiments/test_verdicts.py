@@ -36,6 +36,17 @@ def test_first_step_all_below_known_cases():
     runs[2][1] = {k: (v[:2] if isinstance(v, np.ndarray) else v) for k, v in runs[2][1].items()}
     assert first_step_all_below(seed_ranges(runs))["step"] is None
     assert first_step_all_below(seed_ranges({2: runs[2]})) is None
+    # a whole width diverged at the start (only step 0 recorded): never, and the tables say which
+    from experiments.plots import stopped_runs
+    runs = _runs({2: [[1, 0.5, 0.3, 0.2]] * 2, 8: [[1, 0.5, 0.3, 0.2]] * 2, "inf": INF})
+    for r in runs[8]:
+        for k, v in list(r.items()):
+            if isinstance(v, np.ndarray):
+                r[k] = v[:1]
+    assert first_step_all_below(seed_ranges(runs))["step"] is None
+    assert stopped_runs(runs) == {8: [0, 0]}
+    whole = {w: c for w, c in seed_ranges(runs).items() if w != 8}
+    assert first_step_all_below(whole)["step"] == 10
 
 
 def test_the_statistic_is_unchanged_by_the_old_verdict_and_beside_it():
