@@ -427,8 +427,9 @@ def report(out, plan_path=None, log=print, figures=True):
     lines = [f"# Campaign report: {plan.get('name', '')}", "",
              f"Folder `{out}`; {sum(1 for r in runs if is_done(out, state, r))} of {len(runs)} planned runs done. "
              f"Verdict rule: `{vd['rule']}` on `{vd['key']}` ({vd.get('text', '')})", "",
-             "| condition | runs done | widths with runs (seeds) | verdict | steps | finite widths below inf |",
-             "|---|---:|---|---|---|---|"]
+             "| condition | runs done | widths with runs (seeds) | verdict | steps | finite widths below inf | "
+             "label | first step all below inf |",
+             "|---|---:|---|---|---|---|---|---|"]
     for c in plan["conditions"]:
         mine = [r for r in runs if r["condition"] == c["name"]]
         done = [r for r in mine if is_done(out, state, r)]
@@ -443,6 +444,14 @@ def report(out, plan_path=None, log=print, figures=True):
             entry.update(verdict=verdict, steps=steps, below={str(k): [str(x) for x in v] for k, v in below.items()})
             entry["final_train_loss"] = {str(w): float(np.mean([r["train_loss"][-1] for r in rs]))
                                          for w, rs in loaded.items()}
+            # the plan's inconclusive label and descriptive statistic (experiments.plots; fixed before the runs)
+            try:
+                loss_null = plots.threshold_rows(cdir)[1]
+            except (OSError, ValueError, KeyError):
+                loss_null = None
+            entry["inconclusive"] = (None if loss_null is None       # no summary.json yet: not decidable
+                                     else bool(plots.inconclusive_sweep(loaded, loss_null, vd["key"])))
+            entry["first_step_all_below"] = plots.first_step_all_below(plots.seed_ranges(loaded, vd["key"]))
             if figures:
                 try:
                     plots.plot_sweep(cdir, cdir, heatmap_steps=max(steps) if steps else 4000)
@@ -452,8 +461,10 @@ def report(out, plan_path=None, log=print, figures=True):
         vtext = entry["verdict"] or ("no runs yet" if not done else "not decidable (needs inf and a finite width "
                                                                  "at every chosen step)")
         btext = "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in entry["below"].items()) or "-"
+        label = {True: "inconclusive", False: "learned"}.get(entry.get("inconclusive"), "-")
+        first = plots.describe_first_step(entry["first_step_all_below"]) if entry.get("first_step_all_below") else "-"
         lines.append(f"| {c['name']} | {len(done)}/{len(mine)} | {wtext} | {vtext} | "
-                     f"{', '.join(map(str, entry['steps'])) or '-'} | {btext} |")
+                     f"{', '.join(map(str, entry['steps'])) or '-'} | {btext} | {label} | {first} |")
         conds.append(entry)
     failed = [(k, v.get("error")) for k, v in state["runs"].items() if v.get("status") == "failed"]
     if failed:

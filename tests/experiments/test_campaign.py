@@ -40,6 +40,10 @@ def test_the_repository_plan_is_the_issue_order():
         assert math.isclose(opts[name]["lr"], opts[base]["lr"] * s ** -4 / 4, rel_tol=1e-6)
     module, fn = plan["verdict"]["rule"].rsplit(".", 1)
     assert module == "experiments.plots" and getattr(plots, fn) is plots.acceleration_verdict
+    for part, fn in (("inconclusive", plots.inconclusive_sweep), ("descriptive", plots.first_step_all_below)):
+        module, name = plan["verdict"][part]["function"].rsplit(".", 1)
+        assert module == "experiments.plots" and getattr(plots, name) is fn
+    assert plan["verdict"]["inconclusive"]["level"] == plots.INCONCLUSIVE_LEVEL
     runs = C.planned_runs(plan)
     assert len(runs) == sum(len(c.get("widths", plan["widths"])) * 5 for c in plan["conditions"])
     first = [(r["condition"], r["seed"], r["width"]) for r in runs[:7]]
@@ -115,6 +119,9 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monke
     assert by["gp-A"]["done"] == by["gp-C"]["done"] == 4 and by["gp-C"]["widths"] == {"3": 2, "inf": 2}
     md = (out / "report.md").read_text()
     assert f"| gp-A | 4/4 | 3 (2), inf (2) | {by['gp-A']['verdict']} |" in md
+    # the plan's label and descriptive statistic, as experiments.plots computes them
+    assert by["gp-A"]["first_step_all_below"] == plots.first_step_all_below(plots.seed_ranges(runs))
+    assert by["gp-A"]["inconclusive"] is False and "| learned |" in md
     for cond in ("gp-A", "gp-C"):
         assert (out / cond / "tables.md").exists() and (out / cond / "loss.png").exists()
     size = C.folder_bytes(out)
