@@ -86,8 +86,10 @@ def test_standin_calls_are_typed_by_cupy_and_covered_by_the_variants():
         h.append(rng.standard_normal((50, 4)), rng.standard_normal((50, 2)))
         for arch in ("relu", "linear"):
             for mode in (0, 1, 2):
-                eng.history_pass(X, h.P_dev, h.norms_dev, h.C_dev, mode, rng.standard_normal((6, 2)),
-                                 arch, 4.0, 2.0)
+                # the elementwise history kernel runs in the unfused pass (the fallback of the fused
+                # RawModule kernels of accel.fused_source, whose variants are compiled above)
+                eng.gemm_history_pass(X, h.P_dev, h.norms_dev, h.C_dev, mode, rng.standard_normal((6, 2)),
+                                      arch, 4.0, 2.0)
     names = {name for name, _ in nvrtc.SEEN}
     assert names == {"bd_pair_relu", "bd_pair_linear", "bd_history_relu", "bd_history_linear"}
     variants = {code for _, code, _ in nvrtc.elementwise_variants()}
