@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
+import os
 import re
 
 import numpy as np
@@ -314,9 +316,47 @@ def compile_source(name, source, arch, options=(), kind="elementwise"):
     return res
 
 
-def compile_all(archs=ARCHS):
-    """Compile :func:`variants` for each arch; a list of :class:`CompileResult`."""
-    return [compile_source(n, s, arch, o, kind) for n, s, o, kind in variants() for arch in archs]
+def _cache_path(name, source, arch, options, kind):
+    """Where the ptxas report of a successful compile of exactly this input is kept (or None: cache off)."""
+    if os.environ.get("BOTTLENECK_NVRTC_CACHE", "1").strip() == "0":
+        return None
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = xdg if xdg and os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+    key = "\0".join((name, full_source(source, kind), arch, *cupy_options(arch, options),
+                     repr(nvrtc_version())))
+    return os.path.join(base, "bottleneck-dynamics", "nvrtc", hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
+
+
+def compile_cached(name, source, arch, options=(), kind="elementwise"):
+    """:func:`compile_source`, or the report of an earlier successful compile of the same source, arch,
+    options and NVRTC version (``~/.cache/bottleneck-dynamics/nvrtc``; BOTTLENECK_NVRTC_CACHE=0: off)."""
+    path = _cache_path(name, source, arch, options, kind)
+    if path and os.path.exists(path):
+        try:
+            with open(path) as fh:
+                got = json.load(fh)
+            if isinstance(got, dict) and got.get("ok") is True and isinstance(got.get("kernels"), dict):
+                return CompileResult(got, cached=True)
+        except (OSError, ValueError):
+            pass
+    res = compile_source(name, source, arch, options, kind)
+    if path and res["ok"]:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(res, fh)
+        os.replace(tmp, path)
+    return res
+
+
+def compile_all(archs=ARCHS, jobs=None):
+    """Compile :func:`variants` for each arch (threads: NVRTC releases the GIL; cached by content,
+    :func:`compile_cached`); a list of :class:`CompileResult` in variant order."""
+    from concurrent.futures import ThreadPoolExecutor
+    tasks = [(n, s, arch, o, kind) for n, s, o, kind in variants() for arch in archs]
+    jobs = jobs or max(1, min(len(tasks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda t: compile_cached(*t), tasks))
 
 
 def cuda_preamble(host_preamble):
