@@ -14,8 +14,9 @@ budget and skips the others (a cheaper one further down may still fit).  Each ru
 by the budget is removed and starts again next time.  Outputs are compact: ``config.json``,
 ``metrics.csv``, ``summary.json`` and ``loss.png`` per run (the history checkpoint is removed when the
 run ends), a ``sweep.json`` per condition, and ``campaign.json`` (every run's status, estimate and wall
-time; the calibration; each session).  The same folder again skips what is done (finished or failed
-runs of the same options) and continues.
+time; the calibration; each session).  The same folder again skips what is done (finished or diverged
+runs of the same options: a divergence is a result) and continues; a run stopped by another error (e.g. its
+data missing) is tried again, and the rest of its condition is skipped for that session.
 
 :func:`report` writes, from whatever has run, each condition's tables and figures (the sweep tables of
 :mod:`experiments.plots`) and ``report.md`` / ``report.json``: runs done, final losses and the verdict.
@@ -230,11 +231,12 @@ def write_state(out, state):
 
 
 def is_done(out, state, run):
-    """Finished (or failed: a divergence is a result) with the same options, and its files present."""
+    """Finished (or diverged: a divergence is a result) with the same options, and its files present.
+    A run that stopped on an error (missing data, ...) is not done: it is tried again next time."""
     rec = state["runs"].get(run["id"])
     if not rec or rec.get("digest") != options_digest(run["options"]):
         return False
-    if rec.get("status") == "failed":
+    if rec.get("status") == "diverged":
         return True
     return rec.get("status") == "done" and (Path(out) / run["dir"] / "summary.json").exists()
 
@@ -253,14 +255,18 @@ def folder_bytes(path):
 
 # ------------------------------------------------------------------------ running
 
+#: Exit status of the worker for a run that diverged (a result: recorded, not rerun).
+EXIT_DIVERGED = 3
+
 _WORKER = ("import json, sys\n"
            "from experiments.train import TrainConfig, train\n"
            "spec = json.loads(sys.argv[1])\n"
            "try:\n"
            "    train(TrainConfig(**spec['options']), spec['out'], force=True, log=lambda m: None)\n"
            "except Exception as exc:\n"
-           "    print(f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else \"\"}', file=sys.stderr)\n"
-           "    sys.exit(1)\n")
+           "    text = str(exc).splitlines()[0] if str(exc) else ''\n"
+           "    print(f'{type(exc).__name__}: {text}', file=sys.stderr)\n"
+           "    sys.exit(3 if 'Divergence' in type(exc).__name__ or 'diverged' in text else 1)\n")
 
 
 def _run_one(options, out, timeout):
@@ -283,7 +289,8 @@ def _run_one(options, out, timeout):
     if proc.returncode == 0:
         return "done", wall, None
     lines = [x for x in (err or "").strip().splitlines() if x.strip()]
-    return "failed", wall, (lines[-1] if lines else f"exit {proc.returncode}")
+    return ("diverged" if proc.returncode == EXIT_DIVERGED else "error"), wall, \
+        (lines[-1] if lines else f"exit {proc.returncode}")
 
 
 def _compact(run_dir):
@@ -308,7 +315,7 @@ def _write_sweep_records(out, plan, runs, state):
         rec = new_sweep_record(base, c.get("widths", plan["widths"]), c.get("seeds", plan["seeds"]))
         for r in rec["runs"]:
             st = state["runs"].get(f"{c['name']}/{r['dir']}", {})
-            r["status"] = {"done": "done", "failed": "failed"}.get(st.get("status"), "pending")
+            r["status"] = {"done": "done", "diverged": "failed", "error": "failed"}.get(st.get("status"), "pending")
             r["error"] = st.get("error")
         atomic_write_text(Path(out) / c["name"] / "sweep.json", json.dumps(rec, indent=2) + "\n")
 
@@ -354,7 +361,11 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     else:
         gflops_prior = gflops
     started = 0
+    broken = {}                                 # condition -> the error of its first failed run this session
     for r in todo:
+        if r["condition"] in broken:
+            session["skipped"].append({"id": r["id"], "why": f"its condition failed: {broken[r['condition']]}"})
+            continue
         left = budget_s - (time.perf_counter() - t0)
         if left <= 1.0 or (max_runs is not None and started >= max_runs):
             session["skipped"] += [{"id": x["id"], "why": "budget spent" if left <= 1.0 else "max runs reached"}
@@ -384,6 +395,10 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
                                   "estimate_s": round(est, 2), "wall_s": round(wall, 2),
                                   "train_s": _train_seconds(run_dir) if status == "done" else None, "error": err}
         session["ran"].append(r["id"])
+        if status == "error":
+            broken[r["condition"]] = err
+            session.setdefault("errors", []).append({"id": r["id"], "error": err})
+            log(f"campaign: {r['id']} stopped on an error; the rest of {r['condition']} is skipped this session")
         write_state(out, state)
         log(f"campaign: {r['id']} {status} in {wall:.0f} s" + (f": {err}" if err else ""))
     session["used_s"] = round(time.perf_counter() - t0, 2)
@@ -466,14 +481,19 @@ def report(out, plan_path=None, log=print, figures=True):
         lines.append(f"| {c['name']} | {len(done)}/{len(mine)} | {wtext} | {vtext} | "
                      f"{', '.join(map(str, entry['steps'])) or '-'} | {btext} | {label} | {first} |")
         conds.append(entry)
-    failed = [(k, v.get("error")) for k, v in state["runs"].items() if v.get("status") == "failed"]
+    failed = [(k, v.get("error")) for k, v in state["runs"].items() if v.get("status") == "diverged"]
     if failed:
-        lines += ["", "Failed runs (a divergence is a result; they are not rerun):", ""]
+        lines += ["", "Diverged runs (a divergence is a result; they are not rerun):", ""]
         lines += [f"- `{k}`: {e}" for k, e in failed]
+    errors = [(k, v.get("error")) for k, v in state["runs"].items() if v.get("status") == "error"]
+    if errors:
+        lines += ["", "Runs stopped by an error (tried again next time):", ""]
+        lines += [f"- `{k}`: {e}" for k, e in errors]
     size = folder_bytes(out)
     lines += ["", f"Output size: {size / 2**20:.2f} MiB ({len(state['sessions'])} session(s)). "
               "Per condition: `tables.md` and figures in its folder.", ""]
-    rep = {"plan": plan.get("name"), "conditions": conds, "output_bytes": size, "failed": failed}
+    rep = {"plan": plan.get("name"), "conditions": conds, "output_bytes": size, "diverged": failed,
+           "errors": errors}
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
     log(f"campaign report: wrote {out / 'report.md'} and {out / 'report.json'}")

@@ -161,3 +161,32 @@ def test_campaign_bad_input_is_one_line(tmp_path, plan_file):
     res = _invoke(["campaign", "report", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "holds no campaign" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_divergence_is_a_result_an_error_is_retried(tmp_path):
+    plan = dict(TINY_PLAN, widths=[3], seeds=[0, 1], conditions=[
+        {"name": "boom", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 6,
+                                     "eval_every": 2, "lr": 1e9}},
+        {"name": "nodata", "options": {"dataset": "mnist", "train_size": 40, "test_size": 20, "steps": 6,
+                                       "eval_every": 2, "lr": 1}}])
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    out = tmp_path / "c"
+    common = ["campaign", "--out", str(out), "--plan", str(path), "--backend", "cpu", "--budget", "300",
+              "--gflops", "1e6", "--data-dir", str(tmp_path / "no-data")]
+    res = _invoke(common)
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "campaign.json").read_text())
+    runs = state["runs"]
+    assert runs["boom/width-3/seed-0"]["status"] == runs["boom/width-3/seed-1"]["status"] == "diverged"
+    assert "diverged" in runs["boom/width-3/seed-0"]["error"]
+    assert runs["nodata/width-3/seed-0"]["status"] == "error" and "nodata/width-3/seed-1" not in runs
+    assert "mnist" in runs["nodata/width-3/seed-0"]["error"].lower()
+    skipped = {s["id"]: s["why"] for s in state["sessions"][0]["skipped"]}
+    assert skipped["nodata/width-3/seed-1"].startswith("its condition failed")
+    res = _invoke(common)                                        # again: the divergences stay, the error is retried
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["sessions"][-1]["ran"] == ["nodata/width-3/seed-0"]
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["diverged"]) == 2 and [e[0] for e in rep["errors"]] == ["nodata/width-3/seed-0"]
+    assert not list(out.rglob("checkpoint.npz"))
