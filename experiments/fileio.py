@@ -151,8 +151,39 @@ def save_npz(path, arrays):
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_npz(path):
+def npz_headers(path):
+    """{name: (shape, dtype)} of the arrays in an npz file, read from their .npy headers (no array is loaded).
+
+    Raises ValueError (one line, naming the file) for a file that is not such an archive.
+    """
+    path = Path(path)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise ValueError(f"member {info.filename!r} is not an array")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                out[info.filename[:-4]] = (tuple(shape), dtype)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, SyntaxError, TypeError) as exc:
+        raise ValueError(f"{path}: cannot be read as a checkpoint (not an npz archive of numeric arrays, or "
+                         f"damaged: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return out
+
+
+def load_npz(path, check=None):
     """Load an npz file written by :func:`save_npz` (never unpickles).
+
+    ``check(name, shape, dtype)``, if given, is called for every array with its .npy header before any
+    array is loaded (so a header that claims a huge array is refused before memory is allocated); it
+    raises ValueError to refuse the file.
 
     Raises ValueError (one line, naming the file) for a missing, truncated or damaged file, or one that
     is not an npz archive of plain numeric arrays.
@@ -160,6 +191,11 @@ def load_npz(path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: missing")
+    if check is not None:
+        for name, (shape, dtype) in npz_headers(path).items():
+            if dtype.hasobject or dtype.kind not in "biufc":
+                raise ValueError(f"{path}: array {name!r} has the non-numeric type {dtype} (damaged or crafted)")
+            check(name, shape, dtype)
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):

@@ -74,6 +74,11 @@ RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summar
 
 
 
+#: A checkpoint is "good" (kept, never overwritten by a worse state) when its arrays and its training loss are
+#: finite and the loss is at most this factor times the loss at step 0; a run whose training loss grows past
+#: it has diverged and stops (README, "Run directories").
+GOOD_LOSS_FACTOR = 1000.0
+
 #: The loss of a run, in words (config.json).
 LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2",
              "ce": "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic, "
@@ -436,10 +441,15 @@ def _read_metrics(path):
                              f"expected {len(header)} (damaged)")
         try:
             step = int(row["step"])
-            for key in ("train_loss", "test_loss", "wall_s"):
-                float(row[key])
+            values = [float(row[key]) for key in ("train_loss", "test_loss", "wall_s")]
+            for key in METRIC_COLUMNS[4:]:
+                if row.get(key) not in (None, ""):
+                    float(row[key])
         except ValueError:
             raise TrainError(f"{path}: line {lineno} is not a row of numbers (damaged)") from None
+        if not all(np.isfinite(values)) or step < 0:
+            raise TrainError(f"{path}: line {lineno} holds a NaN, inf or negative step where a run writes finite "
+                             "values (edited or damaged)")
         if last is not None and step <= last:
             raise TrainError(f"{path}: line {lineno}: step {step} does not follow step {last} (damaged)")
         last = step
@@ -537,12 +547,18 @@ def _check_state(path, state, config_dict):
     """Refuse a checkpoint whose digests, step or values do not fit (TrainError naming ``path``)."""
     if "t" not in state or state["t"].shape != () or not np.issubdtype(state["t"].dtype, np.integer):
         raise TrainError(f"{path}: no integer step 't' (not a checkpoint of this program, or damaged)")
-    if "driver_config_sha256" in state:
-        if _digest_text(state["driver_config_sha256"]) != config_digest(config_dict):
-            raise TrainError(f"{path}: was written for other options than those in config.json "
-                             "(config.json was edited, or the files come from different runs)")
-        if _digest_text(state.get("driver_state_sha256")) != state_digest(state):
-            raise TrainError(f"{path}: its arrays do not match their recorded digest (the file was modified)")
+    missing = [k for k in DIGEST_KEYS if _digest_text(state.get(k)) is None]
+    if missing:
+        raise TrainError(f"{path}: its digest {missing[0]!r} is missing or damaged; without it the checkpoint "
+                         "cannot be checked against config.json and metrics.csv (edited?); start over with --force")
+    if _digest_text(state["driver_config_sha256"]) != config_digest(config_dict):
+        raise TrainError(f"{path}: was written for other options than those in config.json "
+                         "(config.json was edited, or the files come from different runs)")
+    if _digest_text(state["driver_state_sha256"]) != state_digest(state):
+        raise TrainError(f"{path}: its arrays do not match their recorded digest (the file was modified)")
+    loss = state.get("driver_train_loss")
+    if loss is None or loss.shape != () or not np.isfinite(loss):
+        raise TrainError(f"{path}: no finite training loss 'driver_train_loss' (damaged or edited)")
     t = int(state["t"])
     if t < 0 or t > int(config_dict.get("steps", t)):
         raise TrainError(f"{path}: step {t} is outside 0..{config_dict.get('steps')} (damaged)")
@@ -550,6 +566,69 @@ def _check_state(path, state, config_dict):
         if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
             raise TrainError(f"{path}: array {key!r} holds NaN or inf (not a good checkpoint)")
     return t
+
+
+#: The digests every checkpoint carries: of config.json's options, of its own arrays, of metrics.csv's rows.
+DIGEST_KEYS = ("driver_config_sha256", "driver_state_sha256", "driver_metrics_sha256")
+
+
+def metrics_digest(rows, t, eval_every):
+    """sha256 of the metrics rows a resume at step ``t`` keeps (steps <= t that are multiples of
+    ``eval_every``), every value but the wall time as metrics.csv writes it (so an interrupted run's
+    checkpoint equals an uninterrupted one's); ``rows`` as numbers or as strings read back."""
+    def text(v):
+        return "" if v is None else repr(float(v)) if isinstance(v, float) else str(v)
+    h = hashlib.sha256()
+    for row in rows:
+        step = int(row["step"])
+        if step <= t and step % eval_every == 0:
+            h.update((",".join(text(row.get(k)) for k in METRIC_COLUMNS if k != "wall_s") + "\n").encode())
+    return h.hexdigest()
+
+
+def _check_metrics_digest(path, rows, state, t, eval_every):
+    """Refuse metrics.csv rows (up to the checkpoint's step) that are not those the checkpoint saw."""
+    if _digest_text(state["driver_metrics_sha256"]) != metrics_digest(rows, t, eval_every):
+        raise TrainError(f"{path}: its rows up to step {t} are not those recorded with the checkpoint "
+                         "(edited, replaced or from another run); restore it, or start over with --force")
+    at_t = [r for r in rows if int(r["step"]) == t]
+    if at_t and t % eval_every == 0 and float(at_t[0]["train_loss"]) != float(state["driver_train_loss"]):
+        raise TrainError(f"{path}: train_loss at step {t} differs from the checkpoint's (edited)")
+
+
+def _checkpoint_bounds(path, config_dict, data_meta):
+    """A check for :func:`experiments.fileio.load_npz`: every array's header against the shapes the run's
+    options allow, before anything is loaded (a header may claim any size)."""
+    data_meta = data_meta if isinstance(data_meta, dict) else {}
+
+    def num(value, default):
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            return default
+        return value if value > 0 else default
+    n_rows = max(num(data_meta.get("n_train"), 0), num(data_meta.get("n_test"), 0)) or 100_000
+    width = config_dict.get("width")
+    dr = num(data_meta.get("dr"), 0) or num(config_dict.get("dr"), 0) or num(config_dict.get("d0"), 3072)
+    cols = max(num(width, 0) if width != "inf" else 0, dr, 1)
+    history = num(config_dict.get("steps"), 1) * num(config_dict.get("batch_size"), 1)
+    allowed = {"t": 0, "driver_train_loss": 0, "driver_wall_s": 0}
+
+    def check(name, shape, dtype):
+        if name in DIGEST_KEYS:
+            ok = shape == (32,)
+        elif name in allowed:
+            ok = shape == ()
+        elif name == "A" or name.startswith("tracked_"):
+            ok = len(shape) == 2 and shape[0] <= n_rows and shape[1] <= cols
+        elif name in ("history_P", "history_C"):
+            ok = len(shape) == 2 and shape[0] <= history and shape[1] <= cols
+        else:
+            raise ValueError(f"{path}: holds an unknown array {name!r} (not a checkpoint of this program, or crafted)")
+        if not ok:
+            raise ValueError(f"{path}: array {name!r} has the shape {shape}, which the run's options in config.json "
+                             f"do not allow (damaged or crafted); nothing was loaded")
+    return check
 
 
 def _check_metrics(path, rows, t, eval_every):
@@ -844,17 +923,23 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
     config, saved, cfg_dict = _resume_config(out, {"steps": steps, "data_dir": data_dir})
     ckpt = out / "checkpoint.npz"
     state = None
+    rows = _read_metrics(out / "metrics.csv")
     if ckpt.exists():
         try:
-            state = load_npz(ckpt)
+            state = load_npz(ckpt, check=_checkpoint_bounds(ckpt, cfg_dict, saved.get("data")))
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         done = _check_state(ckpt, state, cfg_dict)
+        _check_metrics_digest(out / "metrics.csv", rows, state, done, config.eval_every)
     else:
+        later = [int(r["step"]) for r in rows if int(r["step"]) > 0]
+        if later or (out / "summary.json").exists():
+            where = f"metrics.csv has rows up to step {max(later)}" if later else "summary.json exists"
+            raise TrainError(f"{ckpt}: missing, but {where} (the checkpoint was deleted or lost); restore it, "
+                             "or start over with --force")
         done = 0
     if config.steps < done:
         raise TrainError(f"steps: the run in {out} is already at step {done}; ask for at least that many")
-    rows = _read_metrics(out / "metrics.csv")
     metrics = _check_metrics(out / "metrics.csv", rows, done, config.eval_every) if state is not None else []
     if state is not None and config.steps == done and (out / "summary.json").exists() and data_dir is None:
         log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
@@ -924,6 +1009,8 @@ class _Run:
         for key in ("train_loss", "test_loss"):
             if not np.isfinite(row[key]):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}: the run diverged")
+        if self.metrics:
+            self._check_not_blown_up(row["train_loss"], step)
         self.metrics.append(row)
         write_csv(self.out / "metrics.csv", METRIC_COLUMNS, self.metrics)
         return row
@@ -940,13 +1027,27 @@ class _Run:
             loss = evaluate_train_loss(self.sim, self.data, self.rows, self.centring)
             if not np.isfinite(loss):
                 raise DivergenceError(f"train_loss is {loss} at step {self.sim.t}: the run diverged")
+            self._check_not_blown_up(loss, int(self.sim.t))
         state["driver_config_sha256"] = _digest_array(self.digest)
         state["driver_state_sha256"] = _digest_array(state_digest(state))
+        state["driver_metrics_sha256"] = _digest_array(metrics_digest(self.metrics, int(self.sim.t),
+                                                                      self.config.eval_every))
         state["driver_train_loss"] = np.array(loss)
         state["driver_wall_s"] = np.array(self.wall())
         save_npz(self.out / "checkpoint.npz", state)
         self.good = (int(self.sim.t), loss)
         fault_point("train:checkpoint")
+
+    def initial_loss(self):
+        """The training loss at step 0 (the first metrics row)."""
+        return float(self.metrics[0]["train_loss"])
+
+    def _check_not_blown_up(self, loss, step):
+        """DivergenceError when the training loss exceeds :data:`GOOD_LOSS_FACTOR` x the initial loss."""
+        limit = GOOD_LOSS_FACTOR * self.initial_loss()
+        if loss > limit:
+            raise DivergenceError(f"train_loss is {loss:.4g} at step {step}, more than {GOOD_LOSS_FACTOR:g} times "
+                                  f"the initial {self.initial_loss():.4g}: the run diverged")
 
     def loop(self, start, progress, on_first_step=None):
         config, sim, out = self.config, self.sim, self.out
@@ -975,8 +1076,9 @@ class _Run:
                 raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
             _plot(out, self.metrics)
             good = self.good or _good_checkpoint(out)
-            where = (f"the last good checkpoint (step {good[0]}, finite state and train loss {good[1]:.4g}) is kept "
-                     f"in {out / 'checkpoint.npz'}") if good else "no good checkpoint was written"
+            where = (f"the last good checkpoint (step {good[0]}, train loss {good[1]:.4g}, finite and within "
+                     f"{GOOD_LOSS_FACTOR:g} x the initial loss) is kept in {out / 'checkpoint.npz'}") if good \
+                else "no good checkpoint was written"
             raise RunFailed(f"{exc}; {where}; lower --lr and start over with --force") from None
         except KeyboardInterrupt:
             if on_first_step is not None:

@@ -260,6 +260,40 @@ def _damage(run, case):
     elif case == "metrics row removed":
         lines = me.read_text().splitlines(keepends=True)
         me.write_text("".join(lines[:2] + lines[3:]))
+    elif case == "checkpoint deleted, metrics kept":
+        ck.unlink()
+    elif case == "metrics NaN row":
+        lines = me.read_text().splitlines(keepends=True)
+        f = lines[2].split(",")
+        f[1] = "nan"
+        lines[2] = ",".join(f)
+        me.write_text("".join(lines))
+    elif case == "metrics loss edited":
+        lines = me.read_text().splitlines(keepends=True)
+        f = lines[2].split(",")
+        f[1] = repr(float(f[1]) * 0.5)
+        lines[2] = ",".join(f)
+        me.write_text("".join(lines))
+    elif case == "digests deleted, activation edited":
+        state = load_npz(ck)
+        save_npz(ck, {k: v for k, v in state.items() if not k.endswith("sha256")})
+        _edit_config(run, activation="erf")
+    elif case == "out_std edited":
+        _edit_config(run, out_std=0.5)
+    elif case == "checkpoint header claims 1e11 floats":
+        import io, zipfile
+        state = load_npz(ck)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for k, v in state.items():
+                with zf.open(f"{k}.npy", "w") as fh:
+                    if k == "history_P":
+                        np.lib.format.write_array_header_1_0(
+                            fh, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 11, 2)})
+                        fh.write(b"\0" * 30_000)
+                    else:
+                        np.lib.format.write_array(fh, v)
+        ck.write_bytes(buf.getvalue())
     elif case == "metrics garbled row":
         lines = me.read_text().splitlines(keepends=True)
         lines[2] = "4,abc,0.1,0.2,,,0.1,0.2\n"
@@ -278,6 +312,9 @@ RUN_DAMAGE = [
     ("checkpoint is a pickle", "checkpoint.npz"),
     ("metrics truncated", "metrics.csv"), ("metrics deleted", "metrics.csv"), ("metrics binary", "metrics.csv"),
     ("metrics row removed", "metrics.csv"), ("metrics garbled row", "metrics.csv"),
+    ("checkpoint deleted, metrics kept", "checkpoint.npz: missing"), ("metrics NaN row", "metrics.csv"),
+    ("metrics loss edited", "metrics.csv"), ("digests deleted, activation edited", "digest"),
+    ("out_std edited", "config.json"), ("checkpoint header claims 1e11 floats", "shape"),
 ]
 
 
@@ -407,3 +444,21 @@ def test_library_train_with_bad_out(tmp_path):
     from experiments.train import TrainError
     with pytest.raises(TrainError, match="out"):
         train(TrainConfig(steps=2), "", log=lambda m: None)
+
+
+@pytest.mark.parametrize("lr, every", [("20", "4"), ("6", "1")])
+def test_divergence_keeps_a_checkpoint_a_user_calls_good(tmp_path, lr, every):
+    """A finite but huge training loss is divergence too: the kept checkpoint's loss is at most
+    GOOD_LOSS_FACTOR times the initial loss, and the message gives the step where it diverged."""
+    import re
+    from experiments.train import GOOD_LOSS_FACTOR
+    out = tmp_path / "run"
+    res = _invoke(["train", *TINY, "--steps", "60", "--lr", lr, "--checkpoint-every", every, "--out", str(out)])
+    line = _fails_cleanly(res, "diverged", "last good checkpoint")
+    assert res.exit_code == 1
+    step = int(re.search(r"at step (\d+)", line).group(1))
+    state = load_npz(out / "checkpoint.npz")
+    initial = float((out / "metrics.csv").read_text().splitlines()[1].split(",")[1])
+    assert int(state["t"]) < step
+    assert np.isfinite(state["driver_train_loss"]) and float(state["driver_train_loss"]) <= GOOD_LOSS_FACTOR * initial
+    assert f"step {int(state['t'])}" in line
