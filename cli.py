@@ -605,6 +605,9 @@ def plot(sweep_dir, figdir, heatmap_steps, force):
     accuracy.png (classification), heatmap.png, train_vs_test.png, features.png and tables.md.
     """
     from experiments.plots import SWEEP_FIGURE_FILES, plot_sweep
+    from experiments.sweep import SWEEP_FILE, read_sweep
+    if (Path(sweep_dir) / SWEEP_FILE).exists():
+        run_guarded(read_sweep, sweep_dir, need_config=False)     # damaged or edited: one line naming it
     refuse_overwrite([Path(figdir or sweep_dir) / name for name in SWEEP_FIGURE_FILES], force,
                      "use --force to overwrite the figures, or --out another folder")
     written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)

@@ -56,7 +56,7 @@ from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import DiskFull, atomic_write_text, read_csv, refuse_link, refuse_links_inside, write_csv
+from .fileio import DiskFull, atomic_write_text, read_csv, read_json, refuse_link, refuse_links_inside, write_csv
 from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
@@ -342,12 +342,20 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     """
     if resume:
         out = prepare_sweep_dir(out, force=False, resume=True)
+        path = out / "config.json"
         try:
-            saved = json.loads((out / "config.json").read_text())["config"]
-        except (ValueError, KeyError, OSError) as exc:
-            raise TrainError(f"resume: cannot read {out / 'config.json'} ({exc})") from None
+            saved = read_json(path).get("config")
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        if not isinstance(saved, dict):
+            raise TrainError(f"{path}: no 'config' object (damaged or edited)")
         names = {f.name for f in dataclasses.fields(SweepConfig)}
-        config = SweepConfig(**{k: v for k, v in saved.items() if k in names})
+        try:
+            config = SweepConfig(**{k: v for k, v in saved.items() if k in names})
+            config.validate()
+        except (TrainError, TypeError, ValueError) as exc:
+            raise TrainError(f"{path}: {str(exc).splitlines()[0]} (damaged or edited)") from None
+        check_finished_sizes(out, config)
         if widths is not None:
             config.widths = tuple(sorted(set(parse_widths(config.widths)) | set(parse_widths(widths))))
     elif config is None:
@@ -405,6 +413,40 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     except DiskFull as exc:
         raise RunFailed(f"{exc}; finished sizes are kept; free some space and continue with: "
                         f"python cli.py finite-sweep --resume {out}") from None
+
+
+def check_finished_sizes(out, config):
+    """Before a resume trains anything: every size marked finished (its result.json) must have a result.json
+    that fits the sweep and a metrics.csv of finite rows up to the step it records (TrainError naming the
+    file otherwise; delete the size's folder to train it again)."""
+    for folder in sorted(Path(out).glob("width-*")):
+        result = folder / "result.json"
+        if not result.exists():
+            continue
+        hint = f"delete {folder} to train that size again"
+        try:
+            res = read_json(result)
+        except ValueError as exc:
+            raise TrainError(f"{exc}; {hint}") from None
+        d, done = res.get("width"), res.get("steps_done")
+        if (not isinstance(d, int) or folder.name != width_dir(out, d).name or res.get("status") not in
+                ("done", "diverged") or not isinstance(done, int) or not 0 <= done <= config.steps):
+            raise TrainError(f"{result}: its width, status or steps_done do not fit the sweep (damaged or "
+                             f"edited); {hint}")
+        metrics = folder / "metrics.csv"
+        if not metrics.is_file():
+            raise TrainError(f"{metrics}: missing, but {result.name} says the size finished; {hint}")
+        try:
+            rows = read_csv(metrics)
+            steps = [int(r["step"]) for r in rows]
+            losses = [float(r["train_loss"]) for r in rows] + [float(r["test_loss"]) for r in rows]
+        except Exception:   # noqa: BLE001 - KeyError, ValueError, UnicodeDecodeError, csv.Error: damaged
+            raise TrainError(f"{metrics}: not the metrics of a finished size (damaged); {hint}") from None
+        finite = all(math.isfinite(v) for v in losses)
+        if not steps or steps[0] != 0 or steps != sorted(set(steps)) or \
+                (res["status"] == "done" and (steps[-1] != done or not finite)):
+            raise TrainError(f"{metrics}: its rows do not reach step {done} that {result.name} records "
+                             f"(truncated or edited); {hint}")
 
 
 def load_finite_sweep(out):

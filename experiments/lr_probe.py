@@ -15,7 +15,7 @@ import numpy as np
 
 from refimpl.dynamics import DivergenceError
 from .controls import Centring
-from .fileio import atomic_write_text, fault_point
+from .fileio import atomic_write_text, fault_point, read_json
 from .train import (LEGACY_DEFAULTS, TrainConfig, TrainError, batch_indices, build_simulator, evaluate, run_eval_rows,
                     load_data, resolve_backend)
 
@@ -100,6 +100,36 @@ def _probe_key(config):
     return d
 
 
+def read_probe_file(path, config):
+    """The record in ``path`` (lr_probe.json) checked against ``config``; TrainError (one line naming the file)
+    for a damaged or edited file: not JSON, other options than the run's, a rate that is not finite and
+    positive or not ``lr_fraction`` x the largest stable rate."""
+    path = Path(path)
+    try:
+        record = read_json(path)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not isinstance(record.get("options"), dict) or not isinstance(record.get("widths"), dict):
+        raise TrainError(f"{path}: 'options' or 'widths' is missing or not a JSON object (damaged or edited)")
+    key = json.loads(json.dumps(_probe_key(config)))
+    saved = {**LEGACY_DEFAULTS, **record["options"]}      # a probe saved before an option existed: its legacy value
+    diff = sorted(k for k in set(key) | set(saved) if key.get(k) != saved.get(k))
+    if diff:
+        raise TrainError(f"{path}: made for other options than the sweep's ({', '.join(diff[:3])}); "
+                         "lr_probe.json or sweep.json was edited")
+    for width, entry in record["widths"].items():
+        try:
+            lr, best = float(entry["lr"]), float(entry["largest_stable"])
+        except (TypeError, KeyError, ValueError):
+            raise TrainError(f"{path}: the entry of width {width} lacks a numeric 'lr' or 'largest_stable' "
+                             "(damaged or edited)") from None
+        if not (np.isfinite(lr) and np.isfinite(best) and lr > 0 and best > 0
+                and lr == float(config.lr_fraction * best)):
+            raise TrainError(f"{path}: width {width}: rate {lr!r} is not a finite positive lr_fraction x largest "
+                             f"stable rate ({best!r}) (edited)")
+    return record
+
+
 def per_width_rates(out, config, widths, log=None, starmap=None):
     """Rates of a per-width sweep: read ``out/lr_probe.json`` if it matches, else probe and write it.
 
@@ -119,9 +149,10 @@ def per_width_rates(out, config, widths, log=None, starmap=None):
     key = _probe_key(config)
     record = None
     if path.exists():
-        saved = json.loads(path.read_text())
-        if isinstance(saved.get("options"), dict) and {**LEGACY_DEFAULTS, **saved["options"]} == key:
-            record = saved      # a probe saved before an option existed had its legacy value
+        try:
+            record = read_probe_file(path, config)
+        except TrainError:                 # a probe of other options (a new sweep): probed again
+            record = None
     if record is None:
         record = {"rule": PROBE_RULE, "fraction": config.lr_fraction, "steps": config.lr_probe_steps,
                   "seed": config.seed, "options": key, "rate_unit": _rate_unit(config), "widths": {}}

@@ -45,6 +45,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -393,8 +394,10 @@ def _write_sweep(out, record):
     atomic_write_text(Path(out) / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
 
 
-def read_sweep(out):
-    """The parsed ``sweep.json`` of a sweep directory (TrainError naming the file if missing or damaged)."""
+def read_sweep(out, need_config=True):
+    """The parsed ``sweep.json`` of a sweep directory (TrainError naming the file if missing or damaged).
+
+    ``need_config=False`` (the figures, which also read a partial record): only the run records are checked."""
     path = Path(out) / SWEEP_FILE
     if not path.exists():
         raise TrainError(f"sweep: {out} holds no sweep ({SWEEP_FILE} expected)")
@@ -403,6 +406,8 @@ def read_sweep(out):
     except ValueError as exc:
         raise TrainError(str(exc)) from None
     for key, kind in (("config", dict), ("widths", list), ("seeds", list), ("runs", list)):
+        if key != "runs" and not need_config:
+            continue
         if not isinstance(record.get(key), kind):
             what = "missing" if key not in record else f"not a JSON {kind.__name__.replace('dict', 'object')}"
             raise TrainError(f"{path}: {key!r} is {what} (damaged or edited)")
@@ -411,12 +416,55 @@ def read_sweep(out):
             raise TrainError(f"{path}: run record {k} lacks width, seed, dir or status (damaged or edited)")
         if Path(run["dir"]).is_absolute() or ".." in Path(run["dir"]).parts:
             raise TrainError(f"{path}: run record {k} has a directory outside the sweep: {run['dir']!r}")
+    if not need_config:
+        return record
     try:
-        cfg = TrainConfig.from_json({**record["config"], "width": record["widths"][0], "seed": record["seeds"][0]})
+        widths = parse_widths(record["widths"], "widths")
+        seeds = parse_seeds(record["seeds"], "seeds")
+    except TrainError as exc:
+        raise TrainError(f"{path}: {exc} (damaged or edited)") from None
+    want = {(str(w), s, run_subdir(w, s, len(seeds))) for w in widths for s in seeds}
+    have = [(str(r["width"]), r["seed"], r["dir"]) for r in record["runs"]]
+    if sorted(have, key=str) != sorted(want, key=str):
+        extra = sorted(set(have) - want, key=str) or sorted(want - set(have), key=str)
+        raise TrainError(f"{path}: the run records do not match the widths {widths} and seeds {seeds} (first "
+                         f"difference: width {extra[0][0]}, seed {extra[0][1]}); sweep.json was edited")
+    for k, run in enumerate(record["runs"]):
+        if "lr" in run and not (isinstance(run["lr"], (int, float)) and math.isfinite(run["lr"]) and run["lr"] > 0):
+            raise TrainError(f"{path}: run record {k} has the rate {run['lr']!r}, not a finite positive number "
+                             "(edited)")
+    try:
+        cfg = TrainConfig.from_json({**record["config"], "width": widths[0], "seed": seeds[0]})
         cfg.validate()
-    except (TrainError, TypeError, IndexError) as exc:
+    except (TrainError, TypeError) as exc:
         raise TrainError(f"{path}: {exc}") from None
     return record
+
+
+def check_resumable(out, record):
+    """Before a resume writes anything: every run folder's config.json and lr_probe.json must agree with
+    sweep.json (TrainError, one line naming the file, otherwise)."""
+    path = Path(out) / SWEEP_FILE
+    if record["config"].get("lr_policy") == "per-width" and (Path(out) / "lr_probe.json").exists():
+        from .lr_probe import read_probe_file
+        probe = TrainConfig.from_json({**record["config"], "width": record["widths"][0],
+                                       "seed": record["seeds"][0]})
+        saved = read_probe_file(Path(out) / "lr_probe.json", probe)
+        for r in record["runs"]:
+            entry = saved["widths"].get(str(r["width"]))
+            if "lr" in r and entry is not None and float(entry["lr"]) != float(r["lr"]):
+                raise TrainError(f"{path}: run {r['dir']} has the rate {r['lr']!r} but lr_probe.json gives "
+                                 f"{entry['lr']!r} (edited)")
+    for r in record["runs"]:
+        run = Path(out) / r["dir"]
+        if not (run / "config.json").exists():
+            continue
+        cfg = TrainConfig.from_json({**record["config"], "width": r["width"], "seed": r["seed"],
+                                     **({"lr": r["lr"]} if "lr" in r else {})})
+        diff = [k for k in _other_options(run, cfg) if not (k == "lr" and "lr" not in r)]
+        if diff:
+            raise TrainError(f"{path}: its options differ from those of {run / 'config.json'} "
+                             f"({', '.join(diff[:3])}); one of them was edited")
 
 
 def new_sweep_record(config, widths, seeds):
@@ -484,6 +532,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:
         record = read_sweep(out)
+        check_resumable(out, record)
         saved_steps = int(record["config"]["steps"])
         if steps is not None:
             if int(steps) < saved_steps:

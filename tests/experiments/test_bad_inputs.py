@@ -373,7 +373,10 @@ def test_run_in_use_is_refused(tmp_path, base_run):
 
 @pytest.mark.parametrize("case, word", [("invalid JSON", "sweep.json"), ("runs missing", "runs"),
                                         ("config missing", "config"), ("run without dir", "run record"),
-                                        ("bad option", "sweep.json"), ("fewer steps", "steps")])
+                                        ("bad option", "sweep.json"), ("fewer steps", "steps"),
+                                        ("width added", "run records"), ("widths empty", "sweep.json"),
+                                        ("activation edited", "width-2/config.json"),
+                                        ("rate NaN", "sweep.json"), ("run record removed", "run records")])
 def test_damaged_sweep_is_refused(tmp_path, case, word):
     out = tmp_path / "sw"
     assert _invoke(["sweep", *SWEEP_TINY, "--out", str(out)]).exit_code == 0
@@ -392,11 +395,64 @@ def test_damaged_sweep_is_refused(tmp_path, case, word):
         rec["config"]["lr"] = -1
     elif case == "fewer steps":
         extra = ["--steps", "4"]
+    elif case == "width added":
+        rec["widths"].append(5)
+    elif case == "widths empty":
+        rec["widths"] = []
+    elif case == "activation edited":
+        rec["config"]["activation"] = "erf"
+    elif case == "rate NaN":
+        rec["runs"][0]["lr"] = float("nan")
+    elif case == "run record removed":
+        rec["runs"] = []
     if case != "invalid JSON":
         path.write_text(json.dumps(rec))
     before = path.read_bytes()
     _fails_cleanly(_invoke(["sweep", "--resume", str(out), *extra]), word)
     assert path.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def per_width_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pw") / "sw"
+    args = [a for a in SWEEP_TINY if a != "2"]
+    args[args.index("--widths") + 1] = "2,3"
+    res = _invoke(["sweep", *args, "--lr-policy", "per-width", "--lr-probe-steps", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("case, word", [("probe invalid JSON", "lr_probe.json"), ("probe rate NaN", "lr_probe.json"),
+                                        ("probe rate tiny", "lr_probe.json"),
+                                        ("probe activation edited", "lr_probe.json"),
+                                        ("probe entry not an object", "lr_probe.json"),
+                                        ("sweep rate edited", "sweep.json"), ("policy edited", "sweep.json")])
+def test_edited_per_width_sweep_is_refused_up_front(tmp_path, per_width_sweep, case, word):
+    out = tmp_path / "sw"
+    shutil.copytree(per_width_sweep, out)
+    probe, sweep = out / "lr_probe.json", out / "sweep.json"
+    p, rec = json.loads(probe.read_text()), json.loads(sweep.read_text())
+    if case == "probe invalid JSON":
+        probe.write_text('{"widths": ')
+    elif case == "probe rate NaN":
+        p["widths"]["2"]["lr"] = float("nan")
+    elif case == "probe rate tiny":
+        p["widths"]["2"]["lr"] = 1e-300
+    elif case == "probe activation edited":
+        p["options"]["activation"] = "erf"
+    elif case == "probe entry not an object":
+        p["widths"]["2"] = [1, 2]
+    elif case == "sweep rate edited":
+        rec["runs"][0]["lr"] = rec["runs"][0]["lr"] / 2
+    elif case == "policy edited":
+        rec["config"]["lr_policy"] = "fixed"
+    if case.startswith("probe") and case != "probe invalid JSON":
+        probe.write_text(json.dumps(p))
+    elif not case.startswith("probe"):
+        sweep.write_text(json.dumps(rec))
+    before = {f: (out / f).read_bytes() for f in ("lr_probe.json", "sweep.json", "width-2/metrics.csv")}
+    _fails_cleanly(_invoke(["sweep", "--resume", str(out), "--steps", "12"]), word)
+    assert {f: (out / f).read_bytes() for f in before} == before
 
 
 # -------------------------------------------------------------------------------------- library calls
@@ -462,3 +518,68 @@ def test_divergence_keeps_a_checkpoint_a_user_calls_good(tmp_path, lr, every):
     assert int(state["t"]) < step
     assert np.isfinite(state["driver_train_loss"]) and float(state["driver_train_loss"]) <= GOOD_LOSS_FACTOR * initial
     assert f"step {int(state['t'])}" in line
+
+
+FINITE_TINY = ["--dataset", "synthetic", "--train-size", "40", "--test-size", "20", "--d0", "3", "--dr", "2",
+               "--hidden", "50", "--steps", "4", "--batch-size", "5", "--eval-every", "2", "--lr", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def finite_sweep_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fs") / "fs"
+    res = _invoke(["finite-sweep", *FINITE_TINY, "--widths", "1,2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("case, word", [
+    ("metrics deleted", "width-00002/metrics.csv: missing"), ("metrics truncated", "width-00002/metrics.csv"),
+    ("metrics NaN", "width-00002/metrics.csv"), ("result invalid JSON", "width-00002/result.json"),
+    ("result width edited", "width-00002/result.json"), ("result a list", "width-00002/result.json"),
+    ("config invalid JSON", "config.json"), ("config option text", "config.json"),
+    ("config not an object", "config.json")])
+def test_damaged_finite_sweep_is_refused_before_anything_is_written(tmp_path, finite_sweep_dir, case, word):
+    out = tmp_path / "fs"
+    shutil.copytree(finite_sweep_dir, out)
+    w2 = out / "width-00002"
+    if case == "metrics deleted":
+        (w2 / "metrics.csv").unlink()
+    elif case == "metrics truncated":
+        lines = (w2 / "metrics.csv").read_text().splitlines(keepends=True)
+        (w2 / "metrics.csv").write_text("".join(lines[:2]))
+    elif case == "metrics NaN":
+        lines = (w2 / "metrics.csv").read_text().splitlines(keepends=True)
+        lines[-1] = "4,nan,nan,,,0.1\n"
+        (w2 / "metrics.csv").write_text("".join(lines))
+    elif case == "result invalid JSON":
+        (w2 / "result.json").write_text("{")
+    elif case == "result width edited":
+        res = json.loads((w2 / "result.json").read_text())
+        res["width"] = 20
+        (w2 / "result.json").write_text(json.dumps(res))
+    elif case == "result a list":
+        (w2 / "result.json").write_text("[1]")
+    elif case == "config invalid JSON":
+        (out / "config.json").write_text("{")
+    elif case == "config option text":
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["config"]["hidden"] = "wide"
+        (out / "config.json").write_text(json.dumps(cfg))
+    elif case == "config not an object":
+        (out / "config.json").write_text('{"config": [1]}')
+    before = {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    _fails_cleanly(_invoke(["finite-sweep", "--resume", str(out)]), word)
+    assert {str(p): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+
+
+@pytest.mark.parametrize("edit", [lambda rec: rec["runs"][0].update(dir="/etc"), lambda rec: rec["runs"][0].pop("dir"),
+                                  lambda rec: rec.update(runs="x")])
+def test_plot_of_an_edited_sweep_names_sweep_json(tmp_path, edit):
+    out = tmp_path / "sw"
+    assert _invoke(["sweep", *SWEEP_TINY, "--out", str(out)]).exit_code == 0
+    rec = json.loads((out / "sweep.json").read_text())
+    edit(rec)
+    (out / "sweep.json").write_text(json.dumps(rec))
+    res = _invoke(["plot", str(out)])
+    _fails_cleanly(res, "sweep.json")
+    assert res.exit_code == 2
