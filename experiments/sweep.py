@@ -532,6 +532,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:
         record = read_sweep(out)
+        _refuse_links(out, record)                # before any run file is read
         check_resumable(out, record)
         saved_steps = int(record["config"]["steps"])
         if steps is not None:
