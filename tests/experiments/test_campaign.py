@@ -19,8 +19,8 @@ TINY_PLAN = {
     "conditions": [
         {"name": "gp-A", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 8,
                                      "eval_every": 2, "lr": 1}},
-        {"name": "gp-C", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 8,
-                                     "eval_every": 2, "lr": 2, "out_std": 0.5}},
+        {"name": "gp-C", "seeds": [0], "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20,
+                                                   "steps": 8, "eval_every": 2, "lr": 2, "out_std": 0.5}},
     ]}
 
 
@@ -84,7 +84,7 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monke
     res = _invoke([*common, "--budget", "30", "--gflops", "1e-9"])
     assert res.exit_code == 0, res.output
     state = json.loads((out / "campaign.json").read_text())
-    assert state["runs"] == {} and len(state["sessions"][0]["skipped"]) == 8
+    assert state["runs"] == {} and len(state["sessions"][0]["skipped"]) == 6
     assert all("estimate" in s["why"] for s in state["sessions"][0]["skipped"])
     # 2. a session cut after three runs
     res = _invoke([*common, "--budget", "600", "--max-runs", "3"])
@@ -104,7 +104,7 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monke
     assert res.exit_code == 0, res.output
     state = json.loads((out / "campaign.json").read_text())
     again = state["sessions"][-1]["ran"]
-    assert len(again) == 5 and not set(again) & set(first) and state["sessions"][-1]["left"] == 0
+    assert len(again) == 3 and not set(again) & set(first) and state["sessions"][-1]["left"] == 0
     assert all((out / rid / "summary.json").stat().st_mtime_ns == t for rid, t in mtimes.items())
     assert not list(out.rglob("checkpoint.npz"))
     # 4. the report, from what has run
@@ -116,7 +116,7 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monke
     steps = C._verdict_steps(runs, [0.5, 1.0])
     assert steps == [4, 8] and by["gp-A"]["steps"] == steps
     assert by["gp-A"]["verdict"] == plots.acceleration_verdict(runs, steps)[0]
-    assert by["gp-A"]["done"] == by["gp-C"]["done"] == 4 and by["gp-C"]["widths"] == {"3": 2, "inf": 2}
+    assert by["gp-A"]["done"] == 4 and by["gp-C"]["done"] == 2 and by["gp-C"]["widths"] == {"3": 1, "inf": 1}
     md = (out / "report.md").read_text()
     assert f"| gp-A | 4/4 | 3 (2), inf (2) | {by['gp-A']['verdict']} |" in md
     # the plan's label and descriptive statistic, as experiments.plots computes them
@@ -126,7 +126,7 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monke
         assert (out / cond / "tables.md").exists() and (out / cond / "loss.png").exists()
     size = C.folder_bytes(out)
     assert size == rep["output_bytes"] and size < 5 * 2**20       # compact: well under 50 MB at paper scale
-    print(f"tiny stand-in campaign: 8 runs, output {size / 1024:.0f} KiB")
+    print(f"tiny stand-in campaign: 6 runs, output {size / 1024:.0f} KiB")
 
 
 def test_a_run_that_outlasts_the_budget_is_cut_and_removed(tmp_path):
