@@ -12,9 +12,10 @@ gpu       :mod:`accel.gpu`, CuPy (cuBLAS GEMMs, one elementwise kernel for the p
 auto      gpu when CuPy sees a CUDA device, else cpu
 ========  =========================================================
 
-The simulators of a backend are subclasses of refimpl's that override only
-the kernel hooks and the history storage; ``dtype`` ("float64" or
-"float32") sets the precision of the history and of its pass.
+Every backend runs refimpl's own simulators; what differs is the *engine*
+(:mod:`refimpl.engine`: history storage, tracked inputs, Theta, the history
+pass) handed to them.  ``dtype`` ("float64" or "float32") sets the precision
+of the history and of its pass.
 
 :class:`BackendUnavailable` (a RuntimeError with a one-line message) is
 raised when a backend cannot run here, e.g. ``gpu`` without CuPy or device.
@@ -22,43 +23,72 @@ raised when a backend cannot run here, e.g. ``gpu`` without CuPy or device.
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
+import refimpl
+
 from ._simbase import BackendUnavailable, check_dtype
 
 BACKENDS = ("numpy", "cpu", "gpu", "auto")
 KERNEL_NAMES = ("nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf")
 
-__all__ = ["BackendUnavailable", "Backend", "get_backend", "available_backends", "BACKENDS"]
+__all__ = ["BackendUnavailable", "Backend", "get_backend", "standin_backend", "available_backends", "BACKENDS"]
 
 
 class Backend:
-    """A backend: simulators bound to a dtype, and the kernel functions.
+    """A backend: engines bound to a dtype, refimpl's simulators over them, and the kernel functions.
 
     Attributes
     ----------
     name : str            "numpy", "cpu" or "gpu" (what "auto" resolved to)
     dtype : str           "float64" or "float32"
-    BottleneckSimulator, InfiniteSimulator : classes with refimpl's constructor signatures
     nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf : kernel functions
+
+    ``engines(dtype)`` gives the (bottleneck, infinite) engine factories of :mod:`refimpl.engine`;
+    ``BottleneckSimulator(...)`` and ``InfiniteSimulator(...)`` take refimpl's constructor arguments
+    (plus ``dtype``, default the backend's) and return refimpl's simulators on these engines.
     """
 
-    def __init__(self, name, dtype, bottleneck, infinite, kernels):
+    def __init__(self, name, dtype, engines, kernels):
         self.name = name
         self.dtype = dtype
         #: Why "auto" chose this backend (one line), None when it was named.
         self.chosen_because = None
-        self.BottleneckSimulator = bottleneck
-        self.InfiniteSimulator = infinite
+        self._make_engines = engines
         for k in KERNEL_NAMES:
             setattr(self, k, getattr(kernels, k))
+
+    def engines(self, dtype=None):
+        """(bottleneck, infinite) engine factories at ``dtype`` (default the backend's)."""
+        return self._make_engines(check_dtype(self.dtype if dtype is None else dtype))
+
+    def BottleneckSimulator(self, *args, dtype=None, **kwargs):       # noqa: N802 - refimpl's class name
+        """:class:`refimpl.BottleneckSimulator` on this backend's engine."""
+        return refimpl.BottleneckSimulator(*args, engine=self.engines(dtype)[0], **kwargs)
+
+    def InfiniteSimulator(self, *args, dtype=None, **kwargs):         # noqa: N802
+        """:class:`refimpl.InfiniteSimulator` on this backend's engine (float64 whatever ``dtype``)."""
+        return refimpl.InfiniteSimulator(*args, engine=self.engines(dtype)[1], **kwargs)
 
     def __repr__(self):
         return f"<accel backend {self.name} ({self.dtype})>"
 
 
-def _bind_dtype(cls, dtype):
-    """A subclass of ``cls`` whose instances default to ``dtype`` (same name and signature)."""
-    return type(cls.__name__, (cls,), {"dtype": check_dtype(dtype), "__module__": cls.__module__,
-                                        "__doc__": cls.__doc__})
+def _numpy_engines(dtype):
+    if dtype is not np.float64:
+        raise ValueError("dtype: the numpy reference backend is float64 only")
+    from refimpl import engine
+    return engine.BottleneckEngine, engine.InfiniteEngine
+
+
+def _accel_engines(module, **kw):
+    """dtype -> engine factories of the accel backend ``module`` (cpu or gpu)."""
+    def make(dtype):
+        return (functools.partial(module.BottleneckEngine, dtype=dtype, **kw),
+                functools.partial(module.InfiniteEngine, **kw))
+    return make
 
 
 def get_backend(name, dtype="float64"):
@@ -84,24 +114,29 @@ def get_backend(name, dtype="float64"):
     if name == "numpy":
         if dtype != "float64":
             raise ValueError("dtype: the numpy reference backend is float64 only")
-        import refimpl
         from refimpl import kernels
-        return Backend("numpy", dtype, refimpl.BottleneckSimulator, refimpl.InfiniteSimulator, kernels)
+        return Backend("numpy", dtype, _numpy_engines, kernels)
     if name == "cpu":
         try:
             from . import cpu
         except ImportError as exc:            # pragma: no cover - numba is a dependency
             raise BackendUnavailable(f"Numba cannot be imported ({exc})") from None
-        be = Backend("cpu", dtype, _bind_dtype(cpu.BottleneckSimulator, dtype),
-                     _bind_dtype(cpu.InfiniteSimulator, dtype), cpu._KernelFunctions)
+        be = Backend("cpu", dtype, _accel_engines(cpu), cpu._KernelFunctions)
         be.chosen_because = why
         return be
     from . import gpu
     gpu.load_cupy()
-    be = Backend("gpu", dtype, _bind_dtype(gpu.BottleneckSimulator, dtype),
-                 _bind_dtype(gpu.InfiniteSimulator, dtype), gpu.kernels("cupy"))
+    be = Backend("gpu", dtype, _accel_engines(gpu), gpu.kernels("cupy"))
     be.chosen_because = why
     return be
+
+
+def standin_backend(dtype="float64"):
+    """The gpu backend's code on the NumPy stand-in (:mod:`accel.standin`: its kernel source compiled
+    by the host C compiler), named "gpu-path/numpy": what CI can test of the GPU path without a GPU."""
+    from . import gpu
+    return Backend("gpu-path/numpy", str(np.dtype(check_dtype(dtype))), _accel_engines(gpu, xp_name="numpy"),
+                   gpu.kernels("numpy"))
 
 
 def available_backends():
@@ -131,10 +166,6 @@ def golden_targets(include_numpy_path=True):
             targets.append((f"{name}/{dtype}", get_backend(name, dtype), dtype))
     from .standin import compiler
     if include_numpy_path and compiler() is not None:
-        from . import gpu
-        bott, inf, kern = gpu.numpy_path()
         for dtype in ("float64", "float32"):
-            targets.append((f"gpu-path/numpy/{dtype}",
-                            Backend("gpu-path/numpy", dtype, _bind_dtype(bott, dtype),
-                                    _bind_dtype(inf, dtype), kern), dtype))
+            targets.append((f"gpu-path/numpy/{dtype}", standin_backend(dtype), dtype))
     return targets

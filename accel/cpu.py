@@ -1,9 +1,8 @@
 """Numba backend: parallel CPU kernels behind refimpl's interface.
 
 Exposes the kernel functions of :mod:`refimpl.kernels` under the same names
-and signatures, and :class:`BottleneckSimulator` / :class:`InfiniteSimulator`,
-subclasses of the refimpl simulators that override only the kernel hooks
-(``_theta``, ``_hist_f``, ``_hist_jt_chi``, ``_ntk``) and the history storage.
+and signatures, and :class:`BottleneckEngine` / :class:`InfiniteEngine`, engines of
+:mod:`refimpl.engine`'s interface that refimpl's simulators run on (``engine=``).
 
 The hot loop (:func:`_hist_kernel`) walks the history in tiles of
 ``HIST_BLOCK`` rows against ``QUERY_BLOCK`` query rows, so its temporaries
@@ -56,11 +55,11 @@ from numba import njit, prange, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-import refimpl
+from refimpl.engine import Tracked
 from refimpl.kernels import unit_rows
 
 from . import blas_threads, formulas, kernelapi
-from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin
+from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine
 from .pair_source import WHAT
 
 #: History rows per tile of the hot loop.
@@ -631,11 +630,14 @@ def _hist_kernel(Zw, zn, Zh, P, Pflat, pn, C, chi, mode, relu, m, lin, nchunks, 
                             out_T[c, b0 + bb, r, k] += accr[bb, k]
 
 
-def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
+def history_pass(Z, P, pn, C, mode, chi, arch, m, par, dtype=np.float64,
                  qblock=QUERY_BLOCK, hblock=HIST_BLOCK):
-    """Sums over the history for queries Z (q, d); see :mod:`accel._simbase` for the modes.
+    """Sums over the history for queries Z (q, d); modes as in :mod:`refimpl.engine`.
 
-    Returns f (q, dr), T (q, R, d), bsum (q, R) in float64 (T, bsum are None in mode 0).
+    P (M, d), C (M, dr) in the working dtype ``dtype`` and pn (M,) float64 norms; ``arch``
+    ("relu" or "linear"), m, par as :class:`accel._simbase.HeadArch` (the signature of
+    :meth:`accel.xpcore.XPEngine.history_pass`).  Returns f (q, dr), T (q, R, d), bsum (q, R)
+    in float64 (T, bsum are None in mode 0; f is None in mode 2).
     """
     Z = np.ascontiguousarray(Z, dtype=np.float64)
     P = np.ascontiguousarray(P)
@@ -652,8 +654,8 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
     chi = np.zeros((1, 1)) if chi is None else np.ascontiguousarray(chi, dtype=np.float64)
     if M:
         with _threads(q * M, dynamic=True):
-            _hist_kernel(Zw, zn, Zh, P, P.reshape(-1), pn, C, chi, mode, relu, float(m), float(lin), nchunks,
-                         qblock, hblock, out_f, out_T, out_b)
+            _hist_kernel(Zw, zn, Zh, P, P.reshape(-1), pn, C, chi, mode, arch == "relu", float(m), float(par),
+                         nchunks, qblock, hblock, out_f, out_T, out_b)
     f = out_f.sum(axis=0) if mode != 2 else None
     if mode == 0:
         return f, None, None
@@ -661,43 +663,117 @@ def history_pass(Z, P, pn, C, mode, chi, relu, m, lin, dtype=np.float64,
 
 
 # ---------------------------------------------------------------------------
-# simulators
+# Theta against tracked inputs (MATH §4): what never changes is computed once
 # ---------------------------------------------------------------------------
 
-class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
-    """:class:`refimpl.BottleneckSimulator` with the Numba history pass.
+@njit(cache=True, **_STRICT)
+def _near_halves_rows(x, nx, y, ny):
+    """|x^ - y^|^2, |x^ + y^|^2 in float64 from rows x, y and their norms (a zero row: unit vector 0)."""
+    minus2 = 0.0
+    plus2 = 0.0
+    for k in range(x.shape[0]):
+        xk = x[k] / nx if nx > 0.0 else 0.0
+        yk = y[k] / ny if ny > 0.0 else 0.0
+        a = xk - yk
+        b = xk + yk
+        minus2 += a * a
+        plus2 += b * b
+    return minus2, plus2
 
-    Same parameters, plus ``dtype`` ("float64" or "float32"): the precision of
-    the stored history and of the history pass (default: the class's, set by
-    :func:`accel.get_backend`).
+
+#: Target rows per parallel task of :func:`_theta_rows`.
+THETA_ROWS = 256
+
+
+@njit(parallel=True, cache=True, **_STRICT)
+def _theta_rows(X, nz_ptr, nz_idx, nx, Y, YT, ny, m, out):
+    """out[i, b] = ReLU NTK(X_i, Y_b) with scale m for all target rows i and source rows b (MATH §2).
+
+    The dot products run over the nonzero entries of each X row only (nz_ptr, nz_idx: their
+    column indices, CSR; computed once per tracked set), against the transposed sources YT
+    (m, B); the pair terms are those of :func:`_pair_kernel` (nearly (anti-)parallel pairs from
+    the explicit differences), so the result equals ``ntk(X, Y)`` up to the order of the sums in
+    the dot products.
+    """
+    n = X.shape[0]
+    B = YT.shape[1]
+    ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
+    for task in prange(ntasks):
+        dots = np.empty(B)
+        for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
+            dots[:] = 0.0
+            for j in range(nz_ptr[i], nz_ptr[i + 1]):
+                k = nz_idx[j]
+                v = X[i, k]
+                for b in range(B):
+                    dots[b] += v * YT[k, b]
+            for b in range(B):
+                nn = nx[i] * ny[b]
+                lam = _cos_of_pair(dots[b], nn, nx[i] + ny[b] == 0.0)
+                if abs(lam) > 1.0 - NEAR:
+                    minus2, plus2 = _near_halves_rows(X[i], nx[i], Y[b], ny[b])
+                    theta, lam, s = _geometry_from_halves(minus2, plus2)
+                else:
+                    theta, lam, s = _geometry_from_cos(lam)
+                out[i, b] = _relu_ntk(dots[b], nn, m, theta, lam, s)
+
+
+class TrackedInputs(Tracked):
+    """A tracked set (:class:`refimpl.engine.Tracked`) with what never changes about X, computed once:
+    the row norms and the column indices of the nonzero entries of each row (CSR)."""
+
+    def __init__(self, X, values):
+        super().__init__(X, values)
+        self.norms = np.sqrt(np.einsum("ij,ij->i", X, X))
+        nz = X != 0.0
+        self.nz_ptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
+        self.nz_idx = np.nonzero(nz)[1].astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# engines
+# ---------------------------------------------------------------------------
+
+class BottleneckEngine(AccelBottleneckEngine):
+    """The engine of :class:`refimpl.BottleneckSimulator` (:mod:`refimpl.engine`) with the Numba passes.
+
+    ``dtype`` ("float64" or "float32"): the precision of the stored history and of its pass.
+    Theta of the ReLU g (with layer scales that factor out) against tracked inputs is
+    :func:`_theta_rows` from the norms and nonzero pattern computed once per tracked set.  The
+    passes run with one BLAS thread (:mod:`accel.blas_threads`): spinning BLAS workers would
+    otherwise take cores from the Numba kernels.
     """
 
-    _kernels = _KernelFunctions
+    def __init__(self, layers_g, layers_f, d, dr, dtype=None):
+        super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=_KernelFunctions)
+        self.theta_fast = layers_g.activation == "relu" and layers_g.kernel_scale is not None
 
-    def __init__(self, *args, dtype=None, **kwargs):
-        self._init_accel(dtype)
-        super().__init__(*args, **kwargs)
+    def track(self, X, values):
+        return TrackedInputs(X, values) if self.theta_fast else Tracked(X, values)
 
-    def _history_pass(self, Z, mode, chi):
-        h = self.history
-        relu, m, lin = self._kernel_params()
-        return history_pass(Z, h.P, h.norms, h.C, mode, chi, relu, m, lin, dtype=self.dtype)
-
-    def step(self, idx):
-        """:meth:`refimpl.BottleneckSimulator.step` with one BLAS thread (:mod:`accel.blas_threads`):
-        spinning BLAS workers would otherwise take cores from the next step's history pass."""
+    def update_tracked(self, target, source, idx, V, lr):
         with blas_threads.limit(1):
-            return super().step(idx)
+            if not self.theta_fast:
+                return super().update_tracked(target, source, idx, V, lr)
+            Y = np.ascontiguousarray(source.X[idx])
+            theta = np.empty((target.X.shape[0], Y.shape[0]))
+            with _threads(theta.size):
+                _theta_rows(target.X, target.nz_ptr, target.nz_idx, target.norms, Y, np.ascontiguousarray(Y.T),
+                            source.norms[idx], float(Y.shape[1]), theta)
+            if not self.layers_g.closed_form:
+                theta *= self.layers_g.kernel_scale
+            target.values -= lr * (theta @ V)
+
+    def fast_pass(self, Z, mode, chi):
+        h = self.history
+        with blas_threads.limit(1):
+            return history_pass(Z, h.P, h.norms, h.C, mode, chi, self.head.kind, self.head.m, self.head.par,
+                                dtype=self.dtype)
 
 
-class InfiniteSimulator(AccelInfiniteMixin, refimpl.InfiniteSimulator):
-    """:class:`refimpl.InfiniteSimulator` with the Numba NTK_inf.
+class InfiniteEngine(AccelInfiniteEngine):
+    """The engine of :class:`refimpl.InfiniteSimulator` with the Numba NTK_inf (always float64:
+    this model has no history; ``dtype`` is accepted for a uniform interface)."""
 
-    ``dtype`` is accepted for a uniform interface; this model has no history
-    and always runs in float64.
-    """
-
-    _kernels = _KernelFunctions
-
-    def __init__(self, *args, dtype=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, layers_g, layers_f, lr_f, lr_g, dtype=None):
+        super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=_KernelFunctions)

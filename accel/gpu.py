@@ -1,8 +1,9 @@
 """CuPy backend: the history on the GPU, cuBLAS GEMMs and one elementwise kernel per block.
 
 The history pass and the pair kernels are :class:`accel.xpcore.XPEngine` over ``cupy``; the
-per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :func:`numpy_path` gives
-the same simulators over the NumPy stand-in (:mod:`accel.standin`, the kernel source compiled
+per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :class:`BottleneckEngine` and
+:class:`InfiniteEngine` are the engines (:mod:`refimpl.engine`) that refimpl's simulators run on;
+with ``xp_name="numpy"`` (:func:`accel.standin_backend`) the same engines run over the NumPy stand-in (:mod:`accel.standin`, the kernel source compiled
 by gcc): that is what CI runs against the golden files, so only CuPy itself (and NVRTC) is left
 untested without a GPU.
 
@@ -22,10 +23,11 @@ import os
 
 import numpy as np
 
-import refimpl
+from refimpl.engine import Tracked
+from refimpl.kernels import unit_rows
 
 from . import kernelapi
-from ._simbase import AccelBottleneckMixin, AccelInfiniteMixin, ArrayHistory, BackendUnavailable
+from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
 from .standin import numpy_device
 from .xpcore import XPEngine
 
@@ -158,50 +160,70 @@ def kernels(xp_name):
     return kernelapi.make_kernels(lambda X, Y, what: eng.pair_kernel(X, Y, what), eng.xp)
 
 
-class BottleneckSimulator(AccelBottleneckMixin, refimpl.BottleneckSimulator):
-    """:class:`refimpl.BottleneckSimulator` with the history in device memory.
+class DeviceTracked(Tracked):
+    """A tracked set (:class:`refimpl.engine.Tracked`) whose inputs, their norms and unit rows (computed
+    once) and values live in device memory; ``values`` reads and writes through to the host."""
 
-    Same parameters plus ``dtype`` ("float64" or "float32").  The class attribute
-    ``xp_name`` selects the array module ("cupy"; "numpy" for the stand-in of
-    :func:`numpy_path`).
+    def __init__(self, X, values, xp):
+        self.xp = xp
+        norms, units = unit_rows(X)
+        self.X_dev, self.norms_dev, self.units_dev = xp.asarray(X), xp.asarray(norms), xp.asarray(units)
+        super().__init__(X, values)
+
+    @property
+    def values(self):
+        return self.xp.asnumpy(self.values_dev)
+
+    @values.setter
+    def values(self, host):
+        self.values_dev = self.xp.asarray(np.ascontiguousarray(host, dtype=np.float64))
+
+    def rows(self, idx):
+        """values[idx] on the host (one device-to-host copy of B x d)."""
+        return self.xp.asnumpy(self.values_dev[self.xp.asarray(idx)])
+
+
+class BottleneckEngine(AccelBottleneckEngine):
+    """The engine of :class:`refimpl.BottleneckSimulator` (:mod:`refimpl.engine`) with the history, the
+    tracked inputs and their embeddings in device memory.
+
+    ``dtype`` ("float64" or "float32"): precision of the history and of its pass.  ``xp_name``
+    selects the array module: "cupy", or "numpy" for the stand-in (:data:`accel.standin.numpy_device`).
+    Per step, Theta of a ReLU g against the tracked inputs is one GEMM and one pair kernel on the
+    device from the norms and unit rows stored once; only V (B x d) goes up.
     """
 
-    xp_name = "cupy"
+    def __init__(self, layers_g, layers_f, d, dr, dtype=None, xp_name="cupy"):
+        self.device = engine(xp_name)
+        super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=kernels(xp_name), xp=self.device.xp)
+        self.theta_fast = layers_g.activation == "relu" and layers_g.kernel_scale is not None
 
-    def __init__(self, *args, dtype=None, **kwargs):
-        self._engine = engine(self.xp_name)
-        self._kernels = kernels(self.xp_name)
-        self._init_accel(dtype)
-        super().__init__(*args, **kwargs)
+    def track(self, X, values):
+        return DeviceTracked(X, values, self.xp)
 
-    def _new_history(self, capacity=1024):
-        return ArrayHistory(self.d, self.dr, capacity=capacity, dtype=self.dtype, xp=self._engine.xp)
+    def update_tracked(self, target, source, idx, V, lr):
+        if not self.theta_fast:
+            return super().update_tracked(target, source, idx, V, lr)
+        xp = self.xp
+        idx_d = xp.asarray(idx)
+        theta, _ = self.device.pair_kernel_device(target.X_dev, target.norms_dev, target.units_dev,
+                                                  source.X_dev[idx_d], source.norms_dev[idx_d], "ntk")
+        if not self.layers_g.closed_form:
+            theta *= self.layers_g.kernel_scale
+        target.values_dev -= lr * xp.matmul(theta, xp.asarray(np.ascontiguousarray(V, dtype=np.float64)))
 
-    def _history_pass(self, Z, mode, chi):
+    def fast_pass(self, Z, mode, chi):
         h = self.history
-        relu, m, lin = self._kernel_params()
-        return self._engine.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi,
-                                         "relu" if relu else "linear", m, lin)
+        return self.device.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, self.head.kind,
+                                        self.head.m, self.head.par)
 
 
-class InfiniteSimulator(AccelInfiniteMixin, refimpl.InfiniteSimulator):
-    """:class:`refimpl.InfiniteSimulator` with NTK_inf's pair kernel on the GPU.
+class InfiniteEngine(AccelInfiniteEngine):
+    """The engine of :class:`refimpl.InfiniteSimulator` with NTK_inf's pair kernel on the GPU
+    (float64; ``dtype`` is accepted for a uniform interface)."""
 
-    ``dtype`` is accepted for a uniform interface; this model runs in float64.
-    """
-
-    xp_name = "cupy"
-
-    def __init__(self, *args, dtype=None, **kwargs):
-        self._kernels = kernels(self.xp_name)
-        super().__init__(*args, **kwargs)
-
-
-def numpy_path():
-    """(BottleneckSimulator, InfiniteSimulator, kernels) of this backend's code on the NumPy stand-in."""
-    bott = type("BottleneckSimulator", (BottleneckSimulator,), {"xp_name": "numpy"})
-    inf = type("InfiniteSimulator", (InfiniteSimulator,), {"xp_name": "numpy"})
-    return bott, inf, kernels("numpy")
+    def __init__(self, layers_g, layers_f, lr_f, lr_g, dtype=None, xp_name="cupy"):
+        super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=kernels(xp_name))
 
 
 def memory_pool_peak():

@@ -91,17 +91,23 @@ class XPEngine:
         xp = self.xp
         nx, Xh = unit_rows(X)
         ny = np.sqrt(np.einsum("ij,ij->i", Y, Y))
-        Xd, Yd = xp.asarray(X), xp.asarray(Y)
-        G = xp.matmul(Xd, Yd.T)
-        G = xp.ascontiguousarray(G)
+        out1, out2 = self.pair_kernel_device(xp.asarray(X), xp.asarray(nx), xp.asarray(Xh), xp.asarray(Y),
+                                             xp.asarray(ny), what, arch, par)
+        return self.to_host(out1), (None if out2 is None else self.to_host(out2))
+
+    def pair_kernel_device(self, Xd, nx, Xh, Yd, ny, what, arch="relu", par=0.0):
+        """:meth:`pair_kernel` on device arrays: rows Xd (p, m) with norms nx (p,) and unit rows Xh,
+        rows Yd (q, m) with norms ny (q,), all float64 on ``xp``.  Returns device (out1, out2)."""
+        xp = self.xp
+        G = xp.ascontiguousarray(xp.matmul(Xd, Yd.T))
         two = what in ("xi", "nngp+ntk")
         out1 = xp.empty(G.shape)
         out2 = xp.empty(G.shape if two else (1,))
         _, kern = self.kernels(arch)
-        kern(G, xp.asarray(nx), xp.asarray(ny), xp.asarray(Xh).ravel(), Yd.ravel(),
-             int(Y.shape[0]), int(X.shape[1]), float(X.shape[1]), float(par),
+        kern(G, nx, ny, xp.ascontiguousarray(Xh).ravel(), xp.ascontiguousarray(Yd).ravel(),
+             int(Yd.shape[0]), int(Xd.shape[1]), float(Xd.shape[1]), float(par),
              int(pair_source.WHAT[what]), out1, out2.ravel())
-        return self.to_host(out1), (self.to_host(out2) if two else None)
+        return out1, (out2 if two else None)
 
     # ------------------------------------------------------------ history pass
     def history_pass(self, Z, P, pn, C, mode, chi, arch, m, par):

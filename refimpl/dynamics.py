@@ -36,8 +36,10 @@ inputs) are updated in place.  Embeddings at any other input use the
 accumulated ``A_j = sum over the steps where row j was in the batch of
 J^T chi``: ``g_t(xi) = g0(xi) - mu_g sum_j Theta(xi, xi_j) A_j``.
 
-Backends (``accel``) subclass these classes and override only the ``_hist_*``
-and ``_theta`` hooks; the bookkeeping here is shared.
+Everything that costs flops or memory (the history, the tracked inputs, Theta and
+the history pass) is asked of an engine (:mod:`refimpl.engine`): the reference engines
+there by default, or a backend's (``accel``) passed as ``engine=``; the bookkeeping here
+is shared by every backend.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
+from .engine import BottleneckEngine, History, InfiniteEngine, contract_xi  # noqa: F401 (History: public)
 from .kernels import as_points
 from .validate import positive_rate, real_array, state_arrays
 from .network import RandomNetwork
@@ -120,12 +123,6 @@ def loss_and_chi(F, Y, loss="mse", xp=np, B=None):
     return float(xp.sum(pointwise_loss(F, Y, loss, xp))) / B, (p - Y) / B
 
 
-#: History rows processed per block in the reference hot loop.
-HISTORY_BLOCK = 4096
-#: Query rows processed per block when evaluating f_t at many points.
-QUERY_BLOCK = 512
-
-
 def _check_targets(X, Y):
     Y = np.asarray(real_array("Y", Y), dtype=np.float64)
     if Y.ndim == 1:
@@ -135,61 +132,6 @@ def _check_targets(X, Y):
     if not np.all(np.isfinite(Y)):
         raise ValueError("Y: contains NaN or inf")
     return np.ascontiguousarray(Y)
-
-
-class History:
-    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling.
-
-    Subclasses may store more per-row arrays (listed in ``_arrays``, grown together) and
-    allocate elsewhere (``_empty``, e.g. device memory).
-    """
-
-    #: Per-row storage arrays, grown together.
-    _arrays = ("_P", "_C")
-
-    def __init__(self, d, dr, capacity=1024, dtype=np.float64):
-        self._P = self._empty((capacity, d), dtype)
-        self._C = self._empty((capacity, dr), dtype)
-        self.M = 0
-
-    def _empty(self, shape, dtype):
-        """Uninitialised storage (NumPy here)."""
-        return np.empty(shape, dtype=dtype)
-
-    def append(self, P, C):
-        """Append rows; copies the storage only when it is full (capacity doubles)."""
-        k = P.shape[0]
-        if self.M + k > self._P.shape[0]:
-            cap = max(2 * self._P.shape[0], self.M + k)
-            for name in self._arrays:
-                old = getattr(self, name)
-                new = self._empty((cap,) + old.shape[1:], old.dtype)
-                new[:self.M] = old[:self.M]
-                setattr(self, name, new)
-        self._P[self.M:self.M + k] = P
-        self._C[self.M:self.M + k] = C
-        self.M += k
-
-    @property
-    def P(self):
-        """(M, d) view of the stored embeddings."""
-        return self._P[:self.M]
-
-    @property
-    def C(self):
-        """(M, dr) view of the stored loss derivatives."""
-        return self._C[:self.M]
-
-
-class _Tracked:
-    """Inputs whose function values are updated in place at every step."""
-
-    def __init__(self, X, values):
-        self.X = X
-        self.values = values
-
-    def matches(self, Xq):
-        return Xq is self.X or (Xq.shape == self.X.shape and np.array_equal(Xq, self.X))
 
 
 class _SimulatorBase:
@@ -266,13 +208,16 @@ class BottleneckSimulator(_SimulatorBase):
         with the same functions (lemma 4.1).
     loss : {"mse", "ce"}
         Squared loss or cross-entropy (MATH §4.3; needs one-hot or 0/1 targets).
+    engine : callable, optional
+        Engine factory ``engine(layers_g, layers_f, d, dr)`` (:mod:`refimpl.engine`); default
+        the reference :class:`refimpl.engine.BottleneckEngine`.  Backends pass their own.
 
     The architecture of the kernels (depths, scales, biases; MATH §2.2) is the
     network's, ``net.layers_g`` and ``net.layers_f``, with the overrides above.
     """
 
     def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None,
-                 activation=None, depth_f=None, depth_g=None, loss="mse"):
+                 activation=None, depth_f=None, depth_g=None, loss="mse", engine=None):
         if not isinstance(net, RandomNetwork):
             raise TypeError(f"net: expected a RandomNetwork, got {type(net).__name__}")
         self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
@@ -290,73 +235,64 @@ class BottleneckSimulator(_SimulatorBase):
                                  f"({own.depth}), got {spec.depth}")
         self.depth_f, self.depth_g = self.layers_f.depth, self.layers_g.depth
         self.d, self.dr = net.d, net.dr
-        self._tracked = [_Tracked(self.X, net.g(self.X))]
+        self.engine = (engine or BottleneckEngine)(self.layers_g, self.layers_f, self.d, self.dr)
+        self._tracked = [self.engine.track(self.X, net.g(self.X))]
         if self.X_eval is not None:
-            self._tracked.append(_Tracked(self.X_eval, net.g(self.X_eval)))
+            self._tracked.append(self.engine.track(self.X_eval, net.g(self.X_eval)))
         self.A = np.zeros((self.N, self.d))
-        self.history = self._new_history()
 
-    # ------------------------------------------------------------ kernel hooks
-    def _new_history(self, capacity=1024):
-        """Empty history storage (backends return their own: other dtype, device memory)."""
-        return History(self.d, self.dr, capacity=capacity)
+    @property
+    def history(self):
+        """The stored history (the engine's): ``P`` (M, d), ``C`` (M, dr), ``M``, ``append``."""
+        return self.engine.history
 
-    def _theta(self, Xa, Xb):
-        """Theta(Xa, Xb), (p, q): the NTK of g (m = d0)."""
-        return kernels.ntk(Xa, Xb, self.layers_g)
-
-    def _hist_f(self, Z):
-        """sum_m K(Z, P_m) C_m over the whole history, (q, d) -> (q, dr)."""
-        P, C = self.history.P, self.history.C
-        out = np.zeros((Z.shape[0], self.dr))
-        for r in range(0, Z.shape[0], QUERY_BLOCK):
-            for s in range(0, P.shape[0], HISTORY_BLOCK):
-                K = kernels.ntk(Z[r:r + QUERY_BLOCK], P[s:s + HISTORY_BLOCK], self.layers_f)
-                out[r:r + QUERY_BLOCK] += K @ C[s:s + HISTORY_BLOCK]
-        return out
-
-    def _hist_jt_chi(self, Z, chi):
-        """sum_m (C_m . chi_b) Xi(Z_b, P_m) for each row b, (B, d), (B, dr) -> (B, d)."""
-        P, C = self.history.P, self.history.C
-        _, Zh = kernels.unit_rows(Z)
-        out = np.zeros_like(Z)
-        for s in range(0, P.shape[0], HISTORY_BLOCK):
-            Ps = P[s:s + HISTORY_BLOCK]
-            W = chi @ C[s:s + HISTORY_BLOCK].T                       # (B, Ms)
-            alpha, beta = kernels.xi_coefficients(Z, Ps, self.layers_f)
-            out += (W * alpha) @ Ps + np.sum(W * beta, axis=1)[:, None] * Zh
-        return out
+    def _history_terms(self, Z, mode, chi=None):
+        """The engine's history pass (:mod:`refimpl.engine`); zeros while the history is empty."""
+        if self.engine.history.M:
+            return self.engine.history_pass(Z, mode, chi)
+        q, R = Z.shape[0], (self.dr if mode == 1 else 1)
+        return (np.zeros((q, self.dr)) if mode != 2 else None,
+                None if mode == 0 else np.zeros((q, R, self.d)), None if mode == 0 else np.zeros((q, R)))
 
     # -------------------------------------------------------------- functions
     def f(self, Z):
         """f_t(Z), the head at bottleneck points Z (q, d) -> (q, dr)."""
         Z = self._check_z(Z)
-        out = self.net.f(Z)
-        if self.history.M:
-            out -= self.lr_f * self._hist_f(Z)
-        return out
+        return self.net.f(Z) - self.lr_f * self._history_terms(Z, 0)[0]
 
     def jacobian(self, Z):
-        """J_t(Z) = df_t/dx at bottleneck points Z, (q, d) -> (q, dr, d) (paper eq 13)."""
+        """J_t(Z) = df_t/dx at bottleneck points Z, (q, d) -> (q, dr, d) (paper eq 13).
+
+        From one history pass in mode 1: ``J[b, r] = J0[b, r] - mu_f (T[b, r] + bsum[b, r] Z^_b)``.
+        """
         Z = self._check_z(Z)
-        J = self.net.jacobian(Z)
-        P, C = self.history.P, self.history.C
-        if self.history.M:
-            _, Zh = kernels.unit_rows(Z)
-            for s in range(0, P.shape[0], HISTORY_BLOCK):
-                Ps, Cs = P[s:s + HISTORY_BLOCK], C[s:s + HISTORY_BLOCK]
-                alpha, beta = kernels.xi_coefficients(Z, Ps, self.layers_f)
-                J -= self.lr_f * (np.einsum("qm,ma,mb->qab", alpha, Cs, Ps)
-                                  + (beta @ Cs)[:, :, None] * Zh[:, None, :])
-        return J
+        _, T, bsum = self._history_terms(Z, 1)
+        _, Zh = kernels.unit_rows(Z)
+        return self.net.jacobian(Z) - self.lr_f * (T + bsum[:, :, None] * Zh[:, None, :])
 
     def jacobian_t_dot(self, Z, chi):
         """J_t(Z_b)^T chi_b for each row b, (B, d), (B, dr) -> (B, d), without forming J."""
         Z = self._check_z(Z)
-        out = self.net.jacobian_t_dot(Z, chi)
-        if self.history.M:
-            out -= self.lr_f * self._hist_jt_chi(Z, chi)
-        return out
+        _, T, bsum = self._history_terms(Z, 2, chi)
+        return self.net.jacobian_t_dot(Z, chi) - self.lr_f * contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z)
+
+    def head_at_batch(self, Z, Y):
+        """Batch loss, chi and J_t^T chi at the batch embeddings Z (B, d) with targets Y (B, dr).
+
+        One call for what a step needs of the head (MATH §4): when dr is at most the engine's
+        ``fuse_max_dr``, f and the Xi sums come from one history pass (mode 1) and chi is
+        contracted with them afterwards; otherwise f (mode 0) and then J^T chi (mode 2, chi in
+        the weights).  Raises :class:`DivergenceError` when the loss is not finite.
+        """
+        fuse = self.dr <= self.engine.fuse_max_dr
+        fh, T, bsum = self._history_terms(Z, 1 if fuse else 0)
+        loss, chi = self._batch_loss(self.net.f(Z) - self.lr_f * fh, Y)
+        if fuse:
+            xi_sum = contract_xi(chi, T, bsum, Z)
+        else:
+            _, T, bsum = self._history_terms(Z, 2, chi)
+            xi_sum = contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z)
+        return loss, chi, self.net.jacobian_t_dot(Z, chi) - self.lr_f * xi_sum
 
     def embeddings(self, Xq):
         """g_t(Xq), (q, d0) -> (q, d).  Tracked inputs (X, X_eval) are read off; others are computed."""
@@ -366,7 +302,7 @@ class BottleneckSimulator(_SimulatorBase):
             return tr.values.copy()
         if Xq.shape[1] != self.X.shape[1]:
             raise ValueError(f"Xq: expected {self.X.shape[1]} columns, got {Xq.shape[1]}")
-        return self.net.g(Xq) - self.lr_g * (self._theta(Xq, self.X) @ self.A)
+        return self.net.g(Xq) - self.lr_g * (self.engine.theta(Xq, self._tracked[0]) @ self.A)
 
     def outputs(self, Xq):
         """F_t(Xq) = f_t(g_t(Xq)), (q, d0) -> (q, dr)."""
@@ -380,14 +316,12 @@ class BottleneckSimulator(_SimulatorBase):
         without changing the state when the loss or the update is not finite.
         """
         idx = self._check_batch(idx)
-        Pb = self._tracked[0].values[idx]                 # g_t at the batch (a copy)
-        loss, chi = self._batch_loss(self.f(Pb), self.Y[idx])
-        V = self.jacobian_t_dot(Pb, chi)                  # J_t(p_i)^T chi_i
+        Pb = self._tracked[0].rows(idx)                   # g_t at the batch (a copy)
+        loss, chi, V = self.head_at_batch(Pb, self.Y[idx])  # V = J_t(p_i)^T chi_i
         if not np.all(np.isfinite(V)):
             raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
-        Xb = self.X[idx]
         for tr in self._tracked:
-            tr.values -= self.lr_g * (self._theta(tr.X, Xb) @ V)
+            self.engine.update_tracked(tr, self._tracked[0], idx, V, self.lr_g)
         np.add.at(self.A, idx, V)
         self.history.append(Pb, chi)
         self.t += 1
@@ -412,7 +346,7 @@ class BottleneckSimulator(_SimulatorBase):
             raise ValueError(f"state: {state['history_P'].shape[0]} history rows cannot come from {t} steps")
         self.t = t
         self.A = np.array(state["A"], dtype=np.float64)
-        self.history = self._new_history(capacity=max(1024, state["history_P"].shape[0]))
+        self.engine.reset_history(capacity=max(1024, state["history_P"].shape[0]))
         self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)
@@ -462,11 +396,14 @@ class InfiniteSimulator(_SimulatorBase):
         Architectures of g and f (MATH §2.2); they override ``activation`` and the depths.
     loss : {"mse", "ce"}
         As for :class:`BottleneckSimulator`.
+    engine : callable, optional
+        Engine factory ``engine(layers_g, layers_f, lr_f, lr_g)``; default the reference
+        :class:`refimpl.engine.InfiniteEngine`.
     """
 
     def __init__(self, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, init="auto", seed=0,
                  width=2048, F0=None, activation="relu", depth_f=None, depth_g=None, cholesky_max=4000,
-                 layers_g=None, layers_f=None, loss="mse"):
+                 layers_g=None, layers_f=None, loss="mse", engine=None):
         self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
         self.layers_g = layers_g if layers_g is not None else kernels.Layers.make(activation, depth_g)
         self.layers_f = layers_f if layers_f is not None else kernels.Layers.make(self.layers_g.activation,
@@ -498,9 +435,10 @@ class InfiniteSimulator(_SimulatorBase):
                                                      layers_g=self.layers_g, layers_f=self.layers_f)
                 F0 = self.init_net.f(self.init_net.g(Xall))
                 self.f0_method = f"network(width={width})"
+        self.engine = (engine or InfiniteEngine)(self.layers_g, self.layers_f, self.lr_f, self.lr_g)
         self._tracked, start = [], 0
         for Xi in Xs:
-            self._tracked.append(_Tracked(Xi, F0[start:start + Xi.shape[0]].copy()))
+            self._tracked.append(self.engine.track(Xi, F0[start:start + Xi.shape[0]].copy()))
             start += Xi.shape[0]
         self.A = np.zeros((self.N, self.dr))
 
@@ -512,10 +450,6 @@ class InfiniteSimulator(_SimulatorBase):
         rng = np.random.default_rng(seed)
         return L @ rng.standard_normal((cov.shape[0], self.dr))
 
-    def _ntk(self, Xa, Xb):
-        return kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,
-                               layers_f=self.layers_f)
-
     def outputs(self, Xq):
         """F_t(Xq), (q, d0) -> (q, dr).  Inputs other than X and X_eval need ``init="network"``."""
         Xq = as_points(Xq, "Xq")
@@ -525,15 +459,14 @@ class InfiniteSimulator(_SimulatorBase):
         if self.init_net is None:
             raise ValueError("Xq: F0 was drawn on X and X_eval only; pass these inputs as X_eval "
                              "or use init='network'")
-        return self.init_net.f(self.init_net.g(Xq)) - self._ntk(Xq, self.X) @ self.A
+        return self.init_net.f(self.init_net.g(Xq)) - self.engine.ntk(Xq, self._tracked[0]) @ self.A
 
     def step(self, idx):
         """One SGD step on the rows ``idx``; returns the batch loss before the update."""
         idx = self._check_batch(idx)
-        loss, chi = self._batch_loss(self._tracked[0].values[idx], self.Y[idx])
-        Xb = self.X[idx]
+        loss, chi = self._batch_loss(self._tracked[0].rows(idx), self.Y[idx])
         for tr in self._tracked:
-            tr.values -= self._ntk(tr.X, Xb) @ chi
+            self.engine.update_tracked(tr, self._tracked[0], idx, chi)
         np.add.at(self.A, idx, chi)
         self.t += 1
         return loss
