@@ -666,68 +666,94 @@ def history_pass(Z, P, pn, C, mode, chi, arch, m, par, dtype=np.float64,
 # Theta against tracked inputs (MATH §4): what never changes is computed once
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, **_STRICT)
-def _near_halves_rows(x, nx, y, ny):
-    """|x^ - y^|^2, |x^ + y^|^2 in float64 from rows x, y and their norms (a zero row: unit vector 0)."""
-    minus2 = 0.0
-    plus2 = 0.0
-    for k in range(x.shape[0]):
-        xk = x[k] / nx if nx > 0.0 else 0.0
-        yk = y[k] / ny if ny > 0.0 else 0.0
-        a = xk - yk
-        b = xk + yk
-        minus2 += a * a
-        plus2 += b * b
-    return minus2, plus2
-
-
 #: Target rows per parallel task of :func:`_theta_rows`.
 THETA_ROWS = 256
+#: Rows sampled to find each column's most common value (:func:`column_shift`).
+SHIFT_SAMPLE = 256
 
 
-@njit(parallel=True, cache=True, **_STRICT)
-def _theta_rows(X, nz_ptr, nz_idx, nx, Y, YT, ny, m, out):
-    """out[i, b] = ReLU NTK(X_i, Y_b) with scale m for all target rows i and source rows b (MATH §2).
-
-    The dot products run over the nonzero entries of each X row only (nz_ptr, nz_idx: their
-    column indices, CSR; computed once per tracked set), against the transposed sources YT
-    (m, B); the pair terms are those of :func:`_pair_kernel` (nearly (anti-)parallel pairs from
-    the explicit differences), so the result equals ``ntk(X, Y)`` up to the order of the sums in
-    the dot products.
+def column_shift(X, sample=SHIFT_SAMPLE):
+    """mu (d0,): per column the most common value among the first ``sample`` rows of X (0 where no
+    value repeats), so that X - mu is sparse where X is a shifted sparse matrix (centred images:
+    mu is the value of a blank pixel).  Returns (mu, indices of the entries X != mu per row, CSR).
     """
-    n = X.shape[0]
+    S = np.sort(X[:sample], axis=0)
+    mu = np.zeros(X.shape[1])
+    if S.shape[0] > 1:
+        for k in range(X.shape[1]):
+            values, counts = np.unique(S[:, k], return_counts=True)
+            if counts.max() > 1:
+                mu[k] = values[np.argmax(counts)]
+    nz = X != mu
+    if nz.mean() > (X != 0.0).mean():                      # no gain: keep the plain zeros
+        mu[:] = 0.0
+        nz = X != 0.0
+    ptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
+    return mu, ptr, np.nonzero(nz)[1].astype(np.int32)
+
+
+@njit(cache=True, **_FAST_PAIR)
+def _sparse_dots(X, i, mu, nz_ptr, nz_idx, YT, muY, dots):
+    """dots[b] = X_i . Y_b = (X_i - mu) . Y_b + mu . Y_b, summed over the entries where X_i differs
+    from mu; YT (d0, B) the sources transposed, muY[b] = mu . Y_b.
+
+    Each entry updates all B dots at once (a contiguous row of YT: SIMD over b).  Measured 1.3x
+    faster than register accumulators over blocks of b (whose sweep over the entries is repeated).
+    """
     B = YT.shape[1]
+    for b in range(B):
+        dots[b] = 0.0
+    for j in range(nz_ptr[i], nz_ptr[i + 1]):
+        k = nz_idx[j]
+        v = X[i, k] - mu[k]
+        for b in range(B):
+            dots[b] += v * YT[k, b]
+    for b in range(B):
+        dots[b] += muY[b]
+
+
+@njit(parallel=True, cache=True, **_FAST_PAIR)
+def _theta_rows(X, nx, mu, nz_ptr, nz_idx, Y, ny, m, out):
+    """out[i, b] = ReLU NTK(X_i, Y_b) with scale m for every target row i and source row b (MATH §2).
+
+    The dot products come from :func:`_sparse_dots` (X - mu sparse; mu, nz_ptr, nz_idx from
+    :func:`column_shift`, computed once per tracked set), the pair terms from the history pass's
+    :func:`_row_terms` and :func:`_row_near` (nearly (anti-)parallel pairs from the explicit
+    differences, MATH §2.1), so the result equals ``ntk(X, Y)`` to a few ulps.
+    """
+    n, d0 = X.shape
+    B = Y.shape[0]
+    YT = np.ascontiguousarray(Y.T)
+    muY = np.zeros(B)
+    rny = np.empty(B)
+    for b in range(B):
+        for k in range(d0):
+            muY[b] += mu[k] * Y[b, k]
+        rny[b] = 1.0 / ny[b] if ny[b] > 0.0 else 0.0
     ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
     for task in prange(ntasks):
         dots = np.empty(B)
+        A = np.empty(B)
+        Bt = np.empty(B)
+        near = np.zeros(B, dtype=np.bool_)
+        xh = np.empty(d0)
         for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
-            dots[:] = 0.0
-            for j in range(nz_ptr[i], nz_ptr[i + 1]):
-                k = nz_idx[j]
-                v = X[i, k]
-                for b in range(B):
-                    dots[b] += v * YT[k, b]
-            for b in range(B):
-                nn = nx[i] * ny[b]
-                lam = _cos_of_pair(dots[b], nn, nx[i] + ny[b] == 0.0)
-                if abs(lam) > 1.0 - NEAR:
-                    minus2, plus2 = _near_halves_rows(X[i], nx[i], Y[b], ny[b])
-                    theta, lam, s = _geometry_from_halves(minus2, plus2)
-                else:
-                    theta, lam, s = _geometry_from_cos(lam)
-                out[i, b] = _relu_ntk(dots[b], nn, m, theta, lam, s)
+            _sparse_dots(X, i, mu, nz_ptr, nz_idx, YT, muY, dots)
+            if _row_terms(dots, nx[i], ny, rny, m, B, out[i], A, Bt, near):
+                r = 1.0 / nx[i] if nx[i] > 0.0 else 0.0
+                for k in range(d0):
+                    xh[k] = X[i, k] * r
+                _row_near(xh, nx[i], dots, Y, ny, m, B, out[i], A, Bt, near)
 
 
 class TrackedInputs(Tracked):
     """A tracked set (:class:`refimpl.engine.Tracked`) with what never changes about X, computed once:
-    the row norms and the column indices of the nonzero entries of each row (CSR)."""
+    the row norms, and a column shift mu with the pattern of the entries X != mu (:func:`column_shift`)."""
 
     def __init__(self, X, values):
         super().__init__(X, values)
         self.norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-        nz = X != 0.0
-        self.nz_ptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype(np.int64)
-        self.nz_idx = np.nonzero(nz)[1].astype(np.int32)
+        self.shift, self.nz_ptr, self.nz_idx = column_shift(X)
 
 
 # ---------------------------------------------------------------------------
@@ -758,7 +784,7 @@ class BottleneckEngine(AccelBottleneckEngine):
             Y = np.ascontiguousarray(source.X[idx])
             theta = np.empty((target.X.shape[0], Y.shape[0]))
             with _threads(theta.size):
-                _theta_rows(target.X, target.nz_ptr, target.nz_idx, target.norms, Y, np.ascontiguousarray(Y.T),
+                _theta_rows(target.X, target.norms, target.shift, target.nz_ptr, target.nz_idx, Y,
                             source.norms[idx], float(Y.shape[1]), theta)
             if not self.layers_g.closed_form:
                 theta *= self.layers_g.kernel_scale

@@ -265,6 +265,47 @@ def near_pairs(backend, d=100, M=100_000, reps=5, seed=0):
     return out
 
 
+def tracked_step(data_dir, width=50, steps=20, init_width=1000, seed=0, backend="cpu"):
+    """Seconds per SGD step at full-MNIST size (60,000 training + 10,000 test tracked inputs), as a
+    ratio taken in one run: Theta against the tracked inputs from what the engine stores once per
+    tracked set (norms, the nonzero pattern after a column shift; ``accel.cpu``), against the
+    generic route that recomputes them every step through the kernel functions (the route before).
+
+    Both simulators start from the same network and data and take the same batches, alternating
+    step by step so that load from other processes hits both alike; the median of ``steps`` each.
+    Returns a dict with both times, the ratio and the largest difference of the embeddings.
+    """
+    from experiments import data
+    ds = data.load_dataset("mnist", data_dir, seed=seed)
+    be = get_backend(backend)
+    net = refimpl.RandomNetwork.sample(ds.X_train.shape[1], width, ds.Y_train.shape[1], width=init_width, seed=seed)
+    sims = {}
+    for route in ("stored", "per_step"):
+        sims[route] = be.BottleneckSimulator(net, ds.X_train, ds.Y_train, lr=0.5, X_eval=ds.X_test)
+    if not hasattr(sims["per_step"].engine, "theta_fast"):
+        raise ValueError(f"backend: {backend} has no stored-input route for Theta")
+    sims["per_step"].engine.theta_fast = False
+    rng = np.random.default_rng(seed)
+    n = ds.X_train.shape[0]
+    times = {"stored": [], "per_step": []}
+    for t in range(steps + 1):
+        idx = np.sort(rng.permutation(n)[:BATCH])
+        for route, sim in sims.items():
+            start = time.perf_counter()
+            sim.step(idx)
+            if t:                                         # the first step compiles
+                times[route].append(time.perf_counter() - start)
+    emb = [sim.embeddings(ds.X_test) for sim in sims.values()]
+    out = {"backend": be.name, "dtype": be.dtype, "train": n, "test": ds.X_test.shape[0], "d0": ds.X_train.shape[1],
+           "d": width, "dr": ds.Y_train.shape[1], "B": BATCH, "steps": steps, "cores": os.cpu_count()}
+    for route in times:
+        out[f"{route}_seconds"] = statistics.median(times[route])
+        out[f"{route}_all_seconds"] = times[route]
+    out["per_step_over_stored"] = out["per_step_seconds"] / out["stored_seconds"]
+    out["max_embedding_difference"] = float(np.max(np.abs(emb[0] - emb[1])))
+    return out
+
+
 # ---------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------

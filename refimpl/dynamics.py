@@ -47,7 +47,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .engine import BottleneckEngine, History, InfiniteEngine, contract_xi  # noqa: F401 (History: public)
+from .engine import HISTORY_BLOCK, QUERY_BLOCK, History  # noqa: F401 (public names of this module)
+from .engine import BottleneckEngine, InfiniteEngine, contract_xi
 from .kernels import as_points
 from .validate import positive_rate, real_array, state_arrays
 from .network import RandomNetwork

@@ -119,6 +119,93 @@ def test_accel_reads_no_private_refimpl_attribute():
     assert not bad, "accel uses refimpl's public API only:\n" + "\n".join(bad)
 
 
+def private_names_defined(sources):
+    """Underscore names (not dunder) defined in the given module sources: module-level functions,
+    classes and assignments, methods and class attributes, and attributes set as ``self._x``."""
+    names = set()
+    for text in sources:
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names.add(node.attr)
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def refimpl_private_uses(text, refimpl_privates, own_privates):
+    """[(line, text)] where the module source ``text`` (of accel) overrides or calls refimpl's private names.
+
+    Overrides: a class derived from a refimpl class (a name imported from refimpl, or an attribute
+    of an imported refimpl module) defines any underscore name.  Calls and reads: ``x._name`` where
+    refimpl defines ``_name`` and the accel module does not define it itself.
+    """
+    tree = ast.parse(text)
+    from_refimpl, modules = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if _layer(a.name) == "refimpl"}
+        elif isinstance(node, ast.ImportFrom) and not node.level and _layer(node.module or "") == "refimpl":
+            from_refimpl |= {a.asname or a.name for a in node.names}
+
+    def is_refimpl(expr):
+        root = expr
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        return isinstance(root, ast.Name) and (root.id in modules or root.id in from_refimpl)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(is_refimpl(b) for b in node.bases):
+            for item in node.body:
+                defined = [item.name] if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) else \
+                    [t.id for t in getattr(item, "targets", [getattr(item, "target", None)]) if isinstance(t, ast.Name)]
+                found += [(item.lineno, f"class {node.name} overrides {n}") for n in defined
+                          if n.startswith("_") and not n.startswith("__")]
+        elif isinstance(node, ast.Attribute) and node.attr in refimpl_privates and node.attr not in own_privates:
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def _refimpl_privates():
+    return private_names_defined(path.read_text() for m, path in MODULES.items() if _layer(m) == "refimpl")
+
+
+def test_accel_neither_overrides_nor_calls_refimpl_privates():
+    theirs = _refimpl_privates()
+    bad = []
+    for module, path in MODULES.items():
+        if _layer(module) == "accel":
+            text = path.read_text()
+            bad += [f"{path.relative_to(ROOT)}:{line}: {what}"
+                    for line, what in refimpl_private_uses(text, theirs, private_names_defined([text]))]
+    assert not bad, "accel runs refimpl through its public interface (engines), never its private names:\n" + \
+        "\n".join(bad)
+
+
+def test_the_refimpl_private_check_can_fail():
+    planted = (
+        "import refimpl\n"
+        "from refimpl.dynamics import BottleneckSimulator as Base\n"
+        "class Sim(refimpl.BottleneckSimulator):\n"
+        "    def _check_z(self, Z):\n"
+        "        return Z\n"
+        "class Other(Base):\n"
+        "    _tracked = ()\n"
+        "    def public(self):\n"
+        "        return 1\n"
+        "def f(sim):\n"
+        "    return sim._history_terms(None, 0)\n"
+        "def g(own):\n"
+        "    return own._mine\n"
+        "_mine = 1\n")
+    theirs = _refimpl_privates()
+    assert {"_check_z", "_history_terms", "_tracked"} <= theirs
+    found = refimpl_private_uses(planted, theirs, private_names_defined([planted]))
+    assert sorted(line for line, _ in found) == [4, 7, 11], found
+
+
 def test_refimpl_is_numpy_only():
     """The executable spec: NumPy and the standard library; no file I/O, plotting or CLI modules."""
     banned = {"matplotlib", "click", "numba", "cupy", "json", "csv", "pathlib", "urllib"}

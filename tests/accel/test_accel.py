@@ -15,18 +15,30 @@ from accel import cpu, formulas, gpu
 from accel._simbase import ArrayHistory
 from refimpl import kernels as rk
 
-GPU_BOTT, GPU_INF, GPU_KERNELS = gpu.numpy_path()
-KERNEL_IMPLS = {"cpu": cpu, "gpu-path/numpy": GPU_KERNELS}
+KERNEL_IMPLS = {"cpu": cpu, "gpu-path/numpy": gpu.kernels("numpy")}
+#: The engines every simulator test runs on: the reference, Numba, the GPU code on the stand-in.
+ENGINES = ["numpy", "cpu", "gpu-path/numpy"]
+FAST_ENGINES = ENGINES[1:]
+
+
+def backend(name, dtype="float64"):
+    """The backend ``name`` of ENGINES (the GPU code through accel.standin_backend)."""
+    return accel.standin_backend(dtype) if name == "gpu-path/numpy" else accel.get_backend(name, dtype)
 
 
 # ------------------------------------------------------------------ backend selection
 
 def test_get_backend_names_and_errors():
-    assert accel.get_backend("numpy").BottleneckSimulator is refimpl.BottleneckSimulator
+    net, X, Y = _problem()
+    sim = accel.get_backend("numpy").BottleneckSimulator(net, X, Y)
+    assert type(sim) is refimpl.BottleneckSimulator and type(sim.engine) is refimpl.engine.BottleneckEngine
     b = accel.get_backend("cpu", "float32")
     assert b.name == "cpu" and b.dtype == "float32"
-    assert issubclass(b.BottleneckSimulator, refimpl.BottleneckSimulator)
-    assert b.BottleneckSimulator.dtype is np.float32
+    sim = b.BottleneckSimulator(net, X, Y)
+    assert type(sim) is refimpl.BottleneckSimulator and type(sim.engine) is cpu.BottleneckEngine
+    assert sim.history.dtype == np.float32 and b.BottleneckSimulator(net, X, Y, dtype="float64").history.dtype == np.float64
+    assert type(b.InfiniteSimulator(X, Y).engine) is cpu.InfiniteEngine
+    assert type(backend("gpu-path/numpy").BottleneckSimulator(net, X, Y).engine) is gpu.BottleneckEngine
     for name in accel.KERNEL_NAMES:
         assert callable(getattr(b, name))
     with pytest.raises(ValueError, match="backend"):
@@ -119,7 +131,7 @@ def _ref_pass(Z, P, C, chi):
 
 def _pass(impl, Z, h, mode, chi, **kw):
     if impl == "cpu":
-        return cpu.history_pass(Z, h.P, h.norms, h.C, mode, chi, True, Z.shape[1], 2, dtype=h.P.dtype, **kw)
+        return cpu.history_pass(Z, h.P, h.norms, h.C, mode, chi, "relu", Z.shape[1], 2, dtype=h.P.dtype, **kw)
     return gpu.engine("numpy").history_pass(Z, h.P, h.norms, h.C, mode, chi, "relu", float(Z.shape[1]), 2, **kw)
 
 
@@ -216,7 +228,7 @@ def test_history_grows_by_doubling():
         P = rng.standard_normal((5, 3))
         h.append(P, np.ones((5, 1)))
         rows.append(P)
-        buffers.add(id(h._P))
+        buffers.add(id(h.store_P))
     assert h.M == 1500 and len(buffers) <= 10            # 4 -> 2048 in 9 doublings
     np.testing.assert_array_equal(h.P, np.concatenate(rows))
     np.testing.assert_allclose(h.norms, np.linalg.norm(h.P, axis=1), rtol=1e-15)
@@ -258,31 +270,31 @@ def _problem(d=4, dr=2, N=30, seed=0, act="relu"):
     return net, X, Y
 
 
-@pytest.mark.parametrize("cls", [cpu.BottleneckSimulator, GPU_BOTT], ids=["cpu", "gpu-path/numpy"])
-def test_fused_cache_never_stale(cls):
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_step_from_one_pass_equals_two_passes(name):
+    """head_at_batch: f and J^T chi from one mode-1 pass (dr <= fuse_max_dr) or from a mode-0 and a
+    mode-2 pass give the same step; no state is kept between the calls (MATH §4)."""
     net, X, Y = _problem()
-    sim = cls(net, X, Y, lr=0.5)
-    for t in range(5):
-        sim.step(np.arange(t, t + 6))
-    Z = sim.embeddings(X[:6])
-    chi = np.random.default_rng(1).standard_normal((6, 2))
-    fresh = sim._hist_jt_chi(Z, chi)                    # two-pass (no cache)
-    sim._hist_f(Z)
-    assert sim._fused is not None
-    np.testing.assert_allclose(sim._hist_jt_chi(Z, chi), fresh, rtol=1e-13)   # from the cache
-    sim._hist_f(Z)
-    sim.history.append(Z[:1], chi[:1])                    # history changed: cache must not be used
-    ref = refimpl.BottleneckSimulator._hist_jt_chi(sim, Z, chi)
-    np.testing.assert_allclose(sim._hist_jt_chi(Z, chi), ref, rtol=1e-12)
-    sim._hist_f(Z)
-    Z2 = Z + 1e-3                                         # other points: not from the cache
-    np.testing.assert_allclose(sim._hist_jt_chi(Z2, chi), refimpl.BottleneckSimulator._hist_jt_chi(sim, Z2, chi),
-                               rtol=1e-12)
+    sims = [backend(name).BottleneckSimulator(net, X, Y, lr=0.5) for _ in range(2)]
+    assert sims[0].engine.fuse_max_dr >= 2
+    sims[1].engine.fuse_max_dr = 0
+    for t in range(6):
+        losses = [sim.step(np.arange(t, t + 6)) for sim in sims]
+        assert losses[0] == pytest.approx(losses[1], rel=1e-13)
+    Z = sims[0].embeddings(X[:6])
+    Y6 = Y[:6]
+    one, two = sims[0].head_at_batch(Z, Y6), sims[1].head_at_batch(Z, Y6)
+    np.testing.assert_allclose(one[2], two[2], rtol=1e-12)
+    np.testing.assert_array_equal(sims[0].head_at_batch(Z, Y6)[2], one[2])       # nothing cached
+    ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5)
+    ref.load_state_dict(sims[0].state_dict())
+    np.testing.assert_allclose(one[2], ref.head_at_batch(Z, Y6)[2], rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_checkpoint_resume_is_exact(dtype):
-    be = accel.get_backend("cpu", dtype)
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_checkpoint_resume_is_exact(name, dtype):
+    be = backend(name, dtype)
     net, X, Y = _problem(dr=1)
     a = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
     b = be.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:5] + 0.1)
@@ -294,6 +306,39 @@ def test_checkpoint_resume_is_exact(dtype):
     for t in range(6, 10):
         assert a.step(np.arange(t, t + 4)) == b.step(np.arange(t, t + 4))
     np.testing.assert_array_equal(a.outputs(X), b.outputs(X))
+
+
+def _shifted_sparse(n, m, rng):
+    """Rows like centred images: sparse rows minus a mean row (dense), plus a zero row, a row equal
+    to another, a nearly parallel and a nearly anti-parallel one."""
+    R = np.where(rng.random((n, m)) < 0.2, rng.random((n, m)), 0.0)
+    X = R - R.mean(axis=0)
+    X[1] = 0.0
+    X[2] = 3.0 * X[3]
+    X[4] = X[5] * (1 + 1e-9) + 1e-9 * rng.standard_normal(m)
+    X[6] = -X[7] + 1e-8 * rng.standard_normal(m)
+    return X
+
+
+@pytest.mark.parametrize("data", ["shifted-sparse", "dense"])
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_tracked_update_matches_the_kernel_functions(name, data):
+    """update_tracked from what the engine stores once per tracked set (cpu: norms, column shift and
+    nonzero pattern; gpu: device copies, norms, unit rows) equals values - lr ntk(X, X[idx]) @ V."""
+    rng = np.random.default_rng(11)
+    X = _shifted_sparse(300, 40, rng) if data == "shifted-sparse" else rng.standard_normal((300, 40))
+    eng = backend(name).engines()[0](rk.Layers.make("relu"), rk.Layers.make("relu"), 3, 1)
+    values = rng.standard_normal((300, 3))
+    tr = eng.track(X, values.copy())
+    if name == "cpu":
+        density = tr.nz_idx.size / X.size
+        assert density < 0.3 if data == "shifted-sparse" else density == 1.0
+    idx = np.array([2, 3, 4, 5, 6, 7, 1, 0, 9, 10, 11])
+    V = rng.standard_normal((idx.size, 3))
+    eng.update_tracked(tr, tr, idx, V, 0.7)
+    want = values - 0.7 * rk.ntk(X, X[idx]) @ V
+    np.testing.assert_allclose(tr.values, want, rtol=1e-12, atol=1e-13 * np.abs(want).max())
+    np.testing.assert_array_equal(tr.rows(idx), tr.values[idx])
 
 
 def test_train_driver_runs_on_cpu_backend(tmp_path):
@@ -346,8 +391,8 @@ def test_scaled_kernels_match_the_layer_recursion(impl, act, monkeypatch):
     np.testing.assert_allclose(b, rb, rtol=1e-9, atol=1e-14)
 
 
-@pytest.mark.parametrize("cls", [cpu.BottleneckSimulator, GPU_BOTT], ids=["cpu", "gpu-path/numpy"])
-def test_small_initialisation_takes_the_fast_history_pass(cls, monkeypatch):
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_small_initialisation_takes_the_fast_history_pass(name, monkeypatch):
     """out_std = 0.3 (the small initialisation of the controls): the backend's own history pass,
     not the array-module recursion, and the same trajectory as refimpl's recursion."""
     from accel import archkernels
@@ -358,7 +403,7 @@ def test_small_initialisation_takes_the_fast_history_pass(cls, monkeypatch):
     net = refimpl.RandomNetwork.sample(5, 6, 1, width=200, seed=3, layers_g=g, layers_f=f)
     ref = refimpl.BottleneckSimulator(net, X, Y, lr=2.0)
     monkeypatch.setattr(archkernels, "history_pass", lambda *a, **k: pytest.fail("recursion used"))
-    sim = cls(net, X, Y, lr=2.0)
+    sim = backend(name).BottleneckSimulator(net, X, Y, lr=2.0)
     for t in range(40):
         idx = rng.permutation(30)[:6]
         ref.step(idx)

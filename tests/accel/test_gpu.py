@@ -54,7 +54,7 @@ def test_device_history_doubles_and_reads_back():
     rows = [rng.standard_normal((7, 3)) for _ in range(50)]
     for P in rows:
         h.append(P, np.ones((7, 2)))
-    assert h.M == 350 and h._P.shape[0] < 2 * 350 + 8
+    assert h.M == 350 and h.store_P.shape[0] < 2 * 350 + 8
     assert isinstance(h.P, np.ndarray)
     np.testing.assert_allclose(h.P, np.concatenate(rows).astype(np.float32))
     np.testing.assert_allclose(h.norms, np.linalg.norm(h.P.astype(np.float64), axis=1), rtol=1e-12)
@@ -96,8 +96,8 @@ def test_evaluation_on_a_large_test_set(monkeypatch):
     ref = sims[1].f(Z)
     got = sims[0].f(Z)
     assert np.linalg.norm(got - ref) <= 1e-12 * np.linalg.norm(ref)
-    monkeypatch.setattr(xpcore, "MEMORY_FRACTION", 2**26 / max(1, sims[0]._engine.free_bytes()))  # 64 MiB
-    assert sims[0]._engine.block_shape(20000, 2000, 32)[1] < 2000
+    monkeypatch.setattr(xpcore, "MEMORY_FRACTION", 2**26 / max(1, sims[0].engine.device.free_bytes()))  # 64 MiB
+    assert sims[0].engine.device.block_shape(20000, 2000, 32)[1] < 2000
     blocked = sims[0].f(Z)
     assert np.linalg.norm(blocked - ref) <= 1e-12 * np.linalg.norm(ref)
 
