@@ -799,7 +799,7 @@ class BottleneckEngine(AccelBottleneckEngine):
 
 class InfiniteEngine(AccelInfiniteEngine):
     """The engine of :class:`refimpl.InfiniteSimulator` with the Numba NTK_inf (always float64:
-    this model has no history; ``dtype`` is accepted for a uniform interface)."""
+    this model has no history)."""
 
-    def __init__(self, layers_g, layers_f, lr_f, lr_g, dtype=None):
+    def __init__(self, layers_g, layers_f, lr_f, lr_g):
         super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=_KernelFunctions)

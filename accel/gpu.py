@@ -220,9 +220,9 @@ class BottleneckEngine(AccelBottleneckEngine):
 
 class InfiniteEngine(AccelInfiniteEngine):
     """The engine of :class:`refimpl.InfiniteSimulator` with NTK_inf's pair kernel on the GPU
-    (float64; ``dtype`` is accepted for a uniform interface)."""
+    (always float64: this model has no history)."""
 
-    def __init__(self, layers_g, layers_f, lr_f, lr_g, dtype=None, xp_name="cupy"):
+    def __init__(self, layers_g, layers_f, lr_f, lr_g, xp_name="cupy"):
         super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=kernels(xp_name))
 
 

@@ -272,7 +272,8 @@ def tracked_step(data_dir, width=50, steps=20, init_width=1000, seed=0, backend=
     generic route that recomputes them every step through the kernel functions (the route before).
 
     Both simulators start from the same network and data and take the same batches, alternating
-    step by step so that load from other processes hits both alike; the median of ``steps`` each.
+    step by step so that load from other processes hits both alike; the median of ``steps`` each,
+    of the wall time and of the CPU time of this process (all its threads: robust to other load).
     Returns a dict with both times, the ratio and the largest difference of the embeddings.
     """
     from experiments import data
@@ -288,20 +289,24 @@ def tracked_step(data_dir, width=50, steps=20, init_width=1000, seed=0, backend=
     rng = np.random.default_rng(seed)
     n = ds.X_train.shape[0]
     times = {"stored": [], "per_step": []}
+    cpu_times = {"stored": [], "per_step": []}
     for t in range(steps + 1):
         idx = np.sort(rng.permutation(n)[:BATCH])
         for route, sim in sims.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             sim.step(idx)
             if t:                                         # the first step compiles
                 times[route].append(time.perf_counter() - start)
+                cpu_times[route].append(time.process_time() - start_cpu)
     emb = [sim.embeddings(ds.X_test) for sim in sims.values()]
     out = {"backend": be.name, "dtype": be.dtype, "train": n, "test": ds.X_test.shape[0], "d0": ds.X_train.shape[1],
            "d": width, "dr": ds.Y_train.shape[1], "B": BATCH, "steps": steps, "cores": os.cpu_count()}
     for route in times:
         out[f"{route}_seconds"] = statistics.median(times[route])
         out[f"{route}_all_seconds"] = times[route]
+        out[f"{route}_cpu_seconds"] = statistics.median(cpu_times[route])
     out["per_step_over_stored"] = out["per_step_seconds"] / out["stored_seconds"]
+    out["cpu_per_step_over_stored"] = out["per_step_cpu_seconds"] / out["stored_cpu_seconds"]
     out["max_embedding_difference"] = float(np.max(np.abs(emb[0] - emb[1])))
     return out
 
