@@ -65,3 +65,21 @@ def test_golden_reports_the_gpu_target_as_skipped_with_its_reason(no_gpu):
     assert obj["ok"] and obj["skipped"] == [{"target": "gpu", "reason": no_gpu}]
     res = CliRunner().invoke(cli.cli, ["golden", "--cases", "kernels"])
     assert res.exit_code == 0 and f"gpu/*" in res.output and f"skipped: {no_gpu}" in res.output
+
+
+def test_mnist_step_compares_the_two_theta_routes(tmp_path):
+    """bench --mnist-step on a tiny MNIST: both routes run the same steps (same embeddings), the
+    stored route is the cpu engine's, and the JSON carries both times and ratios."""
+    from click.testing import CliRunner
+
+    import cli
+    from test_data import make_mnist
+    make_mnist(tmp_path, n_train=80, n_test=20)
+    out = tmp_path / "step.json"
+    res = CliRunner().invoke(cli.cli, ["bench", "--mnist-step", str(tmp_path), "--reps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())["mnist_step"]
+    assert (r["train"], r["test"], r["d0"], r["dr"], r["steps"]) == (80, 20, 784, 10, 5)
+    assert len(r["stored_all_seconds"]) == len(r["per_step_all_seconds"]) == 5
+    assert r["per_step_over_stored"] == r["per_step_seconds"] / r["stored_seconds"] > 0
+    assert r["max_embedding_difference"] < 1e-12
