@@ -351,5 +351,5 @@ class NumpyDevice:
         return self._pool
 
 
-#: The stand-in used by accel.gpu.numpy_path() and the tests.
+#: The stand-in used by accel.standin_backend() and the tests.
 numpy_device = NumpyDevice()
