@@ -221,8 +221,13 @@ def test_history_pass_memory_is_bounded(impl):
     assert peaks[400_000] < B * 400_000 * 8 / 2, peaks      # B x M float64 would be 64 MB
 
 
-def test_history_grows_by_doubling():
-    h = ArrayHistory(3, 1, capacity=4)
+@pytest.mark.parametrize("where", ["numpy", "gpu-path/numpy"])
+def test_history_grows_by_doubling(where):
+    """One store over NumPy and the stand-in (CuPy: tests/accel/test_gpu.py): capacity doubles,
+    rows and their float64 norms read back, float32 rows stay float32."""
+    from accel import standin
+    xp = np if where == "numpy" else standin.numpy_device
+    h = ArrayHistory(3, 1, capacity=4, xp=xp)
     buffers = set()
     rng = np.random.default_rng(5)
     rows = []
@@ -232,12 +237,34 @@ def test_history_grows_by_doubling():
         rows.append(P)
         buffers.add(id(h.store_P))
     assert h.M == 1500 and len(buffers) <= 10            # 4 -> 2048 in 9 doublings
+    assert h.store_P.shape[0] == h.store_C.shape[0] == h.store_norms.shape[0] < 2 * 1500 + 8
     np.testing.assert_array_equal(h.P, np.concatenate(rows))
     np.testing.assert_allclose(h.norms, np.linalg.norm(h.P, axis=1), rtol=1e-15)
-    h32 = ArrayHistory(3, 1, dtype=np.float32)
+    h32 = ArrayHistory(3, 1, dtype=np.float32, xp=xp)
     h32.append(rows[0], np.ones((5, 1)))
     assert h32.P.dtype == np.float32
     np.testing.assert_allclose(h32.norms, np.linalg.norm(h32.P.astype(np.float64), axis=1), rtol=1e-15)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "gpu-path/numpy"])
+def test_history_pass_of_the_linear_head(impl):
+    """Linear head (K = L z.p / m, Xi = L p / m, beta = 0) with L = 2, m = d, all modes."""
+    rng = np.random.default_rng(9)
+    h, base = _history(2000, 8, 2, rng)
+    P, C = h.P, h.C
+    Z = np.concatenate([P[:5] * (1 + 1e-9), -P[5:7], rng.standard_normal((3, 8))])
+    chi = rng.standard_normal((10, 2))
+    if impl == "cpu":
+        run = lambda mode, c: cpu.history_pass(Z, P, h.norms, C, mode, c, "linear", 8.0, 2.0)    # noqa: E731
+    else:
+        run = lambda mode, c: gpu.engine("numpy").history_pass(Z, P, h.norms, C, mode, c, "linear", 8.0, 2.0)  # noqa: E731
+    f, T, b = run(1, None)
+    np.testing.assert_allclose(f, 2 * Z @ P.T @ C / 8, rtol=1e-12)
+    np.testing.assert_allclose(T, np.broadcast_to(2 * (C.T @ P) / 8, T.shape), rtol=1e-12)
+    assert np.all(b == 0)
+    _, T2, b2 = run(2, chi)
+    np.testing.assert_allclose(T2[:, 0], 2 * (chi @ C.T) @ P / 8, rtol=1e-12)
+    assert np.all(b2 == 0)
 
 
 def test_float32_error_near_lam_one():

@@ -108,47 +108,6 @@ def test_blocks_follow_device_memory_and_do_not_change_results(monkeypatch):
                 assert np.linalg.norm(a - b) <= 1e-13 * np.linalg.norm(b)
 
 
-def test_history_pass_matches_refimpl_sums_in_both_dtypes():
-    rng = np.random.default_rng(2)
-    h64, base = _history(2000, 8, 1, rng)
-    h32 = ArrayHistory(8, 1, dtype=np.float32, xp=standin.numpy_device)
-    h32.append(h64.P, h64.C)
-    P, C = h64.P, h64.C
-    # float64: queries parallel and anti-parallel to stored rows; float32: at angles ~1e-4 (at
-    # smaller angles the float32 rounding of the stored rows moves the angle itself; the cpu
-    # backend's error is the same there)
-    Z64 = np.concatenate([P[:10] * (1 + 1e-9), -P[10:12], base[:5] + 1e-5, rng.standard_normal((3, 8))])
-    Z32 = np.concatenate([P[:10] + 1e-4 * rng.standard_normal((10, 8)), -P[10:12] + 1e-4, base[:5] + 1e-3])
-    for h, Z, tol in ((h64, Z64, 1e-12), (h32, Z32, 1e-5)):
-        chi = rng.standard_normal((Z.shape[0], 1))
-        f_ref = rk.ntk(Z, P) @ C
-        alpha, beta = rk.xi_coefficients(Z, P)
-        W = chi @ C.T
-        jt_ref = (W * alpha) @ P + np.sum(W * beta, axis=1)[:, None] * rk.unit_rows(Z)[1]
-        f, _, _ = _run(h, Z, 0, None)
-        _, T, b = _run(h, Z, 2, chi)
-        jt = T[:, 0] + b[:, 0][:, None] * rk.unit_rows(Z)[1]
-        assert np.linalg.norm(f - f_ref) <= tol * np.linalg.norm(f_ref)
-        assert np.linalg.norm(jt - jt_ref) <= tol * np.linalg.norm(jt_ref)
-    Z = Z64
-    # linear architecture: K = 2 z.p / d, Xi = 2 p / d
-    f, T, b = _run(h64, Z, 1, None, arch="linear")
-    np.testing.assert_allclose(f, 2 * Z @ P.T @ C / 8, rtol=1e-12)
-    np.testing.assert_allclose(T[:, 0], 2 * C[:, 0] @ P / 8 * np.ones((Z.shape[0], 1)), rtol=1e-12)
-    assert np.all(b == 0)
-
-
-def test_history_store_is_one_class_over_xp():
-    rng = np.random.default_rng(3)
-    h = ArrayHistory(3, 2, capacity=4, dtype=np.float32, xp=standin.numpy_device)
-    rows = [rng.standard_normal((7, 3)) for _ in range(40)]
-    for P in rows:
-        h.append(P, np.ones((7, 2)))
-    assert h.M == 280 and h.store_P.shape[0] == h.store_norms.shape[0] < 2 * 280 + 8
-    np.testing.assert_array_equal(h.P, np.concatenate(rows).astype(np.float32))
-    np.testing.assert_allclose(h.norms, np.linalg.norm(h.P.astype(np.float64), axis=1), rtol=1e-15)
-
-
 @pytest.fixture
 def standin_gpu(monkeypatch):
     """The gpu backend itself (get_backend("gpu")) on the NumPy stand-in."""
