@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 
 #: (getter, setter) symbol names, per library family, in the order tried.
@@ -89,3 +90,14 @@ def limit(n):
         for (_, set_), old in zip(ctl, saved):
             if old > n:
                 set_(old)
+
+
+def one_blas_thread(fn):
+    """``fn`` run under :func:`limit` (1): for drivers whose BLAS calls are small products, or run beside
+    other processes, where a threaded BLAS oversubscribes the cores (measured: docs/BENCHMARKS.md,
+    "BLAS threads")."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with limit(1):
+            return fn(*args, **kwargs)
+    return wrapper

@@ -5,7 +5,7 @@
 # The plan (sizes, widths, rates, verdict steps) was fixed before the first run (Part 5, "Plan").
 set -euo pipefail
 OUT=${OUT:-runs/c5}
-DATA=${DATA:-../shared/datasets}
+DATA=${BOTTLENECK_DATA:-$HOME/.cache/bottleneck-dynamics}   # the data folder (README "Datasets")
 # STEPS, BACKEND and J override the horizon, the backend and the worker count (the runs here: the defaults);
 # e.g. STEPS=4000 BACKEND=gpu J=1 OUT=runs/c5-4000 for the paper's horizon on a GPU machine.
 COMMON="--backend ${BACKEND:-cpu} --seeds 0,1,2,3,4 --steps ${STEPS:-1000} --eval-every 50 --eval-size 500 -j ${J:-2}"

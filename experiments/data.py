@@ -1043,8 +1043,32 @@ def download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0
     ------
     DataError
         Download failed (HTTP error, unreachable host), checksum mismatch (naming the file and both digests),
-        unsafe or incomplete archive. Nothing unchecked is ever left in place.
+        unsafe or incomplete archive. Nothing unchecked is ever left in place, and a failed download leaves
+        nothing behind: the files it fetched and the folders it created are removed again (files that were
+        there before are kept).
     """
+    root = resolve_data_dir(data_dir)
+    target = root / (MNIST_SUBDIR if _ALIASES.get(str(dataset).strip().lower(), str(dataset).strip().lower())
+                     == "mnist" else CIFAR_SUBDIR)
+    new_dirs = [p for p in (target, *target.parents) if not p.exists()]
+    before = set(target.iterdir()) if target.is_dir() else set()
+    try:
+        return _download(dataset, data_dir, base_url, checksums, timeout, progress)
+    except BaseException:
+        if target.is_dir():
+            for path in set(target.iterdir()) - before:
+                if path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+        for path in new_dirs:                     # deepest first; only if empty now
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _download(dataset, data_dir=None, base_url=None, checksums=None, timeout=60.0, progress=None):
+    """:func:`download` without the clean-up of a failed download."""
     key = _ALIASES.get(str(dataset).strip().lower(), str(dataset).strip().lower())
     if key not in ("mnist", "cifar"):
         raise ValueError(f"dataset: expected 'mnist' or 'cifar', got {dataset!r}")

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.blas_threads import one_blas_thread
 from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
 from refimpl.dynamics import LOSSES, pointwise_loss
@@ -317,6 +318,7 @@ def _train_width(config, data, rows, d, folder, xp, log):
     return result
 
 
+@one_blas_thread      # the (B x n) @ (n x d) products of a step: threads only oversubscribe (BENCHMARKS.md)
 def finite_sweep(config, out, force=False, resume=False, widths=None, log=print):
     """Train finite networks of hidden width ``config.hidden`` for every bottleneck size (appendix F).
 
@@ -661,6 +663,7 @@ def _losses(F, Y):
     return 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
 
 
+@one_blas_thread
 def finite_vs_infinite(config, out, force=False, log=print):
     """Loss curves of finite networks of growing width against the function-space simulation.
 

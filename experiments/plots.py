@@ -289,8 +289,9 @@ def plot_loss(runs_by_width, path, title=""):
     for ax, key in zip(axes, ("train_loss", "test_loss")):
         _curves(ax, runs_by_width, key, col)
         ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(key.replace("_", " ") + " against steps", fontsize=TITLE_SIZE)
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
 
@@ -302,8 +303,9 @@ def plot_accuracy(runs_by_width, path, title=""):
     for ax, key in zip(axes, ("train_acc", "test_acc")):
         _curves(ax, runs_by_width, key, col, log=False)
         ax.set_ylabel(key.replace("_", " ").replace("acc", "accuracy"))
+        ax.set_title(key.replace("_", " ").replace("acc", "accuracy") + " against steps", fontsize=TITLE_SIZE)
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
 
@@ -357,7 +359,46 @@ def colour_range(table, skip_first=True):
     return (float(vals.min()), float(vals.max())) if vals.size else None
 
 
-def _heatmap_axes(fig, ax, widths, edges, table, norm, cmap, title, label):
+#: The ratios labelled on the relative heatmap's colour bar; ratios outside are clipped to its ends.
+RATIO_TICKS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Font sizes of the sweep figures: suptitle, panel titles.
+SUPTITLE_SIZE, TITLE_SIZE = 11, 10
+
+
+def log_ticks(vmin, vmax, most=7):
+    """Tick values for a log colour scale over [vmin, vmax] (0 < vmin < vmax): the 1-2-5 values inside the
+    range (1-2-3-5 or every mantissa when that gives too few), thinned to at most ``most``, always with
+    the two ends, so the whole range carries labelled ticks however narrow it is."""
+    lo, hi = np.floor(np.log10(vmin)), np.ceil(np.log10(vmax))
+    ticks = []
+    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
+        ticks = [float(f"{m * 10.0 ** e:.3g}") for e in np.arange(lo, hi + 1) for m in mantissas
+                 if vmin <= m * 10.0 ** e <= vmax]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) < 2:                   # a narrow range: evenly spaced on the log scale, 2 digits
+        ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(vmin, vmax, 5)[1:-1]})
+    while len(ticks) > most - 2:
+        ticks = ticks[::2]
+    ends = [float(f"{vmin:.2g}"), float(f"{vmax:.2g}")]
+    ends = [min(max(ends[0], vmin), vmax), max(min(ends[1], vmax), vmin)]
+    out = sorted(set([ends[0], *ticks, ends[1]]))
+    keep = [out[0]]                      # drop ticks closer than 12 % (on the log scale) to the previous one
+    span = np.log(vmax / vmin) or 1.0
+    for t in out[1:]:
+        if np.log(t / keep[-1]) > 0.12 * span or t == out[-1]:
+            if t == out[-1] and len(keep) > 1 and np.log(t / keep[-1]) <= 0.12 * span:
+                keep[-1] = t
+            else:
+                keep.append(t)
+    return keep
+
+
+def _tick_text(v):
+    return f"{v:.3g}"
+
+
+def _heatmap_axes(fig, ax, widths, edges, table, norm, cmap, title, label, ticks=None, extend="neither"):
     mesh = ax.pcolormesh(edges, np.arange(len(widths) + 1), np.ma.masked_invalid(table),
                          norm=norm, cmap=cmap, shading="flat")
     ax.set_yticks(np.arange(len(widths)) + 0.5)
@@ -365,23 +406,29 @@ def _heatmap_axes(fig, ax, widths, edges, table, norm, cmap, title, label):
     ax.invert_yaxis()
     ax.set_xlabel("step")
     ax.set_ylabel("bottleneck width")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(mesh, ax=ax, label=label)
+    ax.set_title(title, fontsize=TITLE_SIZE)
+    bar = fig.colorbar(mesh, ax=ax, label=label, extend=extend)
+    if ticks is None and norm is not None and norm.vmin and norm.vmax and norm.vmax > norm.vmin:
+        ticks = log_ticks(norm.vmin, norm.vmax)
+    if ticks is not None:
+        bar.minorticks_off()
+        bar.set_ticks(list(ticks))
+        bar.set_ticklabels([_tick_text(t) for t in ticks])
+    return bar
 
 
 def plot_heatmap_relative(runs_by_width, path, max_steps=4000, title=""):
     """Each width's loss divided by inf's at the same step; log colour scale centred at 1 (blue = faster)."""
     plt = pyplot()
     from matplotlib.colors import LogNorm
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.9 + 0.32 * len(runs_by_width) + 1.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.9 + 0.32 * len(runs_by_width) + 1.6))
     for ax, key in zip(axes, ("train_loss", "test_loss")):
         widths, edges, ratio = relative_table(runs_by_width, key, max_steps)
-        vals = ratio[np.isfinite(ratio) & (ratio > 0)]
-        m = float(np.max(np.abs(np.log(vals)))) if vals.size else 0.0
-        m = max(m, np.log(1.01))                     # symmetric about 1 on the log scale
-        _heatmap_axes(fig, ax, widths, edges, ratio, LogNorm(vmin=np.exp(-m), vmax=np.exp(m)), "RdBu_r",
-                      key.replace("_", " ") + " / inf's", "ratio to inf (< 1: lower)")
-    fig.suptitle(title, fontsize=8)
+        # a fixed scale, 1/4 .. 4 on a log axis centred at 1, every cell (step 0 too) clipped into it
+        _heatmap_axes(fig, ax, widths, edges, ratio, LogNorm(vmin=RATIO_TICKS[0], vmax=RATIO_TICKS[-1], clip=True),
+                      "RdBu_r", key.replace("_", " ") + " / inf's", "ratio to inf (< 1: lower; clipped to 0.25..4)",
+                      ticks=RATIO_TICKS, extend="both")
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
 
@@ -396,8 +443,8 @@ def plot_heatmap(runs_by_width, path, max_steps=4000, title=""):
         rng = colour_range(table)
         norm = LogNorm(vmin=rng[0], vmax=rng[1], clip=True) if rng else None
         _heatmap_axes(fig, ax, widths, edges, table, norm, "viridis", key.replace("_", " "),
-                      "loss (colour range: steps > 0)")
-    fig.suptitle(title, fontsize=8)
+                      "loss (colour range: steps > 0)", extend="max")
+    fig.suptitle(title, fontsize=SUPTITLE_SIZE)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
 
@@ -426,10 +473,10 @@ def plot_train_vs_test(runs_by_width, path, title=""):
             axis.set_major_formatter(FormatStrFormatter("%g"))
         ax.set_xlabel("training loss")
         ax.set_ylabel("test loss")
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"test loss against training loss, {name}", fontsize=TITLE_SIZE)
         ax.legend(title="width", fontsize=7, title_fontsize=7)
     fig.suptitle(title + "\n(appendix D.4: common training-loss grid, linear interpolation, "
-                 "moving average of 5)", fontsize=8)
+                 "moving average of 5)", fontsize=SUPTITLE_SIZE - 1)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
 
@@ -443,10 +490,13 @@ def plot_features(runs_by_width, path, title=""):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     _curves(axes[0], finite, "feature_movement", col, log=False)
     axes[0].set_ylabel("|G_t - G_0|_F / |G_0|_F")
+    axes[0].set_title("feature movement", fontsize=TITLE_SIZE)
     _curves(axes[1], finite, "kernel_alignment", col, log=False)
     axes[1].set_ylabel("centred alignment of G G^T with Y Y^T")
+    axes[1].set_title("kernel alignment", fontsize=TITLE_SIZE)
     axes[1].legend(title="width", fontsize=7, title_fontsize=7)
-    fig.suptitle(title + "\n(on the training-loss evaluation rows; no bottleneck for width inf)", fontsize=8)
+    fig.suptitle(title + "\n(on the training-loss evaluation rows; no bottleneck for width inf)",
+                 fontsize=SUPTITLE_SIZE - 1)
     fig.tight_layout()
     save_figure(fig, path, dpi=DPI)
     return True

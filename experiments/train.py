@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel import blas_threads
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
 from refimpl.dynamics import LOSSES, pointwise_loss
@@ -1054,8 +1055,10 @@ class _Run:
         last, step = None, start
         try:
             ctx = progress(config.steps, start) if progress else _NullProgress()
-            # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings
-            with ctx as bar, np.errstate(over="ignore", invalid="ignore"):
+            # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings;
+            # one BLAS thread: a step's products are small (batch B), and threads oversubscribe the cores
+            # (numpy backend 4.1x faster on a busy 2-core machine; docs/BENCHMARKS.md, "BLAS threads")
+            with ctx as bar, np.errstate(over="ignore", invalid="ignore"), blas_threads.limit(1):
                 for step in range(start, config.steps):
                     idx = batch_indices(config.seed, step, self.data.X_train.shape[0], config.batch_size)
                     last = sim.step(idx)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.blas_threads import one_blas_thread
 from refimpl import __version__, kernels
 from refimpl.dynamics import BottleneckSimulator, check_loss, loss_and_chi
 from refimpl.finite import FiniteNetwork
@@ -273,13 +274,20 @@ def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, thr
     titles = {"JJ": "(a) cov JJ vs Sigma_(2)", "ff": "(b) cov ff vs Sigma", "Jf": "(c) cov Jf vs Sigma_(1)"}
     for ax, key in zip(axes[0], ("JJ", "ff", "Jf")):
         for n in cfg["widths"]:
-            ax.plot(idx, results[str(n)][key]["rel_error_per_pair"], "o", ms=4, label=f"n = {n}")
+            line, = ax.plot(idx, results[str(n)][key]["rel_error_per_pair"], "o", ms=4, label=f"n = {n}, per pair")
+            ax.axhline(results[str(n)][key]["rel_error_all_pairs"], color=line.get_color(), lw=1.2, ls="--",
+                       label=f"n = {n}, all pairs (checked)")
+        ax.axhline(cfg["threshold"], color="red", lw=1, ls=":", label=f"threshold {cfg['threshold']:g}")
         ax.set_yscale("log")
         ax.set_xlabel("input pair")
         ax.set_ylabel("|cov_emp - cov_theory|_F / |cov_theory|_F")
         ax.set_title(titles[key])
-        ax.legend()
-    fig.suptitle(f"lemma 3.1: {S} random initialisations per width, inputs in R^{m}")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"lemma 3.1: {S} random initialisations per width, inputs in R^{m}.  Criterion: the error over all "
+                 f"{cfg['pairs']} pairs (dashed) <= {cfg['threshold']:g} (dotted) and every pair within "
+                 f"{MC_MAX_Z:g} Monte Carlo\nstandard errors.  A single pair's relative error can be large where "
+                 "|cov_theory| is small (nearly orthogonal inputs): the noise is then relative to a small number",
+                 fontsize=10)
     fig.tight_layout()
     report = _finish("lemma3.1", out, cfg, results, checks, fig, started)
     report["table"] = table
@@ -549,9 +557,13 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
     titles = ("deep vs effective network: F", "deep vs effective network: g",
               "linear-kernel simulator vs effective network",
               "residual of the F equation", "residual of the g equation", "residual of the J equation")
-    for ax, title in zip(axes.ravel(), titles):
+    ylabels = ("|F_deep - F_eff| / |F_eff|", "|g_deep - g_eff| / |g_eff|", "max over F, g, J of |sim - eff| / |eff|",
+               "|(F[t+1]-F[t])/lr - RHS| / |RHS|", "|(g[t+1]-g[t])/lr - RHS| / |RHS|",
+               "|(J[t+1]-J[t])/lr - RHS| / |RHS|")
+    for ax, title, ylabel in zip(axes.ravel(), titles, ylabels):
         ax.set_yscale("log")
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=6)
     fig.suptitle(f"lemma 4.1: linear networks, GD with lr = {lr_} (effective network: L lr)")
@@ -629,4 +641,7 @@ def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, 
 
 
 #: Subcommand name -> function.
-CHECKS = {"lemma3.1": lemma31, "theorem3.2": theorem32, "lemma4.1": lemma41, "inf-limit": inf_limit}
+#: Each runs with one BLAS thread: OpenBLAS's threads oversubscribe a busy machine, e.g. lemma4.1 took 5.8x
+#: as long with its default threads beside other jobs (docs/BENCHMARKS.md, "BLAS threads").
+CHECKS = {name: one_blas_thread(fn) for name, fn in
+          {"lemma3.1": lemma31, "theorem3.2": theorem32, "lemma4.1": lemma41, "inf-limit": inf_limit}.items()}

@@ -463,7 +463,7 @@ def test_download_checksum_mismatch(server, tmp_path):
     folder = tmp_path / "data" / "mnist"
     assert not (folder / "t10k-images-idx3-ubyte.gz").exists()
     assert not list(folder.glob(".*"))                       # no temp file left behind
-    assert (folder / "train-images-idx3-ubyte.gz").is_file()  # files before it were verified and kept
+    assert not folder.exists()                               # a failed download leaves nothing behind
 
 
 def test_download_missing_file(server, tmp_path):
@@ -476,6 +476,32 @@ def test_download_missing_file(server, tmp_path):
     assert msg == f"train-labels-idx1-ubyte.gz: download of {url}/train-labels-idx1-ubyte.gz failed: HTTP 404 " \
                   "File not found"
     assert not list((tmp_path / "data" / "mnist").glob("*labels*"))
+
+
+def test_a_failed_download_leaves_nothing_behind_but_keeps_what_was_there(server, tmp_path):
+    www, url, _ = server
+    table = _serve_mnist(www)
+    (www / "files" / "t10k-labels-idx1-ubyte.gz").unlink()          # the last file fails
+    with pytest.raises(DataError):
+        data.download("mnist", tmp_path / "new" / "data", base_url=url, checksums=table)
+    assert not (tmp_path / "new").exists()                         # no empty mnist/, no parents
+    mine = tmp_path / "old" / "mnist"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    good = (www / "files" / "train-images-idx3-ubyte.gz").read_bytes()
+    (mine / "train-images-idx3-ubyte.gz").write_bytes(good)         # already there and valid: kept
+    with pytest.raises(DataError):
+        data.download("mnist", tmp_path / "old", base_url=url, checksums=table)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "train-images-idx3-ubyte.gz"]
+
+
+def test_download_offline_exits_2_and_leaves_no_folder(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    result = CliRunner().invoke(cli.cli, ["download", "mnist", "--data-dir", str(tmp_path / "d"),
+                                          "--base-url", "http://127.0.0.1:9"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()
 
 
 def test_download_refuses_files_without_checksum(server, tmp_path):
@@ -551,8 +577,7 @@ def test_download_cifar_archive_checksum(server, tmp_path):
     table[data.CIFAR_ARCHIVE] = "f" * 64
     with pytest.raises(DataError, match="cifar-10-binary.tar.gz: checksum mismatch"):
         data.download("cifar", tmp_path / "data", base_url=url, checksums=table)
-    assert not list((tmp_path / "data" / "cifar-10-batches-bin").iterdir())
-    assert not list((tmp_path / "data").glob(".*"))
+    assert not (tmp_path / "data").exists()                 # nothing left behind, not even the folders
 
 
 @pytest.mark.parametrize("evil", ["../evil.bin", "cifar-10-batches-bin/../../evil.bin", "/tmp/evil.bin",
@@ -572,7 +597,7 @@ def test_download_cifar_rejects_unsafe_archives(server, tmp_path, evil):
     with pytest.raises(DataError, match=problem):
         data.download("cifar", tmp_path / "data" / "deep", base_url=url, checksums=table)
     assert not list((tmp_path / "data").rglob("*evil*"))
-    assert not list((tmp_path / "data" / "deep" / "cifar-10-batches-bin").iterdir())
+    assert not (tmp_path / "data" / "deep").exists()      # nothing left behind
 
 
 def test_default_checksum_table_matches_readme_digests():
@@ -653,7 +678,7 @@ def test_cli_download_corrupt_file_is_one_line_error(server, tmp_path):
     assert len(errors) == 1
     assert ("train-images-idx3-ubyte.gz: checksum mismatch" in errors[0]
             and f"expected sha256 {data.SHA256['train-images-idx3-ubyte.gz']}" in errors[0])
-    assert not list((tmp_path / "d" / "mnist").iterdir())
+    assert not (tmp_path / "d").exists()                   # nothing left behind
 
 
 def test_cli_download_missing_file(server, tmp_path):
