@@ -366,31 +366,37 @@ SUPTITLE_SIZE, TITLE_SIZE = 11, 10
 
 
 def log_ticks(vmin, vmax, most=7):
-    """Tick values for a log colour scale over [vmin, vmax] (0 < vmin < vmax): the 1-2-5 values inside the
-    range (1-2-3-5 or every mantissa when that gives too few), thinned to at most ``most``, always with
-    the two ends, so the whole range carries labelled ticks however narrow it is."""
+    """Tick values for a log colour scale over [vmin, vmax] (0 < vmin < vmax): the round values inside the
+    range (decades first; 1-2-5, 1-2-3-5 or more mantissas when that gives too few; evenly spaced on the
+    log scale for a narrow range), thinned to at most ``most``, always with the two ends, so the whole
+    range carries at least three labelled ticks however narrow it is."""
     lo, hi = np.floor(np.log10(vmin)), np.ceil(np.log10(vmax))
-    ticks = []
-    for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
-        ticks = [float(f"{m * 10.0 ** e:.3g}") for e in np.arange(lo, hi + 1) for m in mantissas
-                 if vmin <= m * 10.0 ** e <= vmax]
-        if len(ticks) >= 3:
-            break
-    if len(ticks) < 2:                   # a narrow range: evenly spaced on the log scale, 2 digits
-        ticks = sorted({float(f"{v:.2g}") for v in np.geomspace(vmin, vmax, 5)[1:-1]})
-    while len(ticks) > most - 2:
-        ticks = ticks[::2]
-    ends = [float(f"{vmin:.2g}"), float(f"{vmax:.2g}")]
-    ends = [min(max(ends[0], vmin), vmax), max(min(ends[1], vmax), vmin)]
-    out = sorted(set([ends[0], *ticks, ends[1]]))
-    keep = [out[0]]                      # drop ticks closer than 12 % (on the log scale) to the previous one
     span = np.log(vmax / vmin) or 1.0
-    for t in out[1:]:
-        if np.log(t / keep[-1]) > 0.12 * span or t == out[-1]:
-            if t == out[-1] and len(keep) > 1 and np.log(t / keep[-1]) <= 0.12 * span:
-                keep[-1] = t
-            else:
+    keep = [vmin, vmax]
+    for digits in (2, 3, 4, 6):
+        rnd = lambda v: float(f"{v:.{digits}g}")          # noqa: E731
+        ticks = []
+        for mantissas in ((1,), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):
+            ticks = [rnd(m * 10.0 ** e) for e in np.arange(lo, hi + 1) for m in mantissas
+                     if vmin <= m * 10.0 ** e <= vmax]
+            if len(ticks) >= 3:
+                break
+        if len(ticks) < 2:               # a narrow range: evenly spaced on the log scale
+            ticks = sorted({rnd(v) for v in np.geomspace(vmin, vmax, 5)[1:-1]})
+        while len(ticks) > most - 2:
+            ticks = ticks[::2]
+        ends = [min(max(rnd(vmin), vmin), vmax), max(min(rnd(vmax), vmax), vmin)]
+        out = sorted(set([ends[0], *[t for t in ticks if vmin <= t <= vmax], ends[1]]))
+        keep = [out[0]]                  # no tick closer than 12 % of the range (log scale) to the previous one
+        for t in out[1:]:
+            if np.log(t / keep[-1]) > 0.12 * span:
                 keep.append(t)
+            elif t == out[-1]:
+                keep[-1] = t if len(keep) > 1 else keep[-1]
+                if len(keep) == 1:
+                    keep.append(t)
+        if len(keep) >= 3:
+            return keep
     return keep
 
 

@@ -56,9 +56,12 @@ def test_json_holds_for_usage_errors(args):
     ["golden", "--cases", "no-such-case", "--json"],
     ["bench", "--backends", "tpu", "--json", "--out", "IGNORED"],
     ["train", "--json", "--dataset", "synthetic", "--loss", "ce", *TINY],
-], ids=["golden", "bench", "train"])
+    ["verify", "inf-limit", "--json", "-q", "--out", "BLOCKER"],
+], ids=["golden", "bench", "train", "verify"])
 def test_json_holds_for_errors_after_parsing(args, tmp_path):
-    args = [str(tmp_path / "o.json") if a == "IGNORED" else a for a in args]
+    (tmp_path / "blocker").write_text("a file where the output folder should go")
+    args = [str(tmp_path / "o.json") if a == "IGNORED" else str(tmp_path / "blocker") if a == "BLOCKER" else a
+            for a in args]
     _json_error(_invoke(args), cli.EXIT_USAGE)
 
 

@@ -147,6 +147,8 @@ def test_sweep_plot_and_finite_sweep_take_npz(tmp_path):
                      "3", "--batch-size", "5", "--init-width", "64", "--jobs", "1", "--out", str(tmp_path / "s")])
     assert sweep.exit_code == 0, sweep.stderr
     assert (tmp_path / "s" / "accuracy.png").exists() and (tmp_path / "s" / "heatmap.png").exists()
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())["config"]
+    assert record["backend_requested"] == "auto" and record["backend"] in ("numpy", "cpu", "gpu")   # resolved once
     assert _invoke(["plot", str(tmp_path / "s"), "--out", str(tmp_path / "fig")]).exit_code == 0
     fin = _invoke(["finite-sweep", "--dataset", f"npz:{path}", "--widths", "2", "--hidden", "16", "--steps", "4",
                    "--eval-every", "2", "--out", str(tmp_path / "f")])
