@@ -217,7 +217,8 @@ static int launch(void (*fn)(void **), void **args, unsigned gx, unsigned gy, un
 extern "C" const char *bd_sim_error() { return bd_sim::error; }
 """
 
-_KERNEL_RE = re.compile(r'extern\s+"C"\s+BD_GLOBAL\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+BD_GLOBAL\s+void\s+(?:BD_LAUNCH_BOUNDS\([^)]*\)\s+)?(\w+)\s*\(([^)]*)\)',
+                        re.S)
 #: C parameter types -> NumPy scalar type of the argument (pointers: dtype of the array)
 _SCALARS = {"double": np.float64, "float": np.float32, "long long": np.int64, "int": np.int32,
             "unsigned int": np.uint32}

@@ -50,8 +50,12 @@ import numpy as np
 
 from . import pair_source
 
-#: Accumulators (outputs) per thread, kept in registers across the whole pass.
+#: Per thread, kept in registers across the whole pass: NACC f or beta-sum outputs, and NTASK
+#: tasks of QB T outputs (one column k of T for QB queries: each row element read from shared
+#: memory serves QB multiply-adds; likewise in the dot products, QB queries per row).
 NACC = 8
+NTASK = 2
+QB = 8
 #: Threads per block: at most this many (a power of two, at least MIN_THREADS).
 MAX_THREADS = 256
 MIN_THREADS = 64
@@ -74,24 +78,23 @@ TARGET_MACROS = {
     "cuda": ("#define BD_DEVICE __device__ __forceinline__\n"
              "#define BD_GLOBAL __global__\n"
              "#define BD_SYNC() __syncthreads()\n"
+             "#define BD_LAUNCH_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)\n"
              "#define BD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]\n"),
     # accel.cudasim defines threadIdx, blockIdx, blockDim, gridDim, bd_sim_sync, bd_sim_shared
     "sim": ("#include <math.h>\n"
             "#define BD_DEVICE static inline\n"
             "#define BD_GLOBAL\n"
             "#define BD_SYNC() bd_sim_sync()\n"
+            "#define BD_LAUNCH_BOUNDS(threads, blocks)\n"
             "#define BD_DYNAMIC_SHARED(name) unsigned char *name = bd_sim_shared()\n"),
 }
 
 KERNEL = r"""
 /* ---- fused history pass (accel/fused_source.py; MATH 4) ---- */
-#ifndef BD_NACC
-#define BD_NACC 8
-#endif
 
 /* shared memory: [Bc | An] float64, then [Zs | Ps | Cs | Kc | Ac] T, then the near flag; rows of
    Zs and Ps have an odd stride dp (threads of a warp read different rows at the same k) */
-extern "C" BD_GLOBAL void bd_fused_history(
+extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     const T *__restrict__ P, const double *__restrict__ pn, const T *__restrict__ C,
     const T *__restrict__ Zw, const double *__restrict__ zn, const double *__restrict__ Zh,
     const double *__restrict__ chi,
@@ -109,7 +112,6 @@ extern "C" BD_GLOBAL void bd_fused_history(
     const bd_idx RR = (BD_MODE == 1) ? nr : (BD_MODE == 2 ? 1 : 0);
     const bd_idx NF = (BD_MODE == 2) ? 0 : nq * nr;
     const bd_idx NTT = RR * nq * d;
-    const bd_idx nout = NF + NTT + RR * nq;
     const bd_idx npair = qt * tile;
     const bd_idx dp = d | 1;        /* odd row stride in shared memory: no bank conflicts across rows */
 
@@ -122,10 +124,16 @@ extern "C" BD_GLOBAL void bd_fused_history(
     T *Ac = Kc + ((BD_MODE != 2) ? npair : 0);
     int *near_any = (int *)(Ac + ((BD_MODE != 0) ? npair : 0));
 
-    T accT[BD_NACC];
-    double acc64[BD_NACC];
+    const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
+    double accG[BD_NACC];                                   /* f and beta-sum outputs */
+    T accT[BD_NTASK][BD_QB];                                /* T outputs ... */
+    double acc64[BD_NTASK][BD_QB];                          /* ... their nearly parallel pairs (float32) */
 #pragma unroll
-    for (int a = 0; a < BD_NACC; ++a) { accT[a] = (T)0; acc64[a] = 0.0; }
+    for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
+#pragma unroll
+    for (int a = 0; a < BD_NTASK; ++a)
+#pragma unroll
+        for (int u = 0; u < BD_QB; ++u) { accT[a][u] = (T)0; acc64[a][u] = 0.0; }
 
     for (bd_idx e = tid; e < nq * d; e += nthr) {
         const bd_idx b = e / d;
@@ -151,39 +159,59 @@ extern "C" BD_GLOBAL void bd_fused_history(
         }
         if (tid == 0) *near_any = 0;
         BD_SYNC();
-        /* (2) pair terms */
-        for (bd_idx p = tid; p < nq * nrow; p += nthr) {
-            const bd_idx b = p / nrow, j = p - b * nrow;
-            T g = (T)0;
-            for (bd_idx k = 0; k < d; ++k) g += Zs[b * dp + k] * Ps[j * dp + k];
-            const double dot = (double)g, znb = zn[b0 + b], pnj = pn[j0 + j];
-            double minus2 = -1.0, plus2 = -1.0;
-            if (bd_near(znb, pnj, dot)) {
-                minus2 = 0.0; plus2 = 0.0;
-                const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
-                for (bd_idx k = 0; k < d; ++k) {
-                    const double y = (double)Ps[j * dp + k] * rpn, u = Zh[(b0 + b) * d + k];
-                    minus2 += (u - y) * (u - y);
-                    plus2 += (u + y) * (u + y);
-                }
+        /* (2) dot products (a task: BD_QB queries x one row; the row element is loaded once for
+           BD_QB products), then the pair terms */
+        for (bd_idx p = tid; p < ngq * nrow; p += nthr) {
+            const bd_idx g = p / nrow, j = p - g * nrow;
+            bd_idx zoff[BD_QB];
+            T gd[BD_QB];
+#pragma unroll
+            for (int u = 0; u < BD_QB; ++u) {
+                const bd_idx bu = g * BD_QB + u;
+                zoff[u] = (bu < nq ? bu : nq - 1) * dp;      /* past the last query: a valid row, unused */
+                gd[u] = (T)0;
             }
-            const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
-            const bd_idx c = b * tile + j;
-            if (BD_MODE != 2) Kc[c] = (T)tr.K;
-            if (BD_MODE != 0) {
-                double w = 1.0;
-                if (BD_MODE == 2) {
-                    w = 0.0;
-                    for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+            for (bd_idx k = 0; k < d; ++k) {
+                const T pv = Ps[j * dp + k];
+#pragma unroll
+                for (int u = 0; u < BD_QB; ++u) gd[u] += Zs[zoff[u] + k] * pv;
+            }
+#pragma unroll 1
+            for (int u = 0; u < BD_QB; ++u) {
+                const bd_idx b = g * BD_QB + u;
+                if (b >= nq) break;
+                T gu = gd[0];
+#pragma unroll
+                for (int v = 1; v < BD_QB; ++v) if (v == u) gu = gd[v];
+                const double dot = (double)gu, znb = zn[b0 + b], pnj = pn[j0 + j];
+                double minus2 = -1.0, plus2 = -1.0;
+                if (bd_near(znb, pnj, dot)) {
+                    minus2 = 0.0; plus2 = 0.0;
+                    const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
+                    for (bd_idx k = 0; k < d; ++k) {
+                        const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
+                        minus2 += (z - y) * (z - y);
+                        plus2 += (z + y) * (z + y);
+                    }
                 }
-                Bc[c] = tr.beta * w;
-                if (BD_EXACT_NEAR && minus2 >= 0.0) {
-                    Ac[c] = (T)0;
-                    An[c] = tr.alpha * w;
-                    *near_any = 1;
-                } else {
-                    Ac[c] = (T)(tr.alpha * w);
-                    if (BD_EXACT_NEAR) An[c] = 0.0;
+                const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
+                const bd_idx c = b * tile + j;
+                if (BD_MODE != 2) Kc[c] = (T)tr.K;
+                if (BD_MODE != 0) {
+                    double w = 1.0;
+                    if (BD_MODE == 2) {
+                        w = 0.0;
+                        for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+                    }
+                    Bc[c] = tr.beta * w;
+                    if (BD_EXACT_NEAR && minus2 >= 0.0) {
+                        Ac[c] = (T)0;
+                        An[c] = tr.alpha * w;
+                        *near_any = 1;
+                    } else {
+                        Ac[c] = (T)(tr.alpha * w);
+                        if (BD_EXACT_NEAR) An[c] = 0.0;
+                    }
                 }
             }
         }
@@ -191,36 +219,54 @@ extern "C" BD_GLOBAL void bd_fused_history(
         /* (3) accumulate the tile into the outputs this thread owns */
         const int any_near = BD_EXACT_NEAR ? *near_any : 0;
 #pragma unroll
-        for (int a = 0; a < BD_NACC; ++a) {
-            const bd_idx o = tid + (bd_idx)a * nthr;
-            if (o < NF) {                                   /* f[b, r] */
-                const bd_idx b = o / nr, r = o - b * nr;
+        for (int a = 0; a < BD_NACC; ++a) {                 /* f and beta sums, one output each */
+            const bd_idx e = tid + (bd_idx)a * nthr;
+            if (e < NF) {                                   /* f[b, r] */
+                const bd_idx b = e / nr, r = e - b * nr;
                 T s = (T)0;
                 for (bd_idx j = 0; j < nrow; ++j) s += Kc[b * tile + j] * Cs[j * nr + r];
-                accT[a] += s;
-            } else if (o < NF + NTT) {                      /* T[r, b, k] */
-                const bd_idx o2 = o - NF, r = o2 / (nq * d), rem = o2 - r * (nq * d);
-                const bd_idx b = rem / d, k = rem - b * d;
-                T s = (T)0;
-                for (bd_idx j = 0; j < nrow; ++j) {
-                    const T w = (BD_MODE == 1) ? Cs[j * nr + r] : (T)1;
-                    s += Ac[b * tile + j] * w * Ps[j * dp + k];
-                }
-                accT[a] += s;
-                if (BD_EXACT_NEAR && any_near) {
-                    double s64 = 0.0;
-                    for (bd_idx j = 0; j < nrow; ++j) {
-                        const double w = (BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0;
-                        s64 += An[b * tile + j] * w * (double)Ps[j * dp + k];
-                    }
-                    acc64[a] += s64;
-                }
-            } else if (o < nout) {                          /* bsum[r, b] */
-                const bd_idx o3 = o - NF - NTT, r = o3 / nq, b = o3 - r * nq;
+                accG[a] += (double)s;
+            } else if (e < NF + RR * nq) {                  /* bsum[r, b] */
+                const bd_idx o3 = e - NF, r = o3 / nq, b = o3 - r * nq;
                 double s = 0.0;
                 for (bd_idx j = 0; j < nrow; ++j)
                     s += Bc[b * tile + j] * ((BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0);
-                acc64[a] += s;
+                accG[a] += s;
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b */
+            const bd_idx tk = tid + (bd_idx)a * nthr;
+            if (BD_MODE != 0 && tk < RR * ngq * d) {
+                const bd_idx k = tk % d, rest = tk / d, g = rest % ngq, r = rest / ngq;
+                bd_idx coff[BD_QB];
+                T s[BD_QB];
+#pragma unroll
+                for (int u = 0; u < BD_QB; ++u) {
+                    const bd_idx bu = g * BD_QB + u;
+                    coff[u] = (bu < nq ? bu : nq - 1) * tile;
+                    s[u] = (T)0;
+                }
+                for (bd_idx j = 0; j < nrow; ++j) {
+                    T pv = Ps[j * dp + k];
+                    if (BD_MODE == 1) pv *= Cs[j * nr + r];
+#pragma unroll
+                    for (int u = 0; u < BD_QB; ++u) s[u] += Ac[coff[u] + j] * pv;
+                }
+#pragma unroll
+                for (int u = 0; u < BD_QB; ++u) accT[a][u] += s[u];
+                if (BD_EXACT_NEAR && any_near) {
+                    double s64[BD_QB];
+#pragma unroll
+                    for (int u = 0; u < BD_QB; ++u) s64[u] = 0.0;
+                    for (bd_idx j = 0; j < nrow; ++j) {
+                        const double pv = (double)Ps[j * dp + k] * ((BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0);
+#pragma unroll
+                        for (int u = 0; u < BD_QB; ++u) s64[u] += An[coff[u] + j] * pv;
+                    }
+#pragma unroll
+                    for (int u = 0; u < BD_QB; ++u) acc64[a][u] += s64[u];
+                }
             }
         }
         BD_SYNC();
@@ -228,8 +274,21 @@ extern "C" BD_GLOBAL void bd_fused_history(
     double *mine = part + ((bd_idx)blockIdx.y * (bd_idx)gridDim.x + (bd_idx)blockIdx.x) * (bd_idx)stride_;
 #pragma unroll
     for (int a = 0; a < BD_NACC; ++a) {
-        const bd_idx o = tid + (bd_idx)a * nthr;
-        if (o < nout) mine[o] = (double)accT[a] + acc64[a];
+        const bd_idx e = tid + (bd_idx)a * nthr;
+        if (e < NF) mine[e] = accG[a];
+        else if (e < NF + RR * nq) mine[NTT + e] = accG[a];
+    }
+#pragma unroll
+    for (int a = 0; a < BD_NTASK; ++a) {
+        const bd_idx tk = tid + (bd_idx)a * nthr;
+        if (BD_MODE != 0 && tk < RR * ngq * d) {
+            const bd_idx k = tk % d, rest = tk / d, g = rest % ngq, r = rest / ngq;
+#pragma unroll
+            for (int u = 0; u < BD_QB; ++u) {
+                const bd_idx b = g * BD_QB + u;
+                if (b < nq) mine[NF + r * (nq * d) + b * d + k] = (double)accT[a][u] + acc64[a][u];
+            }
+        }
     }
 }
 
@@ -289,7 +348,10 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         f"typedef {INDEX_TYPES[index_bits]} bd_idx;\n",
         f"#define BD_MODE {int(mode)}\n",
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
-        f"#define BD_NACC {NACC}\n",
+        f"#define BD_NACC {NACC}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
+        # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
+        # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
+        f"#define BD_MIN_BLOCKS {2 if index_bits == 32 else 1}\n",
         device_functions,
         KERNEL,
     ])
@@ -349,21 +411,27 @@ def plan(q, M, d, dr, mode, dtype, arch):
     """Launch plan of the fused pass, or None where a one-row tile would not fit.
 
     Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr) column chunks of C;
-    one (0, dr) chunk unless the outputs of the query tile exceed ``NACC * MAX_THREADS``),
+    one (0, dr) chunk unless the query tile's f outputs exceed ``NACC * MAX_THREADS`` or its T
+    tasks ``NTASK * MAX_THREADS``),
     ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
     ``stride`` (outputs per block, the row length of the partial buffer), ``index_bits``.
     """
     itemsize = np.dtype(dtype).itemsize
     exact = exact_near(arch, dtype, mode)
-    cap = NACC * MAX_THREADS
-    unit = outputs_per_query(mode, d, 1)
-    if unit > cap:
-        return None
-    qt = max(1, min(MAX_QT, q, cap // unit))
-    if mode == 2:
-        nr = dr
+    cap_g, cap_t = NACC * MAX_THREADS, NTASK * MAX_THREADS     # f / beta-sum outputs, T tasks
+    qt = min(MAX_QT, q)
+    if mode != 0:
+        groups = cap_t // d                                     # query groups of QB per T column
+        if groups < 1:
+            return None
+        qt = min(qt, groups * QB)
+    ngq = -(-qt // QB)
+    if mode == 0:
+        nr = min(dr, cap_g // qt)
+    elif mode == 1:
+        nr = min(dr, cap_t // (ngq * d), cap_g // (2 * qt))
     else:
-        nr = max(1, min(dr, cap // (qt * unit)))
+        nr = dr
     chunks = [(r0, min(nr, dr - r0)) for r0 in range(0, dr, nr)] if mode != 2 else [(0, dr)]
     fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
     per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
@@ -371,8 +439,10 @@ def plan(q, M, d, dr, mode, dtype, arch):
     if tile < 1:
         return None
     stride = qt * outputs_per_query(mode, d, nr)
+    rr = {0: 0, 1: nr, 2: 1}[mode]
+    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * d
     threads = MIN_THREADS
-    while threads < MAX_THREADS and threads * NACC < stride:
+    while threads < MAX_THREADS and (threads * NACC < generic or threads * NTASK < tasks):
         threads *= 2
     nqt = -(-q // qt)
     biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 1024, qt * tile)
