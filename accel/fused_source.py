@@ -50,10 +50,12 @@ import numpy as np
 
 from . import pair_source
 
-#: Per thread, kept in registers across the whole pass: NACC f or beta-sum outputs, and NTASK
-#: tasks of QB T outputs (one column k of T for QB queries: each row element read from shared
-#: memory serves QB multiply-adds; likewise in the dot products, QB queries per row).
-NACC = 8
+#: Per thread, kept in registers across the whole pass: NACC[mode] f or beta-sum outputs, and
+#: NTASK tasks of QB T outputs (one column k of T for QB queries: each row element read from shared
+#: memory serves QB multiply-adds; likewise in the dot products, QB queries per row).  Modes 1 and 2
+#: have few f / beta-sum outputs and need the registers for T: 2 there keeps them within 128
+#: registers (2 blocks per SM) without spills.
+NACC = {0: 8, 1: 2, 2: 2}
 NTASK = 2
 QB = 8
 #: Threads per block: at most this many (a power of two, at least MIN_THREADS).
@@ -348,7 +350,7 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         f"typedef {INDEX_TYPES[index_bits]} bd_idx;\n",
         f"#define BD_MODE {int(mode)}\n",
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
-        f"#define BD_NACC {NACC}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
+        f"#define BD_NACC {NACC[mode]}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
         # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
         # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
         f"#define BD_MIN_BLOCKS {2 if index_bits == 32 else 1}\n",
@@ -411,14 +413,14 @@ def plan(q, M, d, dr, mode, dtype, arch):
     """Launch plan of the fused pass, or None where a one-row tile would not fit.
 
     Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr) column chunks of C;
-    one (0, dr) chunk unless the query tile's f outputs exceed ``NACC * MAX_THREADS`` or its T
+    one (0, dr) chunk unless the query tile's f outputs exceed ``NACC[mode] * MAX_THREADS`` or its T
     tasks ``NTASK * MAX_THREADS``),
     ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
     ``stride`` (outputs per block, the row length of the partial buffer), ``index_bits``.
     """
     itemsize = np.dtype(dtype).itemsize
     exact = exact_near(arch, dtype, mode)
-    cap_g, cap_t = NACC * MAX_THREADS, NTASK * MAX_THREADS     # f / beta-sum outputs, T tasks
+    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS     # f / beta-sum outputs, T tasks
     qt = min(MAX_QT, q)
     if mode != 0:
         groups = cap_t // d                                     # query groups of QB per T column
@@ -442,7 +444,7 @@ def plan(q, M, d, dr, mode, dtype, arch):
     rr = {0: 0, 1: nr, 2: 1}[mode]
     generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * d
     threads = MIN_THREADS
-    while threads < MAX_THREADS and (threads * NACC < generic or threads * NTASK < tasks):
+    while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks):
         threads *= 2
     nqt = -(-q // qt)
     biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 1024, qt * tile)
