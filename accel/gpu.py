@@ -50,7 +50,7 @@ def standin_requested():
 
 def reset():
     """Forget the cached probe and engines (after changing BOTTLENECK_GPU)."""
-    for fn in (_probe, engine, kernels):
+    for fn in (_probe_cupy, engine, kernels):
         fn.cache_clear()
 
 
@@ -95,16 +95,25 @@ def _libcuda_present():
     return False
 
 
-@functools.lru_cache(maxsize=None)
 def _probe():
+    """(array module, None) when the gpu backend can run here, else (None, one-line reason).
+
+    ``BOTTLENECK_GPU=standin`` is read at every call (never cached), so a stand-in run cannot leave
+    a later run believing that a GPU is present; only the CuPy probe itself is cached.
+    """
+    if standin_requested():
+        return numpy_device, None
+    return _probe_cupy()
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cupy():
     """(cupy module, None) when CuPy works here, else (None, one-line reason).
 
     The reasons, each worded for its case: CuPy not installed; installed but not importable;
     no NVIDIA driver (no libcuda: e.g. a machine without a GPU); a driver older than the wheel's
     CUDA; a driver but no device; kernels that fail to compile or give a wrong value.
     """
-    if standin_requested():
-        return numpy_device, None
     try:
         import cupy
     except ImportError as exc:

@@ -100,3 +100,18 @@ def test_wrong_value_on_the_device(fake_cupy):
     fake_cupy(Wrong())
     with pytest.raises(accel.BackendUnavailable, match="wrong value"):
         accel.get_backend("gpu")
+
+
+def test_a_standin_run_leaves_no_gpu_behind(monkeypatch):
+    """BOTTLENECK_GPU=standin is read at every probe: once it is unset, `auto` and `available()`
+    see the real machine again, even without gpu.reset() (a stand-in test once made later
+    sweeps in the same process pick a GPU that was not there)."""
+    gpu.reset()
+    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")
+    assert gpu.available() and gpu.unavailable_reason() is None
+    monkeypatch.delenv(gpu.STANDIN_ENV)
+    monkeypatch.setattr(gpu, "_probe_cupy", lambda: (None, "no CUDA device (test)"))
+    assert not gpu.available()
+    assert gpu.unavailable_reason() == "no CUDA device (test)"
+    from experiments.train import auto_backend
+    assert auto_backend() != "gpu"
