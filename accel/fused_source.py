@@ -13,32 +13,37 @@ from global memory once per query tile and no (q, M) pair matrix is ever stored:
 
 * block (x, y) takes query tile y (``qt`` queries, kept in shared memory for the whole pass)
   and the history tiles x, x + gridDim.x, ... of ``tile`` rows (grid-stride);
-* per tile: (1) the block loads the tile of P (and its columns of C) into shared memory;
-  (2) each thread takes pairs (b, j) of the tile: the dot product z_b . p_j in the working
-  dtype T (as the GEMM of the unfused pass), then the pair terms through the architecture's
-  device functions ``bd_near`` / ``bd_pair`` of :data:`accel.pair_source.ARCH` (the same text
-  as the elementwise kernels; nearly (anti-)parallel pairs recomputed from explicit
-  differences in float64, MATH §2.1), written as coefficients to shared memory;
-  (3) each thread owns up to ``BD_NACC`` outputs (an f entry, a T entry or a beta sum) and
-  adds the tile's contribution to them in registers;
+* per tile: (1) the block loads the tile of P (and its columns of C) into shared memory, rows
+  at an odd stride (threads of a warp reading different rows at one k hit different banks);
+  (2) each thread takes tasks of ``BD_QB`` queries x one row: the dot products z_b . p_j in the
+  working dtype T (as the GEMM of the unfused pass; each row element loaded once for BD_QB
+  products), then the pair terms through the architecture's device functions ``bd_near`` /
+  ``bd_pair`` of :data:`accel.pair_source.ARCH` (the same text as the elementwise kernels;
+  nearly (anti-)parallel pairs recomputed from explicit differences in float64, MATH §2.1),
+  written as coefficients to shared memory;
+  (3) each thread owns, in registers, up to ``BD_NACC`` f or beta-sum outputs and up to
+  ``BD_NTASK`` T tasks (one column k of T for BD_QB queries, again one row element per BD_QB
+  multiply-adds), and adds the tile's contribution to them;
 * at the end each block writes its outputs (a partial sum over its tiles, float64) to
   ``part[(y, x), :]``; ``bd_fused_reduce`` sums the partials over x in a fixed order
   (deterministic), giving ``out[y, :]`` = [f (nq, nr) | T (R, nq, d) | bsum (R, nq)].
 
 Float32 histories: dot products and f / T sums run in float32 (as the float32 GEMMs did);
 beta sums in float64; the Xi term of a nearly parallel pair (alpha ~ 1/sin, cancelling against
-beta) is accumulated in float64 in the same registers' float64 twin, so there are no atomics
+beta) is accumulated in a float64 twin of the owning thread's accumulators, so there are no atomics
 (each output belongs to one thread of one block).
 
-Outputs per block are at most ``BD_NACC * blockDim.x``; :func:`plan` picks the query tile and,
+Outputs per block are at most ``BD_NACC * blockDim.x`` f / beta-sum entries and
+``BD_NTASK * blockDim.x`` T tasks; :func:`plan` picks the query tile and,
 for wide outputs (dr up to 784, the MNIST autoencoder), splits the columns of C into chunks
 (r0, nr) launched one after the other.  Each chunk streams P once more, but every element of
 C is read once per query tile and never per query.  Mode 2 needs C_m . chi_b, so it keeps the
 whole row of C in the shared tile and takes smaller tiles when dr is large.  Where even a
-one-row tile does not fit in 48 KiB of shared memory (d or dr in the thousands), :func:`plan`
+one-row tile does not fit in 48 KiB of shared memory (d or dr in the thousands), or one query
+group's T tasks exceed a block (modes 1-2 with d > ``NTASK * MAX_THREADS`` = 512), :func:`plan`
 returns None and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`).
 
-The source is written once; ``TARGET_MACROS`` says what the three kernel-level macros mean on
+The source is written once; ``TARGET_MACROS`` says what the kernel-level macros mean on
 a GPU ("cuda", NVRTC via ``cupy.RawModule``) and in the CPU execution harness ("sim",
 :mod:`accel.cudasim`, which runs each CUDA thread of a block as a coroutine).
 :func:`cuda_sources` lists every variant the backend can generate, for the NVRTC compile test.

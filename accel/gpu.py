@@ -128,14 +128,31 @@ def _probe_cupy():
         return None, _driver_reason(cupy, exc)
     if count < 1:
         return None, "CuPy sees no CUDA device (a driver is installed, but no GPU is visible: CUDA_VISIBLE_DEVICES?)"
-    try:                                               # compile and run the kernels once
-        got = XPEngine(cupy).pair_kernel(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), "ntk")[0]
+    reason = kernel_check(cupy)
+    return (None, reason) if reason else (cupy, None)
+
+
+def kernel_check(xp):
+    """Compile and run the pair kernel and the fused history pass once on ``xp`` (CuPy, or the
+    stand-in in the tests): None when both give the known values, else the reason (one line)."""
+    try:
+        eng = XPEngine(xp)
+        got = eng.pair_kernel(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), "ntk")[0]
     except Exception as exc:                           # noqa: BLE001 - NVRTC, driver, ...
-        return None, f"CuPy works but the GPU kernels fail ({_reason(exc)})"
+        return f"CuPy works but the GPU kernels fail ({_reason(exc)})"
     # orthogonal unit and 2x unit vector, m = 2: K = Sigma = (2/2)(0 + 1)/(2 pi)
     if not abs(float(got[0, 0]) - 1.0 / (2.0 * np.pi)) < 1e-12:
-        return None, f"the GPU kernels give a wrong value ({float(got[0, 0])!r} for 1/(2 pi))"
-    return cupy, None
+        return f"the GPU kernels give a wrong value ({float(got[0, 0])!r} for 1/(2 pi))"
+    try:                                               # the fused history pass (accel.fused_source)
+        P = xp.asarray(np.array([[1.0, 0.0], [0.0, 3.0]]))
+        f = eng.history_pass(np.array([[0.0, 2.0]]), P, xp.asarray(np.array([1.0, 3.0])),
+                             xp.asarray(np.array([[1.0], [0.0]])), 0, None, "relu", 2.0, 0.0)[0]
+    except Exception as exc:                           # noqa: BLE001 - NVRTC, launch, ...
+        return f"CuPy works but the fused history kernel fails ({_reason(exc)})"
+    # the same pair (the second row has C = 0): f = 1/(2 pi)
+    if not abs(float(f[0, 0]) - 1.0 / (2.0 * np.pi)) < 1e-12:
+        return f"the fused history kernel gives a wrong value ({float(f[0, 0])!r} for 1/(2 pi))"
+    return None
 
 
 def load_cupy():

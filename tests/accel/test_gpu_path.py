@@ -223,3 +223,18 @@ def test_gpu_path_trajectories_run_the_fused_kernel(monkeypatch, standin_gpu):
     launches = accel.gpu.engine("numpy").last_launches
     assert launches["h2d"] == 1 and launches["d2h"] == 1 and launches["kernels"] >= 2
     assert fused_source.plan(20, 4000, 10, 3, 1, np.float64, "relu")["chunks"] == [(0, 3)]
+
+
+def test_gpu_probe_runs_the_fused_history_kernel(monkeypatch):
+    """The probe behind get_backend("gpu") compiles and runs the pair kernel and the fused history
+    pass once, and names the fused kernel when it is broken."""
+    assert gpu.kernel_check(standin.numpy_device) is None
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("nvrtc: error: planted")
+
+    monkeypatch.setattr(xpcore.XPEngine, "fused_history_pass", broken)
+    assert gpu.kernel_check(standin.numpy_device) == \
+        "CuPy works but the fused history kernel fails (RuntimeError: nvrtc: error: planted)"
+    monkeypatch.setattr(xpcore.XPEngine, "fused_history_pass", lambda self, *a, **k: (np.zeros((1, 1)),))
+    assert "gives a wrong value (0.0" in gpu.kernel_check(standin.numpy_device)
