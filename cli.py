@@ -790,6 +790,9 @@ def verify_lemma31(out, quiet, as_json, force, **options):
               help="Activation of the hidden layers of g and f.")
 @arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
                                "default to 250,1000,2000)."})
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
+                   "numpy; recorded in the report).")
 @_verify_common
 def verify_theorem32(out, quiet, as_json, force, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
@@ -806,6 +809,8 @@ def verify_theorem32(out, quiet, as_json, force, **options):
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest final distance in F between deep and effective network at the largest width.  "
                    "[default: 0.05]")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Backend of the linear-kernel simulator (auto: gpu, else cpu, else numpy; recorded in the report).")
 @_verify_common
 def verify_lemma41(out, quiet, as_json, force, **options):
     """Lemma 4.1: deep linear networks vs the effective network and the simulator (figs 13, 14)."""

@@ -317,6 +317,17 @@ def _rhs(net, G, F, Y, probes, theta, layers_f, depth_f=None, loss="mse"):
     return {"F": rhs_F, "g": rhs_g, "J": rhs_J}
 
 
+def _simulators(backend):
+    """(the simulator class of ``backend``, its name): "auto" is what :func:`experiments.train.auto_backend`
+    picks here (gpu, cpu, numpy); the finite networks stay NumPy (float64)."""
+    from .train import auto_backend, resolve_backend
+    name = auto_backend() if backend == "auto" else backend
+    try:
+        return resolve_backend(name).BottleneckSimulator, name
+    except Exception as exc:    # noqa: BLE001 - TrainError with the backend's one-line reason
+        raise ValueError(str(exc)) from None
+
+
 def _residuals(before, after, rhs, lr):
     """|(psi[t+1] - psi[t]) / lr - RHS[t]| / |RHS[t]| for psi = g, F, J."""
     out = {}
@@ -334,7 +345,7 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     layers_g, layers_f, loss = cfg["layers_g"], cfg["layers_f"], cfg["loss"]
     net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
     finite = FiniteNetwork.from_random_network(net, loss=loss)
-    sim = BottleneckSimulator(net, X, Y, lr=lr, loss=loss)
+    sim = cfg["simulator"](net, X, Y, lr=lr, loss=loss)
     keys = ["err_F", "err_g", "err_J", "loss_finite", "loss_sim"]
     if residuals:
         keys += ["resid_F", "resid_g", "resid_J"]
@@ -357,7 +368,7 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
 
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
               d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0,
-              loss="mse", log=_silent):
+              loss="mse", backend="numpy", log=_silent):
     """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12).
 
     Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr) (with
@@ -410,7 +421,8 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         Y = (Y > 0).astype(float) if dr == 1 else np.eye(dr)[rng.integers(0, dr, cfg["points"])]
     probes = rng.standard_normal((4, d))
     theta = kernels.ntk(X, X, layers_g)
-    cfg.update(layers_g=layers_g, layers_f=layers_f, loss=loss)
+    simulator, ran = _simulators(backend)
+    cfg.update(layers_g=layers_g, layers_f=layers_f, loss=loss, simulator=simulator)
     results = {}
     for n in cfg["widths"]:
         runs = []
@@ -463,6 +475,8 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, d = {d}, dr = {dr}, "
                  f"{cfg['points']} points")
     fig.tight_layout()
+    cfg.pop("simulator")
+    cfg.update(backend=ran, backend_requested=backend)
     report = _finish("theorem3.2", out, cfg, results, checks, fig, started)
     report["table"] = table
     return report
@@ -471,7 +485,7 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
 # ============================================================================= lemma 4.1
 
 def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, seed=None, threshold=None,
-            d0=4, d=3, dr=2, log=_silent):
+            d0=4, d=3, dr=2, backend="numpy", log=_silent):
     """Lemma 4.1: deep linear networks against the effective network (paper figs 13, 14).
 
     For each depth L (= L_f = L_g) and width n: a deep linear FiniteNetwork
@@ -490,6 +504,8 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
     cfg = _config("lemma4.1", dict(widths=widths, depths=depths, steps=steps, lr=lr, points=points, seed=seed,
                                    threshold=threshold))
     cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
+    simulator, cfg["backend"] = _simulators(backend)
+    cfg["backend_requested"] = backend
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -507,8 +523,7 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
             deep = FiniteNetwork.sample(d0, d, dr, width=n, seed=cfg["seed"], activation="linear",
                                         depth_g=L, depth_f=L)
             eff = deep.effective()
-            sim = BottleneckSimulator(deep.as_random_network(), X, Y, lr=lr_, activation="linear",
-                                      depth_f=L, depth_g=L)
+            sim = simulator(deep.as_random_network(), X, Y, lr=lr_, activation="linear", depth_f=L, depth_g=L)
             rec = {k: [] for k in ("resid_F_deep", "resid_g_deep", "resid_J_deep", "resid_F_eff", "resid_g_eff",
                                    "resid_J_eff", "err_F", "err_g", "sim_err")}
             st_deep, st_eff = _fstate(deep, X, probes), _fstate(eff, X, probes)

@@ -280,3 +280,18 @@ def test_d0_message_names_every_data_set_that_takes_it(tmp_path, monkeypatch):
     with pytest.raises(T.TrainError) as info:
         T.load_data(T.TrainConfig(dataset="mnist", d0=5, data_dir=str(tmp_path), train_size=None, test_size=None))
     assert "synthetic, multi-index, manifold" in str(info.value) and "d0 = 7" in str(info.value)
+
+
+def test_verify_simulator_backend_defaults_to_auto_and_agrees_with_numpy(tmp_path):
+    reports = {}
+    for backend in (None, "numpy"):
+        args = ["verify", "lemma4.1", "--widths", "16,32", "--depths", "2", "--steps", "4", "--json", "-q",
+                "--out", str(tmp_path / str(backend))] + ([] if backend is None else ["--backend", backend])
+        result = _invoke(args)
+        assert result.exit_code in (0, 3), result.stderr
+        reports[backend] = json.loads(result.stdout)
+    auto = reports[None]["config"]
+    assert auto["backend_requested"] == "auto" and auto["backend"] == T.auto_backend()
+    assert reports["numpy"]["config"]["backend"] == "numpy"
+    for a, b in zip(reports[None]["checks"], reports["numpy"]["checks"]):
+        assert a["name"] == b["name"] and abs(a["value"] - b["value"]) <= 1e-9 * max(1.0, abs(b["value"]))
