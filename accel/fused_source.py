@@ -40,7 +40,8 @@ for wide outputs (dr up to 784, the MNIST autoencoder), splits the columns of C 
 C is read once per query tile and never per query.  Mode 2 needs C_m . chi_b, so it keeps the
 whole row of C in the shared tile and takes smaller tiles when dr is large.  Where even a
 one-row tile does not fit in 48 KiB of shared memory (d or dr in the thousands), or one query
-group's T tasks exceed a block (modes 1-2 with d > ``NTASK * MAX_THREADS`` = 512), :func:`plan`
+group's T tasks exceed a block (modes 1-2 with d > ``NTASK * MAX_THREADS`` = 512), or mode 1
+needs more than ``MAX_CHUNKS_MODE1`` column chunks (a Jacobian at dr = 784), :func:`plan`
 returns None and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`).
 
 The source is written once; ``TARGET_MACROS`` says what the kernel-level macros mean on
@@ -72,6 +73,9 @@ MAX_QT = 32
 MAX_TILE = 64
 #: Shared memory per block, at most (the default limit of a CUDA block without opt-in).
 SHARED_BYTES = 48 * 1024
+#: Mode 1 (T for every column of C) with more column chunks than this falls back to the unfused
+#: pass: each chunk streams P again, and one query group's T tasks cover d columns per chunk.
+MAX_CHUNKS_MODE1 = 8
 #: Kernel names in the module.
 HISTORY_KERNEL = "bd_fused_history"
 REDUCE_KERNEL = "bd_fused_reduce"
@@ -440,6 +444,8 @@ def plan(q, M, d, dr, mode, dtype, arch):
     else:
         nr = dr
     chunks = [(r0, min(nr, dr - r0)) for r0 in range(0, dr, nr)] if mode != 2 else [(0, dr)]
+    if mode == 1 and len(chunks) > MAX_CHUNKS_MODE1:
+        return None            # e.g. a Jacobian at dr = 784: the GEMM pass streams P far fewer times
     fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
     per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
     tile = min(MAX_TILE, M, (SHARED_BYTES - fixed) // per_row) if SHARED_BYTES > fixed else 0

@@ -209,6 +209,8 @@ def test_fused_pass_agrees_with_the_unfused_pass_and_falls_back_where_it_must():
     assert fused_source.plan(20, 1000, 3000, 1, 1, np.float64, "relu") is None    # d + 2 > outputs
     assert fused_source.plan(20, 1000, 100, 8000, 2, np.float64, "relu") is None  # a row of C > 48 KiB
     assert fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")["chunks"][0] == (0, 102)
+    assert fused_source.plan(20, 10**6, 100, 784, 1, np.float64, "relu") is None      # 784 chunks
+    assert len(fused_source.plan(20, 10**6, 10, 40, 1, np.float64, "relu")["chunks"]) == 4
 
 
 # planted bugs: (what, old text, new text); each must give a wrong result or a harness error
