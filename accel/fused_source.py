@@ -368,8 +368,10 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
     ])
 
 
-#: Options passed to ``cupy.RawModule`` (CuPy adds the -arch of the device itself).
-NVRTC_OPTIONS = ("--std=c++11",)
+#: Options passed to ``cupy.RawModule`` (CuPy adds the -arch of the device itself).  None: the
+#: source is plain C++11 and compiles in NVRTC's default dialect (C++17 in CUDA 12 and 13), so no
+#: ``--std`` that a newer NVRTC could refuse.
+NVRTC_OPTIONS = ()
 
 
 def variant_name(arch, dtype, mode, index_bits):
