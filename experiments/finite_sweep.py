@@ -521,8 +521,10 @@ def _plot_finite_sweep(out, results, config):
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("loss (the trained loss, see config.json)")
+    axes[1].set_ylabel("loss (the trained loss, see config.json)")
+    axes[1].yaxis.set_tick_params(labelleft=True)
     axes[1].legend(fontsize=7, ncol=2 if len(results) > 8 else 1, title="bottleneck")
-    fig.suptitle(f"finite networks: {title}", fontsize=10)
+    fig.suptitle(f"finite networks: {title}", fontsize=11)
     fig.tight_layout()
     save_figure(fig, out / "finite-losses.png", dpi=90)
 
@@ -534,16 +536,18 @@ def _plot_finite_sweep(out, results, config):
     for key, label, style in (("train_loss", "train", "o-"), ("test_loss", "test", "s-")):
         axes[0].plot(x, [res["final"][key] for res, _ in done], style, ms=4, label=label)
     axes[0].set_ylabel("final loss")
+    axes[0].set_title("final loss against the bottleneck size")
     if has_err:
         for key, label, style in (("train_err", "train", "o-"), ("test_err", "test", "s-")):
             axes[1].plot(x, [res["final"][key] for res, _ in done], style, ms=4, label=label)
         axes[1].set_ylabel("final error rate (1 - accuracy)")
+        axes[1].set_title("final error rate against the bottleneck size")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("bottleneck size d")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.suptitle(f"end of training ({config['steps']} steps): {title}", fontsize=10)
+    fig.suptitle(f"end of training ({config['steps']} steps): {title}", fontsize=11)
     fig.tight_layout()
     save_figure(fig, out / "finite-final.png", dpi=90)
 
@@ -789,7 +793,7 @@ def _plot_comparison(out, records, table, config):
             ax.plot(steps, [r[f"finite_{split}_loss"] for r in rs], "-", color=colour, lw=1.3, label=f"finite n={n}")
             ax.plot(steps, [r[f"sim_{split}_loss"] for r in rs], "--", color=colour, lw=1.3,
                     label="simulator, same init" if i == len(ns) - 1 else None)
-        axes[2].plot(steps[1:], [r["output_gap"] for r in rs][1:], "-", color=colour, label=f"n={n}")
+        axes[2].plot(steps[1:], [r["output_gap"] for r in rs][1:], "o-", ms=3, color=colour, label=f"n={n}")
     lim = [r for r in records if r["run"] == "limit"]
     for ax, split in zip(axes[:2], ("train", "test")):
         ax.plot([r["step"] for r in lim], [r[f"sim_{split}_loss"] for r in lim], ":", color="k", lw=1.5,
@@ -798,15 +802,17 @@ def _plot_comparison(out, records, table, config):
         ax.set_xlabel("step")
         ax.set_title(f"{split} loss")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("loss (mean |F - y|^2 / 2)")
+    axes[0].set_ylabel("training loss (mean |F - y|^2 / 2)")
+    axes[1].set_ylabel("test loss (mean |F - y|^2 / 2)")
     axes[0].legend(fontsize=7)
     axes[2].set_yscale("log")
     axes[2].set_xlabel("step")
+    axes[2].set_ylabel("||F_finite - F_sim|| / ||F_sim||")
     axes[2].set_title("output gap ||F_finite - F_sim|| / ||F_sim||")
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=7)
     fig.suptitle(f"finite vs infinite width: {config.dataset}, d={config.width}, batch {config.batch_size}, "
-                 f"lr {config.lr}", fontsize=10)
+                 f"lr {config.lr}", fontsize=11)
     fig.tight_layout()
     save_figure(fig, out / "finite-vs-infinite.png", dpi=90)
 

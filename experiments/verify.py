@@ -470,8 +470,9 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
             axes[row, col].set_yscale("log")
             axes[row, col].set_xlabel("step")
             axes[row, col].legend(fontsize=8)
-    axes[0, 0].set_ylabel("|(psi[t+1]-psi[t])/lr - RHS| / |RHS|")
-    axes[1, 0].set_ylabel(f"relative distance (mean of {cfg['samples']})")
+    for col, key in enumerate(("F", "g", "J")):
+        axes[0, col].set_ylabel(f"|({key}[t+1]-{key}[t])/lr - RHS| / |RHS|")
+        axes[1, col].set_ylabel(f"|{key}_finite - {key}_sim| / |{key}_sim| (mean of {cfg['samples']})")
     fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, d = {d}, dr = {dr}, "
                  f"{cfg['points']} points")
     fig.tight_layout()

@@ -94,3 +94,22 @@ def test_lemma41_panels_have_y_labels_and_lemma31_states_its_criterion(tmp_path,
     assert "Criterion" in text and "<= 0.05" in text and "standard errors" in text
     for ax in kept["lemma3.1.png"].axes:
         assert any(line.get_ydata()[0] == 0.05 for line in ax.get_lines() if len(line.get_ydata()) == 2)
+
+
+def test_theorem32_and_finite_network_panels_have_axis_labels(tmp_path, monkeypatch):
+    from experiments import finite_sweep as FS
+    kept = {}
+    for module in (verify, FS):
+        real = module.save_figure
+        monkeypatch.setattr(module, "save_figure", lambda fig, path, _real=real, **kw: (
+            kept.__setitem__(path.name, fig), _real(fig, path, **kw)))
+    verify.theorem32(tmp_path / "v", widths=(50, 100), steps=2, samples=1, points=4)
+    FS.finite_sweep(FS.SweepConfig(dataset="synthetic", train_size=30, test_size=10, widths=(1, 4), hidden=16,
+                                   steps=4, eval_every=2), tmp_path / "f", log=lambda m: None)
+    FS.finite_vs_infinite(FS.CompareConfig(train_size=30, test_size=10, hidden="20,40", steps=2, eval_every=1,
+                                           limit_width=30), tmp_path / "c", log=lambda m: None)
+    assert {"theorem3.2.png", "finite-losses.png", "finite-final.png", "finite-vs-infinite.png"} <= set(kept)
+    for name, fig in kept.items():
+        assert fig._suptitle is not None and fig._suptitle.get_fontsize() >= 10, name
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title(), (name, ax.get_title())
