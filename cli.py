@@ -903,8 +903,8 @@ def golden(regenerate, cases, as_json):
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option("--mnist-step", "mnist_step", type=click.Path(file_okay=False, exists=True), default=None,
               help="Folder with MNIST: instead, time the cpu step at full-MNIST size (60,000 + 10,000 tracked "
-                   "inputs, width 50) with Theta from inputs stored once against the per-step route "
-                   "(JSON key mnist_step; docs/BENCHMARKS.md).")
+                   "inputs, width 50 and inf) with the kernels from inputs stored once against the per-step "
+                   "route (JSON keys mnist_step, mnist_step_inf; docs/BENCHMARKS.md).")
 @json_option
 def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, force, mnist_step, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
@@ -923,13 +923,14 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, f
         for dt in dts:
             V.one_of("dtypes", dt, DTYPES)
         if mnist_step is not None:
-            report = {"machine": b.machine_info(), "mnist_step": b.tracked_step(mnist_step, steps=max(reps, 5))}
-            r = report["mnist_step"]
+            report = {"machine": b.machine_info(), "mnist_step": b.tracked_step(mnist_step, steps=max(reps, 5)),
+                      "mnist_step_inf": b.tracked_step(mnist_step, width="inf", steps=max(reps, 5))}
             b.write(report, out)
-            return report, (f"full-MNIST cpu step: stored inputs {r['stored_seconds']:.4f} s "
-                            f"(CPU {r['stored_cpu_seconds']:.4f} s), per-step route {r['per_step_seconds']:.4f} s "
-                            f"(CPU {r['per_step_cpu_seconds']:.4f} s): x{r['per_step_over_stored']:.2f} "
-                            f"(CPU x{r['cpu_per_step_over_stored']:.2f})"), out
+            return report, "\n".join(
+                f"full-MNIST cpu step, width {r['d']}: stored inputs {r['stored_seconds']:.4f} s "
+                f"(CPU {r['stored_cpu_seconds']:.4f} s), per-step route {r['per_step_seconds']:.4f} s "
+                f"(CPU {r['per_step_cpu_seconds']:.4f} s): x{r['per_step_over_stored']:.2f} "
+                f"(CPU x{r['cpu_per_step_over_stored']:.2f})" for r in (report["mnist_step"], report["mnist_step_inf"])), out
         report = b.run(sizes=sizes, widths=widths, backends=names, dtypes=dts, reps=reps,
                        numpy_max_M=numpy_max_m, near=near_pairs, log=lambda m: click.echo(m, err=True))
         path = out

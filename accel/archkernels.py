@@ -90,11 +90,16 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
     m = X.shape[1]
 
     def one(Xb, Yb):
-        nx, ny, theta = geometry(xp, Xb, Yb)
-        return rk.composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+        return composed_from_geometry(xp, *geometry(xp, Xb, Yb), spec_g, spec_f, m, lr_f, lr_g)
 
     out = _blocks(xp, xp.asarray(X), xp.asarray(Y), one)
     return out if xp is np else xp.asnumpy(out)
+
+
+def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):
+    """NTK_inf (p, q) of g and f without bottleneck (MATH §5, §2.2) from the norms nx (p,), ny (q,) and
+    angles theta (p, q) of the inputs (dimension m), on ``xp``: the composed layer recursion."""
+    return rk.composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
 
 
 def history_pass(device, Z, P, C, mode, chi, spec):

@@ -222,13 +222,13 @@ class BottleneckEngine(AccelBottleneckEngine):
     def __init__(self, layers_g, layers_f, d, dr, dtype=None, xp_name="cupy"):
         self.device = engine(xp_name)
         super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=kernels(xp_name), xp=self.device.xp)
-        self.theta_fast = layers_g.activation == "relu" and layers_g.kernel_scale is not None
+        self.stored_route = layers_g.activation == "relu" and layers_g.kernel_scale is not None
 
     def track(self, X, values):
         return DeviceTracked(X, values, self.xp)
 
     def update_tracked(self, target, source, idx, V, lr):
-        if not self.theta_fast:
+        if not self.stored_route:
             return super().update_tracked(target, source, idx, V, lr)
         xp = self.xp
         idx_d = xp.asarray(idx)

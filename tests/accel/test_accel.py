@@ -370,6 +370,30 @@ def test_tracked_update_matches_the_kernel_functions(name, data):
     np.testing.assert_array_equal(tr.rows(idx), tr.values[idx])
 
 
+@pytest.mark.parametrize("arch", ["relu", "erf-scaled"])
+@pytest.mark.parametrize("data", ["shifted-sparse", "dense"])
+def test_infinite_tracked_update_matches_ntk_inf(data, arch, monkeypatch):
+    """cpu InfiniteEngine: NTK_inf against tracked inputs from the stored norms and nonzero pattern
+    (angles by _angles_rows, then the composed recursion) equals refimpl's ntk_inf, with zero rows,
+    parallel and nearly (anti-)parallel pairs; blocks of rows (MAX_PAIRS) change nothing."""
+    from accel import archkernels
+    rng = np.random.default_rng(12)
+    X = _shifted_sparse(300, 40, rng) if data == "shifted-sparse" else rng.standard_normal((300, 40))
+    g, f = (rk.Layers.make("relu"), rk.Layers.make("relu")) if arch == "relu" else rk.architecture("erf", out_std=0.5)
+    eng = cpu.InfiniteEngine(g, f, 0.7, 1.3)
+    values = rng.standard_normal((300, 2))
+    idx = np.array([2, 3, 4, 5, 6, 7, 1, 0, 9, 10, 11])
+    chi = rng.standard_normal((idx.size, 2))
+    want = values - rk.ntk_inf(X, X[idx], lr_f=0.7, lr_g=1.3, layers_g=g, layers_f=f) @ chi
+    tr = eng.track(X, values.copy())
+    eng.update_tracked(tr, tr, idx, chi)
+    np.testing.assert_allclose(tr.values, want, rtol=1e-12, atol=1e-13 * np.abs(want).max())
+    monkeypatch.setattr(archkernels, "MAX_PAIRS", 5 * idx.size)            # blocks of 5 rows
+    tr2 = eng.track(X, values.copy())
+    eng.update_tracked(tr2, tr2, idx, chi)
+    np.testing.assert_allclose(tr2.values, tr.values, rtol=1e-14, atol=1e-15 * np.abs(want).max())
+
+
 def test_train_driver_runs_on_cpu_backend(tmp_path):
     """cli.py train --backend cpu gives the numpy backend's metrics (float64)."""
     runner = CliRunner()

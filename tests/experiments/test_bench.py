@@ -68,8 +68,8 @@ def test_golden_reports_the_gpu_target_as_skipped_with_its_reason(no_gpu):
 
 
 def test_mnist_step_compares_the_two_theta_routes(tmp_path):
-    """bench --mnist-step on a tiny MNIST: both routes run the same steps (same embeddings), the
-    stored route is the cpu engine's, and the JSON carries both times and ratios."""
+    """bench --mnist-step on a tiny MNIST: both routes run the same steps (same test embeddings, and
+    outputs without bottleneck), and the JSON carries both times and ratios for width 50 and inf."""
     from click.testing import CliRunner
 
     import cli
@@ -83,3 +83,5 @@ def test_mnist_step_compares_the_two_theta_routes(tmp_path):
     assert len(r["stored_all_seconds"]) == len(r["per_step_all_seconds"]) == 5
     assert r["per_step_over_stored"] == r["per_step_seconds"] / r["stored_seconds"] > 0
     assert r["max_embedding_difference"] < 1e-12
+    r = json.loads(out.read_text())["mnist_step_inf"]
+    assert r["d"] == "inf" and len(r["stored_all_seconds"]) == 5 and r["max_output_difference"] < 1e-12
