@@ -295,3 +295,23 @@ def test_verify_simulator_backend_defaults_to_auto_and_agrees_with_numpy(tmp_pat
     assert reports["numpy"]["config"]["backend"] == "numpy"
     for a, b in zip(reports[None]["checks"], reports["numpy"]["checks"]):
         assert a["name"] == b["name"] and abs(a["value"] - b["value"]) <= 1e-9 * max(1.0, abs(b["value"]))
+
+
+def test_sweep_force_does_what_the_readme_says(tmp_path):
+    """--force: runs with the same options are kept (finished: skipped), runs made with other options replaced."""
+    out = tmp_path / "sw"
+    base = ["sweep", "--train-size", "40", "--test-size", "20", "--init-width", "64", "--batch-size", "10",
+            "--eval-every", "3", "--widths", "2", "--steps", "3", "-j", "1", "--no-plot", "--out", str(out)]
+    assert _invoke(base).exit_code == 0
+    before = (out / "width-2" / "checkpoint.npz").read_bytes()
+    same = _invoke([*base, "--force"])
+    assert same.exit_code == 0, same.stderr
+    record = json.loads((out / "sweep.json").read_text())
+    assert [r["action"] for r in record["runs"]] == ["skipped"]
+    assert (out / "width-2" / "checkpoint.npz").read_bytes() == before
+    other = _invoke([*base, "--force", "--lr", "0.5"])
+    assert other.exit_code == 0, other.stderr
+    record = json.loads((out / "sweep.json").read_text())
+    assert [r["action"] for r in record["runs"]] == ["started"]
+    assert json.loads((out / "width-2" / "config.json").read_text())["config"]["lr"] == 0.5
+    assert (out / "width-2" / "checkpoint.npz").read_bytes() != before
