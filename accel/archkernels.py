@@ -10,8 +10,8 @@ once, used by both simulators:
 * :func:`pair_kernel`: the kernel functions (nngp, sigmadot, ntk, Xi coefficients, ntk_inf);
 * :func:`history_pass`: the history pass of :mod:`accel._simbase` (modes 0, 1, 2).
 
-Angles as in MATH §2.1: cosines from a matrix product, and pairs with
-|cos| > ``NEAR_PARALLEL_COS`` recomputed from the explicit differences x^ -+ y^.
+Angles by refimpl's rule and formula (MATH §2.1, :mod:`refimpl.angles`): cosines from a matrix
+product, and pairs with |cos| > ``NEAR_PARALLEL_COS`` recomputed from the explicit differences x^ -+ y^.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from refimpl import kernels as rk
+from refimpl.angles import NEAR_PARALLEL_COS
+
+from . import formulas
 
 #: Largest number of pairs whose per-pair terms are formed at once (the recursion holds a few
 #: dozen temporaries of this size).
@@ -32,30 +35,44 @@ def full_module(xp):
     return xp
 
 
+_FORMULAS = {}
+
+
+def _formulas(xp):
+    """The formulas of :mod:`accel.formulas` (refimpl's angle rule, MATH §2.1) on arrays of ``xp``."""
+    key = xp.__name__
+    if key not in _FORMULAS:
+        _FORMULAS[key] = formulas.build(xp.where, xp.sqrt, tag=key.replace(".", "_"))
+    return _FORMULAS[key]
+
+
 def geometry(xp, X, Y):
-    """Norms (p,), (q,) and angles (p, q) of float64 arrays X (p, m), Y (q, m) on ``xp`` (MATH §2.1)."""
+    """Norms (p,), (q,) and half-angles hu, hv (p, q) of float64 arrays X (p, m), Y (q, m) on ``xp`` (MATH §2.1).
+
+    refimpl's near-parallel rule and angle formula (:mod:`refimpl.angles`): cosines from a matrix
+    product, and pairs with |cos| > ``NEAR_PARALLEL_COS`` from the explicit differences x^ -+ y^.
+    """
+    F = _formulas(xp)
     nx = xp.sqrt(xp.sum(X * X, axis=1))
     ny = xp.sqrt(xp.sum(Y * Y, axis=1))
     Xh = X / xp.where(nx > 0, nx, 1.0)[:, None]
     Yh = Y / xp.where(ny > 0, ny, 1.0)[:, None]
-    cos = Xh @ Yh.T
-    sx = xp.sum(Xh * Xh, axis=1)[:, None]
-    sy = xp.sum(Yh * Yh, axis=1)[None, :]
-    minus2 = xp.maximum(sx + sy - 2.0 * cos, 0.0)
-    plus2 = xp.maximum(sx + sy + 2.0 * cos, 0.0)
-    rows, cols = xp.nonzero(xp.abs(cos) > rk.NEAR_PARALLEL_COS)
+    zero_pair = (nx[:, None] + ny[None, :]) == 0.0
+    lam = F["cos_from_ratio"](Xh @ Yh.T, nx[:, None] * ny[None, :], zero_pair)
+    hu, hv = F["halves_from_cos"](lam)
+    rows, cols = xp.nonzero(xp.abs(lam) > NEAR_PARALLEL_COS)
     if rows.size:
         minus = Xh[rows] - Yh[cols]
         plus = Xh[rows] + Yh[cols]
-        minus2[rows, cols] = xp.sum(minus * minus, axis=1)
-        plus2[rows, cols] = xp.sum(plus * plus, axis=1)
-    return nx, ny, 2.0 * xp.arctan2(xp.sqrt(minus2), xp.sqrt(plus2))
+        h_u, h_v, la = F["halves_from_differences"](xp.sum(minus * minus, axis=1), xp.sum(plus * plus, axis=1))
+        hu[rows, cols], hv[rows, cols], lam[rows, cols] = h_u, h_v, la
+    return nx, ny, hu, hv
 
 
 def terms(xp, X, Y, spec):
     """:func:`refimpl.kernels.pair_terms` of every pair of rows of X, Y (float64 on ``xp``)."""
-    nx, ny, theta = geometry(xp, X, Y)
-    return rk.pair_terms(nx[:, None], ny[None, :], theta, spec, X.shape[1], xp=xp)
+    nx, ny, hu, hv = geometry(xp, X, Y)
+    return rk.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, X.shape[1], xp=xp)
 
 
 def _blocks(xp, X, Y, fn):
@@ -90,7 +107,8 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
     m = X.shape[1]
 
     def one(Xb, Yb):
-        return composed_from_geometry(xp, *geometry(xp, Xb, Yb), spec_g, spec_f, m, lr_f, lr_g)
+        nx, ny, hu, hv = geometry(xp, Xb, Yb)
+        return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
 
     out = _blocks(xp, xp.asarray(X), xp.asarray(Y), one)
     return out if xp is np else xp.asnumpy(out)
@@ -98,8 +116,10 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
 
 def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):
     """NTK_inf (p, q) of g and f without bottleneck (MATH §5, §2.2) from the norms nx (p,), ny (q,) and
-    angles theta (p, q) of the inputs (dimension m), on ``xp``: the composed layer recursion."""
-    return rk.composed_terms(nx[:, None], ny[None, :], theta, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+    angles theta (p, q) of the inputs (dimension m), on ``xp``: the composed layer recursion (its inputs,
+    the half-angles, taken from theta)."""
+    hu, hv = xp.sin(0.5 * theta), xp.cos(0.5 * theta)
+    return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
 
 
 def history_pass(device, Z, P, C, mode, chi, spec):

@@ -13,25 +13,12 @@ cut-off :data:`NEAR`.
 
 Angles (MATH §2.1)
 ------------------
-A pair is described by ``hu = sin(theta/2) = |x^ - y^|/2`` and
-``hv = cos(theta/2) = |x^ + y^|/2``.  For pairs that are not nearly parallel or
-anti-parallel (``|lam| <= 1 - NEAR``, lam the cosine from a dot product) these
-follow from lam without loss (``1 -+ lam`` is then well conditioned);
-nearly (anti-)parallel pairs get them from the explicit differences
-``x^ -+ y^``, as the reference does.  The angle is then taken through an
-arcsine on a reduced range,
-
-    lam >  1/2:  theta = 2 asin(hu)
-    lam < -1/2:  theta = pi - 2 asin(hv)
-    otherwise:   theta = pi/2 - asin(lam)
-
-so that ``asin`` is only needed on [-1/2, 1/2], where :func:`asin_small`
-evaluates it as ``x + x w R(w)`` (``w = x^2``) with a degree-12 polynomial R
-fitted to the Taylor series of asin (max error 1 ulp against libm on
-[-1/2, 1/2], measured in tests).  The polynomial vectorises where scalar
-``acos`` (about 8-12 ns a call near lam = 1) does not.  ``cos`` and ``sin``
-of theta are ``(hv - hu)(hv + hu)`` and ``2 hu hv``, with no further
-transcendental calls.
+The near-parallel rule and the angle formula are refimpl's, :mod:`refimpl.angles`, the same
+code re-bound here: its ``asin`` (on [-1/2, 1/2] only) becomes :func:`asin_small`, evaluated as
+``x + x w R(w)`` (``w = x^2``) with a degree-12 polynomial R fitted to the Taylor series of asin
+(max error 1 ulp against libm on [-1/2, 1/2], measured in tests).  The polynomial vectorises
+where scalar ``acos`` (about 8-12 ns a call near lam = 1) does not.  ``cos`` and ``sin`` of theta
+are ``(hv - hu)(hv + hu)`` and ``2 hu hv``, with no further transcendental calls.
 """
 
 from __future__ import annotations
@@ -43,18 +30,17 @@ import types
 import numpy as np
 from numpy.polynomial import Chebyshev, Polynomial
 
-from refimpl.kernels import XI_SIN_THRESHOLD
+from refimpl import angles
+from refimpl.activations import XI_SIN_THRESHOLD
+from refimpl.angles import NEAR_PARALLEL_COS
 
 PI = math.pi
 TWO_PI = 2.0 * math.pi
 HALF_PI = 0.5 * math.pi
 
-#: Pairs with |cos| above 1 - NEAR get their angle from explicit differences (MATH §2.1).
-#: Below it the cosine from a dot product loses at most eps/NEAR relative (8 ulps) in 1 -+ lam,
-#: and the reduced-range arcsine stays on [-1/2, 1/2].  refimpl uses |cos| > 0.95
-#: (refimpl.kernels.NEAR_PARALLEL_COS, 20 ulps) because its NumPy gather of such pairs is costly;
-#: here a pair is recomputed in place for O(d) flops, so the tighter cut-off costs little.
-NEAR = 0.125
+#: The near-parallel rule's margin: pairs with |cos| > 1 - NEAR = refimpl.angles.NEAR_PARALLEL_COS
+#: get their angle from explicit differences (MATH §2.1).
+NEAR = 1.0 - NEAR_PARALLEL_COS
 
 
 def _asin_coefficients(degree=12):
@@ -109,48 +95,16 @@ def asin_small(x):
     return x + x * (w * r)
 
 
-def angle(lam, hu, hv):
-    """theta in [0, pi] from cos theta, sin(theta/2), cos(theta/2) (reduced-range asin)."""
-    pos = lam > 0.5
-    neg = lam < -0.5
-    a = asin_small(where(pos, hu, where(neg, hv, lam)))
-    return where(pos, 2.0 * a, where(neg, PI - 2.0 * a, HALF_PI - a))
-
-
 def geometry_from_cos(lam):
-    """(theta, lam, s) from a cosine that is not near +-1 (|lam| <= 1 - NEAR)."""
-    hu = sqrt(0.5 - 0.5 * lam)
-    hv = sqrt(0.5 + 0.5 * lam)
+    """(theta, lam, s) from a cosine that is not near +-1 (|lam| <= NEAR_PARALLEL_COS)."""
+    hu, hv = halves_from_cos(lam)
     return angle(lam, hu, hv), lam, 2.0 * hu * hv
 
 
 def geometry_from_halves(minus2, plus2):
-    """(theta, lam, s) from |x^ - y^|^2 and |x^ + y^|^2 (explicit differences).
-
-    Two zero vectors (both squares 0) give theta = 0, as the reference's atan2(0, 0).
-    """
-    r2 = minus2 + plus2
-    zero = r2 <= 0.0
-    r2 = where(zero, 1.0, r2)
-    hu = sqrt(minus2 / r2)
-    hv = where(zero, 1.0, sqrt(plus2 / r2))
-    lam = (hv - hu) * (hv + hu)
+    """(theta, lam, s) from |x^ - y^|^2 and |x^ + y^|^2 (explicit differences; two zero vectors: 0)."""
+    hu, hv, lam = halves_from_differences(minus2, plus2)
     return angle(lam, hu, hv), lam, 2.0 * hu * hv
-
-
-def cos_from_ratio(ratio, nn, zero_pair):
-    """:func:`cos_of_pair` from the ratio dot/(|x||y|) formed by the caller (used where nn > 0).
-
-    The Numba history pass forms it as dot (1/|x|)(1/|y|) with the reciprocal norms computed
-    once per query and per history row: a division per pair less (2 ulps at most).
-    """
-    lam = where(nn > 0.0, ratio, where(zero_pair, 1.0, 0.0))
-    return where(lam > 1.0, 1.0, where(lam < -1.0, -1.0, lam))
-
-
-def cos_of_pair(dot, nn, zero_pair):
-    """Cosine dot/(|x||y|) clipped to [-1, 1]; a zero vector gives 0 (theta = pi/2), two give 1."""
-    return cos_from_ratio(dot / where(nn > 0.0, nn, 1.0), nn, zero_pair)
 
 
 def relu_sigmadot(theta):
@@ -182,9 +136,11 @@ def relu_xi_beta(ny, m, lam, s):
     return ny * (s - lam * lam * inv_s) / (TWO_PI * m)
 
 
+#: refimpl's angle functions (MATH §2.1), re-bound by :func:`build` with ``asin = asin_small``.
+SHARED = ("cos_from_ratio", "cos_of_pair", "halves_from_cos", "halves_from_differences", "angle")
 #: The formula functions, callees before callers.
-NAMES = ("asin_small", "angle", "geometry_from_cos", "geometry_from_halves", "cos_from_ratio", "cos_of_pair",
-         "relu_sigmadot", "relu_nngp", "relu_ntk", "relu_xi_alpha", "relu_xi_beta")
+NAMES = ("asin_small",) + SHARED + ("geometry_from_cos", "geometry_from_halves", "relu_sigmadot", "relu_nngp",
+                                    "relu_ntk", "relu_xi_alpha", "relu_xi_beta")
 
 
 def _identity(fn):
@@ -199,17 +155,66 @@ def build(where, sqrt, jit=_identity, tag="np"):
     ``xp.sqrt`` they work elementwise on arrays of the module ``xp``.
     """
     namespace = {"__builtins__": builtins, "where": where, "sqrt": sqrt, "_C": _C, "PI": PI, "TWO_PI": TWO_PI,
-                 "HALF_PI": HALF_PI, "XI_SIN_THRESHOLD": XI_SIN_THRESHOLD}
+                 "HALF_PI": HALF_PI, "XI_SIN_THRESHOLD": XI_SIN_THRESHOLD, "NEAR_PARALLEL_COS": NEAR_PARALLEL_COS}
     out = {}
     for name in NAMES:
-        fn = globals()[name]
+        fn = getattr(angles, name) if name in SHARED else globals()[name]
         copy = types.FunctionType(fn.__code__, namespace, name, fn.__defaults__)
         copy.__doc__ = fn.__doc__
         copy.__module__ = __name__
         copy.__qualname__ = f"{name}_{tag}"    # distinct names for distinct builds
         namespace[name] = out[name] = jit(copy)
+        if name == "asin_small":
+            namespace["asin"] = out[name]
     return out
 
 
 #: The formulas on NumPy arrays (reference for tests and the array-module path on the CPU).
 numpy_formulas = build(np.where, np.sqrt)
+halves_from_cos = numpy_formulas["halves_from_cos"]
+halves_from_differences = numpy_formulas["halves_from_differences"]
+angle = numpy_formulas["angle"]
+
+
+# ---------------------------------------------------------------------------
+# The no-bottleneck ReLU kernel written out (MATH §5): the fast path of the default network
+# ---------------------------------------------------------------------------
+
+def relu_composed(X, Y):
+    """Sigma_F, Sigmadot_F (p, q): ReLU kernels of a layer fed by g's infinite bottleneck (MATH §5).
+
+    The pre-activations of f then have covariance Sigma_g (the ReLU NNGP of the inputs, m = d0),
+    with variances |x|^2 / (2 d0) and correlation ``cos theta_F = J(theta) / pi``,
+    ``J(theta) = sin theta + (pi - theta) cos theta``.  ``1 - cos theta_F`` is computed as
+    ``(2 pi sin^2(theta/2) + theta cos theta - sin theta) / pi``, without the cancellation of
+    ``1 - J/pi``, so NTK_inf(x, x) keeps every digit (MATH §2.1).
+    """
+    nx, ny, theta, lam, s = angles.pair_angles(X, Y)
+    one_minus = (TWO_PI * np.sin(0.5 * theta) ** 2 + theta * lam - s) / np.pi
+    theta_F = 2.0 * np.arcsin(np.sqrt(np.clip(0.5 * one_minus, 0.0, 1.0)))
+    D = np.outer(nx, ny) / (2.0 * X.shape[1])                 # sqrt(Sigma_g(x, x) Sigma_g(y, y))
+    sigma_F = D * (np.cos(theta_F) * (np.pi - theta_F) + np.sin(theta_F)) / TWO_PI
+    return sigma_F, (np.pi - theta_F) / TWO_PI
+
+
+def linear_pairs(X, Y, L, what):
+    """The kernels of a plain linear network of depth L (lemma 4.1, MATH §5.2) on X (p, m), Y (q, m):
+    Sigma = x.y/m, Sigmadot = 1, K = L x.y/m, Xi = (L/m) y; a tuple as the backends' pair routines."""
+    m = X.shape[1]
+    if what == "xi":
+        return np.full((X.shape[0], Y.shape[0]), L / m), np.zeros((X.shape[0], Y.shape[0]))
+    if what == "sigmadot":
+        return (np.ones((X.shape[0], Y.shape[0])),)
+    return ((1 if what == "nngp" else L) * (X @ Y.T) / m,)
+
+
+def ntk_inf_from_g(X, Y, sigma_g, theta_g, activation, Lf, lr_f, lr_g):
+    """NTK_inf of the default ReLU or a plain linear network from Sigma_g, Theta_g (p, q) (MATH §5).
+
+    ReLU: ``lr_f (Sigma_F + Sigmadot_F Sigma_g) + lr_g Sigmadot_F Theta_g``; linear:
+    ``lr_f L_f Sigma_g + lr_g Theta_g``.
+    """
+    if activation == "linear":
+        return lr_f * Lf * sigma_g + lr_g * theta_g
+    sigma_F, sigmadot_F = relu_composed(X, Y)
+    return lr_f * (sigma_F + sigmadot_F * sigma_g) + lr_g * sigmadot_F * theta_g

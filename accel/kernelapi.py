@@ -17,7 +17,7 @@ import numpy as np
 from refimpl import kernels as rk
 from refimpl.kernels import as_pair, unit_rows
 
-from . import archkernels
+from . import archkernels, formulas
 
 KERNEL_NAMES = ("nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf")
 
@@ -36,9 +36,7 @@ def make_kernels(relu_pairs, device=np):
             out = archkernels.pair_kernel(device, *as_pair(X, Y), spec, what)
             return out if isinstance(out, tuple) else (out,)
         if spec.activation == "linear":
-            fn = {"nngp": rk.nngp, "sigmadot": rk.sigmadot, "ntk": rk.ntk, "xi": rk.xi_coefficients}[what]
-            out = fn(X, Y, "linear", spec.depth)
-            out = out if isinstance(out, tuple) else (out,)
+            out = formulas.linear_pairs(*as_pair(X, Y), spec.depth, what)
         else:
             out = relu_pairs(*as_pair(X, Y), what)
         if spec.closed_form:
@@ -46,43 +44,43 @@ def make_kernels(relu_pairs, device=np):
         factor = spec.out_std ** 2 if what == "sigmadot" else scale
         return tuple(None if o is None else o * factor for o in out)
 
-    def nngp(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    def nngp(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=None):
         """NNGP kernel Sigma(x, y), as :func:`refimpl.kernels.nngp`."""
         return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "nngp")[0]
 
-    def sigmadot(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    def sigmadot(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=None):
         """Derivative kernel Sigmadot(x, y), as :func:`refimpl.kernels.sigmadot`."""
         return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "sigmadot")[0]
 
-    def ntk(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    def ntk(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=None):
         """NTK (Theta with m = d0, K with m = d), as :func:`refimpl.kernels.ntk`."""
         return _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "ntk")[0]
 
-    def xi_coefficients(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    def xi_coefficients(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=None):
         """alpha, beta with Xi = alpha y + beta x^, as :func:`refimpl.kernels.xi_coefficients`."""
         alpha, beta = _route(X, Y, rk.layers(activation, depth, w_std, b_std, out_std), "xi")
         return alpha, beta
 
-    def xi(X, Y, activation="relu", depth=None, w_std=1.0, b_std=0.0, out_std=1.0):
+    def xi(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=None):
         """Xi(x, y) = dK/dx, (p, q, m), as :func:`refimpl.kernels.xi`."""
         X, Y = as_pair(X, Y)
         alpha, beta = xi_coefficients(X, Y, activation, depth, w_std, b_std, out_std)
         _, Xh = unit_rows(X)
         return alpha[:, :, None] * Y[None, :, :] + beta[:, :, None] * Xh[:, None, :]
 
-    def ntk_inf(X, Y, activation="relu", depth_f=None, depth_g=None, lr_f=1.0, lr_g=1.0,
-                layers_g=None, layers_f=None):
+    def ntk_inf(X, Y, layers_g=None, layers_f=None, lr_g=1.0, lr_f=1.0):
         """NTK without bottleneck, as :func:`refimpl.kernels.ntk_inf`: Sigma_g and Theta_g from
-        one call of the pair routine, combined by :func:`refimpl.kernels.ntk_inf_from_g`
+        one call of the pair routine, combined by :func:`accel.formulas.ntk_inf_from_g`
         (other architectures: the composed recursion of :mod:`accel.archkernels`)."""
-        spec_g, spec_f, closed = rk.inf_layers(activation, depth_f, depth_g, layers_g, layers_f)
+        spec_g, spec_f = rk.inf_layers(layers_g, layers_f)
         X, Y = as_pair(X, Y)
-        if not closed:
+        if not (spec_g.closed_form and spec_f.closed_form and spec_g.activation == spec_f.activation):
             return archkernels.composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g)
         if spec_g.activation == "linear":
-            return rk.ntk_inf(X, Y, "linear", spec_f.depth, spec_g.depth, lr_f, lr_g)
-        sigma_g, theta_g = relu_pairs(X, Y, "nngp+ntk")
-        return rk.ntk_inf_from_g(X, Y, sigma_g, theta_g, "relu", spec_f.depth, lr_f, lr_g)
+            sigma_g, theta_g = X @ Y.T / X.shape[1], spec_g.depth * (X @ Y.T) / X.shape[1]
+        else:
+            sigma_g, theta_g = relu_pairs(X, Y, "nngp+ntk")
+        return formulas.ntk_inf_from_g(X, Y, sigma_g, theta_g, spec_g.activation, spec_f.depth, lr_f, lr_g)
 
     class Kernels:
         """Kernel functions of one backend (refimpl's names and signatures)."""

@@ -42,15 +42,12 @@ Variables the drivers may use: ``i`` (the element index, CuPy's name) and the pa
 
 from __future__ import annotations
 
-from refimpl.kernels import XI_SIN_THRESHOLD
+from refimpl.activations import XI_SIN_THRESHOLD
+from refimpl.angles import NEAR_PARALLEL_COS
 
-from .formulas import NEAR
-
-#: |cos| above which the accelerated backends take a pair's angle from explicit differences.
-#: refimpl uses 0.95 (NEAR_PARALLEL_COS, at most 20 ulps lost in 1 -+ cos, and few pairs to
-#: gather in NumPy); the accelerated kernels recompute a pair in place for O(d) flops, so they
-#: afford the tighter 1 - NEAR = 0.875 (at most 8 ulps lost in 1 -+ cos).
-NEAR_COS = 1.0 - NEAR
+#: |cos| above which a pair's angle comes from explicit differences: refimpl's near-parallel rule
+#: (:data:`refimpl.angles.NEAR_PARALLEL_COS`, MATH §2.1), emitted into the source below.
+NEAR_COS = NEAR_PARALLEL_COS
 
 COMMON = r"""
 /* BD_DEVICE and atomicAdd are defined by the target (CUDA: __device__ and the hardware
@@ -58,6 +55,41 @@ COMMON = r"""
 typedef struct { double sigma, sigmadot, K, alpha, beta; } bd_terms;
 #define BD_PI 3.141592653589793238462643383279502884
 #define BD_TWO_PI 6.283185307179586476925286766559005768
+
+/* The near-parallel rule and the angle formula of refimpl.angles (MATH 2.1), in C. */
+BD_DEVICE int bd_is_near(double lam) { return fabs(lam) > %(near_cos)r; }
+
+/* theta in [0, pi] from cos theta and sin, cos of theta/2: asin on [-1/2, 1/2] only */
+BD_DEVICE double bd_angle(double lam, double hu, double hv)
+{
+    if (lam > 0.5) return 2.0 * asin(hu);
+    if (lam < -0.5) return BD_PI - 2.0 * asin(hv);
+    return 0.5 * BD_PI - asin(lam);
+}
+
+/* hu, hv from a cosine with |lam| <= NEAR_PARALLEL_COS */
+BD_DEVICE void bd_halves_from_cos(double lam, double *hu, double *hv)
+{
+    *hu = sqrt(0.5 - 0.5 * lam);
+    *hv = sqrt(0.5 + 0.5 * lam);
+}
+
+/* hu, hv, lam from |x^ - y^|^2 and |x^ + y^|^2; both 0 (two zero vectors): theta = 0 */
+BD_DEVICE double bd_halves_from_differences(double minus2, double plus2, double *hu, double *hv)
+{
+    double r2 = minus2 + plus2;
+    if (r2 > 0.0) { *hu = sqrt(minus2 / r2); *hv = sqrt(plus2 / r2); }
+    else { *hu = 0.0; *hv = 1.0; }
+    return (*hv - *hu) * (*hv + *hu);
+}
+
+/* the cosine of a pair: a zero vector gives 0, two give 1; clipped to [-1, 1] */
+BD_DEVICE double bd_cos_of_pair(double nx, double ny, double dot)
+{
+    double nn = nx * ny;
+    double lam = nn > 0.0 ? dot / nn : (nx + ny == 0.0 ? 1.0 : 0.0);
+    return lam > 1.0 ? 1.0 : (lam < -1.0 ? -1.0 : lam);
+}
 """
 
 ARCH = {
@@ -65,9 +97,7 @@ ARCH = {
     "relu": r"""
 BD_DEVICE int bd_near(double nx, double ny, double dot)
 {
-    double nn = nx * ny;
-    if (!(nn > 0.0)) return nx + ny == 0.0;          /* two zero vectors: lam = 1 */
-    return fabs(dot / nn) > %(near_cos)r;
+    return bd_is_near(bd_cos_of_pair(nx, ny, dot));
 }
 
 BD_DEVICE bd_terms bd_pair(double nx, double ny, double dot, double minus2, double plus2,
@@ -76,17 +106,12 @@ BD_DEVICE bd_terms bd_pair(double nx, double ny, double dot, double minus2, doub
     /* angle from hu = sin(theta/2), hv = cos(theta/2) (MATH 2.1) */
     double nn = nx * ny, hu, hv, lam;
     if (minus2 >= 0.0) {                              /* explicit differences */
-        double r2 = minus2 + plus2;
-        if (r2 > 0.0) { hu = sqrt(minus2 / r2); hv = sqrt(plus2 / r2); }
-        else { hu = 0.0; hv = 1.0; }                  /* two zero vectors: theta = 0 */
-        lam = (hv - hu) * (hv + hu);
+        lam = bd_halves_from_differences(minus2, plus2, &hu, &hv);
     } else {                                          /* cosine of a pair not near +-1 */
-        lam = nn > 0.0 ? dot / nn : (nx + ny == 0.0 ? 1.0 : 0.0);
-        lam = lam > 1.0 ? 1.0 : (lam < -1.0 ? -1.0 : lam);
-        hu = sqrt(0.5 - 0.5 * lam);
-        hv = sqrt(0.5 + 0.5 * lam);
+        lam = bd_cos_of_pair(nx, ny, dot);
+        bd_halves_from_cos(lam, &hu, &hv);
     }
-    double theta = 2.0 * atan2(hu, hv);
+    double theta = bd_angle(lam, hu, hv);
     double s = 2.0 * hu * hv;
     bd_terms t;
     t.sigmadot = (BD_PI - theta) / BD_TWO_PI;
@@ -203,8 +228,8 @@ def preamble(arch, target):
     """The device functions of ``arch`` ("relu", "linear") for ``target`` ("cuda", "host")."""
     if arch not in ARCH:
         raise ValueError(f"arch: expected one of {sorted(ARCH)}, got {arch!r}")
-    return TARGET_MACROS[target] + COMMON + ARCH[arch] % {"near_cos": NEAR_COS,
-                                                           "xi_sin": XI_SIN_THRESHOLD}
+    values = {"near_cos": NEAR_COS, "xi_sin": XI_SIN_THRESHOLD}
+    return TARGET_MACROS[target] + COMMON % values + ARCH[arch] % values
 
 
 def elementwise_kernels(xp, arch):

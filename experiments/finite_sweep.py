@@ -104,7 +104,8 @@ def array_module(backend):
     from .train import resolve_backend
     resolve_backend("gpu")                 # TrainError "backend: 'gpu' is unavailable: <reason>"
     import cupy
-    return cupy
+    from accel.devicemath import with_special_functions
+    return with_special_functions(cupy)    # erf for --activation erf (refimpl is NumPy only)
 
 
 def _to_numpy(a):

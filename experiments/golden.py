@@ -217,7 +217,8 @@ def kernel_outputs(kern, X, Y):
     out["ntk_inf_rates"] = kern.ntk_inf(X, Y, lr_f=0.7, lr_g=1.9)
     out["linear_ntk"] = kern.ntk(X, Y, "linear", 3)
     out["linear_xi"] = kern.xi(X, Y, "linear", 2)
-    out["linear_ntk_inf"] = kern.ntk_inf(X, Y, "linear", 2, 3, 0.5, 2.0)
+    out["linear_ntk_inf"] = kern.ntk_inf(X, Y, kernels.Layers.make("linear", 3), kernels.Layers.make("linear", 2),
+                                         lr_g=2.0, lr_f=0.5)
     return out
 
 

@@ -3,18 +3,21 @@
 Public API
 ----------
 Kernels (MATH §2, §5): :func:`nngp`, :func:`sigmadot`, :func:`ntk`, :func:`xi`,
-:func:`sigma1`, :func:`sigma2`, :func:`ntk_inf`.
+:func:`sigma1`, :func:`sigma2`, :func:`ntk_inf`, :func:`nngp_inf`;
+architecture: :class:`Layers`, :func:`architecture`; activations: :mod:`refimpl.activations`.
 Initial functions (MATH §3): :class:`RandomNetwork`.
 Dynamics (MATH §4, §5): :class:`BottleneckSimulator`, :class:`InfiniteSimulator`.
 """
 
-from .kernels import nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf
+from .kernels import (Layers, architecture, nngp, sigmadot, ntk, xi, xi_coefficients, sigma1, sigma2, ntk_inf,
+                      nngp_inf)
 from .network import RandomNetwork
 from .dynamics import BottleneckSimulator, InfiniteSimulator, DivergenceError, History
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf",
+    "nngp", "sigmadot", "ntk", "xi", "xi_coefficients", "sigma1", "sigma2", "ntk_inf", "nngp_inf",
+    "Layers", "architecture",
     "RandomNetwork", "BottleneckSimulator", "InfiniteSimulator", "DivergenceError", "History",
 ]

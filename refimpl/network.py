@@ -23,38 +23,12 @@ import math
 
 import numpy as np
 
+from . import activations as acts
+from .kernels import Layers, as_points
 from .validate import positive_int
-from .kernels import ACTIVATIONS, Layers, as_points
 
 #: Rows of inputs evaluated at once, so that (rows, n) hidden activations stay small.
 ROW_BLOCK = 2048
-
-_SQRT_PI = math.sqrt(math.pi)
-#: erf on NumPy arrays (libm's, elementwise; NumPy has no erf).
-_ERF = np.frompyfunc(math.erf, 1, 1)
-
-
-def _phi(h, activation):
-    return np.maximum(h, 0.0) if activation == "relu" else h
-
-
-def _dphi(h, activation):
-    return (h > 0.0).astype(h.dtype) if activation == "relu" else np.ones_like(h)
-
-
-def activation_function(activation, xp=np):
-    """phi and phi' of an activation on arrays of the module ``xp`` (phi' None for the identity)."""
-    if activation == "relu":
-        return (lambda a: xp.maximum(a, 0.0)), (lambda a: (a > 0.0).astype(a.dtype))
-    if activation == "erf":
-        if xp is np:
-            def phi(a):
-                return _ERF(a).astype(np.float64) if a.size else a.copy()
-        else:                                              # pragma: no cover - needs CuPy
-            import cupyx.scipy.special as sp
-            phi = sp.erf
-        return phi, (lambda a: (2.0 / _SQRT_PI) * xp.exp(-a * a))
-    return (lambda a: a), None
 
 
 class MLP:
@@ -65,8 +39,9 @@ class MLP:
     weights : list of 2-d arrays (out, in), input layer first
     biases : list of 1-d arrays (out,) or None (no biases)
     stds : list of (weight std, bias std) per layer; default (1, 0) for every layer
-    activation : {"relu", "erf", "linear"}, applied after every layer but the last
-    xp : array module (numpy, or cupy)
+    activation : {"relu", "erf", "linear"}, applied after every layer but the last (its record,
+        :mod:`refimpl.activations`, supplies phi and phi')
+    xp : array module (numpy, or one with NumPy's names, e.g. CuPy)
     name : str, used in error messages
     """
 
@@ -100,7 +75,7 @@ class MLP:
         self.xp = xp
         self.scales = [s / math.sqrt(w.shape[1]) if s != 1.0 else 1.0 / math.sqrt(w.shape[1])
                        for (s, _), w in zip(self.stds, ws)]
-        self._phi, self._dphi_fn = activation_function(activation, xp)
+        self.act = acts.get(activation)
 
     @property
     def n_in(self):
@@ -114,8 +89,11 @@ class MLP:
     def max_width(self):
         return max(w.shape[0] for w in self.weights)
 
+    def _phi(self, a):
+        return self.act.phi(a, self.xp)
+
     def _dphi(self, a):
-        return None if self._dphi_fn is None else self._dphi_fn(a)
+        return self.act.dphi(a, self.xp)
 
     def forward(self, X, keep=False):
         """Output for rows X (p, n_in) -> (p, n_out); with keep, also the layer inputs and pre-activations."""
@@ -158,10 +136,8 @@ class MLP:
             if k == 0 and not need_input:
                 return None
             G = Gs @ self.weights[k]
-            if k > 0:
-                mask = self._dphi(pre[k - 1])
-                if mask is not None:
-                    G *= mask
+            if k > 0 and self.act.name != "linear":
+                G *= self._dphi(pre[k - 1])
         return G
 
 
@@ -240,8 +216,7 @@ class RandomNetwork(TwoHalves):
     """
 
     def __init__(self, theta1, theta2, u, v, activation="relu"):
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        acts.get(activation)
         self._init([theta1, theta2], [u, v], None, None, Layers(activation), Layers(activation))
 
     def _init(self, g_weights, f_weights, g_biases, f_biases, layers_g, layers_f):
@@ -262,15 +237,6 @@ class RandomNetwork(TwoHalves):
         if self._f.n_in != self._g.n_out:
             raise ValueError(f"f_weights: the first matrix needs {self._g.n_out} columns (the bottleneck "
                              f"width of g), got {self._f.n_in}")
-        # the network of MATH §1 keeps its written-out passes (the golden files were written by them)
-        self._plain = (layers_g.depth == 2 and layers_f.depth == 2 and self.activation in ("relu", "linear")
-                       and layers_g == Layers(self.activation) and layers_f == Layers(self.activation))
-        if self._plain:
-            (self.theta1, self.theta2), (self.u, self.v) = self._g.weights, self._f.weights
-            n_g = self.theta1.shape[0]
-            d = self.u.shape[1]
-            if self.theta2.shape != (d, n_g):
-                raise ValueError(f"theta2: expected shape {(d, n_g)}, got {self.theta2.shape}")
 
     @classmethod
     def from_layers(cls, g_weights, f_weights, layers_g, layers_f, g_biases=None, f_biases=None):
@@ -295,6 +261,33 @@ class RandomNetwork(TwoHalves):
         """Hidden width n of g (and of f when they are equal)."""
         return self._g.weights[0].shape[0]
 
+    @property
+    def math1_weights(self):
+        """True where the weights file uses MATH §1's names theta1, theta2, u, v (:meth:`weights`):
+        the default ReLU and linear networks, as written since the first version."""
+        act = self.activation
+        return act in ("relu", "linear") and self.layers_g == Layers(act) and self.layers_f == Layers(act)
+
+    @property
+    def theta1(self):
+        """g's first weight matrix (n, d0), MATH §1's theta1."""
+        return self._g.weights[0]
+
+    @property
+    def theta2(self):
+        """g's last weight matrix (d, n) of a one-hidden-layer g, MATH §1's theta2."""
+        return self._g.weights[-1]
+
+    @property
+    def u(self):
+        """f's first weight matrix (n, d), MATH §1's u."""
+        return self._f.weights[0]
+
+    @property
+    def v(self):
+        """f's last weight matrix (dr, n) of a one-hidden-layer f, MATH §1's v."""
+        return self._f.weights[-1]
+
     # ----------------------------------------------------------- constructors
     @classmethod
     def sample(cls, d0, d, dr, width=10_000, seed=0, activation="relu", layers_g=None, layers_f=None):
@@ -316,9 +309,6 @@ class RandomNetwork(TwoHalves):
         g_w = [rng.standard_normal((g_dims[k + 1], g_dims[k])) for k in range(layers_g.depth)]
         f_w = [rng.standard_normal((f_dims[k + 1], f_dims[k])) for k in range(layers_f.depth)]
         g_b, f_b = _draw_biases(rng, g_w, layers_g), _draw_biases(rng, f_w, layers_f)
-        if layers_g == Layers(layers_g.activation) and layers_f == Layers(layers_g.activation) \
-                and layers_g.activation in ("relu", "linear"):
-            return cls(g_w[0], g_w[1], f_w[0], f_w[1], layers_g.activation)
         return cls.from_layers(g_w, f_w, layers_g, layers_f, g_b, f_b)
 
     # -------------------------------------------------------------- functions
@@ -334,61 +324,32 @@ class RandomNetwork(TwoHalves):
         X = as_points(X, "X")
         if X.shape[1] != self.d0:
             raise ValueError(f"X: expected {self.d0} columns, got {X.shape[1]}")
-        if not self._plain:
-            return self._blocks(self._g, X)
-        out = np.empty((X.shape[0], self.d))
-        scale = 1.0 / np.sqrt(self.d0)
-        for i in range(0, X.shape[0], ROW_BLOCK):
-            h = _phi(X[i:i + ROW_BLOCK] @ self.theta1.T * scale, self.activation)
-            out[i:i + ROW_BLOCK] = h @ self.theta2.T / np.sqrt(self.width)
-        return out
+        return self._blocks(self._g, X)
 
     def f(self, Z):
         """Head outputs f(Z), (p, d) -> (p, dr)."""
-        Z = self._check_z(Z)
-        if not self._plain:
-            return self._blocks(self._f, Z)
-        out = np.empty((Z.shape[0], self.dr))
-        n = self.u.shape[0]
-        for i in range(0, Z.shape[0], ROW_BLOCK):
-            h = _phi(Z[i:i + ROW_BLOCK] @ self.u.T / np.sqrt(self.d), self.activation)
-            out[i:i + ROW_BLOCK] = h @ self.v.T / np.sqrt(n)
-        return out
+        return self._blocks(self._f, self._check_z(Z))
 
     def jacobian(self, Z):
         """Input-output Jacobians J(Z) = df/dx, (p, d) -> (p, dr, d) (paper eq 15)."""
         Z = self._check_z(Z)
-        if not self._plain:
-            out = np.empty((Z.shape[0], self.dr, self.d))
-            for a in range(self.dr):
-                E = np.zeros((Z.shape[0], self.dr))
-                E[:, a] = 1.0
-                out[:, a, :] = self.jacobian_t_dot(Z, E)
-            return out
-        n = self.u.shape[0]
         out = np.empty((Z.shape[0], self.dr, self.d))
-        for i in range(0, Z.shape[0], ROW_BLOCK):
-            mask = _dphi(Z[i:i + ROW_BLOCK] @ self.u.T / np.sqrt(self.d), self.activation)
-            out[i:i + ROW_BLOCK] = np.einsum("ak,pk,kb->pab", self.v, mask, self.u, optimize=True)
-        return out / np.sqrt(n * self.d)
+        for a in range(self.dr):
+            E = np.zeros((Z.shape[0], self.dr))
+            E[:, a] = 1.0
+            out[:, a, :] = self.jacobian_t_dot(Z, E)
+        return out
 
     def jacobian_t_dot(self, Z, C):
         """J(Z)^T c for each row: (p, d), (p, dr) -> (p, d), without forming J."""
         Z = self._check_z(Z)
-        if not self._plain:
-            C = np.asarray(C, dtype=np.float64)
-            out = np.empty((Z.shape[0], self.d))
-            rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, self._f.max_width)))
-            for i in range(0, Z.shape[0], rows):
-                _, cache = self._f.forward(Z[i:i + rows], keep=True)
-                out[i:i + rows] = self._f.backward(cache, C[i:i + rows])
-            return out
-        n = self.u.shape[0]
+        C = np.asarray(C, dtype=np.float64)
         out = np.empty((Z.shape[0], self.d))
-        for i in range(0, Z.shape[0], ROW_BLOCK):
-            mask = _dphi(Z[i:i + ROW_BLOCK] @ self.u.T / np.sqrt(self.d), self.activation)
-            out[i:i + ROW_BLOCK] = (mask * (C[i:i + ROW_BLOCK] @ self.v)) @ self.u
-        return out / np.sqrt(n * self.d)
+        rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, self._f.max_width)))
+        for i in range(0, Z.shape[0], rows):
+            _, cache = self._f.forward(Z[i:i + rows], keep=True)
+            out[i:i + rows] = self._f.backward(cache, C[i:i + rows])
+        return out
 
     def _check_z(self, Z):
         Z = as_points(Z, "Z")
@@ -396,15 +357,14 @@ class RandomNetwork(TwoHalves):
             raise ValueError(f"Z: expected {self.d} columns (the bottleneck width), got {Z.shape[1]}")
         return Z
 
-
     def weights(self):
         """The weights as a dict of arrays (for npz files).
 
-        The network of MATH §1: theta1, theta2, u, v.  Other architectures:
-        ``g/W0 ...``, ``f/W0 ...`` and, with biases, ``g/b0 ...``, ``f/b0 ...``
+        The network of MATH §1 (:attr:`math1_weights`): theta1, theta2, u, v.  Other
+        architectures: ``g/W0 ...``, ``f/W0 ...`` and, with biases, ``g/b0 ...``, ``f/b0 ...``
         (read back by :meth:`from_weights`).
         """
-        if self._plain:
+        if self.math1_weights:
             return {"theta1": self.theta1, "theta2": self.theta2, "u": self.u, "v": self.v}
         out = {}
         for tag, mlp in (("g", self._g), ("f", self._f)):

@@ -463,3 +463,24 @@ def test_small_initialisation_takes_the_fast_history_pass(name, monkeypatch):
         sim.step(idx)
     np.testing.assert_allclose(sim.embeddings(X), ref.embeddings(X), rtol=1e-11, atol=1e-13)
     np.testing.assert_allclose(sim.outputs(X), ref.outputs(X), rtol=1e-11, atol=1e-13)
+
+
+def test_device_math_supplies_erf_to_refimpl_networks():
+    """refimpl imports NumPy only: on another array module erf comes from accel.devicemath (CuPy's
+    cupyx.scipy.special there); a module without erf is refused with a one-line error."""
+    import math
+    import types
+
+    from accel.devicemath import with_special_functions
+    from refimpl.network import MLP
+
+    bare = types.ModuleType("bare_numpy")                  # NumPy's names, but not NumPy itself
+    bare.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    rng = np.random.default_rng(0)
+    W = [rng.standard_normal((5, 3)), rng.standard_normal((2, 5))]
+    X = rng.standard_normal((4, 3))
+    with pytest.raises(ValueError, match="^activation: 'erf' needs an erf function"):
+        MLP(W, "erf", bare).forward(X)
+    xp = with_special_functions(bare, erf=np.frompyfunc(math.erf, 1, 1))
+    assert xp.float64 is np.float64 and with_special_functions(np) is np
+    np.testing.assert_allclose(MLP(W, "erf", xp).forward(X).astype(float), MLP(W, "erf").forward(X), rtol=1e-15)

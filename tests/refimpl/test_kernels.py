@@ -1,10 +1,12 @@
-"""Closed-form kernels (MATH §2, §5) against finite differences, the MATH formulas written out here,
-and Monte Carlo over random networks (lemma 3.1)."""
+"""The kernels (MATH §2, §5) against finite differences, the paper's closed forms (tests/refimpl/oracles.py),
+Monte Carlo over random networks (lemma 3.1), and the argument convention of the kernel API."""
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
+import oracles
+from fdiff import central_difference
 from refimpl import kernels as K
 from refimpl.network import RandomNetwork
 
@@ -32,16 +34,6 @@ def _pairs(m, rng):
     return out
 
 
-def _fd_grad(fun, x, h):
-    """Central finite-difference gradient of a scalar function of x."""
-    g = np.empty_like(x)
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h
-        g[k] = (fun(x + e) - fun(x - e)) / (2 * h)
-    return g
-
-
 # --------------------------------------------------------------------------- Xi = dK/dx
 
 @pytest.mark.parametrize("m", [2, 3, 8])
@@ -51,7 +43,7 @@ def test_xi_matches_central_differences_of_K(m):
     for x, y in _pairs(m, rng):
         xi = K.xi(x[None], y[None])[0, 0]
         h = 1e-7 * np.linalg.norm(x)      # << |x| * angle for the nearly parallel pairs
-        fd = _fd_grad(lambda z: K.ntk(z[None], y[None])[0, 0], x, h)
+        fd = central_difference(lambda z: K.ntk(z[None], y[None])[0, 0], x, h)
         err = np.linalg.norm(xi - fd) / np.linalg.norm(y) * m
         worst = max(worst, err)
         assert err < 1e-7, (x, y, xi, fd)
@@ -98,7 +90,7 @@ def test_xi_coefficient_form_equals_the_direct_formula(m):
 def test_sigma1_is_the_derivative_of_sigma_in_its_second_argument():
     rng = np.random.default_rng(7)
     for x, y in _pairs(3, rng)[:5]:
-        fd = _fd_grad(lambda b: K.nngp(x[None], b[None])[0, 0], y, 1e-7 * np.linalg.norm(y))
+        fd = central_difference(lambda b: K.nngp(x[None], b[None])[0, 0], y, 1e-7 * np.linalg.norm(y))
         np.testing.assert_allclose(K.sigma1(x[None], y[None])[0, 0], fd, atol=1e-7 * np.linalg.norm(x))
 
 
@@ -106,8 +98,7 @@ def test_sigma2_is_the_mixed_second_derivative_of_sigma():
     rng = np.random.default_rng(8)
     for x, y in _pairs(3, rng)[:5]:
         # Sigma_(2)^{bc}(x, y) = d/dx_b [dSigma(x, y)/dy_c] = d/dx_b Sigma_(1)_c(x, y)
-        fd = np.stack([_fd_grad(lambda a: K.sigma1(a[None], y[None])[0, 0, c], x, 1e-7 * np.linalg.norm(x))
-                       for c in range(3)], axis=1)
+        fd = central_difference(lambda a: K.sigma1(a[None], y[None])[0, 0], x, 1e-7 * np.linalg.norm(x))
         np.testing.assert_allclose(K.sigma2(x[None], y[None])[0, 0], fd, atol=1e-7)
 
 
@@ -202,9 +193,9 @@ def test_linear_kernels(depth):
     np.testing.assert_allclose(K.xi(X, Y, "linear", depth), np.broadcast_to(depth * Y / 3, (5, 4, 3)))
     np.testing.assert_allclose(K.sigma1(X, Y, "linear", depth), np.broadcast_to(X[:, None] / 3, (5, 4, 3)))
     np.testing.assert_allclose(K.sigma2(X, Y, "linear", depth), np.broadcast_to(np.eye(3) / 3, (5, 4, 3, 3)))
-    fd = _fd_grad(lambda z: K.ntk(z[None], Y[:1], "linear", depth)[0, 0], X[0], 1e-6)
+    fd = central_difference(lambda z: K.ntk(z[None], Y[:1], "linear", depth)[0, 0], X[0], 1e-6)
     np.testing.assert_allclose(K.xi(X[:1], Y[:1], "linear", depth)[0, 0], fd, atol=1e-9)
-    Lin = K.ntk_inf(X, Y, "linear", depth_f=depth, depth_g=2, lr_f=0.5, lr_g=2.0)
+    Lin = K.ntk_inf(X, Y, K.Layers.make("linear", 2), K.Layers.make("linear", depth), lr_g=2.0, lr_f=0.5)
     np.testing.assert_allclose(Lin, 0.5 * depth * X @ Y.T / 3 + 2.0 * 2 * X @ Y.T / 3)
 
 
@@ -279,8 +270,188 @@ def test_homogeneity(x, y, a, b):
     (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), b_std=-1.0), "b_std"),
     (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), "erf", w_std=0.0), "w_std"),
     (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), "linear", depth=0), "depth"),
-    (lambda: K.ntk_inf(np.ones((2, 3)), np.ones((2, 3)), depth_f=2.5), "depth"),
+    (lambda: K.ntk_inf(np.ones((2, 3)), np.ones((2, 3)), K.Layers.make("erf")), "layers_f"),
+    (lambda: K.ntk_inf(np.ones((2, 3)), np.ones((2, 3)), layers_f=K.Layers.make("erf")), "layers_g"),
+    (lambda: K.nngp_inf(np.ones((2, 3)), np.ones((2, 3)), "relu", "relu"), "layers_g"),
+    (lambda: K.ntk(np.ones((2, 3)), np.ones((2, 3)), K.Layers.make("erf"), depth=3), "depth"),
+    (lambda: K.xi(np.ones((2, 3)), np.ones((2, 3)), K.Layers.make("relu"), w_std=2.0), "w_std"),
+    (lambda: K.sigma2(np.ones((2, 3)), np.ones((2, 3)), K.Layers.make("relu"), out_std=0.5), "out_std"),
+    (lambda: K.architecture("relu", 0, 1), "depth_g"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):
         call()
+
+
+# --------------------------------------------------------------------------- the paper's closed forms as oracles
+
+def _regular_pairs(m, seed):
+    from experiments.golden import kernel_inputs
+    X, Y = kernel_inputs(m, seed)
+    theta = oracles.geometry(X, Y)[2]
+    return X, Y, (theta > 1e-5) & (np.pi - theta > 1e-5)
+
+
+def _rel(a, b, mask):
+    return np.max((np.abs(a - b) / (np.abs(b) + 1e-6 * np.abs(b).max()))[mask])
+
+
+@pytest.mark.parametrize("m", [3, 16])
+def test_the_recursion_reproduces_the_papers_closed_forms(m):
+    """The layer recursion (the only path in refimpl) against the written-out ReLU kernels of MATH §2,
+    §5 and lemma 4.1's linear ones, on the golden pair sets (random, parallel, anti-parallel, nearly
+    parallel, zero vectors); pairs within 1e-5 of the ridges are compared below.  The tolerance 1e-10 is
+    the oracles' own: near anti-parallel pairs lam (pi - theta) + sin theta cancels in them (measured
+    with mpmath at theta = pi - 0.01: oracle 3.7e-10 off, recursion 4.4e-12)."""
+    X, Y, regular = _regular_pairs(m, 100 + m)
+    sigma, sigmadot, ntk = oracles.relu(X, Y)
+    alpha, beta = oracles.relu_xi_coefficients(X, Y)
+    assert _rel(K.nngp(X, Y), sigma, regular) < 1e-10
+    assert _rel(K.sigmadot(X, Y), sigmadot, regular) < 1e-10
+    assert _rel(K.ntk(X, Y), ntk, regular) < 1e-10
+    a, b = K.xi_coefficients(X, Y)
+    assert _rel(a, alpha, regular) < 1e-10 and _rel(b, beta, regular) < 1e-10
+    for lr_g, lr_f in ((1.0, 1.0), (1.9, 0.7)):
+        assert _rel(K.ntk_inf(X, Y, lr_g=lr_g, lr_f=lr_f), oracles.relu_ntk_inf(X, Y, lr_g, lr_f), regular) < 1e-10
+    assert _rel(K.nngp_inf(X, Y), oracles.relu_composed(X, Y)[0], regular) < 1e-10
+    S1, S2 = K.sigma1(X, Y), K.sigma2(X, Y)
+    np.testing.assert_allclose(S1[regular], oracles.relu_sigma1(X, Y)[regular], rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(S2[regular], oracles.relu_sigma2(X, Y)[regular], rtol=1e-10, atol=1e-12)
+    for L in (1, 2, 3):
+        want = oracles.linear(X, Y, L)
+        for got, ref in zip((K.nngp(X, Y, "linear", L), K.sigmadot(X, Y, "linear", L), K.ntk(X, Y, "linear", L)),
+                            want):
+            np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-14 * np.abs(ref).max())
+        a, b = K.xi_coefficients(X, Y, "linear", L)
+        np.testing.assert_allclose(a, L / m, rtol=1e-13)
+        np.testing.assert_allclose(b, 0.0, atol=1e-15)
+
+
+def test_the_ridges_give_the_closed_forms_limits():
+    """Exactly parallel and anti-parallel pairs (theta = 0, pi) and zero vectors: the recursion returns
+    the closed forms' values there (MATH §2: Xi(x, c x) = c x / m, or 0 for c < 0)."""
+    x = np.array([[0.3, -1.2, 2.0], [0.0, 0.0, 0.0]])
+    for c in (0.5, 3.0, -0.7):
+        Y = np.array([c * x[0], [1.0, 2.0, -1.0]])
+        for got, want in zip((K.nngp(x, Y), K.sigmadot(x, Y), K.ntk(x, Y)), oracles.relu(x, Y)):
+            np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(K.xi(x[:1], Y[:1])[0, 0], max(c, 0) * x[0] / 3, rtol=1e-14, atol=1e-15)
+
+
+# --------------------------------------------------------------------------- mixed architectures
+
+#: NTK_inf(x, x) of an erf g (one hidden layer) feeding a ReLU f (one hidden layer) at x = (0.5, 0.5): the
+#: value of neural-tangents 0.6.5 in float64 (stax Dense/Erf/Relu, W_std = 1, b_std = 0, the composed
+#: network's NTK), recorded in the project's issue on the external cross-check.
+NT_ERF_RELU_DIAGONAL = 0.43705988342781654
+
+
+def test_mixed_architecture_is_exact_on_the_diagonal():
+    """erf g then ReLU f: erf's dual forms sqrt(Vx Vy) -+ V without cancellation, so the ReLU layer
+    after it sees angle 0 for a point with itself (it used to see a negative dlt and return NaN)."""
+    g, f = K.Layers.make("erf", 2), K.Layers.make("relu", 2)
+    x = np.array([[0.5, 0.5]])
+    assert K.ntk_inf(x, x, g, f)[0, 0] == pytest.approx(NT_ERF_RELU_DIAGONAL, rel=1e-14)
+    X = np.random.default_rng(3).standard_normal((12, 4))
+    for gg, ff in ((g, f), (K.Layers.make("erf", 3, 1.2, 0.4, 0.8), K.Layers.make("relu", 3, 1.0, 0.3, 0.9)),
+                   (K.Layers.make("relu", 3, 1.1, 0.2, 1.0), K.Layers.make("erf", 2))):
+        T = K.ntk_inf(X, X, gg, ff)
+        S = K.nngp_inf(X, X, gg, ff)
+        assert np.all(np.isfinite(T)) and np.all(np.isfinite(S))
+        # on the diagonal the composed kernel is the kernel of f at g's (parallel) output: recompute it
+        # through pair_terms with angle exactly 0
+        for i in range(len(X)):
+            nx = np.linalg.norm(X[i])
+            want = K.composed_terms(np.array(nx), np.array(nx), np.array(0.0), np.array(1.0), gg, ff, 4)[1]
+            assert T[i, i] == pytest.approx(float(want), rel=1e-14)
+
+
+def _mp_erf_relu_ntk_inf(x, y, mp):
+    """NTK_inf of erf g (depth 2) then ReLU f (depth 2), unit scales, in mpmath (MATH §2.2, §5)."""
+    x, y = [mp.mpf(float(v)) for v in x], [mp.mpf(float(v)) for v in y]
+    m = len(x)
+    q, qt, c = (sum(a * a for a in x) / m, sum(b * b for b in y) / m, sum(a * b for a, b in zip(x, y)) / m)
+
+    def erf_v(q1, q2, cc):
+        return 2 / mp.pi * mp.asin(2 * cc / mp.sqrt((1 + 2 * q1) * (1 + 2 * q2)))
+
+    Sg = erf_v(q, qt, c)
+    Sgx, Sgy = erf_v(q, q, q), erf_v(qt, qt, qt)
+    Vd = 4 / (mp.pi * mp.sqrt((1 + 2 * q) * (1 + 2 * qt) - 4 * c * c))
+    Tg = Sg + Vd * c
+    lam = Sg / mp.sqrt(Sgx * Sgy)
+    t = mp.acos(min(lam, mp.mpf(1)))
+    SF = mp.sqrt(Sgx * Sgy) * (mp.sin(t) + (mp.pi - t) * mp.cos(t)) / (2 * mp.pi)
+    return SF + (mp.pi - t) / (2 * mp.pi) * (Sg + Tg)
+
+
+def test_mixed_architecture_near_the_diagonal_against_mpmath():
+    """Near-diagonal pairs of an erf g and a ReLU f against a 50-digit evaluation of the same formulas."""
+    mp = pytest.importorskip("mpmath").mp
+    mp.dps = 50
+    g, f = K.Layers.make("erf", 2), K.Layers.make("relu", 2)
+    rng = np.random.default_rng(5)
+    worst = 0.0
+    for scale in (0.05, 1.0, 20.0):                            # erf's nearly linear and saturated ranges
+        x = scale * rng.standard_normal(3)
+        for ratio in (1.0, 1.0 + 1e-8, 1.3):                   # |y| / |x|
+            for angle in (1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 0.0):
+                r = rng.standard_normal(3)
+                r -= (r @ x) / (x @ x) * x
+                r *= np.linalg.norm(x) / np.linalg.norm(r)
+                y = ratio * (np.cos(angle) * x + np.sin(angle) * r)
+                got = K.ntk_inf(x[None], y[None], g, f)[0, 0]
+                want = float(_mp_erf_relu_ntk_inf(x, y, mp))
+                worst = max(worst, abs(got - want) / abs(want))
+    assert worst < 1e-14, worst
+
+
+def test_neural_tangents_if_installed():
+    """Optional live cross-check against neural-tangents (not a dependency; skipped without it)."""
+    nt = pytest.importorskip("neural_tangents")
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    stax = nt.stax
+    _, _, kfn = stax.serial(stax.Dense(1), stax.Erf(), stax.Dense(1), stax.Dense(1), stax.Relu(), stax.Dense(1))
+    x = np.array([[0.5, 0.5]])
+    assert float(kfn(x, x, "ntk")[0, 0]) == pytest.approx(NT_ERF_RELU_DIAGONAL, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- the argument convention
+
+def test_one_argument_convention():
+    """g before f everywhere; ``depth`` counts weight matrices in the kernel API and ``architecture``
+    takes hidden layers (the command line's --depth-g/--depth-f), one more than a Layers' depth."""
+    g, f = K.architecture("erf", 2, 1, (1.2, 0.9), (0.3, 0.1), 0.7)
+    assert (g.depth, f.depth, g.w_std, f.w_std, g.b_std, f.b_std) == (3, 2, 1.2, 0.9, 0.3, 0.1)
+    X = np.random.default_rng(2).standard_normal((4, 3))
+    # the composed kernel depends on which half is g: the order is honoured
+    assert not np.allclose(K.ntk_inf(X, X, g, f), K.ntk_inf(X, X, f, g))
+    np.testing.assert_array_equal(K.ntk(X, X, g), K.ntk(X, X, "erf", 3, 1.2, 0.3, 0.7))
+    np.testing.assert_array_equal(K.ntk_inf(X, X, K.Layers(), K.Layers()), K.ntk_inf(X, X))
+    # positional rates: lr_g then lr_f
+    np.testing.assert_array_equal(K.ntk_inf(X, X, g, f, 2.0, 0.5), K.ntk_inf(X, X, g, f, lr_f=0.5, lr_g=2.0))
+
+
+# --------------------------------------------------------------------------- Sigma_(2): what it covers
+
+def test_sigma2_symmetry_holds_for_one_hidden_layer_only():
+    """Sigma_(2)(x, y) = E[J(x)^T J(y)] is a symmetric matrix for one hidden layer (any activation,
+    scales, biases) and for linear networks, not for deeper nonlinear ones (README, MATH §2.2); the
+    identity Sigma_(2)(y, x) = Sigma_(2)(x, y)^T holds for all."""
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((30, 4)), rng.standard_normal((30, 4))
+    idx = np.arange(30)
+
+    def asymmetry(spec):
+        S = K.sigma2(X, Y, spec)[idx, idx]
+        return np.max(np.linalg.norm(S - np.transpose(S, (0, 2, 1)), axis=(1, 2)) / np.linalg.norm(S, axis=(1, 2)))
+
+    for spec in (K.Layers.make("relu"), K.Layers.make("erf", 2, 1.3, 0.5, 0.7), K.Layers.make("relu", 2, 1, 0.5, 1),
+                 K.Layers.make("linear", 3, 1.0, 0.5, 1.0)):
+        assert asymmetry(spec) < 1e-14, spec
+    assert asymmetry(K.Layers.make("relu", 3)) > 0.5
+    assert asymmetry(K.Layers.make("erf", 3)) > 0.05
+    for spec in (K.Layers.make("relu", 3), K.Layers.make("erf", 4, 1.0, 0.3, 1.0)):
+        np.testing.assert_allclose(K.sigma2(Y, X, spec), np.transpose(K.sigma2(X, Y, spec), (1, 0, 3, 2)),
+                                   rtol=1e-10, atol=1e-14)

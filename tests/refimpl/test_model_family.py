@@ -1,7 +1,8 @@
 """Architectures beyond MATH §1 (MATH §2.2, §4.3): erf, biases, layer scales, depth, cross-entropy.
 
 Each kernel of the layer recursion is checked against
-* the closed forms it must reproduce (default ReLU network, plain linear networks),
+* the closed forms it must reproduce (default ReLU network, plain linear networks: tests/refimpl/oracles.py,
+  and test_kernels.py),
 * central finite differences of K (for Xi), of Sigma (for Sigma_(1)) and of Sigma_(1) (for Sigma_(2)),
 * Monte Carlo over finite random networks of the same architecture: Sigma = E[f(x) f(y)],
   Sigma_(1) = E[f(x) J(y)], Sigma_(2) = E[J(x)^T J(y)] and the NTK = E[empirical NTK], within
@@ -14,6 +15,8 @@ import os
 import numpy as np
 import pytest
 
+from fdiff import central_difference
+from refimpl import activations
 from refimpl import kernels as K
 from refimpl.dynamics import (BottleneckSimulator, InfiniteSimulator, check_ce_targets, loss_and_chi,
                               pointwise_loss)
@@ -49,59 +52,7 @@ def _pairs(m, rng, n_random=12, near=(1e-3, 1e-4)):
     return np.array(X), np.array(Y)
 
 
-def _fd(fun, x, h):
-    g = np.empty_like(x)
-    for k in range(x.size):
-        e = np.zeros_like(x)
-        e[k] = h
-        g[k] = (fun(x + e) - fun(x - e)) / (2 * h)
-    return g
-
-
-# --------------------------------------------------------------------------- closed forms
-
-def _golden_like_inputs(m, seed):
-    from experiments.golden import kernel_inputs
-    return kernel_inputs(m, seed)
-
-
-@pytest.mark.parametrize("m", [3, 16])
-def test_recursion_reproduces_the_closed_forms(m):
-    """The layer recursion with the default scales gives the MATH §2 ReLU kernels and lemma 4.1's linear ones."""
-    X, Y = _golden_like_inputs(m, 100 + m)
-    theta = K.pair_angles(X, Y)[2]
-    regular = (theta > 1e-5) & (np.pi - theta > 1e-5)
-    t = K._terms(X, Y, K.Layers())
-    alpha, beta = K.xi_coefficients(X, Y)
-
-    def rel(a, b):
-        return np.max(np.abs(a - b)[regular] / (np.abs(b) + 1e-6 * np.abs(b).max())[regular])
-
-    assert rel(t["ntk"], K.ntk(X, Y)) < 1e-10
-    assert rel(t["nngp"], K.nngp(X, Y)) < 1e-10
-    assert rel(t["sigmadot"], K.sigmadot(X, Y)) < 1e-10
-    assert rel(t["alpha"], alpha) < 1e-9
-    assert rel(t["beta"], beta) < 1e-9
-    for L in (1, 2, 3):
-        tl = K._terms(X, Y, K.Layers("linear", L))
-        np.testing.assert_allclose(tl["ntk"], K.ntk(X, Y, "linear", L), rtol=1e-12, atol=1e-14)
-        np.testing.assert_allclose(tl["alpha"], L / m, rtol=1e-13)
-        np.testing.assert_array_equal(tl["beta"], 0.0)
-    for lr_f, lr_g in ((1.0, 1.0), (0.7, 1.9)):
-        nx, ny, th, _, _ = K.pair_angles(X, Y)
-        sig, ntk_inf = K.composed_terms(nx[:, None], ny[None, :], th, K.Layers(), K.Layers(), m, lr_f, lr_g)
-        ref = K.ntk_inf(X, Y, lr_f=lr_f, lr_g=lr_g)
-        assert rel(ntk_inf, ref) < 1e-10
-        assert rel(sig, K.relu_composed(X, Y)[0]) < 1e-10
-
-
-def test_default_architecture_keeps_the_written_out_kernels_bit_for_bit():
-    X, Y = _golden_like_inputs(10, 110)
-    spec = K.Layers.make("relu", 2, 1.0, 0.0, 1.0)
-    assert spec.closed_form
-    np.testing.assert_array_equal(K.ntk(X, Y, spec), K.ntk(X, Y))
-    np.testing.assert_array_equal(K.xi(X, Y, "relu", 2, w_std=1, b_std=0, out_std=1), K.xi(X, Y))
-
+# --------------------------------------------------------------------------- dual kernels
 
 def test_erf_williams_closed_form_by_quadrature():
     """E[erf(u) erf(v)] for a 2x2 covariance, by Gauss-Hermite quadrature, against the dual kernel."""
@@ -116,10 +67,9 @@ def test_erf_williams_closed_form_by_quadrature():
         W = weights[:, None] * weights[None, :]
         quad = np.sum(W * erf(u) * erf(v))
         quad_d = np.sum(W * (2 / math.sqrt(math.pi)) ** 2 * np.exp(-u * u - v * v))
-        st = K._State(sx=np.array(math.sqrt(qx)), sy=np.array(math.sqrt(qy)), c=np.array(c),
-                      dlt=np.array(math.sqrt(qx * qy) - c), eps=np.array(math.sqrt(qx * qy) + c),
-                      dsx=np.array(0.0), dc_r=np.array(0.0), dc_c=np.array(0.0))
-        o = K._erf_dual(st, np)
+        z = activations.PreActivation(sx=np.array(math.sqrt(qx)), sy=np.array(math.sqrt(qy)), c=np.array(c),
+                                      dlt=np.array(math.sqrt(qx * qy) - c), eps=np.array(math.sqrt(qx * qy) + c))
+        o = activations.ERF.dual(z, np)
         assert abs(o.V - quad) < 1e-9
         assert abs(o.Vd - quad_d) < 1e-9
 
@@ -135,11 +85,11 @@ def test_xi_and_sigma1_match_central_differences(name, m):
     for x, y in zip(X, Y):
         scale = math.sqrt(K.ntk(x[None], x[None], spec)[0, 0] * K.ntk(y[None], y[None], spec)[0, 0])
         xi = K.xi(x[None], y[None], spec)[0, 0]
-        fd = _fd(lambda z: K.ntk(z[None], y[None], spec)[0, 0], x, 1e-7 * np.linalg.norm(x))
+        fd = central_difference(lambda z: K.ntk(z[None], y[None], spec)[0, 0], x, 1e-7 * np.linalg.norm(x))
         assert np.linalg.norm(xi - fd) <= 1e-6 * scale / np.linalg.norm(x), (name, x, y, xi, fd)
         s_scale = math.sqrt(K.nngp(x[None], x[None], spec)[0, 0] * K.nngp(y[None], y[None], spec)[0, 0])
         s1 = K.sigma1(x[None], y[None], spec)[0, 0]
-        fd1 = _fd(lambda z: K.nngp(x[None], z[None], spec)[0, 0], y, 1e-7 * np.linalg.norm(y))
+        fd1 = central_difference(lambda z: K.nngp(x[None], z[None], spec)[0, 0], y, 1e-7 * np.linalg.norm(y))
         assert np.linalg.norm(s1 - fd1) <= 1e-6 * s_scale / np.linalg.norm(y), (name, x, y, s1, fd1)
 
 
@@ -150,27 +100,11 @@ def test_sigma2_matches_central_differences_of_sigma1(name):
     X, Y = _pairs(3, np.random.default_rng(3), near=(1e-2, 1e-3))
     for x, y in zip(X, Y):
         s2 = K.sigma2(x[None], y[None], spec)[0, 0]
-        h = 1e-7 * np.linalg.norm(x)
-        fd = np.stack([(K.sigma1((x + h * e)[None], y[None], spec)[0, 0]
-                        - K.sigma1((x - h * e)[None], y[None], spec)[0, 0]) / (2 * h) for e in np.eye(3)])
+        fd = central_difference(lambda z: K.sigma1(z[None], y[None], spec)[0, 0], x, 1e-7 * np.linalg.norm(x))
         scale = math.sqrt(K.nngp(x[None], x[None], spec)[0, 0] * K.nngp(y[None], y[None], spec)[0, 0])
         assert np.max(np.abs(s2 - fd)) <= 1e-6 * scale / (np.linalg.norm(x) * np.linalg.norm(y)), (name, x, y)
     S = K.sigma2(X, X, spec)
     np.testing.assert_allclose(S, np.transpose(S, (1, 0, 3, 2)), rtol=1e-10, atol=1e-14)   # E[J(x)^T J(y)]^T
-
-
-def test_sigma2_recursion_reproduces_the_closed_form():
-    X, Y = _golden_like_inputs(3, 103)
-    nx, ny, theta, _, _ = K.pair_angles(X, Y)
-    t = K.nngp_second_partials(nx[:, None], ny[None, :], theta, K.Layers(), 3)
-    _, Xh = K.unit_rows(X)
-    _, Yh = K.unit_rows(Y)
-    e = lambda k: t[k][:, :, None, None]          # noqa: E731
-    S = (e("cc") * np.eye(3) + e("ab") * Xh[:, None, :, None] * Yh[None, :, None, :]
-         + e("bc") * Y[None, :, :, None] * Yh[None, :, None, :] + e("ac") * Xh[:, None, :, None] * X[:, None, None, :]
-         + e("ccc") * Y[None, :, :, None] * X[:, None, None, :])
-    regular = (theta > 1e-5) & (np.pi - theta > 1e-5)
-    np.testing.assert_allclose(S[regular], K.sigma2(X, Y)[regular], rtol=1e-9, atol=1e-12)
 
 
 def test_xi_on_the_ridge_is_the_central_difference():
@@ -180,7 +114,7 @@ def test_xi_on_the_ridge_is_the_central_difference():
         spec = ARCHS[name]
         for c in (0.5, 3.0, -0.7):
             y = c * x
-            fd = _fd(lambda z: K.ntk(z[None], y, spec)[0, 0], x[0], 1e-6)
+            fd = central_difference(lambda z: K.ntk(z[None], y, spec)[0, 0], x[0], 1e-6)
             np.testing.assert_allclose(K.xi(x, y, spec)[0, 0], fd, rtol=1e-6, atol=1e-9)
             assert np.all(np.isfinite(K.xi(x, y, spec)))
 
@@ -300,13 +234,8 @@ def test_cross_entropy_chi_is_the_gradient_of_the_loss(dr):
     Y = (rng.random((6, 1)) > 0.5).astype(float) if dr == 1 else np.eye(dr)[rng.integers(0, dr, 6)]
     loss, chi = loss_and_chi(F, Y, "ce")
     assert loss == pytest.approx(np.mean(pointwise_loss(F, Y, "ce")), rel=1e-14)
-    h = 1e-6
-    for i in range(F.shape[0]):
-        for a in range(dr):
-            E = np.zeros_like(F)
-            E[i, a] = h
-            fd = (loss_and_chi(F + E, Y, "ce")[0] - loss_and_chi(F - E, Y, "ce")[0]) / (2 * h)
-            assert chi[i, a] == pytest.approx(fd, abs=1e-9)
+    fd = central_difference(lambda G: loss_and_chi(G, Y, "ce")[0], F, 1e-6)
+    np.testing.assert_allclose(chi, fd, rtol=0, atol=1e-9)
     if dr == 1:                       # logistic on 0/1 = softmax with logits (0, F)
         F2 = np.concatenate([np.zeros_like(F), F], axis=1)
         Y2 = np.concatenate([1 - Y, Y], axis=1)
@@ -343,7 +272,9 @@ def test_random_network_of_an_architecture_matches_the_finite_network():
     Z = net.g(X)
     np.testing.assert_allclose(net.f(Z), fin.f(Z), rtol=1e-14)
     J = net.jacobian(Z)
-    fd = np.stack([(net.f(Z + 1e-6 * e) - net.f(Z - 1e-6 * e)) / 2e-6 for e in np.eye(4)], axis=-1)
+    D = central_difference(net.f, Z, 1e-6)                      # (p, d, p, dr): d f(Z)[q, a] / d Z[p, k]
+    rows = np.arange(Z.shape[0])
+    fd = np.transpose(D[rows, :, rows, :], (0, 2, 1))          # (p, dr, d)
     np.testing.assert_allclose(J, fd, atol=1e-7)
     rebuilt = RandomNetwork.from_weights(net.weights(), Lg, Lf)
     np.testing.assert_array_equal(rebuilt.f(Z), net.f(Z))
@@ -358,13 +289,9 @@ def test_finite_network_gradients_with_biases_and_cross_entropy():
     for params, grads in ((net.f_weights, gf), (net._f.biases, gbf), (net._g.biases, gbg), (net.g_weights, gg)):
         for w, gw in zip(params, grads):
             k = np.unravel_index(np.argmax(np.abs(gw)), gw.shape)
-            old = w[k]
-            w[k] = old + 1e-6
-            up = net.loss(X, Y)
-            w[k] = old - 1e-6
-            down = net.loss(X, Y)
-            w[k] = old
-            assert gw[k] == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9)
+            entry = w[k[:-1]] if len(k) > 1 else w                     # a 1-d view holding w[k]
+            fd = central_difference(lambda: net.loss(X, Y), entry, 1e-6, inplace=True)[k[-1]]
+            assert gw[k] == pytest.approx(fd, rel=1e-5, abs=1e-9)
 
 
 def _theorem32_gap(layers_g, layers_f, loss, widths, steps=10, lr=0.1, dr=2):
