@@ -421,13 +421,13 @@ def rel_frobenius(a, b):
 #: Pairs within this angle of anti-parallel (and, for ntk_inf and the Xi coefficients alpha and
 #: beta, of parallel) are compared separately, under "<quantity>@singular".
 SINGULAR = 1e-5
-#: Their tolerance.  refimpl is ill-conditioned there, not the backends: it holds theta ~ pi
-#: with an absolute error of ulp(pi) = 4.4e-16, so its sin(theta) and pi - theta carry a
-#: relative error up to 4.4e-16 / (pi - theta) (4.4e-7 at 1e-9), where the backends take them
-#: from the half-angle differences; and NTK_inf takes arccos of a correlation that is 1 to
-#: within a few ulps for (nearly) parallel inputs, which turns an ulp of Sigma_g into ~1e-8
-#: in the angle (the backends share that code, refimpl.kernels.ntk_inf_from_g, but not the
-#: last bit of Sigma_g).  alpha and beta grow like 1/theta at parallel pairs, so an ulp in the
+#: Their tolerance.  The stored files are ill-conditioned there, not the backends: the reference
+#: that wrote them held theta ~ pi with an absolute error of ulp(pi) = 4.4e-16, so its sin(theta)
+#: and pi - theta carry a relative error up to 4.4e-16 / (pi - theta) (4.4e-7 at 1e-9), where the
+#: backends (and refimpl since MATH §2.1's shared angle formula) take them from the half-angles;
+#: and the closed-form NTK_inf takes arccos of a correlation that is 1 to within a few ulps for
+#: (nearly) parallel inputs, which turns an ulp of Sigma_g into ~1e-8 in the angle (the backends'
+#: fast path, accel.formulas.ntk_inf_from_g, shares that code but not the last bit of Sigma_g).  alpha and beta grow like 1/theta at parallel pairs, so an ulp in the
 #: inputs' dot products moves them by ~1e-9 relative at theta = 1e-8 (measured between two
 #: OpenBLAS kernels); only their combination Xi, compared on its own scale, is well conditioned.
 TOL_SINGULAR = 1e-6

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .angles import angle_and_supplement, halves_from_differences
+from . import angles
 
 TWO_PI = 2.0 * math.pi
 
@@ -115,7 +115,7 @@ def layer_halves(z, xp):
     Zero vectors as in :func:`refimpl.angles.pair_angles`: pi/2 against one zero vector, 0 between two.
     """
     zero = (z.dlt + z.eps) <= 0.0
-    hu, hv, lam = halves_from_differences(z.dlt, z.eps)
+    hu, hv, lam = angles.on_module(xp).halves_from_differences(z.dlt, z.eps)
     one = zero & ((z.sx + z.sy) > 0.0)
     h = math.sqrt(0.5)
     return xp.where(one, h, hu), xp.where(one, h, hv), xp.where(one, 0.0, lam)
@@ -126,7 +126,7 @@ def layer_halves(z, xp):
 def _relu_dual(z, xp):
     """ReLU (paper eq 45): V = sx sy (sin t + (pi - t) cos t) / 2pi, Vd = (pi - t) / 2pi."""
     hu, hv, lam = layer_halves(z, xp)
-    theta, pi_minus = angle_and_supplement(lam, hu, hv)
+    theta, pi_minus = angles.on_module(xp).angle_and_supplement(lam, hu, hv)
     s = 2.0 * hu * hv
     nn = z.sx * z.sy
     one_minus_J = (TWO_PI * hu * hu + theta * lam - s) / math.pi          # 1 - J(t)/pi, J = s + (pi - t) lam

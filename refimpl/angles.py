@@ -28,6 +28,8 @@ and ``pi - theta`` is the angle of (x, -y): :func:`angle` with ``(-lam, hv, hu)`
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 
 #: Pairs with |cos| above this get their half-angles from the explicit differences x^ -+ y^
@@ -95,6 +97,30 @@ def angle(lam, hu, hv):
 def angle_and_supplement(lam, hu, hv):
     """(theta, pi - theta), each with full relative accuracy (pi - theta is the angle of (x, -y))."""
     return angle(lam, hu, hv), angle(-lam, hv, hu)
+
+
+#: The per-pair functions above, in dependency order.
+FORMULAS = ("cos_from_ratio", "cos_of_pair", "is_near_parallel", "halves_from_cos", "halves_from_differences",
+            "angle", "angle_and_supplement")
+_BOUND = {}
+
+
+def on_module(xp):
+    """The functions of :data:`FORMULAS` on arrays of the array module ``xp`` (NumPy: this module).
+
+    The same code with ``where``, ``sqrt``, ``asin`` taken from ``xp`` (e.g. CuPy), so no array
+    crosses between modules.
+    """
+    if xp is np:
+        return types.SimpleNamespace(**{name: globals()[name] for name in FORMULAS})
+    key = id(xp)
+    if key not in _BOUND:
+        namespace = dict(globals(), where=xp.where, sqrt=xp.sqrt, asin=xp.arcsin)
+        for name in FORMULAS:
+            fn = globals()[name]
+            namespace[name] = types.FunctionType(fn.__code__, namespace, name, fn.__defaults__)
+        _BOUND[key] = (xp, types.SimpleNamespace(**{name: namespace[name] for name in FORMULAS}))
+    return _BOUND[key][1]
 
 
 # --------------------------------------------------------------------------

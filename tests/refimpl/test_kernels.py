@@ -455,3 +455,23 @@ def test_sigma2_symmetry_holds_for_one_hidden_layer_only():
     for spec in (K.Layers.make("relu", 3), K.Layers.make("erf", 4, 1.0, 0.3, 1.0)):
         np.testing.assert_allclose(K.sigma2(Y, X, spec), np.transpose(K.sigma2(X, Y, spec), (1, 0, 3, 2)),
                                    rtol=1e-10, atol=1e-14)
+
+
+def test_the_recursion_runs_on_another_array_module():
+    """pair_terms with ``xp`` (CuPy on the GPU backend) uses that module's functions throughout, the
+    angle formula included (refimpl.angles.on_module), and gives NumPy's results."""
+    import types
+    from refimpl import angles
+    calls = []
+    xp = types.ModuleType("counting_numpy")
+    xp.__dict__.update({k: getattr(np, k) for k in dir(np) if not k.startswith("__")})
+    xp.where = lambda *a: calls.append("where") or np.where(*a)
+    xp.arcsin = lambda a: calls.append("arcsin") or np.arcsin(a)
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    nx, ny, hu, hv, _ = angles.pair_halves(X, X)
+    spec = K.Layers.make("relu", 3, 1.1, 0.2, 0.9)
+    want = K.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, 3)
+    got = K.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, 3, xp=xp)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key])
+    assert "arcsin" in calls and calls.count("where") > 10
