@@ -35,14 +35,12 @@ import math
 import numpy as np
 
 from . import activations as acts
-from .activations import XI_SIN_THRESHOLD, PreActivation, layer_halves  # noqa: F401 (public names)
-from .angles import BLOCK_ELEMENTS, NEAR_PARALLEL_COS, pair_angles, pair_halves, unit_rows  # noqa: F401 (public names)
+from .activations import XI_SIN_THRESHOLD, PreActivation  # noqa: F401 (XI_SIN_THRESHOLD: a public name)
+from .angles import NEAR_PARALLEL_COS, pair_angles, pair_halves, unit_rows  # noqa: F401 (public names)
 from .validate import positive_number, real_array
 
 #: Names of the activations (the records: :data:`refimpl.activations.ACTIVATIONS`).
 ACTIVATIONS = tuple(acts.ACTIVATIONS)
-
-TWO_PI = 2.0 * np.pi
 
 
 # --------------------------------------------------------------------------
