@@ -427,9 +427,10 @@ SINGULAR = 1e-5
 #: backends (and refimpl since MATH §2.1's shared angle formula) take them from the half-angles;
 #: and the closed-form NTK_inf takes arccos of a correlation that is 1 to within a few ulps for
 #: (nearly) parallel inputs, which turns an ulp of Sigma_g into ~1e-8 in the angle (the backends'
-#: fast path, accel.formulas.ntk_inf_from_g, shares that code but not the last bit of Sigma_g).  alpha and beta grow like 1/theta at parallel pairs, so an ulp in the
-#: inputs' dot products moves them by ~1e-9 relative at theta = 1e-8 (measured between two
-#: OpenBLAS kernels); only their combination Xi, compared on its own scale, is well conditioned.
+#: fast path, accel.formulas.ntk_inf_from_g, shares that code but not the last bit of Sigma_g).
+#: alpha and beta grow like 1/theta at parallel pairs, so an ulp in the inputs' dot products
+#: moves them by ~1e-9 relative at theta = 1e-8 (measured between two OpenBLAS kernels); only
+#: their combination Xi, compared on its own scale, is well conditioned.
 TOL_SINGULAR = 1e-6
 
 
