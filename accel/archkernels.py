@@ -47,7 +47,7 @@ def _formulas(xp):
 
 
 def geometry(xp, X, Y):
-    """Norms (p,), (q,) and half-angles hu, hv (p, q) of float64 arrays X (p, m), Y (q, m) on ``xp`` (MATH §2.1).
+    """Norms (p,), (q,), half-angles hu, hv and cosines lam (p, q) of float64 X (p, m), Y (q, m) on ``xp`` (MATH §2.1).
 
     refimpl's near-parallel rule and angle formula (:mod:`refimpl.angles`): cosines from a matrix
     product, and pairs with |cos| > ``NEAR_PARALLEL_COS`` from the explicit differences x^ -+ y^.
@@ -58,7 +58,7 @@ def geometry(xp, X, Y):
     Xh = X / xp.where(nx > 0, nx, 1.0)[:, None]
     Yh = Y / xp.where(ny > 0, ny, 1.0)[:, None]
     zero_pair = (nx[:, None] + ny[None, :]) == 0.0
-    lam = F["cos_from_ratio"](Xh @ Yh.T, nx[:, None] * ny[None, :], zero_pair)
+    lam = F["cos_of_pair"](X @ Y.T, nx[:, None] * ny[None, :], zero_pair)
     hu, hv = F["halves_from_cos"](lam)
     rows, cols = xp.nonzero(xp.abs(lam) > NEAR_PARALLEL_COS)
     if rows.size:
@@ -66,13 +66,13 @@ def geometry(xp, X, Y):
         plus = Xh[rows] + Yh[cols]
         h_u, h_v, la = F["halves_from_differences"](xp.sum(minus * minus, axis=1), xp.sum(plus * plus, axis=1))
         hu[rows, cols], hv[rows, cols], lam[rows, cols] = h_u, h_v, la
-    return nx, ny, hu, hv
+    return nx, ny, hu, hv, lam
 
 
 def terms(xp, X, Y, spec):
     """:func:`refimpl.kernels.pair_terms` of every pair of rows of X, Y (float64 on ``xp``)."""
-    nx, ny, hu, hv = geometry(xp, X, Y)
-    return rk.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, X.shape[1], xp=xp)
+    nx, ny, hu, hv, lam = geometry(xp, X, Y)
+    return rk.pair_terms(nx[:, None], ny[None, :], hu, hv, lam, spec, X.shape[1], xp=xp)
 
 
 def _blocks(xp, X, Y, fn):
@@ -107,8 +107,8 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
     m = X.shape[1]
 
     def one(Xb, Yb):
-        nx, ny, hu, hv = geometry(xp, Xb, Yb)
-        return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+        nx, ny, hu, hv, lam = geometry(xp, Xb, Yb)
+        return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, lam, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
 
     out = _blocks(xp, xp.asarray(X), xp.asarray(Y), one)
     return out if xp is np else xp.asnumpy(out)

@@ -8,7 +8,7 @@ polynomial ``asin`` on [-1/2, 1/2]); the CUDA-C source of the GPU backend
 
 The rule (MATH §2.1)
 --------------------
-For unit vectors x^, y^ with ``lam = x^.y^`` (clipped to [-1, 1]; a zero vector has lam = 0
+For points x, y with ``lam = x.y / (|x||y|)`` (clipped to [-1, 1]; a zero vector has lam = 0
 against a non-zero one and lam = 1 against another zero vector):
 
 * ``|lam| <= NEAR_PARALLEL_COS``: ``hu = sin(theta/2) = sqrt((1 - lam)/2)``,
@@ -144,7 +144,7 @@ def pair_halves(X, Y):
     nx, Xh = unit_rows(X)
     ny, Yh = unit_rows(Y)
     zero_pair = (nx[:, None] + ny[None, :]) == 0.0
-    lam = cos_from_ratio(Xh @ Yh.T, np.outer(nx, ny), zero_pair)
+    lam = cos_of_pair(X @ Y.T, np.outer(nx, ny), zero_pair)
     hu, hv = halves_from_cos(lam)
     ii, jj = np.nonzero(is_near_parallel(lam))
     step = max(1, BLOCK_ELEMENTS // max(1, X.shape[1]))

@@ -248,14 +248,15 @@ class LayerOutput:
     lim0: object
 
 
-def input_output(nx, ny, hu, hv, m, xp=np):
+def input_output(nx, ny, hu, hv, lam, m, xp=np):
     """The raw inputs as the 'output' feeding the first layer: entries x.x~/m and their partials.
 
-    ``hu``, ``hv``: sin and cos of half the angle between the inputs (MATH §2.1).
+    ``hu``, ``hv``, ``lam``: sin and cos of half the angle between the inputs, and its cosine, by
+    MATH §2.1's rule (:func:`refimpl.angles.pair_halves`).
     """
     nn = nx * ny / m
     zero = xp.zeros_like(nn)
-    return LayerOutput(Vx=nx * nx / m + zero, Vy=ny * ny / m + zero, V=nn * (hv - hu) * (hv + hu),
+    return LayerOutput(Vx=nx * nx / m + zero, Vy=ny * ny / m + zero, V=nn * lam,
                        dltV=2.0 * nn * hu * hu, epsV=2.0 * nn * hv * hv, dVx_r=2.0 * nx / m + zero, dV_r=zero,
                        dV_c=zero + 1.0 / m, lim0=zero + 1.0 / math.sqrt(m))
 
@@ -320,14 +321,14 @@ def _recursion(out, spec, xp, T_in=None, lr_self=1.0):
     return st, T, dT_r, dT_c, sdot
 
 
-def pair_terms(nx, ny, hu, hv, spec, m, xp=np):
+def pair_terms(nx, ny, hu, hv, lam, spec, m, xp=np):
     """Kernels of the network ``spec`` (a :class:`Layers`) for arrays of pairs, by the layer recursion.
 
     Parameters
     ----------
     nx, ny : arrays broadcasting to the pair shape, the norms |x|, |x~|
-    hu, hv : arrays of the pair shape, sin and cos of half the angle between x and x~ (accurate as in
-        MATH §2.1, :func:`refimpl.angles.pair_halves`)
+    hu, hv, lam : arrays of the pair shape, sin and cos of half the angle between x and x~ and its
+        cosine (accurate as in MATH §2.1, :func:`refimpl.angles.pair_halves`)
     spec : Layers
     m : int, the input dimension
     xp : array module (numpy, or cupy for the GPU backend)
@@ -338,12 +339,12 @@ def pair_terms(nx, ny, hu, hv, spec, m, xp=np):
     layer, ``out_std^2 E[phi' phi']``), ``ntk`` (K or Theta), ``alpha``, ``beta`` (Xi = alpha x~ + beta x^,
     alpha = dK/d(x.x~), beta = dK/d|x|), ``nngp_dc``, ``nngp_dr`` (the same partials of Sigma).
     """
-    st, T, dT_r, dT_c, sdot = _recursion(input_output(nx, ny, hu, hv, float(m), xp), spec, xp)
+    st, T, dT_r, dT_c, sdot = _recursion(input_output(nx, ny, hu, hv, lam, float(m), xp), spec, xp)
     return {"nngp": st.z.c, "sigmadot": sdot, "ntk": T, "alpha": dT_c, "beta": dT_r,
             "nngp_dc": st.dc_c, "nngp_dr": st.dc_r}
 
 
-def composed_terms(nx, ny, hu, hv, spec_g, spec_f, m, lr_f=1.0, lr_g=1.0, xp=np):
+def composed_terms(nx, ny, hu, hv, lam, spec_g, spec_f, m, lr_f=1.0, lr_g=1.0, xp=np):
     """NNGP and NTK of f o g without bottleneck (d -> infinity), by the layer recursion (MATH §5, §2.2).
 
     g's last layer feeds f's first through the infinitely wide linear bottleneck,
@@ -354,15 +355,15 @@ def composed_terms(nx, ny, hu, hv, spec_g, spec_f, m, lr_f=1.0, lr_g=1.0, xp=np)
     -------
     nngp (Sigma_F), ntk (NTK_inf) : arrays of the pair shape
     """
-    st_g, T_g, _, _, _ = _recursion(input_output(nx, ny, hu, hv, float(m), xp), spec_g, xp)
+    st_g, T_g, _, _, _ = _recursion(input_output(nx, ny, hu, hv, lam, float(m), xp), spec_g, xp)
     st_f, T, _, _, _ = _recursion(state_as_output(st_g), spec_f, xp, T_in=lr_g * T_g, lr_self=lr_f)
     return st_f.z.c, T
 
 
 def _terms(X, Y, spec):
     """pair_terms on every pair of rows of X (p, m) and Y (q, m)."""
-    nx, ny, hu, hv, _ = pair_halves(X, Y)
-    return pair_terms(nx[:, None], ny[None, :], hu, hv, spec, X.shape[1])
+    nx, ny, hu, hv, lam = pair_halves(X, Y)
+    return pair_terms(nx[:, None], ny[None, :], hu, hv, lam, spec, X.shape[1])
 
 
 # --------------------------------------------------------------------------
@@ -374,7 +375,7 @@ def _terms(X, Y, spec):
 SECOND_PARTIALS = ("S", "S_a", "S_b", "S_c", "S_ab", "S_ac", "S_bc", "S_cc")
 
 
-def nngp_second_partials(nx, ny, hu, hv, spec, m, xp=np):
+def nngp_second_partials(nx, ny, hu, hv, lam, spec, m, xp=np):
     """Sigma and its partials in r_a = |x|, r_b = |y|, c0 = x.y up to the mixed second ones.
 
     Returns a dict with the keys :data:`SECOND_PARTIALS`: ``S`` (Sigma), ``S_a``, ``S_b``, ``S_c``
@@ -383,11 +384,11 @@ def nngp_second_partials(nx, ny, hu, hv, spec, m, xp=np):
     """
     m = float(m)
     act = spec.act
-    o = input_output(nx, ny, hu, hv, m, xp)
+    o = input_output(nx, ny, hu, hv, lam, m, xp)
     zero = xp.zeros_like(o.V)
     (w, b), rest = spec.layer_stds()[0], spec.layer_stds()[1:]
     st = affine(o, w, b, xp)
-    dsy = affine(input_output(ny, nx, hu, hv, m, xp), w, b, xp).dsx     # the same step seen from y: ds_y/dr_b
+    dsy = affine(input_output(ny, nx, hu, hv, lam, m, xp), w, b, xp).dsx     # the same step seen from y: ds_y/dr_b
     w2 = w * w
     d = {"S_a": zero, "S_b": zero, "S_c": zero + w2 / m, "S_ab": zero, "S_ac": zero, "S_bc": zero, "S_cc": zero}
     for w, b in rest:
@@ -529,8 +530,8 @@ def sigma2(X, Y, activation="relu", depth=None, w_std=None, b_std=None, out_std=
     """
     spec = layers(activation, depth, w_std, b_std, out_std)
     X, Y = as_pair(X, Y)
-    nx, ny, hu, hv, _ = pair_halves(X, Y)
-    t = nngp_second_partials(nx[:, None], ny[None, :], hu, hv, spec, X.shape[1])
+    nx, ny, hu, hv, lam = pair_halves(X, Y)
+    t = nngp_second_partials(nx[:, None], ny[None, :], hu, hv, lam, spec, X.shape[1])
     _, Xh = unit_rows(X)
     _, Yh = unit_rows(Y)
     m = X.shape[1]
@@ -564,8 +565,8 @@ def ntk_inf(X, Y, layers_g=None, layers_f=None, lr_g=1.0, lr_f=1.0):
     """
     spec_g, spec_f = inf_layers(layers_g, layers_f)
     X, Y = as_pair(X, Y)
-    nx, ny, hu, hv, _ = pair_halves(X, Y)
-    return composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, X.shape[1], lr_f, lr_g)[1]
+    nx, ny, hu, hv, lam = pair_halves(X, Y)
+    return composed_terms(nx[:, None], ny[None, :], hu, hv, lam, spec_g, spec_f, X.shape[1], lr_f, lr_g)[1]
 
 
 def nngp_inf(X, Y, layers_g=None, layers_f=None):
@@ -575,5 +576,5 @@ def nngp_inf(X, Y, layers_g=None, layers_f=None):
     """
     spec_g, spec_f = inf_layers(layers_g, layers_f)
     X, Y = as_pair(X, Y)
-    nx, ny, hu, hv, _ = pair_halves(X, Y)
-    return composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, X.shape[1])[0]
+    nx, ny, hu, hv, lam = pair_halves(X, Y)
+    return composed_terms(nx[:, None], ny[None, :], hu, hv, lam, spec_g, spec_f, X.shape[1])[0]

@@ -363,7 +363,7 @@ def test_mixed_architecture_is_exact_on_the_diagonal():
         # through pair_terms with angle exactly 0
         for i in range(len(X)):
             nx = np.linalg.norm(X[i])
-            want = K.composed_terms(np.array(nx), np.array(nx), np.array(0.0), np.array(1.0), gg, ff, 4)[1]
+            want = K.composed_terms(np.array(nx), np.array(nx), np.array(0.0), np.array(1.0), np.array(1.0), gg, ff, 4)[1]
             assert T[i, i] == pytest.approx(float(want), rel=1e-14)
 
 
@@ -515,10 +515,10 @@ def test_the_recursion_runs_on_another_array_module():
     xp.where = lambda *a: calls.append("where") or np.where(*a)
     xp.arcsin = lambda a: calls.append("arcsin") or np.arcsin(a)
     X = np.random.default_rng(0).standard_normal((6, 3))
-    nx, ny, hu, hv, _ = angles.pair_halves(X, X)
+    nx, ny, hu, hv, lam = angles.pair_halves(X, X)
     spec = K.Layers.make("relu", 3, 1.1, 0.2, 0.9)
-    want = K.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, 3)
-    got = K.pair_terms(nx[:, None], ny[None, :], hu, hv, spec, 3, xp=xp)
+    want = K.pair_terms(nx[:, None], ny[None, :], hu, hv, lam, spec, 3)
+    got = K.pair_terms(nx[:, None], ny[None, :], hu, hv, lam, spec, 3, xp=xp)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key])
     assert "arcsin" in calls and calls.count("where") > 10
