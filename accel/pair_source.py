@@ -62,9 +62,9 @@ BD_DEVICE int bd_is_near(double lam) { return fabs(lam) > %(near_cos)r; }
 /* theta in [0, pi] from cos theta and sin, cos of theta/2: asin on [-1/2, 1/2] only */
 BD_DEVICE double bd_angle(double lam, double hu, double hv)
 {
-    if (lam > 0.5) return 2.0 * asin(hu);
-    if (lam < -0.5) return BD_PI - 2.0 * asin(hv);
-    return 0.5 * BD_PI - asin(lam);
+    const int pos = lam > 0.5, neg = lam < -0.5;
+    const double a = asin(pos ? hu : (neg ? hv : lam));     /* one call: one inlined asin */
+    return pos ? 2.0 * a : (neg ? BD_PI - 2.0 * a : 0.5 * BD_PI - a);
 }
 
 /* hu, hv from a cosine with |lam| <= NEAR_PARALLEL_COS */
