@@ -119,7 +119,8 @@ def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):
     angles theta (p, q) of the inputs (dimension m), on ``xp``: the composed layer recursion (its inputs,
     the half-angles, taken from theta)."""
     hu, hv = xp.sin(0.5 * theta), xp.cos(0.5 * theta)
-    return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+    lam = (hv - hu) * (hv + hu)
+    return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, lam, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
 
 
 def history_pass(device, Z, P, C, mode, chi, spec):
