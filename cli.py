@@ -355,11 +355,24 @@ def _given_on_command_line(ctx, names):
 
 
 def _synthetic_only(ctx, options):
-    """--d0 / --dr apply to the synthetic data: for mnist / cifar pass them only when given (then checked)."""
+    """Every option takes effect or is refused: --d0 / --dr apply to the synthetic data (for mnist / cifar
+    they are passed only when given, then checked against the data); an option that does not apply to the
+    data set, task or rate policy (experiments.train.unused_options) is refused when given, and left out
+    (None in config.json) otherwise."""
+    from experiments.train import unused_options
     if options["dataset"] != "synthetic":
         for name in ("d0", "dr"):
             if not _given_on_command_line(ctx, [name]):
                 options[name] = None
+    unused = unused_options(options["dataset"], options.get("task", "default"), options.get("lr_policy", "fixed"))
+    for name, reason in unused.items():
+        if name not in options:
+            continue
+        if _given_on_command_line(ctx, [name]):
+            raise CommandError(f"--{name.replace('_', '-')}: does not apply here: {reason}; leave it out",
+                               EXIT_USAGE)
+        if name != "lr":
+            options[name] = None
     return options
 
 

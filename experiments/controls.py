@@ -102,7 +102,7 @@ def validate_controls(config):
     if config.lr_policy not in LR_POLICIES:
         raise ValueError(f"lr_policy: expected fixed or per-width, got {config.lr_policy!r}")
     frac = config.lr_fraction
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not (0 < frac <= 1):
+    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not (0 < frac <= 1)):
         raise ValueError(f"lr_fraction: expected a number in (0, 1], got {frac!r}")
     if not isinstance(config.center, bool):
         raise ValueError(f"center: expected true or false, got {config.center!r}")
@@ -115,7 +115,7 @@ def validate_controls(config):
         raise ValueError(f"lr_scale: expected none or matched, got {config.lr_scale!r}")
     if getattr(config, "eval_subset", "fixed") not in EVAL_SUBSETS:
         raise ValueError(f"eval_subset: expected fixed or seed, got {config.eval_subset!r}")
-    if config.dataset in ("multi-index", "manifold") and config.latent_dim > config.d0:
+    if config.dataset in ("multi-index", "manifold") and config.latent_dim is not None and config.latent_dim > config.d0:
         raise ValueError(f"latent_dim: expected at most d0 = {config.d0}, got {config.latent_dim}")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from refimpl.dynamics import DivergenceError
 from .controls import Centring
 from .fileio import atomic_write_text, fault_point, read_json
-from .train import (LEGACY_DEFAULTS, TrainConfig, TrainError, batch_indices, build_simulator, evaluate, run_eval_rows,
+from .train import (LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, batch_indices, build_simulator, evaluate, run_eval_rows,
                     load_data, resolve_backend)
 
 PROBE_FILE = "lr_probe.json"
@@ -24,6 +24,12 @@ PROBE_FILE = "lr_probe.json"
 GRID_EXPONENTS = (-12, 12)
 PROBE_RULE = ("rates 2^j; walk from 2^0 up while stable, down while unstable; stable = no divergence and "
               "final training loss (evaluation rows, centred if the run is) below the initial one")
+
+def _filled(config):
+    """``config`` with the per-width options' defaults where they are None (a config not yet validated)."""
+    return dataclasses.replace(config, **{k: OPTION_DEFAULTS[k] for k in ("lr_fraction", "lr_probe_steps")
+                                          if getattr(config, k) is None})
+
 
 def _trial(config, data, backend, rate):
     """One probe run at ``rate``: (stable, initial loss, final loss, error or None)."""
@@ -63,7 +69,7 @@ def probe_width(config, width, data=None, backend=None, log=None):
     ------
     TrainError when no rate of the grid is stable.
     """
-    config = dataclasses.replace(config, width=width, lr_policy="fixed")
+    config = dataclasses.replace(_filled(config), width=width, lr_policy="fixed")
     data = data if data is not None else load_data(config)
     backend = backend if backend is not None else resolve_backend(config.backend, config.dtype)
     lo, hi = GRID_EXPONENTS
@@ -104,7 +110,7 @@ def read_probe_file(path, config):
     """The record in ``path`` (lr_probe.json) checked against ``config``; TrainError (one line naming the file)
     for a damaged or edited file: not JSON, other options than the run's, a rate that is not finite and
     positive or not ``lr_fraction`` x the largest stable rate."""
-    path = Path(path)
+    path, config = Path(path), _filled(config)
     try:
         record = read_json(path)
     except ValueError as exc:
@@ -144,6 +150,7 @@ def per_width_rates(out, config, widths, log=None, starmap=None):
     -------
     dict {str(width): rate}
     """
+    config = _filled(config)
     Path(out).mkdir(parents=True, exist_ok=True)
     path = Path(out) / PROBE_FILE
     key = _probe_key(config)

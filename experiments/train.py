@@ -86,6 +86,31 @@ LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F
                    "softplus(F) - y F); batch loss its mean over the batch"}
 
 
+#: Defaults of the options that apply to some runs only (None in config.json where they do not apply).
+OPTION_DEFAULTS = {"dr": 1, "latent_dim": 2, "lr_fraction": 0.5, "lr_probe_steps": 100}
+
+
+def unused_options(dataset, task, lr_policy):
+    """{option: why it does not apply} for a run of ``dataset``, ``task`` and ``lr_policy``.
+
+    ``dr`` is the synthetic data's output dimension (mnist / cifar / npz data fix it themselves: a given
+    value is checked against them); ``latent_dim`` belongs to multi-index and manifold; ``lr_fraction`` and
+    ``lr_probe_steps`` to ``lr_policy = "per-width"``, which sets ``lr`` itself.
+    """
+    out = {}
+    if task == "autoencoder":
+        out["dr"] = "with task autoencoder the targets are the inputs, dr = d0"
+    elif dataset in ("multi-index", "manifold"):
+        out["dr"] = f"the {dataset} data fix their outputs (multi-index: 1, manifold: latent_dim)"
+    if dataset not in ("multi-index", "manifold"):
+        out["latent_dim"] = "it belongs to --dataset multi-index and manifold"
+    if lr_policy != "per-width":
+        out["lr_fraction"] = out["lr_probe_steps"] = "it belongs to --lr-policy per-width"
+    else:
+        out["lr"] = "with --lr-policy per-width the rate is lr_fraction x the probed largest stable rate"
+    return out
+
+
 def _pair(value):
     """A scale option: one number, or [g, f] (lists from config.json become tuples)."""
     return tuple(value) if isinstance(value, (list, tuple)) else value
@@ -125,11 +150,11 @@ class TrainConfig:
     dtype: str = "float64"
     # controls of the experiments (experiments.controls, experiments.tasks; MATH §7.2-§7.4)
     task: str = "default"            # "autoencoder": targets = inputs
-    latent_dim: int = 2              # multi-index / manifold only
+    latent_dim: int | None = None    # multi-index / manifold only (default 2); None where it does not apply
     center: bool = False             # train and report F - F0
     lr_policy: str = "fixed"         # "per-width": lr = lr_fraction x largest stable rate (set by the probe)
-    lr_fraction: float = 0.5
-    lr_probe_steps: int = 100
+    lr_fraction: float | None = None      # per-width only (default 0.5); None otherwise
+    lr_probe_steps: int | None = None     # per-width only (default 100); None otherwise
     lr_scale: str = "none"           # "matched": every rate divided by the kernel scale (MATH §7.7)
     eval_subset: str = "fixed"       # training rows of the training loss: "fixed" per data set, or "seed"
 
@@ -146,9 +171,11 @@ class TrainConfig:
         width("width", self.width)
         if self.dataset in GENERATED:              # the generated data sets take d0 (and synthetic dr) as options
             self.d0 = 16 if self.d0 is None else self.d0
-            self.dr = 1 if self.dr is None else self.dr
-        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size", "latent_dim", "lr_probe_steps"):
+        self._applicable_only()
+        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size"):
             positive_int(name, getattr(self, name))
+        for name in ("latent_dim", "lr_probe_steps"):
+            optional(positive_int, name, getattr(self, name))
         for name in ("d0", "dr"):
             optional(positive_int, name, getattr(self, name))
         from .controls import validate_controls
@@ -177,6 +204,19 @@ class TrainConfig:
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
+
+    def _applicable_only(self):
+        """Fill in the defaults of the options that apply; refuse (one line) a value for one that does not
+        (:func:`unused_options`), so that config.json records no value that was not used.  The old default
+        of such an option (written by earlier versions) is kept as it is."""
+        unused = unused_options(self.dataset, self.task, self.lr_policy)
+        for name, reason in unused.items():
+            value = getattr(self, name, None)
+            if name != "lr" and value is not None and value != OPTION_DEFAULTS[name]:
+                raise TrainError(f"{name}: does not apply here ({reason}); got {value!r}")
+        for name in set(OPTION_DEFAULTS) - set(unused):
+            if getattr(self, name) is None and (name != "dr" or self.dataset == "synthetic"):
+                setattr(self, name, OPTION_DEFAULTS[name])
 
     def layers(self):
         """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option."""
@@ -266,10 +306,10 @@ def load_data(config):
     from .tasks import apply_task
     kwargs = {}
     if config.dataset == "synthetic":
-        kwargs = {"d0": config.d0, "dr": config.dr}
-        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, config.dr)
+        kwargs = {"d0": config.d0, "dr": config.dr or OPTION_DEFAULTS["dr"]}      # autoencoder: targets replaced
+        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, kwargs["dr"])
     elif config.dataset in GENERATED:
-        kwargs = {"d0": config.d0, "latent_dim": config.latent_dim}
+        kwargs = {"d0": config.d0, "latent_dim": config.latent_dim or OPTION_DEFAULTS["latent_dim"]}
     elif is_npz(config.dataset):                       # the user's file (its path is absolute already)
         kwargs = {"loss": config.loss}
     else:                                              # stored as an absolute path (resume from anywhere)

@@ -110,7 +110,7 @@ def test_per_width_sweep_records_the_probe_and_uses_it(tmp_path):
     (dict(task="denoise"), "task"), (dict(lr_policy="adaptive"), "lr_policy"),
     (dict(lr_fraction=1.5), "lr_fraction"), (dict(lr_fraction=0), "lr_fraction"),
     (dict(lr_policy="per-width", lr_f=1.0), "lr_policy"),
-    (dict(dataset="multi-index", d0=4, latent_dim=5), "latent_dim"),
+    (dict(dataset="multi-index", d0=4, dr=None, latent_dim=5), "latent_dim"),
     (dict(dataset="nope"), "dataset"), (dict(lr_probe_steps=0), "lr_probe_steps"),
     (dict(dataset="mnist", loss="ce", center=True), "center")])
 def test_bad_control_options_name_the_option(tmp_path, change, argument):
@@ -120,11 +120,11 @@ def test_bad_control_options_name_the_option(tmp_path, change, argument):
 
 
 def test_train_on_multi_index_and_autoencoder_manifold(tmp_path):
-    out = train(TrainConfig(steps=10, **{**SMALL, "dataset": "multi-index", "d0": 8, "latent_dim": 2}),
+    out = train(TrainConfig(steps=10, **{**SMALL, "dataset": "multi-index", "d0": 8, "dr": None, "latent_dim": 2}),
                 tmp_path / "mi", log=lambda m: None)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data"]["dataset"] == "multi-index" and cfg["data"]["latent_dim"] == 2
-    out = train(TrainConfig(steps=10, **{**SMALL, "dataset": "manifold", "task": "autoencoder", "d0": 6,
+    out = train(TrainConfig(steps=10, **{**SMALL, "dataset": "manifold", "task": "autoencoder", "d0": 6, "dr": None,
                                          "latent_dim": 2, "width": 2}), tmp_path / "ae", log=lambda m: None)
     loss = _cols(out, "train_loss")[:, 0]
     assert loss[-1] < loss[0]
