@@ -89,9 +89,16 @@ def _first_line(exc):
 
 
 def run_guarded(fn, *args, **kwargs):
-    """Call ``fn``; turn its failures into one-line errors with the documented exit status."""
+    """Call ``fn``; turn its failures into one-line errors with the documented exit status.
+
+    NumPy's RuntimeWarnings never reach the user: a value they would concern is checked where it is
+    used (divergence, an undefined metric written as an empty cell)."""
+    import warnings
     try:
-        return fn(*args, **kwargs)
+        with warnings.catch_warnings():
+            if not os.environ.get("BOTTLENECK_DEBUG"):
+                warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"numpy(\.|$)")
+            return fn(*args, **kwargs)
     except click.ClickException:
         raise
     except V.RunFailed as exc:

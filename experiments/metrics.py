@@ -80,9 +80,13 @@ def centred_alignment(G, Y):
 
 
 def relative_movement(G, G0):
-    """``|G - G0|_F / |G0|_F`` for arrays of equal shape."""
+    """``|G - G0|_F / |G0|_F`` for arrays of equal shape; None (an empty cell) where it is undefined:
+    ``G0`` zero or too small for a finite ratio (e.g. a tiny output scale of g), or non-finite values."""
     G, G0 = np.asarray(G, dtype=np.float64), np.asarray(G0, dtype=np.float64)
-    return float(np.linalg.norm(G - G0) / np.linalg.norm(G0))
+    with np.errstate(all="ignore"):
+        den = np.linalg.norm(G0)
+        value = np.linalg.norm(G - G0) / den if den > 0 else np.nan
+    return float(value) if np.isfinite(value) else None
 
 
 class FeatureProbe:
@@ -115,8 +119,11 @@ class FeatureProbe:
         if not self.bottleneck:
             return {c: None for c in self.columns}
         G = self._G(sim)
+        with np.errstate(all="ignore"):
+            alignment = centred_alignment(G, self.Y)
+        # an undefined metric (G_0 or the centred kernel zero or below float64's range) is an empty cell
         return {"feature_movement": relative_movement(G, self.G0),
-                "kernel_alignment": centred_alignment(G, self.Y)}
+                "kernel_alignment": alignment if np.isfinite(alignment) else None}
 
 
 def null_loss(Y):

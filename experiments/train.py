@@ -41,6 +41,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -84,6 +85,32 @@ GOOD_LOSS_FACTOR = 1000.0
 LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2",
              "ce": "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic, "
                    "softplus(F) - y F); batch loss its mean over the batch"}
+
+
+#: Most hidden layers of g or of f (each layer of the random network of width n0 costs n0^2 floats).
+MAX_DEPTH = 1000
+#: Largest order of magnitude (decades) of the kernel values the scales may produce (float64 ends near 1e308;
+#: products and squares inside the simulation need room).
+MAX_KERNEL_LOG10 = 100
+
+
+def _kernel_decades(config):
+    """log10 of the size of the kernel the scales and depths give (MATH §2.2): each hidden layer multiplies the
+    variance by about ``w_std^2 + b_std^2``, the last layer by ``out_std^2``: (decades, the option that
+    contributes most), (None, None) for bad values."""
+    try:
+        hidden = last = 0.0
+        for k, depth in enumerate((config.depth_g, config.depth_f)):
+            w, b, o = (float(_pair(v)[k]) if isinstance(_pair(v), tuple) else float(v)
+                       for v in (config.w_std, config.b_std, config.out_std))
+            if math.hypot(w, b) > 0:                 # zero scales are the options' own business
+                hidden += 2 * int(depth) * np.log10(math.hypot(w, b))
+            if o > 0:
+                last += 2 * np.log10(o)
+        total = float(hidden + last)
+        return total, ("out_std" if abs(last) > abs(hidden) else "w_std")
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None, None
 
 
 #: Defaults of the options that apply to some runs only (None in config.json where they do not apply).
@@ -219,7 +246,21 @@ class TrainConfig:
                 setattr(self, name, OPTION_DEFAULTS[name])
 
     def layers(self):
-        """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option."""
+        """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option.
+
+        Bounds where the math needs them: at most :data:`MAX_DEPTH` hidden layers, and scales whose
+        kernel (about ``w_std^(2 depth) out_std^2``, MATH §2.2) stays within float64's range
+        (:data:`MAX_KERNEL_LOG10` decades)."""
+        for name in ("depth_g", "depth_f"):
+            value = getattr(self, name)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > MAX_DEPTH:
+                raise TrainError(f"{name}: expected at most {MAX_DEPTH} hidden layers, got {value}")
+        decades, culprit = _kernel_decades(self)
+        if decades is not None and abs(decades) > MAX_KERNEL_LOG10:
+            way = "lower" if decades > 0 else "raise"
+            raise TrainError(f"{culprit}: with these scales and depths the kernel is about 1e{decades:.0f}, "
+                             f"outside the range float64 computes with (1e-{MAX_KERNEL_LOG10} to "
+                             f"1e{MAX_KERNEL_LOG10}); {way} --{culprit.replace('_', '-')} (or change the depth)")
         try:
             return architecture(self.activation, self.depth_g, self.depth_f, _pair(self.w_std),
                                 _pair(self.b_std), _pair(self.out_std))
@@ -310,6 +351,9 @@ def load_data(config):
         _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, kwargs["dr"])
     elif config.dataset in GENERATED:
         kwargs = {"d0": config.d0, "latent_dim": config.latent_dim or OPTION_DEFAULTS["latent_dim"]}
+        dr = config.d0 if config.task == "autoencoder" else 1 if config.dataset == "multi-index" else \
+            kwargs["latent_dim"]
+        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, dr)
     elif is_npz(config.dataset):                       # the user's file (its path is absolute already)
         kwargs = {"loss": config.loss}
     else:                                              # stored as an absolute path (resume from anywhere)
@@ -542,10 +586,12 @@ def memory_estimate(config, n_train, n_test, d0, dr):
     from refimpl.dynamics import HISTORY_BLOCK, QUERY_BLOCK
     n = n_train + n_test
     steps_rows = config.steps * config.batch_size
+    # hidden-to-hidden weights of the deeper random networks (depth > 1): n0 x n0 per extra layer
+    extra = max(int(config.depth_g) - 1, 0) + max(int(config.depth_f) - 1, 0)
     if config.width == "inf":
         # Cholesky draw of F0 on all inputs (a few n x n matrices), or a network of width 2048
         draw = 4 * n * n if n <= 4000 else 2048 * (d0 + 2 * 2048 + dr) + 3 * 2048 * min(n, 4096)
-        core = draw + n * (d0 + 3 * dr) + 4 * n * config.batch_size
+        core = draw + n * (d0 + 3 * dr) + 4 * n * config.batch_size + extra * 2048 * 2048
     else:
         d = int(config.width)
         core = (config.init_width * (d0 + 2 * d + dr)             # the random network g0, f0, J0
@@ -553,7 +599,8 @@ def memory_estimate(config, n_train, n_test, d0, dr):
                 + n * (d0 + 3 * d + dr)                            # inputs, tracked embeddings, A
                 + 3 * steps_rows * (d + dr + 1)                    # history (grows by doubling)
                 + 4 * QUERY_BLOCK * HISTORY_BLOCK                 # kernel blocks
-                + 4 * min(steps_rows, HISTORY_BLOCK) * d * QUERY_BLOCK // 64)
+                + 4 * min(steps_rows, HISTORY_BLOCK) * d * QUERY_BLOCK // 64
+                + 2 * extra * config.init_width * config.init_width)
     return 8 * int(core)
 
 
@@ -578,7 +625,8 @@ def _check_memory(config, n_train, n_test, d0, dr):
     if have is not None and need > have:
         sizes = ", ".join(f"{k} {v}" for k, v in (
             ("train_size", n_train), ("test_size", n_test), ("d0", d0), ("dr", dr), ("width", config.width),
-            ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size)))
+            ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size),
+            ("depth_g", config.depth_g), ("depth_f", config.depth_f)))
         raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB ({sizes}) but this machine has "
                          f"{have / 2**30:.3g} GiB; lower one of these")
     return need

@@ -583,3 +583,39 @@ def test_plot_of_an_edited_sweep_names_sweep_json(tmp_path, edit):
     res = _invoke(["plot", str(out)])
     _fails_cleanly(res, "sweep.json")
     assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------------------ memory and numeric bounds
+
+@pytest.mark.parametrize("args, words", [
+    (["--depth-f", "99999999999999999999"], ["depth_f", "at most"]),
+    (["--depth-g", "1000"], ["memory", "depth_g"]),                               # n0 x n0 weights per layer
+    (["--w-std", "1e308"], ["w_std", "float64"]),
+    (["--out-std", "1e-200"], ["out_std", "raise"]),
+    (["--out-std", "1e200"], ["out_std"]),
+    (["--w-std", "1e30", "--depth-g", "5"], ["w_std", "depth"]),
+    (["--dataset", "multi-index", "--train-size", "100000000"], ["memory", "train_size"]),
+    (["--dataset", "manifold", "--d0", "100000000"], ["memory", "d0"]),
+    (["--dataset", "multi-index", "--task", "autoencoder", "--d0", "10000000"], ["memory", "d0"]),
+])
+def test_out_of_bounds_is_refused_before_anything_is_allocated(tmp_path, args, words):
+    import time
+    t0 = time.perf_counter()
+    res = _invoke(["train", "-q", "--width", "2", "--steps", "2", "--backend", "numpy", *args,
+                   "--out", str(tmp_path / "run")])
+    _fails_cleanly(res, *words)
+    assert res.exit_code == 2 and not (tmp_path / "run").exists()
+    assert time.perf_counter() - t0 < 60          # refused up front, not after churning (generous: shared CI)
+
+
+@pytest.mark.parametrize("out_std", ["1e-20", "1e-24"])
+def test_tiny_output_scale_leaks_no_warning_and_writes_no_nan(tmp_path, out_std):
+    import warnings
+    out = tmp_path / "run"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # a NumPy RuntimeWarning would fail the run
+        res = _invoke(["train", *TINY, "--out-std", out_std, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Warning" not in res.output
+    text = (out / "metrics.csv").read_text().lower()
+    assert "nan" not in text and "inf" not in text
