@@ -127,6 +127,13 @@ def refuse_overwrite(paths, force, hint="use --force to overwrite"):
         raise CommandError(f"out: {taken[0]} already exists{more}; {hint}", EXIT_USAGE)
 
 
+def check_out_folder(path, what="out"):
+    """Exit status 2 with one line unless ``path`` can be an output folder (experiments.fileio.check_output_folder:
+    UTF-8, no link, a folder or creatable in a writable parent); checked before any work starts."""
+    from experiments.fileio import check_output_folder
+    return run_guarded(check_output_folder, path, what)
+
+
 def emit_json(obj):
     """The one JSON object of a --json command, on stdout."""
     click.echo(json.dumps(obj, default=float))
@@ -628,6 +635,8 @@ def plot(sweep_dir, figdir, heatmap_steps, force):
     from experiments.sweep import SWEEP_FILE, read_sweep
     if (Path(sweep_dir) / SWEEP_FILE).exists():
         run_guarded(read_sweep, sweep_dir, need_config=False)     # damaged or edited: one line naming it
+    if figdir is not None:
+        check_out_folder(figdir)
     refuse_overwrite([Path(figdir or sweep_dir) / name for name in SWEEP_FIGURE_FILES], force,
                      "use --force to overwrite the figures, or --out another folder")
     written = run_guarded(plot_sweep, sweep_dir, figdir, heatmap_steps=heatmap_steps)
@@ -753,6 +762,7 @@ def _verify_common(fn):
 def _run_verify(name, out, quiet, as_json, force=False, **options):
     from experiments import verify as checks
     target = Path(out) if out else Path("runs") / "verify" / name
+    check_out_folder(target)
     refuse_overwrite([target / f"{name}.json", target / f"{name}.png"], force)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     report = run_guarded(checks.CHECKS[name], target, log=log, **options)
@@ -928,6 +938,9 @@ def golden(regenerate, cases, as_json):
 @json_option
 def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, force, mnist_step, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
+    check_out_folder(Path(out).parent)
+    if Path(out).is_dir():
+        raise CommandError(f"out: {out} is a directory; give a file name for the JSON results", EXIT_USAGE)
     refuse_overwrite([out], force)
 
     def go():
@@ -987,6 +1000,8 @@ def gpu_check(out, quick, tiny, force):
     with the reason (exit status 3, as when a step fails)."""
     if quick and tiny:
         raise CommandError("--quick and --tiny: choose one", EXIT_USAGE)
+    if out is not None:
+        check_out_folder(out)
     if out is not None and Path(out).is_dir() and any(Path(out).iterdir()):
         refuse_overwrite([out], force, "use --force to overwrite the check in it, or --out a new folder")
 

@@ -242,6 +242,43 @@ def refuse_link(path, what="out"):
                          "nothing is written through a link")
 
 
+def check_output_folder(path, what="out"):
+    """ValueError (one line naming ``what``) unless ``path`` can be an output folder: a UTF-8 path, not a
+    symbolic link, a folder if it exists, and otherwise creatable (its nearest existing parent is a folder
+    this user may write in).  Nothing is created; called before any work starts."""
+    p = Path(path)
+    text = str(p)
+    if text.strip() == "":
+        raise ValueError(f"{what}: expected a folder path, got ''")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what}: {text.encode('utf-8', 'surrogateescape')!r} is not a UTF-8 path; "
+                         "give a folder whose name is valid UTF-8") from None
+    refuse_link(p, what)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what}: {p} exists and is not a directory")
+    parent = p
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{what}: cannot create {p}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{what}: cannot write in {parent} (permission denied)")
+    return p
+
+
+def staging_name(out, kind):
+    """Prefix ``.<name>.<kind>-`` of a hidden folder next to ``out``, shortened (with a hash) so that, with
+    the random suffix of mkdtemp, it stays within the 255-byte name limit for any legal ``out``."""
+    import hashlib
+    name = Path(out).name
+    if len(name.encode("utf-8", "surrogateescape")) > 200:
+        tag = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        name = name.encode("utf-8", "surrogateescape")[:160].decode("utf-8", "ignore") + "~" + tag
+    return f".{name}.{kind}-"
+
+
 def refuse_links_inside(root, entries):
     """ValueError (one line) naming the first ``root/entry`` that is, or lies below, a symbolic link.
 

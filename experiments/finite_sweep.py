@@ -57,7 +57,8 @@ from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import DiskFull, atomic_write_text, read_csv, read_json, refuse_link, refuse_links_inside, write_csv
+from .fileio import (DiskFull, atomic_write_text, check_output_folder, read_csv, read_json, refuse_links_inside,
+                     write_csv)
 from .train import available_memory, batch_indices, eval_rows
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
@@ -240,7 +241,7 @@ def _refuse_links(out, files, pattern=None, inner=()):
     """TrainError (one line) if ``out``, one of its ``files``, a folder matching ``pattern`` or one of the
     ``inner`` files of such a folder is a symbolic link (nothing is written or deleted through a link)."""
     try:
-        refuse_link(out)
+        check_output_folder(out)
         if out.is_dir():
             entries = list(files)
             if pattern:
@@ -255,8 +256,6 @@ def prepare_sweep_dir(out, force, resume):
     """Create the sweep directory; refuse to overwrite a sweep unless ``force``; clear it with ``force``."""
     out = Path(out)
     _refuse_links(out, SWEEP_FILES, "width-*", ("metrics.csv", "result.json"))
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"out: {out} exists and is not a directory")
     held = out.is_dir() and ((out / "config.json").exists() or any(out.glob("width-*")))
     if resume:
         if not (out / "config.json").exists():
@@ -690,18 +689,19 @@ def finite_vs_infinite(config, out, force=False, log=print):
     config.validate()
     out = Path(out)
     _refuse_links(out, COMPARE_FILES)
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"out: {out} exists and is not a directory")
     existing = [f for f in ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")
                 if (out / f).exists()]
     if existing and not force:
         raise TrainError(f"out: {out} already holds a comparison ({', '.join(existing)}); use --force to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
+    if config.dataset in ("multi-index", "manifold") and config.d0 is not None and config.d0 < 2:
+        raise TrainError(f"d0: expected at least 2 for --dataset {config.dataset} (its latent dimension is 2 "
+                         f"here), got {config.d0}")
     data = _load(config.dataset, config.data_dir, config.train_size, config.test_size, config.data_seed,
                  config.d0, config.dr)
     if config.batch_size > data.n_train:
         raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
                          f"got {config.batch_size}")
+    out.mkdir(parents=True, exist_ok=True)                 # only once everything was checked
     X, Y, Xt, Yt = data.X_train, data.Y_train, data.X_test, data.Y_test
     N = data.n_train
     eval_steps = sorted({0, config.steps, *range(config.eval_every, config.steps, config.eval_every)})

@@ -525,9 +525,10 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     if str(out).strip() == "":
         raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
-    _refuse_links(out, None)
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"out: {out} exists and is not a directory")
+    try:
+        fileio.check_output_folder(out)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     if scheduler is not None and not str(scheduler).strip():
         raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:

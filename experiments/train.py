@@ -46,6 +46,7 @@ import os
 import shutil
 import tempfile
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -547,11 +548,9 @@ def _check_out(out):
         raise TrainError("out: expected a directory path, got ''")
     out = Path(out)
     try:
-        fileio.refuse_link(out)
+        fileio.check_output_folder(out)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"out: {out} exists and is not a directory")
     return out
 
 
@@ -767,7 +766,7 @@ class _Workspace:
         self.out_existed = self.out.exists()
         _remove_dead_staging(self.out)
         try:
-            self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.new-"))
+            self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=fileio.staging_name(self.out, "new")))
             os.chmod(self.dir, 0o777 & ~fileio._UMASK)      # mkdtemp makes 0700; the run gets the usual mode
         except OSError as exc:
             self._remove_parents()
@@ -792,7 +791,7 @@ class _Workspace:
             os.replace(self.dir, self.out)
             self.dir, self.lock.path, self.swap_pending = self.out, self.out / LOCK_FILE, False
             return
-        aside = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=f".{self.out.name}.old-"))
+        aside = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=fileio.staging_name(self.out, "old")))
         os.replace(self.out, aside / "run")
         os.replace(self.dir, self.out)
         self.dir = self.out
@@ -826,7 +825,7 @@ class _Workspace:
 
 def _remove_dead_staging(out):
     """Remove ``.<name>.new-*`` folders of new runs into ``out`` whose process is gone (killed at the start)."""
-    for folder in out.parent.glob(f".{out.name}.new-*"):
+    for folder in out.parent.glob(glob_escape(fileio.staging_name(out, "new")) + "*"):
         owner = DirLock(folder, LOCK_FILE).owner()
         if folder.is_dir() and (owner is None or not fileio._alive(owner[0], owner[1])):
             shutil.rmtree(folder, ignore_errors=True)
