@@ -96,3 +96,12 @@ def test_quiet_silences_the_probe_and_the_probe_lands_in_the_run(tmp_path):
     loud = CliRunner().invoke(cli.cli, [a for a in TRAIN if a != "-q"] + [
         "--lr-policy", "per-width", "--lr-probe-steps", "2", "--out", str(tmp_path / "loud")])
     assert loud.exit_code == 0 and "lr probe" in loud.output
+
+
+def test_finite_vs_infinite_bad_generated_data_leaves_no_folder_and_names_its_option(tmp_path):
+    out = tmp_path / "cmp"
+    res = _invoke(["finite-vs-infinite", "--dataset", "multi-index", "--d0", "1", "--train-size", "20",
+                   "--test-size", "10", "--hidden", "50,100", "--steps", "2", "--out", str(out)])
+    line = one_line_error(res)
+    assert res.exit_code == 2 and "d0" in line and "latent_dim" not in line, line
+    assert not out.exists()
