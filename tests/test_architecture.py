@@ -3,6 +3,9 @@
 - Imports run one way: cli.py -> experiments -> accel -> refimpl.  refimpl imports nothing else of
   the project; accel imports only refimpl's public names; nothing below cli.py imports experiments'
   callers; nothing imports cli.
+- accel runs refimpl through its public interface (engines of refimpl.engine): no accel class derived
+  from a refimpl class defines an underscore name, and accel reads or calls no underscore name that
+  refimpl defines (and accel does not define itself).
 - No import cycle between the project's modules.
 - The repository is self-contained: no citation of a file outside it or of an issue number.
 """
