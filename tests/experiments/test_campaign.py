@@ -74,10 +74,19 @@ def plan_file(tmp_path):
     return str(path)
 
 
-@pytest.mark.skipif(standin.compiler() is None, reason="needs a host C compiler (gcc)")
-def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, monkeypatch):
-    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")            # --backend gpu on the stand-in, subprocesses too
+@pytest.fixture
+def standin_gpu(monkeypatch):
+    """--backend gpu on the NumPy stand-in, here and in the subprocesses; the probe forgotten after
+    (a cached stand-in probe would make "auto" pick the gpu in later tests)."""
+    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")
     gpu.reset()
+    yield
+    monkeypatch.delenv(gpu.STANDIN_ENV, raising=False)
+    gpu.reset()
+
+
+@pytest.mark.skipif(standin.compiler() is None, reason="needs a host C compiler (gcc)")
+def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, standin_gpu):
     out = tmp_path / "camp"
     common = ["campaign", "--out", str(out), "--plan", plan_file, "--backend", "gpu"]
     # 1. nothing fits: at 1e-9 GFLOP/s every estimate exceeds the budget; no run starts
