@@ -684,8 +684,9 @@ INCONCLUSIVE_LEVEL = 0.9
 
 
 def inconclusive_sweep(runs, loss_null, key="train_loss", level=INCONCLUSIVE_LEVEL):
-    """True when no width learned: at the last step that every width reached, every width's mean loss over
-    its seeds is above ``level * loss_null`` (module constant :data:`INCONCLUSIVE_LEVEL`).
+    """True when no width learned: at the sweep's last evaluated step every width's mean loss over its seeds
+    that reached it is above ``level * loss_null`` (module constant :data:`INCONCLUSIVE_LEVEL`); a width none of
+    whose seeds reached it (diverged) did not learn.
 
     Parameters
     ----------
@@ -693,7 +694,7 @@ def inconclusive_sweep(runs, loss_null, key="train_loss", level=INCONCLUSIVE_LEV
     """
     if loss_null is None or not runs:
         return False
-    horizon = min(max(r["step"].max() for r in rs) for rs in runs.values())
+    horizon = max(r["step"].max() for rs in runs.values() for r in rs)    # a stopped (diverged) width: not learned
     for rs in runs.values():
         v = np.array([r[key][r["step"] == horizon][0] for r in rs if np.any(r["step"] == horizon)])
         if v.size and v.mean() <= level * loss_null:

@@ -65,6 +65,13 @@ def test_inconclusive_when_no_width_learned():
     assert not inconclusive_sweep(flat, loss_null=0.5)
     assert not inconclusive_sweep(_runs({2: INF, "inf": INF}), loss_null=1.0)
     assert not inconclusive_sweep(flat, loss_null=None)
+    # a width that diverged at the start does not make a sweep in which the others learned inconclusive
+    learned = _runs({2: [[0.5, 0.3, 0.2, 0.1]] * 2, 8: [[0.5, 0.3, 0.2, 0.1]] * 2, "inf": INF})
+    for r in learned[8]:
+        for k, v in list(r.items()):
+            if isinstance(v, np.ndarray):
+                r[k] = v[:1]
+    assert not inconclusive_sweep(learned, loss_null=0.5)
 
 
 def test_paired_ratios_pair_the_same_seed():
