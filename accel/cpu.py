@@ -716,6 +716,21 @@ def _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots):
         dots[b] += muY[b]
 
 
+@njit(cache=True)
+def _source_rows(mu, Y, ny):
+    """What the source rows Y (B, d0) contribute to every target row of :func:`_theta_rows` and
+    :func:`_angles_rows`: Y^T (contiguous), mu . Y_b (the shift of the stored sparse rows) and 1/|Y_b|."""
+    B, d0 = Y.shape
+    YT = np.ascontiguousarray(Y.T)
+    muY = np.zeros(B)
+    rny = np.empty(B)
+    for b in range(B):
+        for k in range(d0):
+            muY[b] += mu[k] * Y[b, k]
+        rny[b] = 1.0 / ny[b] if ny[b] > 0.0 else 0.0
+    return YT, muY, rny
+
+
 @njit(parallel=True, cache=True, **_FAST_PAIR)
 def _theta_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, out):
     """out[i, b] = ReLU NTK(X_i, Y_b) with scale m for every target row i and source row b (MATH §2).
@@ -727,13 +742,7 @@ def _theta_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, out):
     """
     n, d0 = X.shape
     B = Y.shape[0]
-    YT = np.ascontiguousarray(Y.T)
-    muY = np.zeros(B)
-    rny = np.empty(B)
-    for b in range(B):
-        for k in range(d0):
-            muY[b] += mu[k] * Y[b, k]
-        rny[b] = 1.0 / ny[b] if ny[b] > 0.0 else 0.0
+    YT, muY, rny = _source_rows(mu, Y, ny)
     ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
     for task in prange(ntasks):
         dots = np.empty(B)
@@ -757,13 +766,7 @@ def _angles_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, out):
     (anti-)parallel pairs (|cos| > 1 - NEAR) from the explicit differences x^ -+ y^."""
     n, d0 = X.shape
     B = Y.shape[0]
-    YT = np.ascontiguousarray(Y.T)
-    muY = np.zeros(B)
-    rny = np.empty(B)
-    for b in range(B):
-        for k in range(d0):
-            muY[b] += mu[k] * Y[b, k]
-        rny[b] = 1.0 / ny[b] if ny[b] > 0.0 else 0.0
+    YT, muY, rny = _source_rows(mu, Y, ny)
     ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
     for task in prange(ntasks):
         dots = np.empty(B)
