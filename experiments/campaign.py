@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_text, read_json
+from .fileio import atomic_write_text, read_csv, read_json
 from .validate import TrainError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -194,12 +194,7 @@ def estimate_s(options, gflops, startup):
 
 def _train_seconds(run_dir):
     """The run's own training time (last wall_s of metrics.csv), or None."""
-    import csv
-    path = Path(run_dir) / "metrics.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv(Path(run_dir) / "metrics.csv")
     try:
         return float(rows[-1]["wall_s"])
     except (IndexError, KeyError, TypeError, ValueError):

@@ -42,7 +42,6 @@ e.g. on a shared file system, and set their own thread variables).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -91,11 +90,7 @@ def default_jobs():
 # ----------------------------------------------------------------------------
 
 def _last_metrics_step(out):
-    path = Path(out) / "metrics.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = fileio.read_csv(Path(out) / "metrics.csv")
     return int(rows[-1]["step"]) if rows else None
 
 
