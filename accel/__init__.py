@@ -28,6 +28,7 @@ import functools
 import numpy as np
 
 import refimpl
+import refimpl.chain
 
 from ._simbase import BackendUnavailable, check_dtype
 
@@ -71,6 +72,11 @@ class Backend:
     def InfiniteSimulator(self, *args, dtype=None, **kwargs):         # noqa: N802
         """:class:`refimpl.InfiniteSimulator` on this backend's engine (float64 whatever ``dtype``)."""
         return refimpl.InfiniteSimulator(*args, engine=self.engines(dtype)[1], **kwargs)
+
+    def ChainSimulator(self, *args, dtype=None, **kwargs):            # noqa: N802
+        """:class:`refimpl.chain.ChainSimulator` (several bottlenecks, MATH §9) on this backend's
+        bottleneck engine, one per head."""
+        return refimpl.chain.ChainSimulator(*args, engine=self.engines(dtype)[0], **kwargs)
 
     def __repr__(self):
         return f"<accel backend {self.name} ({self.dtype})>"

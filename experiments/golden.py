@@ -13,7 +13,7 @@ Cases
     nearly anti-parallel pairs (angles 1e-2 ... 1e-9 and pi minus those),
     orthogonal pairs and a zero vector.  Outputs: nngp, sigmadot, ntk, the Xi
     coefficients alpha and beta, xi, ntk_inf (ReLU), and ntk, xi (linear, depth 2 and 3).
-``bottleneck_*``, ``infinite_*``, ``linear_*``
+``bottleneck_*``, ``infinite_*``, ``linear_*``, ``chain_*`` (several bottlenecks, MATH §9)
     Trajectories of a few hundred SGD steps (MATH §4, §5) from recorded initial
     networks, data and batches: the batch loss of every step, and at
     checkpoints the embeddings g_t on the training set and F_t on X_eval.
@@ -42,8 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from refimpl import kernels
-from .fileio import atomic_write_bytes
+from refimpl.chain import RandomChain
 from refimpl.network import RandomNetwork
+
+from .fileio import atomic_write_bytes
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 MANIFEST = "manifest.json"
@@ -106,6 +108,13 @@ TRAJECTORIES = {
     "infinite_deep_mini": dict(model="infinite", d=None, d0=6, dr=1, N=24, B=6, steps=200, lr=1.0,
                                lr_f=None, lr_g=None, seed=28, n_eval=6,
                                layers_g=["relu", 3, 1.0, 0.0, 1.0], layers_f=["relu", 4, 1.4, 0.3, 0.7]),
+    # chains of several bottlenecks (MATH §9): "widths" d_1 ... d_L; heads with 3 outputs take the
+    # fused pass of the accelerated engines, those with 5 the two-pass one
+    "chain_d3_d2_mini": dict(model="chain", widths=[3, 2], d0=6, dr=1, N=40, B=8, steps=200, lr=1.0, lr_f=1.5,
+                             lr_g=0.7, seed=31, n_eval=8, init_width=64),
+    "chain_erf_d4_d5_d3_mini": dict(model="chain", widths=[4, 5, 3], d0=6, dr=2, N=24, B=6, steps=200, lr=1.0,
+                                    lr_f=None, lr_g=None, seed=32, n_eval=6, init_width=64,
+                                    layers_g=["erf", 2, 1.0, 0.2, 1.0], layers_f=["erf", 2, 1.0, 0.2, 1.0]),
 }
 #: Steps after which embeddings and F_t(X_eval) are recorded (and the last step).
 CHECKPOINT_EVERY = 50
@@ -299,7 +308,11 @@ def trajectory_inputs(cfg):
                         else np.sort(rng.permutation(cfg["N"])[:cfg["B"]])
                         for _ in range(cfg["steps"])])
     arrays = {"X": X, "Y": Y, "X_eval": X_eval, "batches": batches}
-    if cfg["model"] != "infinite":
+    if cfg["model"] == "chain":
+        net = RandomChain.sample(cfg["d0"], cfg["widths"], cfg["dr"], width=cfg.get("init_width", INIT_WIDTH),
+                                 seed=cfg["seed"] + 1000, **_layers(cfg))
+        arrays.update({f"net/{k}": v for k, v in net.weights().items()})
+    elif cfg["model"] != "infinite":
         net = RandomNetwork.sample(cfg["d0"], cfg["d"], cfg["dr"], width=cfg.get("init_width", INIT_WIDTH),
                                    seed=cfg["seed"] + 1000, **_layers(cfg))
         arrays.update({f"net/{k}": v for k, v in net.weights().items()})
@@ -323,8 +336,11 @@ def build_simulator(cfg, arrays, backend):
             rates.update(specs)
         return backend.InfiniteSimulator(arrays["X"], arrays["Y"], init="cholesky",
                                          seed=cfg["seed"] + 2000, **rates)
-    net = RandomNetwork.from_weights({k[len("net/"):]: v for k, v in arrays.items() if k.startswith("net/")},
-                                     **specs)
+    weights = {k[len("net/"):]: v for k, v in arrays.items() if k.startswith("net/")}
+    if cfg["model"] == "chain":
+        net = RandomChain.from_weights(weights, specs["layers_g"], (specs["layers_f"],) * len(cfg["widths"]))
+        return backend.ChainSimulator(net, arrays["X"], arrays["Y"], **rates)
+    net = RandomNetwork.from_weights(weights, **specs)
     return backend.BottleneckSimulator(net, arrays["X"], arrays["Y"], **rates)
 
 

@@ -355,3 +355,120 @@ class FiniteNetwork(TwoHalves):
 
 def _copy(xp, arrays):
     return None if arrays is None else [xp.array(a, dtype=xp.float64) for a in arrays]
+
+
+class FiniteChain:
+    """A finite chain F = f_L o ... o f_1 o g (MATH §9) with hand-written gradient descent.
+
+    Parameters
+    ----------
+    mlps : sequence of :class:`~refimpl.network.MLP`
+        g (d0 -> d1) then the heads f_1 ... f_L; their weights and biases are copied.
+    layers_g : Layers;  layers_heads : sequence of Layers (one per head)
+    loss : {"mse", "ce"}
+        As :class:`FiniteNetwork`.
+
+    A step updates every weight at once with the gradient at the current weights: rate
+    ``lr_g`` for g, ``lr_f`` for every head (as :class:`refimpl.chain.ChainSimulator`).
+    Build it with :meth:`sample` or :meth:`from_random_chain` (the simulator's initial functions).
+    """
+
+    def __init__(self, mlps, layers_g, layers_heads, loss="mse"):
+        from .chain import RandomChain
+        copies = [MLP([np.array(w, dtype=np.float64) for w in m.weights], m.activation, np, f"mlp{k}",
+                      _copy(np, m.biases), m.stds) for k, m in enumerate(mlps)]
+        self._chain = RandomChain(copies[0], copies[1:], layers_g, layers_heads)
+        self.loss_name = check_loss(loss)
+        self.t = 0
+
+    @classmethod
+    def sample(cls, d0, widths, dr, width=1000, seed=0, layers_g=None, layers_f=None, loss="mse"):
+        """Draw the weights as :meth:`refimpl.chain.RandomChain.sample` (same seed: same functions)."""
+        from .chain import RandomChain
+        return cls.from_random_chain(RandomChain.sample(d0, widths, dr, width, seed, layers_g, layers_f), loss)
+
+    @classmethod
+    def from_random_chain(cls, net, loss="mse"):
+        """A trainable copy of a :class:`~refimpl.chain.RandomChain` (same initial functions)."""
+        from .chain import RandomChain
+        if isinstance(net, RandomNetwork):
+            net = RandomChain.from_random_network(net)
+        if not isinstance(net, RandomChain):
+            raise TypeError(f"net: expected a RandomChain, got {type(net).__name__}")
+        return cls(net.mlps, net.layers_g, net.layers_heads, loss)
+
+    def as_random_chain(self):
+        """A :class:`~refimpl.chain.RandomChain` with copies of the current weights (to start a simulator)."""
+        from .chain import RandomChain
+        c = self._chain
+        copies = [MLP([w.copy() for w in m.weights], m.activation, np, f"mlp{k}", _copy(np, m.biases), m.stds)
+                  for k, m in enumerate(c.mlps)]
+        return RandomChain(copies[0], copies[1:], c.layers_g, c.layers_heads)
+
+    # sizes and functions: those of the chain
+    d0 = property(lambda self: self._chain.d0)
+    widths = property(lambda self: self._chain.widths)
+    dr = property(lambda self: self._chain.dr)
+    n_heads = property(lambda self: self._chain.n_heads)
+
+    def embeddings(self, X):
+        """g(X), (p, d0) -> (p, d1)."""
+        return self._chain.g(X)
+
+    def features(self, X):
+        """[z_0, ..., z_L] at X (the last is F)."""
+        Z = [self._chain.g(X)]
+        for k in range(self.n_heads):
+            Z.append(self._chain.head(k, Z[-1]))
+        return Z
+
+    def outputs(self, X):
+        """F(X), (p, d0) -> (p, dr)."""
+        return self._chain.outputs(X)
+
+    def head_jacobian_t_dot(self, k, Z, C):
+        """J_k(Z_b)^T c_b of head k (back-propagation)."""
+        return self._chain.head_jacobian_t_dot(k, Z, C)
+
+    def step(self, X, Y, lr=None, lr_f=None, lr_g=None):
+        """One (S)GD step on the batch (X, Y); returns the batch loss before the update.
+
+        Rates as :meth:`FiniteNetwork.step` (``lr_f`` for every head).  Raises
+        :class:`~refimpl.dynamics.DivergenceError` without changing the weights when the loss or a
+        gradient is not finite.
+        """
+        lr = positive_rate("lr", lr)
+        lr_f = positive_rate("lr_f", lr_f) or lr
+        lr_g = positive_rate("lr_g", lr_g) or lr
+        if lr_f is None or lr_g is None:
+            raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
+        X = as_points(X, "X")
+        if X.shape[1] != self.d0 or X.shape[0] == 0:
+            raise ValueError(f"X: expected a non-empty batch with {self.d0} columns, got shape {X.shape}")
+        Y = np.asarray(Y, dtype=np.float64).reshape(X.shape[0], -1)
+        if Y.shape[1] != self.dr or not np.all(np.isfinite(Y)):
+            raise ValueError(f"Y: expected finite targets of shape ({X.shape[0]}, {self.dr}), got {Y.shape}")
+        mlps = self._chain.mlps
+        h, caches = X, []
+        for m in mlps:
+            h, cache = m.forward(h, keep=True)
+            caches.append(cache)
+        loss, G = loss_and_chi(h, Y, self.loss_name)
+        if not math.isfinite(loss):
+            raise DivergenceError(f"loss is {loss} at step {self.t}: the run diverged (lower the learning rate)")
+        grads = [[None] * len(m.weights) for m in mlps]
+        grads_b = [[None] * len(m.weights) for m in mlps]
+        for k in range(len(mlps) - 1, -1, -1):
+            G = mlps[k].backward(caches[k], G, grads[k], need_input=k > 0, grads_b=grads_b[k])
+        for gs in grads + grads_b:
+            for gw in gs:
+                if gw is not None and not np.all(np.isfinite(gw)):
+                    raise DivergenceError(f"a gradient is not finite at step {self.t}: the run diverged")
+        for k, m in enumerate(mlps):
+            rate = lr_g if k == 0 else lr_f
+            for w, gw in zip(m.weights, grads[k]):
+                w -= rate * gw
+            for b, gb in zip(m.biases or [], grads_b[k]):
+                b -= rate * gb
+        self.t += 1
+        return loss
