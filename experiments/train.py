@@ -28,10 +28,9 @@ A *run directory* holds
     classification the steps needed to reach the training accuracies
     :data:`experiments.metrics.ACCURACY_LEVELS`.
 
-Batches: epoch ``e`` uses the permutation ``default_rng((seed, 1, e))`` of the
-training rows, cut into ``N // batch_size`` batches (the remainder is dropped).
-Batch ``t`` is therefore a pure function of (seed, t), which is what makes a
-resumed run identical, bit for bit, to an uninterrupted one.
+Batches and steps: :mod:`experiments.loop` (:func:`~experiments.loop.batch_indices`: batch ``t`` is a
+pure function of (seed, t), which is what makes a resumed run identical, bit for bit, to an
+uninterrupted one).
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ from pathlib import Path
 
 import numpy as np
 
-from accel import blas_threads
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
 from refimpl.dynamics import LOSSES, pointwise_loss
@@ -59,6 +57,7 @@ from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
+from .loop import BatchOrder, SGDLoop, batch_indices, due, every  # noqa: F401
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
                      read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
 from .metrics import (ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, null_loss, simulator_outputs,
@@ -375,16 +374,6 @@ def load_data(config):
                                  f"{name} = {have}, got {given}")
             setattr(config, name, None)
     return data
-
-
-def batch_indices(seed, step, n, batch_size):
-    """Row indices of SGD batch number ``step`` (0-based): a pure function of (seed, step)."""
-    per_epoch = n // batch_size
-    if per_epoch < 1:
-        raise TrainError(f"batch_size: expected at most the number of training points ({n}), got {batch_size}")
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng((seed, 1, epoch)).permutation(n)
-    return np.sort(perm[k * batch_size:(k + 1) * batch_size])
 
 
 def build_simulator(config, data, backend):
@@ -1138,32 +1127,35 @@ class _Run:
                                   f"the initial {self.initial_loss():.4g}: the run diverged")
 
     def loop(self, start, progress, on_first_step=None):
-        config, sim, out = self.config, self.sim, self.out
-        last, step = None, start
+        """Steps ``start .. steps - 1`` through :class:`experiments.loop.SGDLoop`: evaluation rows every
+        ``eval_every`` steps, checkpoints every ``checkpoint_every``, the summary at the end; a diverged,
+        interrupted or full-disk run stops with a one-line RunFailed that says what was kept."""
+        config = self.config
+        first = {"pending": on_first_step}
+
+        def first_step(done, loss):
+            if first["pending"] is not None:
+                first["pending"]()
+                first["pending"] = None
+
+        def checkpoint(done):
+            self.checkpoint(due(done, config.eval_every, config.steps))
+        sgd = SGDLoop(self.sim.step, BatchOrder(config.seed, self.data.X_train.shape[0], config.batch_size),
+                      after=[first_step, lambda done, loss: fault_point("train:step"),
+                             every(config.eval_every, self.record, config.steps),
+                             every(self.ckpt_every, checkpoint, config.steps)],
+                      # one BLAS thread: a step's products are small (batch B), and threads oversubscribe the
+                      # cores (numpy backend 4.1x faster on a busy 2-core machine; docs/BENCHMARKS.md)
+                      blas_one_thread=True)
         try:
-            ctx = progress(config.steps, start) if progress else _NullProgress()
-            # overflow inside a diverging step is reported as DivergenceError, not as numpy warnings;
-            # one BLAS thread: a step's products are small (batch B), and threads oversubscribe the cores
-            # (numpy backend 4.1x faster on a busy 2-core machine; docs/BENCHMARKS.md, "BLAS threads")
-            with ctx as bar, np.errstate(over="ignore", invalid="ignore"), blas_threads.limit(1):
-                for step in range(start, config.steps):
-                    idx = batch_indices(config.seed, step, self.data.X_train.shape[0], config.batch_size)
-                    last = sim.step(idx)
-                    if on_first_step is not None:
-                        on_first_step()
-                        on_first_step, out = None, self.out
-                    done = step + 1
-                    fault_point("train:step")
-                    evaluated = done % config.eval_every == 0 or done == config.steps
-                    if evaluated:
-                        self.record(done)
-                    if done % self.ckpt_every == 0 or done == config.steps:
-                        self.checkpoint(evaluated)
-                    bar.update(1, loss=last)
+            if progress:
+                sgd.progress = progress(config.steps, start)
+            last = sgd.run(start, config.steps)
             return self.finish(last)
         except DivergenceError as exc:
-            if on_first_step is not None:
+            if first["pending"] is not None:
                 raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
+            out = self.out
             _plot(out, self.metrics)
             good = self.good or _good_checkpoint(out)
             where = (f"the last good checkpoint (step {good[0]}, train loss {good[1]:.4g}, finite and within "
@@ -1171,15 +1163,17 @@ class _Run:
                 else "no good checkpoint was written"
             raise RunFailed(f"{exc}; {where}; lower --lr and start over with --force") from None
         except KeyboardInterrupt:
-            if on_first_step is not None:
+            if first["pending"] is not None:
                 raise
+            out = self.out
             good = self.good or _good_checkpoint(out)
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
-            raise RunFailed(f"interrupted at step {step}; {kept}; continue with: python cli.py train "
+            raise RunFailed(f"interrupted at step {sgd.step}; {kept}; continue with: python cli.py train "
                             f"--resume {out}") from None
         except fileio.DiskFull as exc:
-            if on_first_step is not None:
+            if first["pending"] is not None:
                 raise
+            out = self.out
             good = self.good or _good_checkpoint(out)
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
             raise RunFailed(f"{exc}; {kept}; the run is resumable: free some space and continue with: "
@@ -1257,17 +1251,6 @@ def _checkpoint_step(out):
             return int(z["t"])
     except (OSError, KeyError, ValueError):
         return None
-
-
-class _NullProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n=1, loss=None):
-        pass
 
 
 def _plot(out, metrics):
