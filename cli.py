@@ -807,19 +807,24 @@ def verify_lemma31(out, quiet, as_json, force, **options):
 
 @verify.command("theorem3.2")
 @click.option("--widths", type=INT_LIST, default=None,
-              help="Hidden widths n of the finite networks.  [default: 1000,10000,100000]")
+              help="Hidden widths n of the finite networks, increasing (a rate needs 4 or more spanning 16x).  "
+                   "[default: 1000,4000,16000,64000]")
 @click.option("--steps", type=POS_INT, default=None, help="Full-batch GD steps.  [default: 40]")
 @click.option("--lr", type=POSITIVE, default=None, help="Learning rate.  [default: 0.05]")
 @click.option("--samples", type=POS_INT, default=None,
-              help="Networks per width (the distances are averaged).  [default: 3]")
+              help="Networks per width (seeds seed, seed+1, ...): the gaps are averaged and the slope's interval "
+                   "is a bootstrap over them.  [default: 8]")
 @click.option("--points", type=POS_INT, default=None, help="Training points.  [default: 8]")
 @click.option("--threshold", type=click.FloatRange(min=0), default=None,
               help="Largest final distance in F and g and median g residual at the largest width.  "
                    "[default: 0.05]")
+@click.option("--slope-band", type=click.FloatRange(min=0), default=None,
+              help="Largest distance of the fitted log-log slope of the mean gap in F and g from -1/2.  "
+                   "[default: 0.25]")
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
               help="Activation of the hidden layers of g and f.")
 @arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
-                               "default to 250,1000,2000)."})
+                               "default to 125,250,500,1000,2000)."})
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
                    "numpy; recorded in the report).")

@@ -57,12 +57,18 @@ MC_MAX_Z = 5.0
 EXACT_TOL = 1e-9
 
 #: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
-DEEP_WIDTHS = (250, 1000, 2000)
+DEEP_WIDTHS = (125, 250, 500, 1000, 2000)
+#: The exponent theorem3.2's final gaps in F and g should fall with (MATH §6, "Theorem 3.2's rate").
+RATE_EXPECTED = -0.5
+#: A rate is resolved by at least this many widths spanning at least this factor (below: reported as indicative).
+RATE_MIN_WIDTHS, RATE_MIN_SPAN = 4, 16
+#: Bootstrap resamples of the networks for the slope's interval.
+RATE_RESAMPLES = 2000
 
 DEFAULTS = {
     "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
-    "theorem3.2": dict(widths=(1_000, 10_000, 100_000), steps=40, lr=0.05, samples=3, points=8, seed=0,
-                       threshold=0.05),
+    "theorem3.2": dict(widths=(1_000, 4_000, 16_000, 64_000), steps=40, lr=0.05, samples=8, points=8, seed=0,
+                       threshold=0.05, slope_band=0.25),
     "lemma4.1": dict(widths=(64, 256, 1024), depths=(2, 3), steps=40, lr=0.05, points=8, seed=0,
                      threshold=0.05),
     "inf-limit": dict(dims=(4, 16, 64, 256), width=2000, samples=4, points=10, seed=0, threshold=0.1),
@@ -94,7 +100,7 @@ def _fraction(name, value):
 
 #: How each option of a check is validated (anything not listed: a positive integer).
 _CHECKS = {"widths": _ints, "depths": _ints, "dims": _ints, "lr": positive_number, "seed": non_negative_int,
-           "threshold": _fraction}
+           "threshold": _fraction, "slope_band": _fraction}
 
 
 def _config(name, given, **checks):
@@ -366,10 +372,52 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     return {k: np.array(v) for k, v in rec.items()}
 
 
+def _rate(widths, per_network, expected, rng, resamples=RATE_RESAMPLES):
+    """The rate of a gap over the widths (MATH §6, "Theorem 3.2's rate").
+
+    Parameters
+    ----------
+    widths : sequence of W ints, increasing
+    per_network : array (W, S)
+        The final gap of each of the S networks at each width.
+    expected : float
+        The exponent the gap should fall with (-1/2).
+    rng : numpy Generator
+        For the bootstrap over the networks.
+
+    Returns
+    -------
+    dict: per width the mean, standard deviation (ddof 1; 0 for one network), standard error and number of
+    networks; ``slope``, the least-squares slope of log(mean gap) against log(n); ``slope_ci``, the 2.5 and
+    97.5 percentiles of that slope when each width's networks are resampled with replacement
+    (``resamples`` times); ``max_ratio``, the largest mean gap over the mean gap at the next smaller width
+    (< 1: the mean falls monotonically).  With a single width the slope and ratio are NaN.
+    """
+    widths = np.asarray(widths, dtype=float)
+    per_network = np.asarray(per_network, dtype=float)
+    n_nets = per_network.shape[1]
+    mean = per_network.mean(axis=1)
+    sd = per_network.std(axis=1, ddof=1) if n_nets > 1 else np.zeros_like(mean)
+    out = {"widths": widths.astype(int), "mean": mean, "sd": sd, "sem": sd / math.sqrt(n_nets),
+           "n_networks": n_nets, "expected_slope": float(expected), "slope": float("nan"),
+           "slope_ci": [float("nan"), float("nan")], "max_ratio": float("nan")}
+    if len(widths) < 2:
+        return out
+    logn = np.log(widths)
+    out["slope"] = float(np.polyfit(logn, np.log(mean), 1)[0])
+    pick = rng.integers(0, n_nets, size=(resamples, len(widths), n_nets))
+    boot = per_network[np.arange(len(widths))[None, :, None], pick].mean(axis=2)       # (resamples, W)
+    centred = logn - logn.mean()
+    slopes = (np.log(boot) - np.log(boot).mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+    out["slope_ci"] = [float(v) for v in np.percentile(slopes, [2.5, 97.5])]
+    out["max_ratio"] = float(np.max(mean[1:] / mean[:-1]))
+    return out
+
+
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
-              d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0, out_std=1.0,
-              loss="mse", backend="numpy", log=_silent):
-    """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12).
+              slope_band=None, d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0,
+              out_std=1.0, loss="mse", backend="numpy", log=_silent):
+    """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12), and the rate.
 
     Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr) (with
     ``loss="ce"``: one-hot rows of random classes, or random 0/1 for dr = 1)
@@ -384,11 +432,16 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     FiniteNetwork, trained by full-batch GD with rate ``lr``, and a
     BottleneckSimulator run on the same data.  Recorded per step:
 
-    - the relative distance between finite network and simulator in F, g
-      (training inputs) and J (probes), averaged over the networks;
+    - the relative distance (the gap) between finite network and simulator in F, g
+      (training inputs) and J (probes), per network and averaged over the networks;
     - for the first network, the residuals of eqs 12-14 along the finite
       network's own trajectory, ``|(psi[t+1] - psi[t]) / lr - RHS[t]| / |RHS[t]|``
       for psi = F, g on the inputs and J at the probes (paper fig 12).
+
+    The rate (MATH §6): for F, g and J, the final gap's mean, spread and standard
+    error over the networks per width, the least-squares slope of log(mean gap)
+    against log(n) and its 95 % bootstrap interval over the networks
+    (:func:`_rate`); the expected slope of F and g is RATE_EXPECTED = -1/2.
 
     Only the g residual is a test of the width: g's inputs are fixed, so
     units of g flip only through O(n^-1/2) weight changes.  F = f(g) is
@@ -400,17 +453,24 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     add noise of relative size about (lr)^-1/2 n^-1/4.  Both are reported,
     not checked.
 
-    Checks: at the largest width, the mean final distance in F and in g and
-    the median g residual are at most ``threshold``; with several widths,
-    the mean final distance in F and the median g residual at the largest
-    width are below those at the smallest.
+    Checks: at the largest width, the mean final gap in F and in g and the
+    median g residual are at most ``threshold``; with several widths, the
+    median g residual at the largest width is below that at the smallest, and
+    for F and g: the mean final gap falls from each width to the next
+    (``*_monotone``: the largest ratio of consecutive means <= 1), the fitted
+    slope is within ``slope_band`` of -1/2 (``*_slope``), and the upper end of
+    its bootstrap interval is below 0 (``*_slope_ci``: the fall is not the
+    networks' spread).
     """
     layers_g, layers_f = kernels.architecture(activation, depth_g, depth_f, w_std, b_std, out_std)
     check_loss(loss)
-    given = dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points, seed=seed, threshold=threshold)
+    given = dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points, seed=seed, threshold=threshold,
+                 slope_band=slope_band)
     if max(layers_g.depth, layers_f.depth) > 2 and widths is None:
         given["widths"] = DEEP_WIDTHS
     cfg = _config("theorem3.2", given)
+    if list(cfg["widths"]) != sorted(set(cfg["widths"])):
+        raise ValueError(f"widths: expected increasing widths without repeats, got {list(cfg['widths'])!r}")
     cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
     out = _prepare(out)
     started = time.perf_counter()
@@ -438,13 +498,32 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
                           "err_g": float(rec["err_g"][-1]), "err_J": float(rec["err_J"][-1])}
         results[str(n)] = rec
 
-    table = [f"{'width':>8} {'resid F':>9} {'resid g':>9} {'resid J':>9} {'err F':>9} {'err g':>9} {'err J':>9}",
-             "         (resid: median over steps, first network; err: finite vs simulator at the last step, "
-             f"mean over {cfg['samples']} networks)"]
-    for n in cfg["widths"]:
+    boot = np.random.default_rng([cfg["seed"], 32])
+    rates = {k: _rate(cfg["widths"], [results[str(n)][f"err_{k}_per_network"][:, -1] for n in cfg["widths"]],
+                      RATE_EXPECTED, boot) for k in ("F", "g", "J")}
+    results["rate"] = rates
+    span = max(cfg["widths"]) / min(cfg["widths"])
+    sharp = len(cfg["widths"]) >= RATE_MIN_WIDTHS and span >= RATE_MIN_SPAN
+
+    S = cfg["samples"]
+    table = [f"{'width':>8} {'resid F':>9} {'resid g':>9} {'resid J':>9} {'err F':>9} {'+-se':>8} {'err g':>9} "
+             f"{'+-se':>8} {'err J':>9}"]
+    for i, n in enumerate(cfg["widths"]):
         s = results[str(n)]["summary"]
-        table.insert(len(table) - 1, f"{n:>8} " + " ".join(
-            f"{s[k]:>9.2e}" for k in ("resid_F", "resid_g", "resid_J", "err_F", "err_g", "err_J")))
+        table.append(f"{n:>8} {s['resid_F']:>9.2e} {s['resid_g']:>9.2e} {s['resid_J']:>9.2e} "
+                     f"{s['err_F']:>9.2e} {rates['F']['sem'][i]:>8.1e} {s['err_g']:>9.2e} {rates['g']['sem'][i]:>8.1e} "
+                     f"{s['err_J']:>9.2e}")
+    table.append(f"         (resid: median over steps, first network; err: finite vs simulator at the last step, "
+                 f"mean over {S} networks, +- its standard error)")
+    if len(cfg["widths"]) > 1:
+        for k in ("F", "g", "J"):
+            r = rates[k]
+            table.append(f"err {k} ~ n^{r['slope']:.2f}, 95% interval [{r['slope_ci'][0]:.2f}, {r['slope_ci'][1]:.2f}]"
+                         f" (bootstrap over {S} networks per width; expected "
+                         f"{'-0.5' if k != 'J' else '-0.5 smooth, -0.25 ReLU; not checked'})")
+        if not sharp:
+            table.append(f"(fewer than {RATE_MIN_WIDTHS} widths or a span under {RATE_MIN_SPAN}x: the slopes are "
+                         "indicative only)")
     big, small = max(cfg["widths"]), min(cfg["widths"])
     sb, ss = results[str(big)]["summary"], results[str(small)]["summary"]
     checks = [
@@ -453,12 +532,18 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         _check("resid_g", sb["resid_g"], cfg["threshold"], f"median residual of eq 12 (g), width {big}"),
     ]
     if big != small:
-        checks.append(_check("err_F_falls", sb["err_F"] / ss["err_F"], 1.0,
-                             f"err F at width {big} over err F at width {small}"))
         checks.append(_check("resid_g_falls", sb["resid_g"] / ss["resid_g"], 1.0,
                              f"resid g at width {big} over resid g at width {small}"))
+        for k in ("F", "g"):
+            r = rates[k]
+            checks.append(_check(f"err_{k}_monotone", r["max_ratio"], 1.0,
+                                 f"largest mean final gap in {k} over that at the next smaller width"))
+            checks.append(_check(f"err_{k}_slope", abs(r["slope"] - RATE_EXPECTED), cfg["slope_band"],
+                                 f"|slope + 1/2| of log mean gap in {k} vs log n, slope {r['slope']:.2f}"))
+            checks.append(_check(f"err_{k}_slope_ci", r["slope_ci"][1], 0.0,
+                                 f"upper end of the slope's 95% bootstrap interval, {k}"))
 
-    fig, axes = _figure(2, 3, (14, 7.5))
+    fig, axes = _figure(2, 4, (18, 7.5))
     steps_ax = np.arange(1, cfg["steps"] + 1)
     for col, key in enumerate(("F", "g", "J")):
         for n in cfg["widths"]:
@@ -472,12 +557,32 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
             axes[row, col].legend(fontsize=8)
     for col, key in enumerate(("F", "g", "J")):
         axes[0, col].set_ylabel(f"|({key}[t+1]-{key}[t])/lr - RHS| / |RHS|")
-        axes[1, col].set_ylabel(f"|{key}_finite - {key}_sim| / |{key}_sim| (mean of {cfg['samples']})")
+        axes[1, col].set_ylabel(f"|{key}_finite - {key}_sim| / |{key}_sim| (mean of {S})")
+    wn = np.array(cfg["widths"], dtype=float)
+    ax = axes[0, 3]
+    for key in ("F", "g", "J"):
+        r = rates[key]
+        ax.errorbar(wn, r["mean"], yerr=r["sem"], fmt="o-", ms=4, capsize=3,
+                    label=f"{key}: n^{r['slope']:.2f} [{r['slope_ci'][0]:.2f}, {r['slope_ci'][1]:.2f}]")
+    ax.plot(wn, rates["F"]["mean"][0] * np.sqrt(wn[0] / wn), "k:", label="n^-1/2 (from F's first mean)")
+    ax.set_title("rate: mean final gap +- standard error")
+    ax = axes[1, 3]
+    for key, mark in (("F", "o"), ("g", "s")):
+        per = np.array([results[str(n)][f"err_{key}_per_network"][:, -1] for n in cfg["widths"]])
+        ax.plot(np.repeat(wn, per.shape[1]), per.ravel(), mark, ms=3, alpha=0.5, label=f"{key}, each network")
+    ax.set_title(f"final gap of each of the {S} networks per width")
+    for ax in axes[:, 3]:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("hidden width n")
+        ax.set_ylabel("|psi_finite - psi_sim| / |psi_sim| at the last step")
+        ax.legend(fontsize=7)
     fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, d = {d}, dr = {dr}, "
-                 f"{cfg['points']} points")
+                 f"{cfg['points']} points, {S} networks per width; criterion: mean gap in F and g falls at every "
+                 f"width, slope within {cfg['slope_band']:g} of -1/2", fontsize=10)
     fig.tight_layout()
     cfg.pop("simulator")
-    cfg.update(backend=ran, backend_requested=backend)
+    cfg.update(backend=ran, backend_requested=backend, rate_resolved=sharp)
     report = _finish("theorem3.2", out, cfg, results, checks, fig, started)
     report["table"] = table
     return report

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -78,3 +79,38 @@ def test_help_states_the_library_defaults():
         for key, value in defaults.items():
             shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
             assert f"[default: {shown}]" in text, (name, key, shown)
+
+
+def test_rate_recovers_a_known_power_law_and_its_spread():
+    """_rate on synthetic gaps c n^-1/2 (1 + noise): the slope, its bootstrap interval and the monotone ratio."""
+    rng = np.random.default_rng(1)
+    widths = (1000, 4000, 16000, 64000)
+    per = np.array([[0.3 * n ** -0.5 * (1 + 0.3 * rng.standard_normal()) for _ in range(16)] for n in widths])
+    r = verify._rate(widths, per, -0.5, np.random.default_rng(2))
+    assert abs(r["slope"] + 0.5) < 0.1 and r["slope_ci"][0] < -0.5 < r["slope_ci"][1]
+    assert r["slope_ci"][1] - r["slope_ci"][0] < 0.3
+    assert r["max_ratio"] < 1 and r["n_networks"] == 16
+    np.testing.assert_allclose(r["mean"], per.mean(axis=1))
+    np.testing.assert_allclose(r["sem"], per.std(axis=1, ddof=1) / 4)
+    flat = verify._rate(widths, np.ones((4, 3)) * [[1.0], [1.2], [0.9], [1.1]], -0.5, np.random.default_rng(2))
+    assert abs(flat["slope"]) < 0.05 and flat["max_ratio"] > 1         # no fall: both criteria would fail
+    one = verify._rate((100,), [[0.1, 0.2]], -0.5, np.random.default_rng(2))
+    assert np.isnan(one["slope"]) and one["n_networks"] == 2
+
+
+def test_theorem32_reports_the_rate_and_fails_a_zero_slope_band(tmp_path):
+    rep = verify.theorem32(tmp_path, widths=(100, 400), steps=3, samples=2, points=4, threshold=1.0,
+                           slope_band=0.0)
+    rate = rep["results"]["rate"]
+    for k in ("F", "g", "J"):
+        finals = [rep["results"][str(n)][f"err_{k}_per_network"][:, -1] for n in (100, 400)]
+        np.testing.assert_allclose(rate[k]["mean"], np.mean(finals, axis=1))
+        assert rate[k]["n_networks"] == 2 and np.isfinite(rate[k]["slope"])
+    names = {c["name"]: c for c in rep["checks"]}
+    assert {"err_F_monotone", "err_F_slope", "err_F_slope_ci", "err_g_monotone", "err_g_slope"} <= set(names)
+    assert names["err_F_slope"]["passed"] is False and rep["passed"] is False    # |slope + 1/2| > 0
+    assert names["err_F_slope"]["value"] == pytest.approx(abs(rate["F"]["slope"] + 0.5))
+    assert rep["config"]["rate_resolved"] is False                               # 2 widths, 4x
+    assert any("indicative only" in line for line in rep["table"])
+    with pytest.raises(ValueError, match="^widths: expected increasing"):
+        verify.theorem32(tmp_path, widths=(400, 100))
