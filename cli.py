@@ -828,6 +828,10 @@ def verify_lemma31(out, quiet, as_json, force, **options):
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
                    "numpy; recorded in the report).")
+@click.option("--widths-chain", type=INT_LIST, default=None,
+              help="Several bottlenecks (MATH §9): their widths d1,d2,... (d1 replaces d = 3); finite chains "
+                   "against the chain simulator, J of the first head, only the g residual.  [default: one "
+                   "bottleneck of width 3]")
 @_verify_common
 def verify_theorem32(out, quiet, as_json, force, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""

@@ -323,15 +323,20 @@ def _rhs(net, G, F, Y, probes, theta, layers_f, depth_f=None, loss="mse"):
     return {"F": rhs_F, "g": rhs_g, "J": rhs_J}
 
 
-def _simulators(backend):
+def _simulators(backend, chain=False):
     """(the simulator class of ``backend``, its name): "auto" is what :func:`experiments.train.auto_backend`
-    picks here (gpu, cpu, numpy); the finite networks stay NumPy (float64)."""
+    picks here (gpu, cpu, numpy); the finite networks stay NumPy (float64).  ``chain``: the backend's
+    ChainSimulator (several bottlenecks, MATH §9) instead of its BottleneckSimulator."""
     from .train import auto_backend, resolve_backend
     name = auto_backend() if backend == "auto" else backend
     try:
-        return resolve_backend(name).BottleneckSimulator, name
+        module = resolve_backend(name)
     except Exception as exc:    # noqa: BLE001 - TrainError with the backend's one-line reason
         raise ValueError(str(exc)) from None
+    cls = getattr(module, "ChainSimulator" if chain else "BottleneckSimulator", None)
+    if cls is None:
+        raise ValueError(f"backend: {name!r} has no {'chain ' if chain else ''}simulator")
+    return cls, name
 
 
 def _residuals(before, after, rhs, lr):
@@ -344,32 +349,94 @@ def _residuals(before, after, rhs, lr):
 
 # ============================================================================= theorem 3.2
 
+def _head_jacobian(model, P, d_out):
+    """J_1(P) of a chain's first head, (p, d_out, d_1), from its J^T c (MATH §9): one product per output."""
+    eye = np.eye(d_out)
+    return np.stack([model.head_jacobian_t_dot(0, P, np.repeat(eye[j:j + 1], P.shape[0], axis=0))
+                     for j in range(d_out)], axis=1)
+
+
+def _chain_rhs_g(finite, X, Y, theta, loss):
+    """RHS of eq 12 for a chain (MATH §9.1): -Theta J_1^T ... J_L^T chi at the finite chain's state."""
+    Z = finite.features(X)
+    u = loss_and_chi(Z[-1], Y, loss)[1]
+    for k in range(finite.n_heads - 1, -1, -1):
+        u = finite.head_jacobian_t_dot(k, Z[k], u)
+    return -(theta @ u)
+
+
 def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
-    """One finite network of width n and its simulator; per-step errors (and residuals if asked)."""
+    """One finite network of width n and its simulator; per-step errors (and residuals if asked).
+
+    With ``cfg["widths_chain"]`` the pair is a FiniteChain and the backend's ChainSimulator (MATH §9; J is the
+    first head's, and only the g residual is computed); with ``cfg["optimizer"]`` (momentum, nesterov,
+    lr_schedule) both are trained with the same optimiser and the residuals are not computed.
+    """
     d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
     lr, idx = cfg["lr"], np.arange(X.shape[0])
     layers_g, layers_f, loss = cfg["layers_g"], cfg["layers_f"], cfg["loss"]
-    net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
-    finite = FiniteNetwork.from_random_network(net, loss=loss)
-    sim = cfg["simulator"](net, X, Y, lr=lr, loss=loss)
+    chain, opt = cfg.get("widths_chain"), dict(cfg.get("optimizer") or {})
+    if opt.get("lr_schedule") is not None:
+        opt["total_steps"] = cfg["steps"]
+    try:
+        if chain:
+            from refimpl.chain import RandomChain
+            from refimpl.finite import FiniteChain
+            net = RandomChain.sample(d0, chain, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
+            finite = FiniteChain.from_random_chain(net, loss=loss)
+            out_1 = (list(chain) + [dr])[1]
+            fstate = lambda: (finite.embeddings(X), finite.outputs(X), _head_jacobian(finite, probes, out_1))
+            sstate = lambda: (sim.embeddings(X), sim.outputs(X), _head_jacobian(sim, probes, out_1))
+        else:
+            net = RandomNetwork.sample(d0, d, dr, width=n, seed=seed, layers_g=layers_g, layers_f=layers_f)
+            finite = FiniteNetwork.from_random_network(net, loss=loss)
+            fstate = lambda: _fstate(finite, X, probes)
+            sstate = lambda: (sim.embeddings(X), sim.outputs(X), sim.jacobian(probes))
+        sim = cfg["simulator"](net, X, Y, lr=lr, loss=loss, **opt)
+    except TypeError as exc:
+        if opt:
+            raise ValueError(f"optimizer: {', '.join(sorted(cfg['optimizer']))} not supported by the "
+                             f"{'chain ' if chain else ''}simulator on this version ({exc})") from None
+        raise
     keys = ["err_F", "err_g", "err_J", "loss_finite", "loss_sim"]
     if residuals:
         keys += ["resid_F", "resid_g", "resid_J"]
     rec = {k: [] for k in keys}
-    state = _fstate(finite, X, probes)
+    state = fstate()
     for _ in range(cfg["steps"]):
-        rhs = _rhs(finite, state[0], state[1], Y, probes, theta, layers_f, loss=loss) if residuals else None
-        rec["loss_finite"].append(finite.step(X, Y, lr=lr))
+        if residuals and chain:
+            rhs = {"g": _chain_rhs_g(finite, X, Y, theta, loss)}
+        elif residuals:
+            rhs = _rhs(finite, state[0], state[1], Y, probes, theta, layers_f, loss=loss)
+        rec["loss_finite"].append(finite.step(X, Y, lr=lr, **opt))
         rec["loss_sim"].append(sim.step(idx))
-        new = _fstate(finite, X, probes)
+        new = fstate()
         if residuals:
-            for k, v in _residuals(state, new, rhs, lr).items():
-                rec[f"resid_{k}"].append(v)
+            got = _residuals(state, new, rhs, lr) if not chain else {"g": _rel((new[0] - state[0]) / lr, rhs["g"])}
+            for k in ("F", "g", "J"):
+                rec[f"resid_{k}"].append(got.get(k, np.nan))
         state = new
-        rec["err_g"].append(_rel(state[0], sim.embeddings(X)))
-        rec["err_F"].append(_rel(state[1], sim.outputs(X)))
-        rec["err_J"].append(_rel(state[2], sim.jacobian(probes)))
+        sim_g, sim_F, sim_J = sstate()
+        rec["err_g"].append(_rel(state[0], sim_g))
+        rec["err_F"].append(_rel(state[1], sim_F))
+        rec["err_J"].append(_rel(state[2], sim_J))
     return {k: np.array(v) for k, v in rec.items()}
+
+
+def _optimizer(momentum, nesterov, lr_schedule):
+    """The optimiser options that differ from plain GD at a constant rate, checked: a dict of the
+    keyword arguments given alike to the simulator and to every step of the finite network."""
+    beta = positive_number("momentum", momentum, allow_zero=True)
+    if beta >= 1.0:
+        raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+    if nesterov and beta == 0.0:
+        raise ValueError("nesterov: expected --momentum > 0 with Nesterov momentum, got momentum 0")
+    opt = {"momentum": beta, "nesterov": bool(nesterov)} if beta > 0 else {}
+    if lr_schedule is not None and lr_schedule != "constant":
+        if not isinstance(lr_schedule, str):
+            raise ValueError(f"lr_schedule: expected a schedule such as step:EVERY:FACTOR, got {lr_schedule!r}")
+        opt["lr_schedule"] = lr_schedule
+    return opt
 
 
 def _rate(widths, per_network, expected, rng, resamples=RATE_RESAMPLES):
@@ -416,7 +483,8 @@ def _rate(widths, per_network, expected, rng, resamples=RATE_RESAMPLES):
 
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
               slope_band=None, d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0,
-              out_std=1.0, loss="mse", backend="numpy", log=_silent):
+              out_std=1.0, loss="mse", backend="numpy", widths_chain=None, momentum=0.0, nesterov=False,
+              lr_schedule=None, log=_silent):
     """Theorem 3.2: wide finite networks against the function-space dynamics (paper fig 12), and the rate.
 
     Data: ``points`` inputs xi ~ N(0, I_d0) with targets y ~ N(0, I_dr) (with
@@ -471,7 +539,13 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     cfg = _config("theorem3.2", given)
     if list(cfg["widths"]) != sorted(set(cfg["widths"])):
         raise ValueError(f"widths: expected increasing widths without repeats, got {list(cfg['widths'])!r}")
-    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr))
+    if widths_chain is not None:
+        from refimpl.chain import check_widths
+        widths_chain = check_widths(widths_chain, "widths_chain")
+        d = widths_chain[0]
+    cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr),
+               widths_chain=widths_chain, optimizer=_optimizer(momentum, nesterov, lr_schedule))
+    with_residuals = not cfg["optimizer"]
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -481,15 +555,17 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         Y = (Y > 0).astype(float) if dr == 1 else np.eye(dr)[rng.integers(0, dr, cfg["points"])]
     probes = rng.standard_normal((4, d))
     theta = kernels.ntk(X, X, layers_g)
-    simulator, ran = _simulators(backend)
+    simulator, ran = _simulators(backend, chain=widths_chain is not None)
     cfg.update(layers_g=layers_g, layers_f=layers_f, loss=loss, simulator=simulator)
     results = {}
     for n in cfg["widths"]:
         runs = []
         for s in range(cfg["samples"]):
             log(f"theorem3.2: width {n}, network {s + 1}/{cfg['samples']}, {cfg['steps']} steps")
-            runs.append(_theorem32_run(n, cfg["seed"] + s, X, Y, probes, theta, cfg, residuals=(s == 0)))
-        rec = {k: runs[0][k] for k in ("resid_F", "resid_g", "resid_J")}
+            runs.append(_theorem32_run(n, cfg["seed"] + s, X, Y, probes, theta, cfg,
+                                       residuals=(s == 0 and with_residuals)))
+        nan = np.full(cfg["steps"], np.nan)
+        rec = {k: runs[0].get(k, nan) for k in ("resid_F", "resid_g", "resid_J")}
         for k in ("err_F", "err_g", "err_J", "loss_finite", "loss_sim"):
             rec[f"{k}_per_network"] = np.array([r[k] for r in runs])
             rec[k] = rec[f"{k}_per_network"].mean(axis=0)
@@ -531,9 +607,13 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         _check("err_g", sb["err_g"], cfg["threshold"], f"finite vs simulator in g at the last step, width {big}"),
         _check("resid_g", sb["resid_g"], cfg["threshold"], f"median residual of eq 12 (g), width {big}"),
     ]
-    if big != small:
+    if not with_residuals:
+        checks.pop()                        # eqs 12-14 are gradient-flow equations: no residual under momentum
+        table.append("(residuals of eqs 12-14 not computed: they describe plain gradient descent at a constant rate)")
+    if big != small and with_residuals:
         checks.append(_check("resid_g_falls", sb["resid_g"] / ss["resid_g"], 1.0,
                              f"resid g at width {big} over resid g at width {small}"))
+    if big != small:
         for k in ("F", "g"):
             r = rates[k]
             checks.append(_check(f"err_{k}_monotone", r["max_ratio"], 1.0,
@@ -577,7 +657,9 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         ax.set_xlabel("hidden width n")
         ax.set_ylabel("|psi_finite - psi_sim| / |psi_sim| at the last step")
         ax.legend(fontsize=7)
-    fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, d = {d}, dr = {dr}, "
+    what = ", ".join([f"bottlenecks {','.join(map(str, widths_chain))}" if widths_chain else f"d = {d}"]
+                     + [f"{k} {v}" for k, v in cfg["optimizer"].items()])
+    fig.suptitle(f"theorem 3.2: full-batch GD, lr = {cfg['lr']}, d0 = {d0}, {what}, dr = {dr}, "
                  f"{cfg['points']} points, {S} networks per width; criterion: mean gap in F and g falls at every "
                  f"width, slope within {cfg['slope_band']:g} of -1/2", fontsize=10)
     fig.tight_layout()

@@ -114,3 +114,26 @@ def test_theorem32_reports_the_rate_and_fails_a_zero_slope_band(tmp_path):
     assert any("indicative only" in line for line in rep["table"])
     with pytest.raises(ValueError, match="^widths: expected increasing"):
         verify.theorem32(tmp_path, widths=(400, 100))
+
+
+def test_theorem32_chain_of_one_head_is_the_single_bottleneck_check(tmp_path):
+    """--widths-chain 3 runs FiniteChain against ChainSimulator: the same numbers as the default d = 3 path."""
+    kw = dict(widths=(60, 120), steps=3, samples=1, points=4, threshold=1.0, backend="numpy")
+    single = verify.theorem32(tmp_path / "one", **kw)
+    chain = verify.theorem32(tmp_path / "chain", widths_chain=(3,), **kw)
+    for n in ("60", "120"):
+        for k in ("err_F", "err_g", "err_J", "resid_g"):
+            np.testing.assert_allclose(chain["results"][n][k], single["results"][n][k], rtol=1e-12, atol=1e-15)
+    two = verify.theorem32(tmp_path / "two", widths_chain=(3, 2), **kw)
+    assert two["config"]["widths_chain"] == (3, 2) and two["config"]["d"] == 3
+    assert np.isnan(two["results"]["60"]["resid_F"]).all() and np.isfinite(two["results"]["60"]["resid_g"]).all()
+    assert all(np.isfinite(two["results"]["rate"][k]["slope"]) for k in ("F", "g", "J"))
+    with pytest.raises(ValueError, match="^widths_chain:"):
+        verify.theorem32(tmp_path, widths_chain=(3, 0))
+
+
+def test_theorem32_optimizer_arguments_are_checked(tmp_path):
+    for kwargs, name in ((dict(momentum=1.0), "momentum"), (dict(momentum=-0.1), "momentum"),
+                         (dict(nesterov=True), "nesterov"), (dict(lr_schedule=3), "lr_schedule")):
+        with pytest.raises(ValueError, match=rf"^{name}:"):
+            verify.theorem32(tmp_path, **kwargs)
