@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import simulator_outputs
+from .evaluation import simulator_outputs
 from .tasks import TASKS
 
 LR_POLICIES = ("fixed", "per-width")

@@ -23,7 +23,7 @@ Loss convention (MATH §4, the same as the simulators and ``train.py``): a step
 on a batch of B points minimises ``L = 1/(2B) sum_i |F_i - y_i|^2``; reported
 losses are the mean over points of ``|F - y|^2 / 2`` (with ``loss="ce"``: the cross-entropy of
 MATH §4.3, trained and reported).  Batch t is
-:func:`experiments.train.batch_indices` ``(seed, t, N, B)``, the same batches as
+:func:`experiments.loop.batch_indices` ``(seed, t, N, B)``, the same batches as
 ``cli.py train`` with the same seed.
 
 Memory (float64, :func:`memory_estimate`): a network holds
@@ -51,7 +51,7 @@ import numpy as np
 from accel.blas_threads import one_blas_thread
 from refimpl import __version__
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
-from refimpl.dynamics import LOSSES, pointwise_loss
+from refimpl.dynamics import LOSSES
 from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
 from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
@@ -59,7 +59,9 @@ from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noq
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DiskFull, atomic_write_text, check_output_folder, read_csv, read_json, refuse_links_inside,
                      write_csv)
-from .train import available_memory, batch_indices, eval_rows
+from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
+from .loop import batch_indices
+from .train import available_memory
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
                        positive_int, positive_number)
 
@@ -107,11 +109,6 @@ def array_module(backend):
     import cupy
     from accel.devicemath import with_special_functions
     return with_special_functions(cupy)    # erf for --activation erf (refimpl is NumPy only)
-
-
-def _to_numpy(a):
-    get = getattr(a, "get", None)          # cupy arrays
-    return np.asarray(get() if callable(get) else a)
 
 
 def memory_estimate(d0, d, dr, hidden, batch_size=5):
@@ -213,23 +210,6 @@ class SweepConfig:
         d = dataclasses.asdict(self)
         d["widths"] = list(self.widths)
         return d
-
-
-def evaluate_network(net, data, rows):
-    """Losses (the trained one: mean |F - y|^2 / 2 or the cross-entropy) and error rates (1 - accuracy;
-    None for regression) of a FiniteNetwork."""
-    out = {}
-    for split, X, Y, labels in (("train", data.X_train[rows], data.Y_train[rows],
-                                 None if data.labels_train is None else data.labels_train[rows]),
-                                ("test", data.X_test, data.Y_test, data.labels_test)):
-        F = _to_numpy(net.outputs(X))
-        loss = getattr(net, "loss_name", "mse")
-        if loss == "mse":
-            out[f"{split}_loss"] = 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
-        else:
-            out[f"{split}_loss"] = float(np.mean(pointwise_loss(F, Y, loss)))
-        out[f"{split}_err"] = None if labels is None else float(np.mean(np.argmax(F, axis=1) != labels))
-    return out
 
 
 def width_dir(out, d):
@@ -663,10 +643,6 @@ def gap_check(table, max_ratio, key="max_rel_gap_train"):
     return ratio <= max_ratio, ratio, slope
 
 
-def _losses(F, Y):
-    return 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
-
-
 @one_blas_thread
 def finite_vs_infinite(config, out, force=False, log=print):
     """Loss curves of finite networks of growing width against the function-space simulation.
@@ -715,11 +691,11 @@ def finite_vs_infinite(config, out, force=False, log=print):
                 for step in range(config.steps + 1):
                     if step in eval_steps:
                         Fs, Fst = sim.outputs(X), sim.outputs(Xt)
-                        rec = {"run": kind, "n": n, "step": step, "sim_train_loss": _losses(Fs, Y),
-                               "sim_test_loss": _losses(Fst, Yt)}
+                        rec = {"run": kind, "n": n, "step": step, "sim_train_loss": mean_loss(Fs, Y),
+                               "sim_test_loss": mean_loss(Fst, Yt)}
                         if finite is not None:
-                            Ff, Fft = _to_numpy(finite.outputs(X)), _to_numpy(finite.outputs(Xt))
-                            rec.update(finite_train_loss=_losses(Ff, Y), finite_test_loss=_losses(Fft, Yt),
+                            Ff, Fft = to_numpy(finite.outputs(X)), to_numpy(finite.outputs(Xt))
+                            rec.update(finite_train_loss=mean_loss(Ff, Y), finite_test_loss=mean_loss(Fft, Yt),
                                        output_gap=output_gap(np.vstack([Ff, Fft]), np.vstack([Fs, Fst])))
                             rec["rel_gap_train"] = float(relative_gap(rec["finite_train_loss"],
                                                                       rec["sim_train_loss"]))

@@ -16,8 +16,10 @@ import numpy as np
 from refimpl.dynamics import DivergenceError
 from .controls import Centring
 from .fileio import atomic_write_text, fault_point, read_json
-from .train import (LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, batch_indices, build_simulator, evaluate, run_eval_rows,
-                    load_data, resolve_backend)
+from .evaluation import evaluate, run_eval_rows
+from .loop import batch_indices
+from .train import (LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, build_simulator, load_data,
+                    resolve_backend)
 
 PROBE_FILE = "lr_probe.json"
 #: The probe's grid: rates 2^j for j in this range.

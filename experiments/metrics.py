@@ -3,7 +3,7 @@
 The paper reports losses and accuracies only (appendix D.4).  The two measures
 of feature learning here are this project's additions; both are evaluated on a
 fixed evaluation subset of the training set (the rows of
-:func:`experiments.train.eval_rows`), with ``G_t = g_t(xi)`` the bottleneck
+:func:`experiments.evaluation.eval_rows`), with ``G_t = g_t(xi)`` the bottleneck
 embeddings of those rows (n, d) and ``Y`` their targets (n, dr):
 
 ``feature_movement``
@@ -126,12 +126,6 @@ class FeatureProbe:
                 "kernel_alignment": alignment if np.isfinite(alignment) else None}
 
 
-def null_loss(Y):
-    """``mean_i |y_i|^2 / 2``, the loss of the zero predictor.  Y (n, dr) -> float."""
-    Y = np.asarray(Y, dtype=np.float64)
-    return 0.5 * float(np.mean(np.sum(Y * Y, axis=1)))
-
-
 def steps_to_thresholds(steps, losses, thresholds):
     """First evaluated step at which the loss is at or below each threshold.
 
@@ -176,15 +170,3 @@ def steps_to_accuracies(steps, accuracies, levels):
         hit = np.nonzero(acc >= level)[0]
         out.append(int(steps[hit[0]]) if hit.size else None)
     return out
-
-
-def simulator_outputs(sim, X, rows=None):
-    """F_t on the inputs X (q, d0) of a simulator of any backend, at ``rows`` of them (None: all) -> (q', dr).
-
-    A bottleneck simulator reads its tracked embeddings g_t(X) and applies f_t; ``inf`` reads F_t.
-    """
-    if hasattr(sim, "f"):                          # bottleneck: F = f_t(g_t(X))
-        G = sim.embeddings(X)
-        return sim.f(G if rows is None else G[rows])
-    F = sim.outputs(X)
-    return F if rows is None else F[rows]

@@ -52,16 +52,16 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
-from refimpl.dynamics import LOSSES, pointwise_loss
+from refimpl.dynamics import LOSSES
 from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .loop import BatchOrder, SGDLoop, batch_indices, due, every  # noqa: F401
+from .loop import BatchOrder, SGDLoop, due, every
 from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
                      read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
-from .metrics import (ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, null_loss, simulator_outputs,
-                      steps_to_accuracies, steps_to_thresholds)
+from .evaluation import evaluate, evaluate_train_loss, null_loss_of, run_eval_rows
+from .metrics import ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, steps_to_accuracies, steps_to_thresholds
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
                        positive_number, positive_rate, width)
@@ -395,52 +395,6 @@ def build_simulator(config, data, backend):
         sim = backend.BottleneckSimulator(net, data.X_train, data.Y_train, **common)
         info = {"f0_method": f"random network (width {config.init_width}, seed {config.seed})"}
     return sim, info
-
-
-# ----------------------------------------------------------------------------
-# evaluation
-# ----------------------------------------------------------------------------
-
-def run_eval_rows(config, n):
-    """The training rows on which a run's training metrics are evaluated (:func:`eval_rows`).
-
-    ``eval_subset = "fixed"``: one subset per data set (drawn from ``data_seed``), the same for every
-    seed and width, so that the seeds' losses differ only by the runs, not by the rows; ``"seed"`` (runs
-    made before the option existed): drawn from the run's seed.
-    """
-    if getattr(config, "eval_subset", "fixed") == "seed":
-        return eval_rows(config.seed, n, config.eval_size)
-    return eval_rows(config.data_seed, n, config.eval_size, stream=3)
-
-
-def eval_rows(seed, n, eval_size, stream=2):
-    """The fixed training subset (sorted row indices, at most ``eval_size`` of ``n``) on which the training
-    metrics are evaluated: the first rows of the permutation ``default_rng((seed, stream))`` (stream 2:
-    from a run's seed; stream 3: from the data seed, :func:`run_eval_rows`)."""
-    if n <= eval_size:
-        return np.arange(n)
-    return np.sort(np.random.default_rng((seed, stream)).permutation(n)[:eval_size])
-
-
-def evaluate(sim, data, rows, centring=None):
-    """Losses (the trained one: mean |F - y|^2 / 2, or the cross-entropy) and accuracies (classification).
-
-    With ``centring`` (:class:`experiments.controls.Centring`) the outputs are F - F0 (MATH §7.4).
-    """
-    out = {}
-    for split, X, Y, labels, r in (("train", data.X_train, data.Y_train, data.labels_train, rows),
-                                   ("test", data.X_test, data.Y_test, data.labels_test, None)):
-        F = simulator_outputs(sim, X, r)
-        if centring is not None:
-            F = centring.centred(split, F, r)
-        Yr = Y if r is None else Y[r]
-        out[f"{split}_loss"] = _mean_loss(sim, F, Yr)
-        if labels is not None:
-            lab = labels if r is None else labels[r]
-            out[f"{split}_acc"] = float(np.mean(np.argmax(F, axis=1) == lab))
-        else:
-            out[f"{split}_acc"] = None
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -1184,33 +1138,10 @@ class _Run:
         _plot(out, metrics)
         summary = {"steps": self.config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                    "wall_s": round(self.wall(), 3),
-                   "steps_to_threshold": threshold_summary(metrics, _null_loss(self.config, self.data.Y_train)),
+                   "steps_to_threshold": threshold_summary(metrics, null_loss_of(self.data.Y_train, self.config.loss)),
                    "steps_to_accuracy": accuracy_summary(metrics)}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
         return out
-
-
-def evaluate_train_loss(sim, data, rows, centring=None):
-    """The training loss on the fixed evaluation rows (the trained loss, as :func:`evaluate`)."""
-    F = simulator_outputs(sim, data.X_train, rows)
-    if centring is not None:
-        F = centring.centred("train", F, rows)
-    return _mean_loss(sim, F, data.Y_train[rows])
-
-
-def _mean_loss(sim, F, Y):
-    """The simulator's trained loss, averaged over the rows: mean |F - y|^2 / 2, or the cross-entropy."""
-    loss = getattr(sim, "loss", "mse")
-    if loss == "mse":
-        return 0.5 * float(np.mean(np.sum((F - Y) ** 2, axis=1)))
-    return float(np.mean(pointwise_loss(F, Y, loss)))
-
-
-def _null_loss(config, Y):
-    """The trained loss of the zero predictor on Y (mean |y|^2 / 2 for mse; log k or log 2 for ce)."""
-    if config.loss == "mse":
-        return null_loss(Y)
-    return float(np.mean(pointwise_loss(np.zeros_like(Y), Y, config.loss)))
 
 
 def _good_checkpoint(out):

@@ -10,7 +10,8 @@ import pytest
 import experiments.train as train_mod
 from experiments.controls import Centring
 from experiments.lr_probe import probe_width
-from experiments.metrics import simulator_outputs
+from experiments.evaluation import run_eval_rows, simulator_outputs
+from experiments.loop import batch_indices
 from experiments.sweep import run_sweep
 from experiments.train import TrainConfig, TrainError, build_simulator, load_data, resolve_backend, train
 
@@ -43,7 +44,7 @@ def test_centring_equals_uncentred_run_on_shifted_targets(tmp_path, monkeypatch,
     assert a.shape == b.shape == (5, 2)
     assert np.allclose(a, b, rtol=1e-12, atol=1e-14)
     # the centred curve starts at the zero predictor's loss on the evaluation rows
-    rows = train_mod.run_eval_rows(cfg, data.X_train.shape[0])
+    rows = run_eval_rows(cfg, data.X_train.shape[0])
     assert a[0, 0] == pytest.approx(0.5 * np.mean(np.sum(data.Y_train[rows] ** 2, axis=1)), abs=1e-15)
     assert a[0, 1] == pytest.approx(0.5 * np.mean(np.sum(data.Y_test ** 2, axis=1)), abs=1e-15)
     monkeypatch.undo()
@@ -205,7 +206,7 @@ def _outputs_after(cfg, steps, centred):
         Centring(sim, data)
     F0 = simulator_outputs(sim, data.X_test)
     for t in range(steps):
-        sim.step(train_mod.batch_indices(cfg.seed, t, data.X_train.shape[0], cfg.batch_size))
+        sim.step(batch_indices(cfg.seed, t, data.X_train.shape[0], cfg.batch_size))
     F = simulator_outputs(sim, data.X_test)
     return (F - F0 if centred else F), F0, data
 
@@ -314,15 +315,15 @@ def test_cli_lr_scale_and_data_seed(tmp_path):
 
 def test_eval_subset_is_fixed_across_seeds_and_widths():
     n = 300
-    rows = {(seed, w): train_mod.run_eval_rows(TrainConfig(seed=seed, width=w, eval_size=100), n)
+    rows = {(seed, w): run_eval_rows(TrainConfig(seed=seed, width=w, eval_size=100), n)
             for seed in (0, 1, 7) for w in (3, "inf")}
     first = rows[(0, 3)]
     assert first.size == 100 and all(np.array_equal(r, first) for r in rows.values())
     # the old rule drew the rows from the run's seed: different for different seeds
-    old = [train_mod.run_eval_rows(TrainConfig(seed=seed, eval_size=100, eval_subset="seed"), n) for seed in (0, 1)]
+    old = [run_eval_rows(TrainConfig(seed=seed, eval_size=100, eval_subset="seed"), n) for seed in (0, 1)]
     assert not np.array_equal(old[0], old[1])
     # another data draw, another subset
-    assert not np.array_equal(first, train_mod.run_eval_rows(TrainConfig(data_seed=1, eval_size=100), n))
+    assert not np.array_equal(first, run_eval_rows(TrainConfig(data_seed=1, eval_size=100), n))
 
 
 def test_two_seeds_start_from_the_same_null_loss_on_the_fixed_subset(tmp_path):

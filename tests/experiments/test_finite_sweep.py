@@ -10,10 +10,12 @@ from click.testing import CliRunner
 import cli
 from refimpl.finite import FiniteNetwork
 from experiments.finite_sweep import (
-    PAPER_WIDTHS, SweepConfig, evaluate_network, gap_check, gap_table, memory_estimate, output_gap,
+    PAPER_WIDTHS, SweepConfig, gap_check, gap_table, memory_estimate, output_gap,
     parse_widths, relative_gap,
 )
-from experiments.train import TrainError, batch_indices
+from experiments.evaluation import evaluate_network
+from experiments.loop import batch_indices
+from experiments.train import TrainError
 
 TINY = ["--dataset", "synthetic", "--train-size", "40", "--test-size", "20", "--d0", "3", "--dr", "2",
         "--hidden", "200", "--steps", "10", "--batch-size", "5", "--eval-every", "4", "--lr", "0.5"]

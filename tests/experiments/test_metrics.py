@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.metrics import (centred_alignment, null_loss, relative_movement, steps_to_thresholds)
+from experiments.evaluation import null_loss
+from experiments.metrics import centred_alignment, relative_movement, steps_to_thresholds
 from experiments.train import TrainConfig, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, init_width=400, batch_size=10,

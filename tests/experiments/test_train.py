@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 import cli
 from clihelpers import one_line_error
-from experiments.train import TrainConfig, TrainError, batch_indices, load_npz, train
+from experiments.loop import batch_indices
+from experiments.train import TrainConfig, TrainError, load_npz, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, width=3, init_width=400, batch_size=10,
              eval_every=7, eval_size=60, lr=1.0)
