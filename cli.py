@@ -1050,8 +1050,12 @@ def gpu_check(out, quick, tiny, force):
 @click.option("--max-runs", type=POS_INT, default=None, help="Start at most this many runs.")
 @click.option("--gflops", type=float, default=None,
               help="Plan with this throughput (GFLOP/s) instead of the calibration and the timed runs.")
+@click.option("--partial", is_flag=True,
+              help="Also start the first run that does not fit the budget (on a CPU, a paper-scale run spans "
+                   "sessions): the budget cuts it and it continues from its last checkpoint next time.")
 @click.pass_context
-def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths, seeds, max_runs, gflops):
+def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths, seeds, max_runs, gflops,
+             partial):
     """Run the paper-scale campaign (a fixed, prioritised plan) within --budget SECONDS into --out DIR.
 
     `bottleneck campaign report DIR` writes the tables and verdicts from whatever has run.
@@ -1073,7 +1077,7 @@ def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths
         ol = None if only is None else [x.strip() for x in only.split(",") if x.strip()]
         session = C.run(out, float(budget), backend=backend, dtype=dtype, plan_path=plan_path,
                         data_dir=data_dir, gflops=gflops, only=ol, widths=wl, seeds=sl, max_runs=max_runs,
-                        log=lambda m: click.echo(m, err=True))
+                        partial=partial, log=lambda m: click.echo(m, err=True))
         C.report(out, plan_path, log=lambda m: click.echo(m, err=True), figures=False)
         return session
 

@@ -9,9 +9,11 @@ the parameters of the verdict rule (:func:`experiments.plots.acceleration_verdic
 flop model (:func:`run_flops`) and the measured throughput (GFLOP/s): first a one-step calibration
 (:func:`experiments.bench.measure`, halved: a run's early steps meet a short history), then the runs
 finished in this folder (their flops over their wall time).  It starts only runs that fit the remaining
-budget and skips the others (a cheaper one further down may still fit).  Each run is
-:func:`experiments.train.train` in a subprocess with the remaining budget as its time limit: a run cut
-by the budget is removed and starts again next time.  Outputs are compact: ``config.json``,
+budget and skips the others (a cheaper one further down may still fit); with ``partial`` it also
+starts the first run that does not fit.  Each run is :func:`experiments.train.train` in a subprocess
+with the remaining budget as its time limit, checkpointed at every evaluation: a run cut by the budget
+keeps its folder and its last checkpoint and continues from there next time (on the same backend;
+:func:`experiments.train.resume`), so no work is lost between sessions.  Outputs are compact: ``config.json``,
 ``metrics.csv``, ``summary.json`` and ``loss.png`` per run (the history checkpoint is removed when the
 run ends), a ``sweep.json`` per condition, and ``campaign.json`` (every run's status, estimate and wall
 time; the calibration; each session).  The same folder again skips what is done (finished or diverged
@@ -253,20 +255,28 @@ def folder_bytes(path):
 #: Exit status of the worker for a run that diverged (a result: recorded, not rerun).
 EXIT_DIVERGED = 3
 
-_WORKER = ("import json, sys\n"
-           "from experiments.train import TrainConfig, train\n"
+_WORKER = ("import json, signal, sys\n"
+           "from experiments.train import TrainConfig, train, resume\n"
+           "def _term(signum, frame):\n"      # the budget's SIGTERM stops the run as Ctrl-C: checkpoint kept
+           "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+           "    raise KeyboardInterrupt('SIGTERM')\n"
+           "signal.signal(signal.SIGTERM, _term)\n"
            "spec = json.loads(sys.argv[1])\n"
            "try:\n"
-           "    train(TrainConfig(**spec['options']), spec['out'], force=True, log=lambda m: None)\n"
+           "    if spec['resume']:\n"
+           "        resume(spec['out'], log=lambda m: None)\n"
+           "    else:\n"
+           "        train(TrainConfig(**spec['options']), spec['out'], force=True, log=lambda m: None)\n"
            "except Exception as exc:\n"
            "    text = str(exc).splitlines()[0] if str(exc) else ''\n"
            "    print(f'{type(exc).__name__}: {text}', file=sys.stderr)\n"
            "    sys.exit(3 if 'Divergence' in type(exc).__name__ or 'diverged' in text else 1)\n")
 
 
-def _run_one(options, out, timeout):
-    """Train one run in a subprocess (the shared training loop); (status, wall s, error line)."""
-    spec = json.dumps({"options": options, "out": str(out)})
+def _run_one(options, out, timeout, resume=False):
+    """Train one run (or continue it: ``resume``) in a subprocess (the shared training loop);
+    (status, wall s, error line)."""
+    spec = json.dumps({"options": options, "out": str(out), "resume": bool(resume)})
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _WORKER, spec], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -297,6 +307,30 @@ def _compact(run_dir):
             p.unlink()
 
 
+def _cut_step(run_dir):
+    """The step a cut run continues from: its checkpoint's (:func:`experiments.sweep.run_state` says
+    "resume" and ``metrics.csv`` reached it), else None (nothing to continue: it starts again)."""
+    from .sweep import run_state
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint.npz").exists() or run_state(run_dir, 1 << 62) != "resume":
+        return None
+    rows = read_csv(run_dir / "metrics.csv")
+    try:
+        step = int(rows[-1]["step"]) if rows else 0
+    except (KeyError, TypeError, ValueError):
+        return None
+    return step or None                         # a checkpoint at step 0 saves nothing
+
+
+def remaining_flops(options, step):
+    """Flops left after ``step`` of a run (:func:`run_flops` of the whole run less that of its first
+    ``step`` steps; the model's cost grows with the history, so the late steps cost the most)."""
+    if not step:
+        return run_flops(options)
+    done = run_flops({**options, "steps": step})
+    return max(run_flops(options) - done, 0.0)
+
+
 def _write_sweep_records(out, plan, runs, state):
     """A sweep.json per condition (what experiments.plots reads), statuses from the campaign state."""
     from .sweep import new_sweep_record
@@ -316,12 +350,15 @@ def _write_sweep_records(out, plan, runs, state):
 
 
 def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir=None, gflops=None,
-        only=None, widths=None, seeds=None, max_runs=None, log=print):
+        only=None, widths=None, seeds=None, max_runs=None, partial=False, log=print):
     """Run the plan's runs that fit ``budget_s`` seconds into ``out``; returns the session record.
 
     ``backend`` "auto" is the gpu where it can run, else cpu.  ``gflops`` sets the planning throughput
     instead of the calibration.  ``only`` (condition names), ``widths``, ``seeds`` restrict the plan;
-    ``max_runs`` caps the runs started.
+    ``max_runs`` caps the runs started.  ``partial``: also start (or continue) the first run whose
+    estimate exceeds what is left; the budget cuts it and it continues from its checkpoint next time.
+    A run cut earlier continues from its checkpoint when this session's backend is the one it ran on;
+    on another backend it starts again.
     """
     from .train import auto_backend
     t0 = time.perf_counter()
@@ -366,29 +403,49 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
             session["skipped"] += [{"id": x["id"], "why": "budget spent" if left <= 1.0 else "max runs reached"}
                                    for x in todo[todo.index(r):]]
             break
+        run_dir = out / r["dir"]
+        prev = state["runs"].get(r["id"]) or {}
+        step = None
+        if prev.get("status") == "cut" and prev.get("digest") == options_digest(r["options"]):
+            step = _cut_step(run_dir) if (prev.get("backend"), prev.get("dtype")) == (backend, dtype) else None
+            if step is None:
+                log(f"campaign: {r['id']} was cut on {prev.get('backend')}/{prev.get('dtype')}; "
+                    f"it starts again on {backend}/{dtype}")
         gf = gflops if gflops is not None else throughput(state, backend, gflops_prior)
-        est = estimate_s(r["options"], gf, start_s(state, backend))
-        if est > left:
+        est = start_s(state, backend) + remaining_flops(r["options"], step) / (gf * 1e9)
+        if est > left and not (partial and started == 0):
             session["skipped"].append({"id": r["id"], "why": f"estimate {est:.0f} s > {left:.0f} s left"})
             log(f"campaign: skip {r['id']}: estimate {est:.0f} s > {left:.0f} s left")
             continue
         options = {**r["options"], "backend": backend, "dtype": dtype, "data_dir": data_dir,
-                   "checkpoint_every": r["options"].get("steps")}
-        run_dir = out / r["dir"]
-        log(f"campaign: run {r['id']} (estimate {est:.0f} s, {left:.0f} s left)")
-        status, wall, err = _run_one(options, run_dir, left)
+                   "checkpoint_every": None}   # a checkpoint at every evaluation: a cut loses at most one interval
+        where = f"from step {step}" if step else "from the start"
+        log(f"campaign: run {r['id']} {where} (estimate {est:.0f} s, {left:.0f} s left)")
+        status, wall, err = _run_one(options, run_dir, left, resume=bool(step))
         started += 1
+        wall_before = float(prev.get("wall_s") or 0.0) if step else 0.0
         if status == "cut":
-            shutil.rmtree(run_dir, ignore_errors=True)
+            reached = _cut_step(run_dir)
             session["cut"].append(r["id"])
-            state["runs"].pop(r["id"], None)
-            log(f"campaign: {r['id']} cut by the budget after {wall:.0f} s (removed; it starts again next time)")
+            if reached is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                state["runs"].pop(r["id"], None)
+                log(f"campaign: {r['id']} cut by the budget after {wall:.0f} s before its first checkpoint "
+                    "(removed; it starts again next time)")
+            else:
+                state["runs"][r["id"]] = {"status": "cut", "step": reached, "backend": backend, "dtype": dtype,
+                                          "digest": options_digest(r["options"]), "flops": run_flops(r["options"]),
+                                          "wall_s": round(wall_before + wall, 2)}
+                log(f"campaign: {r['id']} cut by the budget after {wall:.0f} s at step {reached} of "
+                    f"{r['options'].get('steps')} (kept; it continues from its checkpoint next time)")
             break
         _compact(run_dir)
         state["runs"][r["id"]] = {"status": status, "backend": backend, "dtype": dtype,
                                   "digest": options_digest(r["options"]), "flops": run_flops(r["options"]),
-                                  "estimate_s": round(est, 2), "wall_s": round(wall, 2),
+                                  "estimate_s": round(est, 2), "wall_s": round(wall_before + wall, 2),
                                   "train_s": _train_seconds(run_dir) if status == "done" else None, "error": err}
+        if step:
+            state["runs"][r["id"]]["continued_from"] = step
         session["ran"].append(r["id"])
         if status == "error":
             broken[r["condition"]] = err

@@ -138,15 +138,47 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, stand
     print(f"tiny stand-in campaign: 6 runs, output {size / 1024:.0f} KiB")
 
 
-def test_a_run_that_outlasts_the_budget_is_cut_and_removed(tmp_path):
+def _long_plan(tmp_path, eval_every):
+    """One run of 100,000 steps: every session's budget cuts it."""
     plan = dict(TINY_PLAN, widths=[3], seeds=[0], conditions=[
         {"name": "long", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 100000,
-                                     "eval_every": 1000, "lr": 1}}])
+                                     "eval_every": eval_every, "lr": 1}}])
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
+    return str(path)
+
+
+def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path):
+    """A run longer than the budget (started by --partial although its estimate exceeds it) is cut,
+    keeps its folder and checkpoint, and the next session continues it from there: no step is redone."""
+    path, out = _long_plan(tmp_path, eval_every=25), tmp_path / "c"
+    reached = []
+    for session in range(2):
+        res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "15",
+                       "--gflops", "1e-6", "--partial"])
+        assert res.exit_code == 0, res.output
+        state = json.loads((out / "campaign.json").read_text())
+        rec = state["runs"]["long/width-3"]
+        assert state["sessions"][-1]["cut"] == ["long/width-3"] and rec["status"] == "cut"
+        assert rec["step"] > 0 and rec["step"] % 25 == 0 and (out / "long/width-3/checkpoint.npz").exists()
+        reached.append(rec["step"])
+        if session == 1:
+            assert f"from step {reached[0]}" in res.output and "continues from its checkpoint" in res.output
+    assert reached[1] > reached[0]
+    steps = [int(r["step"]) for r in C.read_csv(out / "long/width-3/metrics.csv")]
+    assert steps == sorted(set(steps)) and steps[0] == 0          # continued, not restarted
+    assert not C.is_done(out, state, {"id": "long/width-3", "dir": "long/width-3", "options": {}})
+    # without --partial the estimate (1e-6 GFLOP/s) keeps it from starting
+    res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "6",
+                   "--gflops", "1e-6"])
+    assert res.exit_code == 0 and "skip long/width-3: estimate" in res.output
+
+
+def test_a_run_that_outlasts_the_budget_before_its_first_checkpoint_is_removed(tmp_path):
+    path = _long_plan(tmp_path, eval_every=50000)
     out = tmp_path / "c"
     # estimated at start-up time only (1e6 GFLOP/s), so it starts; the budget then stops it
-    res = _invoke(["campaign", "--out", str(out), "--plan", str(path), "--backend", "cpu", "--budget", "8",
+    res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "8",
                    "--gflops", "1e6"])
     assert res.exit_code == 0, res.output
     state = json.loads((out / "campaign.json").read_text())
