@@ -323,6 +323,10 @@ model_options = _option_set(
          help="Activation of both wide layers (MATH §1)."),
     _opt("--init-width", type=POS_INT, default=10_000,
          help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
+    _opt("--chain", type=Checked("D2[,D3...]", lambda v: v if isinstance(v, list) else V.parse_chain(v)),
+         default=None,
+         help="Further bottlenecks after --width (MATH §9): g -> d1 -> f_1 -> D2 -> f_2 -> ...; every head has "
+              "f's architecture.  With --width inf every width is infinite.  [default: one bottleneck]"),
     *ARCH_OPTIONS,
 )
 

@@ -154,6 +154,7 @@ class TrainConfig:
     d0: int | None = None            # synthetic only (default 16); None for mnist / cifar
     dr: int | None = None            # synthetic only (default 1); None for mnist / cifar
     width: int | str = 10            # bottleneck width d, or "inf"
+    chain: list | None = None        # widths d2, d3, ... of further bottlenecks after `width` (MATH §9); None: one
     steps: int = 600
     batch_size: int = 20
     lr: float = 2.0
@@ -196,6 +197,7 @@ class TrainConfig:
         except ValueError as exc:
             raise TrainError(str(exc)) from None
         width("width", self.width)
+        self._check_chain()
         if self.dataset in GENERATED:              # the generated data sets take d0 (and synthetic dr) as options
             self.d0 = 16 if self.d0 is None else self.d0
         self._applicable_only()
@@ -231,6 +233,24 @@ class TrainConfig:
         one_of("dtype", self.dtype, DTYPES)
         if self.backend == "numpy" and self.dtype != "float64":
             raise TrainError("dtype: the numpy reference backend is float64 only")
+
+    def _check_chain(self):
+        """``chain``: None (one bottleneck) or a list of positive widths (MATH §9); one-line TrainError."""
+        if self.chain is None:
+            return
+        from refimpl.chain import check_widths
+        try:
+            self.chain = list(check_widths(self.chain, "chain"))
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
+        if self.lr_scale != "none":
+            raise TrainError(f"chain: --lr-scale {self.lr_scale} is defined for one bottleneck (MATH §7.7), not "
+                             "for a chain of several; use --lr-scale none")
+
+    @property
+    def widths(self):
+        """The bottleneck widths (d1, d2, ...) of the run: ``width`` then ``chain`` ("inf": every width infinite)."""
+        return (self.width, *(self.chain or ()))
 
     def _applicable_only(self):
         """Fill in the defaults of the options that apply; refuse (one line) a value for one that does not
@@ -384,6 +404,8 @@ def build_simulator(config, data, backend):
     layers_g, layers_f = config.layers()
     if config.loss != "mse":
         common["loss"] = config.loss
+    if config.chain:
+        return _build_chain(config, data, backend, layers_g, layers_f, common)
     if config.width == "inf":
         sim = backend.InfiniteSimulator(data.X_train, data.Y_train, seed=config.seed,
                                         layers_g=layers_g, layers_f=layers_f, **common)
@@ -395,6 +417,21 @@ def build_simulator(config, data, backend):
         sim = backend.BottleneckSimulator(net, data.X_train, data.Y_train, **common)
         info = {"f0_method": f"random network (width {config.init_width}, seed {config.seed})"}
     return sim, info
+
+
+def _build_chain(config, data, backend, layers_g, layers_f, common):
+    """The simulator of a run with several bottlenecks (MATH §9): ``width`` then ``chain``, each head with
+    f's architecture; ``inf`` is the chain with every width infinite (MATH §9.3, reference engine)."""
+    from refimpl.chain import RandomChain, infinite_chain_simulator
+    n_heads = 1 + len(config.chain)
+    if config.width == "inf":
+        sim = infinite_chain_simulator(data.X_train, data.Y_train, n_heads, layers_g=layers_g, layers_f=layers_f,
+                                       seed=config.seed, **common)
+        return sim, {"f0_method": sim.f0_method}
+    net = RandomChain.sample(data.X_train.shape[1], [int(config.width), *config.chain], data.Y_train.shape[1],
+                             width=config.init_width, seed=config.seed, layers_g=layers_g, layers_f=layers_f)
+    sim = backend.ChainSimulator(net, data.X_train, data.Y_train, **common)
+    return sim, {"f0_method": f"random chain (width {config.init_width}, seed {config.seed})"}
 
 
 # ----------------------------------------------------------------------------
@@ -543,6 +580,10 @@ def memory_estimate(config, n_train, n_test, d0, dr):
                 + 4 * QUERY_BLOCK * HISTORY_BLOCK                 # kernel blocks
                 + 4 * min(steps_rows, HISTORY_BLOCK) * d * QUERY_BLOCK // 64
                 + 2 * extra * config.init_width * config.init_width)
+        for k, dk in enumerate(config.chain or ()):       # each further head: its network and history (MATH §9)
+            d_in = d if k == 0 else config.chain[k - 1]
+            core += (config.init_width * (d_in + dk) + 3 * steps_rows * (d_in + dk + 1)
+                     + max(int(config.depth_f) - 1, 0) * config.init_width * config.init_width)
     return 8 * int(core)
 
 
@@ -567,6 +608,7 @@ def _check_memory(config, n_train, n_test, d0, dr):
     if have is not None and need > have:
         sizes = ", ".join(f"{k} {v}" for k, v in (
             ("train_size", n_train), ("test_size", n_test), ("d0", d0), ("dr", dr), ("width", config.width),
+            *((("chain", ",".join(map(str, config.chain))),) if config.chain else ()),
             ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size),
             ("depth_g", config.depth_g), ("depth_f", config.depth_f)))
         raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB ({sizes}) but this machine has "
@@ -641,7 +683,9 @@ def _checkpoint_bounds(path, config_dict, data_meta):
     n_rows = max(num(data_meta.get("n_train"), 0), num(data_meta.get("n_test"), 0)) or 100_000
     width = config_dict.get("width")
     dr = num(data_meta.get("dr"), 0) or num(config_dict.get("dr"), 0) or num(config_dict.get("d0"), 3072)
-    cols = max(num(width, 0) if width != "inf" else 0, dr, 1)
+    chain = config_dict.get("chain") if isinstance(config_dict.get("chain"), list) else []
+    cols = max(num(width, 0) if width != "inf" else 0, dr, 1, *(num(c, 0) for c in chain))
+    heads = {f"history_{w}_{k}" for k in range(1 + len(chain)) for w in "PC"} if chain else set()
     history = num(config_dict.get("steps"), 1) * num(config_dict.get("batch_size"), 1)
     allowed = {"t": 0, "driver_train_loss": 0, "driver_wall_s": 0}
 
@@ -652,7 +696,7 @@ def _checkpoint_bounds(path, config_dict, data_meta):
             ok = shape == ()
         elif name == "A" or name.startswith("tracked_"):
             ok = len(shape) == 2 and shape[0] <= n_rows and shape[1] <= cols
-        elif name in ("history_P", "history_C"):
+        elif name in ("history_P", "history_C") or name in heads:
             ok = len(shape) == 2 and shape[0] <= history and shape[1] <= cols
         else:
             raise ValueError(f"{path}: holds an unknown array {name!r} (not a checkpoint of this program, or crafted)")

@@ -111,6 +111,21 @@ def parse_widths(text, name="widths", allow_inf=True, presets=None, merge=False)
     return parse_int_list(text, name, minimum=1, allow_inf=allow_inf, presets=presets, merge=merge)
 
 
+def parse_chain(text, name="chain"):
+    """Widths of further bottlenecks (MATH §9): ``"5"`` or ``"5,3"`` (or a list) -> ``[5, 3]``; positive
+    integers, repeats allowed (a chain may keep its width)."""
+    items = list(text) if isinstance(text, (list, tuple)) else [p.strip() for p in str(text).split(",")]
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)) or item < 1:
+            raise TrainError(f"{name}: expected comma-separated positive integers (the widths after --width), "
+                             f"got {text!r}")
+        out.append(int(item))
+    return out
+
+
 def width_key(width):
     """Sort key of bottleneck widths: finite widths ascending, then ``inf``."""
     return (1, 0) if width == "inf" else (0, int(width))

@@ -310,6 +310,12 @@ class ChainSimulator(_SimulatorBase):
         return (self.net.head_jacobian_t_dot(k, Z, C)
                 - self.lr_f * contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z))
 
+    def f(self, Z):
+        """The map from the first bottleneck to the output, f_L o ... o f_1 at Z (q, d1) -> (q, dr)."""
+        for k in range(self.n_heads):
+            Z = self.head(k, Z)
+        return Z
+
     def embeddings(self, Xq):
         """g_t(Xq) = z_0, (q, d0) -> (q, d1).  Tracked inputs are read off; others are computed."""
         Xq = as_points(Xq, "Xq")

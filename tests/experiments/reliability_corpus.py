@@ -244,6 +244,25 @@ def main():
         counts["silent"] += 1; notes.append(("SILENT", "config.json records an unused value", str(cfg)[:200]))
     close("options that do not apply")
 
+    section("several bottlenecks (--chain)")
+    for val in ["0", "-1", "abc", "", "3,,4", "1.5", "nan", T.HUGE]:
+        out = fresh("ch"); classify(f"train --chain {val!r}", run(["train", *T.TINY, "--chain", val, "--out", str(out)]), out,
+                                    words=("chain",))
+    out = fresh("ch"); classify("train --chain 2 --lr-scale matched",
+                                run(["train", *T.TINY, "--chain", "2", "--lr-scale", "matched", "--out", str(out)]), out,
+                                words=("chain", "lr-scale"))
+    out = fresh("ch"); classify("sweep --chain abc", run(["sweep", *T.SWEEP_TINY, "--chain", "abc", "--out", str(out)]), out,
+                                words=("chain",))
+    out = fresh("ch"); res = run(["train", *T.TINY, "--chain", "2,2", "--out", str(out)])
+    classify("train --chain 2,2 (legitimate)", res, None, expect_fail=False)
+    if res.exit_code == 0:
+        cfg_path = out / "config.json"; before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        doc = json.loads(cfg_path.read_text()); doc["config"]["chain"] = [3]; cfg_path.write_text(json.dumps(doc))
+        before["config.json"] = cfg_path.read_bytes()
+        classify("resume a chain run whose config.json chain was edited", run(["train", "-q", "--resume", str(out), "--steps", "12"]),
+                 None, must_keep=out, before=before)
+    close("several bottlenecks (--chain)")
+
     section("sweep plan files")
     for case in ("width added", "widths empty", "activation edited", "rate NaN", "run record removed"):
         s2 = fresh(case); shutil.copytree(sw, s2); path = s2 / "sweep.json"; rec = json.loads(path.read_text())
