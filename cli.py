@@ -713,6 +713,9 @@ _size_help(finite_sweep_cmd)
               test_size={"default": 200, "show_default": True, "help": "Test points (a fixed seeded subset)."},
               skip=("task", "latent_dim"))
 @click.option("--width", type=POS_INT, default=10, show_default=True, help="Bottleneck width d.")
+@click.option("--chain", type=Checked("D2[,D3...]", lambda v: v if isinstance(v, list) else V.parse_chain(v)),
+              default=None, help="Further bottlenecks after --width (MATH §9): finite chains against the chain "
+                                 "simulator.  [default: one bottleneck]")
 @click.option("--hidden", default="500,2000,8000,32000", show_default=True,
               help="Hidden widths n of the finite networks, comma-separated (at least two).")
 @click.option("--limit-width", type=POS_INT, default=10_000, show_default=True,

@@ -50,9 +50,10 @@ import numpy as np
 
 from accel.blas_threads import one_blas_thread
 from refimpl import __version__
+from refimpl.chain import ChainSimulator, RandomChain
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
 from refimpl.dynamics import LOSSES
-from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteNetwork
+from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteChain, FiniteNetwork
 from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
@@ -62,8 +63,8 @@ from .fileio import (DiskFull, atomic_write_text, check_output_folder, read_csv,
 from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
 from .loop import batch_indices
 from .train import available_memory
-from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_widths as _parse_widths,
-                       positive_int, positive_number)
+from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_chain,
+                       parse_widths as _parse_widths, positive_int, positive_number)
 
 #: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
 PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
@@ -547,6 +548,7 @@ class CompareConfig:
     d0: int = 16                      # synthetic only
     dr: int = 1                       # synthetic only
     width: int = 10                   # bottleneck d
+    chain: list | None = None         # widths of further bottlenecks after `width` (MATH §9); None: one
     hidden: tuple = (500, 2000, 8000, 32000)
     limit_width: int = 10_000         # n0 of the simulator's default initial functions ("limit")
     steps: int = 300
@@ -572,6 +574,8 @@ class CompareConfig:
             non_negative_int(name, getattr(self, name))
         positive_number("lr", self.lr)
         positive_number("max_ratio", self.max_ratio)
+        if self.chain is not None:
+            self.chain = parse_chain(self.chain)
 
     def as_json(self):
         d = dataclasses.asdict(self)
@@ -685,7 +689,8 @@ def finite_vs_infinite(config, out, force=False, log=print):
     t0 = time.perf_counter()
 
     def run(kind, n, net, finite):
-        sim = BottleneckSimulator(net, X, Y, lr=config.lr, X_eval=Xt)
+        simulator = ChainSimulator if config.chain else BottleneckSimulator
+        sim = simulator(net, X, Y, lr=config.lr, X_eval=Xt)
         try:
             with np.errstate(over="ignore", invalid="ignore"):
                 for step in range(config.steps + 1):
@@ -714,14 +719,19 @@ def finite_vs_infinite(config, out, force=False, log=print):
         except DivergenceError as exc:
             raise RunFailed(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
 
+    def initial(n):                     # the random network (a chain with --chain, MATH §9) of hidden width n
+        if config.chain:
+            return RandomChain.sample(data.d0, [config.width, *config.chain], data.dr, width=n, seed=config.seed)
+        return RandomNetwork.sample(data.d0, config.width, data.dr, width=n, seed=config.seed)
+
     for n in config.hidden:
-        net = RandomNetwork.sample(data.d0, config.width, data.dr, width=n, seed=config.seed)
-        run("finite", n, net, FiniteNetwork.from_random_network(net))
+        net = initial(n)
+        run("finite", n, net, FiniteChain.from_random_chain(net) if config.chain
+            else FiniteNetwork.from_random_network(net))
         last = records[-1]
         log(f"n={n}: finite train loss {last['finite_train_loss']:.5g}, simulator {last['sim_train_loss']:.5g}, "
             f"output gap {last['output_gap']:.3g} ({time.perf_counter() - t0:.0f} s)")
-    limit_net = RandomNetwork.sample(data.d0, config.width, data.dr, width=config.limit_width, seed=config.seed)
-    run("limit", config.limit_width, limit_net, None)
+    run("limit", config.limit_width, initial(config.limit_width), None)
 
     write_csv(out / "metrics.csv", COMPARE_COLUMNS, records)
     table = gap_table([r for r in records if r["run"] == "finite"])
@@ -743,7 +753,8 @@ def finite_vs_infinite(config, out, force=False, log=print):
                "definitions": {
                    "rel_gap": "|L_finite - L_sim| / L_sim at one step, L the mean of |F - y|^2 / 2",
                    "output_gap": "||F_finite - F_sim||_F / ||F_sim||_F over the train and test points",
-                   "sim": "BottleneckSimulator started from the same RandomNetwork as the finite network",
+                   "sim": "BottleneckSimulator (ChainSimulator with a chain, MATH §9) started from the same "
+                          "random network as the finite network",
                    "limit": "BottleneckSimulator from the default initial functions (width limit_width)"},
                "wall_s": round(time.perf_counter() - t0, 2)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -82,3 +82,16 @@ def test_chain_with_matched_rates_is_refused(tmp_path):
     assert "chain" in line and "lr-scale" in line and not out.exists()
     with pytest.raises(TrainError, match="^chain: expected"):
         TrainConfig(chain=[3, 0]).validate()
+
+
+def test_finite_vs_infinite_compares_finite_chains_with_the_chain_simulator(tmp_path):
+    out = tmp_path / "fvi"
+    res = CliRunner().invoke(cli.cli, ["finite-vs-infinite", "--width", "3", "--chain", "2", "--d0", "4",
+                                       "--train-size", "24", "--test-size", "10", "--hidden", "200,6000",
+                                       "--steps", "20", "--batch-size", "8", "--lr", "0.5", "--eval-every", "10",
+                                       "--limit-width", "200", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["chain"] == [2] and summary["check"]["passed"]
+    gaps = {row["n"]: row["max_output_gap"] for row in summary["table"]}
+    assert gaps[6000] < 0.5 * gaps[200], gaps
