@@ -7,9 +7,10 @@ Centring (``--center``)
     ``|F_t - F_0 - y|^2`` is the loss of the uncentred model on the shifted
     targets ``y + F_0``: the kernel dynamics are unchanged, only the targets move
     (MATH §7.4).  :class:`Centring` does exactly that, on every backend: it
-    evaluates F_0 on the training and test inputs of the fresh simulator, adds
-    F_0 to the simulator's training targets, and subtracts F_0 from the outputs
-    that are evaluated.  At step 0 the centred outputs are 0, so a centred run's
+    evaluates F_0 on the training and test inputs of the fresh simulator, has
+    the simulator shift its training targets by F_0 (``shift_targets``, a
+    method of every simulator), and the evaluation subtracts F_0 from the
+    outputs it reports.  At step 0 the centred outputs are 0, so a centred run's
     curves start at the zero predictor's loss.
 
 Per-width learning rates (``--lr-policy per-width --lr-fraction c``)
@@ -123,8 +124,9 @@ class Centring:
     """Train and report ``F - F0`` (module docstring; MATH §7.4).
 
     Build it from the fresh simulator (before any step or checkpoint): it
-    stores F0 on the training and test inputs and shifts the simulator's
-    training targets to ``Y + F0`` (the simulators read ``sim.Y`` at every step).
+    stores F0 on the training and test inputs and has the simulator train on
+    the targets ``Y + F0`` (``sim.shift_targets``, refused after step 0); the
+    evaluation subtracts F0 from the outputs (:meth:`centred`).
 
     Parameters
     ----------
@@ -137,7 +139,7 @@ class Centring:
             raise ValueError("sim: centring needs the simulator at step 0")
         self.F0 = {"train": np.array(simulator_outputs(sim, data.X_train), dtype=np.float64),
                    "test": np.array(simulator_outputs(sim, data.X_test), dtype=np.float64)}
-        sim.Y = np.asarray(sim.Y, dtype=np.float64) + self.F0["train"]
+        sim.shift_targets(self.F0["train"])
 
     def centred(self, split, F, rows=None):
         """``F - F0`` for the outputs ``F`` of ``split`` ("train" / "test") at ``rows`` (None: all)."""

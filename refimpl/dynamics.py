@@ -161,6 +161,33 @@ class _SimulatorBase:
         """Number of training points."""
         return self.X.shape[0]
 
+    def shift_targets(self, S):
+        """Train on the shifted targets ``Y + S`` (MATH §7.4): centring is the shift ``S = F0(X)``.
+
+        Call it before the first step: the run is then, bit for bit, the run of the same simulator built
+        with the targets ``Y + S``.  The outputs are not shifted (a centred run reports ``F - F0`` itself).
+
+        Parameters
+        ----------
+        S : (N, dr) array, finite
+
+        Raises
+        ------
+        ValueError (one line) after the first step, for another shape or non-finite values, and for the
+        cross-entropy (its targets are classes; the shift is the centring of the squared loss).
+        """
+        if self.t != 0:
+            raise ValueError(f"S: the targets can be shifted only at step 0, before the first step; the simulator "
+                             f"is at step {self.t}")
+        if self.loss != "mse":
+            raise ValueError(f"S: a target shift needs the squared loss (MATH §7.4), got loss {self.loss!r}")
+        S = np.asarray(real_array("S", S), dtype=np.float64)
+        if S.shape != self.Y.shape:
+            raise ValueError(f"S: expected shape {self.Y.shape} like the targets, got {S.shape}")
+        if not np.all(np.isfinite(S)):
+            raise ValueError("S: contains NaN or inf")
+        self.Y = self.Y + S
+
     def _check_batch(self, idx):
         idx = np.asarray(idx)
         if idx.ndim == 0:

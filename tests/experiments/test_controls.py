@@ -61,6 +61,40 @@ def test_centred_resume_is_bit_exact(tmp_path):
     assert strip[0] == strip[1]
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("width", [3, "inf"])
+def test_centred_simulator_is_the_uncentred_one_on_targets_y_plus_F0_exactly(width, backend):
+    """The target shift inside the simulator (MATH §7.4): same losses, same state, bit for bit."""
+    cfg = TrainConfig(width=width, center=True, backend=backend, **SMALL)
+    data = load_data(cfg)
+    be = resolve_backend(backend)
+    centred, _ = build_simulator(cfg, data, be)
+    centring = Centring(centred, data)
+    shifted = dataclasses.replace(data, Y_train=data.Y_train + simulator_outputs(build_simulator(cfg, data, be)[0],
+                                                                                   data.X_train))
+    plain, _ = build_simulator(cfg, shifted, be)
+    assert np.array_equal(centring.F0["train"] + data.Y_train, plain.Y)
+    losses = [[sim.step(batch_indices(cfg.seed, t, data.X_train.shape[0], cfg.batch_size)) for t in range(8)]
+              for sim in (centred, plain)]
+    assert losses[0] == losses[1]
+    a, b = centred.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(simulator_outputs(centred, data.X_test), simulator_outputs(plain, data.X_test))
+
+
+def test_a_target_shift_after_step_0_is_refused_in_one_line():
+    cfg = TrainConfig(width=3, **SMALL)
+    data = load_data(cfg)
+    sim, _ = build_simulator(cfg, data, resolve_backend("numpy"))
+    with pytest.raises(ValueError, match=r"S: expected shape \(120, 2\)"):
+        sim.shift_targets(np.zeros((120, 3)))
+    sim.step(np.arange(10))
+    with pytest.raises(ValueError, match="only at step 0") as err:
+        sim.shift_targets(np.zeros((120, 2)))
+    assert "\n" not in str(err.value)
+    assert np.array_equal(sim.Y, data.Y_train)                 # nothing changed
+
+
 def test_centring_refuses_a_trained_simulator():
     cfg = TrainConfig(width=3, **SMALL)
     data = load_data(cfg)
