@@ -41,6 +41,7 @@ import numpy as np
 import refimpl
 
 from accel import BackendUnavailable, get_backend
+from .loop import SGDLoop
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_WIDTHS = (10, 100)
@@ -201,12 +202,14 @@ def measure(backend, d, M, reps=3, seed=0):
     sync = _device_sync(backend)
     sim.step(batches[0])                                   # warm-up: compile / cache load
     times = []
-    for idx in batches[1:-1]:
+
+    def timed(idx):
         sync()
         t = time.perf_counter()
         sim.step(idx)
         sync()
         times.append(time.perf_counter() - t)
+    SGDLoop(timed, lambda k: batches[1 + k]).run(0, len(batches) - 2)
     # memory: one untimed step
     device_peak = None
     if backend.name == "gpu":
@@ -300,14 +303,16 @@ def tracked_step(data_dir, width=50, steps=20, init_width=1000, seed=0, backend=
     n = ds.X_train.shape[0]
     times = {"stored": [], "per_step": []}
     cpu_times = {"stored": [], "per_step": []}
-    for t in range(steps + 1):
-        idx = np.sort(rng.permutation(n)[:BATCH])
+
+    def both_timed(idx):                                  # the same batch for both routes, alternating
         for route, sim in sims.items():
             start, start_cpu = time.perf_counter(), time.process_time()
             sim.step(idx)
-            if t:                                         # the first step compiles
+            if sgd.step:                                  # the first step compiles
                 times[route].append(time.perf_counter() - start)
                 cpu_times[route].append(time.process_time() - start_cpu)
+    sgd = SGDLoop(both_timed, lambda t: np.sort(rng.permutation(n)[:BATCH]))
+    sgd.run(0, steps + 1)
     emb = [sim.outputs(ds.X_test) if width == "inf" else sim.embeddings(ds.X_test) for sim in sims.values()]
     out = {"backend": be.name, "dtype": be.dtype, "train": n, "test": ds.X_test.shape[0], "d0": ds.X_train.shape[1],
            "d": width, "dr": ds.Y_train.shape[1], "B": BATCH, "steps": steps, "cores": os.cpu_count()}

@@ -61,7 +61,7 @@ from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import (DiskFull, atomic_write_text, check_output_folder, read_csv, read_json, refuse_links_inside,
                      write_csv)
 from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
-from .loop import batch_indices
+from .loop import BatchOrder, SGDLoop, every
 from .train import available_memory
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_chain,
                        parse_widths as _parse_widths, positive_int, positive_number)
@@ -274,25 +274,25 @@ def _train_width(config, data, rows, d, folder, xp, log):
                 raise DivergenceError(f"{key} is {row[key]} at step {step}")
         return row
 
-    last_batch = None
+    def record_and_log(done):
+        row = record(done)
+        log(f"  d={d} step {done}/{config.steps}: train_loss {row['train_loss']:.4g} "
+            f"test_loss {row['test_loss']:.4g}" +
+            ("" if row["test_err"] is None else f" test_err {row['test_err']:.3f}") +
+            f" ({row['wall_s']:.0f} s)")
+
+    sgd = SGDLoop(lambda idx: net.step(data.X_train[idx], data.Y_train[idx], lr=config.lr),
+                  BatchOrder(config.seed, N, config.batch_size),
+                  after=[every(config.eval_every, record_and_log, config.steps)])
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             record(0)
-            for step in range(config.steps):
-                idx = batch_indices(config.seed, step, N, config.batch_size)
-                last_batch = net.step(data.X_train[idx], data.Y_train[idx], lr=config.lr)
-                done = step + 1
-                if done % config.eval_every == 0 or done == config.steps:
-                    row = record(done)
-                    log(f"  d={d} step {done}/{config.steps}: train_loss {row['train_loss']:.4g} "
-                        f"test_loss {row['test_loss']:.4g}" +
-                        ("" if row["test_err"] is None else f" test_err {row['test_err']:.3f}") +
-                        f" ({row['wall_s']:.0f} s)")
+        sgd.run(0, config.steps)
     except DivergenceError as exc:
         status, message = "diverged", str(exc)
         log(f"  d={d}: diverged: {message}")
     result = {"width": d, "status": status, "message": message, "steps_done": int(net.t),
-              "final": metrics[-1] if metrics else None, "last_batch_loss": last_batch,
+              "final": metrics[-1] if metrics else None, "last_batch_loss": sgd.last,
               "wall_s": round(time.perf_counter() - t0, 3)}
     atomic_write_text(folder / "result.json", json.dumps(result, indent=2) + "\n")
     del net
@@ -684,38 +684,37 @@ def finite_vs_infinite(config, out, force=False, log=print):
     out.mkdir(parents=True, exist_ok=True)                 # only once everything was checked
     X, Y, Xt, Yt = data.X_train, data.Y_train, data.X_test, data.Y_test
     N = data.n_train
-    eval_steps = sorted({0, config.steps, *range(config.eval_every, config.steps, config.eval_every)})
     records = []
     t0 = time.perf_counter()
 
     def run(kind, n, net, finite):
         simulator = ChainSimulator if config.chain else BottleneckSimulator
         sim = simulator(net, X, Y, lr=config.lr, X_eval=Xt)
+
+        def record(step):
+            Fs, Fst = sim.outputs(X), sim.outputs(Xt)
+            rec = {"run": kind, "n": n, "step": step, "sim_train_loss": mean_loss(Fs, Y),
+                   "sim_test_loss": mean_loss(Fst, Yt)}
+            if finite is not None:
+                Ff, Fft = to_numpy(finite.outputs(X)), to_numpy(finite.outputs(Xt))
+                rec.update(finite_train_loss=mean_loss(Ff, Y), finite_test_loss=mean_loss(Fft, Yt),
+                           output_gap=output_gap(np.vstack([Ff, Fft]), np.vstack([Fs, Fst])))
+                rec["rel_gap_train"] = float(relative_gap(rec["finite_train_loss"], rec["sim_train_loss"]))
+                rec["rel_gap_test"] = float(relative_gap(rec["finite_test_loss"], rec["sim_test_loss"]))
+            for k in ("sim_train_loss", "finite_train_loss"):
+                if k in rec and not math.isfinite(rec[k]):
+                    raise DivergenceError(f"{k} is {rec[k]} at step {step}")
+            records.append(rec)
+
+        def step_both(idx):             # the same batch for the finite network and its simulation
+            if finite is not None:
+                finite.step(X[idx], Y[idx], lr=config.lr)
+            return sim.step(idx)
         try:
             with np.errstate(over="ignore", invalid="ignore"):
-                for step in range(config.steps + 1):
-                    if step in eval_steps:
-                        Fs, Fst = sim.outputs(X), sim.outputs(Xt)
-                        rec = {"run": kind, "n": n, "step": step, "sim_train_loss": mean_loss(Fs, Y),
-                               "sim_test_loss": mean_loss(Fst, Yt)}
-                        if finite is not None:
-                            Ff, Fft = to_numpy(finite.outputs(X)), to_numpy(finite.outputs(Xt))
-                            rec.update(finite_train_loss=mean_loss(Ff, Y), finite_test_loss=mean_loss(Fft, Yt),
-                                       output_gap=output_gap(np.vstack([Ff, Fft]), np.vstack([Fs, Fst])))
-                            rec["rel_gap_train"] = float(relative_gap(rec["finite_train_loss"],
-                                                                      rec["sim_train_loss"]))
-                            rec["rel_gap_test"] = float(relative_gap(rec["finite_test_loss"],
-                                                                     rec["sim_test_loss"]))
-                        for k in ("sim_train_loss", "finite_train_loss"):
-                            if k in rec and not math.isfinite(rec[k]):
-                                raise DivergenceError(f"{k} is {rec[k]} at step {step}")
-                        records.append(rec)
-                    if step == config.steps:
-                        break
-                    idx = batch_indices(config.seed, step, N, config.batch_size)
-                    if finite is not None:
-                        finite.step(X[idx], Y[idx], lr=config.lr)
-                    sim.step(idx)
+                record(0)
+            SGDLoop(step_both, BatchOrder(config.seed, N, config.batch_size),
+                    after=[every(config.eval_every, record, config.steps)]).run(0, config.steps)
         except DivergenceError as exc:
             raise RunFailed(f"lr: the {kind} run with n={n} diverged ({exc}); lower --lr") from None
 

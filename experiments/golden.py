@@ -46,6 +46,7 @@ from refimpl.chain import RandomChain
 from refimpl.network import RandomNetwork
 
 from .fileio import atomic_write_bytes
+from .loop import SGDLoop, every
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 MANIFEST = "manifest.json"
@@ -349,12 +350,16 @@ def replay(cfg, arrays, backend):
     sim = build_simulator(cfg, arrays, backend)
     losses = np.empty(cfg["steps"])
     out = {}
-    for t, idx in enumerate(arrays["batches"]):
-        losses[t] = sim.step(idx)
-        if (t + 1) % CHECKPOINT_EVERY == 0 or t + 1 == cfg["steps"]:
-            out[f"ckpt{t + 1}/F_eval"] = sim.outputs(arrays["X_eval"])
-            if cfg["model"] != "infinite":
-                out[f"ckpt{t + 1}/embeddings"] = sim.embeddings(arrays["X"])
+
+    def snapshot(done):
+        out[f"ckpt{done}/F_eval"] = sim.outputs(arrays["X_eval"])
+        if cfg["model"] != "infinite":
+            out[f"ckpt{done}/embeddings"] = sim.embeddings(arrays["X"])
+
+    def keep_loss(done, loss):
+        losses[done - 1] = loss
+    SGDLoop(sim.step, lambda t: arrays["batches"][t],
+            after=[keep_loss, every(CHECKPOINT_EVERY, snapshot, cfg["steps"])]).run(0, len(arrays["batches"]))
     out["losses"] = losses
     return out
 

@@ -17,7 +17,7 @@ from refimpl.dynamics import DivergenceError
 from .controls import Centring
 from .fileio import atomic_write_text, fault_point, read_json
 from .evaluation import evaluate, run_eval_rows
-from .loop import batch_indices
+from .loop import BatchOrder, SGDLoop, every
 from .train import (LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, build_simulator, load_data,
                     resolve_backend)
 
@@ -41,11 +41,14 @@ def _trial(config, data, backend, rate):
     centring = Centring(sim, data) if cfg.center else None
     rows = run_eval_rows(cfg, data.X_train.shape[0])
     first = evaluate(sim, data, rows, centring)["train_loss"]
+    final = {}
+
+    def evaluate_last(done):
+        final["loss"] = evaluate(sim, data, rows, centring)["train_loss"]
     try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            for step in range(cfg.lr_probe_steps):
-                sim.step(batch_indices(cfg.seed, step, data.X_train.shape[0], cfg.batch_size))
-            last = evaluate(sim, data, rows, centring)["train_loss"]
+        SGDLoop(sim.step, BatchOrder(cfg.seed, data.X_train.shape[0], cfg.batch_size),
+                after=[every(cfg.lr_probe_steps, evaluate_last)]).run(0, cfg.lr_probe_steps)
+        last = final["loss"]
     except DivergenceError as exc:
         return False, first, None, str(exc).splitlines()[0]
     if not np.isfinite(last):
