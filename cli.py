@@ -831,7 +831,7 @@ def verify_lemma31(out, quiet, as_json, force, **options):
 @click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
               help="Activation of the hidden layers of g and f.")
 @arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
-                               "default to 125,250,500,1000,2000)."})
+                               "default to 125,320,800,2000)."})
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
                    "numpy; recorded in the report).")

@@ -57,7 +57,7 @@ MC_MAX_Z = 5.0
 EXACT_TOL = 1e-9
 
 #: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
-DEEP_WIDTHS = (125, 250, 500, 1000, 2000)
+DEEP_WIDTHS = (125, 320, 800, 2000)
 #: The exponent theorem3.2's final gaps in F and g should fall with (MATH §6, "Theorem 3.2's rate").
 RATE_EXPECTED = -0.5
 #: A rate is resolved by at least this many widths spanning at least this factor (below: reported as indicative).
