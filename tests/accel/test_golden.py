@@ -53,6 +53,8 @@ def test_golden_cases_cover_the_issue():
     assert any(c["B"] == c["N"] for c in bott) and any(c["B"] < c["N"] for c in bott)
     assert any(c["lr_f"] and c["lr_g"] and c["lr_f"] != c["lr_g"] for c in bott)
     assert any(c["model"] == "infinite" for c in cfgs) and any(c["model"] == "linear" for c in cfgs)
+    chains = [c for c in cfgs if c["model"] == "chain"]                     # several bottlenecks (MATH §9)
+    assert any(len(c["widths"]) == 2 for c in chains) and any(len(c["widths"]) >= 3 for c in chains)
     assert all(c["steps"] >= 200 for c in cfgs)
     X, Y = golden.load_case("kernels")["m10/X"], golden.load_case("kernels")["m10/Y"]
     theta = np.diag(golden.kernels.pair_angles(X, Y)[2])
