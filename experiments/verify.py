@@ -48,6 +48,7 @@ from refimpl.network import RandomNetwork
 from refimpl.validate import int_at_least, non_negative_int, positive_int, positive_number
 from .figures import pyplot, save_figure
 from .fileio import atomic_write_text
+from .loop import SGDLoop, full_batch
 
 #: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
 MC_BLOCK_ELEMENTS = 1 << 22
@@ -373,7 +374,7 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     lr_schedule) both are trained with the same optimiser and the residuals are not computed.
     """
     d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
-    lr, idx = cfg["lr"], np.arange(X.shape[0])
+    lr = cfg["lr"]
     layers_g, layers_f, loss = cfg["layers_g"], cfg["layers_f"], cfg["loss"]
     chain, opt = cfg.get("widths_chain"), dict(cfg.get("optimizer") or {})
     if opt.get("lr_schedule") is not None:
@@ -402,14 +403,21 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     if residuals:
         keys += ["resid_F", "resid_g", "resid_J"]
     rec = {k: [] for k in keys}
-    state = fstate()
-    for _ in range(cfg["steps"]):
+    state, rhs = fstate(), None
+
+    def right_hand_sides(step):              # before the step: the RHS of eqs 12-14 at the current state
+        nonlocal rhs
         if residuals and chain:
             rhs = {"g": _chain_rhs_g(finite, X, Y, theta, loss)}
         elif residuals:
             rhs = _rhs(finite, state[0], state[1], Y, probes, theta, layers_f, loss=loss)
+
+    def step_both(idx):                     # full-batch GD: the same step for the network and the simulator
         rec["loss_finite"].append(finite.step(X, Y, lr=lr, **opt))
         rec["loss_sim"].append(sim.step(idx))
+
+    def errors(done, loss):
+        nonlocal state
         new = fstate()
         if residuals:
             got = _residuals(state, new, rhs, lr) if not chain else {"g": _rel((new[0] - state[0]) / lr, rhs["g"])}
@@ -420,6 +428,7 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
         rec["err_g"].append(_rel(state[0], sim_g))
         rec["err_F"].append(_rel(state[1], sim_F))
         rec["err_J"].append(_rel(state[2], sim_J))
+    SGDLoop(step_both, full_batch(X.shape[0]), before=[right_hand_sides], after=[errors]).run(0, cfg["steps"])
     return {k: np.array(v) for k, v in rec.items()}
 
 
@@ -700,7 +709,7 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
     X = rng.standard_normal((cfg["points"], d0))
     Y = rng.standard_normal((cfg["points"], dr))
     probes = rng.standard_normal((4, d))
-    lr_, idx = cfg["lr"], np.arange(cfg["points"])
+    lr_ = cfg["lr"]
     results, checks = {}, []
     table = [f"{'depth':>5} {'width':>7} {'deep vs eff F':>14} {'deep vs eff g':>14} {'sim vs eff':>11} "
              f"{'resid F deep':>13} {'resid F eff':>12}"]
@@ -714,22 +723,29 @@ def lemma41(out, widths=None, depths=None, steps=None, lr=None, points=None, see
             sim = simulator(deep.as_random_network(), X, Y, lr=lr_, activation="linear", depth_f=L, depth_g=L)
             rec = {k: [] for k in ("resid_F_deep", "resid_g_deep", "resid_J_deep", "resid_F_eff", "resid_g_eff",
                                    "resid_J_eff", "err_F", "err_g", "sim_err")}
-            st_deep, st_eff = _fstate(deep, X, probes), _fstate(eff, X, probes)
-            for _ in range(cfg["steps"]):
-                rhs_deep = _rhs(deep, st_deep[0], st_deep[1], Y, probes, theta, "linear", L)
-                rhs_eff = _rhs(eff, st_eff[0], st_eff[1], Y, probes, theta, "linear", L)
+            st = {"deep": _fstate(deep, X, probes), "eff": _fstate(eff, X, probes)}
+            rhs = {}
+
+            def right_hand_sides(step):
+                for tag, net in (("deep", deep), ("eff", eff)):
+                    rhs[tag] = _rhs(net, st[tag][0], st[tag][1], Y, probes, theta, "linear", L)
+
+            def step_all(idx):          # full-batch GD: the deep and the effective network and the simulator
                 deep.step(X, Y, lr=lr_)
                 eff.step(X, Y, lr=L * lr_)
                 sim.step(idx)
-                new_deep, new_eff = _fstate(deep, X, probes), _fstate(eff, X, probes)
-                for tag, st, new, rhs in (("deep", st_deep, new_deep, rhs_deep), ("eff", st_eff, new_eff, rhs_eff)):
-                    for k, v in _residuals(st, new, rhs, lr_).items():
+
+            def errors(done, loss):
+                for tag, net in (("deep", deep), ("eff", eff)):
+                    new = _fstate(net, X, probes)
+                    for k, v in _residuals(st[tag], new, rhs[tag], lr_).items():
                         rec[f"resid_{k}_{tag}"].append(v)
-                st_deep, st_eff = new_deep, new_eff
-                rec["err_F"].append(_rel(st_deep[1], st_eff[1]))
-                rec["err_g"].append(_rel(st_deep[0], st_eff[0]))
-                rec["sim_err"].append(max(_rel(sim.outputs(X), st_eff[1]), _rel(sim.embeddings(X), st_eff[0]),
-                                          _rel(sim.jacobian(probes), st_eff[2])))
+                    st[tag] = new
+                rec["err_F"].append(_rel(st["deep"][1], st["eff"][1]))
+                rec["err_g"].append(_rel(st["deep"][0], st["eff"][0]))
+                rec["sim_err"].append(max(_rel(sim.outputs(X), st["eff"][1]), _rel(sim.embeddings(X), st["eff"][0]),
+                                          _rel(sim.jacobian(probes), st["eff"][2])))
+            SGDLoop(step_all, full_batch(cfg["points"]), before=[right_hand_sides], after=[errors]).run(0, cfg["steps"])
             rec = {k: np.array(v) for k, v in rec.items()}
             results[f"depth{L}_n{n}"] = rec
             table.append(f"{L:>5} {n:>7} {rec['err_F'][-1]:>14.2e} {rec['err_g'][-1]:>14.2e} "
