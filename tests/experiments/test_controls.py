@@ -59,6 +59,12 @@ def test_centred_resume_is_bit_exact(tmp_path):
     b = train(TrainConfig(steps=20, **cfg), tmp_path / "b", log=lambda m: None)
     strip = [[(r["step"], r["train_loss"], r["test_loss"]) for r in _rows(p)] for p in (a, b)]
     assert strip[0] == strip[1]
+    # the checkpoints too: the resumed simulator was shifted at step 0 and then loaded (MATH §7.4)
+    ca, cb = (train_mod.load_npz(p / "checkpoint.npz") for p in (a, b))
+    sim_keys = sorted(k for k in ca if not k.startswith("driver_"))
+    assert sim_keys == sorted(k for k in cb if not k.startswith("driver_")) and "A" in sim_keys
+    assert all(np.array_equal(ca[k], cb[k]) for k in sim_keys)
+    assert ca["driver_state_sha256"].tobytes() == cb["driver_state_sha256"].tobytes()
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
