@@ -7,6 +7,7 @@ import refimpl
 from refimpl.dynamics import DivergenceError
 from refimpl.finite import FiniteNetwork
 from experiments.loop import BatchOrder, SGDLoop, batch_indices, due, every, full_batch
+from experiments.train import resolve_backend
 from experiments.validate import TrainError
 
 
@@ -23,14 +24,16 @@ def test_batch_order_is_batch_indices_and_refuses_a_batch_larger_than_the_data()
         batch_indices(0, 0, 5, 6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
 @pytest.mark.parametrize("width", [4, "inf"])
-def test_the_loop_makes_the_hand_written_steps_bit_for_bit(width):
+def test_the_loop_makes_the_hand_written_steps_bit_for_bit(width, backend):
     X, Y = _problem()
+    be = resolve_backend(backend)
 
     def make():
         if width == "inf":
-            return refimpl.InfiniteSimulator(X, Y, lr=0.3, seed=1)
-        return refimpl.BottleneckSimulator(refimpl.RandomNetwork.sample(4, width, 2, width=300, seed=1), X, Y, lr=0.3)
+            return be.InfiniteSimulator(X, Y, lr=0.3, seed=1)
+        return be.BottleneckSimulator(refimpl.RandomNetwork.sample(4, width, 2, width=300, seed=1), X, Y, lr=0.3)
     by_hand, looped = make(), make()
     losses = [by_hand.step(batch_indices(2, t, 30, 6)) for t in range(7)]
     seen = []
