@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from refimpl.engine import Tracked, grown
+from refimpl.engine import MomentumRows, Tracked, grown
 
 from . import archkernels
 
@@ -66,7 +66,7 @@ class HeadArch(NamedTuple):
         return cls(layers.activation, float(d) / scale, float(layers.depth))
 
 
-class ArrayHistory:
+class ArrayHistory(MomentumRows):
     """The history of :class:`refimpl.engine.History` on an array module, with float64 row norms.
 
     One store for every backend: ``xp`` is NumPy (cpu backend) or CuPy / its NumPy stand-in
@@ -86,8 +86,12 @@ class ArrayHistory:
         self.store_norms = xp.empty((capacity,), dtype=np.float64)
         self.M = 0
 
-    def append(self, P, C):
-        """Append rows (host arrays); copies the storage only when it is full (capacity doubles)."""
+    def append(self, P, C, rate=1.0, beta=0.0, nesterov=False):
+        """Append rows (host arrays); copies the storage only when it is full (capacity doubles).
+
+        ``rate``, ``beta``, ``nesterov``: the per-entry weights of a schedule and momentum
+        (:class:`refimpl.engine.MomentumRows`, MATH §8.3), kept in C; the defaults store C as given.
+        """
         xp = self.xp
         k = P.shape[0]
         start = self.M
@@ -101,9 +105,7 @@ class ArrayHistory:
         self.M += k
         rows = self.store_P[start:self.M].astype(np.float64)
         self.store_norms[start:self.M] = xp.sqrt((rows * rows).sum(axis=1))
-
-    def _host(self, a):
-        return a if self.xp is np else self.xp.asnumpy(a)
+        self.weigh_appended(start, C, rate, beta, nesterov)
 
     P_dev = property(lambda self: self.store_P[:self.M])
     C_dev = property(lambda self: self.store_C[:self.M])
@@ -112,17 +114,17 @@ class ArrayHistory:
     @property
     def P(self):
         """(M, d) stored embeddings, on the host."""
-        return self._host(self.P_dev)
+        return self.to_host(self.P_dev)
 
     @property
     def C(self):
         """(M, dr) stored loss derivatives, on the host."""
-        return self._host(self.C_dev)
+        return self.to_host(self.C_dev)
 
     @property
     def norms(self):
         """(M,) float64 norms of the stored embeddings, on the host."""
-        return self._host(self.norms_dev)
+        return self.to_host(self.norms_dev)
 
 
 class AccelBottleneckEngine:
@@ -156,9 +158,9 @@ class AccelBottleneckEngine:
         """Theta(Xq, tracked.X), (q, n)."""
         return self.kernels.ntk(Xq, tracked.X, self.layers_g)
 
-    def update_tracked(self, target, source, idx, V, lr):
-        """target.values -= lr Theta(target.X, source.X[idx]) @ V."""
-        target.values -= lr * (self.kernels.ntk(target.X, source.X[idx], self.layers_g) @ V)
+    def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
+        """target.values -= lr Theta(target.X, source.X[idx]) @ V (momentum: :meth:`Tracked.descend`)."""
+        target.descend(self.kernels.ntk(target.X, source.X[idx], self.layers_g) @ V, lr, beta, nesterov)
 
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum (host float64) over the stored history; modes as in :mod:`refimpl.engine`."""
@@ -186,9 +188,9 @@ class AccelInfiniteEngine:
         """NTK_inf(Xq, tracked.X) weighted by the rates, (q, n)."""
         return self.ntk_inf(Xq, tracked.X)
 
-    def update_tracked(self, target, source, idx, chi):
-        """target.values -= NTK_inf(target.X, source.X[idx]) @ chi."""
-        target.values -= self.ntk_inf(target.X, source.X[idx]) @ chi
+    def update_tracked(self, target, source, idx, chi, rate=1.0, beta=0.0, nesterov=False):
+        """target.values -= rate NTK_inf(target.X, source.X[idx]) @ chi (momentum: :meth:`Tracked.descend`)."""
+        target.descend(self.ntk_inf(target.X, source.X[idx]) @ chi, rate, beta, nesterov)
 
     def ntk_inf(self, Xa, Xb):
         return self.kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,

@@ -820,10 +820,10 @@ class BottleneckEngine(AccelBottleneckEngine):
     def track(self, X, values):
         return TrackedInputs(X, values) if self.stored_route else Tracked(X, values)
 
-    def update_tracked(self, target, source, idx, V, lr):
+    def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
         with blas_threads.limit(1):
             if not self.stored_route:
-                return super().update_tracked(target, source, idx, V, lr)
+                return super().update_tracked(target, source, idx, V, lr, beta, nesterov)
             Y = np.ascontiguousarray(source.X[idx])
             theta = np.empty((target.X.shape[0], Y.shape[0]))
             with _threads(theta.size):
@@ -831,7 +831,7 @@ class BottleneckEngine(AccelBottleneckEngine):
                             source.norms[idx], float(Y.shape[1]), theta)
             if not self.layers_g.closed_form:
                 theta *= self.layers_g.kernel_scale
-            target.values -= lr * (theta @ V)
+            target.descend(theta @ V, lr, beta, nesterov)
 
     def fast_pass(self, Z, mode, chi):
         h = self.history
@@ -857,11 +857,13 @@ class InfiniteEngine(AccelInfiniteEngine):
     def track(self, X, values):
         return TrackedInputs(X, values)
 
-    def update_tracked(self, target, source, idx, chi):
-        """target.values -= NTK_inf(target.X, source.X[idx]) @ chi."""
+    def update_tracked(self, target, source, idx, chi, rate=1.0, beta=0.0, nesterov=False):
+        """target.values -= rate NTK_inf(target.X, source.X[idx]) @ chi (momentum: MATH §8.4)."""
         if not self.stored_route:
             with blas_threads.limit(1):
-                return super().update_tracked(target, source, idx, chi)
+                return super().update_tracked(target, source, idx, chi, rate, beta, nesterov)
+        plain = rate == 1.0 and beta == 0.0 and target.velocity is None
+        inc = None if plain else np.empty_like(target.values)
         X, Y = target.X, np.ascontiguousarray(source.X[idx])
         nx, ny = target.norms, source.norms[idx]
         step = max(1, archkernels.MAX_PAIRS // max(1, Y.shape[0]))
@@ -875,4 +877,9 @@ class InfiniteEngine(AccelInfiniteEngine):
                                  target.nz_idx, target.nz_val, Y, ny, th)
                 ntk = archkernels.composed_from_geometry(np, nx[rows], ny, th, self.layers_g, self.layers_f,
                                                          X.shape[1], self.lr_f, self.lr_g)
-                target.values[rows] -= ntk @ chi
+                if plain:
+                    target.values[rows] -= ntk @ chi
+                else:
+                    inc[rows] = ntk @ chi
+        if not plain:
+            target.descend(inc, rate, beta, nesterov)

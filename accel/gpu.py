@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from refimpl.engine import Tracked
+from refimpl.optim import momentum_direction
 from refimpl.kernels import unit_rows
 
 from . import kernelapi
@@ -204,6 +205,28 @@ class DeviceTracked(Tracked):
     def values(self, host):
         self.values_dev = self.xp.asarray(np.ascontiguousarray(host, dtype=np.float64))
 
+    @property
+    def velocity(self):
+        """The velocity under momentum (MATH §8.4) on the host, or None."""
+        v = getattr(self, "velocity_dev", None)
+        return None if v is None else self.xp.asnumpy(v)
+
+    @velocity.setter
+    def velocity(self, host):
+        self.velocity_dev = None if host is None else self.xp.asarray(np.ascontiguousarray(host, dtype=np.float64))
+
+    def descend(self, inc, lr, beta=0.0, nesterov=False):
+        """values -= lr inc, or a momentum step (:meth:`refimpl.engine.Tracked.descend`), in device memory."""
+        xp = self.xp
+        if not isinstance(inc, xp.ndarray):                 # the kernel-function route computes on the host
+            inc = xp.asarray(inc)
+        if beta == 0.0 and getattr(self, "velocity_dev", None) is None:
+            self.values_dev -= lr * inc
+            return
+        if getattr(self, "velocity_dev", None) is None:
+            self.velocity_dev = xp.zeros_like(self.values_dev)
+        self.values_dev -= lr * momentum_direction(self.velocity_dev, inc, beta, nesterov)
+
     def rows(self, idx):
         """values[idx] on the host (one device-to-host copy of B x d)."""
         return self.xp.asnumpy(self.values_dev[self.xp.asarray(idx)])
@@ -227,16 +250,16 @@ class BottleneckEngine(AccelBottleneckEngine):
     def track(self, X, values):
         return DeviceTracked(X, values, self.xp)
 
-    def update_tracked(self, target, source, idx, V, lr):
+    def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
         if not self.stored_route:
-            return super().update_tracked(target, source, idx, V, lr)
+            return super().update_tracked(target, source, idx, V, lr, beta, nesterov)
         xp = self.xp
         idx_d = xp.asarray(idx)
         theta, _ = self.device.pair_kernel_device(target.X_dev, target.norms_dev, target.units_dev,
                                                   source.X_dev[idx_d], source.norms_dev[idx_d], "ntk")
         if not self.layers_g.closed_form:
             theta *= self.layers_g.kernel_scale
-        target.values_dev -= lr * xp.matmul(theta, xp.asarray(np.ascontiguousarray(V, dtype=np.float64)))
+        target.descend(xp.matmul(theta, xp.asarray(np.ascontiguousarray(V, dtype=np.float64))), lr, beta, nesterov)
 
     def fast_pass(self, Z, mode, chi):
         h = self.history

@@ -333,6 +333,11 @@ class NumpyDevice:
     sqrt = staticmethod(np.sqrt)
     matmul = staticmethod(np.matmul)
     concatenate = staticmethod(np.concatenate)
+    # the history's per-entry weights under momentum (refimpl.engine.MomentumRows)
+    zeros_like = staticmethod(np.zeros_like)
+    abs = staticmethod(np.abs)
+    any = staticmethod(np.any)
+    argmax = staticmethod(np.argmax)
 
     def __init__(self):
         self._pool = _MemoryPool()

@@ -116,6 +116,17 @@ TRAJECTORIES = {
     "chain_erf_d4_d5_d3_mini": dict(model="chain", widths=[4, 5, 3], d0=6, dr=2, N=24, B=6, steps=200, lr=1.0,
                                     lr_f=None, lr_g=None, seed=32, n_eval=6, init_width=64,
                                     layers_g=["erf", 2, 1.0, 0.2, 1.0], layers_f=["erf", 2, 1.0, 0.2, 1.0]),
+    # schedules and momentum (MATH §8: "lr_schedule" over the case's steps, "momentum", "nesterov")
+    "momentum_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=2, N=24, B=6, steps=200, lr=0.2, lr_f=None,
+                             lr_g=None, seed=31, n_eval=6, init_width=64, momentum=0.9, lr_schedule="cosine"),
+    "nesterov_d4_mini": dict(model="bottleneck", d=4, d0=6, dr=1, N=24, B=6, steps=200, lr=0.3, lr_f=0.4,
+                             lr_g=0.2, seed=32, n_eval=6, init_width=64, momentum=0.8, nesterov=True,
+                             lr_schedule="warmup:20"),
+    "schedule_d3_mini": dict(model="bottleneck", d=3, d0=6, dr=2, N=24, B=6, steps=200, lr=2.0, lr_f=None,
+                             lr_g=None, seed=33, n_eval=6, init_width=64, lr_schedule="step:50:0.5"),
+    "infinite_momentum_mini": dict(model="infinite", d=None, d0=6, dr=2, N=24, B=6, steps=200, lr=0.3,
+                                   lr_f=0.3, lr_g=0.6, seed=34, n_eval=6, momentum=0.9, nesterov=True,
+                                   lr_schedule="step:60:0.5"),
 }
 #: Steps after which embeddings and F_t(X_eval) are recorded (and the last step).
 CHECKPOINT_EVERY = 50
@@ -331,6 +342,11 @@ def build_simulator(cfg, arrays, backend):
     rates = dict(lr=cfg["lr"], lr_f=cfg["lr_f"], lr_g=cfg["lr_g"], X_eval=arrays["X_eval"])
     if "loss" in cfg:
         rates["loss"] = cfg["loss"]
+    for key in ("momentum", "nesterov", "lr_schedule"):
+        if key in cfg:
+            rates[key] = cfg[key]
+    if "lr_schedule" in cfg:
+        rates["total_steps"] = cfg["steps"]
     specs = _layers(cfg)
     if cfg["model"] == "infinite":
         if "layers_g" in cfg:

@@ -36,6 +36,13 @@ inputs) are updated in place.  Embeddings at any other input use the
 accumulated ``A_j = sum over the steps where row j was in the batch of
 J^T chi``: ``g_t(xi) = g0(xi) - mu_g sum_j Theta(xi, xi_j) A_j``.
 
+Schedules and momentum (MATH §8): with ``lr_schedule`` (multiplier s_t of both rates) and
+``momentum=beta`` (heavy ball, or ``nesterov=True``) the weight update is a fixed linear
+combination of past gradients, so each function moves by the same combination of the history
+terms: the head's history carries per-entry weights (kept in ``C``), and the in-place embeddings,
+the accumulated ``A`` and (without bottleneck) the outputs carry a velocity.  The defaults are
+plain SGD, computed exactly as without these options.
+
 Everything that costs flops or memory (the history, the tracked inputs, Theta and
 the history pass) is asked of an engine (:mod:`refimpl.engine`): the reference engines
 there by default, or a backend's (``accel``) passed as ``engine=``; the bookkeeping here
@@ -50,6 +57,7 @@ from . import kernels
 from .engine import HISTORY_BLOCK, QUERY_BLOCK, History  # noqa: F401 (public names of this module)
 from .engine import BottleneckEngine, InfiniteEngine, contract_xi
 from .kernels import as_points
+from .optim import Schedule, check_momentum, make_schedule, momentum_direction, schedule_rate
 from .validate import positive_rate, real_array, state_arrays
 from .network import RandomNetwork
 
@@ -138,7 +146,8 @@ def _check_targets(X, Y):
 class _SimulatorBase:
     """Shared bookkeeping: data, rates, batch checking, tracked point sets, step counter."""
 
-    def _setup(self, X, Y, lr, lr_f, lr_g, X_eval, loss="mse"):
+    def _setup(self, X, Y, lr, lr_f, lr_g, X_eval, loss="mse", lr_schedule=None, total_steps=None,
+               momentum=0.0, nesterov=False):
         self.X = as_points(X, "X")
         if self.X.shape[0] == 0:
             raise ValueError("X: expected at least one training point, got 0 rows")
@@ -154,7 +163,66 @@ class _SimulatorBase:
         self.X_eval = None if X_eval is None else as_points(X_eval, "X_eval")
         if self.X_eval is not None and self.X_eval.shape[1] != self.X.shape[1]:
             raise ValueError(f"X_eval: expected {self.X.shape[1]} columns like X, got {self.X_eval.shape[1]}")
+        self.lr_schedule = make_schedule(lr_schedule, total_steps)
+        self.momentum, self.nesterov = check_momentum(momentum, nesterov)
+        self.A_velocity = None
         self.t = 0
+
+    @property
+    def plain_sgd(self):
+        """True for the constant schedule without momentum (the paper's SGD, MATH §4)."""
+        return self.momentum == 0.0 and isinstance(self.lr_schedule, Schedule) and self.lr_schedule.is_constant
+
+    def _optimiser(self):
+        """(s_t, keyword arguments of the engine's updates) for this step (MATH §8); (1.0, {}) for plain SGD."""
+        if self.plain_sgd:
+            return 1.0, {}
+        rate = schedule_rate(self.lr_schedule, self.t)
+        return rate, ({"beta": self.momentum, "nesterov": self.nesterov} if self.momentum else {})
+
+    def _accumulate(self, idx, V, rate):
+        """A += the step's gradients (scattered to their rows), through A's velocity under momentum (MATH §8.4)."""
+        if rate == 1.0 and not self.momentum:
+            np.add.at(self.A, idx, V)
+            return
+        inc = np.zeros_like(self.A)
+        np.add.at(inc, idx, V)
+        if self.momentum:
+            if self.A_velocity is None:
+                self.A_velocity = np.zeros_like(self.A)
+            inc = momentum_direction(self.A_velocity, inc, self.momentum, self.nesterov)
+        self.A += rate * inc
+
+    def _optimiser_state(self, state):
+        """Add the velocities to a state dict (only under momentum: plain runs keep today's format)."""
+        if self.momentum:
+            zeros = np.zeros_like(self.A)
+            state["velocity_A"] = zeros if self.A_velocity is None else self.A_velocity.copy()
+            for k, tr in enumerate(self._tracked):
+                v = tr.velocity
+                state[f"velocity_tracked_{k}"] = np.zeros_like(tr.values) if v is None else np.array(v)
+        return state
+
+    def _load_optimiser_state(self, state, t):
+        """Restore the velocities; one-line errors when the state and the simulator disagree about momentum."""
+        has = "velocity_A" in state
+        if has and not self.momentum:
+            raise ValueError("state: written by a run with momentum; this simulator has momentum 0")
+        if self.momentum and not has and t > 0:
+            raise ValueError("state: written by a run without momentum; this simulator has "
+                             f"momentum {self.momentum}")
+        self.A_velocity = None
+        for tr in self._tracked:
+            tr.velocity = None
+        if has:
+            shapes = {"velocity_A": self.A.shape,
+                      **{f"velocity_tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}}
+            if hasattr(self, "history"):
+                shapes["history_D"] = ("M", self.dr)
+            state_arrays(state, shapes)
+            self.A_velocity = np.array(state["velocity_A"], dtype=np.float64)
+            for k, tr in enumerate(self._tracked):
+                tr.velocity = np.array(state[f"velocity_tracked_{k}"], dtype=np.float64)
 
     @property
     def N(self):
@@ -239,16 +307,27 @@ class BottleneckSimulator(_SimulatorBase):
     engine : callable, optional
         Engine factory ``engine(layers_g, layers_f, d, dr)`` (:mod:`refimpl.engine`); default
         the reference :class:`refimpl.engine.BottleneckEngine`.  Backends pass their own.
+    lr_schedule : str, Schedule or callable, optional
+        Multiplier s_t of both rates at step t (MATH §8.1): ``"constant"`` (default),
+        ``"step:EVERY:FACTOR"``, ``"cosine"`` (over ``total_steps``), ``"warmup:STEPS"``, a
+        :class:`refimpl.optim.Schedule` or a callable ``t -> s_t``.
+    total_steps : int, optional
+        The run's steps (the cosine schedule's horizon).
+    momentum : float in [0, 1)
+        Heavy-ball momentum beta of the weights of f and g (MATH §8); 0 is plain SGD.
+    nesterov : bool
+        Nesterov momentum in the PyTorch convention (step ``G_t + beta v_t``).
 
     The architecture of the kernels (depths, scales, biases; MATH §2.2) is the
     network's, ``net.layers_g`` and ``net.layers_f``, with the overrides above.
     """
 
     def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None,
-                 activation=None, depth_f=None, depth_g=None, loss="mse", engine=None):
+                 activation=None, depth_f=None, depth_g=None, loss="mse", engine=None, lr_schedule=None,
+                 total_steps=None, momentum=0.0, nesterov=False):
         if not isinstance(net, RandomNetwork):
             raise TypeError(f"net: expected a RandomNetwork, got {type(net).__name__}")
-        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss, lr_schedule, total_steps, momentum, nesterov)
         if self.X.shape[1] != net.d0:
             raise ValueError(f"X: expected {net.d0} columns (the network's input dimension), got {self.X.shape[1]}")
         if self.Y.shape[1] != net.dr:
@@ -348,21 +427,32 @@ class BottleneckSimulator(_SimulatorBase):
         loss, chi, V = self.head_at_batch(Pb, self.Y[idx])  # V = J_t(p_i)^T chi_i
         if not np.all(np.isfinite(V)):
             raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
+        rate, kw = self._optimiser()
         for tr in self._tracked:
-            self.engine.update_tracked(tr, self._tracked[0], idx, V, self.lr_g)
-        np.add.at(self.A, idx, V)
-        self.history.append(Pb, chi)
+            self.engine.update_tracked(tr, self._tracked[0], idx, V, self.lr_g * rate, **kw)
+        self._accumulate(idx, V, rate)
+        if self.plain_sgd:
+            self.history.append(Pb, chi)
+        else:
+            self.history.append(Pb, chi, rate=rate, beta=self.momentum, nesterov=self.nesterov)
         self.t += 1
         return loss
 
     # ------------------------------------------------------------- checkpoint
     def state_dict(self):
-        """All state that changes during training, as a dict of arrays (for npz)."""
+        """All state that changes during training, as a dict of arrays (for npz).
+
+        Under momentum also ``velocity_A``, ``velocity_tracked_k`` and ``history_D`` (MATH §8.3-8.4);
+        ``history_C`` holds the per-entry weighted coefficients under a schedule or momentum.
+        """
         state = {"t": np.array(self.t), "A": self.A.copy(),
                  "history_P": self.history.P.copy(), "history_C": self.history.C.copy()}
         for k, tr in enumerate(self._tracked):
             state[f"tracked_{k}"] = tr.values.copy()
-        return state
+        if self.momentum:
+            D = self.history.D
+            state["history_D"] = np.zeros_like(state["history_C"]) if D is None else np.array(D)
+        return self._optimiser_state(state)
 
     def load_state_dict(self, state):
         """Restore a state written by :meth:`state_dict` on a simulator built the same way."""
@@ -374,8 +464,14 @@ class BottleneckSimulator(_SimulatorBase):
             raise ValueError(f"state: {state['history_P'].shape[0]} history rows cannot come from {t} steps")
         self.t = t
         self.A = np.array(state["A"], dtype=np.float64)
+        self._load_optimiser_state(state, t)
         self.engine.reset_history(capacity=max(1024, state["history_P"].shape[0]))
         self.history.append(np.asarray(state["history_P"]), np.asarray(state["history_C"]))
+        if self.momentum and "history_D" in state:
+            if np.shape(state["history_D"]) != np.shape(state["history_C"]):
+                raise ValueError(f"state['history_D']: expected shape {np.shape(state['history_C'])}, "
+                                 f"got {np.shape(state['history_D'])}")
+            self.history.set_decay(state["history_D"])
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)
 
@@ -408,8 +504,8 @@ class InfiniteSimulator(_SimulatorBase):
 
     Parameters
     ----------
-    X, Y, lr, lr_f, lr_g, X_eval, activation, depth_f, depth_g
-        As for :class:`BottleneckSimulator`.
+    X, Y, lr, lr_f, lr_g, X_eval, activation, depth_f, depth_g, lr_schedule, total_steps, momentum, nesterov
+        As for :class:`BottleneckSimulator` (MATH §8: the outputs carry the velocity).
     init : {"auto", "cholesky", "network"}
         How F0 ~ GP(0, Sigma_F) is drawn on the training and evaluation inputs:
         exactly by Cholesky ("cholesky"), or as the output of one finite random
@@ -431,8 +527,9 @@ class InfiniteSimulator(_SimulatorBase):
 
     def __init__(self, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, init="auto", seed=0,
                  width=2048, F0=None, activation="relu", depth_f=None, depth_g=None, cholesky_max=4000,
-                 layers_g=None, layers_f=None, loss="mse", engine=None):
-        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
+                 layers_g=None, layers_f=None, loss="mse", engine=None, lr_schedule=None, total_steps=None,
+                 momentum=0.0, nesterov=False):
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss, lr_schedule, total_steps, momentum, nesterov)
         self.layers_g = layers_g if layers_g is not None else kernels.Layers.make(activation, depth_g)
         self.layers_f = layers_f if layers_f is not None else kernels.Layers.make(self.layers_g.activation,
                                                                                   depth_f)
@@ -493,9 +590,13 @@ class InfiniteSimulator(_SimulatorBase):
         """One SGD step on the rows ``idx``; returns the batch loss before the update."""
         idx = self._check_batch(idx)
         loss, chi = self._batch_loss(self._tracked[0].rows(idx), self.Y[idx])
+        rate, kw = self._optimiser()
         for tr in self._tracked:
-            self.engine.update_tracked(tr, self._tracked[0], idx, chi)
-        np.add.at(self.A, idx, chi)
+            if self.plain_sgd:
+                self.engine.update_tracked(tr, self._tracked[0], idx, chi)
+            else:
+                self.engine.update_tracked(tr, self._tracked[0], idx, chi, rate=rate, **kw)
+        self._accumulate(idx, chi, rate)
         self.t += 1
         return loss
 
@@ -503,12 +604,13 @@ class InfiniteSimulator(_SimulatorBase):
         state = {"t": np.array(self.t), "A": self.A.copy()}
         for k, tr in enumerate(self._tracked):
             state[f"tracked_{k}"] = tr.values.copy()
-        return state
+        return self._optimiser_state(state)
 
     def load_state_dict(self, state):
         _check_state_keys(state, len(self._tracked), ("A",))
         self.t = state_arrays(state, {"A": (self.N, self.dr),
                                       **{f"tracked_{k}": tr.values.shape for k, tr in enumerate(self._tracked)}})
+        self._load_optimiser_state(state, self.t)
         self.A = np.array(state["A"], dtype=np.float64)
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)

@@ -9,20 +9,25 @@ A simulator receives an engine *factory* (``engine=``), called once with the arc
 
 ``BottleneckEngine(layers_g, layers_f, d, dr)`` (:class:`BottleneckSimulator`)
     ``history``          the stored batch embeddings P (M, d) and loss derivatives C (M, dr):
-                         ``append(P, C)``, host views ``P``, ``C``, count ``M``;
+                         ``append(P, C)``, host views ``P``, ``C``, count ``M``; with a schedule
+                         or momentum ``append(P, C, rate, beta, nesterov)`` keeps C as the
+                         per-entry weighted coefficients (MATH §8.3, :class:`MomentumRows`);
     ``reset_history(capacity)``  a new empty history (restoring a checkpoint);
     ``track(X, values)``  a :class:`Tracked` set: inputs X (n, d0) whose embeddings ``values``
                          (n, d) are updated at every step, with whatever of X the engine
                          precomputes once (norms, device copies);
     ``update_tracked(target, source, idx, V, lr)``  ``target.values -= lr Theta(target.X,
-                         source.X[idx]) @ V``, Theta the NTK of g (MATH §4);
+                         source.X[idx]) @ V``, Theta the NTK of g (MATH §4); with momentum
+                         ``update_tracked(..., lr, beta=, nesterov=)`` steps along the set's
+                         velocity instead (:meth:`Tracked.descend`, MATH §8.4);
     ``theta(Xq, tracked)``  Theta(Xq, tracked.X) for inputs that are not tracked;
     ``history_pass(Z, mode, chi)``  one pass over the history (below);
     ``fuse_max_dr``      the step takes f and J^T chi from one mode-1 pass when dr is at most
                          this, else from a mode-0 and a mode-2 pass.
 
 ``InfiniteEngine(layers_g, layers_f, lr_f, lr_g)`` (:class:`InfiniteSimulator`)
-    ``track``, ``update_tracked(target, source, idx, chi)`` (``values -= NTK_inf chi``) and
+    ``track``, ``update_tracked(target, source, idx, chi)`` (``values -= NTK_inf chi``; with a
+    schedule or momentum ``update_tracked(..., rate=, beta=, nesterov=)``, MATH §8.4) and
     ``ntk(Xq, tracked)``, NTK_inf weighted by the rates (MATH §5).
 
 The history pass returns, for queries Z (q, d), host float64
@@ -45,6 +50,7 @@ import numpy as np
 
 from . import kernels
 from .kernels import unit_rows
+from .optim import momentum_direction
 
 #: History rows processed per block in the reference pass.
 HISTORY_BLOCK = 4096
@@ -61,17 +67,88 @@ def contract_xi(chi, T, bsum, Z):
     return np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
 
 
-class History:
-    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling."""
+class MomentumRows:
+    """Per-entry weights of the history under a schedule and momentum (MATH §8.3), for any history
+    class with ``store_C`` (capacity, dr), ``M`` and array module ``xp``.
+
+    With a schedule s_t and momentum beta the head's history term is ``sum_s w_{t,s} K(x, P_s) C_s``
+    with ``w_{t,s} = sum_{u=s}^{t-1} s_u c_{u,s}`` (``c = beta^(u-s)``, heavy ball;
+    ``beta^(u-s+1) + [u = s]``, Nesterov).  The store keeps the weighted coefficients ``w C`` in
+    ``store_C`` (what every history pass reads, so no kernel changes) and the decayed loss
+    derivatives ``D_s = beta^(t-s) C_s`` in ``store_D``; a step adds ``s_t D`` (``s_t beta D``, and
+    ``s_t C`` for the new rows, Nesterov) to the weighted rows and multiplies D by beta: O(M dr)
+    per step, no powers beta^(-s).  Entries of D below :data:`DECAY_FLOOR` are set to zero (they
+    could no longer change a weight) and the rows before the first live one are skipped.
+    """
+
+    #: |D| below this is set to 0 (below any weight's last bit; avoids subnormal arithmetic).
+    DECAY_FLOOR = 1e-250
+    store_D = None
+    live = 0
+
+    def weigh_appended(self, start, C, rate, beta, nesterov):
+        """Weights of rows ``start..M`` (just stored raw in store_C) and of all earlier live rows."""
+        xp = self.xp
+        if beta == 0.0 and self.store_D is None:
+            if rate != 1.0:
+                self.store_C[start:self.M] *= rate
+            return
+        if self.store_D is None:
+            if start:
+                raise ValueError("history: momentum cannot start on a history written without it")
+            self.store_D = xp.zeros_like(self.store_C)
+            self.live = 0
+        elif self.store_D.shape[0] < self.store_C.shape[0]:
+            self.store_D = grown(xp, self.store_D, self.store_C.shape[0], start)
+        self.store_D[start:self.M] = self.store_C[start:self.M]
+        self.store_C[start:self.M] = 0.0
+        C_live, D_live = self.store_C[self.live:self.M], self.store_D[self.live:self.M]
+        C_live += (rate * beta if nesterov else rate) * D_live
+        if nesterov:
+            self.store_C[start:self.M] += rate * self.store_D[start:self.M]
+        D_live *= beta
+        D_live[xp.abs(D_live) < self.DECAY_FLOOR] = 0.0
+        alive = xp.any(D_live != 0.0, axis=1)
+        self.live += int(xp.argmax(alive)) if bool(xp.any(alive)) else D_live.shape[0]
+
+    def to_host(self, a):
+        """``a`` (an array of ``xp``) as a NumPy array."""
+        return a if self.xp is np else self.xp.asnumpy(a)
+
+    @property
+    def D(self):
+        """(M, dr) decayed loss derivatives beta^(t-s) C_s on the host, or None without momentum."""
+        return None if self.store_D is None else self.to_host(self.store_D[:self.M])
+
+    def set_decay(self, D):
+        """Restore the decayed loss derivatives (a checkpoint's, (M, dr)) of the stored rows."""
+        self.store_D = self.xp.zeros_like(self.store_C)
+        self.store_D[:self.M] = self.xp.asarray(np.asarray(D, dtype=self.store_C.dtype))
+        alive = np.any(np.asarray(D) != 0.0, axis=1)
+        self.live = int(np.argmax(alive)) if alive.any() else self.M
+
+
+class History(MomentumRows):
+    """Past batch embeddings P (M, d) and loss derivatives C (M, dr), grown by amortised doubling.
+
+    With a schedule or momentum, C holds the per-entry weighted coefficients (:class:`MomentumRows`).
+    """
+
+    xp = np
 
     def __init__(self, d, dr, capacity=1024, dtype=np.float64):
         self.store_P = np.empty((capacity, d), dtype=dtype)
         self.store_C = np.empty((capacity, dr), dtype=dtype)
         self.M = 0
 
-    def append(self, P, C):
-        """Append rows; copies the storage only when it is full (capacity doubles)."""
+    def append(self, P, C, rate=1.0, beta=0.0, nesterov=False):
+        """Append rows; copies the storage only when it is full (capacity doubles).
+
+        ``rate`` (the schedule's multiplier s_t), ``beta``, ``nesterov``: MATH §8.3; the defaults
+        store C as given.
+        """
         k = P.shape[0]
+        start = self.M
         if self.M + k > self.store_P.shape[0]:
             cap = max(2 * self.store_P.shape[0], self.M + k)
             self.store_P = grown(np, self.store_P, cap, self.M)
@@ -79,6 +156,7 @@ class History:
         self.store_P[self.M:self.M + k] = P
         self.store_C[self.M:self.M + k] = C
         self.M += k
+        self.weigh_appended(start, C, rate, beta, nesterov)
 
     @property
     def P(self):
@@ -87,7 +165,7 @@ class History:
 
     @property
     def C(self):
-        """(M, dr) view of the stored loss derivatives."""
+        """(M, dr) view of the stored (weighted) loss derivatives."""
         return self.store_C[:self.M]
 
 
@@ -105,9 +183,21 @@ class Tracked:
     the same attribute, and precompute what never changes about X.
     """
 
+    #: the velocity of ``values`` under momentum (MATH §8.4); None until the first momentum step
+    velocity = None
+
     def __init__(self, X, values):
         self.X = X
         self.values = values
+
+    def descend(self, inc, lr, beta=0.0, nesterov=False):
+        """``values -= lr inc``, or with momentum ``values -= lr (direction)`` of the velocity (MATH §8.4)."""
+        if beta == 0.0 and self.velocity is None:
+            self.values -= lr * inc
+            return
+        if self.velocity is None:
+            self.velocity = np.zeros_like(self.values)
+        self.values -= lr * momentum_direction(self.velocity, inc, beta, nesterov)
 
     def matches(self, Xq):
         """True when ``Xq`` is this set's inputs (the same array or equal values)."""
@@ -148,9 +238,9 @@ class BottleneckEngine:
         """Theta(Xq, tracked.X), (q, n)."""
         return kernels.ntk(Xq, tracked.X, self.layers_g)
 
-    def update_tracked(self, target, source, idx, V, lr):
-        """target.values -= lr Theta(target.X, source.X[idx]) @ V."""
-        target.values -= lr * (kernels.ntk(target.X, source.X[idx], self.layers_g) @ V)
+    def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
+        """target.values -= lr Theta(target.X, source.X[idx]) @ V (with momentum: :meth:`Tracked.descend`)."""
+        target.descend(kernels.ntk(target.X, source.X[idx], self.layers_g) @ V, lr, beta, nesterov)
 
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum over the whole history for queries Z (q, d); see the module docstring."""
@@ -192,9 +282,9 @@ class InfiniteEngine:
         """NTK_inf(Xq, tracked.X) weighted by the rates, (q, n)."""
         return self._ntk(Xq, tracked.X)
 
-    def update_tracked(self, target, source, idx, chi):
-        """target.values -= NTK_inf(target.X, source.X[idx]) @ chi."""
-        target.values -= self._ntk(target.X, source.X[idx]) @ chi
+    def update_tracked(self, target, source, idx, chi, rate=1.0, beta=0.0, nesterov=False):
+        """target.values -= rate NTK_inf(target.X, source.X[idx]) @ chi (with momentum: :meth:`Tracked.descend`)."""
+        target.descend(self._ntk(target.X, source.X[idx]) @ chi, rate, beta, nesterov)
 
     def _ntk(self, Xa, Xb):
         return kernels.ntk_inf(Xa, Xb, lr_f=self.lr_f, lr_g=self.lr_g, layers_g=self.layers_g,

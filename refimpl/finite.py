@@ -28,7 +28,10 @@ one weight matrix per half it is the effective two-layer network of MATH §5.2,
 Loss (same as the simulators, MATH §4): ``L = 1/(2B) sum_i |F_i - y_i|^2``,
 ``chi_i = (F_i - y_i) / B``.  A step updates every weight matrix at once with
 the gradient at the current weights: ``W <- W - lr_f dL/dW`` for the layers
-of f and ``lr_g`` for those of g.
+of f and ``lr_g`` for those of g.  With a schedule and momentum (MATH §8) every
+weight matrix and bias keeps a velocity buffer, ``v <- beta v + dL/dW`` and
+``W <- W - lr s_t v`` (Nesterov: ``W <- W - lr s_t (dL/dW + beta v)``), the
+optimiser the simulators follow in function space.
 
 Forward and backward passes are written by hand.  Hidden activations are
 formed for at most ``ROW_BLOCK_ELEMENTS / width`` input rows at a time, so wide
@@ -46,6 +49,7 @@ import numpy as np
 from .dynamics import DivergenceError, check_ce_targets, check_loss, loss_and_chi, pointwise_loss
 from .kernels import ACTIVATIONS, Layers, as_points
 from .network import MLP, RandomNetwork, TwoHalves
+from .optim import check_momentum, make_schedule, momentum_direction, schedule_rate
 from .validate import positive_int, positive_rate
 
 #: Largest hidden-activation block, in float64 elements, formed during a pass.
@@ -103,6 +107,8 @@ class FiniteNetwork(TwoHalves):
             raise ValueError(f"f_weights: the first matrix needs {self._g.n_out} columns (the bottleneck width "
                              f"of g), got {self._f.n_in}")
         self.t = 0
+        #: velocity buffers of the weights and biases (MATH §8), None until the first momentum step
+        self.velocities = None
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -305,7 +311,8 @@ class FiniteNetwork(TwoHalves):
             return loss, grads_g, grads_f, grads_bg, grads_bf
         return loss, grads_g, grads_f
 
-    def step(self, X, Y, lr=None, lr_f=None, lr_g=None):
+    def step(self, X, Y, lr=None, lr_f=None, lr_g=None, momentum=0.0, nesterov=False, lr_schedule=None,
+             total_steps=None):
         """One (S)GD step on the batch (X, Y); pass the whole data set for full-batch GD.
 
         Parameters
@@ -315,6 +322,12 @@ class FiniteNetwork(TwoHalves):
             Rate for all weights (required unless both ``lr_f`` and ``lr_g`` are given).
         lr_f, lr_g : float, optional
             Rates for the weights of f and of g (default ``lr``).
+        momentum, nesterov : float in [0, 1), bool
+            Heavy-ball (or Nesterov) momentum of every weight and bias (MATH §8.1); pass the same
+            values at every step.
+        lr_schedule, total_steps
+            The schedule's multiplier s_t of both rates at this network's step t (MATH §8.1; as for
+            :class:`~refimpl.dynamics.BottleneckSimulator`).
 
         Returns
         -------
@@ -329,6 +342,10 @@ class FiniteNetwork(TwoHalves):
         lr_g = positive_rate("lr_g", lr_g) or lr
         if lr_f is None or lr_g is None:
             raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
+        beta, nesterov = check_momentum(momentum, nesterov)
+        if lr_schedule is not None:
+            rate = schedule_rate(make_schedule(lr_schedule, total_steps), self.t)
+            lr_f, lr_g = lr_f * rate, lr_g * rate
         xp = self.xp
         loss, grads_g, grads_f, grads_bg, grads_bf = self.gradients(X, Y, with_biases=True)
         if not math.isfinite(loss):
@@ -336,11 +353,19 @@ class FiniteNetwork(TwoHalves):
         for gw in grads_g + grads_f + grads_bg + grads_bf:
             if gw is not None and not bool(xp.all(xp.isfinite(gw))):
                 raise DivergenceError(f"a gradient is not finite at step {self.t}: the run diverged")
-        for ws, grads, rate in ((self._g.weights, grads_g, lr_g), (self._f.weights, grads_f, lr_f),
-                                (self._g.biases or [], grads_bg, lr_g), (self._f.biases or [], grads_bf, lr_f)):
-            for w, gw in zip(ws, grads):
-                gw *= rate
-                w -= gw
+        groups = ((self._g.weights, grads_g, lr_g), (self._f.weights, grads_f, lr_f),
+                  (self._g.biases or [], grads_bg, lr_g), (self._f.biases or [], grads_bf, lr_f))
+        if beta == 0.0 and self.velocities is None:
+            for ws, grads, rate in groups:
+                for w, gw in zip(ws, grads):
+                    gw *= rate
+                    w -= gw
+        else:
+            if self.velocities is None:
+                self.velocities = [[xp.zeros_like(w) for w in ws] for ws, _, _ in groups]
+            for (ws, grads, rate), vs in zip(groups, self.velocities):
+                for w, gw, v in zip(ws, grads, vs):
+                    w -= rate * momentum_direction(v, gw, beta, nesterov)
         self.t += 1
         return loss
 

@@ -484,3 +484,50 @@ def test_device_math_supplies_erf_to_refimpl_networks():
     xp = with_special_functions(bare, erf=np.frompyfunc(math.erf, 1, 1))
     assert xp.float64 is np.float64 and with_special_functions(np) is np
     np.testing.assert_allclose(MLP(W, "erf", xp).forward(X).astype(float), MLP(W, "erf").forward(X), rtol=1e-15)
+
+
+# ------------------------------------------------------------------ schedules and momentum (MATH §8)
+
+@pytest.mark.parametrize("opt", [dict(momentum=0.9, lr_schedule="warmup:3"),
+                                 dict(momentum=0.8, nesterov=True, lr_schedule="cosine", total_steps=10),
+                                 dict(lr_schedule="step:4:0.5")])
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_momentum_and_schedules_match_refimpl(name, opt):
+    """The per-entry weights of the history (ArrayHistory, MATH §8.3) and the velocities of the tracked
+    embeddings (MATH §8.4) on each backend against the reference engine, over 10 minibatch steps; float64
+    to 1e-10, and a float32 run resumed from its checkpoint continues exactly."""
+    net, X, Y = _problem(dr=2)
+    ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:4] + 0.1, **opt)
+    sim = backend(name).BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X[:4] + 0.1, **opt)
+    for t in range(10):
+        idx = np.arange(2 * t, 2 * t + 6) % 30
+        assert sim.step(idx) == pytest.approx(ref.step(idx), rel=1e-10)
+    for Xq in (X, X[:4] + 0.1, X + 0.3):
+        np.testing.assert_allclose(sim.outputs(Xq), ref.outputs(Xq), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sim.history.C, ref.history.C, rtol=1e-12, atol=1e-15)
+    assert np.abs(ref.outputs(X) - net.f(net.g(X))).max() > 0.1
+    a, b = (backend(name, "float32").BottleneckSimulator(net, X, Y, lr=0.5, **opt) for _ in range(2))
+    ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5, **opt)
+    for t in range(10):
+        ref.step(np.arange(t, t + 4))
+    for t in range(5):
+        a.step(np.arange(t, t + 4))
+    b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
+    for t in range(5, 10):
+        assert a.step(np.arange(t, t + 4)) == b.step(np.arange(t, t + 4))
+    np.testing.assert_array_equal(a.outputs(X), b.outputs(X))
+    np.testing.assert_allclose(a.outputs(X), ref.outputs(X), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_infinite_momentum_matches_refimpl(name):
+    """No bottleneck: the tracked outputs' velocities (MATH §8.4) on each backend against the reference."""
+    _, X, Y = _problem(dr=2)
+    opt = dict(momentum=0.9, nesterov=True, lr_schedule="step:3:0.7")
+    ref = refimpl.InfiniteSimulator(X, Y, lr=0.5, X_eval=X[:4] + 0.1, init="network", width=64, **opt)
+    sim = backend(name).InfiniteSimulator(X, Y, lr=0.5, X_eval=X[:4] + 0.1, init="network", width=64, **opt)
+    for t in range(8):
+        idx = np.arange(3 * t, 3 * t + 5) % 30
+        assert sim.step(idx) == pytest.approx(ref.step(idx), rel=1e-11)
+    for Xq in (X, X[:4] + 0.1, X + 0.3):
+        np.testing.assert_allclose(sim.outputs(Xq), ref.outputs(Xq), rtol=1e-11, atol=1e-13)
