@@ -372,6 +372,17 @@ def _given_on_command_line(ctx, names):
     return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
 
 
+def _refuse_on_resume(ctx, names, out, force, what, allowed):
+    """Usage error (exit 2, one line naming them) for the options among ``names``, ``--out`` and ``--force``
+    given on the command line that a resumed ``what`` cannot change (experiments.runfolder.refuse_resume_options)."""
+    from experiments.runfolder import refuse_resume_options
+    given = _given_on_command_line(ctx, names) + ["out"] * bool(out) + ["force"] * bool(force)
+    try:
+        refuse_resume_options(given, what, allowed)
+    except V.TrainError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _synthetic_only(ctx, options):
     """Every option takes effect or is refused: --d0 / --dr apply to the synthetic data (for mnist / cifar
     they are passed only when given, then checked against the data); an option that does not apply to the
@@ -598,11 +609,7 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
     ctx = click.get_current_context()
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
     if resume_dir is not None:
-        given = _given_on_command_line(ctx, ("widths", "seeds", *options))
-        if given or out or force:
-            flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
-            raise click.UsageError(f"{flag}: a resumed sweep keeps its saved options (only --steps, --jobs "
-                                   "and --scheduler may be given with --resume)")
+        _refuse_on_resume(ctx, ("widths", "seeds", *options), out, force, "sweep", ("steps", "jobs", "scheduler"))
         record = run_guarded(run_sweep, resume_dir, resume=True, steps=steps, jobs=jobs,
                              scheduler=scheduler, plot=not no_plot, log=say)
         target = Path(resume_dir)
@@ -683,11 +690,7 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
     say = lambda msg: click.echo(msg, err=True)   # noqa: E731
     ctx = click.get_current_context()
     if resume_dir is not None:
-        given = _given_on_command_line(ctx, options)
-        if given or out or force:
-            flag = "--" + (given[0].replace("_", "-") if given else ("out" if out else "force"))
-            raise click.UsageError(f"{flag}: a resumed finite sweep keeps its saved options (only --widths may "
-                                   "be given with --resume)")
+        _refuse_on_resume(ctx, options, out, force, "finite sweep", ("widths",))
         extra = widths if _given_on_command_line(ctx, ["widths"]) else None
         summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
         target = Path(resume_dir)

@@ -279,6 +279,13 @@ def staging_name(out, kind):
     return f".{name}.{kind}-"
 
 
+def make_folder_beside(parent, prefix):
+    """A new folder ``parent/<prefix><random>`` (``tempfile.mkdtemp``) with the usual mode (mkdtemp makes 0700)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(folder, 0o777 & ~_UMASK)
+    return folder
+
+
 def refuse_links_inside(root, entries):
     """ValueError (one line) naming the first ``root/entry`` that is, or lies below, a symbolic link.
 
@@ -360,6 +367,11 @@ class DirLock:
             return int(parts[0]), (None if parts[1] == "None" else int(parts[1])), parts[2]
         except (OSError, ValueError, IndexError):
             return None
+
+    def live_owner(self):
+        """(pid, start, host) of the lock's owner while that process lives, else None (no lock, stale lock)."""
+        owner = self.owner()
+        return owner if owner is not None and _alive(owner[0], owner[1]) else None
 
     def acquire(self):
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")

@@ -58,10 +58,10 @@ from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import (DiskFull, atomic_write_text, check_output_folder, read_csv, read_json, refuse_links_inside,
-                     write_csv)
+from .fileio import DiskFull, atomic_write_text, read_csv, read_json, write_csv
 from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
 from .loop import BatchOrder, SGDLoop, every
+from .runfolder import read_run_json, refuse_existing, refuse_links, require_record
 from .train import available_memory
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_chain,
                        parse_widths as _parse_widths, positive_int, positive_number)
@@ -218,32 +218,25 @@ def width_dir(out, d):
     return Path(out) / f"width-{d:05d}"
 
 
-def _refuse_links(out, files, pattern=None, inner=()):
-    """TrainError (one line) if ``out``, one of its ``files``, a folder matching ``pattern`` or one of the
-    ``inner`` files of such a folder is a symbolic link (nothing is written or deleted through a link)."""
-    try:
-        check_output_folder(out)
-        if out.is_dir():
-            entries = list(files)
-            if pattern:
-                for folder in sorted(out.glob(pattern)):
-                    entries += [folder.name, *(f"{folder.name}/{f}" for f in inner)]
-            refuse_links_inside(out, entries)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+def _sweep_entries(out):
+    """The entries of a finite-sweep directory that may not be symbolic links
+    (:func:`experiments.runfolder.refuse_links`): its files, every size's folder and that folder's files."""
+    entries = list(SWEEP_FILES)
+    if Path(out).is_dir() and not Path(out).is_symlink():
+        for folder in sorted(Path(out).glob("width-*")):
+            entries += [folder.name, *(f"{folder.name}/{f}" for f in ("metrics.csv", "result.json"))]
+    return entries
 
 
 def prepare_sweep_dir(out, force, resume):
     """Create the sweep directory; refuse to overwrite a sweep unless ``force``; clear it with ``force``."""
     out = Path(out)
-    _refuse_links(out, SWEEP_FILES, "width-*", ("metrics.csv", "result.json"))
+    refuse_links(out, _sweep_entries(out))
     held = out.is_dir() and ((out / "config.json").exists() or any(out.glob("width-*")))
     if resume:
-        if not (out / "config.json").exists():
-            raise TrainError(f"resume: {out} holds no finite-sweep run (config.json expected)")
-        return out
+        return require_record(out, "config.json", "finite-sweep run")
     if held and not force:
-        raise TrainError(f"out: {out} already holds a sweep; use --resume to finish it or --force to start over")
+        refuse_existing(out, "sweep", hint="use --resume to finish it or --force to start over")
     out.mkdir(parents=True, exist_ok=True)
     if held:
         for f in SWEEP_FILES:
@@ -326,10 +319,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     if resume:
         out = prepare_sweep_dir(out, force=False, resume=True)
         path = out / "config.json"
-        try:
-            saved = read_json(path).get("config")
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
+        saved = read_run_json(path).get("config")
         if not isinstance(saved, dict):
             raise TrainError(f"{path}: no 'config' object (damaged or edited)")
         names = {f.name for f in dataclasses.fields(SweepConfig)}
@@ -668,7 +658,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
     """
     config.validate()
     out = Path(out)
-    _refuse_links(out, COMPARE_FILES)
+    refuse_links(out, COMPARE_FILES)
     existing = [f for f in ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")
                 if (out / f).exists()]
     if existing and not force:

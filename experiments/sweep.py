@@ -25,8 +25,8 @@ stopped), and a run that fails (diverges, or anything else) is recorded as
 ``failed`` without stopping the others.  :func:`run_sweep` raises
 :class:`SweepFailed` at the end when any run failed.
 
-Execution: local worker processes (``jobs``, started with ``spawn``; every run executes in a worker,
-also with ``jobs = 1``; a script that calls :func:`run_sweep` needs the usual
+Execution (:mod:`experiments.pool`): local worker processes (``jobs``, started with ``spawn``; every run
+executes in a worker, also with ``jobs = 1``; a script that calls :func:`run_sweep` needs the usual
 ``if __name__ == "__main__":`` guard of multiprocessing).  The workers' thread variables
 (``OMP_NUM_THREADS`` etc.: the user's, else ``cores // jobs``) are fixed in ``sweep.json`` when the sweep
 is made and applied again on every resume, whatever ``jobs`` then is, so that the BLAS rounding, and
@@ -41,27 +41,22 @@ e.g. on a shared file system, and set their own thread variables).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
 from refimpl import __version__
 from . import devices, fileio
-from .fileio import SWEEP_FILE, DirLock, read_json
-from .train import (LEGACY_DEFAULTS, RESUME_FIELDS, TrainConfig, _read_metrics, atomic_write_text, load_data,
-                    resolve_backend, settle_backend, train)
+from .pool import dask_client, default_jobs, pool_starmap, run_dask, run_local, thread_env
+from .fileio import SWEEP_FILE
+from .fileio import atomic_write_text
+from .runfolder import (LOCK_FILE, RESUME_FIELDS, RUN_FILES, check_out, checkpoint_step, lock_folder, read_metrics,
+                        read_run_json, refuse_existing, refuse_links, require_record)
+from .train import LEGACY_DEFAULTS, TrainConfig, load_data, resolve_backend, settle_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
-
-#: Environment variables that set the thread count of BLAS / OpenMP / Numba in a worker.
-#: How long to wait for a Dask scheduler before giving up.
-DASK_CONNECT_TIMEOUT = "10s"
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
 
 class SweepFailed(RunFailed):
     """Some runs of the sweep failed; the message is a one-line summary."""
@@ -75,14 +70,6 @@ def run_subdir(width, seed, n_seeds):
     """Relative directory of the run (width, seed): ``width-<d>`` or ``width-<d>/seed-<s>``."""
     base = f"width-{width}"
     return base if n_seeds == 1 else f"{base}/seed-{seed}"
-
-
-def default_jobs():
-    """Number of cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:      # not on Linux
-        return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------
@@ -112,8 +99,7 @@ def run_state(out, steps):
             pass
     if (out / "config.json").exists():
         if (out / "checkpoint.npz").exists():
-            from .train import _checkpoint_step
-            t = _checkpoint_step(out)
+            t = checkpoint_step(out)
             try:
                 last = _last_metrics_step(out)
             except (ValueError, KeyError, TypeError):
@@ -130,10 +116,7 @@ def _quiet(_msg):
 
 def _other_options(out, config):
     """Options (names) in which the run in ``out`` differs from ``config``, besides steps and locations."""
-    try:
-        saved = read_json(out / "config.json").get("config")
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    saved = read_run_json(out / "config.json").get("config")
     if not isinstance(saved, dict):
         raise TrainError(f"{out / 'config.json'}: no 'config' object (damaged)")
     expected = dataclasses.asdict(config)
@@ -187,198 +170,10 @@ def run_one(task):
 
 def _final_row(out):
     try:
-        rows = _read_metrics(Path(out) / "metrics.csv")
+        rows = read_metrics(Path(out) / "metrics.csv")
     except TrainError:
         return None
     return rows[-1] if rows else None
-
-
-# ----------------------------------------------------------------------------
-# executors
-# ----------------------------------------------------------------------------
-
-def thread_env(jobs):
-    """The thread variables of every worker of a new sweep: the user's where set, else ``cores // jobs``.
-
-    They are stored in sweep.json and applied again on resume, whatever ``--jobs`` then is, because
-    the number of BLAS threads changes the rounding of the results.
-    """
-    threads = str(max(1, default_jobs() // jobs))
-    return {k: os.environ.get(k) or threads for k in THREAD_VARS}
-
-
-@contextlib.contextmanager
-def _environ(values):
-    """Set environment variables for the worker processes about to be spawned."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _die_with_parent(parent_pid):
-    """Make this worker die when the sweep process does (Linux: PR_SET_PDEATHSIG; elsewhere a watchdog)."""
-    import signal
-    import threading
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's; it stops the workers
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # so is SIGTERM (cli.py handles it as Ctrl-C)
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent_pid:                    # the parent died before prctl took effect
-        os._exit(1)
-
-    def watchdog():
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-    threading.Thread(target=watchdog, daemon=True, name="parent-watchdog").start()
-
-
-def _worker_init(device_slots=None):
-    """Workers leave Ctrl-C to the parent, which terminates them (no traceback per worker);
-    with a GPU backend each takes its own device (experiments.devices)."""
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    devices.claim(device_slots)
-
-
-def _worker_main(conn, parent_pid, device_slots=None):
-    """A local worker: runs the tasks the parent sends until it sends None."""
-    _die_with_parent(parent_pid)
-    _worker_init(device_slots)
-    while True:
-        try:
-            item = conn.recv()
-        except (EOFError, OSError):
-            return
-        if item is None:
-            return
-        i, task = item
-        conn.send((i, run_one(task)))
-
-
-def _dead_worker_result(task, proc):
-    code = proc.exitcode
-    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
-    return {"status": "interrupted", "action": None, "final": _final_row(task["dir"]), "seconds": None,
-            "traceback": None,
-            "error": f"its worker process {proc.pid} died ({how}); continue it with --resume"}
-
-
-def _pool_starmap(fn, args, jobs, env):
-    """``[fn(*a) for a in args]`` in ``jobs`` spawned worker processes with the sweep's thread variables."""
-    import multiprocessing
-    with _environ(env):
-        with multiprocessing.get_context("spawn").Pool(processes=jobs) as pool:
-            return pool.starmap(fn, args)
-
-
-def _run_local(tasks, jobs, env, on_result):
-    """Run the tasks in ``jobs`` spawned worker processes; ``on_result(i, result)`` as each finishes.
-
-    Every worker gets the thread variables ``env``.  A worker that dies (killed, out of memory) is
-    noticed at once: its run is reported as ``interrupted`` and a new worker takes the next task.
-    Workers die with this process (so none goes on writing into a run directory), and on any
-    interruption here they are killed before this function returns.
-    """
-    import multiprocessing
-    from multiprocessing.connection import wait
-
-    ctx = multiprocessing.get_context("spawn")
-    slots = devices.worker_slots(tasks[0]["config"]["backend"], context=ctx) if tasks else None
-    queue = list(enumerate(tasks))
-    workers = {}                                   # conn -> [process, current index or None]
-
-    def start():
-        parent, child = ctx.Pipe()
-        with _environ(env):
-            proc = ctx.Process(target=_worker_main, args=(child, os.getpid(), slots), daemon=True)
-            proc.start()
-        child.close()
-        workers[parent] = [proc, None]
-        return parent
-
-    def give(conn):
-        if queue:
-            workers[conn][1] = queue[0][0]
-            conn.send(queue.pop(0))
-        else:
-            conn.send(None)
-            workers[conn][0].join()
-            del workers[conn]
-
-    try:
-        for _ in range(min(jobs, len(queue))):
-            give(start())
-        while workers:
-            sentinels = {w[0].sentinel: c for c, w in workers.items()}
-            for ready in wait(list(workers) + list(sentinels)):
-                conn = sentinels.get(ready, ready)
-                if conn not in workers:
-                    continue
-                proc, current = workers[conn]
-                try:
-                    msg = conn.recv() if conn.poll() else None
-                except (EOFError, OSError):
-                    msg = None
-                if msg is not None:
-                    workers[conn][1] = None
-                    on_result(*msg)
-                    give(conn)
-                elif not proc.is_alive():
-                    proc.join()
-                    del workers[conn]
-                    if current is not None:
-                        on_result(current, _dead_worker_result(tasks[current], proc))
-                    if queue:
-                        give(start())
-    finally:
-        for conn, (proc, _) in list(workers.items()):
-            if proc.is_alive():
-                proc.kill()
-            proc.join()
-            conn.close()
-
-
-def _dask_client(scheduler):
-    """A connected Dask client, or a one-line TrainError (checked before anything is written)."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise TrainError("scheduler: Dask is not installed; pip install 'bottleneck-dynamics[dask]' "
-                         "(dask[distributed])") from None
-    try:
-        return Client(scheduler, timeout=DASK_CONNECT_TIMEOUT)
-    except Exception as exc:   # noqa: BLE001 - OSError, TimeoutError, ValueError for a bad address, ...
-        raise TrainError(f"scheduler: cannot connect to {scheduler!r}: {exc}".splitlines()[0]) from None
-
-
-def _run_dask(tasks, client, on_result):
-    """Run the tasks on the connected Dask ``client``."""
-    from distributed import as_completed
-    try:
-        futures = client.map(run_one, tasks, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        try:
-            for fut in as_completed(futures):
-                on_result(index[fut.key], fut.result())
-        except BaseException:
-            client.cancel(futures)
-            raise
-    finally:
-        client.close()
 
 
 # ----------------------------------------------------------------------------
@@ -393,13 +188,8 @@ def read_sweep(out, need_config=True):
     """The parsed ``sweep.json`` of a sweep directory (TrainError naming the file if missing or damaged).
 
     ``need_config=False`` (the figures, which also read a partial record): only the run records are checked."""
-    path = Path(out) / SWEEP_FILE
-    if not path.exists():
-        raise TrainError(f"sweep: {out} holds no sweep ({SWEEP_FILE} expected)")
-    try:
-        record = read_json(path)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    path = require_record(out, SWEEP_FILE, "sweep", prefix="sweep") / SWEEP_FILE
+    record = read_run_json(path)
     for key, kind in (("config", dict), ("widths", list), ("seeds", list), ("runs", list)):
         if key != "runs" and not need_config:
             continue
@@ -517,18 +307,12 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
     TrainError for bad options (nothing is written then); SweepFailed (after finishing every other
     run and the figures) when some runs failed or were interrupted.
     """
-    if str(out).strip() == "":
-        raise TrainError("out: expected a directory path, got ''")
-    out = Path(out)
-    try:
-        fileio.check_output_folder(out)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    out = check_out(out)
     if scheduler is not None and not str(scheduler).strip():
         raise TrainError("scheduler: expected the address of a Dask scheduler (tcp://host:port), got ''")
     if resume:
         record = read_sweep(out)
-        _refuse_links(out, record)                # before any run file is read
+        refuse_links(out, _sweep_entries(record))     # before any run file is read
         check_resumable(out, record)
         saved_steps = int(record["config"]["steps"])
         if steps is not None:
@@ -539,8 +323,7 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         if config is None or not widths or not seeds:
             raise TrainError("sweep: expected a config, widths and seeds for a new sweep")
         if (out / SWEEP_FILE).exists() and not force:
-            raise TrainError(f"out: {out} already holds a sweep; use --force to overwrite it "
-                             "or --resume to continue it")
+            refuse_existing(out, "sweep")
         config = dataclasses.replace(config)
         config.validate()
         if not scheduler:             # "auto" -> what runs here, recorded beside what was asked
@@ -549,24 +332,24 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         if not force:
             taken = [r["dir"] for r in record["runs"] if (out / r["dir"] / "config.json").exists()]
             if taken:
-                raise TrainError(f"out: {out / taken[0]} already holds a run; use --force to overwrite it")
-    _refuse_links(out, record)
+                refuse_existing(out / taken[0], "run", hint="use --force to overwrite it")
+    refuse_links(out, _sweep_entries(record))
     probe = TrainConfig.from_json({**record["config"], "width": record["widths"][0],
                                    "seed": record["seeds"][0]})
     probe = _check_before_start(probe, scheduler)
     record["config"]["data_dir"] = probe.data_dir            # absolute, as the runs record it
     if not resume or not record.get("thread_env"):
         record["thread_env"] = thread_env(_jobs(jobs, record))
-    client = _dask_client(scheduler) if scheduler else None   # connected before anything is written
+    client = dask_client(scheduler) if scheduler else None   # connected before anything is written
 
     made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = DirLock(out, ".lock").acquire()
-    except (OSError, ValueError) as exc:
+        lock = lock_folder(out)
+    except (OSError, TrainError) as exc:
         if client is not None:
             client.close()
-        raise TrainError(str(exc) if isinstance(exc, ValueError) else
+        raise TrainError(str(exc) if isinstance(exc, TrainError) else
                          f"out: cannot create {out} ({exc.strerror or exc})") from None
     try:
         try:
@@ -587,19 +370,13 @@ def run_sweep(out, config=None, widths=None, seeds=None, jobs=None, scheduler=No
         lock.release()
 
 
-def _refuse_links(out, record):
-    """TrainError (one line) if the sweep directory, its own files, a run folder (or a folder on the way
-    to it) or a run's files are symbolic links: a sweep moves, clears and writes only inside ``out``."""
+def _sweep_entries(record):
+    """The entries of a sweep directory that may not be symbolic links (:func:`experiments.runfolder.refuse_links`):
+    its own files, every run folder (and the folders on the way to it) and the run's files; a sweep moves,
+    clears and writes only inside its directory."""
     from .lr_probe import PROBE_FILE
-    from .train import LOCK_FILE, RUN_FILES
-    try:
-        fileio.refuse_link(out)
-        if record is not None:
-            fileio.refuse_links_inside(out, (SWEEP_FILE, PROBE_FILE, LOCK_FILE))
-            fileio.refuse_links_inside(out, [str(Path(r["dir"]) / f) for r in record["runs"]
-                                             for f in (*RUN_FILES, LOCK_FILE, ".")])
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
+    return [SWEEP_FILE, PROBE_FILE, LOCK_FILE, *(str(Path(r["dir"]) / f) for r in record["runs"]
+                                                 for f in (*RUN_FILES, LOCK_FILE, "."))]
 
 
 def _jobs(jobs, record):
@@ -617,7 +394,7 @@ def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
                                        "seed": record["seeds"][0]})
         n = 1 if scheduler else min(_jobs(jobs, record), len(record["widths"]))
         rates = per_width_rates(out, probe, record["widths"], log=log,
-                                starmap=(lambda fn, args: _pool_starmap(fn, args, n, record["thread_env"]))
+                                starmap=(lambda fn, args: pool_starmap(fn, args, n, record["thread_env"]))
                                 if n > 1 else None)
         for r in record["runs"]:
             r["lr"] = rates[str(r["width"])]
@@ -653,12 +430,17 @@ def _run_sweep_locked(out, record, jobs, client, scheduler, force, plot, log):
         log(f"[{finished[0]}/{n}] {run['dir']}: {what} {extra}".rstrip())
         _write_sweep(out, record)
 
+    def on_death(i, error):                   # its worker process died: the run is resumable
+        on_result(i, {"status": "interrupted", "action": None, "final": _final_row(tasks[i]["dir"]),
+                      "seconds": None, "traceback": None, "error": error})
+
     t0 = time.perf_counter()
     try:
         if client is not None:
-            _run_dask(tasks, client, on_result)
+            run_dask(run_one, tasks, client, on_result)
         else:
-            _run_local(tasks, jobs, record["thread_env"], on_result)
+            run_local(run_one, tasks, jobs, record["thread_env"], on_result, on_death,
+                      backend=record["config"]["backend"])
     except KeyboardInterrupt:
         for r in record["runs"]:
             if r["status"] == "pending":

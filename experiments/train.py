@@ -1,32 +1,7 @@
 """The training driver every backend shares: batches, evaluation, metrics, checkpoints, resume.
 
-A *run directory* holds
-
-``config.json``
-    Every option of the run, the data description and the backend (written once).
-``metrics.csv``
-    One row at step 0, every ``eval_every`` steps and at the last step.  The
-    first columns are exactly ``step,train_loss,test_loss,wall_s``; then
-    ``train_acc,test_acc`` (empty for regression), then ``feature_movement,
-    kernel_alignment`` (the bottleneck metrics of :mod:`experiments.metrics`,
-    empty for ``width = inf``).  ``train_loss`` is the mean
-    of ``|F - y|^2 / 2`` over a fixed subset of at most ``eval_size`` training
-    points (the first ``eval_size`` rows of a permutation drawn from
-    ``data_seed``, the same for every seed and width; runs made before
-    ``eval_subset`` existed drew it from ``seed``); ``test_loss`` is the same over the whole (possibly subsampled)
-    test set.  ``wall_s`` is the training time in seconds since the start of
-    the run, summed over resumed sessions.
-``checkpoint.npz``
-    The simulator state at the last checkpoint (no pickle), written atomically.
-``loss.png``
-    Training and test loss against steps.
-``summary.json``
-    Written when the run finishes: the final metrics, the wall time and the
-    steps needed to reach a training loss of ``fraction * L_null`` for the
-    fractions :data:`experiments.metrics.THRESHOLD_FRACTIONS` (``L_null`` is the
-    loss of the zero predictor on the training set; see :mod:`experiments.metrics`), and for
-    classification the steps needed to reach the training accuracies
-    :data:`experiments.metrics.ACCURACY_LEVELS`.
+The run directory it writes (config.json, metrics.csv, checkpoint.npz, loss.png, summary.json), its
+staging, lock, digests and the checks of a resume are :mod:`experiments.runfolder`'s.
 
 Batches and steps: :mod:`experiments.loop` (:func:`~experiments.loop.batch_indices`: batch ``t`` is a
 pure function of (seed, t), which is what makes a resumed run identical, bit for bit, to an
@@ -36,16 +11,10 @@ uninterrupted one).
 from __future__ import annotations
 
 import dataclasses
-import csv
-import hashlib
-import io
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
-from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -58,23 +27,19 @@ from . import fileio
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .loop import BatchOrder, SGDLoop, due, every
-from .fileio import (DirLock, atomic_write_bytes, atomic_write_text, fault_point, load_npz,  # noqa: F401
-                     read_csv, read_json, remove_stale_temp_files, save_npz, write_csv)
+from .fileio import atomic_write_text, fault_point, write_csv
 from .evaluation import evaluate, evaluate_train_loss, null_loss_of, run_eval_rows
 from .metrics import ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, steps_to_accuracies, steps_to_thresholds
+from .runfolder import (LOCK_FILE, METRIC_COLUMNS, RESUME_FIELDS, Workspace, check_out, check_run_dir,
+                        check_run_entries, check_same_data, config_digest, good_checkpoint, lock_folder,
+                        read_run_json, refuse_resume_options, remove_interrupted_writes, require_record,
+                        resume_point, write_checkpoint)
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
                        positive_number, positive_rate, width)
 
-METRIC_COLUMNS = ["step", "train_loss", "test_loss", "wall_s", "train_acc", "test_acc",
-                  "feature_movement", "kernel_alignment"]
 BACKENDS = ("numpy", "cpu", "gpu", "auto")
 DTYPES = ("float64", "float32")
-RUN_FILES = ("config.json", "metrics.csv", "checkpoint.npz", "loss.png", "summary.json",
-             "lr_probe.json")              # the last: lr_policy "per-width" only
-
-
-
 
 #: A checkpoint is "good" (kept, never overwritten by a worse state) when its arrays and its training loss are
 #: finite and the loss is at most this factor times the loss at step 0; a run whose training loss grows past
@@ -435,127 +400,8 @@ def _build_chain(config, data, backend, layers_g, layers_f, common):
 
 
 # ----------------------------------------------------------------------------
-# the run directory: digests, checks of run files, staging, lock
+# memory
 # ----------------------------------------------------------------------------
-
-#: Options that only say where things are: a resume may change them (they are recorded) and they are
-#: not part of the config digest.
-LOCATION_FIELDS = ("data_dir",)
-#: Options a resume may change besides the location ones.
-RESUME_FIELDS = ("steps", *LOCATION_FIELDS)
-#: The lock file of a run directory (pid of the process that writes into it).
-LOCK_FILE = ".lock"
-#: Files a run writes atomically (their stale ``.<name>.*.tmp`` files are removed on resume).
-ATOMIC_FILES = RUN_FILES
-
-
-def config_digest(config_dict):
-    """sha256 of a run's options as stored in config.json, without ``steps`` and the location options.
-
-    Generic over the fields of :class:`TrainConfig`: every option that changes the model or the run
-    is in the digest, whatever fields the config grows.
-    """
-    fixed = {k: v for k, v in config_dict.items() if k not in RESUME_FIELDS}
-    text = json.dumps(fixed, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def state_digest(state):
-    """sha256 over the names, dtypes, shapes and bytes of the simulator's arrays (not ``driver_*``)."""
-    h = hashlib.sha256()
-    for key in sorted(k for k in state if not k.startswith("driver_")):
-        arr = np.ascontiguousarray(state[key])
-        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _digest_array(hexdigest):
-    """A sha256 hex digest as the (32,) uint8 array stored in checkpoints (all checkpoint arrays are numeric)."""
-    return np.frombuffer(bytes.fromhex(hexdigest), dtype=np.uint8).copy()
-
-
-def _digest_text(arr):
-    if arr is None or arr.dtype != np.uint8 or arr.shape != (32,):
-        return None
-    return arr.tobytes().hex()
-
-
-def _read_metrics(path):
-    """Rows of metrics.csv as dicts of strings; TrainError naming the file for anything damaged."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise TrainError(f"{path}: not a text CSV file (damaged)") from None
-    except OSError as exc:
-        raise TrainError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if not text:
-        return []
-    if not text.endswith("\n"):
-        raise TrainError(f"{path}: truncated (the last line is incomplete)")
-    lines = text.splitlines()
-    if lines[0].split(",")[:4] != METRIC_COLUMNS[:4]:
-        raise TrainError(f"{path}: line 1 is not the metrics header ({','.join(METRIC_COLUMNS[:4])},...)")
-    header = lines[0].split(",")
-    rows, last = [], None
-    for lineno, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        if None in row or any(v is None for v in row.values()):
-            raise TrainError(f"{path}: line {lineno} has {len(lines[lineno - 1].split(','))} fields, "
-                             f"expected {len(header)} (damaged)")
-        try:
-            step = int(row["step"])
-            values = [float(row[key]) for key in ("train_loss", "test_loss", "wall_s")]
-            for key in METRIC_COLUMNS[4:]:
-                if row.get(key) not in (None, ""):
-                    float(row[key])
-        except ValueError:
-            raise TrainError(f"{path}: line {lineno} is not a row of numbers (damaged)") from None
-        if not all(np.isfinite(values)) or step < 0:
-            raise TrainError(f"{path}: line {lineno} holds a NaN, inf or negative step where a run writes finite "
-                             "values (edited or damaged)")
-        if last is not None and step <= last:
-            raise TrainError(f"{path}: line {lineno}: step {step} does not follow step {last} (damaged)")
-        last = step
-        rows.append(row)
-    return rows
-
-
-def _check_out(out):
-    if str(out).strip() == "":
-        raise TrainError("out: expected a directory path, got ''")
-    out = Path(out)
-    try:
-        fileio.check_output_folder(out)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-    return out
-
-
-def check_run_entries(out):
-    """Refuse (TrainError) a run directory whose own files (:data:`RUN_FILES`, the lock)
-    are symbolic links: a resume reads and rewrites them."""
-    try:
-        fileio.refuse_links_inside(out, (*RUN_FILES, LOCK_FILE))
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-
-
-def check_run_dir(out, force):
-    """Refuse an ``out`` that is a file, or that holds a run unless ``force``; return the run files found."""
-    out = _check_out(out)
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not force:
-        raise TrainError(f"out: {out} already holds a run ({', '.join(existing)}); "
-                         "use --force to overwrite it or --resume to continue it")
-    if existing:
-        owner = DirLock(out, LOCK_FILE).owner()
-        if owner is not None and owner[0] != os.getpid() and fileio._alive(owner[0], owner[1]):
-            raise TrainError(f"out: {out} is in use by process {owner[0]} (lock file {out / LOCK_FILE})")
-    return existing
-
 
 def memory_estimate(config, n_train, n_test, d0, dr):
     """Peak bytes (float64) of a run: initial network, embeddings, history and evaluation blocks.
@@ -616,211 +462,9 @@ def _check_memory(config, n_train, n_test, d0, dr):
     return need
 
 
-def _check_state(path, state, config_dict):
-    """Refuse a checkpoint whose digests, step or values do not fit (TrainError naming ``path``)."""
-    if "t" not in state or state["t"].shape != () or not np.issubdtype(state["t"].dtype, np.integer):
-        raise TrainError(f"{path}: no integer step 't' (not a checkpoint of this program, or damaged)")
-    missing = [k for k in DIGEST_KEYS if _digest_text(state.get(k)) is None]
-    if missing:
-        raise TrainError(f"{path}: its digest {missing[0]!r} is missing or damaged; without it the checkpoint "
-                         "cannot be checked against config.json and metrics.csv (edited?); start over with --force")
-    if _digest_text(state["driver_config_sha256"]) != config_digest(config_dict):
-        raise TrainError(f"{path}: was written for other options than those in config.json "
-                         "(config.json was edited, or the files come from different runs)")
-    if _digest_text(state["driver_state_sha256"]) != state_digest(state):
-        raise TrainError(f"{path}: its arrays do not match their recorded digest (the file was modified)")
-    loss = state.get("driver_train_loss")
-    if loss is None or loss.shape != () or not np.isfinite(loss):
-        raise TrainError(f"{path}: no finite training loss 'driver_train_loss' (damaged or edited)")
-    t = int(state["t"])
-    if t < 0 or t > int(config_dict.get("steps", t)):
-        raise TrainError(f"{path}: step {t} is outside 0..{config_dict.get('steps')} (damaged)")
-    for key, arr in state.items():
-        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-            raise TrainError(f"{path}: array {key!r} holds NaN or inf (not a good checkpoint)")
-    return t
-
-
-#: The digests every checkpoint carries: of config.json's options, of its own arrays, of metrics.csv's rows.
-DIGEST_KEYS = ("driver_config_sha256", "driver_state_sha256", "driver_metrics_sha256")
-
-
-def metrics_digest(rows, t, eval_every):
-    """sha256 of the metrics rows a resume at step ``t`` keeps (steps <= t that are multiples of
-    ``eval_every``), every value but the wall time as metrics.csv writes it (so an interrupted run's
-    checkpoint equals an uninterrupted one's); ``rows`` as numbers or as strings read back."""
-    def text(v):
-        return "" if v is None else repr(float(v)) if isinstance(v, float) else str(v)
-    h = hashlib.sha256()
-    for row in rows:
-        step = int(row["step"])
-        if step <= t and step % eval_every == 0:
-            h.update((",".join(text(row.get(k)) for k in METRIC_COLUMNS if k != "wall_s") + "\n").encode())
-    return h.hexdigest()
-
-
-def _check_metrics_digest(path, rows, state, t, eval_every):
-    """Refuse metrics.csv rows (up to the checkpoint's step) that are not those the checkpoint saw."""
-    if _digest_text(state["driver_metrics_sha256"]) != metrics_digest(rows, t, eval_every):
-        raise TrainError(f"{path}: its rows up to step {t} are not those recorded with the checkpoint "
-                         "(edited, replaced or from another run); restore it, or start over with --force")
-    at_t = [r for r in rows if int(r["step"]) == t]
-    if at_t and t % eval_every == 0 and float(at_t[0]["train_loss"]) != float(state["driver_train_loss"]):
-        raise TrainError(f"{path}: train_loss at step {t} differs from the checkpoint's (edited)")
-
-
-def _checkpoint_bounds(path, config_dict, data_meta):
-    """A check for :func:`experiments.fileio.load_npz`: every array's header against the shapes the run's
-    options allow, before anything is loaded (a header may claim any size)."""
-    data_meta = data_meta if isinstance(data_meta, dict) else {}
-
-    def num(value, default):
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            return default
-        return value if value > 0 else default
-    n_rows = max(num(data_meta.get("n_train"), 0), num(data_meta.get("n_test"), 0)) or 100_000
-    width = config_dict.get("width")
-    dr = num(data_meta.get("dr"), 0) or num(config_dict.get("dr"), 0) or num(config_dict.get("d0"), 3072)
-    chain = config_dict.get("chain") if isinstance(config_dict.get("chain"), list) else []
-    cols = max(num(width, 0) if width != "inf" else 0, dr, 1, *(num(c, 0) for c in chain))
-    heads = {f"history_{w}_{k}" for k in range(1 + len(chain)) for w in "PC"} if chain else set()
-    history = num(config_dict.get("steps"), 1) * num(config_dict.get("batch_size"), 1)
-    allowed = {"t": 0, "driver_train_loss": 0, "driver_wall_s": 0}
-
-    def check(name, shape, dtype):
-        if name in DIGEST_KEYS:
-            ok = shape == (32,)
-        elif name in allowed:
-            ok = shape == ()
-        elif name == "A" or name.startswith("tracked_"):
-            ok = len(shape) == 2 and shape[0] <= n_rows and shape[1] <= cols
-        elif name in ("history_P", "history_C") or name in heads:
-            ok = len(shape) == 2 and shape[0] <= history and shape[1] <= cols
-        else:
-            raise ValueError(f"{path}: holds an unknown array {name!r} (not a checkpoint of this program, or crafted)")
-        if not ok:
-            raise ValueError(f"{path}: array {name!r} has the shape {shape}, which the run's options in config.json "
-                             f"do not allow (damaged or crafted); nothing was loaded")
-    return check
-
-
-def _check_metrics(path, rows, t, eval_every):
-    """The rows of metrics.csv to keep when resuming at step ``t``; TrainError if rows up to ``t`` are missing."""
-    if t > 0 and not path.exists():
-        raise TrainError(f"{path}: missing, but the checkpoint is at step {t} (the metrics history would be "
-                         "lost); restore the file, or start over with --force")
-    kept = [r for r in rows if int(r["step"]) < t or (int(r["step"]) == t and t % eval_every == 0)]
-    have = {int(r["step"]) for r in kept}
-    missing = [s for s in range(0, t + 1, eval_every) if s not in have]
-    if missing:
-        raise TrainError(f"{path}: has no row for step {missing[0]} although the checkpoint is at step {t} "
-                         "(truncated or edited)")
-    return [r for r in kept if int(r["step"]) % eval_every == 0]
-
-
-def _created_parents(folder):
-    """Create ``folder`` and its missing parents; return those created (deepest last)."""
-    folder = Path(folder)
-    missing = []
-    p = folder
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TrainError(f"out: cannot create {folder} ({exc.strerror or exc})") from None
-    return list(reversed(missing))
-
-
-class _Workspace:
-    """Where a new run is written until its first step, and how it becomes the run directory.
-
-    The run is first written into a hidden ``.<name>.new-*`` folder next to ``out``.  If ``out`` does
-    not exist (or is an empty folder) the folder is renamed to ``out`` at once, with its complete
-    config.json, so a run killed before its first checkpoint resumes from step 0.  Otherwise (``out``
-    holds an old run, with ``--force``, or other files) the old files stay untouched until the new
-    run has made its first step after its first checkpoint; then the folders are swapped (other
-    files move into the new run) and the old run is deleted.  ``abort`` removes everything the new
-    run wrote, so a failed start leaves nothing behind.
-    """
-
-    def __init__(self, out):
-        self.out = Path(out)
-        self.parents = _created_parents(self.out.parent)
-        self.out_existed = self.out.exists()
-        _remove_dead_staging(self.out)
-        try:
-            self.dir = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=fileio.staging_name(self.out, "new")))
-            os.chmod(self.dir, 0o777 & ~fileio._UMASK)      # mkdtemp makes 0700; the run gets the usual mode
-        except OSError as exc:
-            self._remove_parents()
-            raise TrainError(f"out: cannot write in {self.out.parent} ({exc.strerror or exc})") from None
-        self.lock = DirLock(self.dir, LOCK_FILE).acquire()
-        self.swap_pending = True
-
-    def publish_early(self):
-        """Rename the staging folder to ``out`` now if ``out`` is missing or empty."""
-        if self.out.exists() and any(self.out.iterdir()):
-            return
-        os.replace(self.dir, self.out)          # rename(2) replaces an empty directory
-        self.dir = self.out
-        self.lock.path = self.out / LOCK_FILE
-        self.swap_pending = False
-
-    def commit(self):
-        """Make the staged run the run directory (the old run is deleted only now)."""
-        if not self.swap_pending:
-            return
-        if not self.out.exists():
-            os.replace(self.dir, self.out)
-            self.dir, self.lock.path, self.swap_pending = self.out, self.out / LOCK_FILE, False
-            return
-        aside = Path(tempfile.mkdtemp(dir=self.out.parent, prefix=fileio.staging_name(self.out, "old")))
-        os.replace(self.out, aside / "run")
-        os.replace(self.dir, self.out)
-        self.dir = self.out
-        self.lock.path = self.out / LOCK_FILE
-        self.swap_pending = False
-        for entry in (aside / "run").iterdir():           # keep whatever else the user had there
-            if entry.name not in RUN_FILES and entry.name != LOCK_FILE and not entry.name.endswith(".tmp"):
-                os.replace(entry, self.out / entry.name)
-        shutil.rmtree(aside, ignore_errors=True)
-
-    def abort(self):
-        """Remove what this run wrote (a failed start leaves nothing behind)."""
-        self.lock.release()
-        if self.dir == self.out and self.out_existed:       # an empty folder the user made: keep it empty
-            for entry in self.out.iterdir():
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink()
-        else:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self._remove_parents()
-
-    def _remove_parents(self):
-        for p in reversed(self.parents):
-            try:
-                p.rmdir()
-            except OSError:
-                break
-
-
-def _remove_dead_staging(out):
-    """Remove ``.<name>.new-*`` folders of new runs into ``out`` whose process is gone (killed at the start)."""
-    for folder in out.parent.glob(glob_escape(fileio.staging_name(out, "new")) + "*"):
-        owner = DirLock(folder, LOCK_FILE).owner()
-        if folder.is_dir() and (owner is None or not fileio._alive(owner[0], owner[1])):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def _resume_config(out, overrides):
     """The saved config of the run in ``out`` with the allowed ``overrides``; (config, saved meta)."""
-    saved = _read_run_json(out / "config.json")
+    saved = read_run_json(out / "config.json")
     cfg_dict = saved.get("config")
     if not isinstance(cfg_dict, dict):
         raise TrainError(f"{out / 'config.json'}: no 'config' object (damaged)")
@@ -842,41 +486,15 @@ def _resume_config(out, overrides):
     return config, saved, cfg_dict
 
 
-def _read_run_json(path):
-    try:
-        return read_json(path)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-
-
-def _check_same_data(out, saved_meta, data):
-    """Refuse data that differ from the run's (other sizes, subset or source)."""
-    ignore = ("data_dir", "source_files")
-    old = {k: v for k, v in (saved_meta or {}).items() if k not in ignore}
-    if old.get("sha256") and old["sha256"] != data.meta.get("sha256"):
-        raise TrainError(f"data: {data.meta.get('file')} has changed since the run was made (sha256 "
-                         f"{str(data.meta.get('sha256'))[:12]}..., recorded {old['sha256'][:12]}... in "
-                         f"{out / 'config.json'}); a run resumes only on its own data")
-    new = json.loads(json.dumps({k: v for k, v in data.meta.items() if k not in ignore}, default=float))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if old and diff:
-        raise TrainError(f"data: the data found now differ from the run's in {out / 'config.json'} "
-                         f"({', '.join(diff[:3])}); point --data-dir at the run's data")
-
-
 def resume(out, overrides=None, progress=None, log=print):
     """Continue the run in ``out``; ``overrides`` are the options given again (name -> value).
 
     Only ``steps`` (a new total, at least the checkpoint's step) and the location options
-    (:data:`LOCATION_FIELDS`: ``data_dir``, recorded in config.json) may be given; any other option
+    (:data:`experiments.runfolder.LOCATION_FIELDS`: ``data_dir``, recorded in config.json) may be given; any other option
     would change the model or the run and is refused in one line naming them all.
     """
     overrides = dict(overrides or {})
-    bad = [k for k in overrides if k not in RESUME_FIELDS]
-    if bad:
-        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
-        raise TrainError(f"{flags}: a resumed run keeps its saved options; only --steps and --data-dir may be "
-                         "given with --resume")
+    refuse_resume_options(overrides, "run", RESUME_FIELDS)
     return train(TrainConfig(steps=overrides.get("steps")), out, resume=True, progress=progress, log=log,
                  data_dir=overrides.get("data_dir"))
 
@@ -909,15 +527,10 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     checkpoint.
     """
     if resume:
-        out = _check_out(out)
+        out = check_out(out)
         check_run_entries(out)
-        if not (out / "config.json").exists():
-            raise TrainError(f"resume: {out} holds no run (config.json expected)")
-        lock = DirLock(out, LOCK_FILE)
-        try:
-            lock.acquire()
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
+        require_record(out, "config.json", "run")
+        lock = lock_folder(out, LOCK_FILE)
         try:
             return _resume_locked(out, config.steps if config is not None else None, data_dir, lock,
                                   progress, log)
@@ -930,7 +543,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         finally:
             lock.release()
     config.validate()
-    out = _check_out(out)
+    out = check_out(out)
     check_run_dir(out, force)
     # everything that can be checked is checked before anything is written
     settle_backend(config, log)
@@ -938,7 +551,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     data = load_data(config)
     _check_batch_size(config, data)
     _check_memory(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], data.Y_train.shape[1])
-    ws = _Workspace(out)
+    ws = Workspace(out)
     started = False
     try:
         if probe is not None:             # e.g. the per-width rate probe (lr_probe.json), in the checked folder
@@ -990,32 +603,12 @@ def _check_batch_size(config, data):
 
 
 def _resume_locked(out, steps, data_dir, lock, progress, log):
-    removed = remove_stale_temp_files(out, ATOMIC_FILES)
-    if removed:
-        log(f"removed {len(removed)} temporary file(s) left by an interrupted write")
+    remove_interrupted_writes(out, log)
     if data_dir is not None:
         data_dir = str(Path(data_dir).expanduser().resolve())
     config, saved, cfg_dict = _resume_config(out, {"steps": steps, "data_dir": data_dir})
     ckpt = out / "checkpoint.npz"
-    state = None
-    rows = _read_metrics(out / "metrics.csv")
-    if ckpt.exists():
-        try:
-            state = load_npz(ckpt, check=_checkpoint_bounds(ckpt, cfg_dict, saved.get("data")))
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        done = _check_state(ckpt, state, cfg_dict)
-        _check_metrics_digest(out / "metrics.csv", rows, state, done, config.eval_every)
-    else:
-        later = [int(r["step"]) for r in rows if int(r["step"]) > 0]
-        if later or (out / "summary.json").exists():
-            where = f"metrics.csv has rows up to step {max(later)}" if later else "summary.json exists"
-            raise TrainError(f"{ckpt}: missing, but {where} (the checkpoint was deleted or lost); restore it, "
-                             "or start over with --force")
-        done = 0
-    if config.steps < done:
-        raise TrainError(f"steps: the run in {out} is already at step {done}; ask for at least that many")
-    metrics = _check_metrics(out / "metrics.csv", rows, done, config.eval_every) if state is not None else []
+    state, done, metrics = resume_point(out, cfg_dict, saved.get("data"), config.steps, config.eval_every)
     if state is not None and config.steps == done and (out / "summary.json").exists() and data_dir is None:
         log(f"nothing to do: the run is already at step {done} (ask for more with --steps)")
         return out
@@ -1030,7 +623,7 @@ def _resume_locked(out, steps, data_dir, lock, progress, log):
             raise
         raise TrainError(f"data: cannot read the run's data in {config.data_dir} ({str(exc).split('; ')[0]}); "
                          f"give their folder with --data-dir (recorded in {out / 'config.json'})") from None
-    _check_same_data(out, saved.get("data"), data)
+    check_same_data(out, saved.get("data"), data)
     _check_batch_size(config, data)
     sim, _ = build_simulator(config, data, backend)
     run = _Run(config, data, sim, out, wall0=0.0, metrics=metrics, log=log)   # captures G_0 first
@@ -1073,7 +666,7 @@ class _Run:
         self.ckpt_every = config.checkpoint_every or config.eval_every
         self.good = None                  # (step, train loss) of the last good checkpoint
         self.t0, self.wall0 = time.perf_counter(), wall0
-        self.digest = config_digest(_read_run_json(self.out / "config.json")["config"])
+        self.digest = config_digest(read_run_json(self.out / "config.json")["config"])
 
     def wall(self):
         return self.wall0 + time.perf_counter() - self.t0
@@ -1103,13 +696,8 @@ class _Run:
             if not np.isfinite(loss):
                 raise DivergenceError(f"train_loss is {loss} at step {self.sim.t}: the run diverged")
             self._check_not_blown_up(loss, int(self.sim.t))
-        state["driver_config_sha256"] = _digest_array(self.digest)
-        state["driver_state_sha256"] = _digest_array(state_digest(state))
-        state["driver_metrics_sha256"] = _digest_array(metrics_digest(self.metrics, int(self.sim.t),
-                                                                      self.config.eval_every))
-        state["driver_train_loss"] = np.array(loss)
-        state["driver_wall_s"] = np.array(self.wall())
-        save_npz(self.out / "checkpoint.npz", state)
+        write_checkpoint(self.out / "checkpoint.npz", state, self.digest, self.metrics, self.config.eval_every,
+                         loss, self.wall())
         self.good = (int(self.sim.t), loss)
         fault_point("train:checkpoint")
 
@@ -1155,7 +743,7 @@ class _Run:
                 raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
             out = self.out
             _plot(out, self.metrics)
-            good = self.good or _good_checkpoint(out)
+            good = self.good or good_checkpoint(out)
             where = (f"the last good checkpoint (step {good[0]}, train loss {good[1]:.4g}, finite and within "
                      f"{GOOD_LOSS_FACTOR:g} x the initial loss) is kept in {out / 'checkpoint.npz'}") if good \
                 else "no good checkpoint was written"
@@ -1164,7 +752,7 @@ class _Run:
             if first["pending"] is not None:
                 raise
             out = self.out
-            good = self.good or _good_checkpoint(out)
+            good = self.good or good_checkpoint(out)
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
             raise RunFailed(f"interrupted at step {sgd.step}; {kept}; continue with: python cli.py train "
                             f"--resume {out}") from None
@@ -1172,7 +760,7 @@ class _Run:
             if first["pending"] is not None:
                 raise
             out = self.out
-            good = self.good or _good_checkpoint(out)
+            good = self.good or good_checkpoint(out)
             kept = f"the checkpoint at step {good[0]} is kept" if good else "no checkpoint was written yet"
             raise RunFailed(f"{exc}; {kept}; the run is resumable: free some space and continue with: "
                             f"python cli.py train --resume {out}") from None
@@ -1188,12 +776,6 @@ class _Run:
         return out
 
 
-def _good_checkpoint(out):
-    try:
-        state = load_npz(Path(out) / "checkpoint.npz")
-        return int(state["t"]), float(state.get("driver_train_loss", np.nan))
-    except (ValueError, KeyError):
-        return None
 
 
 def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
@@ -1220,12 +802,6 @@ def accuracy_summary(metrics, levels=ACCURACY_LEVELS):
             "levels": [{"accuracy": a, "step": h} for a, h in zip(levels, hits)]}
 
 
-def _checkpoint_step(out):
-    try:
-        with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
-            return int(z["t"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def _plot(out, metrics):

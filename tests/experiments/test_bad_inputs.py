@@ -16,7 +16,8 @@ import cli
 from clihelpers import one_line_error
 from experiments import data as datamod
 from experiments.fileio import load_npz, save_npz
-from experiments.train import TrainConfig, state_digest, train
+from experiments.runfolder import digest_array, state_digest
+from experiments.train import TrainConfig, train
 
 TINY = ["--train-size", "60", "--test-size", "20", "--d0", "3", "--width", "2", "--init-width", "100",
         "--batch-size", "10", "--eval-every", "4", "--eval-size", "60", "--steps", "8", "-q"]
@@ -212,8 +213,7 @@ def _edit_state(run, rehash=False, **changes):
     for k, fn in changes.items():
         state[k] = fn(state[k])
     if rehash:
-        from experiments.train import _digest_array
-        state["driver_state_sha256"] = _digest_array(state_digest(state))
+        state["driver_state_sha256"] = digest_array(state_digest(state))
     save_npz(run / "checkpoint.npz", state)
 
 

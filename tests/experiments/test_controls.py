@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import experiments.train as train_mod
+from experiments import runfolder
 from experiments.controls import Centring
 from experiments.lr_probe import probe_width
 from experiments.evaluation import run_eval_rows, simulator_outputs
@@ -221,10 +222,10 @@ def test_cli_bad_control_option_one_line(tmp_path):
 
 def test_probe_in_parallel_gives_the_serial_result(tmp_path):
     from experiments.lr_probe import per_width_rates
-    from experiments.sweep import _pool_starmap, thread_env
+    from experiments.pool import pool_starmap, thread_env
     cfg = TrainConfig(lr_policy="per-width", lr_probe_steps=10, **SMALL)
     serial = per_width_rates(tmp_path / "a", cfg, [3, "inf"])
-    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], starmap=lambda f, a: _pool_starmap(f, a, 2, thread_env(2)))
+    parallel = per_width_rates(tmp_path / "b", cfg, [3, "inf"], starmap=lambda f, a: pool_starmap(f, a, 2, thread_env(2)))
     assert serial == parallel
     a = json.loads((tmp_path / "a" / "lr_probe.json").read_text())["widths"]
     b = json.loads((tmp_path / "b" / "lr_probe.json").read_text())["widths"]
@@ -396,7 +397,7 @@ def test_a_run_made_before_the_new_options_resumes_as_it_was(tmp_path):
         del meta["config"][key]
     (old / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
     state = dict(load_npz(old / "checkpoint.npz"))
-    state["driver_config_sha256"] = train_mod._digest_array(train_mod.config_digest(meta["config"]))
+    state["driver_config_sha256"] = runfolder.digest_array(runfolder.config_digest(meta["config"]))
     save_npz(old / "checkpoint.npz", state)
     train(TrainConfig(steps=20), old, resume=True, log=lambda m: None)
     assert _cols(old, "train_loss", "test_loss").tolist() == _cols(ref, "train_loss", "test_loss").tolist()

@@ -3,7 +3,8 @@
 import multiprocessing
 import time
 
-from experiments import devices, sweep
+from experiments import devices
+from experiments.pool import worker_init
 
 
 def test_gpu_ids_from_the_environment_or_the_count():
@@ -40,7 +41,7 @@ def test_sweep_workers_see_one_device_each(monkeypatch):
     ctx = multiprocessing.get_context("spawn")
     slots = devices.worker_slots("gpu", context=ctx)
     assert slots[0] == ["5", "8"]
-    with ctx.Pool(processes=2, initializer=sweep._worker_init, initargs=(slots,)) as pool:
+    with ctx.Pool(processes=2, initializer=worker_init, initargs=(slots,)) as pool:
         seen = set(pool.map(devices.visible, range(4), chunksize=1))
         deadline = time.monotonic() + 60
         while slots[1].value < 2 and time.monotonic() < deadline:   # both initializers ran

@@ -9,8 +9,10 @@ from click.testing import CliRunner
 
 import cli
 from clihelpers import one_line_error
-from experiments.sweep import parse_seeds, parse_widths, run_state
-from experiments.train import TrainConfig, TrainError, load_npz, train
+from experiments.fileio import load_npz
+from experiments.sweep import run_state
+from experiments.train import TrainConfig, TrainError, train
+from experiments.validate import parse_seeds, parse_widths
 
 TINY = ["--train-size", "40", "--test-size", "20", "--d0", "3", "--init-width", "200", "--batch-size", "10",
         "--eval-every", "3", "--eval-size", "40", "--lr", "1.0"]
@@ -166,7 +168,7 @@ def test_dask_local_cluster(tmp_path):
 
 def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    monkeypatch.setattr("experiments.sweep.DASK_CONNECT_TIMEOUT", "1s")
+    monkeypatch.setattr("experiments.pool.DASK_CONNECT_TIMEOUT", "1s")
     res = _sweep("--widths", "2", "--steps", "2", "--scheduler", "tcp://127.0.0.1:9",
                  "--out", str(tmp_path / "sw"))
     assert "scheduler" in one_line_error(res)
@@ -174,7 +176,7 @@ def test_dask_unreachable_scheduler_one_line(tmp_path, monkeypatch):
 
 def test_thread_env_is_fixed_at_creation_and_kept_on_resume(tmp_path, monkeypatch):
     # -j 2 then a resume with -j 1 gave different last digits: BLAS threads change the rounding
-    from experiments.sweep import THREAD_VARS, default_jobs
+    from experiments.pool import THREAD_VARS, default_jobs
     for var in THREAD_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")        # the user's setting is kept as given

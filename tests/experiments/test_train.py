@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 import cli
 from clihelpers import one_line_error
+from experiments.fileio import load_npz
 from experiments.loop import batch_indices
-from experiments.train import TrainConfig, TrainError, load_npz, train
+from experiments.train import TrainConfig, TrainError, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, width=3, init_width=400, batch_size=10,
              eval_every=7, eval_size=60, lr=1.0)
@@ -197,7 +198,7 @@ def test_interrupt_before_the_first_step_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_resume_at_step_0_checkpoint_has_one_step_0_row(tmp_path, monkeypatch):
-    import experiments.train as T
+    from experiments.runfolder import LOCK_FILE
     ref = train(TrainConfig(steps=12, **SMALL), tmp_path / "ref", log=lambda m: None)
     run = tmp_path / "run"
     calls = {"n": 0}
@@ -219,7 +220,7 @@ def test_resume_at_step_0_checkpoint_has_one_step_0_row(tmp_path, monkeypatch):
     steps = [r["step"] for r in _rows(run)]
     assert steps.count("0") == 1 and steps == [r["step"] for r in _rows(ref)]
     _same_arrays(run, ref)
-    assert T.LOCK_FILE not in _files(run)
+    assert LOCK_FILE not in _files(run)
 
 
 def test_failure_at_the_first_step_leaves_nothing(tmp_path, monkeypatch):
@@ -299,7 +300,7 @@ def test_failed_resume_rewrites_nothing(tmp_path):
 def test_live_lock_is_honoured_and_stale_lock_taken_over(tmp_path):
     import os
     import socket
-    from experiments.train import LOCK_FILE
+    from experiments.runfolder import LOCK_FILE
     out = train(TrainConfig(steps=4, **SMALL), tmp_path / "run", log=lambda m: None)
     (out / LOCK_FILE).write_text(f"{os.getppid()} None {socket.gethostname()}\n")
     with pytest.raises(TrainError, match="in use by process"):
@@ -310,7 +311,7 @@ def test_live_lock_is_honoured_and_stale_lock_taken_over(tmp_path):
 
 
 def test_config_digest_is_generic_over_fields():
-    from experiments.train import config_digest
+    from experiments.runfolder import config_digest
     base = {"width": 3, "lr": 1.0, "steps": 10, "data_dir": "/a"}
     assert config_digest(base) == config_digest(dict(base, steps=99, data_dir="/b"))   # resume may change
     assert config_digest(base) != config_digest(dict(base, lr=2.0))
