@@ -565,7 +565,8 @@ def download(dataset, data_dir, base_url):
     MNIST goes to DATA_DIR/mnist/, CIFAR-10 to DATA_DIR/cifar-10-batches-bin/.  Files already present
     with the right checksum are kept.
     """
-    from experiments.data import download as run_download, resolve_data_dir
+    from experiments.data import resolve_data_dir
+    from experiments.download import download as run_download
     paths = run_guarded(run_download, dataset, data_dir, base_url=base_url,
                         progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{dataset}: {len(paths)} files verified in {resolve_data_dir(data_dir)}")

@@ -388,3 +388,47 @@ def test_every_math_citation_names_a_section():
         for n, line in enumerate(text.splitlines(), 1):
             bad += [f"{path.relative_to(ROOT)}:{n}: MATH §{s}" for s in cite.findall(line) if s not in sections]
     assert not bad, "cited sections missing from docs/MATH.md:\n" + "\n".join(bad)
+
+
+def experiments_private_uses(module, source=None):
+    """[(line, text)] where the experiments module ``module`` imports an underscore name of another experiments
+    module or reads one (``fileio._x``): each module's private helpers are its own."""
+    tree = ast.parse(source if source is not None else MODULES[module].read_text())
+    found = [(line, f"imports {target}.{name}") for target, names, line in imports_of_tree(module, tree)
+             if _layer(target) == "experiments" and target != module for name in (names or [])
+             if name.startswith("_") and not name.startswith("__")]
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve_relative(module, node) if node.level else (node.module or "")
+            aliases |= {a.asname or a.name for a in node.names
+                        if f"{target}.{a.name}" in MODULES and _layer(target) == "experiments"}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.asname and _layer(a.name) == "experiments"}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append((node.lineno, ast.unparse(node)))
+    return found
+
+
+def imports_of_tree(module, tree):
+    """:func:`imports_of` for an already parsed ``tree`` of ``module``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve_relative(module, node) if node.level else node.module
+            out.append((target, [a.name for a in node.names], node.lineno))
+    return [(t, names, line) for t, names, line in out if t and t.split(".")[0] in RANK]
+
+
+def test_experiments_modules_use_no_private_name_of_another():
+    bad = [f"{MODULES[m].relative_to(ROOT)}:{line}: {text}"
+           for m in MODULES if _layer(m) == "experiments" for line, text in experiments_private_uses(m)]
+    assert not bad, "experiments modules share public names only:\n" + "\n".join(bad)
+
+
+def test_the_experiments_private_check_can_fail():
+    found = experiments_private_uses("experiments.sweep", "from .train import _read_metrics, train\n"
+                                     "from . import fileio\nfileio._alive(1, None)\nfrom .pool import run_local\n")
+    assert [text for _, text in found] == ["imports experiments.train._read_metrics", "fileio._alive"]
