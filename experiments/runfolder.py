@@ -75,6 +75,8 @@ LOCK_FILE = ".lock"
 ATOMIC_FILES = RUN_FILES
 #: The digests every checkpoint carries: of config.json's options, of its own arrays, of metrics.csv's rows.
 DIGEST_KEYS = ("driver_config_sha256", "driver_state_sha256", "driver_metrics_sha256")
+
+
 # ----------------------------------------------------------------------------
 # output folders: checks and refusals (runs, sweeps, finite sweeps)
 # ----------------------------------------------------------------------------
@@ -170,7 +172,7 @@ def lock_folder(out, name=LOCK_FILE):
 def config_digest(config_dict):
     """sha256 of a run's options as stored in config.json, without ``steps`` and the location options.
 
-    Generic over the fields of :class:`TrainConfig`: every option that changes the model or the run
+    Generic over the fields of :class:`experiments.train.TrainConfig`: every option that changes the model or the run
     is in the digest, whatever fields the config grows.
     """
     fixed = {k: v for k, v in config_dict.items() if k not in RESUME_FIELDS}
@@ -218,6 +220,7 @@ def metrics_digest(rows, t, eval_every):
 # ----------------------------------------------------------------------------
 
 def read_run_json(path):
+    """The JSON object in ``path`` (config.json, sweep.json, ...); TrainError naming the file if missing or damaged."""
     try:
         return read_json(path)
     except ValueError as exc:
@@ -267,6 +270,7 @@ def read_metrics(path):
 
 
 def checkpoint_step(out):
+    """The step of the checkpoint in ``out``, or None if it cannot be read (nothing else is checked)."""
     try:
         with np.load(out / "checkpoint.npz", allow_pickle=False) as z:
             return int(z["t"])
@@ -275,6 +279,7 @@ def checkpoint_step(out):
 
 
 def good_checkpoint(out):
+    """(step, training loss) of the checkpoint in ``out`` (a run's last good state), or None if it cannot be read."""
     try:
         state = load_npz(Path(out) / "checkpoint.npz")
         return int(state["t"]), float(state.get("driver_train_loss", np.nan))
