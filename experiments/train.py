@@ -733,6 +733,7 @@ class _Run:
                       # one BLAS thread: a step's products are small (batch B), and threads oversubscribe the
                       # cores (numpy backend 4.1x faster on a busy 2-core machine; docs/BENCHMARKS.md)
                       blas_one_thread=True)
+        sgd.step = sgd.done = start              # where an interrupt before the first step leaves the run
         try:
             if progress:
                 sgd.progress = progress(config.steps, start)
