@@ -839,6 +839,13 @@ def verify_lemma31(out, quiet, as_json, force, **options):
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
                    "numpy; recorded in the report).")
+@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help="Heavy-ball momentum beta of the finite networks and of the simulator alike (MATH §8).")
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum (needs --momentum > 0).")
+@click.option("--lr-schedule", default=None, metavar="SCHEDULE",
+              help="Learning-rate schedule of both models: constant, step:EVERY:FACTOR, cosine or warmup:STEPS "
+                   "(MATH §8).  With momentum or a schedule the residuals of eqs 12-14 (plain GD) are not "
+                   "computed.  [default: constant]")
 @click.option("--widths-chain", type=INT_LIST, default=None,
               help="Several bottlenecks (MATH §9): their widths d1,d2,... (d1 replaces d = 3); finite chains "
                    "against the chain simulator, J of the first head, only the g residual.  [default: one "

@@ -371,7 +371,7 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
 
     With ``cfg["widths_chain"]`` the pair is a FiniteChain and the backend's ChainSimulator (MATH §9; J is the
     first head's, and only the g residual is computed); with ``cfg["optimizer"]`` (momentum, nesterov,
-    lr_schedule) both are trained with the same optimiser and the residuals are not computed.
+    lr_schedule: MATH §8) both are trained with the same optimiser and the residuals are not computed.
     """
     d0, d, dr = cfg["d0"], cfg["d"], cfg["dr"]
     lr = cfg["lr"]
@@ -432,18 +432,15 @@ def _theorem32_run(n, seed, X, Y, probes, theta, cfg, residuals):
     return {k: np.array(v) for k, v in rec.items()}
 
 
-def _optimizer(momentum, nesterov, lr_schedule):
-    """The optimiser options that differ from plain GD at a constant rate, checked: a dict of the
+def _optimizer(momentum, nesterov, lr_schedule, steps):
+    """The optimiser options that differ from plain GD at a constant rate (MATH §8), checked: a dict of the
     keyword arguments given alike to the simulator and to every step of the finite network."""
-    beta = positive_number("momentum", momentum, allow_zero=True)
-    if beta >= 1.0:
-        raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
+    from refimpl.optim import check_momentum, parse_schedule
+    beta, nesterov = check_momentum(momentum, bool(nesterov) if isinstance(nesterov, (bool, np.bool_)) else nesterov)
     if nesterov and beta == 0.0:
         raise ValueError("nesterov: expected --momentum > 0 with Nesterov momentum, got momentum 0")
-    opt = {"momentum": beta, "nesterov": bool(nesterov)} if beta > 0 else {}
-    if lr_schedule is not None and lr_schedule != "constant":
-        if not isinstance(lr_schedule, str):
-            raise ValueError(f"lr_schedule: expected a schedule such as step:EVERY:FACTOR, got {lr_schedule!r}")
+    opt = {"momentum": beta, "nesterov": nesterov} if beta > 0 else {}
+    if lr_schedule is not None and not parse_schedule(lr_schedule, steps).is_constant:
         opt["lr_schedule"] = lr_schedule
     return opt
 
@@ -553,7 +550,7 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
         widths_chain = check_widths(widths_chain, "widths_chain")
         d = widths_chain[0]
     cfg.update(d0=positive_int("d0", d0), d=positive_int("d", d), dr=positive_int("dr", dr),
-               widths_chain=widths_chain, optimizer=_optimizer(momentum, nesterov, lr_schedule))
+               widths_chain=widths_chain, optimizer=_optimizer(momentum, nesterov, lr_schedule, cfg["steps"]))
     with_residuals = not cfg["optimizer"]
     out = _prepare(out)
     started = time.perf_counter()
