@@ -26,7 +26,7 @@ MATH §4.3, trained and reported).  Batch t is
 :func:`experiments.loop.batch_indices` ``(seed, t, N, B)``, the same batches as
 ``cli.py train`` with the same seed.
 
-Memory (float64, :func:`memory_estimate`): a network holds
+Memory (float64, :func:`experiments.memory.finite_memory_estimate`): a network holds
 ``P = n (d0 + 2 d + dr)`` weights; SGD needs the weights and one gradient of
 every matrix (16 P bytes), constructing a network holds a second copy for a
 moment (also 16 P bytes), and a forward pass forms hidden blocks of
@@ -53,7 +53,7 @@ from refimpl import __version__
 from refimpl.chain import ChainSimulator, RandomChain
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
 from refimpl.dynamics import LOSSES
-from refimpl.finite import ROW_BLOCK_ELEMENTS, FiniteChain, FiniteNetwork
+from refimpl.finite import FiniteChain, FiniteNetwork
 from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
@@ -62,7 +62,7 @@ from .fileio import DiskFull, atomic_write_text, read_csv, read_json, write_csv
 from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
 from .loop import BatchOrder, SGDLoop, every
 from .runfolder import read_run_json, refuse_existing, refuse_links, require_record
-from .train import available_memory
+from .memory import available_memory, finite_memory_estimate
 from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_chain,
                        parse_widths as _parse_widths, positive_int, positive_number)
 
@@ -110,18 +110,6 @@ def array_module(backend):
     import cupy
     from accel.devicemath import with_special_functions
     return with_special_functions(cupy)    # erf for --activation erf (refimpl is NumPy only)
-
-
-def memory_estimate(d0, d, dr, hidden, batch_size=5):
-    """Peak bytes of one finite-network SGD run (float64), see the module docstring.
-
-    Weights plus one gradient per matrix (16 bytes per weight) and the same again
-    while the network is constructed, plus the hidden-activation blocks of the
-    forward/backward passes (about 6 blocks of ``min(rows, ROW_BLOCK_ELEMENTS / n) * n``).
-    """
-    params = hidden * (d0 + 2 * d + dr)
-    block = min(ROW_BLOCK_ELEMENTS, max(batch_size, 1) * hidden)
-    return 16 * params + 8 * 6 * ROW_BLOCK_ELEMENTS + 8 * 4 * block
 
 
 def _gib(b):
@@ -346,11 +334,11 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     if config.batch_size > data.n_train:
         raise TrainError(f"batch_size: expected at most the number of training points ({data.n_train}), "
                          f"got {config.batch_size}")
-    need = memory_estimate(data.d0, max(config.widths), data.dr, config.hidden, config.batch_size)
+    need = finite_memory_estimate(data.d0, max(config.widths), data.dr, config.hidden, config.batch_size)
     have = available_memory(xp)
     if have is not None and need > 0.9 * have:
         fits = [d for d in config.widths
-                if memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size) <= 0.9 * have]
+                if finite_memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size) <= 0.9 * have]
         raise TrainError(f"hidden: n={config.hidden} with bottleneck {max(config.widths)} needs about "
                          f"{_gib(need)}, more than this machine's {_gib(have)}; lower --hidden or keep the "
                          f"widths up to {max(fits) if fits else 'none'}")
@@ -359,8 +347,8 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
     all_widths = config.widths
     meta = {"config": {**config.as_json(), "widths": list(all_widths)}, "data": data.meta,
             "refimpl_version": __version__,
-            "memory_estimate_bytes": {str(d): memory_estimate(data.d0, d, data.dr, config.hidden,
-                                                              config.batch_size) for d in all_widths},
+            "memory_estimate_bytes": {str(d): finite_memory_estimate(data.d0, d, data.dr, config.hidden,
+                                                                     config.batch_size) for d in all_widths},
             "loss": ("mean over points of |F - y|^2 / 2; SGD on 1/(2B) sum |F - y|^2" if config.loss == "mse"
                      else "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic); "
                           "SGD on its mean over the batch"),
@@ -377,7 +365,7 @@ def finite_sweep(config, out, force=False, resume=False, widths=None, log=print)
                 log(f"d={d}: already finished, skipped")
                 continue
             log(f"d={d}: n={config.hidden}, {config.steps} steps of batch {config.batch_size} "
-                f"(about {_gib(memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
+                f"(about {_gib(finite_memory_estimate(data.d0, d, data.dr, config.hidden, config.batch_size))})")
             _train_width(config, data, rows, d, folder, xp, log)
         return write_finite_summary(out)
     except KeyboardInterrupt:

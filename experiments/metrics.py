@@ -170,3 +170,27 @@ def steps_to_accuracies(steps, accuracies, levels):
         hit = np.nonzero(acc >= level)[0]
         out.append(int(steps[hit[0]]) if hit.size else None)
     return out
+
+
+def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
+    """Steps to reach the training losses ``fraction * loss_null`` (summary.json of a run; see the module docstring).
+
+    ``metrics`` are the rows of metrics.csv (values as numbers or strings).  The step is the first
+    evaluation at or below the threshold (an upper bound; resolution ``eval_every``), None if never.
+    """
+    steps = [int(r["step"]) for r in metrics]
+    losses = [float(r["train_loss"]) for r in metrics]
+    thresholds = [f * loss_null for f in fractions]
+    hits = steps_to_thresholds(steps, losses, thresholds)
+    return {"loss_null": loss_null, "definition": "first evaluated step with train_loss <= fraction * loss_null",
+            "thresholds": [{"fraction": f, "loss": t, "step": h} for f, t, h in zip(fractions, thresholds, hits)]}
+
+
+def accuracy_summary(metrics, levels=ACCURACY_LEVELS):
+    """Steps to reach the training accuracies ``levels`` (summary.json of a run; None for regression)."""
+    acc = [r.get("train_acc") for r in metrics]
+    if not acc or any(a in (None, "") for a in acc):
+        return None
+    hits = steps_to_accuracies([int(r["step"]) for r in metrics], [float(a) for a in acc], levels)
+    return {"definition": "first evaluated step with train_acc >= level",
+            "levels": [{"accuracy": a, "step": h} for a, h in zip(levels, hits)]}

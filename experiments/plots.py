@@ -1,4 +1,5 @@
-"""Figures of a sweep (paper appendix D.4, figs 2-10), as small PNG files.
+"""Figures of a sweep (paper appendix D.4, figs 2-10), as small PNG files, and the loss.png of one run
+(:func:`plot_run_loss`).
 
 :func:`plot_sweep` reads every run of a sweep directory (:mod:`experiments.sweep`)
 and writes into it (or into ``figdir``):
@@ -68,6 +69,30 @@ FIGURES = ("loss.png", "accuracy.png", "heatmap.png", "heatmap_relative.png", "t
 #: Every file :func:`plot_sweep` may write (``cli.py plot`` refuses to overwrite them without --force).
 SWEEP_FIGURE_FILES = FIGURES + ("tables.md",)
 _COLUMNS = ("step", "train_loss", "test_loss", "train_acc", "test_acc", "feature_movement", "kernel_alignment")
+
+
+# ----------------------------------------------------------------------------
+# one run
+# ----------------------------------------------------------------------------
+
+def plot_run_loss(out, metrics):
+    """Write a run's loss.png: training and test loss against steps, log scale (``metrics``: the rows of its
+    metrics.csv, values as numbers or strings)."""
+    if not metrics:
+        return
+    with PLOT_LOCK:
+        plt = pyplot()
+        steps = [int(r["step"]) for r in metrics]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label in (("train_loss", "train"), ("test_loss", "test")):
+            ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss  (the trained loss, see config.json)")
+        ax.set_title(out.name)
+        ax.legend()
+        fig.tight_layout()
+        save_figure(fig, out / "loss.png", dpi=100)
 
 
 # ----------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -25,11 +24,12 @@ from refimpl.dynamics import LOSSES
 from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
 from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
-from .figures import PLOT_LOCK, pyplot, save_figure
 from .loop import BatchOrder, SGDLoop, due, every
 from .fileio import atomic_write_text, fault_point, write_csv
 from .evaluation import evaluate, evaluate_train_loss, null_loss_of, run_eval_rows
-from .metrics import ACCURACY_LEVELS, THRESHOLD_FRACTIONS, FeatureProbe, steps_to_accuracies, steps_to_thresholds
+from .memory import check_memory
+from .metrics import FeatureProbe, accuracy_summary, threshold_summary
+from .plots import plot_run_loss
 from .runfolder import (LOCK_FILE, METRIC_COLUMNS, RESUME_FIELDS, Workspace, check_out, check_run_dir,
                         check_run_entries, check_same_data, config_digest, good_checkpoint, lock_folder,
                         read_run_json, refuse_resume_options, remove_interrupted_writes, require_record,
@@ -333,12 +333,12 @@ def load_data(config):
     kwargs = {}
     if config.dataset == "synthetic":
         kwargs = {"d0": config.d0, "dr": config.dr or OPTION_DEFAULTS["dr"]}      # autoencoder: targets replaced
-        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, kwargs["dr"])
+        check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, kwargs["dr"])
     elif config.dataset in GENERATED:
         kwargs = {"d0": config.d0, "latent_dim": config.latent_dim or OPTION_DEFAULTS["latent_dim"]}
         dr = config.d0 if config.task == "autoencoder" else 1 if config.dataset == "multi-index" else \
             kwargs["latent_dim"]
-        _check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, dr)
+        check_memory(config, config.train_size or 2000, config.test_size or 2000, config.d0, dr)
     elif is_npz(config.dataset):                       # the user's file (its path is absolute already)
         kwargs = {"loss": config.loss}
     else:                                              # stored as an absolute path (resume from anywhere)
@@ -399,69 +399,6 @@ def _build_chain(config, data, backend, layers_g, layers_f, common):
     return sim, {"f0_method": f"random chain (width {config.init_width}, seed {config.seed})"}
 
 
-# ----------------------------------------------------------------------------
-# memory
-# ----------------------------------------------------------------------------
-
-def memory_estimate(config, n_train, n_test, d0, dr):
-    """Peak bytes (float64) of a run: initial network, embeddings, history and evaluation blocks.
-
-    A bound good to a factor of about two; it only serves to refuse runs that cannot fit.
-    """
-    from refimpl.dynamics import HISTORY_BLOCK, QUERY_BLOCK
-    n = n_train + n_test
-    steps_rows = config.steps * config.batch_size
-    # hidden-to-hidden weights of the deeper random networks (depth > 1): n0 x n0 per extra layer
-    extra = max(int(config.depth_g) - 1, 0) + max(int(config.depth_f) - 1, 0)
-    if config.width == "inf":
-        # Cholesky draw of F0 on all inputs (a few n x n matrices), or a network of width 2048
-        draw = 4 * n * n if n <= 4000 else 2048 * (d0 + 2 * 2048 + dr) + 3 * 2048 * min(n, 4096)
-        core = draw + n * (d0 + 3 * dr) + 4 * n * config.batch_size + extra * 2048 * 2048
-    else:
-        d = int(config.width)
-        core = (config.init_width * (d0 + 2 * d + dr)             # the random network g0, f0, J0
-                + 3 * config.init_width * max(config.batch_size, min(n, 512))   # its hidden activations
-                + n * (d0 + 3 * d + dr)                            # inputs, tracked embeddings, A
-                + 3 * steps_rows * (d + dr + 1)                    # history (grows by doubling)
-                + 4 * QUERY_BLOCK * HISTORY_BLOCK                 # kernel blocks
-                + 4 * min(steps_rows, HISTORY_BLOCK) * d * QUERY_BLOCK // 64
-                + 2 * extra * config.init_width * config.init_width)
-        for k, dk in enumerate(config.chain or ()):       # each further head: its network and history (MATH §9)
-            d_in = d if k == 0 else config.chain[k - 1]
-            core += (config.init_width * (d_in + dk) + 3 * steps_rows * (d_in + dk + 1)
-                     + max(int(config.depth_f) - 1, 0) * config.init_width * config.init_width)
-    return 8 * int(core)
-
-
-def available_memory(xp):
-    """Bytes of memory the run can use: GPU memory for cupy, physical memory otherwise (None if unknown)."""
-    if xp is not np:
-        try:
-            free, total = xp.cuda.runtime.memGetInfo()
-            return int(total)
-        except Exception:   # noqa: BLE001
-            return None
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_memory(config, n_train, n_test, d0, dr):
-    """Refuse (one line) a run whose :func:`memory_estimate` exceeds this machine's memory."""
-    need = memory_estimate(config, n_train, n_test, d0, dr) + 8 * 4 * (n_train + n_test) * (d0 + dr)
-    have = available_memory(np)
-    if have is not None and need > have:
-        sizes = ", ".join(f"{k} {v}" for k, v in (
-            ("train_size", n_train), ("test_size", n_test), ("d0", d0), ("dr", dr), ("width", config.width),
-            *((("chain", ",".join(map(str, config.chain))),) if config.chain else ()),
-            ("init_width", config.init_width), ("steps", config.steps), ("batch_size", config.batch_size),
-            ("depth_g", config.depth_g), ("depth_f", config.depth_f)))
-        raise TrainError(f"memory: the run needs about {need / 2**30:.3g} GiB ({sizes}) but this machine has "
-                         f"{have / 2**30:.3g} GiB; lower one of these")
-    return need
-
-
 def _resume_config(out, overrides):
     """The saved config of the run in ``out`` with the allowed ``overrides``; (config, saved meta)."""
     saved = read_run_json(out / "config.json")
@@ -490,8 +427,8 @@ def resume(out, overrides=None, progress=None, log=print):
     """Continue the run in ``out``; ``overrides`` are the options given again (name -> value).
 
     Only ``steps`` (a new total, at least the checkpoint's step) and the location options
-    (:data:`experiments.runfolder.LOCATION_FIELDS`: ``data_dir``, recorded in config.json) may be given; any other option
-    would change the model or the run and is refused in one line naming them all.
+    (:data:`experiments.runfolder.LOCATION_FIELDS`: ``data_dir``, recorded in config.json) may be given; any
+    other option would change the model or the run and is refused in one line naming them all.
     """
     overrides = dict(overrides or {})
     refuse_resume_options(overrides, "run", RESUME_FIELDS)
@@ -550,7 +487,7 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
     backend = resolve_backend(config.backend, config.dtype)
     data = load_data(config)
     _check_batch_size(config, data)
-    _check_memory(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], data.Y_train.shape[1])
+    check_memory(config, data.X_train.shape[0], data.X_test.shape[0], data.X_train.shape[1], data.Y_train.shape[1])
     ws = Workspace(out)
     started = False
     try:
@@ -743,7 +680,7 @@ class _Run:
             if first["pending"] is not None:
                 raise RunFailed(f"{exc}; nothing was written (it diverged at the first step)") from None
             out = self.out
-            _plot(out, self.metrics)
+            plot_run_loss(out, self.metrics)
             good = self.good or good_checkpoint(out)
             where = (f"the last good checkpoint (step {good[0]}, train loss {good[1]:.4g}, finite and within "
                      f"{GOOD_LOSS_FACTOR:g} x the initial loss) is kept in {out / 'checkpoint.npz'}") if good \
@@ -768,57 +705,10 @@ class _Run:
 
     def finish(self, last):
         out, metrics = self.out, self.metrics
-        _plot(out, metrics)
+        plot_run_loss(out, metrics)
         summary = {"steps": self.config.steps, "final": metrics[-1] if metrics else None, "last_batch_loss": last,
                    "wall_s": round(self.wall(), 3),
                    "steps_to_threshold": threshold_summary(metrics, null_loss_of(self.data.Y_train, self.config.loss)),
                    "steps_to_accuracy": accuracy_summary(metrics)}
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
         return out
-
-
-
-
-def threshold_summary(metrics, loss_null, fractions=THRESHOLD_FRACTIONS):
-    """Steps to reach the training losses ``fraction * loss_null`` (see :mod:`experiments.metrics`).
-
-    ``metrics`` are the rows of metrics.csv (values as numbers or strings).  The step is the first
-    evaluation at or below the threshold (an upper bound; resolution ``eval_every``), None if never.
-    """
-    steps = [int(r["step"]) for r in metrics]
-    losses = [float(r["train_loss"]) for r in metrics]
-    thresholds = [f * loss_null for f in fractions]
-    hits = steps_to_thresholds(steps, losses, thresholds)
-    return {"loss_null": loss_null, "definition": "first evaluated step with train_loss <= fraction * loss_null",
-            "thresholds": [{"fraction": f, "loss": t, "step": h} for f, t, h in zip(fractions, thresholds, hits)]}
-
-
-def accuracy_summary(metrics, levels=ACCURACY_LEVELS):
-    """Steps to reach the training accuracies ``levels`` (None for regression; see :mod:`experiments.metrics`)."""
-    acc = [r.get("train_acc") for r in metrics]
-    if not acc or any(a in (None, "") for a in acc):
-        return None
-    hits = steps_to_accuracies([int(r["step"]) for r in metrics], [float(a) for a in acc], levels)
-    return {"definition": "first evaluated step with train_acc >= level",
-            "levels": [{"accuracy": a, "step": h} for a, h in zip(levels, hits)]}
-
-
-
-
-def _plot(out, metrics):
-    """Write loss.png (training and test loss against steps, log scale)."""
-    if not metrics:
-        return
-    with PLOT_LOCK:
-        plt = pyplot()
-        steps = [int(r["step"]) for r in metrics]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label in (("train_loss", "train"), ("test_loss", "test")):
-            ax.plot(steps, [float(r[key]) for r in metrics], marker=".", label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss  (the trained loss, see config.json)")
-        ax.set_title(out.name)
-        ax.legend()
-        fig.tight_layout()
-        save_figure(fig, out / "loss.png", dpi=100)

@@ -10,11 +10,12 @@ from click.testing import CliRunner
 import cli
 from refimpl.finite import FiniteNetwork
 from experiments.finite_sweep import (
-    PAPER_WIDTHS, SweepConfig, gap_check, gap_table, memory_estimate, output_gap,
+    PAPER_WIDTHS, SweepConfig, gap_check, gap_table, output_gap,
     parse_widths, relative_gap,
 )
 from experiments.evaluation import evaluate_network
 from experiments.loop import batch_indices
+from experiments.memory import finite_memory_estimate
 from experiments.train import TrainError
 
 TINY = ["--dataset", "synthetic", "--train-size", "40", "--test-size", "20", "--d0", "3", "--dr", "2",
@@ -164,9 +165,9 @@ def test_parse_widths_and_memory():
     with pytest.raises(TrainError, match="widths"):
         parse_widths("1,-2")
     # theta1 of MNIST at n = 1e5 is 627 MB; weights + gradients of the whole network at d = 1 about 1.3 GB
-    est = memory_estimate(784, 1, 10, 100_000)
+    est = finite_memory_estimate(784, 1, 10, 100_000)
     assert 16 * 100_000 * 784 < est < 16 * 100_000 * 800 + 400e6
-    assert memory_estimate(784, 9000, 10, 100_000) > 24 * 2 ** 30       # the paper's widest does not fit in 24 GiB
+    assert finite_memory_estimate(784, 9000, 10, 100_000) > 24 * 2 ** 30       # the paper's widest does not fit in 24 GiB
     with pytest.raises(TrainError, match="widths"):
         SweepConfig(widths="a").validate()
 
