@@ -12,6 +12,7 @@ from experiments import runfolder
 from experiments.controls import Centring
 from experiments.lr_probe import probe_width
 from experiments.evaluation import run_eval_rows, simulator_outputs
+from experiments.fileio import load_npz
 from experiments.loop import batch_indices
 from experiments.sweep import run_sweep
 from experiments.train import TrainConfig, TrainError, build_simulator, load_data, resolve_backend, train
@@ -61,7 +62,7 @@ def test_centred_resume_is_bit_exact(tmp_path):
     strip = [[(r["step"], r["train_loss"], r["test_loss"]) for r in _rows(p)] for p in (a, b)]
     assert strip[0] == strip[1]
     # the checkpoints too: the resumed simulator was shifted at step 0 and then loaded (MATH §7.4)
-    ca, cb = (train_mod.load_npz(p / "checkpoint.npz") for p in (a, b))
+    ca, cb = (load_npz(p / "checkpoint.npz") for p in (a, b))
     sim_keys = sorted(k for k in ca if not k.startswith("driver_"))
     assert sim_keys == sorted(k for k in cb if not k.startswith("driver_")) and "A" in sim_keys
     assert all(np.array_equal(ca[k], cb[k]) for k in sim_keys)
