@@ -485,10 +485,11 @@ def cli():
 
 def _on_sigterm(signum, frame):
     """SIGTERM (sent by batch systems before they kill a job) is handled exactly as Ctrl-C: the drivers keep
-    the last checkpoint, release their locks and say how to resume.  A second SIGTERM is ignored so that
-    this clean-up is not cut short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt("SIGTERM")
+    the last checkpoint, release their locks and say how to resume.  Further SIGTERMs within 30 s are ignored
+    so that this clean-up is not cut short; the request is also recorded, so that a run whose interrupt was
+    swallowed (e.g. inside Numba's compiler callbacks) still stops at its next step (:mod:`experiments.stop`)."""
+    from experiments import stop
+    stop.on_sigterm(signum, frame)
 
 
 def main():

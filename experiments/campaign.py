@@ -257,10 +257,8 @@ EXIT_DIVERGED = 3
 
 _WORKER = ("import json, signal, sys\n"
            "from experiments.train import TrainConfig, train, resume\n"
-           "def _term(signum, frame):\n"      # the budget's SIGTERM stops the run as Ctrl-C: checkpoint kept
-           "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-           "    raise KeyboardInterrupt('SIGTERM')\n"
-           "signal.signal(signal.SIGTERM, _term)\n"
+           "from experiments import stop\n"   # the budget's SIGTERM stops the run as Ctrl-C: checkpoint kept
+           "signal.signal(signal.SIGTERM, stop.on_sigterm)\n"
            "spec = json.loads(sys.argv[1])\n"
            "try:\n"
            "    if spec['resume']:\n"

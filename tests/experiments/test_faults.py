@@ -299,6 +299,42 @@ def test_train_sigterm_keeps_the_checkpoint_releases_the_lock_and_resumes_bit_id
     _assert_same_run(run, ref)
 
 
+def test_train_sigterm_whose_interrupt_is_swallowed_stops_at_the_next_step(tmp_path):
+    """A SIGTERM arriving where its KeyboardInterrupt is swallowed (as in a ctypes callback of Numba's
+    compiler) is not lost: the run stops at its next step, keeps its checkpoint and resumes bit-identical."""
+    ref = tmp_path / "ref"
+    assert _run(TRAIN + ["--out", str(ref)]).returncode == 0
+    run = tmp_path / "run"
+    env = {**_term_env("train:step:17"), "BOTTLENECK_FAULT_SWALLOW": "1"}
+    res = subprocess.run(CLI + TRAIN + ["--out", str(run)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "interrupted at step 17" in errors[0] and f"--resume {run}" in errors[0], errors[0]
+    assert _lock_files(run) == [] and (run / "checkpoint.npz").is_file()
+    assert _run(["train", "-q", "--resume", str(run)]).returncode == 0
+    _assert_same_run(run, ref)
+
+
+def test_sigterm_handler_grace_then_honoured_again(monkeypatch):
+    """Within the grace period a second SIGTERM is ignored (the clean-up runs); after it, honoured again."""
+    from experiments import stop
+    stop.clear()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_sigterm(signal.SIGTERM, None)
+        assert stop.requested() == "SIGTERM"
+        stop.on_sigterm(signal.SIGTERM, None)                 # ignored: no exception
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_requested()
+        assert stop.requested() is None
+        monkeypatch.setattr(stop, "GRACE_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):
+            stop.on_sigterm(signal.SIGTERM, None)
+    finally:
+        stop.clear()
+
+
 def test_train_sigterm_from_outside_while_training(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(CLI + TRAIN + ["--out", str(run)], env=_env(), stdout=subprocess.DEVNULL,
