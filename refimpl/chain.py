@@ -255,17 +255,22 @@ class ChainSimulator(_SimulatorBase):
     engine : callable, optional
         Engine factory ``engine(layers_g, layers_k, d_k, d_{k+1})`` of :mod:`refimpl.engine`,
         called once per head (default the reference :class:`~refimpl.engine.BottleneckEngine`).
+    lr_schedule, total_steps, momentum, nesterov
+        The optimiser of MATH §8, as for :class:`~refimpl.dynamics.BottleneckSimulator`: every head's
+        history gets the same per-entry weights as the single head's, and g's tracked sets and A
+        their velocities (MATH §9.1).
 
     One step (MATH §9.1) costs one history pass per head, about L times the single
     bottleneck's step at equal widths.
     """
 
-    def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, loss="mse", engine=None):
+    def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, loss="mse", engine=None,
+                 lr_schedule=None, total_steps=None, momentum=0.0, nesterov=False):
         if isinstance(net, RandomNetwork):
             net = RandomChain.from_random_network(net)
         if not isinstance(net, RandomChain):
             raise TypeError(f"net: expected a RandomChain or RandomNetwork, got {type(net).__name__}")
-        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss)
+        self._setup(X, Y, lr, lr_f, lr_g, X_eval, loss, lr_schedule, total_steps, momentum, nesterov)
         if self.X.shape[1] != net.d0:
             raise ValueError(f"X: expected {net.d0} columns (the network's input dimension), got {self.X.shape[1]}")
         if self.Y.shape[1] != net.dr:
@@ -366,11 +371,15 @@ class ChainSimulator(_SimulatorBase):
             u = self.net.head_jacobian_t_dot(k, Z[k], u) - self.lr_f * xi_sum
             if not np.all(np.isfinite(u)):
                 raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
+        rate, kw = self._optimiser()                      # MATH §8: (1.0, {}) for plain SGD
         for tr in self._tracked:
-            self.engine.update_tracked(tr, self._tracked[0], idx, u, self.lr_g)
-        np.add.at(self.A, idx, u)
+            self.engine.update_tracked(tr, self._tracked[0], idx, u, self.lr_g * rate, **kw)
+        self._accumulate(idx, u, rate)
         for k, eng in enumerate(self.engines):
-            eng.history.append(Z[k], U[k])
+            if self.plain_sgd:
+                eng.history.append(Z[k], U[k])
+            else:
+                eng.history.append(Z[k], U[k], rate=rate, beta=self.momentum, nesterov=self.nesterov)
         self.t += 1
         return loss
 
@@ -383,13 +392,18 @@ class ChainSimulator(_SimulatorBase):
             state[f"history_C_{k}"] = eng.history.C.copy()
         for k, tr in enumerate(self._tracked):
             state[f"tracked_{k}"] = tr.values.copy()
-        return state
+        if self.momentum:                                 # MATH §8.3: each head's decayed rows
+            for k, eng in enumerate(self.engines):
+                D = eng.history.D
+                state[f"history_D_{k}"] = np.zeros_like(state[f"history_C_{k}"]) if D is None else np.array(D)
+        return self._optimiser_state(state)
 
     def load_state_dict(self, state):
         """Restore a state written by :meth:`state_dict` on a simulator built the same way."""
         keys = ("A",) + tuple(f"history_{w}_{k}" for k in range(self.n_heads) for w in "PC")
         _check_state_keys(state, len(self._tracked), keys)
-        extra = sorted(k for k in state if k.startswith("history_") and k not in keys)
+        known = set(keys) | {f"history_D_{k}" for k in range(self.n_heads)}
+        extra = sorted(k for k in state if k.startswith("history_") and k not in known)
         if extra:
             raise ValueError(f"state: arrays {extra} belong to a chain with more heads than {self.n_heads}")
         shapes = {"A": (self.N, self.widths[0]),
@@ -402,12 +416,20 @@ class ChainSimulator(_SimulatorBase):
             if state[f"history_P_{k}"].shape[0] < t:
                 raise ValueError(f"state: {state[f'history_P_{k}'].shape[0]} history rows of head {k} cannot come "
                                  f"from {t} steps")
+        for k in range(self.n_heads):
+            key = f"history_D_{k}"
+            if self.momentum and key in state and np.shape(state[key]) != np.shape(state[f"history_C_{k}"]):
+                raise ValueError(f"state[{key!r}]: expected shape {np.shape(state[f'history_C_{k}'])}, "
+                                 f"got {np.shape(state[key])}")
         self.t = t
         self.A = np.array(state["A"], dtype=np.float64)
+        self._load_optimiser_state(state, t)
         for k, eng in enumerate(self.engines):
             P, C = np.asarray(state[f"history_P_{k}"]), np.asarray(state[f"history_C_{k}"])
             eng.reset_history(capacity=max(1024, P.shape[0]))
             eng.history.append(P, C)
+            if self.momentum and f"history_D_{k}" in state:
+                eng.history.set_decay(state[f"history_D_{k}"])
         for k, tr in enumerate(self._tracked):
             tr.values = np.array(state[f"tracked_{k}"], dtype=np.float64)
 

@@ -404,6 +404,7 @@ class FiniteChain:
                       _copy(np, m.biases), m.stds) for k, m in enumerate(mlps)]
         self._chain = RandomChain(copies[0], copies[1:], layers_g, layers_heads)
         self.loss_name = check_loss(loss)
+        self.velocities = None                            # momentum buffers (MATH §8), made at the first step
         self.t = 0
 
     @classmethod
@@ -455,10 +456,11 @@ class FiniteChain:
         """J_k(Z_b)^T c_b of head k (back-propagation)."""
         return self._chain.head_jacobian_t_dot(k, Z, C)
 
-    def step(self, X, Y, lr=None, lr_f=None, lr_g=None):
+    def step(self, X, Y, lr=None, lr_f=None, lr_g=None, momentum=0.0, nesterov=False, lr_schedule=None,
+             total_steps=None):
         """One (S)GD step on the batch (X, Y); returns the batch loss before the update.
 
-        Rates as :meth:`FiniteNetwork.step` (``lr_f`` for every head).  Raises
+        Rates, momentum and schedule as :meth:`FiniteNetwork.step` (``lr_f`` for every head).  Raises
         :class:`~refimpl.dynamics.DivergenceError` without changing the weights when the loss or a
         gradient is not finite.
         """
@@ -467,6 +469,10 @@ class FiniteChain:
         lr_g = positive_rate("lr_g", lr_g) or lr
         if lr_f is None or lr_g is None:
             raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
+        beta, nesterov = check_momentum(momentum, nesterov)
+        if lr_schedule is not None:
+            rate = schedule_rate(make_schedule(lr_schedule, total_steps), self.t)
+            lr_f, lr_g = lr_f * rate, lr_g * rate
         X = as_points(X, "X")
         if X.shape[1] != self.d0 or X.shape[0] == 0:
             raise ValueError(f"X: expected a non-empty batch with {self.d0} columns, got shape {X.shape}")
@@ -489,11 +495,13 @@ class FiniteChain:
             for gw in gs:
                 if gw is not None and not np.all(np.isfinite(gw)):
                     raise DivergenceError(f"a gradient is not finite at step {self.t}: the run diverged")
+        if beta != 0.0 and self.velocities is None:
+            self.velocities = [[np.zeros_like(w) for w in m.weights + (m.biases or [])] for m in mlps]
         for k, m in enumerate(mlps):
             rate = lr_g if k == 0 else lr_f
-            for w, gw in zip(m.weights, grads[k]):
-                w -= rate * gw
-            for b, gb in zip(m.biases or [], grads_b[k]):
-                b -= rate * gb
+            params, gs = m.weights + (m.biases or []), grads[k] + (grads_b[k] if m.biases else [])
+            for j, (w, gw) in enumerate(zip(params, gs)):
+                w -= rate * (gw if self.velocities is None
+                             else momentum_direction(self.velocities[k][j], gw, beta, nesterov))
         self.t += 1
         return loss

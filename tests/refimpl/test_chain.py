@@ -225,3 +225,62 @@ def test_bad_chain_arguments(data):
         RandomChain.sample(D0, (3, 4), DR, width=20, layers_f=[Layers()])
     with pytest.raises(ValueError, match="^Z: expected 4 columns"):
         ChainSimulator(net, X, Y).head(1, X[:, :3])
+
+
+OPTIMISERS = [dict(momentum=0.9), dict(momentum=0.8, nesterov=True), dict(lr_schedule="cosine", total_steps=12),
+              dict(momentum=0.5, lr_schedule="step:4:0.5")]
+
+
+@pytest.mark.parametrize("opt", OPTIMISERS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_one_head_equals_the_bottleneck_simulator_under_momentum_and_schedules(data, opt):
+    """MATH §8 in the chain: the same per-entry history weights and velocities; the finite chain of one
+    head takes the finite network's momentum steps."""
+    from refimpl.finite import FiniteNetwork
+    X, Y, Xe = data
+    net = RandomNetwork.sample(D0, 3, DR, width=200, seed=1)
+    a = BottleneckSimulator(net, X, Y, lr=0.3, X_eval=Xe, **opt)
+    b = ChainSimulator(net, X, Y, lr=0.3, X_eval=Xe, **opt)
+    fa, fb = FiniteNetwork.from_random_network(net), FiniteChain.from_random_chain(net)
+    for idx in _batches(12):
+        assert a.step(idx) == b.step(idx)
+        assert fa.step(X[idx], Y[idx], lr=0.3, **opt) == pytest.approx(fb.step(X[idx], Y[idx], lr=0.3, **opt),
+                                                                        rel=1e-13)
+    assert np.array_equal(a.outputs(Xe), b.outputs(Xe))
+    np.testing.assert_allclose(fb.outputs(Xe), fa.outputs(Xe), rtol=1e-12)
+    sa, sb = a.state_dict(), b.state_dict()
+    renamed = {k.replace("history_P", "history_P_0").replace("history_C", "history_C_0")
+               .replace("history_D", "history_D_0"): v for k, v in sa.items()}
+    assert set(renamed) == set(sb) and all(np.array_equal(renamed[k], sb[k]) for k in sb)
+
+
+def test_momentum_chain_resumes_bit_for_bit_and_approaches_wide_finite_chains(data, tmp_path):
+    X, Y, Xe = data
+    opt = dict(momentum=0.9, nesterov=True)
+    a = ChainSimulator(RandomChain.sample(D0, (3, 4), DR, width=200, seed=2), X, Y, lr=0.2, X_eval=Xe, **opt)
+    for idx in _batches(6):
+        a.step(idx)
+    np.savez(tmp_path / "s.npz", **a.state_dict())
+    b = ChainSimulator(RandomChain.sample(D0, (3, 4), DR, width=200, seed=2), X, Y, lr=0.2, X_eval=Xe, **opt)
+    with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
+        b.load_state_dict(dict(z))
+    for idx in _batches(4, seed=3):
+        assert a.step(idx) == b.step(idx)
+    assert {"history_D_0", "history_D_1", "velocity_A"} <= set(b.state_dict())
+    plain = ChainSimulator(RandomChain.sample(D0, (3, 4), DR, width=200, seed=2), X, Y, lr=0.2, X_eval=Xe)
+    with pytest.raises(ValueError, match="momentum"):
+        plain.load_state_dict(a.state_dict())
+    rng = np.random.default_rng(0)
+    Xs, Ys = rng.standard_normal((8, 4)), rng.standard_normal((8, 1))
+    gaps = {}
+    for n in (250, 4000):
+        vals = []
+        for seed in range(3):
+            net = RandomChain.sample(4, [3, 2], 1, width=n, seed=seed)
+            fin, sim = FiniteChain.from_random_chain(net), ChainSimulator(net, Xs, Ys, lr=0.05, momentum=0.9)
+            for _ in range(20):
+                fin.step(Xs, Ys, lr=0.05, momentum=0.9)
+                sim.step(np.arange(8))
+            F0 = net.outputs(Xs)
+            vals.append(np.linalg.norm(sim.outputs(Xs) - fin.outputs(Xs)) / np.linalg.norm(fin.outputs(Xs) - F0))
+        gaps[n] = np.mean(vals)
+    assert gaps[4000] < 0.5 * gaps[250], gaps
