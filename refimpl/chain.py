@@ -486,14 +486,16 @@ class InfiniteChainEngine(InfiniteEngine):
 
 
 def infinite_chain_simulator(X, Y, n_heads, layers_g=None, layers_f=None, lr=1.0, lr_f=None, lr_g=None,
-                             X_eval=None, seed=0, init="auto", width=2048, cholesky_max=4000, loss="mse"):
+                             X_eval=None, seed=0, init="auto", width=2048, cholesky_max=4000, loss="mse",
+                             lr_schedule=None, total_steps=None, momentum=0.0, nesterov=False):
     """The chain of ``n_heads`` heads with every width infinite: an :class:`InfiniteSimulator` on
     the kernel :func:`ntk_inf_chain` (MATH §9.3).
 
     F0 ~ GP(0, nngp_inf_chain) is drawn by Cholesky (``init="cholesky"``, or ``"auto"`` up to
     ``cholesky_max`` points) or as the output of one :class:`RandomChain` whose hidden and
     bottleneck widths are all ``width`` (``"network"``).  Other arguments as
-    :class:`InfiniteSimulator`; ``layers_f`` is one Layers for every head or one per head.
+    :class:`InfiniteSimulator` (the optimiser of MATH §8 included); ``layers_f`` is one Layers for every
+    head or one per head.
     The engine is the reference one on every backend (the kernel is a NumPy recursion).
     """
     positive_int("n_heads", n_heads)
@@ -522,7 +524,8 @@ def infinite_chain_simulator(X, Y, n_heads, layers_g=None, layers_f=None, lr=1.0
         return InfiniteChainEngine(lg, heads, rate_f, rate_g)
 
     sim = InfiniteSimulator(X, Y, lr=lr, lr_f=lr_f, lr_g=lr_g, X_eval=X_eval, F0=F0, layers_g=layers_g,
-                            layers_f=heads[-1], loss=loss, engine=engine)
+                            layers_f=heads[-1], loss=loss, engine=engine, lr_schedule=lr_schedule,
+                            total_steps=total_steps, momentum=momentum, nesterov=nesterov)
     sim.f0_method = method
     sim.layers_heads = heads
     return sim

@@ -284,3 +284,15 @@ def test_momentum_chain_resumes_bit_for_bit_and_approaches_wide_finite_chains(da
             vals.append(np.linalg.norm(sim.outputs(Xs) - fin.outputs(Xs)) / np.linalg.norm(fin.outputs(Xs) - F0))
         gaps[n] = np.mean(vals)
     assert gaps[4000] < 0.5 * gaps[250], gaps
+
+
+def test_all_infinite_chain_with_momentum_matches_the_infinite_simulator_with_one_head(data):
+    """infinite_chain_simulator forwards the optimiser: with one head it is InfiniteSimulator step for step."""
+    X, Y, Xe = data
+    opt = dict(momentum=0.9, nesterov=True, lr_schedule="cosine", total_steps=6)
+    a = infinite_chain_simulator(X, Y, 1, lr=0.5, X_eval=Xe, seed=1, **opt)
+    b = InfiniteSimulator(X, Y, lr=0.5, X_eval=Xe, seed=1, init="cholesky", **opt)
+    for idx in _batches(6):
+        np.testing.assert_allclose(a.step(idx), b.step(idx), rtol=1e-12)
+    np.testing.assert_allclose(a.outputs(Xe), b.outputs(Xe), rtol=1e-10, atol=1e-12)
+    assert a.momentum == 0.9 and "velocity_A" in a.state_dict()
