@@ -91,6 +91,8 @@ def test_rate_recovers_a_known_power_law_and_its_spread():
     assert r["slope_ci"][1] - r["slope_ci"][0] < 0.3
     assert r["max_ratio"] < 1 and r["n_networks"] == 16
     np.testing.assert_allclose(r["mean"], per.mean(axis=1))
+    np.testing.assert_allclose(r["median"], np.median(per, axis=1))
+    assert abs(r["slope_of_median"] + 0.5) < 0.15
     np.testing.assert_allclose(r["sem"], per.std(axis=1, ddof=1) / 4)
     flat = verify._rate(widths, np.ones((4, 3)) * [[1.0], [1.2], [0.9], [1.1]], -0.5, np.random.default_rng(2))
     assert abs(flat["slope"]) < 0.05 and flat["max_ratio"] > 1         # no fall: both criteria would fail
