@@ -647,10 +647,9 @@ def finite_vs_infinite(config, out, force=False, log=print):
     config.validate()
     out = Path(out)
     refuse_links(out, COMPARE_FILES)
-    existing = [f for f in ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite.png")
-                if (out / f).exists()]
+    existing = [f for f in COMPARE_FILES if (out / f).exists()]
     if existing and not force:
-        raise TrainError(f"out: {out} already holds a comparison ({', '.join(existing)}); use --force to overwrite it")
+        refuse_existing(out, "comparison", existing, hint="use --force to overwrite it")
     if config.dataset in ("multi-index", "manifold") and config.d0 is not None and config.d0 < 2:
         raise TrainError(f"d0: expected at least 2 for --dataset {config.dataset} (its latent dimension is 2 "
                          f"here), got {config.d0}")

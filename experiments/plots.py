@@ -53,14 +53,13 @@ Test loss against training loss (appendix D.4), as implemented by
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .figures import PLOT_LOCK, pyplot, save_figure
-from .fileio import SWEEP_FILE, atomic_write_text
+from .fileio import SWEEP_FILE, atomic_write_text, read_csv
 from .validate import TrainError, width_key
 
 DPI = 90
@@ -99,10 +98,9 @@ def plot_run_loss(out, metrics):
 # reading a sweep
 # ----------------------------------------------------------------------------
 
-def read_metrics(path):
+def metrics_columns(path):
     """metrics.csv -> dict of float arrays (empty cells and missing columns -> NaN)."""
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv(path)
     out = {}
     for col in _COLUMNS:
         out[col] = np.array([float(r[col]) if r.get(col) not in (None, "") else np.nan for r in rows])
@@ -136,7 +134,7 @@ def load_sweep(sweep_dir):
     runs = {}
     for width, seed, path in found:
         if (path / "metrics.csv").exists():
-            m = read_metrics(path / "metrics.csv")
+            m = metrics_columns(path / "metrics.csv")
             if m["step"].size:
                 m["seed"] = seed
                 runs.setdefault(width, []).append(m)
