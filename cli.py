@@ -181,6 +181,18 @@ def _scale(value):
 
 
 SCALE = Checked("STD[,STD]", _scale)
+#: --lr-schedule: checked here for its form (cosine's horizon, the run's steps, is filled in by the config)
+SCHEDULE = Checked("constant|step:EVERY:FACTOR|cosine|warmup:STEPS",
+                   lambda v: (V.lr_schedule(v, 1), v.strip())[1] if isinstance(v, str) else V.lr_schedule(v, 1))
+MOMENTUM = Checked("BETA", lambda v: V.momentum(float(v) if _is_number(v) else v))
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 class DatasetType(click.ParamType):
@@ -338,6 +350,14 @@ run_options = _option_set(
     _opt("--lr", type=POSITIVE, default=2.0, help="Learning rate mu (loss 1/(2B) sum |F - y|^2)."),
     _opt("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr)."),
     _opt("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr)."),
+    _opt("--lr-schedule", type=SCHEDULE, default="constant",
+         help="Multiplier of every rate at step t (MATH §8.1): constant; step:EVERY:FACTOR (times FACTOR every "
+              "EVERY steps); cosine ((1 + cos(pi t / steps)) / 2 over the run's steps, recorded as cosine:STEPS); "
+              "warmup:STEPS (linear from 1/STEPS to 1)."),
+    _opt("--momentum", type=MOMENTUM, default=0.0,
+         help="Heavy-ball momentum beta in [0, 1) of every weight (MATH §8; exact in function space)."),
+    _opt("--nesterov", is_flag=True, default=False,
+         help="Nesterov momentum (PyTorch convention: step along grad + beta v) instead of heavy ball."),
     _opt("--seed", type=SEED, default=0, help="Seed of the initial functions and of the batch order."),
     _opt("--eval-every", type=POS_INT, default=50, help="Evaluate the losses every this many steps."),
     _opt("--eval-size", type=POS_INT, default=1000,

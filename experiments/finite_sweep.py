@@ -63,8 +63,8 @@ from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
 from .loop import BatchOrder, SGDLoop, every
 from .runfolder import read_run_json, refuse_existing, refuse_links, require_record
 from .memory import available_memory, finite_memory_estimate
-from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, parse_chain,
-                       parse_widths as _parse_widths, positive_int, positive_number)
+from .validate import (RunFailed, TrainError, check_optimiser, non_negative_int, one_of, optimiser_kwargs, optional,
+                       parse_chain, parse_widths as _parse_widths, positive_int, positive_number)
 
 #: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
 PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
@@ -163,6 +163,9 @@ class SweepConfig:
     b_std: float | list = 0.0
     out_std: float | list = 1.0
     loss: str = "mse"
+    lr_schedule: str = "constant"        # the optimiser of the finite networks (MATH §8), as TrainConfig
+    momentum: float = 0.0
+    nesterov: bool = False
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option."""
@@ -184,6 +187,7 @@ class SweepConfig:
         for name in ("seed", "data_seed"):
             non_negative_int(name, getattr(self, name))
         positive_number("lr", self.lr)
+        check_optimiser(self)
         one_of("backend", self.backend, FINITE_BACKENDS)
 
     def layers(self):
@@ -262,7 +266,8 @@ def _train_width(config, data, rows, d, folder, xp, log):
             ("" if row["test_err"] is None else f" test_err {row['test_err']:.3f}") +
             f" ({row['wall_s']:.0f} s)")
 
-    sgd = SGDLoop(lambda idx: net.step(data.X_train[idx], data.Y_train[idx], lr=config.lr),
+    opt = optimiser_kwargs(config)
+    sgd = SGDLoop(lambda idx: net.step(data.X_train[idx], data.Y_train[idx], lr=config.lr, **opt),
                   BatchOrder(config.seed, N, config.batch_size),
                   after=[every(config.eval_every, record_and_log, config.steps)])
     try:
@@ -536,6 +541,9 @@ class CompareConfig:
     data_seed: int = 0
     eval_every: int = 5
     max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
+    lr_schedule: str = "constant"     # the optimiser of both, finite network and simulator (MATH §8)
+    momentum: float = 0.0
+    nesterov: bool = False
 
     def validate(self):
         try:
@@ -552,6 +560,7 @@ class CompareConfig:
             non_negative_int(name, getattr(self, name))
         positive_number("lr", self.lr)
         positive_number("max_ratio", self.max_ratio)
+        check_optimiser(self)
         if self.chain is not None:
             self.chain = parse_chain(self.chain)
 
@@ -666,7 +675,8 @@ def finite_vs_infinite(config, out, force=False, log=print):
 
     def run(kind, n, net, finite):
         simulator = ChainSimulator if config.chain else BottleneckSimulator
-        sim = simulator(net, X, Y, lr=config.lr, X_eval=Xt)
+        opt = optimiser_kwargs(config)           # the same optimiser for both (MATH §8)
+        sim = simulator(net, X, Y, lr=config.lr, X_eval=Xt, **opt)
 
         def record(step):
             Fs, Fst = sim.outputs(X), sim.outputs(Xt)
@@ -685,7 +695,7 @@ def finite_vs_infinite(config, out, force=False, log=print):
 
         def step_both(idx):             # the same batch for the finite network and its simulation
             if finite is not None:
-                finite.step(X[idx], Y[idx], lr=config.lr)
+                finite.step(X[idx], Y[idx], lr=config.lr, **opt)
             return sim.step(idx)
         try:
             with np.errstate(over="ignore", invalid="ignore"):

@@ -338,7 +338,7 @@ def _checkpoint_bounds(path, config_dict, data_meta):
     dr = num(data_meta.get("dr"), 0) or num(config_dict.get("dr"), 0) or num(config_dict.get("d0"), 3072)
     chain = config_dict.get("chain") if isinstance(config_dict.get("chain"), list) else []
     cols = max(num(width, 0) if width != "inf" else 0, dr, 1, *(num(c, 0) for c in chain))
-    heads = {f"history_{w}_{k}" for k in range(1 + len(chain)) for w in "PC"} if chain else set()
+    heads = {f"history_{w}_{k}" for k in range(1 + len(chain)) for w in "PCD"} if chain else set()
     history = num(config_dict.get("steps"), 1) * num(config_dict.get("batch_size"), 1)
     allowed = {"t": 0, "driver_train_loss": 0, "driver_wall_s": 0}
 
@@ -347,9 +347,9 @@ def _checkpoint_bounds(path, config_dict, data_meta):
             ok = shape == (32,)
         elif name in allowed:
             ok = shape == ()
-        elif name == "A" or name.startswith("tracked_"):
+        elif name in ("A", "velocity_A") or name.startswith(("tracked_", "velocity_tracked_")):
             ok = len(shape) == 2 and shape[0] <= n_rows and shape[1] <= cols
-        elif name in ("history_P", "history_C") or name in heads:
+        elif name in ("history_P", "history_C", "history_D") or name in heads:
             ok = len(shape) == 2 and shape[0] <= history and shape[1] <= cols
         else:
             raise ValueError(f"{path}: holds an unknown array {name!r} (not a checkpoint of this program, or crafted)")

@@ -35,8 +35,8 @@ from .runfolder import (LOCK_FILE, METRIC_COLUMNS, RESUME_FIELDS, Workspace, che
                         read_run_json, refuse_resume_options, remove_interrupted_writes, require_record,
                         resume_point, write_checkpoint)
 from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
-from .validate import (RunFailed, TrainError, non_negative_int, one_of, optional, positive_int,
-                       positive_number, positive_rate, width)
+from .validate import (RunFailed, TrainError, check_optimiser, non_negative_int, one_of, optimiser_kwargs,
+                       optional, positive_int, positive_number, positive_rate, width)
 
 BACKENDS = ("numpy", "cpu", "gpu", "auto")
 DTYPES = ("float64", "float32")
@@ -150,6 +150,10 @@ class TrainConfig:
     lr_probe_steps: int | None = None     # per-width only (default 100); None otherwise
     lr_scale: str = "none"           # "matched": every rate divided by the kernel scale (MATH §7.7)
     eval_subset: str = "fixed"       # training rows of the training loss: "fixed" per data set, or "seed"
+    # the optimiser (MATH §8): schedule of both rates, heavy-ball / Nesterov momentum
+    lr_schedule: str = "constant"    # constant | step:EVERY:FACTOR | cosine:STEPS | warmup:STEPS
+    momentum: float = 0.0
+    nesterov: bool = False
 
     def validate(self):
         """Raise TrainError with a one-line message for the first bad option (library callers; the
@@ -184,6 +188,7 @@ class TrainConfig:
         positive_number("lr", self.lr)
         for name in ("lr_f", "lr_g"):
             positive_rate(name, getattr(self, name))
+        check_optimiser(self)
         one_of("activation", self.activation, ACTIVATIONS)
         self.layers()
         from .controls import rate_factor
@@ -369,6 +374,7 @@ def build_simulator(config, data, backend):
     layers_g, layers_f = config.layers()
     if config.loss != "mse":
         common["loss"] = config.loss
+    common.update(optimiser_kwargs(config))
     if config.chain:
         return _build_chain(config, data, backend, layers_g, layers_f, common)
     if config.width == "inf":

@@ -41,6 +41,46 @@ positive_rate = _as_train_error(_rules.positive_rate)
 one_of = _as_train_error(_rules.one_of)
 
 
+def lr_schedule(text, steps=None, name="lr_schedule"):
+    """A learning-rate schedule (MATH §8.1) in its canonical text: ``constant``, ``step:EVERY:FACTOR``,
+    ``warmup:STEPS`` or ``cosine:STEPS`` (plain ``cosine`` takes the run's ``steps``, so that a resumed or
+    extended run keeps the horizon it started with); one-line TrainError naming ``name``."""
+    from refimpl.optim import parse_schedule
+    try:
+        sched = parse_schedule(text, steps, name)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    return f"cosine:{sched.steps}" if sched.kind == "cosine" else sched.text
+
+
+def momentum(value, name="momentum"):
+    """Momentum beta in [0, 1) (MATH §8.1) as a float; one-line TrainError naming ``name``."""
+    from refimpl.optim import check_momentum
+    try:
+        return check_momentum(value)[0]
+    except ValueError as exc:
+        raise TrainError(str(exc).replace("momentum", name, 1)) from None
+
+
+def check_optimiser(config):
+    """Check and canonicalise a config's ``lr_schedule``, ``momentum``, ``nesterov`` (MATH §8) in place."""
+    config.lr_schedule = lr_schedule(config.lr_schedule, config.steps)
+    config.momentum = momentum(config.momentum)
+    if not isinstance(config.nesterov, bool):
+        raise TrainError(f"nesterov: expected true or false, got {config.nesterov!r}")
+
+
+def optimiser_kwargs(config):
+    """The simulators' and finite networks' keyword arguments of a config's optimiser (MATH §8); empty for
+    plain SGD (constant schedule, momentum 0), so plain runs take exactly the paper's route."""
+    kw = {}
+    if config.lr_schedule != "constant":
+        kw["lr_schedule"] = config.lr_schedule
+    if config.momentum:
+        kw.update(momentum=config.momentum, nesterov=config.nesterov)
+    return kw
+
+
 def optional(check, name, value, *args):
     """``check(name, value, *args)`` unless ``value`` is None."""
     return None if value is None else check(name, value, *args)

@@ -80,17 +80,17 @@ def parse_schedule(text, total_steps=None, name="lr_schedule"):
         if kind == "constant" and len(parts) == 1:
             return Schedule("constant")
         if kind == "step" and len(parts) == 3:
-            every = positive_int(f"{name} (step EVERY)", _as_int(parts[1]))
-            factor = positive_number(f"{name} (step FACTOR)", float(parts[2]))
+            every = positive_int(f"{name}: step EVERY", _as_int(parts[1]))
+            factor = positive_number(f"{name}: step FACTOR", float(parts[2]))
             return Schedule("step", every=every, factor=factor)
         if kind == "warmup" and len(parts) == 2:
-            return Schedule("warmup", steps=positive_int(f"{name} (warmup STEPS)", _as_int(parts[1])))
+            return Schedule("warmup", steps=positive_int(f"{name}: warmup STEPS", _as_int(parts[1])))
         if kind == "cosine" and len(parts) <= 2:
             steps = _as_int(parts[1]) if len(parts) == 2 else total_steps
             if steps is None:
                 raise ValueError(f"{name}: 'cosine' runs over the run's total steps; none were given "
                                  "(write cosine:STEPS)")
-            return Schedule("cosine", steps=positive_int(f"{name} (cosine STEPS)", steps))
+            return Schedule("cosine", steps=positive_int(f"{name}: cosine STEPS", steps))
     except ValueError as exc:
         if str(exc).startswith(name):
             raise

@@ -263,6 +263,30 @@ def main():
                  None, must_keep=out, before=before)
     close("several bottlenecks (--chain)")
 
+    section("schedules and momentum (--lr-schedule, --momentum, --nesterov)")
+    for cmd, base_args in (("train", ["train", *T.TINY]), ("sweep", ["sweep", *T.SWEEP_TINY])):
+        for val in ["linear", "step:10", "step:0:0.5", "step:10:-1", "step:x:0.5", "warmup", "warmup:0", "warmup:2.5",
+                    "cosine:0", "cosine:a", "", "constant:3", T.HUGE]:
+            out = fresh("ls"); classify(f"{cmd} --lr-schedule {val!r}",
+                                        run([*base_args, "--lr-schedule", val, "--out", str(out)]), out,
+                                        words=("lr-schedule",))
+        for val in ["1", "1.5", "-0.1", "nan", "inf", "abc", ""]:
+            out = fresh("mo"); classify(f"{cmd} --momentum {val!r}", run([*base_args, "--momentum", val, "--out", str(out)]),
+                                        out, words=("momentum",))
+    out = fresh("mo"); classify("train --chain 2 --momentum 0.5 --lr 0.3 (legitimate)",
+                                run(["train", *T.TINY, "--chain", "2", "--momentum", "0.5", "--lr", "0.3", "--out", str(out)]),
+                                None, expect_fail=False)
+    out = fresh("mo"); res = run(["train", *T.TINY, "--momentum", "0.5", "--nesterov", "--lr-schedule", "cosine",
+                                  "--lr", "0.3", "--out", str(out)])
+    classify("train --momentum 0.5 --nesterov --lr-schedule cosine (legitimate)", res, None, expect_fail=False)
+    if res.exit_code == 0:
+        cfg_path = out / "config.json"; before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        doc = json.loads(cfg_path.read_text()); doc["config"]["momentum"] = 0.0; cfg_path.write_text(json.dumps(doc))
+        before["config.json"] = cfg_path.read_bytes()
+        classify("resume a momentum run whose config.json momentum was edited to 0",
+                 run(["train", "-q", "--resume", str(out), "--steps", "12"]), None, must_keep=out, before=before)
+    close("schedules and momentum (--lr-schedule, --momentum, --nesterov)")
+
     section("sweep plan files")
     for case in ("width added", "widths empty", "activation edited", "rate NaN", "run record removed"):
         s2 = fresh(case); shutil.copytree(sw, s2); path = s2 / "sweep.json"; rec = json.loads(path.read_text())

@@ -238,3 +238,43 @@ def test_refuses_a_network_that_does_not_fit_in_memory(tmp_path):
     res = _invoke(["finite-sweep", *TINY, "--widths", "1,2", "--hidden", str(10 ** 12), "--out", str(tmp_path / "m")])
     assert res.exit_code != 0 and "hidden" in res.output and "widths up to none" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "m").exists()
+
+
+def test_sweep_with_momentum_and_a_schedule(tmp_path):
+    """--momentum/--nesterov/--lr-schedule reach the finite networks' optimiser (MATH §8.1) and config.json."""
+    out = tmp_path / "sw"
+    res = _invoke(["finite-sweep", *TINY, "--widths", "3", "--momentum", "0.6", "--nesterov", "--lr-schedule",
+                   "cosine", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert (cfg["momentum"], cfg["nesterov"], cfg["lr_schedule"]) == (0.6, True, "cosine:10")
+    from experiments.data import load_dataset
+    ds = load_dataset("synthetic", train_size=40, test_size=20, seed=0, d0=3, dr=2)
+    losses = []
+    for opt in (dict(momentum=0.6, nesterov=True, lr_schedule="cosine:10"), {}):
+        net = FiniteNetwork.sample(3, 3, 2, width=200, seed=0)
+        for t in range(10):
+            idx = batch_indices(0, t, 40, 5)
+            net.step(ds.X_train[idx], ds.Y_train[idx], lr=0.5, **opt)
+        losses.append(0.5 * np.mean(np.sum((net.outputs(ds.X_test) - ds.Y_test) ** 2, axis=1)))
+    got = float(_rows(out / "width-00003" / "metrics.csv")[-1]["test_loss"])
+    assert got == pytest.approx(losses[0], rel=1e-12) and got != pytest.approx(losses[1], rel=1e-6)
+
+
+def test_finite_vs_infinite_with_momentum_and_a_schedule(tmp_path):
+    """The finite networks and the simulator share the optimiser (MATH §8): the output gap shrinks with n, and
+    the run differs from plain SGD."""
+    out = tmp_path / "fvi"
+    args = ["finite-vs-infinite", "--train-size", "30", "--test-size", "20", "--d0", "3", "--width", "2",
+            "--hidden", "100,6000", "--limit-width", "500", "--steps", "12", "--batch-size", "10",
+            "--eval-every", "4", "--lr", "0.5", "--momentum", "0.6", "--nesterov", "--lr-schedule", "warmup:4"]
+    res = _invoke(args + ["--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["config"]["momentum"], summary["config"]["lr_schedule"]) == (0.6, "warmup:4")
+    small, large = summary["table"]
+    assert large["max_output_gap"] < small["max_output_gap"]
+    plain = tmp_path / "plain"
+    assert _invoke(args[:-5] + ["--out", str(plain)]).exit_code == 0
+    mom = json.loads((out / "summary.json").read_text())["limit"]["train_final"]
+    assert mom != pytest.approx(json.loads((plain / "summary.json").read_text())["limit"]["train_final"], rel=1e-6)

@@ -333,3 +333,49 @@ def test_generated_data_sets_resume_bit_exact(tmp_path, data):
         if key != "driver_wall_s":
             assert np.array_equal(sa[key], sb[key]), key
     assert json.loads((a / "config.json").read_text())["data"] == json.loads((b / "config.json").read_text())["data"]
+
+
+# ---------------------------------------------------------------------------- schedules and momentum (MATH §8)
+
+@pytest.mark.parametrize("width, opt", [(3, dict(momentum=0.9, nesterov=True, lr_schedule="cosine:40")),
+                                        ("inf", dict(momentum=0.8, lr_schedule="step:10:0.5"))])
+def test_momentum_and_schedule_resume_bit_exact(tmp_path, width, opt):
+    """A run with momentum and a schedule stopped at step 23 and resumed to 40 equals the straight run (the
+    velocities and the history's weights are in the checkpoint), and it differs from plain SGD."""
+    cfg = dict(SMALL, width=width, lr=0.2, **opt)
+    a = train(TrainConfig(steps=23, **cfg), tmp_path / "a", log=lambda m: None)
+    train(TrainConfig(steps=40), a, resume=True, log=lambda m: None)
+    b = train(TrainConfig(steps=40, **cfg), tmp_path / "b", log=lambda m: None)
+    plain = train(TrainConfig(steps=40, **dict(SMALL, width=width, lr=0.2)), tmp_path / "p", log=lambda m: None)
+    sa, sb = load_npz(a / "checkpoint.npz"), load_npz(b / "checkpoint.npz")
+    assert set(sa) == set(sb) and "velocity_A" in sa
+    for key in sa:
+        if key != "driver_wall_s":
+            assert np.array_equal(sa[key], sb[key]), key
+    strip = [[(r["step"], r["train_loss"], r["test_loss"]) for r in _rows(p)] for p in (a, b, plain)]
+    assert strip[0] == strip[1] and strip[0][-1] != strip[2][-1]
+    saved = json.loads((a / "config.json").read_text())["config"]
+    assert {k: saved[k] for k in opt} == opt
+
+
+def test_cli_records_the_optimiser_and_cosine_keeps_its_horizon(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli.cli, ["train", *ARGS, "--steps", "12", "--out", str(out), "--lr-schedule", "cosine",
+                                       "--momentum", "0.5", "--nesterov", "--lr", "0.3", "-q"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert (saved["lr_schedule"], saved["momentum"], saved["nesterov"]) == ("cosine:12", 0.5, True)
+    res = CliRunner().invoke(cli.cli, ["train", "--resume", str(out), "--steps", "15", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["config"]["lr_schedule"] == "cosine:12"
+    assert _rows(out)[-1]["step"] == "15"
+
+
+@pytest.mark.parametrize("extra, word", [
+    (["--lr-schedule", "linear"], "--lr-schedule"), (["--lr-schedule", "step:0:0.5"], "--lr-schedule"),
+    (["--lr-schedule", "warmup:x"], "--lr-schedule"), (["--momentum", "1"], "--momentum"),
+    (["--momentum", "-0.1"], "--momentum"), (["--momentum", "abc"], "--momentum"),
+])
+def test_cli_bad_optimiser_one_line(tmp_path, extra, word):
+    res = CliRunner().invoke(cli.cli, ["train", *ARGS, "--out", str(tmp_path / "r"), *extra])
+    assert word in one_line_error(res)
