@@ -338,7 +338,8 @@ def test_generated_data_sets_resume_bit_exact(tmp_path, data):
 # ---------------------------------------------------------------------------- schedules and momentum (MATH §8)
 
 @pytest.mark.parametrize("width, opt", [(3, dict(momentum=0.9, nesterov=True, lr_schedule="cosine:40")),
-                                        ("inf", dict(momentum=0.8, lr_schedule="step:10:0.5"))])
+                                        ("inf", dict(momentum=0.8, lr_schedule="step:10:0.5")),
+                                        (3, dict(chain=[2], momentum=0.7, lr_schedule="warmup:5"))])
 def test_momentum_and_schedule_resume_bit_exact(tmp_path, width, opt):
     """A run with momentum and a schedule stopped at step 23 and resumed to 40 equals the straight run (the
     velocities and the history's weights are in the checkpoint), and it differs from plain SGD."""
@@ -346,7 +347,8 @@ def test_momentum_and_schedule_resume_bit_exact(tmp_path, width, opt):
     a = train(TrainConfig(steps=23, **cfg), tmp_path / "a", log=lambda m: None)
     train(TrainConfig(steps=40), a, resume=True, log=lambda m: None)
     b = train(TrainConfig(steps=40, **cfg), tmp_path / "b", log=lambda m: None)
-    plain = train(TrainConfig(steps=40, **dict(SMALL, width=width, lr=0.2)), tmp_path / "p", log=lambda m: None)
+    plain = train(TrainConfig(steps=40, **dict(SMALL, width=width, lr=0.2, chain=opt.get("chain"))), tmp_path / "p",
+                  log=lambda m: None)
     sa, sb = load_npz(a / "checkpoint.npz"), load_npz(b / "checkpoint.npz")
     assert set(sa) == set(sb) and "velocity_A" in sa
     for key in sa:
