@@ -32,7 +32,7 @@ from . import kernels
 from .dynamics import DivergenceError, InfiniteSimulator, _check_state_keys, _SimulatorBase
 from .engine import BottleneckEngine, InfiniteEngine, contract_xi
 from .kernels import Layers, as_points
-from .network import ROW_BLOCK, MLP, RandomNetwork, _draw_biases
+from .network import MLP, RandomNetwork, _draw_biases, backward_blocks, forward_blocks
 from .validate import positive_int, state_arrays
 
 # ----------------------------------------------------------------------------
@@ -191,23 +191,15 @@ class RandomChain:
         X = as_points(X, "X")
         if X.shape[1] != self.d0:
             raise ValueError(f"X: expected {self.d0} columns, got {X.shape[1]}")
-        return _blocks(self._g, X)
+        return forward_blocks(self._g, X)
 
     def head(self, k, Z):
         """f_k(Z) of head k (0-based), (p, d_k) -> (p, d_{k+1})."""
-        return _blocks(self._heads[k], self._check_z(k, Z))
+        return forward_blocks(self._heads[k], self._check_z(k, Z))
 
     def head_jacobian_t_dot(self, k, Z, C):
         """J_k(Z_b)^T c_b of head k for each row, (p, d_k), (p, d_{k+1}) -> (p, d_k)."""
-        Z = self._check_z(k, Z)
-        mlp = self._heads[k]
-        C = np.asarray(C, dtype=np.float64)
-        out = np.empty(Z.shape)
-        rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, mlp.max_width)))
-        for i in range(0, Z.shape[0], rows):
-            _, cache = mlp.forward(Z[i:i + rows], keep=True)
-            out[i:i + rows] = mlp.backward(cache, C[i:i + rows])
-        return out
+        return backward_blocks(self._heads[k], self._check_z(k, Z), C)
 
     def outputs(self, X):
         """F(X) = f_L(... f_1(g(X))), (p, d0) -> (p, dr)."""
@@ -221,14 +213,6 @@ class RandomChain:
         if Z.shape[1] != self.widths[k]:
             raise ValueError(f"Z: expected {self.widths[k]} columns (the width before head {k}), got {Z.shape[1]}")
         return Z
-
-
-def _blocks(mlp, X):
-    out = np.empty((X.shape[0], mlp.n_out))
-    rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, mlp.max_width)))
-    for i in range(0, X.shape[0], rows):
-        out[i:i + rows] = mlp.forward(X[i:i + rows])
-    return out
 
 
 # ----------------------------------------------------------------------------

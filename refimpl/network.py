@@ -141,6 +141,31 @@ class MLP:
         return G
 
 
+def _block_rows(mlp):
+    return max(1, min(ROW_BLOCK, (1 << 22) // max(1, mlp.max_width)))
+
+
+def forward_blocks(mlp, X):
+    """``mlp`` at the rows X (p, n_in) -> (p, n_out), in row blocks that keep the hidden activations small."""
+    out = np.empty((X.shape[0], mlp.n_out))
+    rows = _block_rows(mlp)
+    for i in range(0, X.shape[0], rows):
+        out[i:i + rows] = mlp.forward(X[i:i + rows])
+    return out
+
+
+def backward_blocks(mlp, Z, C):
+    """J(Z_b)^T c_b of ``mlp`` for each row, (p, n_in), (p, n_out) -> (p, n_in), by back-propagation in row
+    blocks (J the input-output Jacobian, never formed)."""
+    C = np.asarray(C, dtype=np.float64)
+    out = np.empty(Z.shape)
+    rows = _block_rows(mlp)
+    for i in range(0, Z.shape[0], rows):
+        _, cache = mlp.forward(Z[i:i + rows], keep=True)
+        out[i:i + rows] = mlp.backward(cache, C[i:i + rows])
+    return out
+
+
 def _draw_biases(rng, weights, spec):
     if spec.b_std == 0.0:
         return None
@@ -312,23 +337,16 @@ class RandomNetwork(TwoHalves):
         return cls.from_layers(g_w, f_w, layers_g, layers_f, g_b, f_b)
 
     # -------------------------------------------------------------- functions
-    def _blocks(self, mlp, X):
-        out = np.empty((X.shape[0], mlp.n_out))
-        rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, mlp.max_width)))
-        for i in range(0, X.shape[0], rows):
-            out[i:i + rows] = mlp.forward(X[i:i + rows])
-        return out
-
     def g(self, X):
         """Bottleneck embeddings g(X), (p, d0) -> (p, d)."""
         X = as_points(X, "X")
         if X.shape[1] != self.d0:
             raise ValueError(f"X: expected {self.d0} columns, got {X.shape[1]}")
-        return self._blocks(self._g, X)
+        return forward_blocks(self._g, X)
 
     def f(self, Z):
         """Head outputs f(Z), (p, d) -> (p, dr)."""
-        return self._blocks(self._f, self._check_z(Z))
+        return forward_blocks(self._f, self._check_z(Z))
 
     def jacobian(self, Z):
         """Input-output Jacobians J(Z) = df/dx, (p, d) -> (p, dr, d) (paper eq 15)."""
@@ -342,14 +360,7 @@ class RandomNetwork(TwoHalves):
 
     def jacobian_t_dot(self, Z, C):
         """J(Z)^T c for each row: (p, d), (p, dr) -> (p, d), without forming J."""
-        Z = self._check_z(Z)
-        C = np.asarray(C, dtype=np.float64)
-        out = np.empty((Z.shape[0], self.d))
-        rows = max(1, min(ROW_BLOCK, (1 << 22) // max(1, self._f.max_width)))
-        for i in range(0, Z.shape[0], rows):
-            _, cache = self._f.forward(Z[i:i + rows], keep=True)
-            out[i:i + rows] = self._f.backward(cache, C[i:i + rows])
-        return out
+        return backward_blocks(self._f, self._check_z(Z), C)
 
     def _check_z(self, Z):
         Z = as_points(Z, "Z")
