@@ -296,3 +296,23 @@ def test_all_infinite_chain_with_momentum_matches_the_infinite_simulator_with_on
         np.testing.assert_allclose(a.step(idx), b.step(idx), rtol=1e-12)
     np.testing.assert_allclose(a.outputs(Xe), b.outputs(Xe), rtol=1e-10, atol=1e-12)
     assert a.momentum == 0.9 and "velocity_A" in a.state_dict()
+
+
+def test_weights_round_trip_and_the_trained_finite_chain_as_initial_functions(data):
+    X, Y, Xe = data
+    spec = Layers.make("erf", 3, b_std=0.2)
+    net = RandomChain.sample(D0, (3, 4), DR, width=30, seed=4, layers_g=spec, layers_f=spec)
+    back = RandomChain.from_weights(net.weights(), spec, (spec, spec))
+    assert np.array_equal(back.outputs(Xe), net.outputs(Xe))
+    with pytest.raises(ValueError, match="^arrays: missing 'head1/W0'"):
+        RandomChain.from_weights({k: v for k, v in net.weights().items() if not k.startswith("head1")}, spec,
+                                 (spec, spec))
+    fin = FiniteChain.from_random_chain(net)
+    for idx in _batches(3):
+        fin.step(X[idx], Y[idx], lr=0.3)
+    moved = fin.as_random_chain()
+    assert np.array_equal(moved.outputs(Xe), fin.outputs(Xe))
+    assert not np.allclose(moved.outputs(Xe), net.outputs(Xe))        # trained, and the original untouched
+    fin.step(X, Y, lr=0.3)
+    assert np.array_equal(moved.outputs(Xe), RandomChain.from_weights(moved.weights(), spec, (spec, spec)).outputs(Xe))
+    assert not np.array_equal(moved.outputs(Xe), fin.outputs(Xe))     # a copy, not the live weights
