@@ -306,9 +306,9 @@ def _compact(run_dir):
 
 
 def _cut_step(run_dir):
-    """The step a cut run continues from: its checkpoint's (:func:`experiments.sweep.run_state` says
+    """The step a cut run continues from: its checkpoint's (:func:`experiments.runfolder.run_state` says
     "resume" and ``metrics.csv`` reached it), else None (nothing to continue: it starts again)."""
-    from .sweep import run_state
+    from .runfolder import run_state
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.npz").exists() or run_state(run_dir, 1 << 62) != "resume":
         return None

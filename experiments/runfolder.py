@@ -36,8 +36,9 @@ A new run is staged (:class:`Workspace`) so that a failed start leaves nothing b
 is replaced only once the new one has made a step.  The same module serves the folders of
 :mod:`experiments.sweep` and :mod:`experiments.finite_sweep`: the output folder checks
 (:func:`check_out`, :func:`refuse_links`), the refusal to overwrite without ``--force``
-(:func:`refuse_existing`) and the refusal of options a resume cannot change
-(:func:`refuse_resume_options`).  The files themselves are written by :mod:`experiments.fileio`.
+(:func:`refuse_existing`), the refusal of options a resume cannot change
+(:func:`refuse_resume_options`), and whether a run is finished, resumable or new (:func:`run_state`).
+The files themselves are written by :mod:`experiments.fileio`.
 """
 
 from __future__ import annotations
@@ -438,6 +439,40 @@ def remove_interrupted_writes(out, log):
     removed = remove_stale_temp_files(out, ATOMIC_FILES)
     if removed:
         log(f"removed {len(removed)} temporary file(s) left by an interrupted write")
+
+
+def _last_metrics_step(out):
+    rows = fileio.read_csv(Path(out) / "metrics.csv")
+    return int(rows[-1]["step"]) if rows else None
+
+
+def run_state(out, steps):
+    """What a run directory needs to reach ``steps``: ``"done"``, ``"resume"`` or ``"fresh"``.
+
+    Finished: ``summary.json`` says at least ``steps`` steps, or the checkpoint and
+    ``metrics.csv`` both reached ``steps`` (a run stopped between its last
+    checkpoint and its summary).  Resumable: ``config.json`` exists (a run without
+    a checkpoint yet resumes from step 0).  Anything else starts afresh.
+    """
+    out = Path(out)
+    summary = out / "summary.json"
+    if summary.exists():
+        try:
+            if int(json.loads(summary.read_text())["steps"]) >= steps:
+                return "done"
+        except (ValueError, KeyError, TypeError):
+            pass
+    if (out / "config.json").exists():
+        if (out / "checkpoint.npz").exists():
+            t = checkpoint_step(out)
+            try:
+                last = _last_metrics_step(out)
+            except (ValueError, KeyError, TypeError):
+                last = None
+            if t is not None and t >= steps and last is not None and last >= steps:
+                return "done"
+        return "resume"
+    return "fresh"
 
 
 # ----------------------------------------------------------------------------

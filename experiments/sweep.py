@@ -53,8 +53,8 @@ from . import devices, fileio
 from .pool import dask_client, default_jobs, pool_starmap, run_dask, run_local, thread_env
 from .fileio import SWEEP_FILE
 from .fileio import atomic_write_text
-from .runfolder import (LOCK_FILE, RESUME_FIELDS, RUN_FILES, check_out, checkpoint_step, lock_folder, read_metrics,
-                        read_run_json, refuse_existing, refuse_links, require_record)
+from .runfolder import (LOCK_FILE, RESUME_FIELDS, RUN_FILES, check_out, lock_folder, read_metrics, read_run_json,
+                        refuse_existing, refuse_links, require_record, run_state)
 from .train import LEGACY_DEFAULTS, TrainConfig, load_data, resolve_backend, settle_backend, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
@@ -75,40 +75,6 @@ def run_subdir(width, seed, n_seeds):
 # ----------------------------------------------------------------------------
 # one run (executed in a worker)
 # ----------------------------------------------------------------------------
-
-def _last_metrics_step(out):
-    rows = fileio.read_csv(Path(out) / "metrics.csv")
-    return int(rows[-1]["step"]) if rows else None
-
-
-def run_state(out, steps):
-    """What a run directory needs to reach ``steps``: ``"done"``, ``"resume"`` or ``"fresh"``.
-
-    Finished: ``summary.json`` says at least ``steps`` steps, or the checkpoint and
-    ``metrics.csv`` both reached ``steps`` (a run stopped between its last
-    checkpoint and its summary).  Resumable: ``config.json`` exists (a run without
-    a checkpoint yet resumes from step 0).  Anything else starts afresh.
-    """
-    out = Path(out)
-    summary = out / "summary.json"
-    if summary.exists():
-        try:
-            if int(json.loads(summary.read_text())["steps"]) >= steps:
-                return "done"
-        except (ValueError, KeyError, TypeError):
-            pass
-    if (out / "config.json").exists():
-        if (out / "checkpoint.npz").exists():
-            t = checkpoint_step(out)
-            try:
-                last = _last_metrics_step(out)
-            except (ValueError, KeyError, TypeError):
-                last = None
-            if t is not None and t >= steps and last is not None and last >= steps:
-                return "done"
-        return "resume"
-    return "fresh"
-
 
 def _quiet(_msg):
     pass

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import cli
 from clihelpers import one_line_error
 from experiments.fileio import load_npz
-from experiments.sweep import run_state
+from experiments.runfolder import run_state
 from experiments.train import TrainConfig, TrainError, train
 from experiments.validate import parse_seeds, parse_widths
 
