@@ -30,6 +30,10 @@ from pathlib import Path
 import click
 
 from experiments import validate as V
+# Every option of a run is declared once in experiments.config (its type, default, bounds, help text and when
+# it applies); the commands below take theirs with cli_options(<command>).
+from experiments.config import (BENCH, DEFAULT_STEPS, POS_INT, SWEEP, applied_options, checked, cli_options,
+                                fill_sizes, given_on_command_line)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CHECK = 0, 1, 2, 3
 
@@ -139,290 +143,22 @@ def emit_json(obj):
     click.echo(json.dumps(obj, default=float))
 
 
-# ============================================================================ option types
-
-class Checked(click.ParamType):
-    """A click type whose rule is a check of :mod:`experiments.validate` (so each rule is written once)."""
-
-    def __init__(self, name, check):
-        self.name = name
-        self.check = check
-
-    def convert(self, value, param, ctx):
-        try:
-            return self.check(value)
-        except V.TrainError as exc:
-            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
-
-
-def _positive(value):
-    try:
-        return V.positive_number("value", float(value))
-    except (TypeError, ValueError, V.TrainError):
-        raise V.TrainError(f"value: expected a positive finite number, got {value!r}") from None
-
-
-WIDTH = Checked("WIDTH", lambda v: V.width("width", v))
-POSITIVE = Checked("FLOAT", _positive)
-POS_INT = click.IntRange(min=1)
-SEED = click.IntRange(min=0)
-def _scale(value):
-    """A layer scale: one non-negative number, or two (g, f) separated by a comma."""
-    if isinstance(value, (int, float, tuple)):
-        return value
-    parts = [p.strip() for p in str(value).split(",")]
-    if len(parts) not in (1, 2):
-        raise V.TrainError(f"value: expected one number or two (g,f), got {value!r}")
-    try:
-        nums = [V.positive_number("value", float(p), allow_zero=True) for p in parts]
-    except (TypeError, ValueError, V.TrainError):
-        raise V.TrainError(f"value: expected one non-negative number or two (g,f), got {value!r}") from None
-    return nums[0] if len(nums) == 1 else tuple(nums)
-
-
-SCALE = Checked("STD[,STD]", _scale)
-#: --lr-schedule: checked here for its form (cosine's horizon, the run's steps, is filled in by the config)
-SCHEDULE = Checked("constant|step:EVERY:FACTOR|cosine|warmup:STEPS",
-                   lambda v: (V.lr_schedule(v, 1), v.strip())[1] if isinstance(v, str) else V.lr_schedule(v, 1))
-MOMENTUM = Checked("BETA", lambda v: V.momentum(float(v) if _is_number(v) else v))
-
-
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-class DatasetType(click.ParamType):
-    """--dataset: one of the built-in data sets, or npz:PATH (the user's arrays; experiments.data.load_npz)."""
-
-    name = "DATASET"
-
-    def __init__(self, choices):
-        self.choices = tuple(choices)
-
-    def get_metavar(self, param, ctx=None):
-        return "[" + "|".join(self.choices) + "|npz:PATH]"
-
-    def convert(self, value, param, ctx):
-        from experiments.data import dataset_name
-        try:
-            name = dataset_name(value)
-        except ValueError as exc:
-            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
-        if name not in self.choices and not name.startswith("npz:"):
-            self.fail(f"expected one of {', '.join(self.choices)} or npz:PATH, got {value!r}", param, ctx)
-        return name
-INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.parse_int_list(v, "value")))
-
-
-# ============================================================================ the shared option sets
-
-def _opt(*decls, **attrs):
-    """One option of a shared set: click.option's arguments, kept until a command applies them."""
-    attrs.setdefault("show_default", attrs.get("default") is not None and not attrs.get("is_flag"))
-    return decls, attrs
-
-
-def _param_name(decls):
-    names = [d for d in decls if not d.startswith("-")]
-    if names:
-        return names[0]
-    longest = max(decls, key=len)
-    return longest.lstrip("-").replace("-", "_")
-
-
-def _option_set(*specs):
-    """A decorator factory that adds the options ``specs`` to a command.
-
-    ``factory(skip=(...), **overrides)``: options named in ``skip`` are left out; an override is a new
-    default, or a dict of click.option attributes (help, type, ...) for that option.
-    """
-    names = [_param_name(decls) for decls, _ in specs]
-
-    def factory(*, skip=(), **overrides):
-        unknown = (set(skip) | set(overrides)) - set(names)
-        if unknown:
-            raise TypeError(f"unknown options {sorted(unknown)}; this set has {names}")
-
-        def decorate(fn):
-            for name, (decls, attrs) in reversed(list(zip(names, specs))):
-                if name in skip:
-                    continue
-                attrs = dict(attrs)
-                change = overrides.get(name)
-                if isinstance(change, dict):
-                    attrs.update(change)
-                elif name in overrides:
-                    attrs.update(default=change, show_default=True)
-                fn = click.option(*decls, **attrs)(fn)
-            return fn
-        return decorate
-    return factory
-
+# ============================================================================ options
 
 def dataset_label(dataset):
     from experiments.data import dataset_label as label
     return label(dataset)
 
 
-def _library_defaults():
-    from experiments.data import DATASETS
-    from experiments.train import ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig
-    return DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, TrainConfig.steps
-
-
-DATASETS, ACTIVATIONS, BACKENDS, DTYPES, LOSSES, DEFAULT_STEPS = _library_defaults()
-_SYNTH = "[default: {} synthetic, all otherwise]"
-
-#: The data set: train, sweep, finite-sweep, finite-vs-infinite.  One line per option.
-data_options = _option_set(
-    _opt("--dataset", type=DatasetType(DATASETS), default="synthetic",
-         help="Data set (synthetic needs no download; MATH §7), or npz:PATH, your own arrays X_train, Y_train "
-              "[, X_test, Y_test] (README 'Your own data')."),
-    _opt("--data-dir", type=click.Path(file_okay=False), default=None,
-         help="Folder with the MNIST / CIFAR-10 files (default: $BOTTLENECK_DATA, then the user cache)."),
-    _opt("--train-size", type=POS_INT, default=None,
-         help="Training points (a fixed seeded subset). " + _SYNTH.format("{train}")),
-    _opt("--test-size", type=POS_INT, default=None,
-         help="Test points (a fixed seeded subset). " + _SYNTH.format("{test}")),
-    _opt("--d0", type=POS_INT, default=16, help="Input dimension (synthetic, multi-index, manifold)."),
-    _opt("--dr", type=POS_INT, default=1, help="Output dimension (synthetic only)."),
-    _opt("--latent-dim", type=POS_INT, default=2,
-         help="Latent dimension k of --dataset multi-index / manifold (MATH §7.2, §7.3)."),
-    _opt("--task", type=click.Choice(["default", "autoencoder"]), default="default",
-         help="autoencoder: the targets are the inputs, dr = d0 (MATH §7.3)."),
-)
-
-#: Controls of the bottleneck experiments: train, sweep (MATH §7.4, §7.5; experiments.controls).
-control_options = _option_set(
-    _opt("--center", is_flag=True, help="Train and report F - F0 (subtract each input's initial output)."),
-    _opt("--lr-policy", type=click.Choice(["fixed", "per-width"]), default="fixed",
-         help="fixed: --lr for every width; per-width: --lr-fraction x the width's largest stable rate from "
-              "a short recorded probe (lr_probe.json)."),
-    _opt("--lr-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.5,
-         help="per-width: the fraction of each width's largest stable rate."),
-    _opt("--lr-probe-steps", type=POS_INT, default=100, help="Steps of each probe run of --lr-policy per-width."),
-    _opt("--lr-scale", type=click.Choice(["none", "matched"]), default="none",
-         help="matched: divide every rate (and the probe's grid) by the factor c_g c_f by which --w-std and "
-              "--out-std scale the kernel, so a small initialisation trains at the standard one's effective "
-              "rate (MATH §7.7; relu / linear without biases)."),
-    _opt("--data-seed", type=SEED, default=0,
-         help="Seed of the data draw (synthetic, multi-index, manifold) or subset (mnist, cifar); "
-              "the same for every run of a sweep."),
-)
-
-#: The architecture and the loss (MATH §2.2, §4.3): train, sweep, finite-sweep, verify theorem3.2.
-ARCH_OPTIONS = (
-    _opt("--depth-g", type=click.IntRange(min=0), default=1,
-         help="Hidden layers of g (1: the paper's network; 0 only for linear)."),
-    _opt("--depth-f", type=click.IntRange(min=0), default=1, help="Hidden layers of f."),
-    _opt("--w-std", type=SCALE, default="1.0",
-         help="Weight std of the hidden layers, Dense(W_std, b_std): one value, or G,F for g and f."),
-    _opt("--b-std", type=SCALE, default="0.0", help="Bias std of every layer (0: no biases); or G,F."),
-    _opt("--out-std", type=SCALE, default="1.0",
-         help="Weight std of the last layer of g and of f (small f: the paper's footnote 3); or G,F."),
-    _opt("--loss", type=click.Choice(LOSSES), default="mse",
-         help="mse, or ce: softmax cross-entropy on one-hot targets (logistic for one output)."),
-)
-arch_options = _option_set(*ARCH_OPTIONS)
-
-#: The model and its initialisation: train, sweep.
-model_options = _option_set(
-    _opt("--activation", type=click.Choice(ACTIVATIONS), default="relu",
-         help="Activation of both wide layers (MATH §1)."),
-    _opt("--init-width", type=POS_INT, default=10_000,
-         help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
-    _opt("--chain", type=Checked("D2[,D3...]", lambda v: v if isinstance(v, list) else V.parse_chain(v)),
-         default=None,
-         help="Further bottlenecks after --width (MATH §9): g -> d1 -> f_1 -> D2 -> f_2 -> ...; every head has "
-              "f's architecture.  With --width inf every width is infinite.  [default: one bottleneck]"),
-    *ARCH_OPTIONS,
-)
-
-#: SGD and its bookkeeping: train, sweep, finite-sweep, finite-vs-infinite.
-run_options = _option_set(
-    _opt("--steps", type=POS_INT, default=None,
-         help=f"Number of SGD steps.  [default: {DEFAULT_STEPS}; with --resume: the saved value]"),
-    _opt("--batch-size", type=POS_INT, default=20, help="SGD batch size B."),
-    _opt("--lr", type=POSITIVE, default=2.0, help="Learning rate mu (loss 1/(2B) sum |F - y|^2)."),
-    _opt("--lr-f", type=POSITIVE, default=None, help="Separate rate for f's weights (default --lr)."),
-    _opt("--lr-g", type=POSITIVE, default=None, help="Separate rate for g's weights (default --lr)."),
-    _opt("--lr-schedule", type=SCHEDULE, default="constant",
-         help="Multiplier of every rate at step t (MATH §8.1): constant; step:EVERY:FACTOR (times FACTOR every "
-              "EVERY steps); cosine ((1 + cos(pi t / steps)) / 2 over the run's steps, recorded as cosine:STEPS); "
-              "warmup:STEPS (linear from 1/STEPS to 1)."),
-    _opt("--momentum", type=MOMENTUM, default=0.0,
-         help="Heavy-ball momentum beta in [0, 1) of every weight (MATH §8; exact in function space)."),
-    _opt("--nesterov", is_flag=True, default=False,
-         help="Nesterov momentum (PyTorch convention: step along grad + beta v) instead of heavy ball."),
-    _opt("--seed", type=SEED, default=0, help="Seed of the initial functions and of the batch order."),
-    _opt("--eval-every", type=POS_INT, default=50, help="Evaluate the losses every this many steps."),
-    _opt("--eval-size", type=POS_INT, default=1000,
-         help="Training points (a fixed subset) for the training loss and the bottleneck metrics."),
-    _opt("--checkpoint-every", type=POS_INT, default=None,
-         help="Write the checkpoint every this many steps (default: every evaluation)."),
-    _opt("--backend", type=click.Choice(BACKENDS), default="auto",
-         help="auto = gpu if usable, else cpu, else numpy (what ran is printed and recorded); "
-              "numpy = reference; cpu = Numba; gpu = CuPy."),
-    _opt("--dtype", type=click.Choice(DTYPES), default="float64",
-         help="Precision of the cpu / gpu backends (numpy is float64 only)."),
-)
-
-def _sizes(options):
-    """Fill in the synthetic data set's default sizes (the one place the commands do so)."""
-    from experiments.synthetic import default_sizes
-    options["train_size"], options["test_size"] = default_sizes(
-        options["dataset"], options["train_size"], options["test_size"])
-    return options
-
-
-def _size_help(cmd):
-    """Put the synthetic default sizes into the --train-size / --test-size help of ``cmd``."""
-    from experiments.synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
-    for p in cmd.params:
-        if p.name in ("train_size", "test_size") and p.help:
-            p.help = p.help.format(train=SYNTHETIC_TRAIN_SIZE, test=SYNTHETIC_TEST_SIZE)
-    return cmd
-
-
-def _given_on_command_line(ctx, names):
-    return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
-
-
 def _refuse_on_resume(ctx, names, out, force, what, allowed):
     """Usage error (exit 2, one line naming them) for the options among ``names``, ``--out`` and ``--force``
     given on the command line that a resumed ``what`` cannot change (experiments.runfolder.refuse_resume_options)."""
     from experiments.runfolder import refuse_resume_options
-    given = _given_on_command_line(ctx, names) + ["out"] * bool(out) + ["force"] * bool(force)
+    given = given_on_command_line(ctx, names) + ["out"] * bool(out) + ["force"] * bool(force)
     try:
         refuse_resume_options(given, what, allowed)
     except V.TrainError as exc:
         raise click.UsageError(str(exc)) from None
-
-
-def _synthetic_only(ctx, options):
-    """Every option takes effect or is refused: --d0 / --dr apply to the synthetic data (for mnist / cifar
-    they are passed only when given, then checked against the data); an option that does not apply to the
-    data set, task or rate policy (experiments.train.unused_options) is refused when given, and left out
-    (None in config.json) otherwise."""
-    from experiments.train import unused_options
-    if options["dataset"] != "synthetic":
-        for name in ("d0", "dr"):
-            if not _given_on_command_line(ctx, [name]):
-                options[name] = None
-    unused = unused_options(options["dataset"], options.get("task", "default"), options.get("lr_policy", "fixed"))
-    for name, reason in unused.items():
-        if name not in options:
-            continue
-        if _given_on_command_line(ctx, [name]):
-            raise CommandError(f"--{name.replace('_', '-')}: does not apply here: {reason}; leave it out",
-                               EXIT_USAGE)
-        if name != "lr":
-            options[name] = None
-    return options
 
 
 json_option = click.option("--json", "as_json", is_flag=True,
@@ -521,12 +257,7 @@ def main():
 # ---------------------------------------------------------------------------- train
 
 @cli.command()
-@data_options()
-@click.option("--width", type=WIDTH, default=10, show_default=True,
-              help="Bottleneck width d, or 'inf' for the network without bottleneck (MATH §5).")
-@model_options()
-@run_options()
-@control_options()
+@cli_options("train")
 @click.option("--out", type=click.Path(), default=None,
               help="Run directory. [default: runs/<dataset>-width<d>-seed<s>-<time>]")
 @click.option("--force", is_flag=True, help="Overwrite an existing run directory.")
@@ -547,10 +278,10 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
     progress, say = None if quiet else Progress, lambda msg: click.echo(msg, err=True)
     if resume_dir is not None:        # experiments.train.resume refuses the options a resume cannot change
         values = {**options, "out": out, "force": force, "steps": steps}
-        given = _given_on_command_line(ctx, values)
+        given = given_on_command_line(ctx, values)
         path = run_guarded(run_resume, resume_dir, {k: values[k] for k in given}, progress=progress, log=say)
     else:
-        config = TrainConfig(steps=steps or DEFAULT_STEPS, **_synthetic_only(ctx, _sizes(options)))
+        config = TrainConfig(steps=steps or DEFAULT_STEPS, **run_guarded(applied_options, ctx, fill_sizes(options)))
         target = out if out is not None else Path("runs") / (
             f"{dataset_label(config.dataset)}-width{config.width}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         # with --lr-policy per-width the run probes its rate first (lr_probe.json; silent with -q)
@@ -567,9 +298,6 @@ def train(resume_dir, out, force, quiet, as_json, steps, **options):
         return
     click.echo(f"run directory: {path}")
     click.echo(f"last metrics:  {rows[-1] if len(rows) > 1 else '(none)'}  ({rows[0]})")
-
-
-_size_help(train)
 
 
 # ---------------------------------------------------------------------------- download
@@ -596,14 +324,7 @@ def download(dataset, data_dir, base_url):
 # ---------------------------------------------------------------------------- sweep, plot
 
 @cli.command()
-@data_options(dataset={"help": "Data set (the same data for every run)."})
-@click.option("--widths", default="inf,10,20,50,100,200,500", show_default=True,
-              help="Comma-separated bottleneck widths; 'inf' = no bottleneck.")
-@click.option("--seeds", default="0", show_default=True,
-              help="Comma-separated seeds (initial functions and batch order) per width.")
-@model_options()
-@run_options(skip=("seed", "checkpoint_every"))
-@control_options()
+@cli_options("sweep")
 @click.option("--jobs", "-j", type=POS_INT, default=None,
               help="Local worker processes [default: number of cores; with --backend gpu one per GPU, "
                    "each seeing only its own device]; threads per worker = cores // jobs.")
@@ -636,19 +357,15 @@ def sweep(widths, seeds, jobs, scheduler, out, force, resume_dir, no_plot, steps
                              scheduler=scheduler, plot=not no_plot, log=say)
         target = Path(resume_dir)
     else:
-        width_list = run_guarded(V.parse_widths, widths)
-        seed_list = run_guarded(V.parse_seeds, seeds)
+        width_list, seed_list = run_guarded(checked, SWEEP, {"widths": widths, "seeds": seeds}).values()
         config = TrainConfig(steps=steps or DEFAULT_STEPS, width=width_list[0], seed=seed_list[0],
-                             **_synthetic_only(ctx, _sizes(options)))
+                             **run_guarded(applied_options, ctx, fill_sizes(options)))
         target = out if out is not None else Path("runs") / f"sweep-{dataset_label(config.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
         record = run_guarded(run_sweep, target, config, width_list, seed_list, jobs=jobs,
                              scheduler=scheduler, force=force, plot=not no_plot, log=say)
     skipped = sum(1 for r in record["runs"] if r.get("action") == "skipped")
     click.echo(f"sweep directory: {target}  ({len(record['runs'])} runs done"
                + (f", {skipped} already finished" if skipped else "") + ")")
-
-
-_size_help(sweep)
 
 
 @cli.command()
@@ -680,22 +397,7 @@ def plot(sweep_dir, figdir, heatmap_steps, force):
 # ---------------------------------------------------------------------------- finite networks (appendix F)
 
 @cli.command("finite-sweep")
-@data_options(dataset="mnist")
-@click.option("--widths", default="1,2,4,8,16,32,64,128", show_default=True,
-              help="Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000).")
-@click.option("--hidden", type=POS_INT, default=100_000, show_default=True,
-              help="Hidden width n of both wide layers (the paper's 100,000; see README for memory).")
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
-              help="Activation of the hidden layers.")
-@arch_options()
-@run_options(skip=("lr_f", "lr_g", "checkpoint_every", "dtype"),
-             steps={"default": 2000, "show_default": True, "help": "SGD steps per bottleneck size."},
-             batch_size={"default": 5, "help": "SGD batch size B (the paper's 5)."},
-             lr=1.0, seed={"help": "Seed of the weights and of the batch order."}, eval_every=100,
-             eval_size={"help": "Training points (a fixed subset) for the training loss and error."},
-             backend={"type": click.Choice(["numpy", "gpu", "auto"]),
-                      "help": "auto = gpu if usable, else numpy; numpy; or gpu: the same networks with CuPy "
-                              "arrays."})
+@cli_options("finite-sweep")
 @click.option("--out", type=click.Path(), default=None, help="Sweep directory. [default: runs/finite-<dataset>-<time>]")
 @click.option("--force", is_flag=True, help="Start over in an existing sweep directory.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
@@ -713,12 +415,12 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
     ctx = click.get_current_context()
     if resume_dir is not None:
         _refuse_on_resume(ctx, options, out, force, "finite sweep", ("widths",))
-        extra = widths if _given_on_command_line(ctx, ["widths"]) else None
+        extra = widths if given_on_command_line(ctx, ["widths"]) else None
         summary = run_guarded(finite_sweep, None, resume_dir, resume=True, widths=extra, log=say)
         target = Path(resume_dir)
     else:
         target = Path(out) if out else Path("runs") / f"finite-{dataset_label(options['dataset'])}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **_sizes(options)), target, force=force,
+        summary = run_guarded(finite_sweep, SweepConfig(widths=widths, **fill_sizes(options)), target, force=force,
                               log=say)
     click.echo(f"sweep directory: {target}")
     for row in summary["widths"]:
@@ -730,26 +432,8 @@ def finite_sweep_cmd(out, force, resume_dir, widths, **options):
                            f"({', '.join(map(str, summary['diverged']))}); lower --lr", EXIT_FAILED)
 
 
-_size_help(finite_sweep_cmd)
-
-
 @cli.command("finite-vs-infinite")
-@data_options(train_size={"default": 200, "show_default": True, "help": "Training points (a fixed seeded subset)."},
-              test_size={"default": 200, "show_default": True, "help": "Test points (a fixed seeded subset)."},
-              skip=("task", "latent_dim"))
-@click.option("--width", type=POS_INT, default=10, show_default=True, help="Bottleneck width d.")
-@click.option("--chain", type=Checked("D2[,D3...]", lambda v: v if isinstance(v, list) else V.parse_chain(v)),
-              default=None, help="Further bottlenecks after --width (MATH §9): finite chains against the chain "
-                                 "simulator.  [default: one bottleneck]")
-@click.option("--hidden", default="500,2000,8000,32000", show_default=True,
-              help="Hidden widths n of the finite networks, comma-separated (at least two).")
-@click.option("--limit-width", type=POS_INT, default=10_000, show_default=True,
-              help="Width n0 of the default initial functions of the 'limit' simulator run.")
-@run_options(skip=("lr_f", "lr_g", "eval_size", "checkpoint_every", "backend", "dtype"),
-             steps={"default": 200, "show_default": True, "help": "Number of SGD steps."}, lr=1.0, eval_every=10, batch_size={"help": "SGD batch size B."},
-             seed={"help": "Seed of the weights and of the batch order."})
-@click.option("--max-ratio", type=POSITIVE, default=0.5, show_default=True,
-              help="Check: fail unless gap(largest n) <= MAX_RATIO * gap(smallest n).")
+@cli_options("finite-vs-infinite")
 @click.option("--out", type=click.Path(), default=None, help="Output folder. [default: runs/finite-vs-infinite-<time>]")
 @click.option("--force", is_flag=True, help="Overwrite an existing comparison in --out.")
 def finite_vs_infinite_cmd(out, force, **options):
@@ -787,7 +471,6 @@ def _verify_common(fn):
     fn = click.option("--force", is_flag=True, help="Overwrite <name>.json and <name>.png already in --out.")(fn)
     fn = click.option("--out", type=click.Path(file_okay=False), default=None,
                       help="Output folder for <name>.json and <name>.png.  [default: runs/verify/<name>]")(fn)
-    fn = click.option("--seed", type=SEED, default=None, help="Seed.  [default: 0]")(fn)
     return fn
 
 
@@ -824,13 +507,7 @@ def verify():
 
 
 @verify.command("lemma3.1")
-@click.option("--widths", type=INT_LIST, default=None, help="Hidden widths n of the heads.  [default: 100,1000]")
-@click.option("--samples", type=click.IntRange(min=2), default=None,
-              help="Random initialisations per width.  [default: 20000]")
-@click.option("--pairs", type=POS_INT, default=None, help="Random input pairs.  [default: 20]")
-@click.option("--dim", type=POS_INT, default=None, help="Input dimension of the head.  [default: 2]")
-@click.option("--threshold", type=click.FloatRange(min=0), default=None,
-              help="Largest relative Frobenius error of each covariance over all pairs.  [default: 0.05]")
+@cli_options("verify lemma3.1")
 @_verify_common
 def verify_lemma31(out, quiet, as_json, force, **options):
     """Lemma 3.1: Monte Carlo covariances of (f, J) against Sigma, Sigma_(1), Sigma_(2) (fig 11)."""
@@ -838,39 +515,7 @@ def verify_lemma31(out, quiet, as_json, force, **options):
 
 
 @verify.command("theorem3.2")
-@click.option("--widths", type=INT_LIST, default=None,
-              help="Hidden widths n of the finite networks, increasing (a rate needs 4 or more spanning 16x).  "
-                   "[default: 1000,4000,16000,64000]")
-@click.option("--steps", type=POS_INT, default=None, help="Full-batch GD steps.  [default: 40]")
-@click.option("--lr", type=POSITIVE, default=None, help="Learning rate.  [default: 0.05]")
-@click.option("--samples", type=POS_INT, default=None,
-              help="Networks per width (seeds seed, seed+1, ...): the gaps are averaged and the slope's interval "
-                   "is a bootstrap over them.  [default: 8]")
-@click.option("--points", type=POS_INT, default=None, help="Training points.  [default: 8]")
-@click.option("--threshold", type=click.FloatRange(min=0), default=None,
-              help="Largest final distance in F and g and median g residual at the largest width.  "
-                   "[default: 0.05]")
-@click.option("--slope-band", type=click.FloatRange(min=0), default=None,
-              help="Largest distance of the fitted log-log slope of the mean gap in F and g from -1/2.  "
-                   "[default: 0.25]")
-@click.option("--activation", type=click.Choice(ACTIVATIONS), default="relu", show_default=True,
-              help="Activation of the hidden layers of g and f.")
-@arch_options(depth_f={"help": "Hidden layers of f (with more than one hidden layer in g or f the widths "
-                               "default to 125,320,800,2000)."})
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Backend of the simulator the finite networks are compared with (auto: gpu, else cpu, else "
-                   "numpy; recorded in the report).")
-@click.option("--momentum", type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
-              help="Heavy-ball momentum beta of the finite networks and of the simulator alike (MATH §8).")
-@click.option("--nesterov", is_flag=True, help="Nesterov momentum (needs --momentum > 0).")
-@click.option("--lr-schedule", default=None, metavar="SCHEDULE",
-              help="Learning-rate schedule of both models: constant, step:EVERY:FACTOR, cosine or warmup:STEPS "
-                   "(MATH §8).  With momentum or a schedule the residuals of eqs 12-14 (plain GD) are not "
-                   "computed.  [default: constant]")
-@click.option("--widths-chain", type=INT_LIST, default=None,
-              help="Several bottlenecks (MATH §9): their widths d1,d2,... (d1 replaces d = 3); finite chains "
-                   "against the chain simulator, J of the first head, only the g residual.  [default: one "
-                   "bottleneck of width 3]")
+@cli_options("verify theorem3.2")
 @_verify_common
 def verify_theorem32(out, quiet, as_json, force, **options):
     """Theorem 3.2: wide finite networks vs the simulator; residuals of eqs 12-14 (fig 12)."""
@@ -878,17 +523,7 @@ def verify_theorem32(out, quiet, as_json, force, **options):
 
 
 @verify.command("lemma4.1")
-@click.option("--widths", type=INT_LIST, default=None,
-              help="Hidden widths n of the deep linear networks.  [default: 64,256,1024]")
-@click.option("--depths", type=INT_LIST, default=None, help="Depths L = L_f = L_g.  [default: 2,3]")
-@click.option("--steps", type=POS_INT, default=None, help="Full-batch GD steps.  [default: 40]")
-@click.option("--lr", type=POSITIVE, default=None, help="Learning rate of the deep networks.  [default: 0.05]")
-@click.option("--points", type=POS_INT, default=None, help="Training points.  [default: 8]")
-@click.option("--threshold", type=click.FloatRange(min=0), default=None,
-              help="Largest final distance in F between deep and effective network at the largest width.  "
-                   "[default: 0.05]")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="Backend of the linear-kernel simulator (auto: gpu, else cpu, else numpy; recorded in the report).")
+@cli_options("verify lemma4.1")
 @_verify_common
 def verify_lemma41(out, quiet, as_json, force, **options):
     """Lemma 4.1: deep linear networks vs the effective network and the simulator (figs 13, 14)."""
@@ -896,12 +531,7 @@ def verify_lemma41(out, quiet, as_json, force, **options):
 
 
 @verify.command("inf-limit")
-@click.option("--dims", type=INT_LIST, default=None, help="Bottleneck widths d.  [default: 4,16,64,256]")
-@click.option("--width", type=POS_INT, default=None, help="Hidden width of the random networks.  [default: 2000]")
-@click.option("--samples", type=POS_INT, default=None, help="Random networks per d.  [default: 4]")
-@click.option("--points", type=click.IntRange(min=2), default=None, help="Input points.  [default: 10]")
-@click.option("--threshold", type=click.FloatRange(min=0), default=None,
-              help="Largest mean relative gap to NTK_inf at the largest d.  [default: 0.1]")
+@cli_options("verify inf-limit")
 @_verify_common
 def verify_inf_limit(out, quiet, as_json, force, **options):
     """Bottleneck kernel at initialisation vs NTK_inf as the bottleneck widens (MATH §5)."""
@@ -965,24 +595,9 @@ def golden(regenerate, cases, as_json):
 @cli.command()
 @click.option("--out", type=click.Path(dir_okay=False), default=str(Path("runs") / "bench.json"),
               show_default=True, help="JSON file for the results.")
-@click.option("--sizes", type=INT_LIST, default="10000,100000,1000000", show_default=True,
-              help="History lengths M.")
-@click.option("--widths", type=INT_LIST, default="10,100", show_default=True, help="Bottleneck widths d.")
-@click.option("--backends", default=None,
-              help="Comma-separated backends: each must be available (else its reason is reported, the others "
-                   "still run, and the exit status is 2).  [default: numpy,cpu, and gpu where it can run]")
-@click.option("--dtypes", default="float64,float32", show_default=True, help="Precisions of cpu/gpu.")
-@click.option("--reps", type=POS_INT, default=3, show_default=True, help="Timed steps per point (median).")
-@click.option("--numpy-max-m", type=POS_INT, default=1_000_000, show_default=True,
-              help="Skip refimpl above this M (it is slow there).")
-@click.option("--near-pairs", is_flag=True,
-              help="Also time one history pass with every pair nearly parallel against one with spread "
-                   "directions, at the smallest M (JSON key near_pairs; docs/BENCHMARKS.md).")
+@cli_options("bench", skip=("mnist_step",))
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
-@click.option("--mnist-step", "mnist_step", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder with MNIST: instead, time the cpu step at full-MNIST size (60,000 + 10,000 tracked "
-                   "inputs, width 50 and inf) with the kernels from inputs stored once against the per-step "
-                   "route (JSON keys mnist_step, mnist_step_inf; docs/BENCHMARKS.md).")
+@cli_options("bench", only=("mnist_step",))
 @json_option
 def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, force, mnist_step, as_json):
     """Seconds per step, GFLOP/s and peak memory against M and d for each backend; JSON + table."""
@@ -993,16 +608,10 @@ def bench(out, sizes, widths, backends, dtypes, reps, numpy_max_m, near_pairs, f
 
     def go():
         from experiments import bench as b
-        if backends is None:
+        names, dts = checked(BENCH, {"backends": backends, "dtypes": dtypes}).values()
+        if names is None:
             from accel import gpu
             names = ["numpy", "cpu"] + (["gpu"] if gpu.available() else [])
-        else:
-            names = [x.strip() for x in backends.split(",") if x.strip()]
-        for n in names:
-            V.one_of("backends", n, ("numpy", "cpu", "gpu"))
-        dts = [x.strip() for x in dtypes.split(",") if x.strip()]
-        for dt in dts:
-            V.one_of("dtypes", dt, DTYPES)
         if mnist_step is not None:
             report = {"machine": b.machine_info(), "mnist_step": b.tracked_step(mnist_step, steps=max(reps, 5)),
                       "mnist_step_inf": b.tracked_step(mnist_step, width="inf", steps=max(reps, 5))}

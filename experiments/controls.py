@@ -40,7 +40,6 @@ from __future__ import annotations
 import numpy as np
 
 from .evaluation import simulator_outputs
-from .tasks import TASKS
 
 LR_POLICIES = ("fixed", "per-width")
 #: --lr-scale: "none" (the rates as given) or "matched" (divided by :func:`rate_scale`, MATH §7.7).
@@ -97,25 +96,13 @@ def rate_factor(config):
 
 
 def validate_controls(config):
-    """Raise ValueError (one line, naming the option) for bad control options of a TrainConfig."""
-    if config.task not in TASKS:
-        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {config.task!r}")
-    if config.lr_policy not in LR_POLICIES:
-        raise ValueError(f"lr_policy: expected fixed or per-width, got {config.lr_policy!r}")
-    frac = config.lr_fraction
-    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float)) or not (0 < frac <= 1)):
-        raise ValueError(f"lr_fraction: expected a number in (0, 1], got {frac!r}")
-    if not isinstance(config.center, bool):
-        raise ValueError(f"center: expected true or false, got {config.center!r}")
+    """Raise ValueError (one line, naming the option) for control options of a TrainConfig that do not go
+    together (each option's own values are checked by its rule in experiments.config)."""
     if config.center and getattr(config, "loss", "mse") != "mse":
         raise ValueError("center: implemented for the squared loss only (it shifts the targets by F0, which "
                          "is exact for mse and not for cross-entropy); use --loss mse")
     if config.lr_policy == "per-width" and (config.lr_f is not None or config.lr_g is not None):
         raise ValueError("lr_policy: per-width sets one rate per width; it cannot be combined with lr_f / lr_g")
-    if getattr(config, "lr_scale", "none") not in LR_SCALES:
-        raise ValueError(f"lr_scale: expected none or matched, got {config.lr_scale!r}")
-    if getattr(config, "eval_subset", "fixed") not in EVAL_SUBSETS:
-        raise ValueError(f"eval_subset: expected fixed or seed, got {config.eval_subset!r}")
     if config.dataset in ("multi-index", "manifold") and config.latent_dim is not None and config.latent_dim > config.d0:
         raise ValueError(f"latent_dim: expected at most d0 = {config.d0}, got {config.latent_dim}")
 

@@ -52,25 +52,18 @@ from accel.blas_threads import one_blas_thread
 from refimpl import __version__
 from refimpl.chain import ChainSimulator, RandomChain
 from refimpl.dynamics import BottleneckSimulator, DivergenceError
-from refimpl.dynamics import LOSSES
 from refimpl.finite import FiniteChain, FiniteNetwork
-from refimpl.kernels import architecture
 from refimpl.network import RandomNetwork
-from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name  # noqa: F401
+# the options: one schema (experiments.config); SweepConfig and CompareConfig are its compositions
+from .config import FINITE_BACKENDS, PAPER_WIDTHS, CompareConfig, SweepConfig, finite_widths  # noqa: F401
 from .figures import PLOT_LOCK, pyplot, save_figure
 from .fileio import DiskFull, atomic_write_text, read_csv, read_json, write_csv
 from .evaluation import eval_rows, evaluate_network, mean_loss, to_numpy
 from .loop import BatchOrder, SGDLoop, every
 from .runfolder import read_run_json, refuse_existing, refuse_links, require_record
 from .memory import available_memory, finite_memory_estimate
-from .validate import (RunFailed, TrainError, check_optimiser, non_negative_int, one_of, optimiser_kwargs, optional,
-                       parse_chain, parse_widths as _parse_widths, positive_int, positive_number)
+from .validate import RunFailed, TrainError, one_of, optimiser_kwargs
 
-#: The paper's 36 bottleneck sizes of fig 16: 1..9, 10..90, 100..900, 1000..9000.
-PAPER_WIDTHS = tuple(k * 10 ** e for e in range(4) for k in range(1, 10))
-
-#: The array backends of the finite networks (the same code on NumPy or CuPy arrays).
-FINITE_BACKENDS = ("numpy", "gpu", "auto")
 SWEEP_COLUMNS = ["step", "train_loss", "test_loss", "train_err", "test_err", "wall_s"]
 SWEEP_FIGURES = ("finite-losses.png", "finite-final.png")
 SWEEP_FILES = ("config.json", "summary.json", "summary.csv") + SWEEP_FIGURES
@@ -84,7 +77,7 @@ COMPARE_FILES = ("metrics.csv", "table.csv", "summary.json", "finite-vs-infinite
 
 def parse_widths(text, name="widths"):
     """Parse ``"1,2,4"`` (or ``"paper"``, the paper's 36 sizes) into a sorted tuple of distinct positive ints."""
-    return _parse_widths(text, name, allow_inf=False, presets={"paper": PAPER_WIDTHS}, merge=True)
+    return finite_widths(text, name)
 
 
 def resolve_finite_backend(backend):
@@ -133,76 +126,6 @@ def _load(dataset, data_dir, train_size, test_size, seed, d0, dr, task="default"
 # appendix F: bottleneck sweep of finite networks
 # ----------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class SweepConfig:
-    """Options of :func:`finite_sweep` (stored in ``config.json``)."""
-
-    dataset: str = "mnist"
-    data_dir: str | None = None
-    train_size: int | None = None        # None: every training row (mnist, cifar); 1000 for synthetic
-    test_size: int | None = None         # None: every test row; 500 for synthetic
-    d0: int = 16                         # synthetic only
-    dr: int = 1                          # synthetic only
-    widths: tuple = (1, 2, 4, 8, 16, 32, 64, 128)
-    hidden: int = 100_000
-    steps: int = 2000
-    batch_size: int = 5
-    lr: float = 1.0
-    seed: int = 0                        # weights and batch order
-    data_seed: int = 0                   # data subset / synthetic draw
-    eval_every: int = 100
-    eval_size: int = 1000
-    backend: str = "numpy"               # after finite_sweep(): what ran ("auto" is resolved)
-    backend_requested: str | None = None # what was asked (e.g. "auto"); None in sweeps made before it
-    task: str = "default"                # "autoencoder": targets = inputs (experiments.tasks)
-    latent_dim: int = 2                  # multi-index / manifold only
-    activation: str = "relu"             # the architecture (MATH §2.2), as experiments.train.TrainConfig
-    depth_g: int = 1
-    depth_f: int = 1
-    w_std: float | list = 1.0
-    b_std: float | list = 0.0
-    out_std: float | list = 1.0
-    loss: str = "mse"
-    lr_schedule: str = "constant"        # the optimiser of the finite networks (MATH §8), as TrainConfig
-    momentum: float = 0.0
-    nesterov: bool = False
-
-    def validate(self):
-        """Raise TrainError with a one-line message for the first bad option."""
-        from .tasks import TASKS
-        try:
-            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        one_of("task", self.task, TASKS)
-        positive_int("latent_dim", self.latent_dim)
-        self.layers()
-        one_of("loss", self.loss, LOSSES)
-        check_loss_fits_task(self.loss, self.dataset, self.task)
-        self.widths = parse_widths(self.widths)
-        for name in ("d0", "dr", "hidden", "steps", "batch_size", "eval_every", "eval_size"):
-            positive_int(name, getattr(self, name))
-        for name in ("train_size", "test_size"):
-            optional(positive_int, name, getattr(self, name))
-        for name in ("seed", "data_seed"):
-            non_negative_int(name, getattr(self, name))
-        positive_number("lr", self.lr)
-        check_optimiser(self)
-        one_of("backend", self.backend, FINITE_BACKENDS)
-
-    def layers(self):
-        """(Layers of g, Layers of f) (MATH §2.2); TrainError for a bad option."""
-        pair = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v    # noqa: E731
-        try:
-            return architecture(self.activation, self.depth_g, self.depth_f, pair(self.w_std),
-                                pair(self.b_std), pair(self.out_std))
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-
-    def as_json(self):
-        d = dataclasses.asdict(self)
-        d["widths"] = list(self.widths)
-        return d
 
 
 def width_dir(out, d):
@@ -519,56 +442,6 @@ def _plot_finite_sweep(out, results, config):
 # ----------------------------------------------------------------------------
 # finite against infinite width
 # ----------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class CompareConfig:
-    """Options of :func:`finite_vs_infinite` (stored in ``summary.json``)."""
-
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    train_size: int = 200
-    test_size: int = 200
-    d0: int = 16                      # synthetic only
-    dr: int = 1                       # synthetic only
-    width: int = 10                   # bottleneck d
-    chain: list | None = None         # widths of further bottlenecks after `width` (MATH §9); None: one
-    hidden: tuple = (500, 2000, 8000, 32000)
-    limit_width: int = 10_000         # n0 of the simulator's default initial functions ("limit")
-    steps: int = 300
-    batch_size: int = 20
-    lr: float = 1.0
-    seed: int = 0
-    data_seed: int = 0
-    eval_every: int = 5
-    max_ratio: float = 0.5            # the check: gap(largest n) <= max_ratio * gap(smallest n)
-    lr_schedule: str = "constant"     # the optimiser of both, finite network and simulator (MATH §8)
-    momentum: float = 0.0
-    nesterov: bool = False
-
-    def validate(self):
-        try:
-            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        self.hidden = parse_widths(self.hidden, "hidden")
-        if len(self.hidden) < 2:
-            raise TrainError(f"hidden: expected at least two widths to compare, got {list(self.hidden)}")
-        for name in ("train_size", "test_size", "d0", "dr", "width", "limit_width", "steps", "batch_size",
-                     "eval_every"):
-            positive_int(name, getattr(self, name))
-        for name in ("seed", "data_seed"):
-            non_negative_int(name, getattr(self, name))
-        positive_number("lr", self.lr)
-        positive_number("max_ratio", self.max_ratio)
-        check_optimiser(self)
-        if self.chain is not None:
-            self.chain = parse_chain(self.chain)
-
-    def as_json(self):
-        d = dataclasses.asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
 
 COMPARE_COLUMNS = ["run", "n", "step", "finite_train_loss", "finite_test_loss", "sim_train_loss", "sim_test_loss",
                    "rel_gap_train", "rel_gap_test", "output_gap"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -20,10 +19,11 @@ import numpy as np
 
 from refimpl import __version__
 from refimpl.dynamics import DivergenceError
-from refimpl.dynamics import LOSSES
-from refimpl.kernels import ACTIVATIONS, architecture
 from . import fileio
-from .data import DATASETS, GENERATED, check_loss_fits_task, dataset_name, is_npz  # noqa: F401
+# the options of a run: one schema (experiments.config); TrainConfig is its composition for train and sweep
+from .config import (BACKENDS, DTYPES, LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig,  # noqa: F401
+                     unused_options)
+from .data import GENERATED, is_npz  # noqa: F401
 from .loop import BatchOrder, SGDLoop, due, every
 from .fileio import atomic_write_text, fault_point, write_csv
 from .evaluation import evaluate, evaluate_train_loss, null_loss_of, run_eval_rows
@@ -34,12 +34,7 @@ from .runfolder import (LOCK_FILE, METRIC_COLUMNS, RESUME_FIELDS, Workspace, che
                         check_run_entries, check_same_data, config_digest, good_checkpoint, lock_folder,
                         read_run_json, refuse_resume_options, remove_interrupted_writes, require_record,
                         resume_point, write_checkpoint)
-from .synthetic import SYNTHETIC_TEST_SIZE, SYNTHETIC_TRAIN_SIZE
-from .validate import (RunFailed, TrainError, check_optimiser, non_negative_int, one_of, optimiser_kwargs,
-                       optional, positive_int, positive_number, positive_rate, width)
-
-BACKENDS = ("numpy", "cpu", "gpu", "auto")
-DTYPES = ("float64", "float32")
+from .validate import RunFailed, TrainError, optimiser_kwargs
 
 #: A checkpoint is "good" (kept, never overwritten by a worse state) when its arrays and its training loss are
 #: finite and the loss is at most this factor times the loss at step 0; a run whose training loss grows past
@@ -50,231 +45,6 @@ GOOD_LOSS_FACTOR = 1000.0
 LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F - y|^2",
              "ce": "mean over points of the cross-entropy -y . log softmax(F) (dr = 1: logistic, "
                    "softplus(F) - y F); batch loss its mean over the batch"}
-
-
-#: Most hidden layers of g or of f (each layer of the random network of width n0 costs n0^2 floats).
-MAX_DEPTH = 1000
-#: Largest order of magnitude (decades) of the kernel values the scales may produce (float64 ends near 1e308;
-#: products and squares inside the simulation need room).
-MAX_KERNEL_LOG10 = 100
-
-
-def _kernel_decades(config):
-    """log10 of the size of the kernel the scales and depths give (MATH §2.2): each hidden layer multiplies the
-    variance by about ``w_std^2 + b_std^2``, the last layer by ``out_std^2``: (decades, the option that
-    contributes most), (None, None) for bad values."""
-    try:
-        hidden = last = 0.0
-        for k, depth in enumerate((config.depth_g, config.depth_f)):
-            w, b, o = (float(_pair(v)[k]) if isinstance(_pair(v), tuple) else float(v)
-                       for v in (config.w_std, config.b_std, config.out_std))
-            if math.hypot(w, b) > 0:                 # zero scales are the options' own business
-                hidden += 2 * int(depth) * np.log10(math.hypot(w, b))
-            if o > 0:
-                last += 2 * np.log10(o)
-        total = float(hidden + last)
-        return total, ("out_std" if abs(last) > abs(hidden) else "w_std")
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None, None
-
-
-#: Defaults of the options that apply to some runs only (None in config.json where they do not apply).
-OPTION_DEFAULTS = {"dr": 1, "latent_dim": 2, "lr_fraction": 0.5, "lr_probe_steps": 100}
-
-
-def unused_options(dataset, task, lr_policy):
-    """{option: why it does not apply} for a run of ``dataset``, ``task`` and ``lr_policy``.
-
-    ``dr`` is the synthetic data's output dimension (mnist / cifar / npz data fix it themselves: a given
-    value is checked against them); ``latent_dim`` belongs to multi-index and manifold; ``lr_fraction`` and
-    ``lr_probe_steps`` to ``lr_policy = "per-width"``, which sets ``lr`` itself.
-    """
-    out = {}
-    if task == "autoencoder":
-        out["dr"] = "with task autoencoder the targets are the inputs, dr = d0"
-    elif dataset in ("multi-index", "manifold"):
-        out["dr"] = f"the {dataset} data fix their outputs (multi-index: 1, manifold: latent_dim)"
-    if dataset not in ("multi-index", "manifold"):
-        out["latent_dim"] = "it belongs to --dataset multi-index and manifold"
-    if lr_policy != "per-width":
-        out["lr_fraction"] = out["lr_probe_steps"] = "it belongs to --lr-policy per-width"
-    else:
-        out["lr"] = "with --lr-policy per-width the rate is lr_fraction x the probed largest stable rate"
-    return out
-
-
-def _pair(value):
-    """A scale option: one number, or [g, f] (lists from config.json become tuples)."""
-    return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """All options of a training run (stored in ``config.json``)."""
-
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    train_size: int | None = SYNTHETIC_TRAIN_SIZE
-    test_size: int | None = SYNTHETIC_TEST_SIZE
-    d0: int | None = None            # synthetic only (default 16); None for mnist / cifar
-    dr: int | None = None            # synthetic only (default 1); None for mnist / cifar
-    width: int | str = 10            # bottleneck width d, or "inf"
-    chain: list | None = None        # widths d2, d3, ... of further bottlenecks after `width` (MATH §9); None: one
-    steps: int = 600
-    batch_size: int = 20
-    lr: float = 2.0
-    lr_f: float | None = None
-    lr_g: float | None = None
-    seed: int = 0                    # initial functions and batch order
-    data_seed: int = 0               # synthetic draw / data subset (the data stay the same across seeds)
-    init_width: int = 10_000         # width n0 of the network that draws g0, f0, J0 (MATH §3)
-    activation: str = "relu"
-    depth_g: int = 1                 # hidden layers of g (MATH §2.2)
-    depth_f: int = 1                 # hidden layers of f
-    w_std: float | list = 1.0        # weight std of the hidden layers: one number, or [g, f]
-    b_std: float | list = 0.0        # bias std of every layer: one number, or [g, f]
-    out_std: float | list = 1.0      # weight std of the last layer of g and of f: one number, or [g, f]
-    loss: str = "mse"                # "mse" or "ce" (softmax / logistic cross-entropy, MATH §4.3)
-    eval_every: int = 50
-    eval_size: int = 1000
-    checkpoint_every: int | None = None   # default: every evaluation
-    backend: str = "numpy"           # after train(): what ran (numpy, cpu or gpu; "auto" is resolved)
-    backend_requested: str | None = None   # what was asked (e.g. "auto"); None in runs made before it
-    dtype: str = "float64"
-    # controls of the experiments (experiments.controls, experiments.tasks; MATH §7.2-§7.4)
-    task: str = "default"            # "autoencoder": targets = inputs
-    latent_dim: int | None = None    # multi-index / manifold only (default 2); None where it does not apply
-    center: bool = False             # train and report F - F0
-    lr_policy: str = "fixed"         # "per-width": lr = lr_fraction x largest stable rate (set by the probe)
-    lr_fraction: float | None = None      # per-width only (default 0.5); None otherwise
-    lr_probe_steps: int | None = None     # per-width only (default 100); None otherwise
-    lr_scale: str = "none"           # "matched": every rate divided by the kernel scale (MATH §7.7)
-    eval_subset: str = "fixed"       # training rows of the training loss: "fixed" per data set, or "seed"
-    # the optimiser (MATH §8): schedule of both rates, heavy-ball / Nesterov momentum
-    lr_schedule: str = "constant"    # constant | step:EVERY:FACTOR | cosine:STEPS | warmup:STEPS
-    momentum: float = 0.0
-    nesterov: bool = False
-
-    def validate(self):
-        """Raise TrainError with a one-line message for the first bad option (library callers; the
-        command line checks the same rules, from :mod:`experiments.validate`, while parsing).
-
-        Fills in the synthetic data's defaults ``d0 = 16``, ``dr = 1``; for mnist and cifar ``d0`` and
-        ``dr`` stay None (given values are checked against the data by :func:`load_data`)."""
-        try:
-            self.dataset = dataset_name(self.dataset)        # npz:PATH with PATH made absolute
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        width("width", self.width)
-        self._check_chain()
-        if self.dataset in GENERATED:              # the generated data sets take d0 (and synthetic dr) as options
-            self.d0 = 16 if self.d0 is None else self.d0
-        self._applicable_only()
-        for name in ("steps", "batch_size", "init_width", "eval_every", "eval_size"):
-            positive_int(name, getattr(self, name))
-        for name in ("latent_dim", "lr_probe_steps"):
-            optional(positive_int, name, getattr(self, name))
-        for name in ("d0", "dr"):
-            optional(positive_int, name, getattr(self, name))
-        from .controls import validate_controls
-        try:
-            validate_controls(self)
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        for name in ("train_size", "test_size", "checkpoint_every"):
-            optional(positive_int, name, getattr(self, name))
-        for name in ("seed", "data_seed"):
-            non_negative_int(name, getattr(self, name))
-        positive_number("lr", self.lr)
-        for name in ("lr_f", "lr_g"):
-            positive_rate(name, getattr(self, name))
-        check_optimiser(self)
-        one_of("activation", self.activation, ACTIVATIONS)
-        self.layers()
-        from .controls import rate_factor
-        try:
-            rate_factor(self)
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        one_of("loss", self.loss, LOSSES)
-        check_loss_fits_task(self.loss, self.dataset, self.task)
-        one_of("backend", self.backend, BACKENDS)
-        optional(one_of, "backend_requested", self.backend_requested, BACKENDS)
-        one_of("dtype", self.dtype, DTYPES)
-        if self.backend == "numpy" and self.dtype != "float64":
-            raise TrainError("dtype: the numpy reference backend is float64 only")
-
-    def _check_chain(self):
-        """``chain``: None (one bottleneck) or a list of positive widths (MATH §9); one-line TrainError."""
-        if self.chain is None:
-            return
-        from refimpl.chain import check_widths
-        try:
-            self.chain = list(check_widths(self.chain, "chain"))
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-        if self.lr_scale != "none":
-            raise TrainError(f"chain: --lr-scale {self.lr_scale} is defined for one bottleneck (MATH §7.7), not "
-                             "for a chain of several; use --lr-scale none")
-
-    @property
-    def widths(self):
-        """The bottleneck widths (d1, d2, ...) of the run: ``width`` then ``chain`` ("inf": every width infinite)."""
-        return (self.width, *(self.chain or ()))
-
-    def _applicable_only(self):
-        """Fill in the defaults of the options that apply; refuse (one line) a value for one that does not
-        (:func:`unused_options`), so that config.json records no value that was not used.  The old default
-        of such an option (written by earlier versions) is kept as it is."""
-        unused = unused_options(self.dataset, self.task, self.lr_policy)
-        for name, reason in unused.items():
-            value = getattr(self, name, None)
-            if name != "lr" and value is not None and value != OPTION_DEFAULTS[name]:
-                raise TrainError(f"{name}: does not apply here ({reason}); got {value!r}")
-        for name in set(OPTION_DEFAULTS) - set(unused):
-            if getattr(self, name) is None and (name != "dr" or self.dataset == "synthetic"):
-                setattr(self, name, OPTION_DEFAULTS[name])
-
-    def layers(self):
-        """(Layers of g, Layers of f) of the run (MATH §2.2); TrainError for a bad option.
-
-        Bounds where the math needs them: at most :data:`MAX_DEPTH` hidden layers, and scales whose
-        kernel (about ``w_std^(2 depth) out_std^2``, MATH §2.2) stays within float64's range
-        (:data:`MAX_KERNEL_LOG10` decades)."""
-        for name in ("depth_g", "depth_f"):
-            value = getattr(self, name)
-            if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > MAX_DEPTH:
-                raise TrainError(f"{name}: expected at most {MAX_DEPTH} hidden layers, got {value}")
-        decades, culprit = _kernel_decades(self)
-        if decades is not None and abs(decades) > MAX_KERNEL_LOG10:
-            way = "lower" if decades > 0 else "raise"
-            raise TrainError(f"{culprit}: with these scales and depths the kernel is about 1e{decades:.0f}, "
-                             f"outside the range float64 computes with (1e-{MAX_KERNEL_LOG10} to "
-                             f"1e{MAX_KERNEL_LOG10}); {way} --{culprit.replace('_', '-')} (or change the depth)")
-        try:
-            return architecture(self.activation, self.depth_g, self.depth_f, _pair(self.w_std),
-                                _pair(self.b_std), _pair(self.out_std))
-        except ValueError as exc:
-            raise TrainError(str(exc)) from None
-
-    @classmethod
-    def from_json(cls, data):
-        """The config saved in ``data`` (config.json / sweep.json); an option saved before it existed
-        takes its value of :data:`LEGACY_DEFAULTS` (what such runs did), not the new default."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**LEGACY_DEFAULTS, **{k: v for k, v in data.items() if k in names}})
-
-    def rates(self):
-        """(lr, lr_f, lr_g) the simulator gets: the options times the ``lr_scale`` factor (MATH §7.7)."""
-        from .controls import rate_factor
-        c = rate_factor(self)
-        return (self.lr * c, None if self.lr_f is None else self.lr_f * c,
-                None if self.lr_g is None else self.lr_g * c)
-
-
-#: Options added after runs were made, with the value that those runs had (a saved config without the key
-#: means this): the training rows drawn from the run's seed, rates as given.
-LEGACY_DEFAULTS = {"eval_subset": "seed", "lr_scale": "none"}
 
 
 # ----------------------------------------------------------------------------

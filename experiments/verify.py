@@ -45,10 +45,12 @@ from refimpl import __version__, kernels
 from refimpl.dynamics import BottleneckSimulator, check_loss, loss_and_chi
 from refimpl.finite import FiniteNetwork
 from refimpl.network import RandomNetwork
-from refimpl.validate import int_at_least, non_negative_int, positive_int, positive_number
+from refimpl.validate import positive_int, positive_number
+from .config import VERIFY, check_defaults, checked
 from .figures import pyplot, save_figure
 from .fileio import atomic_write_text
 from .loop import SGDLoop, full_batch
+from .validate import TrainError
 
 #: Largest temporary (float64 elements) of the Monte Carlo in :func:`lemma31`.
 MC_BLOCK_ELEMENTS = 1 << 22
@@ -66,52 +68,19 @@ RATE_MIN_WIDTHS, RATE_MIN_SPAN = 4, 16
 #: Bootstrap resamples of the networks for the slope's interval.
 RATE_RESAMPLES = 2000
 
-DEFAULTS = {
-    "lemma3.1": dict(widths=(100, 1000), samples=20_000, pairs=20, dim=2, seed=0, threshold=0.05),
-    "theorem3.2": dict(widths=(1_000, 4_000, 16_000, 64_000), steps=40, lr=0.05, samples=8, points=8, seed=0,
-                       threshold=0.05, slope_band=0.25),
-    "lemma4.1": dict(widths=(64, 256, 1024), depths=(2, 3), steps=40, lr=0.05, points=8, seed=0,
-                     threshold=0.05),
-    "inf-limit": dict(dims=(4, 16, 64, 256), width=2000, samples=4, points=10, seed=0, threshold=0.1),
-}
+#: The default of every option of each check (declared with its rule in experiments.config).
+DEFAULTS = {name: check_defaults(composition) for name, composition in VERIFY.items()}
 
 
 # ----------------------------------------------------------------------------- argument checks
 
-def _ints(name, values, minimum=1):
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
-        values = (values,)
+def _config(name, given):
+    """``DEFAULTS[name]`` updated with the ``given`` values that are not None, every option checked by its
+    rule in :data:`experiments.config.VERIFY` (a one-line ValueError naming the first bad one)."""
     try:
-        values = list(values)
-    except TypeError:
-        raise ValueError(f"{name}: expected a list of integers, got {values!r}") from None
-    if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum
-                         for v in values):
-        raise ValueError(f"{name}: expected a non-empty list of integers >= {minimum}, got {values!r}")
-    return tuple(int(v) for v in values)
-
-
-def _at_least_two(name, value):
-    return int_at_least(name, value, 2)
-
-
-def _fraction(name, value):
-    return positive_number(name, value, allow_zero=True)
-
-
-#: How each option of a check is validated (anything not listed: a positive integer).
-_CHECKS = {"widths": _ints, "depths": _ints, "dims": _ints, "lr": positive_number, "seed": non_negative_int,
-           "threshold": _fraction, "slope_band": _fraction}
-
-
-def _config(name, given, **checks):
-    """``DEFAULTS[name]`` updated with the ``given`` values that are not None, every option checked in
-    order (a one-line ValueError naming the first bad one); ``checks`` override :data:`_CHECKS`."""
-    cfg = dict(DEFAULTS[name])
-    cfg.update({k: v for k, v in given.items() if v is not None})
-    for key in cfg:
-        cfg[key] = checks.get(key, _CHECKS.get(key, positive_int))(key, cfg[key])
-    return cfg
+        return checked(VERIFY[name], {**DEFAULTS[name], **given})
+    except TrainError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _rel(a, b):
@@ -238,7 +207,7 @@ def lemma31(out, widths=None, samples=None, pairs=None, dim=None, seed=None, thr
     dict report (also written to ``out/lemma3.1.json``; figure ``out/lemma3.1.png``)
     """
     cfg = _config("lemma3.1", dict(widths=widths, samples=samples, pairs=pairs, dim=dim, seed=seed,
-                                   threshold=threshold), samples=_at_least_two)
+                                   threshold=threshold))
     out = _prepare(out)
     started = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
@@ -809,7 +778,7 @@ def inf_limit(out, dims=None, width=None, samples=None, points=None, seed=None, 
     several d) below the mean gap at the smallest d.
     """
     cfg = _config("inf-limit", dict(dims=dims, width=width, samples=samples, points=points, seed=seed,
-                                    threshold=threshold), points=_at_least_two)
+                                    threshold=threshold))
     cfg["d0"] = positive_int("d0", d0)
     out = _prepare(out)
     started = time.perf_counter()

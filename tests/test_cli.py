@@ -50,8 +50,10 @@ def test_train_sweep_and_finite_sweep_share_the_option_sets():
 
 
 def test_option_set_factory_adds_skips_and_overrides():
+    from experiments.config import cli_options
+
     @click.command()
-    @cli.run_options(skip=("lr_f", "lr_g"), steps=7, lr={"help": "other"})
+    @cli_options("train", skip=("lr_f", "lr_g"), steps=7, lr={"help": "other"})
     def cmd(**kw):
         click.echo(json.dumps(kw))
     names = {p.name for p in cmd.params}
@@ -60,7 +62,7 @@ def test_option_set_factory_adds_skips_and_overrides():
     assert out["steps"] == 7 and out["lr"] == 2.0
     assert next(p for p in cmd.params if p.name == "lr").help == "other"
     with pytest.raises(TypeError, match="unknown options"):
-        cli.run_options(step=3)
+        cli_options("train", step=3)
 
 
 def test_exit_codes_and_json_of_train(tmp_path):
