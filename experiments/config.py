@@ -409,13 +409,14 @@ FIELDS = (
     Field("lr_g", "optimiser", None, rule=rate(), optional=True,
           help="Separate rate for g's weights (default --lr)."),
     # the optimiser (MATH §8): schedule of every rate, heavy-ball / Nesterov momentum
-    Field("lr_schedule", "optimiser", "constant", rule=Rule(_schedule_form, SCHEDULE),
+    Field("lr_schedule", "optimiser", "constant", rule=Rule(_schedule_form, SCHEDULE), legacy="constant",
           help="Multiplier of every rate at step t (MATH §8.1): constant; step:EVERY:FACTOR (times FACTOR every "
                "EVERY steps); cosine ((1 + cos(pi t / steps)) / 2 over the run's steps, recorded as cosine:STEPS); "
                "warmup:STEPS (linear from 1/STEPS to 1)."),
     Field("momentum", "optimiser", 0.0, rule=Rule(lambda name, value: V.momentum(value, name), MOMENTUM),
+          legacy=0.0,
           help="Heavy-ball momentum beta in [0, 1) of every weight (MATH §8; exact in function space)."),
-    Field("nesterov", "optimiser", False, rule=FLAG,
+    Field("nesterov", "optimiser", False, rule=FLAG, legacy=False,
           help="Nesterov momentum (PyTorch convention: step along grad + beta v) instead of heavy ball."),
     # ---- run: seed, evaluation, checkpoints, backend
     Field("seed", "run", 0, rule=count(0), help="Seed of the initial functions and of the batch order."),

@@ -189,3 +189,19 @@ def test_thread_env_is_fixed_at_creation_and_kept_on_resume(tmp_path, monkeypatc
     res = CliRunner().invoke(cli.cli, ["sweep", "--resume", str(out), "--steps", "5", "-j", "1", "--no-plot"])
     assert res.exit_code == 0, res.output
     assert _record(out)["thread_env"] == env
+
+
+def test_a_run_saved_before_the_optimiser_options_matches_its_sweep(tmp_path):
+    """A config.json written before --momentum / --nesterov / --lr-schedule existed (no such keys) is the
+    plain SGD run: the sweep's resume check takes the legacy values, not a difference (it refused every
+    sweep made before those options)."""
+    import dataclasses
+
+    from experiments.sweep import _other_options
+    cfg = TrainConfig(steps=8, width=4, d0=3, train_size=60, test_size=20)
+    cfg.validate()
+    old = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("momentum", "nesterov", "lr_schedule")}
+    (tmp_path / "config.json").write_text(json.dumps({"config": old}))
+    assert _other_options(tmp_path, cfg) == []
+    (tmp_path / "config.json").write_text(json.dumps({"config": dict(old, momentum=0.5)}))
+    assert _other_options(tmp_path, cfg) == ["momentum"]
