@@ -122,7 +122,8 @@ def test_json_round_trip_and_legacy_defaults():
     # a config saved before eval_subset and lr_scale existed: the values such runs had
     old = {k: v for k, v in saved.items() if k not in ("eval_subset", "lr_scale")}
     assert C.TrainConfig.from_json(old).eval_subset == "seed" and C.TrainConfig.from_json(old).lr_scale == "none"
-    assert C.LEGACY_DEFAULTS == {"eval_subset": "seed", "lr_scale": "none"}
+    assert C.LEGACY_DEFAULTS == {"eval_subset": "seed", "lr_scale": "none", "lr_schedule": "constant",
+                                 "momentum": 0.0, "nesterov": False}      # plain SGD before the optimiser options
     sweep = C.SweepConfig(widths="1,4,2")
     sweep.validate()
     assert sweep.as_json()["widths"] == [1, 2, 4]
