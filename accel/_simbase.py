@@ -105,7 +105,7 @@ class ArrayHistory(MomentumRows):
         self.M += k
         rows = self.store_P[start:self.M].astype(np.float64)
         self.store_norms[start:self.M] = xp.sqrt((rows * rows).sum(axis=1))
-        self.weigh_appended(start, C, rate, beta, nesterov)
+        self.weigh_appended(start, rate, beta, nesterov)
 
     P_dev = property(lambda self: self.store_P[:self.M])
     C_dev = property(lambda self: self.store_C[:self.M])

@@ -86,7 +86,7 @@ class MomentumRows:
     store_D = None
     live = 0
 
-    def weigh_appended(self, start, C, rate, beta, nesterov):
+    def weigh_appended(self, start, rate, beta, nesterov):
         """Weights of rows ``start..M`` (just stored raw in store_C) and of all earlier live rows."""
         xp = self.xp
         if beta == 0.0 and self.store_D is None:
@@ -156,7 +156,7 @@ class History(MomentumRows):
         self.store_P[self.M:self.M + k] = P
         self.store_C[self.M:self.M + k] = C
         self.M += k
-        self.weigh_appended(start, C, rate, beta, nesterov)
+        self.weigh_appended(start, rate, beta, nesterov)
 
     @property
     def P(self):
