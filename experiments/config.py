@@ -176,8 +176,7 @@ def _schedule_form(name, value):
 
 
 #: --lr-schedule: checked here for its form (cosine's horizon, the run's steps, is filled in by the config)
-SCHEDULE = Checked("constant|step:EVERY:FACTOR|cosine|warmup:STEPS",
-                   lambda v: (V.lr_schedule(v, 1), v.strip())[1] if isinstance(v, str) else V.lr_schedule(v, 1))
+SCHEDULE = Checked("constant|step:EVERY:FACTOR|cosine|warmup:STEPS", lambda v: _schedule_form("lr_schedule", v))
 MOMENTUM = Checked("BETA", lambda v: V.momentum(float(v) if _is_number(v) else v))
 
 

@@ -62,14 +62,6 @@ def momentum(value, name="momentum"):
         raise TrainError(str(exc).replace("momentum", name, 1)) from None
 
 
-def check_optimiser(config):
-    """Check and canonicalise a config's ``lr_schedule``, ``momentum``, ``nesterov`` (MATH §8) in place."""
-    config.lr_schedule = lr_schedule(config.lr_schedule, config.steps)
-    config.momentum = momentum(config.momentum)
-    if not isinstance(config.nesterov, bool):
-        raise TrainError(f"nesterov: expected true or false, got {config.nesterov!r}")
-
-
 def optimiser_kwargs(config):
     """The simulators' and finite networks' keyword arguments of a config's optimiser (MATH §8); empty for
     plain SGD (constant schedule, momentum 0), so plain runs take exactly the paper's route."""
