@@ -78,7 +78,8 @@ class MomentumRows:
     derivatives ``D_s = beta^(t-s) C_s`` in ``store_D``; a step adds ``s_t D`` (``s_t beta D``, and
     ``s_t C`` for the new rows, Nesterov) to the weighted rows and multiplies D by beta: O(M dr)
     per step, no powers beta^(-s).  Entries of D below :data:`DECAY_FLOOR` are set to zero (they
-    could no longer change a weight) and the rows before the first live one are skipped.
+    could no longer change a weight; in float32 the floor is its smallest normal number, 1.2e-38) and the
+    rows before the first live one are skipped.
     """
 
     #: |D| below this is set to 0 (below any weight's last bit; avoids subnormal arithmetic).
@@ -107,7 +108,8 @@ class MomentumRows:
         if nesterov:
             self.store_C[start:self.M] += rate * self.store_D[start:self.M]
         D_live *= beta
-        D_live[xp.abs(D_live) < self.DECAY_FLOOR] = 0.0
+        floor = max(self.DECAY_FLOOR, float(np.finfo(self.store_D.dtype).tiny))     # float32: its smallest normal
+        D_live[xp.abs(D_live) < floor] = 0.0
         alive = xp.any(D_live != 0.0, axis=1)
         self.live += int(xp.argmax(alive)) if bool(xp.any(alive)) else D_live.shape[0]
 

@@ -531,3 +531,19 @@ def test_infinite_momentum_matches_refimpl(name):
         assert sim.step(idx) == pytest.approx(ref.step(idx), rel=1e-11)
     for Xq in (X, X[:4] + 0.1, X + 0.3):
         np.testing.assert_allclose(sim.outputs(Xq), ref.outputs(Xq), rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", FAST_ENGINES)
+def test_float32_decay_never_goes_subnormal(name):
+    """MATH §8.3: the decayed derivatives D of a float32 history are zeroed below float32's smallest normal
+    number (no subnormal arithmetic), the leading dead rows are skipped, and the run matches float64."""
+    net, X, Y = _problem(dr=1)
+    runs = [backend(name, dt).BottleneckSimulator(net, X, Y, lr=0.3, momentum=0.05) for dt in ("float32", "float64")]
+    for t in range(40):                                  # 0.05^30 < 1.2e-38
+        for sim in runs:
+            sim.step(np.arange(t % 25, t % 25 + 5))
+    D = runs[0].history.D
+    tiny = np.finfo(np.float32).tiny
+    assert D.dtype == np.float32 and np.all((D == 0) | (np.abs(D) >= tiny))
+    assert 0 < runs[0].history.live < runs[0].history.M and np.all(D[:runs[0].history.live] == 0)
+    np.testing.assert_allclose(runs[0].outputs(X), runs[1].outputs(X), rtol=2e-3, atol=2e-3)
