@@ -244,8 +244,9 @@ class ChainSimulator(_SimulatorBase):
         history gets the same per-entry weights as the single head's, and g's tracked sets and A
         their velocities (MATH §9.1).
 
-    One step (MATH §9.1) costs one history pass per head, about L times the single
-    bottleneck's step at equal widths.
+    One step (MATH §9.1) takes per head a forward pass over its history (f) and a backward one
+    (J^T u), fused into one where the head has at most ``fuse_max_dr`` outputs: about L times the
+    single bottleneck's step at equal widths.
     """
 
     def __init__(self, net, X, Y, lr=1.0, lr_f=None, lr_g=None, X_eval=None, loss="mse", engine=None,
