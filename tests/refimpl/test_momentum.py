@@ -96,7 +96,7 @@ def _effective_run(net, X, Y, lr_f, lr_g, beta, nesterov, sched, batches):
             v *= beta
             v += grad
             w -= 2 * mu * sched(t) * (grad + beta * v if nesterov else v)
-        yield X @ Th.T @ W.T / np.sqrt(D * D0), X @ Th.T / np.sqrt(D0), W
+        yield X @ Th.T @ W.T / np.sqrt(D * D0), X @ Th.T / np.sqrt(D0), W, Th
 
 
 @pytest.mark.parametrize("beta, nesterov, sched", OPTIMISERS)
@@ -116,14 +116,16 @@ def test_linear_simulator_is_the_effective_network_with_momentum(beta, nesterov,
                         activation="linear")
     chis, worst, worst_eff = [], 0.0, 0.0
     probes = rng.standard_normal((4, D))
-    for t, (F, g, W) in enumerate(_effective_run(net, X, Y, lr_f, lr_g, beta, nesterov, s, batches)):
+    Xq = X + 0.3                                       # not tracked: g_t through the accumulated A (MATH §8.4)
+    for t, (F, g, W, Th) in enumerate(_effective_run(net, X, Y, lr_f, lr_g, beta, nesterov, s, batches)):
         Pb = sim.embeddings(X[batches[t]])
         chis.append((sim.f(Pb) - Y[batches[t]]) / 3)
         sim.step(batches[t])
         eff.step(X[batches[t]], Y[batches[t]], lr_f=2 * lr_f, lr_g=2 * lr_g, momentum=beta, nesterov=nesterov,
                  lr_schedule=sched, total_steps=T)
         worst = max(worst, _rel(sim.outputs(X), F), _rel(sim.embeddings(X), g),
-                    _rel(sim.jacobian(probes), np.broadcast_to(W / np.sqrt(D), (4, DR, D))))
+                    _rel(sim.jacobian(probes), np.broadcast_to(W / np.sqrt(D), (4, DR, D))),
+                    _rel(sim.embeddings(Xq), Xq @ Th.T / np.sqrt(D0)))
         worst_eff = max(worst_eff, _rel(eff.outputs(X), F), _rel(eff.g(X), g))
     assert worst < 1e-10
     assert worst_eff < 1e-10                                           # refimpl.finite's optimiser (MATH §8.1)
@@ -139,7 +141,9 @@ def test_infinite_simulator_follows_the_weighted_history(beta, nesterov, sched):
     X, Y = _problem(2)
     T, lr = 25, 0.5
     sim = InfiniteSimulator(X, Y, lr=lr, seed=1, lr_schedule=sched, total_steps=T, momentum=beta,
-                            nesterov=nesterov)
+                            nesterov=nesterov, init="network", width=64)
+    Xq = X + 0.3                                       # not tracked: F_t through the accumulated A (MATH §8.4)
+    Fq0 = sim.outputs(Xq)
     s = make_schedule(sched, T)
     F0 = sim.outputs(X)
     rng = np.random.default_rng(6)
@@ -152,6 +156,8 @@ def test_infinite_simulator_follows_the_weighted_history(beta, nesterov, sched):
     w = _weights(T, beta, nesterov, s)
     want = F0 - sum(w[r] * kernels.ntk_inf(X, X[batches[r]], lr_f=lr, lr_g=lr) @ chis[r] for r in range(T))
     np.testing.assert_allclose(sim.outputs(X), want, rtol=1e-11, atol=1e-13)
+    want_q = Fq0 - sum(w[r] * kernels.ntk_inf(Xq, X[batches[r]], lr_f=lr, lr_g=lr) @ chis[r] for r in range(T))
+    np.testing.assert_allclose(sim.outputs(Xq), want_q, rtol=1e-11, atol=1e-13)
     assert _rel(sim.outputs(X), F0) > 0.2
 
 
