@@ -7,6 +7,8 @@
   from a refimpl class defines an underscore name, and accel reads or calls no underscore name that
   refimpl defines (and accel does not define itself).
 - No import cycle between the project's modules.
+- Inside experiments the modules stand on floors (EXPERIMENT_FLOORS: primitives, the run model's parts,
+  what is built on them, one run, drivers, sweeps, the campaign); a module imports lower floors only.
 - The repository is self-contained: no citation of a file outside it or of an issue number.
 """
 
@@ -432,3 +434,67 @@ def test_the_experiments_private_check_can_fail():
     found = experiments_private_uses("experiments.sweep", "from .train import _read_metrics, train\n"
                                      "from . import fileio\nfileio._alive(1, None)\nfrom .pool import run_local\n")
     assert [text for _, text in found] == ["imports experiments.train._read_metrics", "fileio._alive"]
+
+
+# ------------------------------------------------------------------ the floors inside experiments
+
+#: The floors of experiments, bottom up (MATH-free plumbing first, the commands' drivers last).  A module
+#: imports modules of lower floors only (not of its own floor: the floors fix the order, not just the
+#: absence of cycles).  A new module must be given a floor here.
+EXPERIMENT_FLOORS = (
+    # 0. primitives: validation rules, atomic files, stop requests, devices, data generators, evaluation,
+    #    comparison metrics
+    ("validate", "fileio", "stop", "devices", "synthetic", "tasks", "evaluation", "metrics"),
+    # 1. the run model's parts: data readers, controls, memory estimates, run folders, the SGD loop,
+    #    the process pool, figure files
+    ("data", "controls", "memory", "runfolder", "loop", "pool", "figures"),
+    # 2. built on the parts: the config schema, downloads, the plots of runs and sweeps
+    ("config", "download", "plots"),
+    # 3. one run of something: train, benchmarks, golden files
+    ("train", "bench", "golden"),
+    # 4. drivers built on one run: the learning-rate probe, finite networks, verify, the GPU check
+    ("lr_probe", "finite_sweep", "verify", "gpucheck"),
+    # 5. many runs
+    ("sweep",),
+    # 6. a plan of sweeps in a time budget
+    ("campaign",),
+)
+
+
+def _floor_of():
+    return {f"experiments.{m}": k for k, floor in enumerate(EXPERIMENT_FLOORS) for m in floor}
+
+
+def floor_violations(floors, imports):
+    """[text] for each import of ``imports`` ({module: [(target, names, line)]}) that does not go to a
+    lower floor of ``floors`` ({module: floor})."""
+    bad = []
+    for module, found in imports.items():
+        for target, _, line in found:
+            if target in floors and target != module and floors[target] >= floors[module]:
+                bad.append(f"{module}:{line} imports {target} (floor {floors[target]} >= {floors[module]})")
+    return sorted(bad)
+
+
+def test_every_experiments_module_has_a_floor():
+    floors = _floor_of()
+    mods = [m for m in MODULES if _layer(m) == "experiments" and m != "experiments"]
+    missing = sorted(m for m in mods if m not in floors)
+    gone = sorted(m for m in floors if m not in MODULES)
+    assert not missing and not gone, f"give these a floor: {missing}; no such module: {gone}"
+
+
+def test_experiments_floors_run_one_way():
+    floors = _floor_of()
+    imports = {m: imports_of(m) for m in floors if m in MODULES}
+    bad = floor_violations(floors, imports)
+    assert not bad, "experiments modules import lower floors only:\n" + "\n".join(bad)
+
+
+def test_the_floor_check_can_fail():
+    floors = {"experiments.loop": 1, "experiments.train": 3, "experiments.runfolder": 1}
+    imports = {"experiments.loop": [("experiments.train", ["train"], 7), ("experiments.runfolder", None, 8)],
+               "experiments.train": [("experiments.loop", ["SGDLoop"], 3)]}
+    assert floor_violations(floors, imports) == [
+        "experiments.loop:7 imports experiments.train (floor 3 >= 1)",
+        "experiments.loop:8 imports experiments.runfolder (floor 1 >= 1)"]
