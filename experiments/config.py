@@ -124,11 +124,14 @@ INT_LIST = Checked("N,N,...", lambda v: v if isinstance(v, tuple) else tuple(V.p
 class Rule:
     """What values a field takes: ``check(name, value)`` returns the value in its canonical type or raises a
     one-line TrainError naming the field (library callers, config.json); ``click_type`` parses the option
-    on the command line by the same bound or choices (None: click's text).  ``flag``: an on/off option."""
+    on the command line by the same bound or choices (None: click's text).  ``flag``: an on/off option.
+    ``canonical``: a config stores the checked value (a data set's absolute path, parsed widths, a schedule's
+    canonical text), not only checks it."""
 
     check: object = None
     click_type: object = None
     flag: bool = False
+    canonical: bool = False
 
     def __call__(self, name, value, optional=False):
         if self.check is None or (optional and value is None):
@@ -236,10 +239,10 @@ def _chain_check(name, value):
 #: --chain D2[,D3...]: the widths of further bottlenecks after --width (MATH §9).
 CHAIN = Checked("D2[,D3...]", lambda v: v if isinstance(v, list) else V.parse_chain(v))
 FLAG = Rule(_flag_check, None, flag=True)
-INTEGERS = Rule(_int_tuple, INT_LIST)
+INTEGERS = Rule(_int_tuple, INT_LIST, canonical=True)
 NON_NEGATIVE = Rule(lambda name, value: V.positive_number(name, value, allow_zero=True), click.FloatRange(min=0))
 FRACTION = Rule(_fraction_check, click.FloatRange(min=0, max=1, min_open=True))
-DATASET = Rule(_dataset_check, DatasetType(DATASETS))
+DATASET = Rule(_dataset_check, DatasetType(DATASETS), canonical=True)
 BOTTLENECK = Rule(V.width, WIDTH)
 LAYER_SCALE = Rule(None, SCALE)                  # checked with the architecture (refimpl.kernels.architecture)
 HIDDEN_LAYERS = Rule(None, click.IntRange(min=0))   # at least 0 (1 unless linear): refimpl's architecture
@@ -383,7 +386,7 @@ FIELDS = (
     Field("activation", "model", "relu", rule=choice(ACTIVATIONS), help="Activation of both wide layers (MATH §1)."),
     Field("init_width", "model", 10_000, rule=count(1),
           help="Width n0 of the random network that draws g0, f0, J0 (MATH §3)."),
-    Field("chain", "model", None, rule=Rule(_chain_check, CHAIN), optional=True,
+    Field("chain", "model", None, rule=Rule(_chain_check, CHAIN, canonical=True), optional=True,
           help="Further bottlenecks after --width (MATH §9): g -> d1 -> f_1 -> D2 -> f_2 -> ...; every head has "
                "f's architecture.  With --width inf every width is infinite.  [default: one bottleneck]"),
     Field("depth_g", "model", 1, rule=HIDDEN_LAYERS,
@@ -408,11 +411,13 @@ FIELDS = (
     Field("lr_g", "optimiser", None, rule=rate(), optional=True,
           help="Separate rate for g's weights (default --lr)."),
     # the optimiser (MATH §8): schedule of every rate, heavy-ball / Nesterov momentum
-    Field("lr_schedule", "optimiser", "constant", rule=Rule(_schedule_form, SCHEDULE), legacy="constant",
+    Field("lr_schedule", "optimiser", "constant", rule=Rule(_schedule_form, SCHEDULE, canonical=True),
+          legacy="constant",
           help="Multiplier of every rate at step t (MATH §8.1): constant; step:EVERY:FACTOR (times FACTOR every "
                "EVERY steps); cosine ((1 + cos(pi t / steps)) / 2 over the run's steps, recorded as cosine:STEPS); "
                "warmup:STEPS (linear from 1/STEPS to 1)."),
-    Field("momentum", "optimiser", 0.0, rule=Rule(lambda name, value: V.momentum(value, name), MOMENTUM),
+    Field("momentum", "optimiser", 0.0,
+          rule=Rule(lambda name, value: V.momentum(value, name), MOMENTUM, canonical=True),
           legacy=0.0,
           help="Heavy-ball momentum beta in [0, 1) of every weight (MATH §8; exact in function space)."),
     Field("nesterov", "optimiser", False, rule=FLAG, legacy=False,
@@ -551,7 +556,8 @@ FINITE_SWEEP = Composition(
     d0={"default": 16, "optional": False},   # synthetic only
     dr={"default": 1, "optional": False, "applies": None},
     latent_dim={"default": 2, "optional": False, "applies": None},
-    widths={"rule": Rule(lambda name, value: finite_widths(value, name)), "cli_default": "1,2,4,8,16,32,64,128",
+    widths={"rule": Rule(lambda name, value: finite_widths(value, name), canonical=True),
+            "cli_default": "1,2,4,8,16,32,64,128",
             "show_default": True,
             "help": "Bottleneck sizes d, comma-separated, or 'paper' for the paper's 36 (1..9, 10..90, ..., 9000)."},
     activation={"help": "Activation of the hidden layers.", "show_default": True},
@@ -576,10 +582,11 @@ COMPARE = Composition(
     d0={"default": 16, "optional": False},
     dr={"default": 1, "optional": False, "applies": None},
     width={"rule": count(1), "help": "Bottleneck width d."},
-    chain={"rule": Rule(lambda name, value: V.parse_chain(value, name), CHAIN),
+    chain={"rule": Rule(lambda name, value: V.parse_chain(value, name), CHAIN, canonical=True),
            "help": "Further bottlenecks after --width (MATH §9): finite chains against the chain simulator.  "
                    "[default: one bottleneck]"},
-    hidden={"default": (500, 2000, 8000, 32000), "rule": Rule(_hidden_widths), "cli_default": "500,2000,8000,32000",
+    hidden={"default": (500, 2000, 8000, 32000), "rule": Rule(_hidden_widths, canonical=True),
+            "cli_default": "500,2000,8000,32000",
             "show_default": True, "help": "Hidden widths n of the finite networks, comma-separated (at least two)."},
     steps={"default": 300, "cli_default": 200, "help": "Number of SGD steps."},
     batch_size={"help": "SGD batch size B."},
@@ -783,6 +790,8 @@ def _kernel_decades(config):
         for k, depth in enumerate((config.depth_g, config.depth_f)):
             w, b, o = (float(_pair(v)[k]) if isinstance(_pair(v), tuple) else float(v)
                        for v in (config.w_std, config.b_std, config.out_std))
+            if not (math.isfinite(w) and math.isfinite(b) and math.isfinite(o)):
+                return None, None                    # refused by the architecture's own check
             if math.hypot(w, b) > 0:                 # zero scales are the options' own business
                 hidden += 2 * int(depth) * np.log10(math.hypot(w, b))
             if o > 0:
@@ -810,10 +819,12 @@ class Config:
     COMPOSITION = None
 
     def check_fields(self, names=None):
-        """Every field's rule (declaration order; ``names``: those only), values made canonical."""
+        """Every field's rule (declaration order; ``names``: those only); a canonical rule's value is stored."""
         for f in self.COMPOSITION.fields:
             if names is None or f.name in names:
-                setattr(self, f.name, f.check(getattr(self, f.name)))
+                value = f.check(getattr(self, f.name))
+                if f.rule.canonical:
+                    setattr(self, f.name, value)
 
     def check_optimiser(self):
         """The schedule's horizon: plain ``cosine`` becomes ``cosine:STEPS`` with the run's steps (MATH §8.1), so
