@@ -36,7 +36,7 @@ import numpy as np
 
 from accel import blas_threads
 from refimpl.dynamics import DivergenceError
-from . import stop as stop_request
+from .stop import raise_if_requested
 from .validate import TrainError
 
 
@@ -148,7 +148,7 @@ class SGDLoop:
             with self.progress as bar, np.errstate(over="ignore", invalid="ignore"), threads:
                 for step in range(start, stop):
                     self.step = step
-                    stop_request.raise_if_requested()       # a SIGTERM whose interrupt was swallowed
+                    raise_if_requested()                    # a SIGTERM whose interrupt was swallowed
                     for callback in self.before:
                         callback(step)
                     self.last = self.stepper(self.batches(step))
