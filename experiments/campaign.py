@@ -358,7 +358,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     A run cut earlier continues from its checkpoint when this session's backend is the one it ran on;
     on another backend it starts again.
     """
-    from .train import auto_backend
+    from .backends import auto_backend, resolve_backend
     t0 = time.perf_counter()
     plan = load_plan(plan_path)
     if only:
@@ -369,7 +369,6 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     if backend == "auto":
         backend = auto_backend(dtype)
     else:
-        from .train import resolve_backend
         resolve_backend(backend, dtype)         # fails now, with the reason, if unavailable
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,7 @@ def array_module(backend):
     backend = resolve_finite_backend(backend)
     if backend == "numpy":
         return np
-    from .train import resolve_backend
+    from .backends import resolve_backend
     resolve_backend("gpu")                 # TrainError "backend: 'gpu' is unavailable: <reason>"
     import cupy
     from accel.devicemath import with_special_functions

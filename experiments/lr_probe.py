@@ -18,8 +18,8 @@ from .controls import Centring
 from .fileio import atomic_write_text, fault_point, read_json
 from .evaluation import evaluate, run_eval_rows
 from .loop import BatchOrder, SGDLoop, every
-from .train import (LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, build_simulator, load_data,
-                    resolve_backend)
+from .backends import resolve_backend
+from .train import LEGACY_DEFAULTS, OPTION_DEFAULTS, TrainConfig, TrainError, build_simulator, load_data
 
 PROBE_FILE = "lr_probe.json"
 #: The probe's grid: rates 2^j for j in this range.

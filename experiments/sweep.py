@@ -55,7 +55,8 @@ from .fileio import SWEEP_FILE
 from .fileio import atomic_write_text
 from .runfolder import (LOCK_FILE, RESUME_FIELDS, RUN_FILES, check_out, lock_folder, read_metrics, read_run_json,
                         refuse_existing, refuse_links, require_record, run_state)
-from .train import LEGACY_DEFAULTS, TrainConfig, load_data, resolve_backend, settle_backend, train
+from .backends import resolve_backend, settle_backend
+from .train import LEGACY_DEFAULTS, TrainConfig, load_data, train
 from .validate import RunFailed, TrainError, parse_seeds, parse_widths, width_key  # noqa: F401 (re-exported)
 
 class SweepFailed(RunFailed):

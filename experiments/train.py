@@ -34,6 +34,7 @@ from .runfolder import (LOCK_FILE, METRIC_COLUMNS, RESUME_FIELDS, Workspace, che
                         check_run_entries, check_same_data, config_digest, good_checkpoint, lock_folder,
                         read_run_json, refuse_resume_options, remove_interrupted_writes, require_record,
                         resume_point, write_checkpoint)
+from .backends import auto_backend, resolve_backend, settle_backend
 from .validate import RunFailed, TrainError, optimiser_kwargs
 
 #: A checkpoint is "good" (kept, never overwritten by a worse state) when its arrays and its training loss are
@@ -48,58 +49,8 @@ LOSS_TEXT = {"mse": "mean over points of |F - y|^2 / 2; batch loss 1/(2B) sum |F
 
 
 # ----------------------------------------------------------------------------
-# helpers: atomic files, backends, data
+# helpers: data and the simulator
 # ----------------------------------------------------------------------------
-
-def resolve_backend(name, dtype="float64"):
-    """The module-like object that provides BottleneckSimulator and InfiniteSimulator ("auto": see
-    :func:`auto_backend`)."""
-    if name == "auto":
-        name = auto_backend(dtype)
-    if name == "numpy":
-        import refimpl
-        return refimpl
-    try:
-        import accel
-        get_backend = accel.get_backend
-    except (ImportError, AttributeError):
-        raise TrainError(f"backend: {name!r} is not available in this installation "
-                         "(the accelerated backends are not built); use --backend numpy") from None
-    try:
-        return get_backend(name, dtype=dtype)
-    except (accel.BackendUnavailable, ValueError) as exc:   # the backend's own one-line reason
-        raise TrainError(f"backend: {name!r} is unavailable: {exc}") from None
-
-
-def auto_backend(dtype="float64"):
-    """The backend ``auto`` stands for here: "gpu" where a usable GPU is present, else "cpu" (Numba), else
-    "numpy" (the reference; also for a dtype the accelerated backends cannot give)."""
-    try:
-        import accel
-        from accel import gpu
-        if gpu.available():
-            return "gpu"
-        accel.get_backend("cpu", dtype=dtype)
-        return "cpu"
-    except Exception:          # noqa: BLE001 - no accelerated backend here: the reference always runs
-        return "numpy"
-
-
-def settle_backend(config, log=None):
-    """Resolve ``config.backend == "auto"`` to the backend that will run, keeping what was asked in
-    ``config.backend_requested``; ``log`` the choice once.  Returns the backend name."""
-    if config.backend_requested is None:
-        config.backend_requested = config.backend
-    if config.backend == "auto":
-        config.backend = auto_backend(config.dtype)
-    if log is not None:
-        asked = config.backend_requested
-        log(f"backend: {config.backend}" + (f" ({asked}: "
-            + {"gpu": "a usable GPU is present", "cpu": "no usable GPU; Numba on the CPU",
-               "numpy": "no accelerated backend here; the NumPy reference"}[config.backend] + ")"
-            if asked == "auto" else ""))
-    return config.backend
-
 
 def load_data(config):
     """The data set of a run (deterministic in the config)."""

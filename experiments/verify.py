@@ -294,10 +294,10 @@ def _rhs(net, G, F, Y, probes, theta, layers_f, depth_f=None, loss="mse"):
 
 
 def _simulators(backend, chain=False):
-    """(the simulator class of ``backend``, its name): "auto" is what :func:`experiments.train.auto_backend`
+    """(the simulator class of ``backend``, its name): "auto" is what :func:`experiments.backends.auto_backend`
     picks here (gpu, cpu, numpy); the finite networks stay NumPy (float64).  ``chain``: the backend's
     ChainSimulator (several bottlenecks, MATH §9) instead of its BottleneckSimulator."""
-    from .train import auto_backend, resolve_backend
+    from .backends import auto_backend, resolve_backend
     name = auto_backend() if backend == "auto" else backend
     try:
         module = resolve_backend(name)

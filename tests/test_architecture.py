@@ -446,8 +446,8 @@ EXPERIMENT_FLOORS = (
     #    comparison metrics
     ("validate", "fileio", "stop", "devices", "synthetic", "tasks", "evaluation", "metrics"),
     # 1. the run model's parts: data readers, controls, memory estimates, run folders, the SGD loop,
-    #    the process pool, figure files
-    ("data", "controls", "memory", "runfolder", "loop", "pool", "figures"),
+    #    the process pool, the choice of backend, figure files
+    ("data", "controls", "memory", "runfolder", "loop", "pool", "backends", "figures"),
     # 2. built on the parts: the config schema, downloads, the plots of runs and sweeps
     ("config", "download", "plots"),
     # 3. one run of something: train, benchmarks, golden files

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from experiments import backends as BK
 from experiments import train as T
 
 TINY = ["--train-size", "40", "--test-size", "20", "--steps", "6", "--eval-every", "3", "--batch-size", "5",
@@ -123,7 +124,7 @@ def test_train_defaults_to_auto_and_records_what_ran(tmp_path):
     assert result.exit_code == 0, result.stderr
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
     assert cfg["backend_requested"] == "auto"
-    assert cfg["backend"] == T.auto_backend("float64") and cfg["backend"] in ("numpy", "cpu", "gpu")
+    assert cfg["backend"] == BK.auto_backend("float64") and cfg["backend"] in ("numpy", "cpu", "gpu")
     said = [ln for ln in result.stderr.splitlines() if ln.startswith("backend:")]
     assert said == [f"backend: {cfg['backend']} (auto: " + said[0].split("(auto: ")[1]]   # printed once
 
@@ -144,15 +145,15 @@ def test_auto_falls_back_to_numpy_without_accelerated_backends(monkeypatch):
         raise accel.BackendUnavailable("Numba cannot be imported (test)")
     monkeypatch.setattr(gpu, "available", lambda: False)
     monkeypatch.setattr(accel, "get_backend", unavailable)
-    assert T.auto_backend() == "numpy"
+    assert BK.auto_backend() == "numpy"
     config = T.TrainConfig(backend="auto")
-    assert T.settle_backend(config) == "numpy" and config.backend_requested == "auto"
+    assert BK.settle_backend(config) == "numpy" and config.backend_requested == "auto"
 
 
 def test_auto_prefers_a_usable_gpu(monkeypatch):
     from accel import gpu
     monkeypatch.setattr(gpu, "available", lambda: True)
-    assert T.auto_backend() == "gpu"
+    assert BK.auto_backend() == "gpu"
 
 
 def test_resume_keeps_the_resolved_backend(tmp_path):
@@ -201,7 +202,7 @@ def test_finite_sweep_gpu_error_is_worded_as_train(monkeypatch):
     with pytest.raises(T.TrainError) as info:
         FS.array_module("gpu")
     with pytest.raises(T.TrainError) as same:
-        T.resolve_backend("gpu")
+        BK.resolve_backend("gpu")
     assert str(info.value) == str(same.value) and str(info.value).startswith("backend: 'gpu' is unavailable: ")
 
 
@@ -291,7 +292,7 @@ def test_verify_simulator_backend_defaults_to_auto_and_agrees_with_numpy(tmp_pat
         assert result.exit_code in (0, 3), result.stderr
         reports[backend] = json.loads(result.stdout)
     auto = reports[None]["config"]
-    assert auto["backend_requested"] == "auto" and auto["backend"] == T.auto_backend()
+    assert auto["backend_requested"] == "auto" and auto["backend"] == BK.auto_backend()
     assert reports["numpy"]["config"]["backend"] == "numpy"
     for a, b in zip(reports[None]["checks"], reports["numpy"]["checks"]):
         assert a["name"] == b["name"] and abs(a["value"] - b["value"]) <= 1e-9 * max(1.0, abs(b["value"]))

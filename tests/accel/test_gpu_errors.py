@@ -113,5 +113,5 @@ def test_a_standin_run_leaves_no_gpu_behind(monkeypatch):
     monkeypatch.setattr(gpu, "_probe_cupy", lambda: (None, "no CUDA device (test)"))
     assert not gpu.available()
     assert gpu.unavailable_reason() == "no CUDA device (test)"
-    from experiments.train import auto_backend
+    from experiments.backends import auto_backend
     assert auto_backend() != "gpu"

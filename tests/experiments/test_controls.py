@@ -15,7 +15,8 @@ from experiments.evaluation import run_eval_rows, simulator_outputs
 from experiments.fileio import load_npz
 from experiments.loop import batch_indices
 from experiments.sweep import run_sweep
-from experiments.train import TrainConfig, TrainError, build_simulator, load_data, resolve_backend, train
+from experiments.backends import resolve_backend
+from experiments.train import TrainConfig, TrainError, build_simulator, load_data, train
 
 SMALL = dict(train_size=120, test_size=40, d0=4, dr=2, init_width=400, batch_size=10,
              eval_every=5, eval_size=60, lr=1.0)

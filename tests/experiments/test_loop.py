@@ -7,7 +7,7 @@ import refimpl
 from refimpl.dynamics import DivergenceError
 from refimpl.finite import FiniteNetwork
 from experiments.loop import BatchOrder, SGDLoop, batch_indices, due, every, full_batch
-from experiments.train import resolve_backend
+from experiments.backends import resolve_backend
 from experiments.validate import TrainError
 
 
