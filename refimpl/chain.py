@@ -29,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import kernels
-from .dynamics import DivergenceError, InfiniteSimulator, _check_state_keys, _SimulatorBase
+from .dynamics import DivergenceError, InfiniteSimulator, _check_state_keys, _SimulatorBase, tracked_embeddings
 from .engine import BottleneckEngine, InfiniteEngine, contract_xi
 from .kernels import Layers, as_points
-from .network import MLP, RandomNetwork, _draw_biases, backward_blocks, forward_blocks
+from .network import MLP, RandomNetwork, _draw_biases, backward_blocks, forward_blocks, tagged_weights
 from .validate import positive_int, state_arrays
 
 # ----------------------------------------------------------------------------
@@ -136,13 +136,7 @@ class RandomChain:
     def weights(self):
         """The weights as a dict of arrays (for npz files): ``g/W0 ...``, ``head0/W0 ...``, ... and,
         with biases, ``g/b0 ...``, ``head0/b0 ...`` (read back by :meth:`from_weights`)."""
-        out = {}
-        for tag, mlp in zip(self._tags(), self.mlps):
-            for k, w in enumerate(mlp.weights):
-                out[f"{tag}/W{k}"] = w
-            for k, b in enumerate(mlp.biases or []):
-                out[f"{tag}/b{k}"] = b
-        return out
+        return tagged_weights(zip(self._tags(), self.mlps))
 
     @classmethod
     def from_weights(cls, arrays, layers_g, layers_heads):
@@ -308,13 +302,7 @@ class ChainSimulator(_SimulatorBase):
 
     def embeddings(self, Xq):
         """g_t(Xq) = z_0, (q, d0) -> (q, d1).  Tracked inputs are read off; others are computed."""
-        Xq = as_points(Xq, "Xq")
-        tr = self._find(Xq)
-        if tr is not None:
-            return tr.values.copy()
-        if Xq.shape[1] != self.X.shape[1]:
-            raise ValueError(f"Xq: expected {self.X.shape[1]} columns, got {Xq.shape[1]}")
-        return self.net.g(Xq) - self.lr_g * (self.engine.theta(Xq, self._tracked[0]) @ self.A)
+        return tracked_embeddings(self, Xq)
 
     def features(self, Xq):
         """[z_0, z_1, ..., z_L] at Xq: the embedding and every head's output (the last is F_t)."""

@@ -279,6 +279,19 @@ class _SimulatorBase:
         return loss, chi
 
 
+
+def tracked_embeddings(sim, Xq):
+    """g_t(Xq) of a simulator with a bottleneck (MATH §4.1 "Storage"): read off where Xq is a tracked set,
+    else ``g0(Xq) - mu_g Theta(Xq, X) A`` from the accumulated gradients ``A``."""
+    Xq = as_points(Xq, "Xq")
+    tr = sim._find(Xq)
+    if tr is not None:
+        return tr.values.copy()
+    if Xq.shape[1] != sim.X.shape[1]:
+        raise ValueError(f"Xq: expected {sim.X.shape[1]} columns, got {Xq.shape[1]}")
+    return sim.net.g(Xq) - sim.lr_g * (sim.engine.theta(Xq, sim._tracked[0]) @ sim.A)
+
+
 class BottleneckSimulator(_SimulatorBase):
     """Discrete function-space SGD with a finite bottleneck (MATH §4).
 
@@ -403,13 +416,7 @@ class BottleneckSimulator(_SimulatorBase):
 
     def embeddings(self, Xq):
         """g_t(Xq), (q, d0) -> (q, d).  Tracked inputs (X, X_eval) are read off; others are computed."""
-        Xq = as_points(Xq, "Xq")
-        tr = self._find(Xq)
-        if tr is not None:
-            return tr.values.copy()
-        if Xq.shape[1] != self.X.shape[1]:
-            raise ValueError(f"Xq: expected {self.X.shape[1]} columns, got {Xq.shape[1]}")
-        return self.net.g(Xq) - self.lr_g * (self.engine.theta(Xq, self._tracked[0]) @ self.A)
+        return tracked_embeddings(self, Xq)
 
     def outputs(self, Xq):
         """F_t(Xq) = f_t(g_t(Xq)), (q, d0) -> (q, dr)."""

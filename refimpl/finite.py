@@ -56,6 +56,22 @@ from .validate import positive_int, positive_rate
 ROW_BLOCK_ELEMENTS = 1 << 22
 
 
+
+def step_rates(lr, lr_f, lr_g, momentum, nesterov, lr_schedule, total_steps, t):
+    """The rates of step ``t`` of a finite network's optimiser (MATH §8.1): ``(lr_f, lr_g, beta, nesterov)``,
+    the base rates (``lr`` where ``lr_f`` / ``lr_g`` are not given) times the schedule's multiplier."""
+    lr = positive_rate("lr", lr)
+    lr_f = positive_rate("lr_f", lr_f) or lr
+    lr_g = positive_rate("lr_g", lr_g) or lr
+    if lr_f is None or lr_g is None:
+        raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
+    beta, nesterov = check_momentum(momentum, nesterov)
+    if lr_schedule is not None:
+        rate = schedule_rate(make_schedule(lr_schedule, total_steps), t)
+        lr_f, lr_g = lr_f * rate, lr_g * rate
+    return lr_f, lr_g, beta, nesterov
+
+
 class FiniteNetwork(TwoHalves):
     """A finite network F = f o g of MATH §1 with hand-written gradient descent.
 
@@ -337,15 +353,8 @@ class FiniteNetwork(TwoHalves):
         Raises :class:`~refimpl.dynamics.DivergenceError` without changing the
         weights when the loss or a gradient is not finite.
         """
-        lr = positive_rate("lr", lr)
-        lr_f = positive_rate("lr_f", lr_f) or lr
-        lr_g = positive_rate("lr_g", lr_g) or lr
-        if lr_f is None or lr_g is None:
-            raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
-        beta, nesterov = check_momentum(momentum, nesterov)
-        if lr_schedule is not None:
-            rate = schedule_rate(make_schedule(lr_schedule, total_steps), self.t)
-            lr_f, lr_g = lr_f * rate, lr_g * rate
+        lr_f, lr_g, beta, nesterov = step_rates(lr, lr_f, lr_g, momentum, nesterov, lr_schedule, total_steps,
+                                                self.t)
         xp = self.xp
         loss, grads_g, grads_f, grads_bg, grads_bf = self.gradients(X, Y, with_biases=True)
         if not math.isfinite(loss):
@@ -464,15 +473,8 @@ class FiniteChain:
         :class:`~refimpl.dynamics.DivergenceError` without changing the weights when the loss or a
         gradient is not finite.
         """
-        lr = positive_rate("lr", lr)
-        lr_f = positive_rate("lr_f", lr_f) or lr
-        lr_g = positive_rate("lr_g", lr_g) or lr
-        if lr_f is None or lr_g is None:
-            raise ValueError("lr: expected a positive finite number (or both lr_f and lr_g), got None")
-        beta, nesterov = check_momentum(momentum, nesterov)
-        if lr_schedule is not None:
-            rate = schedule_rate(make_schedule(lr_schedule, total_steps), self.t)
-            lr_f, lr_g = lr_f * rate, lr_g * rate
+        lr_f, lr_g, beta, nesterov = step_rates(lr, lr_f, lr_g, momentum, nesterov, lr_schedule, total_steps,
+                                                self.t)
         X = as_points(X, "X")
         if X.shape[1] != self.d0 or X.shape[0] == 0:
             raise ValueError(f"X: expected a non-empty batch with {self.d0} columns, got shape {X.shape}")

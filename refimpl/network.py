@@ -224,6 +224,18 @@ class TwoHalves:
         return self._f.biases
 
 
+
+def tagged_weights(tagged_mlps):
+    """``{tag/W0: ..., tag/b0: ...}`` for the (tag, MLP) pairs: the npz layout of every network's weights."""
+    out = {}
+    for tag, mlp in tagged_mlps:
+        for k, w in enumerate(mlp.weights):
+            out[f"{tag}/W{k}"] = w
+        for k, b in enumerate(mlp.biases or []):
+            out[f"{tag}/b{k}"] = b
+    return out
+
+
 class RandomNetwork(TwoHalves):
     """A finite network g (d0 -> d) followed by f (d -> dr).
 
@@ -377,13 +389,7 @@ class RandomNetwork(TwoHalves):
         """
         if self.math1_weights:
             return {"theta1": self.theta1, "theta2": self.theta2, "u": self.u, "v": self.v}
-        out = {}
-        for tag, mlp in (("g", self._g), ("f", self._f)):
-            for k, w in enumerate(mlp.weights):
-                out[f"{tag}/W{k}"] = w
-            for k, b in enumerate(mlp.biases or []):
-                out[f"{tag}/b{k}"] = b
-        return out
+        return tagged_weights((("g", self._g), ("f", self._f)))
 
     @classmethod
     def from_weights(cls, arrays, layers_g=None, layers_f=None, activation="relu"):
