@@ -615,7 +615,9 @@ VERIFY_THEOREM32 = Composition(
     steps={**_CHECK, "default": 40, "help": "Full-batch GD steps."},
     lr={**_CHECK, "default": 0.05, "help": "Learning rate."},
     samples={**_CHECK, "default": 8, "help": "Networks per width (seeds seed, seed+1, ...): the gaps are averaged "
-                                             "and the slope's interval is a bootstrap over them."},
+                                             "and the slope's interval is a bootstrap over them (with a chain, "
+                                             "momentum or a schedule the default is 16, and the widths "
+                                             "500,2000,8000,32000; heavy-ball momentum >= 0.9: 32)."},
     points=_CHECK, slope_band=_CHECK,
     threshold={**_CHECK, "help": "Largest final distance in F and g and median g residual at the largest width."},
     activation={"help": "Activation of the hidden layers of g and f.", "show_default": True},

@@ -61,6 +61,12 @@ EXACT_TOL = 1e-9
 
 #: theorem3.2's default widths when g or f has more than one hidden layer (n x n weight matrices).
 DEEP_WIDTHS = (125, 320, 800, 2000)
+#: theorem3.2's default widths and networks per width with a chain, momentum or a schedule (REPRODUCTION
+#: Part 3: with 8 networks at 1000-64000 the chain's mean gap rose at the last width; with these every such
+#: run passed), and the networks per width for heavy-ball momentum of FEATURE_HEAVY_BETA or more (16 failed
+#: the slope band at 0.9, 32 passed).
+FEATURE_WIDTHS, FEATURE_SAMPLES = (500, 2000, 8000, 32000), 16
+FEATURE_HEAVY_BETA, FEATURE_HEAVY_SAMPLES = 0.9, 32
 #: The exponent theorem3.2's final gaps in F and g should fall with (MATH §6, "Theorem 3.2's rate").
 RATE_EXPECTED = -0.5
 #: A rate is resolved by at least this many widths spanning at least this factor (below: reported as indicative).
@@ -460,6 +466,20 @@ def _rate(widths, per_network, expected, rng, resamples=RATE_RESAMPLES):
     return out
 
 
+def theorem32_defaults(given, deep, widths_chain, momentum, nesterov, lr_schedule):
+    """The widths and networks per width theorem3.2 uses where ``given`` leaves them None (MATH §6): DEEP_WIDTHS
+    for a half with more than one hidden layer; with a chain, momentum or a schedule FEATURE_WIDTHS (unless
+    deep) and FEATURE_SAMPLES networks, FEATURE_HEAVY_SAMPLES for heavy ball at beta >= FEATURE_HEAVY_BETA."""
+    out = {}
+    beta = float(momentum) if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) else 0.0
+    feature = widths_chain is not None or beta > 0 or lr_schedule not in (None, "constant")
+    if given.get("widths") is None and (deep or feature):
+        out["widths"] = DEEP_WIDTHS if deep else FEATURE_WIDTHS
+    if given.get("samples") is None and feature:
+        out["samples"] = FEATURE_HEAVY_SAMPLES if beta >= FEATURE_HEAVY_BETA and not nesterov else FEATURE_SAMPLES
+    return out
+
+
 def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, seed=None, threshold=None,
               slope_band=None, d0=4, d=3, dr=2, activation="relu", depth_g=1, depth_f=1, w_std=1.0, b_std=0.0,
               out_std=1.0, loss="mse", backend="numpy", widths_chain=None, momentum=0.0, nesterov=False,
@@ -513,8 +533,8 @@ def theorem32(out, widths=None, steps=None, lr=None, samples=None, points=None, 
     check_loss(loss)
     given = dict(widths=widths, steps=steps, lr=lr, samples=samples, points=points, seed=seed, threshold=threshold,
                  slope_band=slope_band)
-    if max(layers_g.depth, layers_f.depth) > 2 and widths is None:
-        given["widths"] = DEEP_WIDTHS
+    given.update(theorem32_defaults(given, max(layers_g.depth, layers_f.depth) > 2, widths_chain, momentum,
+                                    nesterov, lr_schedule))
     cfg = _config("theorem3.2", given)
     if list(cfg["widths"]) != sorted(set(cfg["widths"])):
         raise ValueError(f"widths: expected increasing widths without repeats, got {list(cfg['widths'])!r}")

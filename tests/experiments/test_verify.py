@@ -134,6 +134,23 @@ def test_theorem32_chain_of_one_head_is_the_single_bottleneck_check(tmp_path):
         verify.theorem32(tmp_path, widths_chain=(3, 0))
 
 
+def test_theorem32_defaults_for_features_and_depth():
+    """The widths and networks per width theorem3.2 takes where they are not given: those with which
+    REPRODUCTION Part 3's runs of each feature passed (a chain with 8 networks at 1000-64000 did not)."""
+    D = verify.theorem32_defaults
+    none = dict(widths=None, samples=None)
+    assert D(none, False, None, 0.0, False, None) == {}
+    assert D(none, False, None, 0.0, False, "constant") == {}
+    assert D(none, True, None, 0.0, False, None) == {"widths": verify.DEEP_WIDTHS}
+    feature = {"widths": (500, 2000, 8000, 32000), "samples": 16}
+    for args in (((3, 2), 0.0, False, None), (None, 0.5, False, None), (None, 0.9, True, None),
+                 (None, 0.0, False, "cosine")):
+        assert D(none, False, *args) == feature, args
+    assert D(none, False, None, 0.9, False, None) == {**feature, "samples": 32}
+    assert D(none, True, (3, 2), 0.0, False, None) == {"widths": verify.DEEP_WIDTHS, "samples": 16}
+    assert D(dict(widths=(10, 20), samples=2), False, (3, 2), 0.9, False, None) == {}   # given values stay
+
+
 def test_theorem32_optimizer_arguments_are_checked(tmp_path):
     for kwargs, name in ((dict(momentum=1.0), "momentum"), (dict(momentum=-0.1), "momentum"),
                          (dict(nesterov=True), "nesterov"), (dict(lr_schedule=3), "lr_schedule"),
