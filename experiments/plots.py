@@ -907,6 +907,12 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
         if len(whole) > 1 and "inf" in whole:
             lines += ["", "The same statistic over the widths whose every seed reached the horizon: "
                       + describe_first_step(first_step_all_below(whole)) + "."]
+            kept = {w: rs for w, rs in runs.items() if w not in stopped}
+            verdict, below = acceleration_verdict(kept, chosen) if len(kept) > 1 else (None, {})
+            if verdict is not None:
+                where = "; ".join(f"step {st}: {', '.join(str(w) for w in ws) or 'none'}" for st, ws in below.items())
+                lines += ["", "The rule over the same widths (the rule itself gives no verdict when a width stopped "
+                          f"early): **{verdict}**. Widths below inf: {where}."]
     paired = paired_ratios(runs, chosen)
     if paired:
         lines += ["", "Paired ratios: each seed's loss over inf's loss on the same seed (same batches and "

@@ -85,18 +85,9 @@ def test_paired_ratios_pair_the_same_seed():
     assert paired_ratios({2: runs[2]}, [10]) == {}
 
 
-def test_tables_round_trip(tmp_path):
-    """parse_table_ranges reads back what summary_tables writes, and the statistic computed from the table is
-    the one computed from the runs at the tabled steps."""
+def _write_sweep(sweep, runs):
+    """A sweep folder (sweep.json, per-run metrics.csv and summary.json) holding ``runs``."""
     import json
-    steps = list(range(0, 1001, 50))
-    rng = np.random.default_rng(0)
-    curves = {}
-    for w, rate in ((10, 3.0), (50, 2.5), ("inf", 2.0)):
-        curves[w] = [list(0.5 * np.exp(-rate * np.array(steps) / 1000) * (1 + 0.02 * rng.standard_normal(len(steps))))
-                     for _ in range(3)]
-    runs = _runs(curves, steps)
-    sweep = tmp_path / "s"
     record = {"runs": []}
     for w, rs in runs.items():
         for r in rs:
@@ -110,7 +101,41 @@ def test_tables_round_trip(tmp_path):
                 {"fraction": 0.5, "step": None}]}}))
             record["runs"].append({"width": w, "seed": r["seed"], "dir": f"width-{w}/seed-{r['seed']}"})
     (sweep / "sweep.json").write_text(json.dumps(record))
-    text = summary_tables(sweep)
+    return sweep
+
+
+def test_tables_give_the_rule_over_the_widths_that_reached_the_horizon(tmp_path):
+    # width 2 diverged after step 10 in every seed: the rule gives no verdict over all widths; over 8, 16 and
+    # inf it is "confirmed" (all below at every step, means 8 < 16 < inf), then "mixed" once 16 overtakes 8
+    steps = (0, 10, 20, 30, 40, 50, 60)
+    curves = {2: [[1, 0.3, 0.2, 0.1, 0.1, 0.1, 0.1]] * 2, 8: [[1, 0.4, 0.3, 0.2, 0.15, 0.12, 0.1]] * 2,
+              16: [[1, 0.45, 0.35, 0.25, 0.2, 0.15, 0.12]] * 2, "inf": [[1, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]] * 2}
+    runs = _runs(curves, steps)
+    for r in runs[2]:
+        for k, v in list(r.items()):
+            if isinstance(v, np.ndarray):
+                r[k] = v[:2]
+    text = summary_tables(_write_sweep(tmp_path / "a", runs))
+    assert "Verdict on" not in text
+    assert "The rule over the same widths" in text and "**confirmed**" in text
+    assert "step 10: 8, 16; step 30: 8, 16; step 60: 8, 16" in text
+    runs[16][0]["train_loss"][-1] = runs[16][1]["train_loss"][-1] = 0.09
+    text = summary_tables(_write_sweep(tmp_path / "b", runs))
+    assert "The rule over the same widths" in text and "**mixed**" in text and "**confirmed**" not in text
+
+
+def test_tables_round_trip(tmp_path):
+    """parse_table_ranges reads back what summary_tables writes, and the statistic computed from the table is
+    the one computed from the runs at the tabled steps."""
+    import json
+    steps = list(range(0, 1001, 50))
+    rng = np.random.default_rng(0)
+    curves = {}
+    for w, rate in ((10, 3.0), (50, 2.5), ("inf", 2.0)):
+        curves[w] = [list(0.5 * np.exp(-rate * np.array(steps) / 1000) * (1 + 0.02 * rng.standard_normal(len(steps))))
+                     for _ in range(3)]
+    runs = _runs(curves, steps)
+    text = summary_tables(_write_sweep(tmp_path / "s", runs))
     assert "First evaluated step from which" in text and "Paired ratios" in text and "Inconclusive" not in text
     parsed = parse_table_ranges(text)
     full = seed_ranges(runs)
