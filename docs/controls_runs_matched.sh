@@ -10,6 +10,10 @@
 # rows and the whole test set.  Verdict rule and descriptive statistic: experiments/plots.py
 # (acceleration_verdict, unchanged since Part 4; inconclusive_sweep and first_step_all_below, fixed with this
 # script).  Sweeps run in the order below, most decisive first; each resumes where it stopped (--resume).
+# Second revision (after gp-C0.3M, gp-C0.3MD, mi2-32-C0.3M and mi2-32-C0.3MD had finished and while gp-A6 ran):
+# the common-rate sweeps <task>-C0.3MC were added (the issue's "largest common rate that every width survives",
+# missing from the first revision), and (c) on the autoencoders and MNIST was moved ahead of the remaining (a) / (b)
+# reruns.  Nothing else changed.
 set -euo pipefail
 OUT=${OUT:-runs/c6}
 DATA=${DATA:-../shared/datasets}
@@ -26,6 +30,18 @@ sweep() {   # finished (tables.md written at the end): skip; started: resume; el
         echo "[$(date +%T)] cli.py sweep $*"; python cli.py sweep $COMMON -j "$J" "$@" || echo "[$(date +%T)] FAILED: $out"
     fi
 }
+# Added at the second revision (see below): the common-rate sweep of a task, at the largest rate that every width
+# survives in the probe of its per-width sweep <name>D (the minimum over widths of "largest_stable" in that sweep's
+# lr_probe.json, in multiples of the matched rate); it runs after that sweep.
+common() {
+    local out=${*: -1}
+    local probe="${out%C}D/lr_probe.json"
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $(basename "$out") "* ]]; then return; fi
+    if [ ! -f "$probe" ]; then echo "[$(date +%T)] no probe $probe yet: skipping $out"; return; fi
+    local rate
+    rate=$(python -c "import json, sys; print(min(w['largest_stable'] for w in json.load(open(sys.argv[1]))['widths'].values()))" "$probe")
+    sweep "${@:1:$#-2}" --lr "$rate" --out "$out"
+}
 W="inf,10,50,100,200,500"
 GP="--dataset synthetic --d0 16 $SYN2K --widths $W"
 MI="--dataset multi-index --d0 32 --latent-dim 2 $SYN2K --widths inf,2,10,50,100,200,500"
@@ -37,17 +53,22 @@ PW="--lr-policy per-width --lr-fraction 0.5 --lr-probe-steps 50"
 
 sweep $GP $SMALL --lr 2 --out $OUT/gp-C0.3M                 # (c) deep GP, matched rate (that of gp-A)
 sweep $GP $SMALL $PW --out $OUT/gp-C0.3MD                   # (c)+(d) per-width rates, in units of the matched rate
+common $GP $SMALL --out $OUT/gp-C0.3MC                      # (c) at the largest rate every width survives
 sweep $MI $SMALL --lr 2 --out $OUT/mi2-32-C0.3M             # (c) multi-index k = 2, d0 = 32, matched rate
 sweep $MI $SMALL $PW --out $OUT/mi2-32-C0.3MD
+common $MI $SMALL --out $OUT/mi2-32-C0.3MC
 sweep $GP --lr 2 --out $OUT/gp-A6                           # (a) deep GP, fixed subset
+sweep $LAE $SMALL --lr 0.5 --out $OUT/linae-C0.3M           # (c) linear autoencoder (rate of linae-A)
+sweep $LAE $SMALL $PW --out $OUT/linae-C0.3MD
+common $LAE $SMALL --out $OUT/linae-C0.3MC
+sweep $AE $SMALL --lr 1 --out $OUT/ae4-C0.3M                # (c) ReLU autoencoder (rate of ae4-A)
+sweep $AE $SMALL $PW --out $OUT/ae4-C0.3MD
+common $AE $SMALL --out $OUT/ae4-C0.3MC
+sweep $MNIST $SMALL --lr 4 --out $OUT/mnist-C0.3M           # (c) MNIST (rate of mnist-A)
+sweep $MNIST $SMALL $PW --out $OUT/mnist-C0.3MD
+common $MNIST $SMALL --out $OUT/mnist-C0.3MC
 sweep $GP --lr 2 --data-seed 1 --out $OUT/gp-A6d1           # (a) second data draw
 sweep $MI --lr 2 --out $OUT/mi2-32-A6                       # (a) multi-index, fixed subset
 sweep $MI --lr 2 --data-seed 1 --out $OUT/mi2-32-A6d1
 sweep $GP --lr 2 --center --out $OUT/gp-B6                  # (b)
 sweep $MI --lr 2 --center --out $OUT/mi2-32-B6
-sweep $LAE $SMALL --lr 0.5 --out $OUT/linae-C0.3M           # (c) linear autoencoder (rate of linae-A)
-sweep $AE $SMALL --lr 1 --out $OUT/ae4-C0.3M                # (c) ReLU autoencoder (rate of ae4-A)
-sweep $MNIST $SMALL --lr 4 --out $OUT/mnist-C0.3M           # (c) MNIST (rate of mnist-A)
-sweep $LAE $SMALL $PW --out $OUT/linae-C0.3MD
-sweep $AE $SMALL $PW --out $OUT/ae4-C0.3MD
-sweep $MNIST $SMALL $PW --out $OUT/mnist-C0.3MD
