@@ -406,13 +406,14 @@ class BottleneckSimulator(_SimulatorBase):
         """
         fuse = self.dr <= self.engine.fuse_max_dr
         fh, T, bsum = self._history_terms(Z, 1 if fuse else 0)
-        loss, chi = self._batch_loss(self.net.f(Z) - self.lr_f * fh, Y)
+        f0, pullback = self.net.f_and_pullback(Z)          # f_0(Z) and c -> J_0(Z)^T c
+        loss, chi = self._batch_loss(f0 - self.lr_f * fh, Y)
         if fuse:
             xi_sum = contract_xi(chi, T, bsum, Z)
         else:
             _, T, bsum = self._history_terms(Z, 2, chi)
             xi_sum = contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z)
-        return loss, chi, self.net.jacobian_t_dot(Z, chi) - self.lr_f * xi_sum
+        return loss, chi, pullback(chi) - self.lr_f * xi_sum
 
     def embeddings(self, Xq):
         """g_t(Xq), (q, d0) -> (q, d).  Tracked inputs (X, X_eval) are read off; others are computed."""

@@ -183,6 +183,11 @@ class TwoHalves:
         """Input dimension."""
         return self._g.n_in
 
+    def f_and_pullback(self, Z):
+        """f(Z) and the map C -> J(Z)^T c (row-wise): here the two calls :meth:`f` and
+        :meth:`jacobian_t_dot` (:meth:`RandomNetwork.f_and_pullback` shares one forward pass)."""
+        return self.f(Z), lambda C: self.jacobian_t_dot(Z, C)
+
     @property
     def d(self):
         """Bottleneck width."""
@@ -373,6 +378,24 @@ class RandomNetwork(TwoHalves):
     def jacobian_t_dot(self, Z, C):
         """J(Z)^T c for each row: (p, d), (p, dr) -> (p, d), without forming J."""
         return backward_blocks(self._f, self._check_z(Z), C)
+
+    def f_and_pullback(self, Z):
+        """f(Z) and the map C -> J(Z)^T c (row-wise), from one forward pass where the rows fit one block.
+
+        A step needs f and then J^T chi at the same batch, with chi computed from f (MATH §4); this
+        keeps the forward pass's layer values for the back-propagation instead of running the forward
+        pass twice.  The numbers are those of :meth:`f` and :meth:`jacobian_t_dot` (the same operations
+        on the same block); more rows than one block: exactly those two calls.
+
+        Returns
+        -------
+        out : (p, dr) array;  pullback : callable, (p, dr) -> (p, d)
+        """
+        Z = self._check_z(Z)
+        if Z.shape[0] > _block_rows(self._f):
+            return forward_blocks(self._f, Z), lambda C: backward_blocks(self._f, Z, C)
+        out, cache = self._f.forward(Z, keep=True)
+        return out, lambda C: self._f.backward(cache, np.asarray(C, dtype=np.float64))
 
     def _check_z(self, Z):
         Z = as_points(Z, "Z")

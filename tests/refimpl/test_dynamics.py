@@ -253,3 +253,20 @@ def test_bad_calls_name_the_argument(data):
         InfiniteSimulator(X, Y, F0=np.zeros((N, DR + 1)))
     with pytest.raises(ValueError, match="^width:"):
         RandomNetwork.sample(D0, D, DR, width=0)
+
+
+@pytest.mark.parametrize("rows", [7, 5000])
+def test_f_and_pullback_is_f_and_jacobian_t_dot(rows):
+    """One forward pass for f and J^T c gives exactly the numbers of the two separate calls, for a batch
+    (one block) and for more rows than a block (MATH §4), and J^T c against finite differences of f."""
+    from refimpl import network
+    net = RandomNetwork.sample(3, 4, 2, width=900, seed=2, activation="erf")
+    rng = np.random.default_rng(0)
+    Z, C = rng.standard_normal((rows, 4)), rng.standard_normal((rows, 2))
+    assert (rows > network._block_rows(net._f)) == (rows == 5000)
+    out, pullback = net.f_and_pullback(Z)
+    assert np.array_equal(out, net.f(Z))
+    assert np.array_equal(pullback(C), net.jacobian_t_dot(Z, C))
+    z, c = Z[:1], C[:1]
+    fd = central_difference(lambda x: net.f(x.reshape(1, 4))[0] @ c[0], z[0].copy(), 1e-5)
+    np.testing.assert_allclose(net.f_and_pullback(z)[1](c)[0], fd, rtol=1e-6, atol=1e-8)
