@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ["docs/REPRODUCTION.md", "docs/figures/controls/PART4.md", "docs/figures/controls5/PART5.md",
-           "docs/figures/controls5/statistics.md"]
+           "docs/figures/controls5/statistics.md", "docs/figures/controls6/PART6.md"]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 PATH = re.compile(r"(?<![\w/.-])((?:docs|experiments|tests|refimpl|accel|golden)/[\w./<>-]*[\w/>])")
 
