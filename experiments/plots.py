@@ -867,6 +867,11 @@ def parse_table_ranges(text):
     return out
 
 
+def _below_where(below):
+    """``{step: [widths below inf]}`` as "step 150: 10, 50; step 500: none"."""
+    return "; ".join(f"step {st}: {', '.join(str(w) for w in ws) or 'none'}" for st, ws in below.items())
+
+
 def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
     if "inf" not in runs:
         return []
@@ -887,7 +892,7 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
     lines.append("| inf | " + " | ".join(cells) + " |")
     verdict, below = acceleration_verdict(runs, chosen)
     if verdict is not None:
-        where = "; ".join(f"step {st}: {', '.join(str(w) for w in ws) or 'none'}" for st, ws in below.items())
+        where = _below_where(below)
         lines += ["", f"Verdict on \"narrower trains faster, inf slowest\" (training loss at these steps; "
                   f"confirmed / not confirmed / mixed, rule of `experiments.plots.acceleration_verdict`): "
                   f"**{verdict}**. Widths below inf: {where}."]
@@ -910,7 +915,7 @@ def _relative_lines(runs, fractions=(1 / 6, 0.5, 1.0), loss_null=None):
             kept = {w: rs for w, rs in runs.items() if w not in stopped}
             verdict, below = acceleration_verdict(kept, chosen) if len(kept) > 1 else (None, {})
             if verdict is not None:
-                where = "; ".join(f"step {st}: {', '.join(str(w) for w in ws) or 'none'}" for st, ws in below.items())
+                where = _below_where(below)
                 lines += ["", "The rule over the same widths (the rule itself gives no verdict when a width stopped "
                           f"early): **{verdict}**. Widths below inf: {where}."]
     paired = paired_ratios(runs, chosen)
