@@ -789,6 +789,108 @@ def _angles_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, out):
                 out[i, b] = theta
 
 
+_angle = _F["angle"]
+_halves_from_cos = _F["halves_from_cos"]
+_halves_from_differences = _F["halves_from_differences"]
+
+
+@njit(cache=True, **_STRICT)
+def _relu_half(Vx, Vy, V, dltV, epsV, T_in, ws, lr_self):
+    """One half (g or f) of a ReLU network without biases, by the layer recursion of MATH §2.2 for one pair.
+
+    The scalar form of :func:`refimpl.kernels._recursion` with refimpl's ReLU dual
+    (:func:`refimpl.activations._relu_dual`; half-angles from the differences dlt, eps of each layer,
+    MATH §2.1), in the same order of operations.  Input: the entries (Vx, Vy, V, dltV, epsV) of what
+    feeds the first layer, the NTK fed in ``T_in`` and the weight stds ``ws`` (input layer first).
+    Returns the last pre-activation (sx, sy, c, dlt, eps) and the NTK T of this half.
+    """
+    w2 = ws[0] * ws[0]
+    sx = math.sqrt(w2 * Vx)
+    sy = math.sqrt(w2 * Vy)
+    c = w2 * V
+    dlt = w2 * dltV
+    eps = w2 * epsV
+    T = lr_self * c + w2 * T_in
+    for layer in range(1, ws.shape[0]):
+        r2 = dlt + eps
+        if r2 <= 0.0 and sx + sy > 0.0:        # one zero vector: theta = pi/2
+            hu = math.sqrt(0.5)
+            hv = hu
+            lam = 0.0
+        else:
+            hu, hv, lam = _halves_from_differences(dlt, eps)
+        theta = _angle(lam, hu, hv)
+        pi_minus = _angle(-lam, hv, hu)
+        s = 2.0 * hu * hv
+        nn = sx * sy
+        one_minus_J = (formulas.TWO_PI * hu * hu + theta * lam - s) / math.pi
+        V = nn * (s + pi_minus * lam) / formulas.TWO_PI
+        Vx = 0.5 * sx * sx
+        Vy = 0.5 * sy * sy
+        dltV = 0.5 * nn * one_minus_J
+        epsV = 0.5 * nn * (2.0 - one_minus_J)
+        w2 = ws[layer] * ws[layer]
+        sdot = w2 * (pi_minus / formulas.TWO_PI)
+        sx = math.sqrt(w2 * Vx)
+        sy = math.sqrt(w2 * Vy)
+        c = w2 * V
+        dlt = w2 * dltV
+        eps = w2 * epsV
+        T = lr_self * c + sdot * T
+    return sx, sy, c, dlt, eps, T
+
+
+@njit(cache=True, **_STRICT)
+def _relu_ntk_inf_pair(nx, ny, hu, hv, lam, m, wg, wf, lr_f, lr_g):
+    """NTK_inf of one pair for ReLU halves without biases (MATH §5): :func:`refimpl.kernels.composed_terms`
+    written out for scalars (g's recursion from the inputs, f's fed by g's last state and lr_g Theta_g)."""
+    nn = nx * ny / m
+    sx, sy, c, dlt, eps, Tg = _relu_half(nx * nx / m, ny * ny / m, nn * lam, 2.0 * nn * hu * hu,
+                                         2.0 * nn * hv * hv, 0.0, wg, 1.0)
+    return _relu_half(sx * sx, sy * sy, c, dlt, eps, lr_g * Tg, wf, lr_f)[5]
+
+
+@njit(parallel=True, cache=True, **_FAST_PAIR)
+def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, chi, out):
+    """out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for every target row i (MATH §5): ReLU halves without biases.
+
+    One pass, no (n, B) kernel matrix: the dot products of :func:`_sparse_dots` (stored norms and
+    nonzero pattern, as :func:`_theta_rows`), the half-angles of each pair from its cosine or, nearly
+    (anti-)parallel, from the explicit differences (MATH §2.1), then :func:`_relu_ntk_inf_pair`.
+    """
+    n, d0 = X.shape
+    B = Y.shape[0]
+    dr = chi.shape[1]
+    YT, muY, rny = _source_rows(mu, Y, ny)
+    ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
+    for task in prange(ntasks):
+        dots = np.empty(B)
+        xh = np.empty(d0)
+        acc = np.empty(dr)
+        for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
+            _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
+            rx = 1.0 / nx[i] if nx[i] > 0.0 else 0.0
+            have_xh = False
+            for r in range(dr):
+                acc[r] = 0.0
+            for b in range(B):
+                lam = _f_cos_from_ratio(dots[b] * (rx * rny[b]), nx[i] * ny[b], nx[i] + ny[b] == 0.0)
+                if abs(lam) > 1.0 - NEAR:
+                    if not have_xh:
+                        for k in range(d0):
+                            xh[k] = X[i, k] * rx
+                        have_xh = True
+                    minus2, plus2 = _near_halves(xh, Y[b], ny[b])
+                    hu, hv, lam = _halves_from_differences(minus2, plus2)
+                else:
+                    hu, hv = _halves_from_cos(lam)
+                k_ib = _relu_ntk_inf_pair(nx[i], ny[b], hu, hv, lam, m, wg, wf, lr_f, lr_g)
+                for r in range(dr):
+                    acc[r] += k_ib * chi[b, r]
+            for r in range(dr):
+                out[i, r] = acc[r]
+
+
 class TrackedInputs(Tracked):
     """A tracked set (:class:`refimpl.engine.Tracked`) with what never changes about X, computed once:
     the row norms, and a per-column shift mu with X - mu in CSR form (:func:`column_shift`)."""
@@ -844,15 +946,22 @@ class InfiniteEngine(AccelInfiniteEngine):
     """The engine of :class:`refimpl.InfiniteSimulator` on the cpu (always float64: this model has no
     history).
 
-    NTK_inf against tracked inputs is the composed layer recursion of any architecture
-    (:func:`accel.archkernels.composed_from_geometry`) on the angles of :func:`_angles_rows`, from the
-    norms and nonzero pattern stored once per tracked set; other queries use the kernel functions.
+    NTK_inf against tracked inputs comes from the norms and nonzero pattern stored once per tracked
+    set.  ReLU halves without biases (any depth and weight stds): one Numba pass,
+    :func:`_ntk_inf_rows`, forms each pair's kernel and contracts it with chi at once.  Other
+    architectures: the composed layer recursion (:func:`accel.archkernels.composed_from_geometry`)
+    on the angles of :func:`_angles_rows`.  Other queries use the kernel functions.
     """
 
     def __init__(self, layers_g, layers_f, lr_f, lr_g):
         super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=_KernelFunctions)
         #: False: the kernel functions every step (the route before; for benchmarks)
         self.stored_route = True
+        #: ReLU halves without biases: the one-pass kernel :func:`_ntk_inf_rows` (False: the recursion
+        #: on arrays of pairs, as for every other architecture)
+        self.fused_relu = all(spec.activation == "relu" and spec.b_std == 0.0 for spec in (layers_g, layers_f))
+        self._stds = tuple(np.array([w for w, _ in spec.layer_stds()], dtype=np.float64)
+                           for spec in (layers_g, layers_f))
 
     def track(self, X, values):
         return TrackedInputs(X, values)
@@ -863,9 +972,20 @@ class InfiniteEngine(AccelInfiniteEngine):
             with blas_threads.limit(1):
                 return super().update_tracked(target, source, idx, chi, rate, beta, nesterov)
         plain = rate == 1.0 and beta == 0.0 and target.velocity is None
-        inc = None if plain else np.empty_like(target.values)
         X, Y = target.X, np.ascontiguousarray(source.X[idx])
         nx, ny = target.norms, source.norms[idx]
+        if self.fused_relu:
+            inc = np.empty((X.shape[0], chi.shape[1]))
+            with _threads(inc.shape[0] * Y.shape[0]):
+                _ntk_inf_rows(X, nx, target.shift, target.nz_ptr, target.nz_idx, target.nz_val, Y, ny,
+                              float(X.shape[1]), self._stds[0], self._stds[1], float(self.lr_f), float(self.lr_g),
+                              np.ascontiguousarray(chi, dtype=np.float64), inc)
+            if plain:
+                target.values -= inc
+            else:
+                target.descend(inc, rate, beta, nesterov)
+            return
+        inc = None if plain else np.empty_like(target.values)
         step = max(1, archkernels.MAX_PAIRS // max(1, Y.shape[0]))
         theta = np.empty((min(step, X.shape[0]), Y.shape[0]))
         with blas_threads.limit(1):

@@ -370,17 +370,26 @@ def test_tracked_update_matches_the_kernel_functions(name, data):
     np.testing.assert_array_equal(tr.rows(idx), tr.values[idx])
 
 
-@pytest.mark.parametrize("arch", ["relu", "erf-scaled"])
+INF_ARCHS = {"relu": lambda: (rk.Layers.make("relu"), rk.Layers.make("relu")),
+             "relu-deep-scaled": lambda: rk.architecture("relu", hidden_g=2, hidden_f=3, w_std=(1.3, 0.8),
+                                                         out_std=(0.4, 0.3)),
+             "relu-bias": lambda: rk.architecture("relu", b_std=0.2),
+             "erf-scaled": lambda: rk.architecture("erf", out_std=0.5)}
+
+
+@pytest.mark.parametrize("arch", sorted(INF_ARCHS))
 @pytest.mark.parametrize("data", ["shifted-sparse", "dense"])
 def test_infinite_tracked_update_matches_ntk_inf(data, arch, monkeypatch):
     """cpu InfiniteEngine: NTK_inf against tracked inputs from the stored norms and nonzero pattern
-    (angles by _angles_rows, then the composed recursion) equals refimpl's ntk_inf, with zero rows,
-    parallel and nearly (anti-)parallel pairs; blocks of rows (MAX_PAIRS) change nothing."""
+    equals refimpl's ntk_inf, with zero rows, parallel and nearly (anti-)parallel pairs.  ReLU without
+    biases (any depth, scales): the one-pass kernel; others: angles by _angles_rows, then the composed
+    recursion, where blocks of rows (MAX_PAIRS) change nothing."""
     from accel import archkernels
     rng = np.random.default_rng(12)
     X = _shifted_sparse(300, 40, rng) if data == "shifted-sparse" else rng.standard_normal((300, 40))
-    g, f = (rk.Layers.make("relu"), rk.Layers.make("relu")) if arch == "relu" else rk.architecture("erf", out_std=0.5)
+    g, f = INF_ARCHS[arch]()
     eng = cpu.InfiniteEngine(g, f, 0.7, 1.3)
+    assert eng.fused_relu == (arch.startswith("relu") and arch != "relu-bias")
     values = rng.standard_normal((300, 2))
     idx = np.array([2, 3, 4, 5, 6, 7, 1, 0, 9, 10, 11])
     chi = rng.standard_normal((idx.size, 2))
@@ -392,6 +401,31 @@ def test_infinite_tracked_update_matches_ntk_inf(data, arch, monkeypatch):
     tr2 = eng.track(X, values.copy())
     eng.update_tracked(tr2, tr2, idx, chi)
     np.testing.assert_allclose(tr2.values, tr.values, rtol=1e-14, atol=1e-15 * np.abs(want).max())
+    # a rate and momentum go through Tracked.descend with the same increment
+    tr3 = eng.track(X, values.copy())
+    eng.update_tracked(tr3, tr3, idx, chi, rate=0.5, beta=0.9)
+    np.testing.assert_allclose(tr3.values, values + 0.5 * (want - values), rtol=1e-12,
+                               atol=1e-13 * np.abs(want).max())
+    assert tr3.velocity is not None
+
+
+def test_infinite_fused_relu_pass_keeps_every_digit_on_the_diagonal():
+    """The one-pass NTK_inf kernel at x = y (the near-parallel route, theta = 0) and at -x equals refimpl's
+    ntk_inf to a few ulps: NTK_inf(x, x) has no cancellation in either (MATH §2.1)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 30))
+    X = np.vstack([X, -X[:5], 2.5 * X[:5]])
+    g, f = rk.architecture("relu", hidden_g=2, w_std=1.1, out_std=0.7)
+    eng = cpu.InfiniteEngine(g, f, 1.0, 1.0)
+    assert eng.fused_relu
+    idx = np.arange(5)
+    for r in range(idx.size):
+        chi = np.zeros((idx.size, 1))
+        chi[r, 0] = -1.0                                   # values + NTK_inf(X, X[r])
+        tr = eng.track(X, np.zeros((X.shape[0], 1)))
+        eng.update_tracked(tr, tr, idx, chi)
+        want = rk.ntk_inf(X, X[idx[r:r + 1]], layers_g=g, layers_f=f)[:, 0]
+        np.testing.assert_allclose(tr.values[:, 0], want, rtol=8e-15, atol=0)
 
 
 def test_train_driver_runs_on_cpu_backend(tmp_path):
