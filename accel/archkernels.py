@@ -46,17 +46,22 @@ def _formulas(xp):
     return _FORMULAS[key]
 
 
-def geometry(xp, X, Y):
+def geometry(xp, X, Y, stored=None):
     """Norms (p,), (q,), half-angles hu, hv and cosines lam (p, q) of float64 X (p, m), Y (q, m) on ``xp`` (MATH §2.1).
 
     refimpl's near-parallel rule and angle formula (:mod:`refimpl.angles`): cosines from a matrix
     product, and pairs with |cos| > ``NEAR_PARALLEL_COS`` from the explicit differences x^ -+ y^.
+    ``stored``: (nx, Xh, ny, Yh), the norms and unit rows of X and Y computed once
+    (:func:`refimpl.angles.unit_rows`; tracked inputs), instead of computing them here.
     """
     F = _formulas(xp)
-    nx = xp.sqrt(xp.sum(X * X, axis=1))
-    ny = xp.sqrt(xp.sum(Y * Y, axis=1))
-    Xh = X / xp.where(nx > 0, nx, 1.0)[:, None]
-    Yh = Y / xp.where(ny > 0, ny, 1.0)[:, None]
+    if stored is None:
+        nx = xp.sqrt(xp.sum(X * X, axis=1))
+        ny = xp.sqrt(xp.sum(Y * Y, axis=1))
+        Xh = X / xp.where(nx > 0, nx, 1.0)[:, None]
+        Yh = Y / xp.where(ny > 0, ny, 1.0)[:, None]
+    else:
+        nx, Xh, ny, Yh = stored
     zero_pair = (nx[:, None] + ny[None, :]) == 0.0
     lam = F["cos_of_pair"](X @ Y.T, nx[:, None] * ny[None, :], zero_pair)
     hu, hv = F["halves_from_cos"](lam)
@@ -112,6 +117,24 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
 
     out = _blocks(xp, xp.asarray(X), xp.asarray(Y), one)
     return out if xp is np else xp.asnumpy(out)
+
+
+def composed_increment(xp, X, nx, Xh, Y, ny, Yh, chi, spec_g, spec_f, lr_f, lr_g):
+    """NTK_inf(X, Y) @ chi (p, dr) on ``xp`` from inputs whose norms and unit rows are stored (MATH §5, §2.2).
+
+    X (p, m), Y (q, m) with norms nx, ny and unit rows Xh, Yh (:func:`refimpl.angles.unit_rows`), chi
+    (q, dr), all float64 arrays of ``xp`` (device memory on the gpu backend: nothing crosses to the
+    host).  The composed layer recursion runs on blocks of at most ``MAX_PAIRS`` pairs.
+    """
+    m = X.shape[1]
+    step = max(1, MAX_PAIRS // max(1, Y.shape[0]))
+    out = xp.empty((X.shape[0], chi.shape[1]))
+    for r in range(0, X.shape[0], step):
+        rows = slice(r, min(X.shape[0], r + step))
+        gx, gy, hu, hv, lam = geometry(xp, X[rows], Y, stored=(nx[rows], Xh[rows], ny, Yh))
+        ntk = rk.composed_terms(gx[:, None], gy[None, :], hu, hv, lam, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
+        out[rows] = xp.matmul(ntk, chi)
+    return out
 
 
 def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):

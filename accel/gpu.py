@@ -27,7 +27,7 @@ from refimpl.engine import Tracked
 from refimpl.optim import momentum_direction
 from refimpl.kernels import unit_rows
 
-from . import kernelapi
+from . import archkernels, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
 from .standin import numpy_device
 from .xpcore import XPEngine
@@ -269,10 +269,34 @@ class BottleneckEngine(AccelBottleneckEngine):
 
 class InfiniteEngine(AccelInfiniteEngine):
     """The engine of :class:`refimpl.InfiniteSimulator` with NTK_inf's pair kernel on the GPU
-    (always float64: this model has no history)."""
+    (always float64: this model has no history).
+
+    The tracked inputs, their norms and unit rows (computed once) and their outputs live in device
+    memory (:class:`DeviceTracked`); per step NTK_inf against them is the composed layer recursion on
+    the device (:func:`accel.archkernels.composed_increment`), and only the batch's chi goes up.
+    """
 
     def __init__(self, layers_g, layers_f, lr_f, lr_g, xp_name="cupy"):
+        self.device = engine(xp_name)
         super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=kernels(xp_name))
+        self.xp = self.device.xp
+        #: False: the kernel functions on host arrays every step (the route before; for benchmarks)
+        self.stored_route = True
+
+    def track(self, X, values):
+        return DeviceTracked(X, values, self.xp)
+
+    def update_tracked(self, target, source, idx, chi, rate=1.0, beta=0.0, nesterov=False):
+        """target.values -= rate NTK_inf(target.X, source.X[idx]) @ chi, in device memory (MATH §5, §8.4)."""
+        if not self.stored_route:
+            return super().update_tracked(target, source, idx, chi, rate, beta, nesterov)
+        xp = self.xp
+        idx_d = xp.asarray(idx)
+        inc = archkernels.composed_increment(
+            archkernels.full_module(xp), target.X_dev, target.norms_dev, target.units_dev, source.X_dev[idx_d],
+            source.norms_dev[idx_d], source.units_dev[idx_d], xp.asarray(np.ascontiguousarray(chi, dtype=np.float64)),
+            self.layers_g, self.layers_f, self.lr_f, self.lr_g)
+        target.descend(inc, rate, beta, nesterov)
 
 
 def memory_pool_peak():

@@ -154,6 +154,54 @@ def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch):
     assert seen[0]["d2h"] <= 4 and seen[0]["d2h_bytes"] < 400 * 8 * 8 and seen[0]["h2d_bytes"] < 30 * 20 * 8 * 4, seen
 
 
+def _copy_counter(counts):
+    real = np.asarray
+
+    def count(kind):
+        def copy(a, *args, **kwargs):
+            if kind == "d2h" or np.ndim(a) > 0:
+                counts[kind] = counts.get(kind, 0) + 1
+                counts[kind + "_bytes"] = counts.get(kind + "_bytes", 0) + real(a).nbytes
+            return real(a, *args, **kwargs)
+        return staticmethod(copy)
+    return count
+
+
+@pytest.mark.parametrize("arch", ["relu", "erf-deep"])
+def test_infinite_step_keeps_tracked_inputs_on_the_device(arch, monkeypatch):
+    """Without bottleneck the gpu engine keeps the tracked inputs (norms, unit rows) and outputs on the
+    device: a step's copies do not grow with the number of tracked inputs, and its outputs equal
+    refimpl's InfiniteSimulator (NumPy engine) to 1e-12 over a few steps, with momentum too."""
+    rng = np.random.default_rng(8)
+    g, f = (rk.Layers.make("relu"), rk.Layers.make("relu")) if arch == "relu" else \
+        rk.architecture("erf", hidden_g=2, w_std=1.2, out_std=0.6)
+    seen = []
+    for n in (300, 1200):
+        X, Y = rng.standard_normal((n, 20)), rng.standard_normal((n, 2))
+        X[3] = 2.0 * X[4]                                   # a parallel pair
+        X_eval = rng.standard_normal((n // 4, 20))
+        kw = dict(lr=0.5, X_eval=X_eval, init="network", width=200, seed=1, layers_g=g, layers_f=f)
+        sim = accel.standin_backend().InfiniteSimulator(X, Y, momentum=0.5, **kw)
+        ref = refimpl.InfiniteSimulator(X, Y, momentum=0.5, **kw)
+        assert sim.engine.stored_route and isinstance(sim._tracked[0], gpu.DeviceTracked)
+        for t in range(3):
+            idx = np.arange(20 * t, 20 * t + 20)
+            np.testing.assert_allclose(sim.step(idx), ref.step(idx), rtol=1e-12)
+        counts = {}
+        count = _copy_counter(counts)
+        with monkeypatch.context() as m:
+            m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
+            m.setattr(standin.NumpyDevice, "asarray", count("h2d"))
+            sim.step(np.arange(100, 120))
+        ref.step(np.arange(100, 120))
+        seen.append(counts)
+        for Xq in (X, X_eval):
+            want = ref.outputs(Xq)
+            np.testing.assert_allclose(sim.outputs(Xq), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    assert seen[0] == seen[1], seen
+    assert seen[0]["h2d_bytes"] < 20 * 20 * 8 * 4 and seen[0]["d2h_bytes"] < 20 * 2 * 8 * 4, seen
+
+
 def test_train_backend_gpu_with_resume_on_the_standin(tmp_path, standin_gpu):
     """cli.py train --backend gpu end to end (and --resume) on the stand-in; float64 metrics
     equal the cpu backend's to 1e-10."""
