@@ -13,7 +13,9 @@ budget and skips the others (a cheaper one further down may still fit); with ``p
 starts the first run that does not fit.  Each run is :func:`experiments.train.train` in a subprocess
 with the remaining budget as its time limit, checkpointed at every evaluation: a run cut by the budget
 keeps its folder and its last checkpoint and continues from there next time (on the same backend;
-:func:`experiments.train.resume`), so no work is lost between sessions.  Outputs are compact: ``config.json``,
+:func:`experiments.train.resume`), so no work is lost between sessions.  The checkpoint (the history:
+tens of MB to GB at paper scale) waits beside the output folder, in ``DIR.resume``
+(:func:`resume_store`), so that ``DIR`` holds compact results only; without it the run starts again.  Outputs are compact: ``config.json``,
 ``metrics.csv``, ``summary.json`` and ``loss.png`` per run (the history checkpoint is removed when the
 run ends), a ``sweep.json`` per condition, and ``campaign.json`` (every run's status, estimate and wall
 time; the calibration; each session).  The same folder again skips what is done (finished or diverged
@@ -305,6 +307,44 @@ def _compact(run_dir):
             p.unlink()
 
 
+def resume_store(out):
+    """The folder beside the output, ``DIR.resume``, where a run cut by the budget keeps its history
+    checkpoint between sessions: ``DIR`` itself holds compact results only."""
+    out = Path(out)
+    return out.parent / (out.name + ".resume")
+
+
+def _park(out, rel):
+    """Move a cut run's checkpoint from its run folder into :func:`resume_store` (one rename)."""
+    src = Path(out) / rel / "checkpoint.npz"
+    if src.exists():
+        dst = resume_store(out) / rel / "checkpoint.npz"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def _unpark(out, rel):
+    """Put a parked checkpoint back into its run folder, to continue the run (one rename)."""
+    src = resume_store(out) / rel / "checkpoint.npz"
+    dst = Path(out) / rel / "checkpoint.npz"
+    if src.exists() and dst.parent.is_dir() and not dst.exists():
+        os.replace(src, dst)
+
+
+def _drop_parked(out, rel):
+    """Remove a run's parked checkpoint (the run finished, restarts or was removed)."""
+    p = resume_store(out) / rel / "checkpoint.npz"
+    if p.exists():
+        p.unlink()
+    for d in [p.parent, *p.parent.parents]:
+        if d == resume_store(out).parent:
+            break
+        try:
+            d.rmdir()                               # only empty folders
+        except OSError:
+            break
+
+
 def _cut_step(run_dir):
     """The step a cut run continues from: its checkpoint's (:func:`experiments.runfolder.run_state` says
     "resume" and ``metrics.csv`` reached it), else None (nothing to continue: it starts again)."""
@@ -404,6 +444,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
         prev = state["runs"].get(r["id"]) or {}
         step = None
         if prev.get("status") == "cut" and prev.get("digest") == options_digest(r["options"]):
+            _unpark(out, r["dir"])
             step = _cut_step(run_dir) if (prev.get("backend"), prev.get("dtype")) == (backend, dtype) else None
             if step is None:
                 log(f"campaign: {r['id']} was cut on {prev.get('backend')}/{prev.get('dtype')}; "
@@ -426,6 +467,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
             session["cut"].append(r["id"])
             if reached is None:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                _drop_parked(out, r["dir"])
                 state["runs"].pop(r["id"], None)
                 log(f"campaign: {r['id']} cut by the budget after {wall:.0f} s before its first checkpoint "
                     "(removed; it starts again next time)")
@@ -433,10 +475,13 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
                 state["runs"][r["id"]] = {"status": "cut", "step": reached, "backend": backend, "dtype": dtype,
                                           "digest": options_digest(r["options"]), "flops": run_flops(r["options"]),
                                           "wall_s": round(wall_before + wall, 2)}
+                _park(out, r["dir"])
                 log(f"campaign: {r['id']} cut by the budget after {wall:.0f} s at step {reached} of "
-                    f"{r['options'].get('steps')} (kept; it continues from its checkpoint next time)")
+                    f"{r['options'].get('steps')} (kept; it continues from its checkpoint next time, which "
+                    f"waits in {resume_store(out)})")
             break
         _compact(run_dir)
+        _drop_parked(out, r["dir"])
         state["runs"][r["id"]] = {"status": status, "backend": backend, "dtype": dtype,
                                   "digest": options_digest(r["options"]), "flops": run_flops(r["options"]),
                                   "estimate_s": round(est, 2), "wall_s": round(wall_before + wall, 2),

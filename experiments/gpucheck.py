@@ -172,6 +172,18 @@ def _judge_pytest(row):
         row["note"] = ", ".join(f"{n} {k}" for k, n in counts.items()) + f"; {last_error(row['output_tail'])}"
 
 
+_GOLDEN_GPU_SKIPPED = re.compile(r"gpu skipped \((.*)\)\s*$")
+
+
+def _judge_golden(row):
+    """golden exits 0 when it leaves out a gpu target it cannot run; here that is a failure, with the reason."""
+    last = row["output_tail"][-1] if row["output_tail"] else ""
+    m = _GOLDEN_GPU_SKIPPED.search(last)
+    if row["rc"] == 0 and m:
+        row["ok"] = False
+        row["note"] = f"the gpu target was skipped: {m.group(1)}"
+
+
 def _skipped(name, why):
     return {"step": name, "ok": None, "rc": None, "wall_s": None, "note": why}
 
@@ -265,7 +277,8 @@ def run(out_dir, config=FULL, log=print, env=None):
         else:
             steps.append(_skipped("pytest -m gpu", f"not part of the --{config.get('name', 'tiny')} check"))
         if config["golden"] is not None:
-            steps.append(_step("golden", ["cli.py", "golden", *config["golden"]], tmo["golden"], env, log))
+            steps.append(_step("golden", ["cli.py", "golden", *config["golden"]], tmo["golden"], env, log,
+                               judge=_judge_golden))
         else:
             steps.append(_skipped("golden", f"not part of the --{config.get('name', 'tiny')} check"))
         for be in config["train_backends"]:

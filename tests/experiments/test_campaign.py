@@ -160,7 +160,10 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path):
         state = json.loads((out / "campaign.json").read_text())
         rec = state["runs"]["long/width-3"]
         assert state["sessions"][-1]["cut"] == ["long/width-3"] and rec["status"] == "cut"
-        assert rec["step"] > 0 and rec["step"] % 25 == 0 and (out / "long/width-3/checkpoint.npz").exists()
+        assert rec["step"] > 0 and rec["step"] % 25 == 0
+        # the history checkpoint waits beside the output folder, which holds compact results only
+        assert not list(out.rglob("checkpoint.npz")) and (tmp_path / "c.resume/long/width-3/checkpoint.npz").exists()
+        assert C.resume_store(out) == tmp_path / "c.resume" and str(C.resume_store(out)) in res.output
         reached.append(rec["step"])
         if session == 1:
             assert f"from step {reached[0]}" in res.output and "continues from its checkpoint" in res.output
@@ -168,6 +171,11 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path):
     steps = [int(r["step"]) for r in C.read_csv(out / "long/width-3/metrics.csv")]
     assert steps == sorted(set(steps)) and steps[0] == 0          # continued, not restarted
     assert not C.is_done(out, state, {"id": "long/width-3", "dir": "long/width-3", "options": {}})
+    # without its parked checkpoint the cut run starts again from step 0
+    (tmp_path / "c.resume/long/width-3/checkpoint.npz").unlink()
+    res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "8",
+                   "--gflops", "1e-6", "--partial"])
+    assert res.exit_code == 0 and "from the start" in res.output, res.output
     # without --partial the estimate (1e-6 GFLOP/s) keeps it from starting
     res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "6",
                    "--gflops", "1e-6"])

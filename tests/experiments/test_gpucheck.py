@@ -124,6 +124,25 @@ def test_a_bench_step_without_results_is_not_ok(tmp_path):
     assert row["ok"] is False and row["note"] == "no results ((timed out after 5 s))"
 
 
+def test_a_golden_step_that_skipped_the_gpu_is_not_ok():
+    """golden exits 0 when it leaves the gpu target out (here: no usable GPU); gpu-check's row then fails
+    with golden's own reason, and a golden run with the gpu target stays ok."""
+    from accel import gpu
+    from experiments import gpucheck
+    if gpu.available():
+        pytest.skip("a usable GPU: golden runs the gpu target here")
+    rc, wall, tail = gpucheck._run(["cli.py", "golden", "--cases", "kernels"], 300)
+    row = {"rc": rc, "ok": rc == 0, "note": "", "output_tail": tail}
+    gpucheck._judge_golden(row)
+    assert rc == 0 and row["ok"] is False, (rc, tail[-3:])
+    assert row["note"].startswith("the gpu target was skipped: ") and gpu.unavailable_reason() in row["note"]
+    ok_tail = ["gpu/float64              kernels              nngp                    3.06e-12   1e-10  ok     0.1 s",
+               "all 7 golden checks within tolerance"]
+    row = {"rc": 0, "ok": True, "note": "", "output_tail": ok_tail}
+    gpucheck._judge_golden(row)
+    assert row["ok"] is True
+
+
 def test_a_failed_step_row_carries_its_own_error(tmp_path, monkeypatch):
     """A step that fails on a working probe: its row gives the step's one-line error."""
     from experiments import gpucheck
