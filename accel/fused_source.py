@@ -39,7 +39,9 @@ for wide outputs (dr up to 784, the MNIST autoencoder), splits the columns of C 
 (r0, nr) launched one after the other.  Each chunk streams P once more, but every element of
 C is read once per query tile and never per query.  Mode 2 needs C_m . chi_b, so it keeps the
 whole row of C in the shared tile and takes smaller tiles when dr is large.  Where even a
-one-row tile does not fit in 48 KiB of shared memory (d or dr in the thousands), or one query
+one-row tile does not fit in 48 KiB of shared memory beside the query tile (the query tile is not
+shrunk: in float64 from d = 184 when evaluating many queries, d = 292 for a batch of 20 in mode 0,
+d = 513 in modes 1-2; twice that in float32), or one query
 group's T tasks exceed a block (modes 1-2 with d > ``NTASK * MAX_THREADS`` = 512), or mode 1
 needs more than ``MAX_CHUNKS_MODE1`` column chunks (a Jacobian at dr = 784), :func:`plan`
 returns None and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`).

@@ -1,7 +1,8 @@
-"""CuPy backend: the history on the GPU, cuBLAS GEMMs and one elementwise kernel per block.
+"""CuPy backend: the history and the tracked inputs on the GPU, one fused history pass per query set.
 
-The history pass and the pair kernels are :class:`accel.xpcore.XPEngine` over ``cupy``; the
-per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :class:`BottleneckEngine` and
+The history pass and the pair kernels are :class:`accel.xpcore.XPEngine` over ``cupy``: the fused
+kernel of :mod:`accel.fused_source` and its reduction, with the GEMM pass as fallback where its tiles
+do not fit; the per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :class:`BottleneckEngine` and
 :class:`InfiniteEngine` are the engines (:mod:`refimpl.engine`) that refimpl's simulators run on;
 with ``xp_name="numpy"`` (:func:`accel.standin_backend`) the same engines run over the NumPy stand-in (:mod:`accel.standin`, the kernel source compiled
 by gcc): that is what CI runs against the golden files, so only CuPy itself (and NVRTC) is left

@@ -19,7 +19,7 @@ driver.  This module uses them to check, in CI, what the GPU will compile:
   registers, spill stores and spill loads per kernel.
 
 CuPy is imported lazily; :func:`toolchain_reason` says (one line) why the check cannot run here:
-``pip install -e '.[test]'`` installs ``cupy-cuda12x`` (without its 3 GB ``[ctk]`` extra) and
+``pip install -e '.[nvrtc]'`` installs ``cupy-cuda12x`` (without its 3 GB ``[ctk]`` extra) and
 ``nvidia-cuda-nvrtc-cu12``, which is all it needs.
 """
 
@@ -54,7 +54,7 @@ def _toolchain():
         from cupy.cuda import compiler, nvrtc
     except ImportError as exc:
         if getattr(exc, "name", "") and str(getattr(exc, "name", "")).startswith("cupy"):
-            return None, "CuPy is not installed (pip install -e '.[test]' installs cupy-cuda12x and NVRTC)"
+            return None, "CuPy is not installed (pip install -e '.[nvrtc]' installs cupy-cuda12x and NVRTC)"
         return None, f"CuPy does not import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     except Exception as exc:                       # noqa: BLE001 - a broken installation
         return None, f"CuPy does not import ({type(exc).__name__}: {exc})"

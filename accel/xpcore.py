@@ -9,8 +9,9 @@ one host-to-device copy (the queries, their norms, unit rows and chi packed in o
 kernels per column chunk of C (one chunk unless dr is large), one device-to-host copy.  No
 (q, M) pair matrix is stored.
 
-Where the fused kernel's shared-memory tile would not hold one history row (d or dr in the
-thousands; :func:`accel.fused_source.plan` returns None) the pass falls back to the unfused
+Where the fused kernel's shared-memory tile would not hold one history row beside its query tile
+(float64: d >= 184 when evaluating many queries, d >= 292 for a batch of 20; twice that in
+float32; :func:`accel.fused_source.plan` returns None) the pass falls back to the unfused
 form (:meth:`XPEngine.gemm_history_pass`): per block of the history a GEMM G = Z P^T, one
 elementwise kernel (:mod:`accel.pair_source`) writing K and the Xi weights, and GEMMs for f
 and T, in as few blocks as the free device memory allows (:meth:`XPEngine.block_shape`).
