@@ -234,21 +234,42 @@ MUTANTS = [
 ]
 
 
+#: The cases each planted bug is run on: (mode, dtype, M, d, dr, q, tolerance of the unmutated source,
+#: error a mutant must exceed).  Mode 1 float64 in one query tile (f, T and beta sums: every part of the
+#: kernel); mode 2 float32 in two query tiles (chi in the weights; float32 sums with the float64 twins of
+#: nearly parallel pairs); mode 1 float64 with the columns of C in chunks.
+PLANT_CASES = {"mode1-f64": (1, np.float64, 333, 6, 1, 20, 1e-9, 1e-6),
+               "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 40, 1e-4, 1e-3),
+               "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6)}
+
+
+@pytest.mark.parametrize("case", sorted(PLANT_CASES))
 @pytest.mark.parametrize("what,old,new", MUTANTS, ids=[m[0] for m in MUTANTS])
-def test_harness_catches_planted_bugs(what, old, new):
-    """Mode 1 (f, T and beta sums: every part of the kernel) with the mutated source: a harness error,
-    NaN or a wrong result; the unmutated source agrees with refimpl."""
-    h, rng = _history(333, 6, 1, np.float64, seed=7)
-    Z = _queries(h, 20, rng)
-    ref = _reference(Z, h, 1, None)
-    got = xpcore.XPEngine(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "relu", 6.0, 0.0)
-    assert _rel(got[0], ref[0]) <= 1e-12 and _rel(got[1], ref[1]) <= 1e-9
+def test_harness_catches_planted_bugs(what, old, new, case):
+    """Each case (:data:`PLANT_CASES`) with the mutated source: a harness error, NaN or a wrong result; the
+    unmutated source agrees with refimpl (the Xi sums as the backend contracts them, T + bsum z^)."""
+    mode, dtype, M, d, dr, q, tol, wrong = PLANT_CASES[case]
+    h, rng = _history(M, d, dr, dtype, seed=7)
+    Z = _queries(h, q, rng)
+    chi = rng.standard_normal((q, dr)) if mode == 2 else None
+    pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu")
+    assert pl is not None and (mode == 1 or pl["qt"] < q) and (dr < 200 or len(pl["chunks"]) > 1)
+    f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
+    Zh = rk.unit_rows(Z)[1]
+
+    def errors(got):
+        J = got[1] + got[2][:, :, None] * Zh[:, None, :]
+        J_ref = T_ref + b_ref[:, :, None] * Zh[:, None, :]
+        return ([_rel(got[0], f_ref)] if mode != 2 else []) + [_rel(J, J_ref), _rel(got[2], b_ref)]
+
+    good = errors(xpcore.XPEngine(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", float(d), 0.0))
+    assert max(good) <= tol, good
     try:
-        got = _Mutant(old, new).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "relu", 6.0, 0.0)
+        got = _Mutant(old, new).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", float(d), 0.0)
     except cudasim.HarnessError:
         return
-    errs = [_rel(g, r) for g, r in zip(got, ref)]
-    assert not all(np.isfinite(errs)) or max(errs) > 1e-6, (what, errs)
+    errs = errors(got)
+    assert not all(np.isfinite(errs)) or max(errs) > wrong, (what, errs)
 
 
 def test_every_variant_is_listed_and_valid_cpp():
