@@ -119,6 +119,23 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
     return out if xp is np else xp.asnumpy(out)
 
 
+def ntk_increment(xp, X, nx, Xh, Y, ny, Yh, V, spec):
+    """Theta(X, Y) @ V (p, k) of the network ``spec`` on ``xp`` from inputs whose norms and unit rows are
+    stored (the layer recursion, MATH §2.2; any architecture).
+
+    As :func:`composed_increment`, for one network: the tracked inputs of g against a batch.
+    """
+    m = X.shape[1]
+    step = max(1, MAX_PAIRS // max(1, Y.shape[0]))
+    out = xp.empty((X.shape[0], V.shape[1]))
+    for r in range(0, X.shape[0], step):
+        rows = slice(r, min(X.shape[0], r + step))
+        gx, gy, hu, hv, lam = geometry(xp, X[rows], Y, stored=(nx[rows], Xh[rows], ny, Yh))
+        ntk = rk.pair_terms(gx[:, None], gy[None, :], hu, hv, lam, spec, m, xp=xp)["ntk"]
+        out[rows] = xp.matmul(ntk, V)
+    return out
+
+
 def composed_increment(xp, X, nx, Xh, Y, ny, Yh, chi, spec_g, spec_f, lr_f, lr_g):
     """NTK_inf(X, Y) @ chi (p, dr) on ``xp`` from inputs whose norms and unit rows are stored (MATH §5, §2.2).
 

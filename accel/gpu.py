@@ -239,14 +239,18 @@ class BottleneckEngine(AccelBottleneckEngine):
 
     ``dtype`` ("float64" or "float32"): precision of the history and of its pass.  ``xp_name``
     selects the array module: "cupy", or "numpy" for the stand-in (:data:`accel.standin.numpy_device`).
-    Per step, Theta of a ReLU g against the tracked inputs is one GEMM and one pair kernel on the
-    device from the norms and unit rows stored once; only V (B x d) goes up.
+    Per step, Theta of g against the tracked inputs is computed on the device from the norms and unit
+    rows stored once: for the ReLU g of MATH §1 (layer scales that factor out) one GEMM and one pair
+    kernel, for every other architecture the layer recursion on device arrays
+    (:func:`accel.archkernels.ntk_increment`); only V (B x d) goes up.
     """
 
     def __init__(self, layers_g, layers_f, d, dr, dtype=None, xp_name="cupy"):
         self.device = engine(xp_name)
         super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=kernels(xp_name), xp=self.device.xp)
-        self.stored_route = layers_g.activation == "relu" and layers_g.kernel_scale is not None
+        #: False: the kernel functions on host arrays every step (the route before; for benchmarks)
+        self.stored_route = True
+        self.relu_pairs = layers_g.activation == "relu" and layers_g.kernel_scale is not None
 
     def track(self, X, values):
         return DeviceTracked(X, values, self.xp)
@@ -256,11 +260,17 @@ class BottleneckEngine(AccelBottleneckEngine):
             return super().update_tracked(target, source, idx, V, lr, beta, nesterov)
         xp = self.xp
         idx_d = xp.asarray(idx)
+        V_d = xp.asarray(np.ascontiguousarray(V, dtype=np.float64))
+        if not self.relu_pairs:
+            inc = archkernels.ntk_increment(archkernels.full_module(xp), target.X_dev, target.norms_dev,
+                                            target.units_dev, source.X_dev[idx_d], source.norms_dev[idx_d],
+                                            source.units_dev[idx_d], V_d, self.layers_g)
+            return target.descend(inc, lr, beta, nesterov)
         theta, _ = self.device.pair_kernel_device(target.X_dev, target.norms_dev, target.units_dev,
                                                   source.X_dev[idx_d], source.norms_dev[idx_d], "ntk")
         if not self.layers_g.closed_form:
             theta *= self.layers_g.kernel_scale
-        target.descend(xp.matmul(theta, xp.asarray(np.ascontiguousarray(V, dtype=np.float64))), lr, beta, nesterov)
+        target.descend(xp.matmul(theta, V_d), lr, beta, nesterov)
 
     def fast_pass(self, Z, mode, chi):
         h = self.history

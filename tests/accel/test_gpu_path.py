@@ -120,11 +120,19 @@ def standin_gpu(monkeypatch):
     gpu.reset()
 
 
-def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch):
-    """The gpu engine keeps the tracked inputs, their norms, unit rows and embeddings on the device:
-    the bytes a step copies each way do not grow with the number of tracked inputs, and a step
-    makes at most 4 device-to-host copies (measured 2 with the fused history pass: the batch
-    embeddings and the pass's results; the embeddings of all tracked inputs never come back)."""
+GPU_ARCHS = {"relu": lambda: (rk.Layers.make("relu"), rk.Layers.make("relu")),
+             "linear": lambda: rk.architecture("linear", hidden_g=2, w_std=0.9),
+             "erf-bias": lambda: rk.architecture("erf", b_std=0.3, out_std=0.7)}
+
+
+@pytest.mark.parametrize("arch", sorted(GPU_ARCHS))
+def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch, arch):
+    """The gpu engine keeps the tracked inputs, their norms, unit rows and embeddings on the device,
+    for every architecture of g: the bytes a step copies each way do not grow with the number of
+    tracked inputs, and a step makes at most 4 device-to-host copies (measured 2 with the fused history
+    pass: the batch embeddings and the pass's results; the embeddings of all tracked inputs never come
+    back).  The embeddings equal refimpl's (NumPy engine) to 1e-11."""
+    g, f = GPU_ARCHS[arch]()
     rng = np.random.default_rng(6)
     counts = {}
     real = np.asarray
@@ -140,14 +148,22 @@ def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch):
     seen = []
     for n in (400, 1600):
         X, Y = rng.standard_normal((n, 30)), rng.standard_normal((n, 1))
-        net = refimpl.RandomNetwork.sample(30, 8, 1, width=100, seed=0)
-        sim = accel.standin_backend().BottleneckSimulator(net, X, Y, lr=0.5, X_eval=rng.standard_normal((n // 4, 30)))
+        net = refimpl.RandomNetwork.sample(30, 8, 1, width=100, seed=0, layers_g=g, layers_f=f)
+        X_eval = rng.standard_normal((n // 4, 30))
+        sim = accel.standin_backend().BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X_eval)
+        ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5, X_eval=X_eval)
+        assert sim.engine.stored_route and sim.engine.relu_pairs == (arch == "relu")
         for t in range(3):
             sim.step(np.arange(20 * t, 20 * t + 20))
+            ref.step(np.arange(20 * t, 20 * t + 20))
+        for Xq in (X, X_eval):
+            want = ref.embeddings(Xq)
+            np.testing.assert_allclose(sim.embeddings(Xq), want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
         counts.clear()
         with monkeypatch.context() as m:
             m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
             m.setattr(standin.NumpyDevice, "asarray", count("h2d"))
+            m.setattr(sim.engine, "kernels", None)          # no kernel function on host arrays in a step
             sim.step(np.arange(100, 120))
         seen.append(dict(counts))
     assert seen[0] == seen[1], seen
@@ -192,6 +208,7 @@ def test_infinite_step_keeps_tracked_inputs_on_the_device(arch, monkeypatch):
         with monkeypatch.context() as m:
             m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
             m.setattr(standin.NumpyDevice, "asarray", count("h2d"))
+            m.setattr(sim.engine, "kernels", None)          # no kernel function on host arrays in a step
             sim.step(np.arange(100, 120))
         ref.step(np.arange(100, 120))
         seen.append(counts)
