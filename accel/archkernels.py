@@ -119,39 +119,37 @@ def composed_kernel(device, X, Y, spec_g, spec_f, lr_f, lr_g):
     return out if xp is np else xp.asnumpy(out)
 
 
-def ntk_increment(xp, X, nx, Xh, Y, ny, Yh, V, spec):
-    """Theta(X, Y) @ V (p, k) of the network ``spec`` on ``xp`` from inputs whose norms and unit rows are
-    stored (the layer recursion, MATH §2.2; any architecture).
-
-    As :func:`composed_increment`, for one network: the tracked inputs of g against a batch.
-    """
+def _increment(xp, X, nx, Xh, Y, ny, Yh, W, kernel):
+    """kernel(pairs) @ W (p, k) on ``xp`` over blocks of at most ``MAX_PAIRS`` pairs of rows of X (p, m)
+    and Y (q, m), whose norms and unit rows are stored; ``kernel(nx, ny, hu, hv, lam, m)`` gives the
+    kernel of a block from its geometry (:func:`geometry`)."""
     m = X.shape[1]
     step = max(1, MAX_PAIRS // max(1, Y.shape[0]))
-    out = xp.empty((X.shape[0], V.shape[1]))
+    out = xp.empty((X.shape[0], W.shape[1]))
     for r in range(0, X.shape[0], step):
         rows = slice(r, min(X.shape[0], r + step))
         gx, gy, hu, hv, lam = geometry(xp, X[rows], Y, stored=(nx[rows], Xh[rows], ny, Yh))
-        ntk = rk.pair_terms(gx[:, None], gy[None, :], hu, hv, lam, spec, m, xp=xp)["ntk"]
-        out[rows] = xp.matmul(ntk, V)
+        out[rows] = xp.matmul(kernel(gx[:, None], gy[None, :], hu, hv, lam, m), W)
     return out
+
+
+def ntk_increment(xp, X, nx, Xh, Y, ny, Yh, V, spec):
+    """Theta(X, Y) @ V (p, k) of the network ``spec`` on ``xp`` from inputs whose norms and unit rows are
+    stored (the layer recursion, MATH §2.2; any architecture): the tracked inputs of g against a batch.
+
+    X (p, m), Y (q, m) with norms nx, ny and unit rows Xh, Yh (:func:`refimpl.angles.unit_rows`), V
+    (q, k), all float64 arrays of ``xp`` (device memory on the gpu backend: nothing crosses to the host).
+    """
+    return _increment(xp, X, nx, Xh, Y, ny, Yh, V,
+                      lambda a, b, hu, hv, lam, m: rk.pair_terms(a, b, hu, hv, lam, spec, m, xp=xp)["ntk"])
 
 
 def composed_increment(xp, X, nx, Xh, Y, ny, Yh, chi, spec_g, spec_f, lr_f, lr_g):
-    """NTK_inf(X, Y) @ chi (p, dr) on ``xp`` from inputs whose norms and unit rows are stored (MATH §5, §2.2).
-
-    X (p, m), Y (q, m) with norms nx, ny and unit rows Xh, Yh (:func:`refimpl.angles.unit_rows`), chi
-    (q, dr), all float64 arrays of ``xp`` (device memory on the gpu backend: nothing crosses to the
-    host).  The composed layer recursion runs on blocks of at most ``MAX_PAIRS`` pairs.
-    """
-    m = X.shape[1]
-    step = max(1, MAX_PAIRS // max(1, Y.shape[0]))
-    out = xp.empty((X.shape[0], chi.shape[1]))
-    for r in range(0, X.shape[0], step):
-        rows = slice(r, min(X.shape[0], r + step))
-        gx, gy, hu, hv, lam = geometry(xp, X[rows], Y, stored=(nx[rows], Xh[rows], ny, Yh))
-        ntk = rk.composed_terms(gx[:, None], gy[None, :], hu, hv, lam, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
-        out[rows] = xp.matmul(ntk, chi)
-    return out
+    """NTK_inf(X, Y) @ chi (p, dr) on ``xp`` without bottleneck (MATH §5, §2.2), as :func:`ntk_increment`:
+    the tracked inputs' outputs against a batch."""
+    return _increment(xp, X, nx, Xh, Y, ny, Yh, chi,
+                      lambda a, b, hu, hv, lam, m: rk.composed_terms(a, b, hu, hv, lam, spec_g, spec_f, m, lr_f,
+                                                                     lr_g, xp=xp)[1])
 
 
 def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):

@@ -759,11 +759,38 @@ def _theta_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, out):
                 _row_near(xh, nx[i], dots, Y, ny, m, B, out[i], A, Bt, near)
 
 
+_angle = _F["angle"]
+_halves_from_cos = _F["halves_from_cos"]
+_halves_from_differences = _F["halves_from_differences"]
+
+
+@njit(cache=True, **_FAST_PAIR)
+def _row_halves(X, i, nxi, dots, Y, ny, rny, xh, hu, hv, lam):
+    """hu, hv, lam[b] = sin, cos of half the angle between X_i and Y_b and its cosine (MATH §2.1), from the
+    dot products ``dots`` of :func:`_sparse_dots`: from the cosine, or for nearly (anti-)parallel pairs
+    (|cos| > 1 - NEAR) from the explicit differences x^ -+ y^ (``xh``: room for the unit row x^)."""
+    d0 = X.shape[1]
+    rx = 1.0 / nxi if nxi > 0.0 else 0.0
+    have_xh = False
+    for b in range(Y.shape[0]):
+        c = _f_cos_from_ratio(dots[b] * (rx * rny[b]), nxi * ny[b], nxi + ny[b] == 0.0)
+        if abs(c) > 1.0 - NEAR:
+            if not have_xh:
+                for k in range(d0):
+                    xh[k] = X[i, k] * rx
+                have_xh = True
+            minus2, plus2 = _near_halves(xh, Y[b], ny[b])
+            hu[b], hv[b], lam[b] = _halves_from_differences(minus2, plus2)
+        else:
+            hu[b], hv[b] = _halves_from_cos(c)
+            lam[b] = c
+
+
 @njit(parallel=True, cache=True, **_FAST_PAIR)
 def _angles_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, out):
     """out[i, b] = the angle between X_i and Y_b (MATH §2.1), from the dot products of
-    :func:`_sparse_dots` (stored norms and nonzero pattern, as :func:`_theta_rows`); nearly
-    (anti-)parallel pairs (|cos| > 1 - NEAR) from the explicit differences x^ -+ y^."""
+    :func:`_sparse_dots` (stored norms and nonzero pattern, as :func:`_theta_rows`) and the
+    half-angles of :func:`_row_halves`."""
     n, d0 = X.shape
     B = Y.shape[0]
     YT, muY, rny = _source_rows(mu, Y, ny)
@@ -771,27 +798,12 @@ def _angles_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, out):
     for task in prange(ntasks):
         dots = np.empty(B)
         xh = np.empty(d0)
+        hu, hv, lam = np.empty(B), np.empty(B), np.empty(B)
         for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
             _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
-            rx = 1.0 / nx[i] if nx[i] > 0.0 else 0.0
-            have_xh = False
+            _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu, hv, lam)
             for b in range(B):
-                lam = _f_cos_from_ratio(dots[b] * (rx * rny[b]), nx[i] * ny[b], nx[i] + ny[b] == 0.0)
-                if abs(lam) > 1.0 - NEAR:
-                    if not have_xh:
-                        for k in range(d0):
-                            xh[k] = X[i, k] * rx
-                        have_xh = True
-                    minus2, plus2 = _near_halves(xh, Y[b], ny[b])
-                    theta, lam, sn = _f_geometry_from_halves(minus2, plus2)
-                else:
-                    theta, lam, sn = _f_geometry_from_cos(lam)
-                out[i, b] = theta
-
-
-_angle = _F["angle"]
-_halves_from_cos = _F["halves_from_cos"]
-_halves_from_differences = _F["halves_from_differences"]
+                out[i, b] = _angle(lam[b], hu[b], hv[b])
 
 
 @njit(cache=True, **_STRICT)
@@ -855,8 +867,8 @@ def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_
     """out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for every target row i (MATH §5): ReLU halves without biases.
 
     One pass, no (n, B) kernel matrix: the dot products of :func:`_sparse_dots` (stored norms and
-    nonzero pattern, as :func:`_theta_rows`), the half-angles of each pair from its cosine or, nearly
-    (anti-)parallel, from the explicit differences (MATH §2.1), then :func:`_relu_ntk_inf_pair`.
+    nonzero pattern, as :func:`_theta_rows`), the half-angles of :func:`_row_halves`, then
+    :func:`_relu_ntk_inf_pair`.
     """
     n, d0 = X.shape
     B = Y.shape[0]
@@ -867,24 +879,14 @@ def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_
         dots = np.empty(B)
         xh = np.empty(d0)
         acc = np.empty(dr)
+        hu, hv, lam = np.empty(B), np.empty(B), np.empty(B)
         for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
             _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
-            rx = 1.0 / nx[i] if nx[i] > 0.0 else 0.0
-            have_xh = False
+            _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu, hv, lam)
             for r in range(dr):
                 acc[r] = 0.0
             for b in range(B):
-                lam = _f_cos_from_ratio(dots[b] * (rx * rny[b]), nx[i] * ny[b], nx[i] + ny[b] == 0.0)
-                if abs(lam) > 1.0 - NEAR:
-                    if not have_xh:
-                        for k in range(d0):
-                            xh[k] = X[i, k] * rx
-                        have_xh = True
-                    minus2, plus2 = _near_halves(xh, Y[b], ny[b])
-                    hu, hv, lam = _halves_from_differences(minus2, plus2)
-                else:
-                    hu, hv = _halves_from_cos(lam)
-                k_ib = _relu_ntk_inf_pair(nx[i], ny[b], hu, hv, lam, m, wg, wf, lr_f, lr_g)
+                k_ib = _relu_ntk_inf_pair(nx[i], ny[b], hu[b], hv[b], lam[b], m, wg, wf, lr_f, lr_g)
                 for r in range(dr):
                     acc[r] += k_ib * chi[b, r]
             for r in range(dr):

@@ -120,6 +120,19 @@ def standin_gpu(monkeypatch):
     gpu.reset()
 
 
+def _copy_counter(counts):
+    real = np.asarray
+
+    def count(kind):
+        def copy(a, *args, **kwargs):
+            if kind == "d2h" or np.ndim(a) > 0:
+                counts[kind] = counts.get(kind, 0) + 1
+                counts[kind + "_bytes"] = counts.get(kind + "_bytes", 0) + real(a).nbytes
+            return real(a, *args, **kwargs)
+        return staticmethod(copy)
+    return count
+
+
 GPU_ARCHS = {"relu": lambda: (rk.Layers.make("relu"), rk.Layers.make("relu")),
              "linear": lambda: rk.architecture("linear", hidden_g=2, w_std=0.9),
              "erf-bias": lambda: rk.architecture("erf", b_std=0.3, out_std=0.7)}
@@ -135,16 +148,7 @@ def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch, arc
     g, f = GPU_ARCHS[arch]()
     rng = np.random.default_rng(6)
     counts = {}
-    real = np.asarray
-
-    def count(kind):
-        def copy(a, *args, **kwargs):
-            if kind == "d2h" or np.ndim(a) > 0:
-                counts[kind] = counts.get(kind, 0) + 1
-                counts[kind + "_bytes"] = counts.get(kind + "_bytes", 0) + real(a).nbytes
-            return real(a, *args, **kwargs)
-        return staticmethod(copy)
-
+    count = _copy_counter(counts)
     seen = []
     for n in (400, 1600):
         X, Y = rng.standard_normal((n, 30)), rng.standard_normal((n, 1))
@@ -168,19 +172,6 @@ def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch, arc
         seen.append(dict(counts))
     assert seen[0] == seen[1], seen
     assert seen[0]["d2h"] <= 4 and seen[0]["d2h_bytes"] < 400 * 8 * 8 and seen[0]["h2d_bytes"] < 30 * 20 * 8 * 4, seen
-
-
-def _copy_counter(counts):
-    real = np.asarray
-
-    def count(kind):
-        def copy(a, *args, **kwargs):
-            if kind == "d2h" or np.ndim(a) > 0:
-                counts[kind] = counts.get(kind, 0) + 1
-                counts[kind + "_bytes"] = counts.get(kind + "_bytes", 0) + real(a).nbytes
-            return real(a, *args, **kwargs)
-        return staticmethod(copy)
-    return count
 
 
 @pytest.mark.parametrize("arch", ["relu", "erf-deep"])
