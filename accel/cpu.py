@@ -719,7 +719,7 @@ def _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots):
 @njit(cache=True)
 def _source_rows(mu, Y, ny):
     """What the source rows Y (B, d0) contribute to every target row of :func:`_theta_rows` and
-    :func:`_angles_rows`: Y^T (contiguous), mu . Y_b (the shift of the stored sparse rows) and 1/|Y_b|."""
+    :func:`_inf_rows`: Y^T (contiguous), mu . Y_b (the shift of the stored sparse rows) and 1/|Y_b|."""
     B, d0 = Y.shape
     YT = np.ascontiguousarray(Y.T)
     muY = np.zeros(B)
@@ -786,26 +786,6 @@ def _row_halves(X, i, nxi, dots, Y, ny, rny, xh, hu, hv, lam):
             lam[b] = c
 
 
-@njit(parallel=True, cache=True, **_FAST_PAIR)
-def _angles_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, out):
-    """out[i, b] = the angle between X_i and Y_b (MATH §2.1), from the dot products of
-    :func:`_sparse_dots` (stored norms and nonzero pattern, as :func:`_theta_rows`) and the
-    half-angles of :func:`_row_halves`."""
-    n, d0 = X.shape
-    B = Y.shape[0]
-    YT, muY, rny = _source_rows(mu, Y, ny)
-    ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
-    for task in prange(ntasks):
-        dots = np.empty(B)
-        xh = np.empty(d0)
-        hu, hv, lam = np.empty(B), np.empty(B), np.empty(B)
-        for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
-            _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
-            _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu, hv, lam)
-            for b in range(B):
-                out[i, b] = _angle(lam[b], hu[b], hv[b])
-
-
 @njit(cache=True, **_STRICT)
 def _relu_half(Vx, Vy, V, dltV, epsV, T_in, ws, lr_self):
     """One half (g or f) of a ReLU network without biases, by the layer recursion of MATH §2.2 for one pair.
@@ -816,39 +796,33 @@ def _relu_half(Vx, Vy, V, dltV, epsV, T_in, ws, lr_self):
     feeds the first layer, the NTK fed in ``T_in`` and the weight stds ``ws`` (input layer first).
     Returns the last pre-activation (sx, sy, c, dlt, eps) and the NTK T of this half.
     """
-    w2 = ws[0] * ws[0]
-    sx = math.sqrt(w2 * Vx)
-    sy = math.sqrt(w2 * Vy)
-    c = w2 * V
-    dlt = w2 * dltV
-    eps = w2 * epsV
-    T = lr_self * c + w2 * T_in
-    for layer in range(1, ws.shape[0]):
-        r2 = dlt + eps
-        if r2 <= 0.0 and sx + sy > 0.0:        # one zero vector: theta = pi/2
-            hu = math.sqrt(0.5)
-            hv = hu
-            lam = 0.0
-        else:
-            hu, hv, lam = _halves_from_differences(dlt, eps)
-        theta = _angle(lam, hu, hv)
-        pi_minus = _angle(-lam, hv, hu)
-        s = 2.0 * hu * hv
-        nn = sx * sy
-        one_minus_J = (formulas.TWO_PI * hu * hu + theta * lam - s) / math.pi
-        V = nn * (s + pi_minus * lam) / formulas.TWO_PI
-        Vx = 0.5 * sx * sx
-        Vy = 0.5 * sy * sy
-        dltV = 0.5 * nn * one_minus_J
-        epsV = 0.5 * nn * (2.0 - one_minus_J)
-        w2 = ws[layer] * ws[layer]
-        sdot = w2 * (pi_minus / formulas.TWO_PI)
+    sx = sy = c = dlt = eps = T = vd = 0.0
+    for layer in range(ws.shape[0]):
+        if layer:                               # the ReLU dual of the previous pre-activation
+            if dlt + eps <= 0.0 and sx + sy > 0.0:        # one zero vector: theta = pi/2
+                hu = math.sqrt(0.5)
+                hv = hu
+                lam = 0.0
+            else:
+                hu, hv, lam = _halves_from_differences(dlt, eps)
+            theta = _angle(lam, hu, hv)
+            pi_minus = _angle(-lam, hv, hu)
+            s = 2.0 * hu * hv
+            nn = sx * sy
+            one_minus_J = (formulas.TWO_PI * hu * hu + theta * lam - s) / math.pi
+            V = nn * (s + pi_minus * lam) / formulas.TWO_PI
+            Vx = 0.5 * sx * sx
+            Vy = 0.5 * sy * sy
+            dltV = 0.5 * nn * one_minus_J
+            epsV = 0.5 * nn * (2.0 - one_minus_J)
+            vd = pi_minus / formulas.TWO_PI
+        w2 = ws[layer] * ws[layer]              # the affine layer (no bias)
         sx = math.sqrt(w2 * Vx)
         sy = math.sqrt(w2 * Vy)
         c = w2 * V
         dlt = w2 * dltV
         eps = w2 * epsV
-        T = lr_self * c + sdot * T
+        T = lr_self * c + (w2 * T_in if layer == 0 else (w2 * vd) * T)
     return sx, sy, c, dlt, eps, T
 
 
@@ -863,12 +837,15 @@ def _relu_ntk_inf_pair(nx, ny, hu, hv, lam, m, wg, wf, lr_f, lr_g):
 
 
 @njit(parallel=True, cache=True, **_FAST_PAIR)
-def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, chi, out):
-    """out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for every target row i (MATH §5): ReLU halves without biases.
+def _inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, chi, out, angles):
+    """For every target row i against the batch rows Y (MATH §5, §2.1), from the dot products of
+    :func:`_sparse_dots` (stored norms and nonzero pattern, as :func:`_theta_rows`) and the half-angles
+    of :func:`_row_halves`:
 
-    One pass, no (n, B) kernel matrix: the dot products of :func:`_sparse_dots` (stored norms and
-    nonzero pattern, as :func:`_theta_rows`), the half-angles of :func:`_row_halves`, then
-    :func:`_relu_ntk_inf_pair`.
+    * ``angles`` false: out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for ReLU halves without biases (weight
+      stds wg, wf; :func:`_relu_ntk_inf_pair`), in one pass with no (n, B) kernel matrix;
+    * ``angles`` true: out[i, b] = the angle between X_i and Y_b (other architectures take the composed
+      recursion on it; m, wg, wf, lr_f, lr_g and chi unused).
     """
     n, d0 = X.shape
     B = Y.shape[0]
@@ -883,6 +860,10 @@ def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_
         for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
             _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
             _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu, hv, lam)
+            if angles:
+                for b in range(B):
+                    out[i, b] = _angle(lam[b], hu[b], hv[b])
+                continue
             for r in range(dr):
                 acc[r] = 0.0
             for b in range(B):
@@ -891,6 +872,9 @@ def _ntk_inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_
                     acc[r] += k_ib * chi[b, r]
             for r in range(dr):
                 out[i, r] = acc[r]
+
+
+_NO_CHI = np.zeros((1, 1))
 
 
 class TrackedInputs(Tracked):
@@ -950,16 +934,16 @@ class InfiniteEngine(AccelInfiniteEngine):
 
     NTK_inf against tracked inputs comes from the norms and nonzero pattern stored once per tracked
     set.  ReLU halves without biases (any depth and weight stds): one Numba pass,
-    :func:`_ntk_inf_rows`, forms each pair's kernel and contracts it with chi at once.  Other
+    :func:`_inf_rows`, forms each pair's kernel and contracts it with chi at once.  Other
     architectures: the composed layer recursion (:func:`accel.archkernels.composed_from_geometry`)
-    on the angles of :func:`_angles_rows`.  Other queries use the kernel functions.
+    on the angles of :func:`_inf_rows`.  Other queries use the kernel functions.
     """
 
     def __init__(self, layers_g, layers_f, lr_f, lr_g):
         super().__init__(layers_g, layers_f, lr_f, lr_g, kernels=_KernelFunctions)
         #: False: the kernel functions every step (the route before; for benchmarks)
         self.stored_route = True
-        #: ReLU halves without biases: the one-pass kernel :func:`_ntk_inf_rows` (False: the recursion
+        #: ReLU halves without biases: the one-pass kernel :func:`_inf_rows` (False: the recursion
         #: on arrays of pairs, as for every other architecture)
         self.fused_relu = all(spec.activation == "relu" and spec.b_std == 0.0 for spec in (layers_g, layers_f))
         self._stds = tuple(np.array([w for w, _ in spec.layer_stds()], dtype=np.float64)
@@ -979,9 +963,9 @@ class InfiniteEngine(AccelInfiniteEngine):
         if self.fused_relu:
             inc = np.empty((X.shape[0], chi.shape[1]))
             with _threads(inc.shape[0] * Y.shape[0]):
-                _ntk_inf_rows(X, nx, target.shift, target.nz_ptr, target.nz_idx, target.nz_val, Y, ny,
-                              float(X.shape[1]), self._stds[0], self._stds[1], float(self.lr_f), float(self.lr_g),
-                              np.ascontiguousarray(chi, dtype=np.float64), inc)
+                _inf_rows(X, nx, target.shift, target.nz_ptr, target.nz_idx, target.nz_val, Y, ny,
+                          float(X.shape[1]), self._stds[0], self._stds[1], float(self.lr_f), float(self.lr_g),
+                          np.ascontiguousarray(chi, dtype=np.float64), inc, False)
             if plain:
                 target.values -= inc
             else:
@@ -995,8 +979,9 @@ class InfiniteEngine(AccelInfiniteEngine):
                 rows = slice(r, min(X.shape[0], r + step))
                 th = theta[:rows.stop - rows.start]
                 with _threads(th.size):
-                    _angles_rows(X[rows], nx[rows], target.shift, target.nz_ptr[rows.start:rows.stop + 1],
-                                 target.nz_idx, target.nz_val, Y, ny, th)
+                    _inf_rows(X[rows], nx[rows], target.shift, target.nz_ptr[rows.start:rows.stop + 1],
+                              target.nz_idx, target.nz_val, Y, ny, 1.0, self._stds[0], self._stds[1], 1.0, 1.0,
+                              _NO_CHI, th, True)
                 ntk = archkernels.composed_from_geometry(np, nx[rows], ny, th, self.layers_g, self.layers_f,
                                                          X.shape[1], self.lr_f, self.lr_g)
                 if plain:
