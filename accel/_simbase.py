@@ -162,6 +162,11 @@ class AccelBottleneckEngine:
         """target.values -= lr Theta(target.X, source.X[idx]) @ V (momentum: :meth:`Tracked.descend`)."""
         target.descend(self.kernels.ntk(target.X, source.X[idx], self.layers_g) @ V, lr, beta, nesterov)
 
+    def batch_pass(self, tracked, idx, mode):
+        """The batch's embeddings and the history pass at them (:meth:`refimpl.engine.BottleneckEngine.batch_pass`)."""
+        Z = tracked.rows(idx)
+        return Z, self.history_pass(Z, mode)
+
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum (host float64) over the stored history; modes as in :mod:`refimpl.engine`."""
         chi = None if chi is None else np.ascontiguousarray(chi, dtype=np.float64)

@@ -28,7 +28,7 @@ from refimpl.engine import Tracked
 from refimpl.optim import momentum_direction
 from refimpl.kernels import unit_rows
 
-from . import archkernels, kernelapi
+from . import archkernels, fused_source, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
 from .standin import numpy_device
 from .xpcore import XPEngine
@@ -276,6 +276,21 @@ class BottleneckEngine(AccelBottleneckEngine):
         h = self.history
         return self.device.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, self.head.kind,
                                         self.head.m, self.head.par)
+
+    def batch_pass(self, tracked, idx, mode):
+        """The batch's embeddings and the first history pass at them (:meth:`refimpl.engine.BottleneckEngine.batch_pass`)
+        with one device-to-host copy: the embeddings are gathered on the device, the fused pass reads
+        them there, and they come back with its results.  Where the fused pass does not apply (another
+        head architecture, tiles that do not fit), the rows and the pass separately."""
+        h = self.history
+        pl = None
+        if self.head.kind is not None and h.M:
+            pl = fused_source.plan(len(idx), h.M, self.d, self.dr, mode, h.P_dev.dtype, self.head.kind)
+        if pl is None:
+            return super().batch_pass(tracked, idx, mode)
+        Zd = tracked.values_dev[self.xp.asarray(idx)]
+        return self.device.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, None, self.head.kind,
+                                              self.head.m, self.head.par, pl, device_queries=True)
 
 
 class InfiniteEngine(AccelInfiniteEngine):

@@ -28,7 +28,7 @@ import numpy as np
 
 from refimpl.kernels import unit_rows
 
-from . import fused_source, pair_source
+from . import archkernels, fused_source, pair_source
 
 #: Fraction of the free device memory (plus the memory pool's free blocks) that one block's
 #: temporaries may use.
@@ -142,23 +142,39 @@ class XPEngine:
         except (AttributeError, KeyError, TypeError):
             return 1
 
-    def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None):
-        """:meth:`history_pass` by the fused kernels of :mod:`accel.fused_source` (plan ``pl``)."""
+    def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None, device_queries=False):
+        """:meth:`history_pass` by the fused kernels of :mod:`accel.fused_source` (plan ``pl``).
+
+        ``device_queries``: Z (q, d) float64 is already on the device (a step's batch embeddings); its
+        norms and unit rows are formed there, nothing goes up (chi is None), and the host copy of Z
+        comes back in the one device-to-host copy of the results: returns (Z on the host, (f, T, bsum)).
+        """
         xp = self.xp
         q, d = Z.shape
         M, dr = C.shape
         wdt = np.dtype(P.dtype)
         pl = pl or fused_source.plan(q, M, d, dr, mode, wdt, arch)
         qt, tile, stride = pl["qt"], pl["tile"], pl["stride"]
-        Z64 = np.ascontiguousarray(Z, dtype=np.float64)
-        zn_h, Zh_h = unit_rows(Z64)
-        chi_h = np.zeros(q * dr) if chi is None else np.ascontiguousarray(chi, dtype=np.float64).ravel()
-        packed = xp.asarray(np.concatenate([Z64.ravel(), zn_h, Zh_h.ravel(), chi_h]))   # one copy
-        Zw = packed[:q * d]
+        h2d = 0
+        if device_queries:
+            if chi is not None:
+                raise ValueError("chi: expected None with queries on the device (mode 0 or 1)")
+            fx = archkernels.full_module(xp)
+            Zw = fx.ascontiguousarray(Z).ravel()
+            zn = fx.sqrt(fx.sum(Z * Z, axis=1))
+            Zh = (Z / fx.where(zn > 0.0, zn, 1.0)[:, None]).ravel()
+            chi_d = fx.zeros(q * dr)
+        else:
+            Z64 = np.ascontiguousarray(Z, dtype=np.float64)
+            zn_h, Zh_h = unit_rows(Z64)
+            chi_h = np.zeros(q * dr) if chi is None else np.ascontiguousarray(chi, dtype=np.float64).ravel()
+            packed = xp.asarray(np.concatenate([Z64.ravel(), zn_h, Zh_h.ravel(), chi_h]))   # one copy
+            h2d = 1
+            Zw = packed[:q * d]
+            zn, Zh = packed[q * d:q * d + q], packed[q * d + q:2 * q * d + q]
+            chi_d = packed[2 * q * d + q:]
         if wdt != np.float64:
             Zw = Zw.astype(wdt)
-        zn, Zh = packed[q * d:q * d + q], packed[q * d + q:2 * q * d + q]
-        chi_d = packed[2 * q * d + q:]
         mod = self.module(arch, wdt, mode, pl["index_bits"])
         hist, reduce_ = mod.get_function(fused_source.HISTORY_KERNEL), mod.get_function(fused_source.REDUCE_KERNEL)
         gx, gy = fused_source.grid(pl, q, M, self.multiprocessors())
@@ -174,9 +190,16 @@ class XPEngine:
             reduce_((max(1, min(1024, -(-total // 256))),), (256,),
                     (part, i64(gx), i64(stride), i64(gy), out))
             outs.append(out)
+        if device_queries:
+            outs.append(Zw if wdt == np.float64 else archkernels.full_module(xp).ascontiguousarray(Z).ravel())
         host = self.to_host(outs[0] if len(outs) == 1 else xp.concatenate(outs))   # one copy back
-        self.last_launches = {"kernels": 2 * len(outs) + int(wdt != np.float64) + int(len(outs) > 1),
-                              "h2d": 1, "d2h": 1, "partials": int(part.size), "grid": (gx, gy)}
+        # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
+        self.last_launches = {"kernels": 2 * len(pl["chunks"]) + int(wdt != np.float64) + int(len(outs) > 1)
+                              + (6 if device_queries else 0),
+                              "h2d": h2d, "d2h": 1, "partials": int(part.size), "grid": (gx, gy)}
+        if device_queries:
+            Z_host = host[len(host) - q * d:].reshape(q, d).copy()
+            host = host[:len(host) - q * d]
         R = dr if mode == 1 else _R[mode]
         f = np.zeros((q, dr))
         T = np.zeros((max(R, 1), q, d))
@@ -195,9 +218,8 @@ class XPEngine:
                     T[c0:c0 + RR, b0:b0 + nq] = rows[y, nf:nf + RR * nq * d].reshape(RR, nq, d)
                     bsum[c0:c0 + RR, b0:b0 + nq] = rows[y, nf + RR * nq * d:nf + RR * nq * (d + 1)].reshape(RR, nq)
         f = f if mode != 2 else None
-        if mode == 0:
-            return f, None, None
-        return f, T.transpose(1, 0, 2).copy(), bsum.T.copy()
+        res = (f, None, None) if mode == 0 else (f, T.transpose(1, 0, 2).copy(), bsum.T.copy())
+        return (Z_host, res) if device_queries else res
 
     def gemm_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par):
         """:meth:`history_pass` unfused: GEMMs and the elementwise kernel of :mod:`accel.pair_source`

@@ -396,16 +396,23 @@ class BottleneckSimulator(_SimulatorBase):
         _, T, bsum = self._history_terms(Z, 2, chi)
         return self.net.jacobian_t_dot(Z, chi) - self.lr_f * contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z)
 
-    def head_at_batch(self, Z, Y):
+    def _first_mode(self):
+        """The mode of a step's first history pass: 1 (f and the Xi sums at once) when dr is at most the
+        engine's ``fuse_max_dr``, else 0 (f; J^T chi follows in mode 2)."""
+        return 1 if self.dr <= self.engine.fuse_max_dr else 0
+
+    def head_at_batch(self, Z, Y, terms=None):
         """Batch loss, chi and J_t^T chi at the batch embeddings Z (B, d) with targets Y (B, dr).
 
         One call for what a step needs of the head (MATH §4): when dr is at most the engine's
         ``fuse_max_dr``, f and the Xi sums come from one history pass (mode 1) and chi is
         contracted with them afterwards; otherwise f (mode 0) and then J^T chi (mode 2, chi in
-        the weights).  Raises :class:`DivergenceError` when the loss is not finite.
+        the weights).  ``terms``: that first pass at Z when the caller has it already
+        (:meth:`refimpl.engine.BottleneckEngine.batch_pass`).  Raises :class:`DivergenceError` when
+        the loss is not finite.
         """
-        fuse = self.dr <= self.engine.fuse_max_dr
-        fh, T, bsum = self._history_terms(Z, 1 if fuse else 0)
+        fuse = self._first_mode() == 1
+        fh, T, bsum = terms if terms is not None else self._history_terms(Z, 1 if fuse else 0)
         f0, pullback = self.net.f_and_pullback(Z)          # f_0(Z) and c -> J_0(Z)^T c
         loss, chi = self._batch_loss(f0 - self.lr_f * fh, Y)
         if fuse:
@@ -431,8 +438,11 @@ class BottleneckSimulator(_SimulatorBase):
         without changing the state when the loss or the update is not finite.
         """
         idx = self._check_batch(idx)
-        Pb = self._tracked[0].rows(idx)                   # g_t at the batch (a copy)
-        loss, chi, V = self.head_at_batch(Pb, self.Y[idx])  # V = J_t(p_i)^T chi_i
+        if self.engine.history.M:                         # g_t at the batch (a copy) and the first pass
+            Pb, terms = self.engine.batch_pass(self._tracked[0], idx, self._first_mode())
+        else:
+            Pb, terms = self._tracked[0].rows(idx), None
+        loss, chi, V = self.head_at_batch(Pb, self.Y[idx], terms)  # V = J_t(p_i)^T chi_i
         if not np.all(np.isfinite(V)):
             raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
         rate, kw = self._optimiser()

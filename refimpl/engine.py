@@ -22,6 +22,9 @@ A simulator receives an engine *factory* (``engine=``), called once with the arc
                          velocity instead (:meth:`Tracked.descend`, MATH §8.4);
     ``theta(Xq, tracked)``  Theta(Xq, tracked.X) for inputs that are not tracked;
     ``history_pass(Z, mode, chi)``  one pass over the history (below);
+    ``batch_pass(tracked, idx, mode)``  what a step reads first: the batch's embeddings
+                         ``tracked.rows(idx)`` and the history pass at them, ``(Z, (f, T, bsum))``
+                         (an engine with device memory returns both in one copy);
     ``fuse_max_dr``      the step takes f and J^T chi from one mode-1 pass when dr is at most
                          this, else from a mode-0 and a mode-2 pass.
 
@@ -243,6 +246,12 @@ class BottleneckEngine:
     def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
         """target.values -= lr Theta(target.X, source.X[idx]) @ V (with momentum: :meth:`Tracked.descend`)."""
         target.descend(kernels.ntk(target.X, source.X[idx], self.layers_g) @ V, lr, beta, nesterov)
+
+    def batch_pass(self, tracked, idx, mode):
+        """The batch's embeddings Z = tracked.rows(idx) (B, d) and :meth:`history_pass` (Z, mode) (the
+        history must not be empty); returns (Z, (f, T, bsum))."""
+        Z = tracked.rows(idx)
+        return Z, self.history_pass(Z, mode)
 
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum over the whole history for queries Z (q, d); see the module docstring."""
