@@ -148,13 +148,18 @@ def _long_plan(tmp_path, eval_every):
     return str(path)
 
 
-def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path):
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(
+    standin.compiler() is None, reason="needs a host C compiler (gcc)"))])
+def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path, backend, request):
     """A run longer than the budget (started by --partial although its estimate exceeds it) is cut,
-    keeps its folder and checkpoint, and the next session continues it from there: no step is redone."""
+    keeps its folder and checkpoint, and the next session continues it from there: no step is redone.
+    On the cpu and on the gpu backend (the NumPy stand-in): a budget cut, a continue, then the report."""
+    if backend == "gpu":
+        request.getfixturevalue("standin_gpu")
     path, out = _long_plan(tmp_path, eval_every=25), tmp_path / "c"
     reached = []
     for session in range(2):
-        res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", "cpu", "--budget", "15",
+        res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", backend, "--budget", "15",
                        "--gflops", "1e-6", "--partial"])
         assert res.exit_code == 0, res.output
         state = json.loads((out / "campaign.json").read_text())
@@ -170,6 +175,11 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path):
     assert reached[1] > reached[0]
     steps = [int(r["step"]) for r in C.read_csv(out / "long/width-3/metrics.csv")]
     assert steps == sorted(set(steps)) and steps[0] == 0          # continued, not restarted
+    assert state["runs"]["long/width-3"]["backend"] == backend
+    res = _invoke(["campaign", "report", str(out), "--plan", path, "--no-figures"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["conditions"][0]["done"] == 0 and "long" in (out / "report.md").read_text()
     assert not C.is_done(out, state, {"id": "long/width-3", "dir": "long/width-3", "options": {}})
     # without its parked checkpoint the cut run starts again from step 0
     (tmp_path / "c.resume/long/width-3/checkpoint.npz").unlink()
