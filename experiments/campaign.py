@@ -345,6 +345,21 @@ def _drop_parked(out, rel):
             break
 
 
+def checkpoint_every(options, backend):
+    """Steps between a campaign run's checkpoints: every evaluation on the CPU (a paper-scale run there
+    spans sessions: a cut loses at most one interval); on the gpu a quarter of the run, rounded to
+    evaluations: there a run takes a minute or so, while a checkpoint of the history at paper scale is
+    hundreds of MB (width 1000, 80,000 rows: 640 MB), so checkpoints at every evaluation would cost more
+    than the steps, and a lent machine's ``DIR.resume`` rarely outlives the session anyway.  A plan
+    whose options give ``checkpoint_every`` keeps it."""
+    if options.get("checkpoint_every"):
+        return int(options["checkpoint_every"])
+    if backend != "gpu":
+        return None
+    E = int(options.get("eval_every", 50))
+    return max(E, (int(options.get("steps", 600)) // 4) // E * E)
+
+
 def _cut_step(run_dir):
     """The step a cut run continues from: its checkpoint's (:func:`experiments.runfolder.run_state` says
     "resume" and ``metrics.csv`` reached it), else None (nothing to continue: it starts again)."""
@@ -456,7 +471,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
             log(f"campaign: skip {r['id']}: estimate {est:.0f} s > {left:.0f} s left")
             continue
         options = {**r["options"], "backend": backend, "dtype": dtype, "data_dir": data_dir,
-                   "checkpoint_every": None}   # a checkpoint at every evaluation: a cut loses at most one interval
+                   "checkpoint_every": checkpoint_every(r["options"], backend)}
         where = f"from step {step}" if step else "from the start"
         log(f"campaign: run {r['id']} {where} (estimate {est:.0f} s, {left:.0f} s left)")
         status, wall, err = _run_one(options, run_dir, left, resume=bool(step))

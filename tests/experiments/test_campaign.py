@@ -138,11 +138,11 @@ def test_tiny_campaign_budget_cut_continue_and_report(tmp_path, plan_file, stand
     print(f"tiny stand-in campaign: 6 runs, output {size / 1024:.0f} KiB")
 
 
-def _long_plan(tmp_path, eval_every):
+def _long_plan(tmp_path, eval_every, checkpoint_every=None):
     """One run of 100,000 steps: every session's budget cuts it."""
-    plan = dict(TINY_PLAN, widths=[3], seeds=[0], conditions=[
-        {"name": "long", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 100000,
-                                     "eval_every": eval_every, "lr": 1}}])
+    options = {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 100000, "eval_every": eval_every,
+               "lr": 1, **({"checkpoint_every": checkpoint_every} if checkpoint_every else {})}
+    plan = dict(TINY_PLAN, widths=[3], seeds=[0], conditions=[{"name": "long", "options": options}])
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(plan))
     return str(path)
@@ -156,7 +156,8 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path, backend,
     On the cpu and on the gpu backend (the NumPy stand-in): a budget cut, a continue, then the report."""
     if backend == "gpu":
         request.getfixturevalue("standin_gpu")
-    path, out = _long_plan(tmp_path, eval_every=25), tmp_path / "c"
+    # on the gpu a campaign checkpoints every quarter of a run unless the plan says otherwise (here: 25)
+    path, out = _long_plan(tmp_path, eval_every=25, checkpoint_every=25 if backend == "gpu" else None), tmp_path / "c"
     reached = []
     for session in range(2):
         res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", backend, "--budget", "15",
@@ -203,6 +204,15 @@ def test_a_run_that_outlasts_the_budget_before_its_first_checkpoint_is_removed(t
     assert state["sessions"][0]["cut"] == ["long/width-3"] and state["runs"] == {}
     assert not (out / "long" / "width-3").exists()
     assert "1 cut by the budget" in res.output
+
+
+def test_checkpoints_every_evaluation_on_the_cpu_and_every_quarter_on_the_gpu():
+    opts = {"steps": 4000, "eval_every": 100}
+    assert C.checkpoint_every(opts, "cpu") is None and C.checkpoint_every(opts, "numpy") is None
+    assert C.checkpoint_every(opts, "gpu") == 1000
+    assert C.checkpoint_every({"steps": 15000, "eval_every": 100}, "gpu") == 3700
+    assert C.checkpoint_every({"steps": 8, "eval_every": 4}, "gpu") == 4
+    assert C.checkpoint_every({**opts, "checkpoint_every": 300}, "gpu") == 300
 
 
 def test_campaign_bad_input_is_one_line(tmp_path, plan_file):
