@@ -160,7 +160,7 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path, backend,
     path, out = _long_plan(tmp_path, eval_every=25, checkpoint_every=25 if backend == "gpu" else None), tmp_path / "c"
     reached = []
     for session in range(2):
-        res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", backend, "--budget", "15",
+        res = _invoke(["campaign", "--out", str(out), "--plan", path, "--backend", backend, "--budget", "10",
                        "--gflops", "1e-6", "--partial"])
         assert res.exit_code == 0, res.output
         state = json.loads((out / "campaign.json").read_text())
