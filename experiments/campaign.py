@@ -385,7 +385,9 @@ def remaining_flops(options, step):
 
 
 def _write_sweep_records(out, plan, runs, state):
-    """A sweep.json per condition (what experiments.plots reads), statuses from the campaign state."""
+    """A sweep.json per condition (what experiments.plots reads) listing the condition's results: its
+    finished and diverged runs (statuses from the campaign state); a run cut by the budget, still
+    going, or stopped by an error is left out until it finishes."""
     from .sweep import new_sweep_record
     from .train import TrainConfig
     for c in plan["conditions"]:
@@ -395,10 +397,15 @@ def _write_sweep_records(out, plan, runs, state):
         base = TrainConfig(**{**plan.get("defaults", {}), **c["options"], "width": mine[0]["width"], "seed": 0})
         base.validate()
         rec = new_sweep_record(base, c.get("widths", plan["widths"]), c.get("seeds", plan["seeds"]))
+        kept = []
         for r in rec["runs"]:
             st = state["runs"].get(f"{c['name']}/{r['dir']}", {})
-            r["status"] = {"done": "done", "diverged": "failed", "error": "failed"}.get(st.get("status"), "pending")
+            if st.get("status") not in ("done", "diverged"):
+                continue                    # results only: a run cut, still going or stopped by an error is not one
+            r["status"] = {"done": "done", "diverged": "failed"}[st["status"]]
             r["error"] = st.get("error")
+            kept.append(r)
+        rec["runs"] = kept
         atomic_write_text(Path(out) / c["name"] / "sweep.json", json.dumps(rec, indent=2) + "\n")
 
 
@@ -546,6 +553,7 @@ def report(out, plan_path=None, log=print, figures=True):
     plan = load_plan(plan_path)
     state = read_state(out, plan)
     runs = planned_runs(plan)
+    _write_sweep_records(out, plan, runs, state)      # the tables and figures read the finished runs only
     vd = plan["verdict"]
     conds = []
     lines = [f"# Campaign report: {plan.get('name', '')}", "",

@@ -181,6 +181,9 @@ def test_a_cut_run_continues_from_its_checkpoint_next_session(tmp_path, backend,
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "report.json").read_text())
     assert rep["conditions"][0]["done"] == 0 and "long" in (out / "report.md").read_text()
+    # the cut run is not a result: the condition's tables and figures leave it out
+    assert json.loads((out / "long" / "sweep.json").read_text())["runs"] == []
+    assert rep["conditions"][0]["verdict"] is None and not (out / "long" / "tables.md").exists()
     assert not C.is_done(out, state, {"id": "long/width-3", "dir": "long/width-3", "options": {}})
     # without its parked checkpoint the cut run starts again from step 0
     (tmp_path / "c.resume/long/width-3/checkpoint.npz").unlink()
