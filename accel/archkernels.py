@@ -152,15 +152,6 @@ def composed_increment(xp, X, nx, Xh, Y, ny, Yh, chi, spec_g, spec_f, lr_f, lr_g
                                                                      lr_g, xp=xp)[1])
 
 
-def composed_from_geometry(xp, nx, ny, theta, spec_g, spec_f, m, lr_f, lr_g):
-    """NTK_inf (p, q) of g and f without bottleneck (MATH §5, §2.2) from the norms nx (p,), ny (q,) and
-    angles theta (p, q) of the inputs (dimension m), on ``xp``: the composed layer recursion (its inputs,
-    the half-angles, taken from theta)."""
-    hu, hv = xp.sin(0.5 * theta), xp.cos(0.5 * theta)
-    lam = (hv - hu) * (hv + hu)
-    return rk.composed_terms(nx[:, None], ny[None, :], hu, hv, lam, spec_g, spec_f, m, lr_f, lr_g, xp=xp)[1]
-
-
 def history_pass(device, Z, P, C, mode, chi, spec):
     """The history pass of :mod:`accel._simbase` for the head architecture ``spec``.
 

@@ -56,7 +56,7 @@ from numba.core import cgutils  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 from refimpl.engine import Tracked
-from refimpl.kernels import unit_rows
+from refimpl.kernels import composed_terms, unit_rows
 
 from . import archkernels, blas_threads, formulas, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine
@@ -719,7 +719,7 @@ def _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots):
 @njit(cache=True)
 def _source_rows(mu, Y, ny):
     """What the source rows Y (B, d0) contribute to every target row of :func:`_theta_rows` and
-    :func:`_inf_rows`: Y^T (contiguous), mu . Y_b (the shift of the stored sparse rows) and 1/|Y_b|."""
+    :func:`_halves_rows` and :func:`_inf_rows`: Y^T (contiguous), mu . Y_b (the shift of the stored sparse rows) and 1/|Y_b|."""
     B, d0 = Y.shape
     YT = np.ascontiguousarray(Y.T)
     muY = np.zeros(B)
@@ -837,16 +837,27 @@ def _relu_ntk_inf_pair(nx, ny, hu, hv, lam, m, wg, wf, lr_f, lr_g):
 
 
 @njit(parallel=True, cache=True, **_FAST_PAIR)
-def _inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, chi, out, angles):
-    """For every target row i against the batch rows Y (MATH §5, §2.1), from the dot products of
-    :func:`_sparse_dots` (stored norms and nonzero pattern, as :func:`_theta_rows`) and the half-angles
-    of :func:`_row_halves`:
+def _halves_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, hu, hv, lam):
+    """hu, hv, lam (n, B): the half-angles and cosine of every target row i against the batch rows Y
+    (MATH §2.1), from the dot products of :func:`_sparse_dots` (stored norms and nonzero pattern, as
+    :func:`_theta_rows`) by :func:`_row_halves`."""
+    n, d0 = X.shape
+    B = Y.shape[0]
+    YT, muY, rny = _source_rows(mu, Y, ny)
+    ntasks = (n + THETA_ROWS - 1) // THETA_ROWS
+    for task in prange(ntasks):
+        dots = np.empty(B)
+        xh = np.empty(d0)
+        for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
+            _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
+            _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu[i], hv[i], lam[i])
 
-    * ``angles`` false: out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for ReLU halves without biases (weight
-      stds wg, wf; :func:`_relu_ntk_inf_pair`), in one pass with no (n, B) kernel matrix;
-    * ``angles`` true: out[i, b] = the angle between X_i and Y_b (other architectures take the composed
-      recursion on it; m, wg, wf, lr_f, lr_g and chi unused).
-    """
+
+@njit(parallel=True, cache=True, **_FAST_PAIR)
+def _inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, chi, out):
+    """out[i] = sum_b NTK_inf(X_i, Y_b) chi[b] for every target row i (MATH §5): ReLU halves without biases
+    (weight stds wg, wf).  One pass, no (n, B) kernel matrix: the dot products of :func:`_sparse_dots`,
+    the half-angles of :func:`_row_halves`, then :func:`_relu_ntk_inf_pair`."""
     n, d0 = X.shape
     B = Y.shape[0]
     dr = chi.shape[1]
@@ -860,10 +871,6 @@ def _inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, c
         for i in range(task * THETA_ROWS, min(n, (task + 1) * THETA_ROWS)):
             _sparse_dots(nz_ptr, nz_idx, nz_val, i, YT, muY, dots)
             _row_halves(X, i, nx[i], dots, Y, ny, rny, xh, hu, hv, lam)
-            if angles:
-                for b in range(B):
-                    out[i, b] = _angle(lam[b], hu[b], hv[b])
-                continue
             for r in range(dr):
                 acc[r] = 0.0
             for b in range(B):
@@ -872,9 +879,6 @@ def _inf_rows(X, nx, mu, nz_ptr, nz_idx, nz_val, Y, ny, m, wg, wf, lr_f, lr_g, c
                     acc[r] += k_ib * chi[b, r]
             for r in range(dr):
                 out[i, r] = acc[r]
-
-
-_NO_CHI = np.zeros((1, 1))
 
 
 class TrackedInputs(Tracked):
@@ -935,8 +939,8 @@ class InfiniteEngine(AccelInfiniteEngine):
     NTK_inf against tracked inputs comes from the norms and nonzero pattern stored once per tracked
     set.  ReLU halves without biases (any depth and weight stds): one Numba pass,
     :func:`_inf_rows`, forms each pair's kernel and contracts it with chi at once.  Other
-    architectures: the composed layer recursion (:func:`accel.archkernels.composed_from_geometry`)
-    on the angles of :func:`_inf_rows`.  Other queries use the kernel functions.
+    architectures: the composed layer recursion (:func:`refimpl.kernels.composed_terms`) on the
+    half-angles of :func:`_halves_rows`.  Other queries use the kernel functions.
     """
 
     def __init__(self, layers_g, layers_f, lr_f, lr_g):
@@ -957,36 +961,25 @@ class InfiniteEngine(AccelInfiniteEngine):
         if not self.stored_route:
             with blas_threads.limit(1):
                 return super().update_tracked(target, source, idx, chi, rate, beta, nesterov)
-        plain = rate == 1.0 and beta == 0.0 and target.velocity is None
         X, Y = target.X, np.ascontiguousarray(source.X[idx])
         nx, ny = target.norms, source.norms[idx]
+        chi = np.ascontiguousarray(chi, dtype=np.float64)
+        inc = np.empty((X.shape[0], chi.shape[1]))
         if self.fused_relu:
-            inc = np.empty((X.shape[0], chi.shape[1]))
             with _threads(inc.shape[0] * Y.shape[0]):
                 _inf_rows(X, nx, target.shift, target.nz_ptr, target.nz_idx, target.nz_val, Y, ny,
-                          float(X.shape[1]), self._stds[0], self._stds[1], float(self.lr_f), float(self.lr_g),
-                          np.ascontiguousarray(chi, dtype=np.float64), inc, False)
-            if plain:
-                target.values -= inc
-            else:
-                target.descend(inc, rate, beta, nesterov)
-            return
-        inc = None if plain else np.empty_like(target.values)
-        step = max(1, archkernels.MAX_PAIRS // max(1, Y.shape[0]))
-        theta = np.empty((min(step, X.shape[0]), Y.shape[0]))
-        with blas_threads.limit(1):
-            for r in range(0, X.shape[0], step):
-                rows = slice(r, min(X.shape[0], r + step))
-                th = theta[:rows.stop - rows.start]
-                with _threads(th.size):
-                    _inf_rows(X[rows], nx[rows], target.shift, target.nz_ptr[rows.start:rows.stop + 1],
-                              target.nz_idx, target.nz_val, Y, ny, 1.0, self._stds[0], self._stds[1], 1.0, 1.0,
-                              _NO_CHI, th, True)
-                ntk = archkernels.composed_from_geometry(np, nx[rows], ny, th, self.layers_g, self.layers_f,
-                                                         X.shape[1], self.lr_f, self.lr_g)
-                if plain:
-                    target.values[rows] -= ntk @ chi
-                else:
+                          float(X.shape[1]), self._stds[0], self._stds[1], float(self.lr_f), float(self.lr_g), chi,
+                          inc)
+        else:
+            step = max(1, archkernels.MAX_PAIRS // max(1, Y.shape[0]))
+            with blas_threads.limit(1):
+                for r in range(0, X.shape[0], step):
+                    rows = slice(r, min(X.shape[0], r + step))
+                    hu, hv, lam = (np.empty((rows.stop - rows.start, Y.shape[0])) for _ in range(3))
+                    with _threads(hu.size):
+                        _halves_rows(X[rows], nx[rows], target.shift, target.nz_ptr[rows.start:rows.stop + 1],
+                                     target.nz_idx, target.nz_val, Y, ny, hu, hv, lam)
+                    ntk = composed_terms(nx[rows][:, None], ny[None, :], hu, hv, lam, self.layers_g,
+                                         self.layers_f, X.shape[1], self.lr_f, self.lr_g)[1]
                     inc[rows] = ntk @ chi
-        if not plain:
-            target.descend(inc, rate, beta, nesterov)
+        target.descend(inc, rate, beta, nesterov)

@@ -160,7 +160,7 @@ class XPEngine:
             if chi is not None:
                 raise ValueError("chi: expected None with queries on the device (mode 0 or 1)")
             fx = archkernels.full_module(xp)
-            Zw = fx.ascontiguousarray(Z).ravel()
+            Zw = Zflat = fx.ascontiguousarray(Z).ravel()
             zn = fx.sqrt(fx.sum(Z * Z, axis=1))
             Zh = (Z / fx.where(zn > 0.0, zn, 1.0)[:, None]).ravel()
             chi_d = fx.zeros(q * dr)
@@ -191,7 +191,7 @@ class XPEngine:
                     (part, i64(gx), i64(stride), i64(gy), out))
             outs.append(out)
         if device_queries:
-            outs.append(Zw if wdt == np.float64 else archkernels.full_module(xp).ascontiguousarray(Z).ravel())
+            outs.append(Zflat)
         host = self.to_host(outs[0] if len(outs) == 1 else xp.concatenate(outs))   # one copy back
         # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
         self.last_launches = {"kernels": 2 * len(pl["chunks"]) + int(wdt != np.float64) + int(len(outs) > 1)

@@ -382,7 +382,7 @@ INF_ARCHS = {"relu": lambda: (rk.Layers.make("relu"), rk.Layers.make("relu")),
 def test_infinite_tracked_update_matches_ntk_inf(data, arch, monkeypatch):
     """cpu InfiniteEngine: NTK_inf against tracked inputs from the stored norms and nonzero pattern
     equals refimpl's ntk_inf, with zero rows, parallel and nearly (anti-)parallel pairs.  ReLU without
-    biases (any depth, scales): the one-pass kernel; others: angles by _inf_rows, then the composed
+    biases (any depth, scales): the one-pass kernel; others: half-angles by _halves_rows, then the composed
     recursion, where blocks of rows (MAX_PAIRS) change nothing."""
     from accel import archkernels
     rng = np.random.default_rng(12)
