@@ -34,17 +34,18 @@ beta) is accumulated in a float64 twin of the owning thread's accumulators, so t
 (each output belongs to one thread of one block).
 
 Outputs per block are at most ``BD_NACC * blockDim.x`` f / beta-sum entries and
-``BD_NTASK * blockDim.x`` T tasks; :func:`plan` picks the query tile and,
-for wide outputs (dr up to 784, the MNIST autoencoder), splits the columns of C into chunks
-(r0, nr) launched one after the other.  Each chunk streams P once more, but every element of
-C is read once per query tile and never per query.  Mode 2 needs C_m . chi_b, so it keeps the
-whole row of C in the shared tile and takes smaller tiles when dr is large.  Where even a
-one-row tile does not fit in 48 KiB of shared memory beside the query tile (the query tile is not
-shrunk: in float64 from d = 184 when evaluating many queries, d = 292 for a batch of 20 in mode 0,
-d = 513 in modes 1-2; twice that in float32), or one query
-group's T tasks exceed a block (modes 1-2 with d > ``NTASK * MAX_THREADS`` = 512), or mode 1
-needs more than ``MAX_CHUNKS_MODE1`` column chunks (a Jacobian at dr = 784), :func:`plan`
-returns None and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`).
+``BD_NTASK * blockDim.x`` T tasks; :func:`plan` picks the query tile and the launches ("chunks",
+(r0, nr, k0, nk)): for wide outputs (dr up to 784, the MNIST autoencoder) the columns of C are split
+(r0, nr), and for wide bottlenecks (d above 512 / query groups) the columns of T (k0, nk); each
+launch streams P once more (the dot products need whole rows), but every element of C is read once
+per query tile and launch and never per query.  Mode 2 needs C_m . chi_b, so it keeps the whole row
+of C in the shared tile.  The query tile shrinks (down to one query) until the tile fits beside it,
+first in the default 48 KiB of shared memory per block, else in the device's opt-in maximum (227 KiB
+on sm_90: the launch raises the kernel's limit through the driver API).  So every shape of the
+campaign (d up to 1000, dr = 10, batches of 20 and 10,000 test queries) runs fused.  :func:`plan`
+returns None, and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`), only where a one-row
+tile with one query does not fit in the opt-in maximum (a row of C above ~200 KiB in mode 2, d above
+~14,000 in float64) or mode 1 needs more than ``MAX_CHUNKS_MODE1`` launches (a Jacobian at dr = 784).
 
 The source is written once; ``TARGET_MACROS`` says what the kernel-level macros mean on
 a GPU ("cuda", NVRTC via ``cupy.RawModule``) and in the CPU execution harness ("sim",
@@ -61,9 +62,10 @@ from . import pair_source
 #: Per thread, kept in registers across the whole pass: NACC[mode] f or beta-sum outputs, and
 #: NTASK tasks of QB T outputs (one column k of T for QB queries: each row element read from shared
 #: memory serves QB multiply-adds; likewise in the dot products, QB queries per row).  Modes 1 and 2
-#: have few f / beta-sum outputs and need the registers for T: 2 there keeps them within 128
-#: registers (2 blocks per SM) without spills.
-NACC = {0: 8, 1: 2, 2: 2}
+#: have few f / beta-sum outputs and need the registers for T: 2 (mode 1) and 1 (mode 2: only the
+#: query tile's beta sums, at most MAX_QT) keep them within 128 registers (2 blocks per SM) without
+#: spills.
+NACC = {0: 8, 1: 2, 2: 1}
 NTASK = 2
 QB = 8
 #: Threads per block: at most this many (a power of two, at least MIN_THREADS).
@@ -73,10 +75,16 @@ MIN_THREADS = 64
 MAX_QT = 32
 #: History rows per tile, at most.
 MAX_TILE = 64
-#: Shared memory per block, at most (the default limit of a CUDA block without opt-in).
+#: Shared memory per block without opt-in (the default limit of a CUDA kernel); more needs the kernel
+#: attribute raised before the launch, up to the device's opt-in maximum.
 SHARED_BYTES = 48 * 1024
-#: Mode 1 (T for every column of C) with more column chunks than this falls back to the unfused
-#: pass: each chunk streams P again, and one query group's T tasks cover d columns per chunk.
+#: The opt-in maximum of sm_90 (H100, H200: 227 KiB per block), used by :func:`pass_counts` and the
+#: stand-in (sm_80: 163 KiB).
+SHARED_OPTIN_SM90 = 227 * 1024
+#: History rows per tile, at least, before a smaller query tile or the opt-in limit is tried.
+MIN_TILE = 8
+#: Mode 1 (T for every column of C) with more launches (column chunks of C x of T) than this falls back to
+#: the unfused pass: each launch streams P again.
 MAX_CHUNKS_MODE1 = 8
 #: Kernel names in the module.
 HISTORY_KERNEL = "bd_fused_history"
@@ -112,19 +120,21 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     const T *__restrict__ Zw, const double *__restrict__ zn, const double *__restrict__ Zh,
     const double *__restrict__ chi,
     const long long M_, const long long q_, const long long d_, const long long dr_,
-    const long long r0_, const long long nr_, const long long qt_, const long long tile_,
+    const long long r0_, const long long nr_, const long long k0_, const long long nk_,
+    const long long qt_, const long long tile_,
     const long long stride_, const double m, const double par, double *__restrict__ part)
 {
     BD_DYNAMIC_SHARED(bd_smem);
     const bd_idx M = (bd_idx)M_, q = (bd_idx)q_, d = (bd_idx)d_, dr = (bd_idx)dr_;
     const bd_idx r0 = (bd_idx)r0_, nr = (bd_idx)nr_, qt = (bd_idx)qt_, tile = (bd_idx)tile_;
+    const bd_idx k0 = (bd_idx)k0_, nk = (bd_idx)nk_;      /* the columns k0 .. k0 + nk - 1 of T */
     const bd_idx tid = (bd_idx)threadIdx.x, nthr = (bd_idx)blockDim.x;
     const bd_idx b0 = (bd_idx)blockIdx.y * qt;
     const bd_idx nq = (q - b0 < qt) ? q - b0 : qt;
     const bd_idx ncs = (BD_MODE == 2) ? dr : nr;          /* columns of C kept per row */
     const bd_idx RR = (BD_MODE == 1) ? nr : (BD_MODE == 2 ? 1 : 0);
     const bd_idx NF = (BD_MODE == 2) ? 0 : nq * nr;
-    const bd_idx NTT = RR * nq * d;
+    const bd_idx NTT = RR * nq * nk;
     const bd_idx npair = qt * tile;
     const bd_idx dp = d | 1;        /* odd row stride in shared memory: no bank conflicts across rows */
 
@@ -250,8 +260,8 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #pragma unroll
         for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b */
             const bd_idx tk = tid + (bd_idx)a * nthr;
-            if (BD_MODE != 0 && tk < RR * ngq * d) {
-                const bd_idx k = tk % d, rest = tk / d, g = rest % ngq, r = rest / ngq;
+            if (BD_MODE != 0 && tk < RR * ngq * nk) {
+                const bd_idx kk = tk % nk, rest = tk / nk, g = rest % ngq, r = rest / ngq, k = k0 + kk;
                 bd_idx coff[BD_QB];
                 T s[BD_QB];
 #pragma unroll
@@ -294,12 +304,12 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #pragma unroll
     for (int a = 0; a < BD_NTASK; ++a) {
         const bd_idx tk = tid + (bd_idx)a * nthr;
-        if (BD_MODE != 0 && tk < RR * ngq * d) {
-            const bd_idx k = tk % d, rest = tk / d, g = rest % ngq, r = rest / ngq;
+        if (BD_MODE != 0 && tk < RR * ngq * nk) {
+            const bd_idx kk = tk % nk, rest = tk / nk, g = rest % ngq, r = rest / ngq;
 #pragma unroll
             for (int u = 0; u < BD_QB; ++u) {
                 const bd_idx b = g * BD_QB + u;
-                if (b < nq) mine[NF + r * (nq * d) + b * d + k] = (double)accT[a][u] + acc64[a][u];
+                if (b < nq) mine[NF + r * (nq * nk) + b * nk + kk] = (double)accT[a][u] + acc64[a][u];
             }
         }
     }
@@ -422,49 +432,93 @@ def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile):
     return 8 * n64 + itemsize * nT + 8
 
 
-def plan(q, M, d, dr, mode, dtype, arch):
-    """Launch plan of the fused pass, or None where a one-row tile would not fit.
+def query_tiles(q):
+    """Candidate queries per tile, largest first: min(MAX_QT, q), the multiples of QB below it, then
+    QB / 2, ..., 1 (a tile of fewer than QB queries leaves lanes of a query group idle)."""
+    top = min(MAX_QT, q)
+    cands = [top] + [g * QB for g in range(top // QB, 0, -1)] + [QB >> s for s in range(1, QB.bit_length())]
+    return sorted({c for c in cands if 1 <= c <= top}, reverse=True)
 
-    Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr) column chunks of C;
-    one (0, dr) chunk unless the query tile's f outputs exceed ``NACC[mode] * MAX_THREADS`` or its T
-    tasks ``NTASK * MAX_THREADS``),
-    ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
-    ``stride`` (outputs per block, the row length of the partial buffer), ``index_bits``.
-    """
-    itemsize = np.dtype(dtype).itemsize
-    exact = exact_near(arch, dtype, mode)
-    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS     # f / beta-sum outputs, T tasks
-    qt = min(MAX_QT, q)
-    if mode != 0:
-        groups = cap_t // d                                     # query groups of QB per T column
-        if groups < 1:
-            return None
-        qt = min(qt, groups * QB)
+
+def chunking(qt, d, dr, mode):
+    """(nr, nk) of one launch for query tiles of ``qt``: columns of C (f, and T in mode 1) and columns of T
+    per launch, so that a block holds the f / beta-sum outputs (``NACC[mode] * MAX_THREADS``) and the T tasks
+    (``NTASK * MAX_THREADS``, a task being one column of T for QB queries); None where not even one column
+    fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need the whole row)."""
+    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS
     ngq = -(-qt // QB)
     if mode == 0:
         nr = min(dr, cap_g // qt)
-    elif mode == 1:
+        return (nr, d) if nr >= 1 else None
+    if mode == 2:
+        nk = min(d, cap_t // ngq)
+        return (dr, nk) if nk >= 1 and qt <= cap_g else None
+    if ngq * d <= cap_t:                                 # mode 1: whole rows of T, columns of C in chunks
         nr = min(dr, cap_t // (ngq * d), cap_g // (2 * qt))
-    else:
-        nr = dr
-    chunks = [(r0, min(nr, dr - r0)) for r0 in range(0, dr, nr)] if mode != 2 else [(0, dr)]
-    if mode == 1 and len(chunks) > MAX_CHUNKS_MODE1:
-        return None            # e.g. a Jacobian at dr = 784: the GEMM pass streams P far fewer times
-    fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
-    per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
-    tile = min(MAX_TILE, M, (SHARED_BYTES - fixed) // per_row) if SHARED_BYTES > fixed else 0
-    if tile < 1:
+        return (nr, d) if nr >= 1 else None
+    nk = cap_t // ngq                                    # one column of C, T in column chunks
+    return (1, nk) if nk >= 1 and 2 * qt <= cap_g else None
+
+
+def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
+    """Launch plan of the fused pass, or None where no tile fits.
+
+    The query tile ``qt`` and the launches ("chunks") are chosen for the least work per history row:
+    the fewest query groups of QB worked over all query tiles and launches (a group of fewer than QB
+    queries costs as much as a full one), then the default 48 KiB of shared memory over
+    ``shared_limit`` (the device's opt-in maximum per block, e.g. 227 KiB on sm_90: fewer blocks per
+    multiprocessor; the launch raises the kernel's limit, :meth:`accel.xpcore.XPEngine.allow_shared`),
+    then the fewest streams of the history (query tiles x chunks), then the largest tile; tiles have
+    at least ``MIN_TILE`` rows (or all of M) where any query tile allows it, else at least one.
+
+    Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr, k0, nk): the columns
+    r0 .. r0 + nr - 1 of C and k0 .. k0 + nk - 1 of T of one launch; one (0, dr, 0, d) chunk unless
+    the query tile's outputs exceed a block's, :func:`chunking`), ``kchunks`` (launches per column chunk
+    of C), ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
+    ``strides`` (outputs per block of each chunk: the row length of its partial buffer), ``index_bits``.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    exact = exact_near(arch, dtype, mode)
+    best = None
+    optin = max(SHARED_BYTES, int(shared_limit))
+    for min_tile in (min(MIN_TILE, M), 1):
+        for qt in query_tiles(q):
+            ch = chunking(qt, d, dr, mode)
+            if ch is None:
+                continue
+            nr, nk = ch
+            nch = -(-dr // nr) * -(-d // nk)
+            if mode == 1 and nch > MAX_CHUNKS_MODE1:
+                continue       # e.g. a Jacobian at dr = 784: the GEMM pass streams P far fewer times
+            fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
+            per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
+            for limit in (SHARED_BYTES, optin):
+                tile = min(MAX_TILE, M, (limit - fixed) // per_row) if limit > fixed else 0
+                if tile >= min_tile:
+                    break
+            if tile < min_tile:
+                continue
+            groups = nch * ((q // qt) * -(-qt // QB) + -(-(q % qt) // QB))
+            cost = (groups, limit > SHARED_BYTES, -(-q // qt) * nch, -tile)
+            if best is None or cost < best[0]:
+                best = (cost, qt, nr, nk, int(tile))
+        if best is not None:
+            break
+    if best is None:
         return None
-    stride = qt * outputs_per_query(mode, d, nr)
+    _, qt, nr, nk, tile = best
+    chunks = [(r0, min(nr, dr - r0), k0, min(nk, d - k0)) for r0 in range(0, dr, nr) for k0 in range(0, d, nk)]
+    strides = [qt * outputs_per_query(mode, ck, cr) for _, cr, _, ck in chunks]
     rr = {0: 0, 1: nr, 2: 1}[mode]
-    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * d
+    ngq = -(-qt // QB)
+    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * nk
     threads = MIN_THREADS
     while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks):
         threads *= 2
     nqt = -(-q // qt)
-    biggest = max(M * max(d, dr), q * max(d, dr), stride * nqt * 1024, qt * tile)
-    return dict(qt=qt, chunks=chunks, tile=int(tile), threads=threads,
-                shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile), stride=stride,
+    biggest = max(M * max(d, dr), q * max(d, dr), max(strides) * nqt * 1024, qt * tile)
+    return dict(qt=qt, chunks=chunks, kchunks=-(-d // nk), tile=tile, threads=threads,
+                shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile), strides=strides,
                 index_bits=32 if biggest < 2**31 else 64)
 
 
@@ -476,7 +530,7 @@ def grid(pl, q, M, multiprocessors):
     return max(1, min(ntiles, 1024, -(-4 * multiprocessors // gy))), gy
 
 
-def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132):
+def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limit=SHARED_OPTIN_SM90):
     """Global-memory traffic and launches of one fused pass, from :func:`plan` and :func:`grid`.
 
     Returns a dict: ``bytes`` (total), ``parts`` ({what: bytes}: history rows P, norms pn and C as
@@ -487,8 +541,9 @@ def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132):
     concatenation of column chunks), ``h2d`` and ``d2h`` (host copies: one each way),
     ``plan`` and ``grid``.  Not counted: the rows of nearly parallel pairs' explicit differences
     (read from the shared tile) and the unit query rows Zh read for them (a few KB, cached).
+    Defaults: an H100 SXM (132 multiprocessors, 227 KiB of opt-in shared memory per block).
     """
-    pl = plan(q, M, d, dr, mode, dtype, arch)
+    pl = plan(q, M, d, dr, mode, dtype, arch, shared_limit)
     if pl is None:
         return None
     it = np.dtype(dtype).itemsize
@@ -497,10 +552,10 @@ def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132):
     parts = {
         "P": len(chunks) * gy * M * d * it,
         "pn": len(chunks) * gy * M * 8,
-        "C": gy * M * dr * it,
-        "queries": (q * d * it + q * 8) * gx * len(chunks) + (q * dr * 8 * gx if mode == 2 else 0),
-        "partials": 2 * len(chunks) * gx * gy * pl["stride"] * 8,
-        "output": len(chunks) * gy * pl["stride"] * 8,
+        "C": pl["kchunks"] * gy * M * dr * it,
+        "queries": (q * d * it + q * 8) * gx * len(chunks) + (q * dr * 8 * gx * len(chunks) if mode == 2 else 0),
+        "partials": 2 * gx * gy * sum(pl["strides"]) * 8,
+        "output": gy * sum(pl["strides"]) * 8,
     }
     kernels = 2 * len(chunks) + (np.dtype(dtype) != np.float64) + (len(chunks) > 1)
     return dict(bytes=sum(parts.values()), parts=parts, kernels=int(kernels), h2d=1, d2h=1, plan=pl,

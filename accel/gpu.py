@@ -285,7 +285,7 @@ class BottleneckEngine(AccelBottleneckEngine):
         h = self.history
         pl = None
         if self.head.kind is not None and h.M:
-            pl = fused_source.plan(len(idx), h.M, self.d, self.dr, mode, h.P_dev.dtype, self.head.kind)
+            pl = self.device.plan(len(idx), h.M, self.d, self.dr, mode, h.P_dev.dtype, self.head.kind)
         if pl is None:
             return super().batch_pass(tracked, idx, mode)
         Zd = tracked.values_dev[self.xp.asarray(idx)]

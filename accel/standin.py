@@ -272,6 +272,8 @@ class RawModule:
         self.options = tuple(options)
         self._names = set(cudasim.kernel_signatures(code))
         self._kernels = {}
+        #: Each kernel's dynamic shared memory limit (CUDA's default until raised through the driver API).
+        self.shared_limit = {name: DEFAULT_SHARED_LIMIT for name in self._names}
 
     def get_function(self, name):
         if name not in self._names:
@@ -279,21 +281,62 @@ class RawModule:
         return _ModuleFunction(self, name)
 
 
+#: The dynamic shared memory a CUDA kernel may use per block until its attribute is raised, and the most
+#: the stand-in device allows then (sm_90's opt-in maximum, 227 KiB).
+DEFAULT_SHARED_LIMIT = 48 * 1024
+OPTIN_SHARED_LIMIT = 227 * 1024
+
+
 class _ModuleFunction:
     """One kernel of a :class:`RawModule`, called like ``cupy.RawKernel``; compiled on first call
-    (again when :data:`CFLAGS` change, e.g. to FMA contraction)."""
+    (again when :data:`CFLAGS` change, e.g. to FMA contraction).  A launch with more dynamic shared
+    memory than the kernel's limit fails as on a GPU (CUDA_ERROR_INVALID_VALUE)."""
 
     def __init__(self, module, name):
         self.module = module
         self.name = name
+        self.ptr = _DriverAPI.handle(module, name)      # the CUfunction handle of cupy's Function
 
     def __call__(self, grid, block, args, shared_mem=0):
         from . import cudasim
+        limit = self.module.shared_limit[self.name]
+        if int(shared_mem) > limit:
+            raise cudasim.HarnessError(
+                f"{self.name}: launch with {int(shared_mem)} bytes of dynamic shared memory above the "
+                f"kernel's limit of {limit} (CUDA_ERROR_INVALID_VALUE: raise "
+                f"CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first)")
         flags = cxx_flags()
         kernels = self.module._kernels
         if flags not in kernels:
             kernels[flags] = cudasim.load(self.module.code, lambda src, name: compile_shared(src, name, cxx=True))
         kernels[flags][self.name](grid, block, args, shared_mem=shared_mem)
+
+
+class _DriverAPI:
+    """What the backend uses of CUDA's driver API (``cupy_backends.cuda.api.driver``) on the stand-in:
+    ``funcSetAttribute`` of a kernel's dynamic shared memory limit, checked as the driver checks it."""
+
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+    _handles = {}
+
+    @classmethod
+    def handle(cls, module, name):
+        key = (id(module), name)
+        if key not in cls._handles:
+            cls._handles[key] = (len(cls._handles) + 1, module)
+        return cls._handles[key][0]
+
+    def funcSetAttribute(self, ptr, attrib, value):
+        if attrib != self.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES:
+            raise ValueError(f"attrib: the stand-in sets only the dynamic shared memory limit (8), got {attrib!r}")
+        found = [(k, m) for k, (h, m) in self._handles.items() if h == ptr]
+        if not found:
+            raise ValueError(f"ptr: no kernel has the handle {ptr!r}")
+        if not isinstance(value, int) or not 0 <= value <= OPTIN_SHARED_LIMIT:
+            raise ValueError(f"CUDA_ERROR_INVALID_VALUE: dynamic shared memory limit {value!r} above the "
+                             f"device's {OPTIN_SHARED_LIMIT}")
+        (_, name), module = found[0]
+        module.shared_limit[name] = value
 
 
 class _MemoryPool:
@@ -342,7 +385,10 @@ class NumpyDevice:
     def __init__(self):
         self._pool = _MemoryPool()
         device = types.SimpleNamespace(synchronize=lambda: None, id=0,
-                                       attributes={"MultiProcessorCount": 1})
+                                       attributes={"MultiProcessorCount": 1,
+                                                   "MaxSharedMemoryPerBlockOptin": OPTIN_SHARED_LIMIT})
+        #: cupy_backends.cuda.api.driver's part that the backend uses (accel.xpcore.XPEngine.driver)
+        self.driver_api = _DriverAPI()
         self.cuda = types.SimpleNamespace(
             Device=lambda *a: device,
             runtime=types.SimpleNamespace(memGetInfo=lambda: (self.memory_bytes, self.memory_bytes),

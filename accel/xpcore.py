@@ -6,13 +6,13 @@ forms the dot products with the queries, the pair terms (K, alpha, beta; nearly 
 from explicit differences, MATH §2.1) and accumulates f, the Xi contraction T and the beta sums
 in registers; per-block partials go to a small buffer that ``bd_fused_reduce`` sums.  Per pass:
 one host-to-device copy (the queries, their norms, unit rows and chi packed in one buffer), two
-kernels per column chunk of C (one chunk unless dr is large), one device-to-host copy.  No
+kernels per launch (one unless dr or d is large: columns of C or of T in chunks), one device-to-host copy.  No
 (q, M) pair matrix is stored.
 
-Where the fused kernel's shared-memory tile would not hold one history row beside its query tile
-(float64: d >= 184 when evaluating many queries, d >= 292 for a batch of 20; twice that in
-float32; :func:`accel.fused_source.plan` returns None) the pass falls back to the unfused
-form (:meth:`XPEngine.gemm_history_pass`): per block of the history a GEMM G = Z P^T, one
+Where the fused kernel's tile would not hold one history row and one query even in the device's
+opt-in shared memory, or a Jacobian needs too many launches (:func:`accel.fused_source.plan` returns
+None; no shape of the campaign) the pass falls back to the unfused form
+(:meth:`XPEngine.gemm_history_pass`): per block of the history a GEMM G = Z P^T, one
 elementwise kernel (:mod:`accel.pair_source`) writing K and the Xi weights, and GEMMs for f
 and T, in as few blocks as the free device memory allows (:meth:`XPEngine.block_shape`).
 
@@ -121,7 +121,7 @@ class XPEngine:
         """
         q, d = Z.shape
         M, dr = C.shape
-        pl = fused_source.plan(q, M, d, dr, mode, P.dtype, arch) if M and q else None
+        pl = self.plan(q, M, d, dr, mode, P.dtype, arch) if M and q else None
         if pl is None:
             return self.gemm_history_pass(Z, P, pn, C, mode, chi, arch, m, par)
         return self.fused_history_pass(Z, P, pn, C, mode, chi, arch, m, par, pl)
@@ -134,6 +134,32 @@ class XPEngine:
             self._modules[key] = self.xp.RawModule(code=fused_source.source(*key, target=target),
                                                    options=fused_source.NVRTC_OPTIONS)
         return self._modules[key]
+
+    def plan(self, q, M, d, dr, mode, dtype, arch):
+        """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block."""
+        return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin())
+
+    def shared_optin(self):
+        """Shared memory a block may use once its kernel's limit is raised (the device attribute
+        MaxSharedMemoryPerBlockOptin; the default 48 KiB where it cannot be read)."""
+        try:
+            return int(self.xp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
+        except (AttributeError, KeyError, TypeError):
+            return fused_source.SHARED_BYTES
+
+    def driver(self):
+        """The CUDA driver API module: CuPy's, or the stand-in's (which keeps each kernel's limit)."""
+        drv = getattr(self.xp, "driver_api", None)
+        if drv is None:
+            from cupy_backends.cuda.api import driver as drv
+        return drv
+
+    def allow_shared(self, fn, nbytes):
+        """Raise kernel ``fn``'s dynamic shared memory limit to ``nbytes`` where that is above the default
+        48 KiB (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; a launch above the limit fails)."""
+        if nbytes > fused_source.SHARED_BYTES:
+            drv = self.driver()
+            drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
 
     def multiprocessors(self):
         """Number of streaming multiprocessors of the device (1 on the stand-in)."""
@@ -153,8 +179,8 @@ class XPEngine:
         q, d = Z.shape
         M, dr = C.shape
         wdt = np.dtype(P.dtype)
-        pl = pl or fused_source.plan(q, M, d, dr, mode, wdt, arch)
-        qt, tile, stride = pl["qt"], pl["tile"], pl["stride"]
+        pl = pl or self.plan(q, M, d, dr, mode, wdt, arch)
+        qt, tile = pl["qt"], pl["tile"]
         h2d = 0
         if device_queries:
             if chi is not None:
@@ -177,15 +203,18 @@ class XPEngine:
             Zw = Zw.astype(wdt)
         mod = self.module(arch, wdt, mode, pl["index_bits"])
         hist, reduce_ = mod.get_function(fused_source.HISTORY_KERNEL), mod.get_function(fused_source.REDUCE_KERNEL)
+        self.allow_shared(hist, pl["shared"])
         gx, gy = fused_source.grid(pl, q, M, self.multiprocessors())
         i64, f64 = np.int64, np.float64
         outs = []
-        for r0, nr in pl["chunks"]:
+        npart = 0
+        for (r0, nr, k0, nk), stride in zip(pl["chunks"], pl["strides"]):
             part = xp.empty(gy * gx * stride)
             out = xp.empty(gy * stride)
             hist((gx, gy), (pl["threads"],),
-                 (P, pn, C, Zw, zn, Zh, chi_d, i64(M), i64(q), i64(d), i64(dr), i64(r0), i64(nr),
-                  i64(qt), i64(tile), i64(stride), f64(m), f64(par), part), shared_mem=pl["shared"])
+                 (P, pn, C, Zw, zn, Zh, chi_d, i64(M), i64(q), i64(d), i64(dr), i64(r0), i64(nr), i64(k0),
+                  i64(nk), i64(qt), i64(tile), i64(stride), f64(m), f64(par), part), shared_mem=pl["shared"])
+            npart += int(part.size)
             total = gy * stride
             reduce_((max(1, min(1024, -(-total // 256))),), (256,),
                     (part, i64(gx), i64(stride), i64(gy), out))
@@ -196,7 +225,7 @@ class XPEngine:
         # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
         self.last_launches = {"kernels": 2 * len(pl["chunks"]) + int(wdt != np.float64) + int(len(outs) > 1)
                               + (6 if device_queries else 0),
-                              "h2d": h2d, "d2h": 1, "partials": int(part.size), "grid": (gx, gy)}
+                              "h2d": h2d, "d2h": 1, "partials": npart, "grid": (gx, gy)}
         if device_queries:
             Z_host = host[len(host) - q * d:].reshape(q, d).copy()
             host = host[:len(host) - q * d]
@@ -204,19 +233,22 @@ class XPEngine:
         f = np.zeros((q, dr))
         T = np.zeros((max(R, 1), q, d))
         bsum = np.zeros((max(R, 1), q))
-        for ci, (r0, nr) in enumerate(pl["chunks"]):
-            rows = host[ci * gy * stride:(ci + 1) * gy * stride].reshape(gy, stride)
+        start = 0
+        for (r0, nr, k0, nk), stride in zip(pl["chunks"], pl["strides"]):
+            rows = host[start:start + gy * stride].reshape(gy, stride)
+            start += gy * stride
             RR = nr if mode == 1 else R
-            for y in range(gy):
+            for y in range(gy):                    # f and the beta sums: from the first chunk of T's columns
                 b0 = y * qt
                 nq = min(qt, q - b0)
                 nf = 0 if mode == 2 else nq * nr
-                if mode != 2:
+                if mode != 2 and k0 == 0:
                     f[b0:b0 + nq, r0:r0 + nr] = rows[y, :nf].reshape(nq, nr)
                 if RR:
                     c0 = r0 if mode == 1 else 0
-                    T[c0:c0 + RR, b0:b0 + nq] = rows[y, nf:nf + RR * nq * d].reshape(RR, nq, d)
-                    bsum[c0:c0 + RR, b0:b0 + nq] = rows[y, nf + RR * nq * d:nf + RR * nq * (d + 1)].reshape(RR, nq)
+                    T[c0:c0 + RR, b0:b0 + nq, k0:k0 + nk] = rows[y, nf:nf + RR * nq * nk].reshape(RR, nq, nk)
+                    if k0 == 0:
+                        bsum[c0:c0 + RR, b0:b0 + nq] = rows[y, nf + RR * nq * nk:nf + RR * nq * (nk + 1)].reshape(RR, nq)
         f = f if mode != 2 else None
         res = (f, None, None) if mode == 0 else (f, T.transpose(1, 0, 2).copy(), bsum.T.copy())
         return (Z_host, res) if device_queries else res

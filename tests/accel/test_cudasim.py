@@ -206,11 +206,76 @@ def test_fused_pass_agrees_with_the_unfused_pass_and_falls_back_where_it_must():
         for x, y in zip(a, b):
             if y is not None:
                 assert _rel(x, y) <= 1e-5
-    assert fused_source.plan(20, 1000, 3000, 1, 1, np.float64, "relu") is None    # d + 2 > outputs
-    assert fused_source.plan(20, 1000, 100, 8000, 2, np.float64, "relu") is None  # a row of C > 48 KiB
-    assert fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")["chunks"][0] == (0, 102)
+    optin = fused_source.SHARED_OPTIN_SM90
+    wide = fused_source.plan(20, 1000, 3000, 1, 1, np.float64, "relu", optin)     # T in column chunks
+    assert wide["kchunks"] == 6 and wide["chunks"][1] == (0, 1, 512, 512)
+    assert fused_source.plan(20, 1000, 100, 30000, 2, np.float64, "relu", optin) is None  # a row of C > 227 KiB
+    assert fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")["chunks"] == [(0, 512, 0, 100), (512, 272, 0, 100)]
     assert fused_source.plan(20, 10**6, 100, 784, 1, np.float64, "relu") is None      # 784 chunks
-    assert len(fused_source.plan(20, 10**6, 10, 40, 1, np.float64, "relu")["chunks"]) == 4
+    # fewer query groups worked: 5 tiles of 4 queries in one launch, not 1 tile of 20 (3 groups) in 4
+    assert (lambda p: (p["qt"], p["chunks"]))(fused_source.plan(20, 10**6, 10, 40, 1, np.float64, "relu")) == (4, [(0, 40, 0, 10)])
+    # the campaign's shapes (MNIST dr = 10, widths to 1000; batch 20, test set 10,000) all take the fused pass
+    for q in (20, 10000):
+        for d in (50, 100, 200, 500, 1000):
+            for mode in (0, 2):
+                for dt in (np.float64, np.float32):
+                    assert fused_source.plan(q, 80000, d, 10, mode, dt, "relu", optin) is not None, (q, d, mode, dt)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_a_wide_bottleneck_takes_the_fused_pass_with_column_chunks_and_opt_in_shared_memory(dtype, tol):
+    """d = 600 (> 512 T columns a block holds for one query group): T in two launches of its columns,
+    and in float64 query tiles that need more than 48 KiB of shared memory (the kernel's limit raised
+    through the driver API); every mode against refimpl."""
+    M, d, dr, q = 150, 600, 3, 20
+    h, rng = _history(M, d, dr, dtype)
+    Z = _queries(h, q, rng)
+    chi = rng.standard_normal((q, dr))
+    eng = xpcore.XPEngine(DEV)
+    shared = []
+    for mode in (0, 1, 2):
+        pl = eng.plan(q, M, d, dr, mode, dtype, "relu")
+        shared.append(pl["shared"])
+        assert mode == 0 or pl["kchunks"] == 2, pl
+        got = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None,
+                               "relu", float(d), 0.0)
+        assert eng.last_launches["kernels"] == 2 * len(pl["chunks"]) + (dtype != np.float64) + (len(pl["chunks"]) > 1)
+        f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
+        if mode != 2:
+            assert _rel(got[0], f_ref) <= tol
+        if mode:
+            Zh = rk.unit_rows(Z)[1]
+            assert _rel(got[1] + got[2][:, :, None] * Zh[:, None, :], T_ref + b_ref[:, :, None] * Zh[:, None, :]) <= tol * 100
+            assert _rel(got[2], b_ref) <= tol * 100
+    assert (max(shared) > fused_source.SHARED_BYTES) == (dtype == np.float64)
+
+
+def test_a_launch_above_48_kib_of_shared_memory_fails_unless_the_kernel_limit_is_raised():
+    """As on a GPU: without funcSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES) the launch fails; the driver
+    refuses a limit above the device's opt-in maximum."""
+    class NoRaise(xpcore.XPEngine):
+        def allow_shared(self, fn, nbytes):
+            pass
+
+    h, rng = _history(150, 600, 3, np.float64)
+    Z = rng.standard_normal((20, 600))
+    assert xpcore.XPEngine(DEV).plan(20, 150, 600, 3, 0, np.float64, "relu")["shared"] > fused_source.SHARED_BYTES
+    with pytest.raises(cudasim.HarnessError, match="above the kernel's limit"):
+        NoRaise(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 0, None, "relu", 600.0, 0.0)
+    fn = DEV.RawModule(code=fused_source.source("relu", "float64", 0, 32, target="sim")).get_function(
+        fused_source.HISTORY_KERNEL)
+    drv = xpcore.XPEngine(DEV).driver()
+    with pytest.raises(ValueError, match="CUDA_ERROR_INVALID_VALUE"):
+        drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 300 * 1024)
+
+
+def test_cupy_driver_api_has_what_allow_shared_calls():
+    """The names :meth:`accel.xpcore.XPEngine.allow_shared` uses on a GPU exist in CuPy's driver module
+    (importable without a GPU) and a RawModule's function has the handle ``ptr``."""
+    drv = pytest.importorskip("cupy_backends.cuda.api.driver", reason="CuPy is not installed (the nvrtc extra)")
+    cupy_fn = pytest.importorskip("cupy.cuda.function", reason="CuPy is not installed (the nvrtc extra)")
+    assert drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES == 8 and callable(drv.funcSetAttribute)
+    assert "ptr" in dir(cupy_fn.Function)
 
 
 # planted bugs: (what, old text, new text); each must give a wrong result or a harness error
@@ -231,6 +296,7 @@ MUTANTS = [
     ("near-parallel pairs not recomputed", "if (bd_near(znb, pnj, dot))", "if (0 && bd_near(znb, pnj, dot))"),
     ("grid-stride loop skips tiles", "t += (bd_idx)gridDim.x)", "t += (bd_idx)gridDim.x + 1)"),
     ("last partial tile dropped", "(M - j0 < tile) ? M - j0 : tile", "tile"),
+    ("T column chunk read at column kk, not k0 + kk", "r = rest / ngq, k = k0 + kk;", "r = rest / ngq, k = kk;"),
 ]
 
 
@@ -240,11 +306,18 @@ MUTANTS = [
 #: nearly parallel pairs); mode 1 float64 with the columns of C in chunks.
 PLANT_CASES = {"mode1-f64": (1, np.float64, 333, 6, 1, 20, 1e-9, 1e-6),
                "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 40, 1e-4, 1e-3),
-               "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6)}
+               "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6),
+               "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 150, 600, 3, 20, 1e-9, 1e-6)}
 
 
-@pytest.mark.parametrize("case", sorted(PLANT_CASES))
-@pytest.mark.parametrize("what,old,new", MUTANTS, ids=[m[0] for m in MUTANTS])
+#: Planted bugs that only some cases can show, and which: T in column chunks needs d > 512; the f / beta-sum
+#: ownership needs more than one accumulator per thread (mode 2 has one: the mutant is the same code there).
+ONLY = {"T column chunk read at column kk, not k0 + kk": lambda case: case[3] > 512,
+        "f accumulator ownership differs from the write-out": lambda case: fused_source.NACC[case[0]] > 1}
+PLANTS = [(m, c) for m in MUTANTS for c in sorted(PLANT_CASES) if ONLY.get(m[0], lambda case: True)(PLANT_CASES[c])]
+
+
+@pytest.mark.parametrize("what,old,new,case", [m + (c,) for m, c in PLANTS], ids=[f"{m[0]}-{c}" for m, c in PLANTS])
 def test_harness_catches_planted_bugs(what, old, new, case):
     """Each case (:data:`PLANT_CASES`) with the mutated source: a harness error, NaN or a wrong result; the
     unmutated source agrees with refimpl (the Xi sums as the backend contracts them, T + bsum z^)."""
@@ -252,8 +325,9 @@ def test_harness_catches_planted_bugs(what, old, new, case):
     h, rng = _history(M, d, dr, dtype, seed=7)
     Z = _queries(h, q, rng)
     chi = rng.standard_normal((q, dr)) if mode == 2 else None
-    pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu")
+    pl = xpcore.XPEngine(DEV).plan(q, M, d, dr, mode, dtype, "relu")
     assert pl is not None and (mode == 1 or pl["qt"] < q) and (dr < 200 or len(pl["chunks"]) > 1)
+    assert d < 600 or (pl["kchunks"] > 1 and pl["shared"] > fused_source.SHARED_BYTES)
     f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
     Zh = rk.unit_rows(Z)[1]
 
@@ -341,8 +415,8 @@ def test_pass_counts_describe_what_the_engine_launches(dtype):
         c = fused_source.pass_counts(q, M, d, dr, mode, dtype, "relu", multiprocessors=1)
         got = eng.last_launches
         assert (got["kernels"], got["h2d"], got["d2h"], got["grid"]) == (c["kernels"], 1, 1, c["grid"])
-        assert got["partials"] == c["grid"][0] * c["grid"][1] * c["plan"]["stride"]
-        assert c["parts"]["partials"] == 2 * 8 * got["partials"] * len(c["plan"]["chunks"])
+        assert got["partials"] == c["grid"][0] * c["grid"][1] * sum(c["plan"]["strides"])
+        assert c["parts"]["partials"] == 2 * 8 * got["partials"]
     big = fused_source.pass_counts(20, 10**6, 100, 1, 1, dtype, "relu")
     it = np.dtype(dtype).itemsize
     assert big["parts"]["P"] == 10**6 * 100 * it and big["kernels"] == (2 if it == 8 else 3)

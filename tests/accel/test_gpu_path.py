@@ -342,7 +342,7 @@ def test_gpu_path_trajectories_run_the_fused_kernel(monkeypatch, standin_gpu):
     assert 1 in calls and len(calls) > 400
     launches = accel.gpu.engine("numpy").last_launches
     assert launches["h2d"] == 1 and launches["d2h"] == 1 and launches["kernels"] >= 2
-    assert fused_source.plan(20, 4000, 10, 3, 1, np.float64, "relu")["chunks"] == [(0, 3)]
+    assert fused_source.plan(20, 4000, 10, 3, 1, np.float64, "relu")["chunks"] == [(0, 3, 0, 10)]
 
 
 def test_gpu_probe_runs_the_fused_history_kernel(monkeypatch):
