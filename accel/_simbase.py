@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from refimpl.engine import MomentumRows, Tracked, grown
+from refimpl.engine import batch_step as refimpl_batch_step
 
 from . import archkernels
 
@@ -166,6 +167,10 @@ class AccelBottleneckEngine:
         """The batch's embeddings and the history pass at them (:meth:`refimpl.engine.BottleneckEngine.batch_pass`)."""
         Z = tracked.rows(idx)
         return Z, self.history_pass(Z, mode)
+
+    def batch_step(self, sim, idx):
+        """(Z, loss, chi, V) of a step (:func:`refimpl.engine.batch_step`, on the host)."""
+        return refimpl_batch_step(self, sim, idx)
 
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum (host float64) over the stored history; modes as in :mod:`refimpl.engine`."""

@@ -24,9 +24,11 @@ import os
 
 import numpy as np
 
-from refimpl.engine import Tracked
-from refimpl.optim import momentum_direction
+from refimpl.dynamics import loss_terms
+from refimpl.engine import Tracked, contract_xi
 from refimpl.kernels import unit_rows
+from refimpl.network import MLP
+from refimpl.optim import momentum_direction
 
 from . import archkernels, fused_source, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
@@ -291,6 +293,60 @@ class BottleneckEngine(AccelBottleneckEngine):
         Zd = tracked.values_dev[self.xp.asarray(idx)]
         return self.device.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, None, self.head.kind,
                                               self.head.m, self.head.par, pl, device_queries=True)
+
+
+    def device_head(self, net):
+        """The head f of ``net`` (:class:`refimpl.network.MLP`) with its weights in device memory, copied
+        once per network; None for a network without the head's weights (the host route then)."""
+        try:
+            weights, biases, stds = net.f_weights, net.f_biases, net.layers_f.layer_stds()
+        except AttributeError:
+            return None
+        if getattr(self, "_head_of", None) is not net:
+            self._head = MLP(weights, net.layers_f.activation, archkernels.full_module(self.xp), "f_weights",
+                             biases, stds)
+            self._head_of = net
+        return self._head
+
+    def batch_step(self, sim, idx):
+        """(Z, loss, chi, V) of a step (:func:`refimpl.engine.batch_step`) computed in device memory with one
+        device-to-host copy: the batch's embeddings are gathered there, the fused pass(es) leave f, T and
+        the beta sums there, the head's f_0 and pullback run on its device copy (:meth:`device_head`), the
+        loss, chi and V = J_t(Z)^T chi are formed there, and Z, the loss, chi and V come back together.  Where
+        dr exceeds ``fuse_max_dr`` the second pass (mode 2) takes chi from device memory.  Where the fused
+        pass does not apply (another head architecture, an empty history, tiles that do not fit): the host
+        route."""
+        h, kind = self.history, self.head.kind
+        head = self.device_head(sim.net) if kind is not None and h.M and self.stored_route else None
+        mode = sim._first_mode()
+        B, d, dr = len(idx), self.d, self.dr
+        plans = [self.device.plan(B, h.M, d, dr, m, h.P_dev.dtype, kind) for m in ((mode,) if mode else (0, 2))] \
+            if head is not None else [None]
+        if any(pl is None for pl in plans):
+            return super().batch_step(sim, idx)
+        xp, fx, dev = self.xp, archkernels.full_module(self.xp), self.device
+        Zd = sim._tracked[0].values_dev[xp.asarray(idx)]
+
+        def history_pass(mode, chi, pl):
+            return dev.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, chi, kind, self.head.m,
+                                          self.head.par, pl, device_queries=True, results="device")
+        with np.errstate(all="ignore"):      # the stand-in's NumPy: a diverged step is judged below, once
+            fh, T, bsum = history_pass(mode, None, plans[0])
+            f0, cache = head.forward(Zd, keep=True)
+            loss, chi = loss_terms(f0 - sim.lr_f * fh, xp.asarray(sim.Y[idx]), sim.loss, fx)
+            zn = fx.sqrt(fx.sum(Zd * Zd, axis=1))
+            Zh = Zd / fx.where(zn > 0.0, zn, 1.0)[:, None]
+            if mode == 1:
+                xi_sum = contract_xi(chi, T, bsum, Zd, fx, Zh)
+            else:
+                _, T, bsum = history_pass(2, chi, plans[1])
+                xi_sum = contract_xi(fx.ones((B, 1)), T, bsum, Zd, fx, Zh)
+            V = head.backward(cache, chi) - sim.lr_f * xi_sum
+        host = xp.asnumpy(fx.concatenate([fx.reshape(loss, (1,)), Zd.ravel(), chi.ravel(), V.ravel()]))  # one copy
+        loss = float(host[0])
+        sim.check_batch_loss(loss)
+        Z = host[1:1 + B * d].reshape(B, d)
+        return Z, loss, host[1 + B * d:1 + B * (d + dr)].reshape(B, dr), host[1 + B * (d + dr):].reshape(B, d)
 
 
 class InfiniteEngine(AccelInfiniteEngine):

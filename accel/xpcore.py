@@ -168,13 +168,18 @@ class XPEngine:
         except (AttributeError, KeyError, TypeError):
             return 1
 
-    def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None, device_queries=False):
+    def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None, device_queries=False,
+                           results="host"):
         """:meth:`history_pass` by the fused kernels of :mod:`accel.fused_source` (plan ``pl``).
 
-        ``device_queries``: Z (q, d) float64 is already on the device (a step's batch embeddings); its
-        norms and unit rows are formed there, nothing goes up (chi is None), and the host copy of Z
-        comes back in the one device-to-host copy of the results: returns (Z on the host, (f, T, bsum)).
+        ``device_queries``: Z (q, d) float64 and chi (mode 2; else None) are already on the device (a
+        step's batch embeddings and its loss derivatives); the norms and unit rows are formed there and
+        nothing goes up.  With ``results="host"`` the host copy of Z comes back in the one device-to-host
+        copy of the results: returns (Z on the host, (f, T, bsum)).  ``results="device"`` (device queries
+        only): no copy at all; returns (f, T, bsum) as device arrays.
         """
+        if results not in ("host", "device") or (results == "device" and not device_queries):
+            raise ValueError(f"results: expected 'host', or 'device' with device queries, got {results!r}")
         xp = self.xp
         q, d = Z.shape
         M, dr = C.shape
@@ -182,14 +187,14 @@ class XPEngine:
         pl = pl or self.plan(q, M, d, dr, mode, wdt, arch)
         qt, tile = pl["qt"], pl["tile"]
         h2d = 0
+        fx = archkernels.full_module(xp)
         if device_queries:
-            if chi is not None:
-                raise ValueError("chi: expected None with queries on the device (mode 0 or 1)")
-            fx = archkernels.full_module(xp)
+            if (chi is None) == (mode == 2):
+                raise ValueError(f"chi: expected {'a device array' if mode == 2 else 'None'} in mode {mode}")
             Zw = Zflat = fx.ascontiguousarray(Z).ravel()
             zn = fx.sqrt(fx.sum(Z * Z, axis=1))
             Zh = (Z / fx.where(zn > 0.0, zn, 1.0)[:, None]).ravel()
-            chi_d = fx.zeros(q * dr)
+            chi_d = fx.zeros(q * dr) if chi is None else fx.ascontiguousarray(chi, dtype=np.float64).ravel()
         else:
             Z64 = np.ascontiguousarray(Z, dtype=np.float64)
             zn_h, Zh_h = unit_rows(Z64)
@@ -219,23 +224,44 @@ class XPEngine:
             reduce_((max(1, min(1024, -(-total // 256))),), (256,),
                     (part, i64(gx), i64(stride), i64(gy), out))
             outs.append(out)
+        # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
+        launches = 2 * len(pl["chunks"]) + int(wdt != np.float64) + (6 if device_queries else 0)
+        if results == "device":
+            flat = outs[0] if len(outs) == 1 else fx.concatenate(outs)
+            res = self._unpack(fx, flat, pl, q, d, dr, mode, gy)
+            self.last_launches = {"kernels": launches + int(len(outs) > 1), "h2d": h2d, "d2h": 0,
+                                  "partials": npart, "grid": (gx, gy)}
+            return res
         if device_queries:
             outs.append(Zflat)
         host = self.to_host(outs[0] if len(outs) == 1 else xp.concatenate(outs))   # one copy back
-        # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
-        self.last_launches = {"kernels": 2 * len(pl["chunks"]) + int(wdt != np.float64) + int(len(outs) > 1)
-                              + (6 if device_queries else 0),
-                              "h2d": h2d, "d2h": 1, "partials": npart, "grid": (gx, gy)}
+        self.last_launches = {"kernels": launches + int(len(outs) > 1), "h2d": h2d, "d2h": 1,
+                              "partials": npart, "grid": (gx, gy)}
         if device_queries:
             Z_host = host[len(host) - q * d:].reshape(q, d).copy()
             host = host[:len(host) - q * d]
+        res = self._unpack(np, host, pl, q, d, dr, mode, gy)
+        return (Z_host, res) if device_queries else res
+
+    @staticmethod
+    def _unpack(am, flat, pl, q, d, dr, mode, gy):
+        """(f, T, bsum) of a fused pass from its reduced outputs ``flat`` (the chunks' [f | T | bsum] per
+        query tile, one after the other), on the array module ``am`` (NumPy on the host, or the device's)."""
+        qt = pl["qt"]
         R = dr if mode == 1 else _R[mode]
-        f = np.zeros((q, dr))
-        T = np.zeros((max(R, 1), q, d))
-        bsum = np.zeros((max(R, 1), q))
+        if len(pl["chunks"]) == 1 and gy == 1:    # one launch, one query tile (a step's batch): views, no copies
+            nf = 0 if mode == 2 else q * dr
+            f = None if mode == 2 else flat[:nf].reshape(q, dr)
+            if mode == 0:
+                return f, None, None
+            T = flat[nf:nf + R * q * d].reshape(R, q, d).transpose(1, 0, 2)
+            return f, T, flat[nf + R * q * d:nf + R * q * (d + 1)].reshape(R, q).T
+        f = am.zeros((q, dr))
+        T = am.zeros((max(R, 1), q, d))
+        bsum = am.zeros((max(R, 1), q))
         start = 0
         for (r0, nr, k0, nk), stride in zip(pl["chunks"], pl["strides"]):
-            rows = host[start:start + gy * stride].reshape(gy, stride)
+            rows = flat[start:start + gy * stride].reshape(gy, stride)
             start += gy * stride
             RR = nr if mode == 1 else R
             for y in range(gy):                    # f and the beta sums: from the first chunk of T's columns
@@ -249,9 +275,9 @@ class XPEngine:
                     T[c0:c0 + RR, b0:b0 + nq, k0:k0 + nk] = rows[y, nf:nf + RR * nq * nk].reshape(RR, nq, nk)
                     if k0 == 0:
                         bsum[c0:c0 + RR, b0:b0 + nq] = rows[y, nf + RR * nq * nk:nf + RR * nq * (nk + 1)].reshape(RR, nq)
-        f = f if mode != 2 else None
-        res = (f, None, None) if mode == 0 else (f, T.transpose(1, 0, 2).copy(), bsum.T.copy())
-        return (Z_host, res) if device_queries else res
+        if mode == 0:
+            return f, None, None
+        return (f if mode != 2 else None), am.ascontiguousarray(T.transpose(1, 0, 2)), am.ascontiguousarray(bsum.T)
 
     def gemm_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par):
         """:meth:`history_pass` unfused: GEMMs and the elementwise kernel of :mod:`accel.pair_source`

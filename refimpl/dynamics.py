@@ -120,16 +120,22 @@ def loss_and_chi(F, Y, loss="mse", xp=np, B=None):
     a caller that splits a batch into row blocks passes the whole batch's B.
     Returns (float, (rows, dr) array).
     """
+    total, chi = loss_terms(F, Y, loss, xp, B)
+    return float(total), chi
+
+
+def loss_terms(F, Y, loss="mse", xp=np, B=None):
+    """:func:`loss_and_chi` with the loss as a 0-d array of ``xp`` (on a device it stays there)."""
     B = F.shape[0] if B is None else B
     if loss == "mse":
         resid = F - Y
-        return 0.5 * float(xp.sum(resid * resid)) / B, resid / B
+        return 0.5 * xp.sum(resid * resid) / B, resid / B
     check_loss(loss)
     if F.shape[1] == 1:
         p = 0.5 * (1.0 + xp.tanh(0.5 * F))                # sigmoid without overflow
     else:
         p = xp.exp(_log_softmax(F, xp))
-    return float(xp.sum(pointwise_loss(F, Y, loss, xp))) / B, (p - Y) / B
+    return xp.sum(pointwise_loss(F, Y, loss, xp)) / B, (p - Y) / B
 
 
 def _check_targets(X, Y):
@@ -274,9 +280,13 @@ class _SimulatorBase:
 
     def _batch_loss(self, Fb, Yb):
         loss, chi = loss_and_chi(Fb, Yb, self.loss)
+        self.check_batch_loss(loss)
+        return loss, chi
+
+    def check_batch_loss(self, loss):
+        """Raise :class:`DivergenceError` when the batch loss is not finite."""
         if not np.isfinite(loss):
             raise DivergenceError(f"loss is {loss} at step {self.t}: the run diverged (lower the learning rate)")
-        return loss, chi
 
 
 
@@ -438,11 +448,7 @@ class BottleneckSimulator(_SimulatorBase):
         without changing the state when the loss or the update is not finite.
         """
         idx = self._check_batch(idx)
-        if self.engine.history.M:                         # g_t at the batch (a copy) and the first pass
-            Pb, terms = self.engine.batch_pass(self._tracked[0], idx, self._first_mode())
-        else:
-            Pb, terms = self._tracked[0].rows(idx), None
-        loss, chi, V = self.head_at_batch(Pb, self.Y[idx], terms)  # V = J_t(p_i)^T chi_i
+        Pb, loss, chi, V = self.engine.batch_step(self, idx)  # g_t at the batch, V = J_t(p_i)^T chi_i
         if not np.all(np.isfinite(V)):
             raise DivergenceError(f"J^T chi is not finite at step {self.t}: the run diverged")
         rate, kw = self._optimiser()

@@ -26,7 +26,11 @@ A simulator receives an engine *factory* (``engine=``), called once with the arc
                          ``tracked.rows(idx)`` and the history pass at them, ``(Z, (f, T, bsum))``
                          (an engine with device memory returns both in one copy);
     ``fuse_max_dr``      the step takes f and J^T chi from one mode-1 pass when dr is at most
-                         this, else from a mode-0 and a mode-2 pass.
+                         this, else from a mode-0 and a mode-2 pass;
+    ``batch_step(sim, idx)``  all a step of ``sim`` needs before its updates: (Z, loss, chi, V), the
+                         batch's embeddings, loss, loss derivatives and V = J_t(Z)^T chi (:func:`batch_step`:
+                         :meth:`batch_pass` and the head's terms on the host; an engine with device memory
+                         may compute them there and copy back once).
 
 ``InfiniteEngine(layers_g, layers_f, lr_f, lr_g)`` (:class:`InfiniteSimulator`)
     ``track``, ``update_tracked(target, source, idx, chi)`` (``values -= NTK_inf chi``; with a
@@ -61,13 +65,29 @@ HISTORY_BLOCK = 4096
 QUERY_BLOCK = 512
 
 
-def contract_xi(chi, T, bsum, Z):
+def contract_xi(chi, T, bsum, Z, xp=np, Zh=None):
     """sum_r chi_b,r (T[b, r] + bsum[b, r] Z^_b), (q, R), (q, R, d), (q, R), (q, d) -> (q, d) (MATH §4).
 
-    With a mode-2 pass (R = 1, chi already in the weights) pass ``chi = ones((q, 1))``.
+    With a mode-2 pass (R = 1, chi already in the weights) pass ``chi = ones((q, 1))``.  ``xp``: the
+    array module of the arguments; ``Zh``: the unit rows Z^ where the caller has them (else from Z).
     """
-    _, Zh = unit_rows(Z)
-    return np.einsum("br,brk->bk", chi, T) + np.sum(chi * bsum, axis=1)[:, None] * Zh
+    if Zh is None:
+        Zh = unit_rows(Z)[1]
+    return xp.einsum("br,brk->bk", chi, T) + xp.sum(chi * bsum, axis=1)[:, None] * Zh
+
+
+def batch_step(engine, sim, idx):
+    """What a step of :class:`refimpl.BottleneckSimulator` asks of its engine, on the host: the batch's
+    embeddings Z (B, d), the first history pass at them (:meth:`BottleneckEngine.batch_pass`; none while
+    the history is empty) and the head's loss, chi and V = J_t(Z)^T chi (``sim.head_at_batch``).
+    Returns (Z, loss, chi, V) as host arrays and a float."""
+    tracked = sim._tracked[0]
+    if engine.history.M:
+        Z, terms = engine.batch_pass(tracked, idx, sim._first_mode())
+    else:
+        Z, terms = tracked.rows(idx), None
+    loss, chi, V = sim.head_at_batch(Z, sim.Y[idx], terms)
+    return Z, loss, chi, V
 
 
 class MomentumRows:
@@ -252,6 +272,10 @@ class BottleneckEngine:
         history must not be empty); returns (Z, (f, T, bsum))."""
         Z = tracked.rows(idx)
         return Z, self.history_pass(Z, mode)
+
+    def batch_step(self, sim, idx):
+        """(Z, loss, chi, V) of a step of ``sim`` at the rows ``idx`` (:func:`batch_step`)."""
+        return batch_step(self, sim, idx)
 
     def history_pass(self, Z, mode, chi=None):
         """f, T, bsum over the whole history for queries Z (q, d); see the module docstring."""

@@ -176,30 +176,61 @@ def test_a_step_moves_no_tracked_inputs_between_host_and_device(monkeypatch, arc
     assert seen[0]["d2h"] == 1, seen
 
 
-@pytest.mark.parametrize("dr", [1, 4, 6])
-def test_a_step_copies_back_once_or_twice(monkeypatch, dr):
-    """Device-to-host copies of a step: 1 where f and the Xi sums come from one fused pass (dr at most
-    the engine's fuse_max_dr), 2 where J^T chi needs a second pass with chi (larger dr); the embeddings
-    after 6 steps equal refimpl's to 1e-11 either way."""
+@pytest.mark.parametrize("dr,loss,dtype", [(1, "mse", None), (4, "mse", None), (6, "mse", None), (10, "ce", None),
+                                            (10, "mse", "float32")])
+def test_a_step_copies_back_once(monkeypatch, dr, loss, dtype):
+    """One device-to-host copy per step, for every dr: where f and the Xi sums come from one fused pass
+    (dr at most the engine's fuse_max_dr) and where J^T chi needs a second pass with chi (larger dr: chi
+    is formed in device memory, from the head's device copy, and read there by the second pass).  The
+    embeddings after 6 steps equal refimpl's to 1e-11 (float32 history: 1e-5)."""
     rng = np.random.default_rng(9)
     n = 300
-    X, Y = rng.standard_normal((n, 12)), rng.standard_normal((n, dr))
+    X = rng.standard_normal((n, 12))
+    Y = np.eye(dr)[rng.integers(0, dr, n)] if loss == "ce" else rng.standard_normal((n, dr))
     net = refimpl.RandomNetwork.sample(12, 5, dr, width=100, seed=2)
-    sim = accel.standin_backend().BottleneckSimulator(net, X, Y, lr=0.5)
-    ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5)
+    sim = accel.standin_backend().BottleneckSimulator(net, X, Y, lr=0.5, loss=loss, dtype=dtype)
+    ref = refimpl.BottleneckSimulator(net, X, Y, lr=0.5, loss=loss)
     counts = {}
     count = _copy_counter(counts)
+    passes = []
+    real = xpcore.XPEngine.fused_history_pass
+
+    def spy(self, *args, **kwargs):
+        passes.append((args[4], kwargs.get("results")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(xpcore.XPEngine, "fused_history_pass", spy)
     for t in range(6):
         idx = np.arange(20 * t, 20 * t + 20)
         counts.clear()
+        passes.clear()
         with monkeypatch.context() as m:
             m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
-            sim.step(idx)
-        ref.step(idx)
+            loss_sim = sim.step(idx)
+        loss_ref = ref.step(idx)
+        assert abs(loss_sim - loss_ref) <= (1e-9 if dtype is None else 1e-5) * abs(loss_ref)
         if t:                                   # step 0 has no history: the batch rows only
-            assert counts["d2h"] == (1 if dr <= sim.engine.fuse_max_dr else 2), (t, counts)
+            assert counts["d2h"] == 1, (t, counts)
+            assert passes == ([(1, "device")] if dr <= sim.engine.fuse_max_dr else [(0, "device"), (2, "device")])
     want = ref.embeddings(X)
-    np.testing.assert_allclose(sim.embeddings(X), want, rtol=1e-11, atol=1e-11 * np.abs(want).max())
+    tol = 1e-11 if dtype is None else 1e-5
+    np.testing.assert_allclose(sim.embeddings(X), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+def test_a_step_that_diverges_on_the_device_raises_and_keeps_the_state():
+    """The device route of a step checks the loss it copies back: a non-finite loss raises DivergenceError
+    before anything is updated (the history and the embeddings are those before the step)."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((100, 8)), rng.standard_normal((100, 10))
+    net = refimpl.RandomNetwork.sample(8, 4, 10, width=50, seed=1)
+    sim = accel.standin_backend().BottleneckSimulator(net, X, Y, lr=0.5)
+    for t in range(2):
+        sim.step(np.arange(20 * t, 20 * t + 20))
+    before = (sim.engine.history.M, sim.embeddings(X).copy())
+    sim.Y[40:60] = np.inf
+    with pytest.raises(refimpl.dynamics.DivergenceError, match="loss is"):
+        sim.step(np.arange(40, 60))
+    assert sim.engine.history.M == before[0] and np.array_equal(sim.embeddings(X), before[1])
 
 
 @pytest.mark.parametrize("arch", ["relu", "erf-deep"])
