@@ -252,6 +252,9 @@ class BottleneckEngine(AccelBottleneckEngine):
         super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=kernels(xp_name), xp=self.device.xp)
         #: False: the kernel functions on host arrays every step (the route before; for benchmarks)
         self.stored_route = True
+        #: False: the head's f_0, pullback, loss and chi on the host after the first pass's copy back (the
+        #: route before :meth:`batch_step`; one more copy back where dr > fuse_max_dr; for benchmarks)
+        self.device_step = True
         self.relu_pairs = layers_g.activation == "relu" and layers_g.kernel_scale is not None
 
     def track(self, X, values):
@@ -317,7 +320,8 @@ class BottleneckEngine(AccelBottleneckEngine):
         pass does not apply (another head architecture, an empty history, tiles that do not fit): the host
         route."""
         h, kind = self.history, self.head.kind
-        head = self.device_head(sim.net) if kind is not None and h.M and self.stored_route else None
+        head = self.device_head(sim.net) if kind is not None and h.M and self.stored_route and self.device_step \
+            else None
         mode = sim._first_mode()
         B, d, dr = len(idx), self.d, self.dr
         plans = [self.device.plan(B, h.M, d, dr, m, h.P_dev.dtype, kind) for m in ((mode,) if mode else (0, 2))] \

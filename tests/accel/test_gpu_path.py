@@ -212,6 +212,13 @@ def test_a_step_copies_back_once(monkeypatch, dr, loss, dtype):
         if t:                                   # step 0 has no history: the batch rows only
             assert counts["d2h"] == 1, (t, counts)
             assert passes == ([(1, "device")] if dr <= sim.engine.fuse_max_dr else [(0, "device"), (2, "device")])
+    sim.engine.device_step = False          # the host route of the head (benchmarks): one copy per pass
+    counts.clear()
+    with monkeypatch.context() as m:
+        m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
+        sim.step(np.arange(120, 140))
+    ref.step(np.arange(120, 140))
+    assert counts["d2h"] == (1 if dr <= sim.engine.fuse_max_dr else 2), counts
     want = ref.embeddings(X)
     tol = 1e-11 if dtype is None else 1e-5
     np.testing.assert_allclose(sim.embeddings(X), want, rtol=tol, atol=tol * np.abs(want).max())
