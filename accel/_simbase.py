@@ -79,6 +79,11 @@ class ArrayHistory(MomentumRows):
     ``norms_dev`` are the arrays on ``xp`` for the hot loop.
     """
 
+    #: None, or a callable: host array -> the same values already in device memory (or None); set by an
+    #: engine whose step computed the rows there (:meth:`accel.gpu.BottleneckEngine.device_copy`), so that
+    #: :meth:`append` does not copy them up again.
+    device_copy = None
+
     def __init__(self, d, dr, capacity=1024, dtype=np.float64, xp=np):
         self.xp = xp
         self.dtype = np.dtype(dtype)
@@ -101,12 +106,19 @@ class ArrayHistory(MomentumRows):
             self.store_P = grown(xp, self.store_P, cap, start)
             self.store_C = grown(xp, self.store_C, cap, start)
             self.store_norms = grown(xp, self.store_norms, cap, start)
-        self.store_P[start:start + k] = xp.asarray(np.asarray(P, dtype=self.dtype))
-        self.store_C[start:start + k] = xp.asarray(np.asarray(C, dtype=self.dtype))
+        self.store_P[start:start + k] = self._upload(P)
+        self.store_C[start:start + k] = self._upload(C)
         self.M += k
         rows = self.store_P[start:self.M].astype(np.float64)
         self.store_norms[start:self.M] = xp.sqrt((rows * rows).sum(axis=1))
         self.weigh_appended(start, rate, beta, nesterov)
+
+    def _upload(self, a):
+        """Rows ``a`` (host) in ``dtype`` on ``xp``: the device copy where :attr:`device_copy` has one."""
+        dev = self.device_copy(a) if self.device_copy is not None else None
+        if dev is not None:
+            return dev.astype(self.dtype)
+        return self.xp.asarray(np.asarray(a, dtype=self.dtype))
 
     P_dev = property(lambda self: self.store_P[:self.M])
     C_dev = property(lambda self: self.store_C[:self.M])

@@ -33,7 +33,7 @@ from refimpl.optim import momentum_direction
 from . import archkernels, fused_source, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
 from .standin import numpy_device
-from .xpcore import XPEngine
+from .xpcore import XPEngine, device_unit_rows
 
 
 def _reason(exc):
@@ -252,6 +252,9 @@ class BottleneckEngine(AccelBottleneckEngine):
         super().__init__(layers_g, layers_f, d, dr, dtype=dtype, kernels=kernels(xp_name), xp=self.device.xp)
         #: False: the kernel functions on host arrays every step (the route before; for benchmarks)
         self.stored_route = True
+        #: (host array, device array) pairs of the last device step (:meth:`device_copy`)
+        self._step_copies = ()
+        self.history.device_copy = self.device_copy
         #: False: the head's f_0, pullback, loss and chi on the host after the first pass's copy back (the
         #: route before :meth:`batch_step`; one more copy back where dr > fuse_max_dr; for benchmarks)
         self.device_step = True
@@ -260,12 +263,29 @@ class BottleneckEngine(AccelBottleneckEngine):
     def track(self, X, values):
         return DeviceTracked(X, values, self.xp)
 
+    def reset_history(self, capacity=1024):
+        super().reset_history(capacity)
+        self.history.device_copy = self.device_copy
+
+    def device_copy(self, a):
+        """The device array behind host array ``a`` if ``a`` is one that :meth:`batch_step` copied back this
+        step (the batch indices, embeddings, chi, V), else None: the step's updates and the history append
+        then read it where it is instead of copying it up again."""
+        for host, dev in self._step_copies:
+            if a is host:
+                return dev
+        return None
+
+    def _to_device(self, a):
+        dev = self.device_copy(a)
+        return dev if dev is not None else self.xp.asarray(np.ascontiguousarray(a))
+
     def update_tracked(self, target, source, idx, V, lr, beta=0.0, nesterov=False):
         if not self.stored_route:
             return super().update_tracked(target, source, idx, V, lr, beta, nesterov)
         xp = self.xp
-        idx_d = xp.asarray(idx)
-        V_d = xp.asarray(np.ascontiguousarray(V, dtype=np.float64))
+        idx_d = self._to_device(idx)
+        V_d = self._to_device(np.asarray(V, dtype=np.float64))
         if not self.relu_pairs:
             inc = archkernels.ntk_increment(archkernels.full_module(xp), target.X_dev, target.norms_dev,
                                             target.units_dev, source.X_dev[idx_d], source.norms_dev[idx_d],
@@ -319,6 +339,7 @@ class BottleneckEngine(AccelBottleneckEngine):
         dr exceeds ``fuse_max_dr`` the second pass (mode 2) takes chi from device memory.  Where the fused
         pass does not apply (another head architecture, an empty history, tiles that do not fit): the host
         route."""
+        self._step_copies = ()
         h, kind = self.history, self.head.kind
         head = self.device_head(sim.net) if kind is not None and h.M and self.stored_route and self.device_step \
             else None
@@ -329,17 +350,18 @@ class BottleneckEngine(AccelBottleneckEngine):
         if any(pl is None for pl in plans):
             return super().batch_step(sim, idx)
         xp, fx, dev = self.xp, archkernels.full_module(self.xp), self.device
-        Zd = sim._tracked[0].values_dev[xp.asarray(idx)]
+        idx_d = xp.asarray(idx)
+        Zd = sim._tracked[0].values_dev[idx_d]
 
         def history_pass(mode, chi, pl):
             return dev.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, chi, kind, self.head.m,
-                                          self.head.par, pl, device_queries=True, results="device")
+                                          self.head.par, pl, device_queries=True, results="device",
+                                          query_rows=(zn, Zh))
         with np.errstate(all="ignore"):      # the stand-in's NumPy: a diverged step is judged below, once
+            zn, Zh = device_unit_rows(fx, Zd)                  # once for both passes and the contraction
             fh, T, bsum = history_pass(mode, None, plans[0])
             f0, cache = head.forward(Zd, keep=True)
             loss, chi = loss_terms(f0 - sim.lr_f * fh, xp.asarray(sim.Y[idx]), sim.loss, fx)
-            zn = fx.sqrt(fx.sum(Zd * Zd, axis=1))
-            Zh = Zd / fx.where(zn > 0.0, zn, 1.0)[:, None]
             if mode == 1:
                 xi_sum = contract_xi(chi, T, bsum, Zd, fx, Zh)
             else:
@@ -350,7 +372,9 @@ class BottleneckEngine(AccelBottleneckEngine):
         loss = float(host[0])
         sim.check_batch_loss(loss)
         Z = host[1:1 + B * d].reshape(B, d)
-        return Z, loss, host[1 + B * d:1 + B * (d + dr)].reshape(B, dr), host[1 + B * (d + dr):].reshape(B, d)
+        chi_h, V_h = host[1 + B * d:1 + B * (d + dr)].reshape(B, dr), host[1 + B * (d + dr):].reshape(B, d)
+        self._step_copies = ((idx, idx_d), (Z, Zd), (chi_h, chi), (V_h, V))
+        return Z, loss, chi_h, V_h
 
 
 class InfiniteEngine(AccelInfiniteEngine):

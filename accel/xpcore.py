@@ -37,6 +37,12 @@ MEMORY_FRACTION = 0.4
 _R = {0: 0, 1: None, 2: 1}
 
 
+def device_unit_rows(fx, Z):
+    """Norms (q,) and unit rows (q, d) of the rows of Z on the array module ``fx`` (a zero row stays zero)."""
+    zn = fx.sqrt(fx.sum(Z * Z, axis=1))
+    return zn, Z / fx.where(zn > 0.0, zn, 1.0)[:, None]
+
+
 class XPEngine:
     """Pair kernels and history pass on the array module ``xp`` (CuPy or the NumPy stand-in).
 
@@ -169,14 +175,15 @@ class XPEngine:
             return 1
 
     def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None, device_queries=False,
-                           results="host"):
+                           results="host", query_rows=None):
         """:meth:`history_pass` by the fused kernels of :mod:`accel.fused_source` (plan ``pl``).
 
         ``device_queries``: Z (q, d) float64 and chi (mode 2; else None) are already on the device (a
         step's batch embeddings and its loss derivatives); the norms and unit rows are formed there and
         nothing goes up.  With ``results="host"`` the host copy of Z comes back in the one device-to-host
         copy of the results: returns (Z on the host, (f, T, bsum)).  ``results="device"`` (device queries
-        only): no copy at all; returns (f, T, bsum) as device arrays.
+        only): no copy at all; returns (f, T, bsum) as device arrays.  ``query_rows``: (norms (q,), unit rows
+        (q, d)) of device queries where the caller has them (a step's two passes), else formed here.
         """
         if results not in ("host", "device") or (results == "device" and not device_queries):
             raise ValueError(f"results: expected 'host', or 'device' with device queries, got {results!r}")
@@ -192,8 +199,8 @@ class XPEngine:
             if (chi is None) == (mode == 2):
                 raise ValueError(f"chi: expected {'a device array' if mode == 2 else 'None'} in mode {mode}")
             Zw = Zflat = fx.ascontiguousarray(Z).ravel()
-            zn = fx.sqrt(fx.sum(Z * Z, axis=1))
-            Zh = (Z / fx.where(zn > 0.0, zn, 1.0)[:, None]).ravel()
+            zn, Zh = query_rows if query_rows is not None else device_unit_rows(fx, Z)
+            Zh = fx.ascontiguousarray(Zh).ravel()
             chi_d = fx.zeros(q * dr) if chi is None else fx.ascontiguousarray(chi, dtype=np.float64).ravel()
         else:
             Z64 = np.ascontiguousarray(Z, dtype=np.float64)
@@ -225,7 +232,8 @@ class XPEngine:
                     (part, i64(gx), i64(stride), i64(gy), out))
             outs.append(out)
         # device queries: + 6 small kernels (Z * Z, its row sums, sqrt, the guarded division, zeros for chi)
-        launches = 2 * len(pl["chunks"]) + int(wdt != np.float64) + (6 if device_queries else 0)
+        launches = 2 * len(pl["chunks"]) + int(wdt != np.float64) + \
+            (0 if not device_queries else (1 if query_rows is not None else 6))
         if results == "device":
             flat = outs[0] if len(outs) == 1 else fx.concatenate(outs)
             res = self._unpack(fx, flat, pl, q, d, dr, mode, gy)

@@ -206,11 +206,14 @@ def test_a_step_copies_back_once(monkeypatch, dr, loss, dtype):
         passes.clear()
         with monkeypatch.context() as m:
             m.setattr(standin.NumpyDevice, "asnumpy", count("d2h"))
+            m.setattr(standin.NumpyDevice, "asarray", count("h2d"))
             loss_sim = sim.step(idx)
         loss_ref = ref.step(idx)
         assert abs(loss_sim - loss_ref) <= (1e-9 if dtype is None else 1e-5) * abs(loss_ref)
         if t:                                   # step 0 has no history: the batch rows only
-            assert counts["d2h"] == 1, (t, counts)
+            # one copy back; up: the batch's indices and targets only (V, the new history rows and chi are
+            # read where the step formed them)
+            assert counts["d2h"] == 1 and counts["h2d"] == 2, (t, counts)
             assert passes == ([(1, "device")] if dr <= sim.engine.fuse_max_dr else [(0, "device"), (2, "device")])
     sim.engine.device_step = False          # the host route of the head (benchmarks): one copy per pass
     counts.clear()
