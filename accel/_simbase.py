@@ -106,14 +106,14 @@ class ArrayHistory(MomentumRows):
             self.store_P = grown(xp, self.store_P, cap, start)
             self.store_C = grown(xp, self.store_C, cap, start)
             self.store_norms = grown(xp, self.store_norms, cap, start)
-        self.store_P[start:start + k] = self._upload(P)
-        self.store_C[start:start + k] = self._upload(C)
+        self.store_P[start:start + k] = self.rows_on_device(P)
+        self.store_C[start:start + k] = self.rows_on_device(C)
         self.M += k
         rows = self.store_P[start:self.M].astype(np.float64)
         self.store_norms[start:self.M] = xp.sqrt((rows * rows).sum(axis=1))
         self.weigh_appended(start, rate, beta, nesterov)
 
-    def _upload(self, a):
+    def rows_on_device(self, a):
         """Rows ``a`` (host) in ``dtype`` on ``xp``: the device copy where :attr:`device_copy` has one."""
         dev = self.device_copy(a) if self.device_copy is not None else None
         if dev is not None:

@@ -343,7 +343,7 @@ class BottleneckEngine(AccelBottleneckEngine):
         h, kind = self.history, self.head.kind
         head = self.device_head(sim.net) if kind is not None and h.M and self.stored_route and self.device_step \
             else None
-        mode = sim._first_mode()
+        mode = sim.first_pass_mode()
         B, d, dr = len(idx), self.d, self.dr
         plans = [self.device.plan(B, h.M, d, dr, m, h.P_dev.dtype, kind) for m in ((mode,) if mode else (0, 2))] \
             if head is not None else [None]
@@ -351,7 +351,7 @@ class BottleneckEngine(AccelBottleneckEngine):
             return super().batch_step(sim, idx)
         xp, fx, dev = self.xp, archkernels.full_module(self.xp), self.device
         idx_d = xp.asarray(idx)
-        Zd = sim._tracked[0].values_dev[idx_d]
+        Zd = sim.train_tracked.values_dev[idx_d]
 
         def history_pass(mode, chi, pl):
             return dev.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, chi, kind, self.head.m,

@@ -175,6 +175,11 @@ class _SimulatorBase:
         self.t = 0
 
     @property
+    def train_tracked(self):
+        """The tracked training inputs (:class:`refimpl.engine.Tracked`): X and their embeddings (or outputs)."""
+        return self._tracked[0]
+
+    @property
     def plain_sgd(self):
         """True for the constant schedule without momentum (the paper's SGD, MATH §4)."""
         return self.momentum == 0.0 and isinstance(self.lr_schedule, Schedule) and self.lr_schedule.is_constant
@@ -406,7 +411,7 @@ class BottleneckSimulator(_SimulatorBase):
         _, T, bsum = self._history_terms(Z, 2, chi)
         return self.net.jacobian_t_dot(Z, chi) - self.lr_f * contract_xi(np.ones((Z.shape[0], 1)), T, bsum, Z)
 
-    def _first_mode(self):
+    def first_pass_mode(self):
         """The mode of a step's first history pass: 1 (f and the Xi sums at once) when dr is at most the
         engine's ``fuse_max_dr``, else 0 (f; J^T chi follows in mode 2)."""
         return 1 if self.dr <= self.engine.fuse_max_dr else 0
@@ -421,7 +426,7 @@ class BottleneckSimulator(_SimulatorBase):
         (:meth:`refimpl.engine.BottleneckEngine.batch_pass`).  Raises :class:`DivergenceError` when
         the loss is not finite.
         """
-        fuse = self._first_mode() == 1
+        fuse = self.first_pass_mode() == 1
         fh, T, bsum = terms if terms is not None else self._history_terms(Z, 1 if fuse else 0)
         f0, pullback = self.net.f_and_pullback(Z)          # f_0(Z) and c -> J_0(Z)^T c
         loss, chi = self._batch_loss(f0 - self.lr_f * fh, Y)

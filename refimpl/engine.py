@@ -81,9 +81,9 @@ def batch_step(engine, sim, idx):
     embeddings Z (B, d), the first history pass at them (:meth:`BottleneckEngine.batch_pass`; none while
     the history is empty) and the head's loss, chi and V = J_t(Z)^T chi (``sim.head_at_batch``).
     Returns (Z, loss, chi, V) as host arrays and a float."""
-    tracked = sim._tracked[0]
+    tracked = sim.train_tracked
     if engine.history.M:
-        Z, terms = engine.batch_pass(tracked, idx, sim._first_mode())
+        Z, terms = engine.batch_pass(tracked, idx, sim.first_pass_mode())
     else:
         Z, terms = tracked.rows(idx), None
     loss, chi, V = sim.head_at_batch(Z, sim.Y[idx], terms)
