@@ -66,7 +66,9 @@ from . import pair_source
 #: query tile's beta sums, at most MAX_QT) keep them within 128 registers (2 blocks per SM) without
 #: spills.
 NACC = {0: 8, 1: 2, 2: 1}
-NTASK = 2
+NTASK = 1
+#: Columns of T per task (c and c + nk / 2: two row elements per BD_QB weights loaded).
+TCOLS = 2
 QB = 8
 #: Threads per block: at most this many (a power of two, at least MIN_THREADS).
 MAX_THREADS = 256
@@ -113,8 +115,22 @@ TARGET_MACROS = {
 KERNEL = r"""
 /* ---- fused history pass (accel/fused_source.py; MATH 4) ---- */
 
-/* shared memory: [Bc | An] float64, then [Zs | Ps | Cs | Kc | Ac] T, then the near flag; rows of
-   Zs and Ps have an odd stride dp (threads of a warp read different rows at the same k) */
+/* BD_QB consecutive values at p (16-byte aligned, shared memory) into v: BD_QB / BD_VW 128-bit loads, each a
+   broadcast when the lanes of a warp read the same group (one shared-memory wavefront for BD_VW values) */
+BD_DEVICE void bd_load_qb(T *v, const T *p)
+{
+    const bd_vec *pv = (const bd_vec *)p;
+#pragma unroll
+    for (int i = 0; i < BD_QB / BD_VW; ++i) {
+        const bd_vec x = pv[i];
+        BD_UNPACK(v, i, x);
+    }
+}
+
+/* shared memory, each part 16-byte aligned: [Bc | An] float64, then [Zt | At | Ps | Cs | Kc] T, then the near
+   flag.  Zt (the query tile) and At (the Xi weights alpha w of the tile's pairs) are transposed by query group:
+   the BD_QB queries of a group are contiguous, so one 128-bit broadcast load gives BD_VW of them; rows of Ps
+   have an odd stride dp (threads of a warp read different rows at the same k: no bank conflicts) */
 extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     const T *__restrict__ P, const double *__restrict__ pn, const T *__restrict__ C,
     const T *__restrict__ Zw, const double *__restrict__ zn, const double *__restrict__ Zh,
@@ -137,30 +153,37 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     const bd_idx NTT = RR * nq * nk;
     const bd_idx npair = qt * tile;
     const bd_idx dp = d | 1;        /* odd row stride in shared memory: no bank conflicts across rows */
+    const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
+    const bd_idx nqp = ((qt + BD_QB - 1) / BD_QB) * BD_QB;  /* the tile's queries, padded to whole groups */
+    const bd_idx nkh = (nk + 1) / 2;                        /* a T task: columns c and c + nkh */
 
     double *Bc = (double *)bd_smem;
     double *An = Bc + ((BD_MODE != 0) ? npair : 0);
-    T *Zs = (T *)(An + (BD_EXACT_NEAR ? npair : 0));
-    T *Ps = Zs + qt * dp;
+    const bd_idx n64 = ((BD_MODE != 0) ? npair : 0) + (BD_EXACT_NEAR ? npair : 0);
+    T *Zt = (T *)(Bc + ((n64 + 1) / 2) * 2);
+    T *At = Zt + nqp * d;
+    T *Ps = At + ((BD_MODE != 0) ? nqp * tile : 0);
     T *Cs = Ps + tile * dp;
     T *Kc = Cs + tile * ncs;
-    T *Ac = Kc + ((BD_MODE != 2) ? npair : 0);
-    int *near_any = (int *)(Ac + ((BD_MODE != 0) ? npair : 0));
+    T *Gd = Kc + ((BD_MODE != 2) ? npair : 0);            /* the tile's dot products, Gd[b tile + j] */
+    int *near_any = (int *)(Gd + npair);
 
-    const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
     double accG[BD_NACC];                                   /* f and beta-sum outputs */
-    T accT[BD_NTASK][BD_QB];                                /* T outputs ... */
-    double acc64[BD_NTASK][BD_QB];                          /* ... their nearly parallel pairs (float32) */
+    T accT[BD_NTASK][2][BD_QB];                             /* T outputs ... */
+    double acc64[BD_NTASK][2][BD_QB];                       /* ... their nearly parallel pairs (float32) */
 #pragma unroll
     for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
 #pragma unroll
     for (int a = 0; a < BD_NTASK; ++a)
 #pragma unroll
-        for (int u = 0; u < BD_QB; ++u) { accT[a][u] = (T)0; acc64[a][u] = 0.0; }
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int u = 0; u < BD_QB; ++u) { accT[a][h][u] = (T)0; acc64[a][h][u] = 0.0; }
 
-    for (bd_idx e = tid; e < nq * d; e += nthr) {
-        const bd_idx b = e / d;
-        Zs[b * dp + (e - b * d)] = Zw[b0 * d + e];
+    for (bd_idx e = tid; e < ngq * BD_QB * d; e += nthr) {  /* Zt[(g d + k) QB + u] = Z[g QB + u, k], 0 past nq */
+        const bd_idx u = e % BD_QB, gk = e / BD_QB, g = gk / d, k = gk - g * d;
+        const bd_idx b = g * BD_QB + u;
+        Zt[e] = (b < nq) ? Zw[(b0 + b) * d + k] : (T)0;
     }
 
     const bd_idx ntiles = (M + tile - 1) / tile;
@@ -182,58 +205,71 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
         }
         if (tid == 0) *near_any = 0;
         BD_SYNC();
-        /* (2) dot products (a task: BD_QB queries x one row; the row element is loaded once for
-           BD_QB products), then the pair terms */
-        for (bd_idx p = tid; p < ngq * nrow; p += nthr) {
-            const bd_idx g = p / nrow, j = p - g * nrow;
-            bd_idx zoff[BD_QB];
-            T gd[BD_QB];
+        /* (2) dot products (a task: BD_QB queries x two rows, ja and jb = ja + njp; per k two row elements
+           and BD_QB / BD_VW broadcast loads of query values serve 2 BD_QB multiply-adds), then the pair terms */
+        const bd_idx njp = (nrow + 1) / 2;
+        for (bd_idx p = tid; p < ngq * njp; p += nthr) {
+            const bd_idx g = p / njp, jp = p - g * njp;
+            const bd_idx ja = jp, jb = (jp + njp < nrow) ? jp + njp : jp;   /* no second row: ja again, unused */
+            T ga[BD_QB], gb[BD_QB];
 #pragma unroll
-            for (int u = 0; u < BD_QB; ++u) {
-                const bd_idx bu = g * BD_QB + u;
-                zoff[u] = (bu < nq ? bu : nq - 1) * dp;      /* past the last query: a valid row, unused */
-                gd[u] = (T)0;
-            }
+            for (int u = 0; u < BD_QB; ++u) { ga[u] = (T)0; gb[u] = (T)0; }
+            const T *zg = Zt + g * d * BD_QB;
+            const T *pa = Ps + ja * dp, *pb = Ps + jb * dp;
             for (bd_idx k = 0; k < d; ++k) {
-                const T pv = Ps[j * dp + k];
+                T zv[BD_QB];
+                bd_load_qb(zv, zg + k * BD_QB);
+                const T va = pa[k], vb = pb[k];
 #pragma unroll
-                for (int u = 0; u < BD_QB; ++u) gd[u] += Zs[zoff[u] + k] * pv;
+                for (int u = 0; u < BD_QB; ++u) { ga[u] += zv[u] * va; gb[u] += zv[u] * vb; }
+            }
+#pragma unroll
+            for (int u = 0; u < BD_QB; ++u) {              /* to shared memory: no dot product stays in a
+                                                              register through the pair terms below */
+                const bd_idx b = g * BD_QB + u;
+                if (b < nq) { Gd[b * tile + ja] = ga[u]; Gd[b * tile + jb] = (jb == ja) ? ga[u] : gb[u]; }
             }
 #pragma unroll 1
-            for (int u = 0; u < BD_QB; ++u) {
-                const bd_idx b = g * BD_QB + u;
-                if (b >= nq) break;
-                T gu = gd[0];
-#pragma unroll
-                for (int v = 1; v < BD_QB; ++v) if (v == u) gu = gd[v];
-                const double dot = (double)gu, znb = zn[b0 + b], pnj = pn[j0 + j];
-                double minus2 = -1.0, plus2 = -1.0;
-                if (bd_near(znb, pnj, dot)) {
-                    minus2 = 0.0; plus2 = 0.0;
-                    const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
-                    for (bd_idx k = 0; k < d; ++k) {
-                        const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
-                        minus2 += (z - y) * (z - y);
-                        plus2 += (z + y) * (z + y);
+            for (int h = 0; h < 2; ++h) {
+                if (h == 1 && jb == ja) break;
+                const bd_idx j = h ? jb : ja;
+#pragma unroll 1
+                for (int u = 0; u < BD_QB; ++u) {
+                    const bd_idx b = g * BD_QB + u;
+                    if (b >= nq) {                           /* padded queries: zero weights */
+                        if (BD_MODE != 0) At[(g * tile + j) * BD_QB + u] = (T)0;
+                        continue;
                     }
-                }
-                const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
-                const bd_idx c = b * tile + j;
-                if (BD_MODE != 2) Kc[c] = (T)tr.K;
-                if (BD_MODE != 0) {
-                    double w = 1.0;
-                    if (BD_MODE == 2) {
-                        w = 0.0;
-                        for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+                    const double dot = (double)Gd[b * tile + j], znb = zn[b0 + b], pnj = pn[j0 + j];
+                    double minus2 = -1.0, plus2 = -1.0;
+                    if (bd_near(znb, pnj, dot)) {
+                        minus2 = 0.0; plus2 = 0.0;
+                        const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
+                        for (bd_idx k = 0; k < d; ++k) {
+                            const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
+                            minus2 += (z - y) * (z - y);
+                            plus2 += (z + y) * (z + y);
+                        }
                     }
-                    Bc[c] = tr.beta * w;
-                    if (BD_EXACT_NEAR && minus2 >= 0.0) {
-                        Ac[c] = (T)0;
-                        An[c] = tr.alpha * w;
-                        *near_any = 1;
-                    } else {
-                        Ac[c] = (T)(tr.alpha * w);
-                        if (BD_EXACT_NEAR) An[c] = 0.0;
+                    const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
+                    const bd_idx c = b * tile + j;
+                    if (BD_MODE != 2) Kc[c] = (T)tr.K;
+                    if (BD_MODE != 0) {
+                        double w = 1.0;
+                        if (BD_MODE == 2) {
+                            w = 0.0;
+                            for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+                        }
+                        const bd_idx ct = (g * tile + j) * BD_QB + u;
+                        Bc[c] = tr.beta * w;
+                        if (BD_EXACT_NEAR && minus2 >= 0.0) {
+                            At[ct] = (T)0;
+                            An[c] = tr.alpha * w;
+                            *near_any = 1;
+                        } else {
+                            At[ct] = (T)(tr.alpha * w);
+                            if (BD_EXACT_NEAR) An[c] = 0.0;
+                        }
                     }
                 }
             }
@@ -258,37 +294,50 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
             }
         }
 #pragma unroll
-        for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b */
+        for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b, two columns k */
             const bd_idx tk = tid + (bd_idx)a * nthr;
-            if (BD_MODE != 0 && tk < RR * ngq * nk) {
-                const bd_idx kk = tk % nk, rest = tk / nk, g = rest % ngq, r = rest / ngq, k = k0 + kk;
-                bd_idx coff[BD_QB];
-                T s[BD_QB];
+            if (BD_MODE != 0 && tk < RR * ngq * nkh) {
+                const bd_idx c = tk % nkh, rest = tk / nkh, g = rest % ngq, r = rest / ngq;
+                const bd_idx ka = k0 + c, kb = (c + nkh < nk) ? ka + nkh : ka;
+                /* float32: the tile's sum first, then into the accumulator (shorter float32 sums); float64: straight
+                   into the accumulators (no second set of registers) */
+                T sa[BD_QB], sb[BD_QB];
 #pragma unroll
                 for (int u = 0; u < BD_QB; ++u) {
-                    const bd_idx bu = g * BD_QB + u;
-                    coff[u] = (bu < nq ? bu : nq - 1) * tile;
-                    s[u] = (T)0;
+                    sa[u] = BD_TILE_SUMS ? (T)0 : accT[a][0][u];
+                    sb[u] = BD_TILE_SUMS ? (T)0 : accT[a][1][u];
                 }
+                const T *ag = At + g * tile * BD_QB;
                 for (bd_idx j = 0; j < nrow; ++j) {
-                    T pv = Ps[j * dp + k];
-                    if (BD_MODE == 1) pv *= Cs[j * nr + r];
+                    T va = Ps[j * dp + ka], vb = Ps[j * dp + kb];
+                    if (BD_MODE == 1) { const T w = Cs[j * nr + r]; va *= w; vb *= w; }
+                    T av[BD_QB];
+                    bd_load_qb(av, ag + j * BD_QB);
 #pragma unroll
-                    for (int u = 0; u < BD_QB; ++u) s[u] += Ac[coff[u] + j] * pv;
+                    for (int u = 0; u < BD_QB; ++u) { sa[u] += av[u] * va; sb[u] += av[u] * vb; }
                 }
 #pragma unroll
-                for (int u = 0; u < BD_QB; ++u) accT[a][u] += s[u];
+                for (int u = 0; u < BD_QB; ++u) {
+                    accT[a][0][u] = BD_TILE_SUMS ? accT[a][0][u] + sa[u] : sa[u];
+                    accT[a][1][u] = BD_TILE_SUMS ? accT[a][1][u] + sb[u] : sb[u];
+                }
                 if (BD_EXACT_NEAR && any_near) {
-                    double s64[BD_QB];
+                    bd_idx coff[BD_QB];
+                    double s64a[BD_QB], s64b[BD_QB];
 #pragma unroll
-                    for (int u = 0; u < BD_QB; ++u) s64[u] = 0.0;
+                    for (int u = 0; u < BD_QB; ++u) {
+                        const bd_idx bu = g * BD_QB + u;
+                        coff[u] = (bu < nq ? bu : nq - 1) * tile;
+                        s64a[u] = 0.0; s64b[u] = 0.0;
+                    }
                     for (bd_idx j = 0; j < nrow; ++j) {
-                        const double pv = (double)Ps[j * dp + k] * ((BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0);
+                        const double w = (BD_MODE == 1) ? (double)Cs[j * nr + r] : 1.0;
+                        const double pva = (double)Ps[j * dp + ka] * w, pvb = (double)Ps[j * dp + kb] * w;
 #pragma unroll
-                        for (int u = 0; u < BD_QB; ++u) s64[u] += An[coff[u] + j] * pv;
+                        for (int u = 0; u < BD_QB; ++u) { s64a[u] += An[coff[u] + j] * pva; s64b[u] += An[coff[u] + j] * pvb; }
                     }
 #pragma unroll
-                    for (int u = 0; u < BD_QB; ++u) acc64[a][u] += s64[u];
+                    for (int u = 0; u < BD_QB; ++u) { acc64[a][0][u] += s64a[u]; acc64[a][1][u] += s64b[u]; }
                 }
             }
         }
@@ -304,12 +353,17 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #pragma unroll
     for (int a = 0; a < BD_NTASK; ++a) {
         const bd_idx tk = tid + (bd_idx)a * nthr;
-        if (BD_MODE != 0 && tk < RR * ngq * nk) {
-            const bd_idx kk = tk % nk, rest = tk / nk, g = rest % ngq, r = rest / ngq;
+        if (BD_MODE != 0 && tk < RR * ngq * nkh) {
+            const bd_idx c = tk % nkh, rest = tk / nkh, g = rest % ngq, r = rest / ngq;
 #pragma unroll
-            for (int u = 0; u < BD_QB; ++u) {
-                const bd_idx b = g * BD_QB + u;
-                if (b < nq) mine[NF + r * (nq * nk) + b * nk + kk] = (double)accT[a][u] + acc64[a][u];
+            for (int h = 0; h < 2; ++h) {
+                const bd_idx kk = c + (bd_idx)h * nkh;
+                if (kk >= nk) break;
+#pragma unroll
+                for (int u = 0; u < BD_QB; ++u) {
+                    const bd_idx b = g * BD_QB + u;
+                    if (b < nq) mine[NF + r * (nq * nk) + b * nk + kk] = (double)accT[a][h][u] + acc64[a][h][u];
+                }
             }
         }
     }
@@ -368,9 +422,12 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
     return "".join([
         TARGET_MACROS[target],
         f"typedef {DTYPES[dt]} T;\n",
+        VECTOR_TYPES[target] if target == "sim" else "",
+        VECTORS[dt],
         f"typedef {INDEX_TYPES[index_bits]} bd_idx;\n",
         f"#define BD_MODE {int(mode)}\n",
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
+        f"#define BD_TILE_SUMS {int(dt == 'float32')}\n",
         f"#define BD_NACC {NACC[mode]}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
         # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
         # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
@@ -379,6 +436,17 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         KERNEL,
     ])
 
+
+#: 128-bit vector of the working dtype for the broadcast loads of query values and Xi weights (BD_VW values;
+#: CUDA's built-in double2 / float4), and how one is unpacked into v[BD_VW i ...].
+VECTORS = {"float64": "typedef double2 bd_vec;\n#define BD_VW 2\n"
+                      "#define BD_UNPACK(v, i, vec) { (v)[2 * (i)] = (vec).x; (v)[2 * (i) + 1] = (vec).y; }\n",
+           "float32": "typedef float4 bd_vec;\n#define BD_VW 4\n"
+                      "#define BD_UNPACK(v, i, vec) { (v)[4 * (i)] = (vec).x; (v)[4 * (i) + 1] = (vec).y; "
+                      "(v)[4 * (i) + 2] = (vec).z; (v)[4 * (i) + 3] = (vec).w; }\n"}
+#: The CPU harness has no CUDA vector types: the same layout (16-byte aligned structs).
+VECTOR_TYPES = {"sim": "typedef struct __attribute__((aligned(16))) { double x, y; } double2;\n"
+                       "typedef struct __attribute__((aligned(16))) { float x, y, z, w; } float4;\n"}
 
 #: Options passed to ``cupy.RawModule`` (CuPy adds the -arch of the device itself).  None: the
 #: source is plain C++11 and compiles in NVRTC's default dialect (C++17 in CUDA 12 and 13), so no
@@ -423,13 +491,15 @@ def outputs_per_query(mode, d, nr):
 
 
 def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile):
-    """Bytes of shared memory of one block (the layout of ``bd_fused_history``)."""
+    """Bytes of shared memory of one block (the layout of ``bd_fused_history``: float64 parts padded to
+    16 bytes, the query tile and the Xi weights padded to whole query groups)."""
     npair = qt * tile
+    nqp = -(-qt // QB) * QB
     ncs = dr if mode == 2 else nr
     n64 = (npair if mode != 0 else 0) + (npair if exact else 0)
     dp = d | 1
-    nT = qt * dp + tile * dp + tile * ncs + (npair if mode != 2 else 0) + (npair if mode != 0 else 0)
-    return 8 * n64 + itemsize * nT + 8
+    nT = nqp * d + (nqp * tile if mode != 0 else 0) + tile * dp + tile * ncs + (npair if mode != 2 else 0) + npair
+    return 8 * (-(-n64 // 2) * 2) + itemsize * nT + 8
 
 
 def query_tiles(q):
@@ -445,7 +515,7 @@ def chunking(qt, d, dr, mode):
     per launch, so that a block holds the f / beta-sum outputs (``NACC[mode] * MAX_THREADS``) and the T tasks
     (``NTASK * MAX_THREADS``, a task being one column of T for QB queries); None where not even one column
     fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need the whole row)."""
-    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS
+    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * TCOLS * MAX_THREADS     # outputs; T columns per group
     ngq = -(-qt // QB)
     if mode == 0:
         nr = min(dr, cap_g // qt)
@@ -511,7 +581,7 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
     strides = [qt * outputs_per_query(mode, ck, cr) for _, cr, _, ck in chunks]
     rr = {0: 0, 1: nr, 2: 1}[mode]
     ngq = -(-qt // QB)
-    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * nk
+    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * -(-nk // TCOLS)
     threads = MIN_THREADS
     while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks):
         threads *= 2

@@ -186,8 +186,7 @@ def test_fused_pass_linear_arch_and_64_bit_indices_agree():
     eng = xpcore.XPEngine(DEV)
     f, T, b = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, 1, None, "linear", 5.0, 3.0)
     f_ref, T_ref, _ = _reference(Z, h, 1, None, "linear", 3.0)
-    np.testing.assert_allclose(f, f_ref, rtol=1e-12)
-    np.testing.assert_allclose(T, T_ref, rtol=1e-12)
+    assert _rel(f, f_ref) <= 1e-13 and _rel(T, T_ref) <= 1e-12        # (T's entries are cancelling sums)
     assert np.all(b == 0)
     for mode in (0, 1, 2):
         chi = rng.standard_normal((9, 2)) if mode == 2 else None
@@ -268,13 +267,19 @@ MUTANTS = [
      "const bd_idx e = tid * BD_NACC + a;\n            if (e < NF) {"),
     ("T task ownership differs from the write-out",
      "const bd_idx tk = tid + (bd_idx)a * nthr;", "const bd_idx tk = tid * BD_NTASK + a;"),
-    ("query group of the dot products off by one", "zoff[u] = (bu < nq ? bu : nq - 1) * dp;",
-     "zoff[u] = (bu + 1 < nq ? bu + 1 : nq - 1) * dp;"),
-    ("T tasks read the wrong coefficient column", "s[u] += Ac[coff[u] + j] * pv;", "s[u] += Ac[coff[u] + j + 1] * pv;"),
+    ("query group of the dot products off by one", "const T *zg = Zt + g * d * BD_QB;",
+     "const T *zg = Zt + (g + 1 < ngq ? g + 1 : g) * d * BD_QB;"),
+    ("second row of a dot-product task off by one", "jb = (jp + njp < nrow) ? jp + njp : jp;",
+     "jb = (jp + njp < nrow) ? jp + njp - 1 : jp;"),
+    ("query values unpacked from the wrong half of a vector", "(v)[2 * (i) + 1] = (vec).y;", "(v)[2 * (i) + 1] = (vec).x;"),
+    ("last lane of a float32 vector unpacked from the first", "(v)[4 * (i) + 3] = (vec).w;", "(v)[4 * (i) + 3] = (vec).x;"),
+    ("T tasks read the wrong coefficient row", "bd_load_qb(av, ag + j * BD_QB);", "bd_load_qb(av, ag + (j + 1) * BD_QB);"),
+    ("second column of a T task at the wrong offset", "kb = (c + nkh < nk) ? ka + nkh : ka;",
+     "kb = (c + nkh < nk) ? ka + nkh - 1 : ka;"),
     ("near-parallel pairs not recomputed", "if (bd_near(znb, pnj, dot))", "if (0 && bd_near(znb, pnj, dot))"),
     ("grid-stride loop skips tiles", "t += (bd_idx)gridDim.x)", "t += (bd_idx)gridDim.x + 1)"),
     ("last partial tile dropped", "(M - j0 < tile) ? M - j0 : tile", "tile"),
-    ("T column chunk read at column kk, not k0 + kk", "r = rest / ngq, k = k0 + kk;", "r = rest / ngq, k = kk;"),
+    ("T column chunk read at column c, not k0 + c", "const bd_idx ka = k0 + c,", "const bd_idx ka = c,"),
 ]
 
 
@@ -290,8 +295,12 @@ PLANT_CASES = {"mode1-f64": (1, np.float64, 333, 6, 1, 20, 1e-9, 1e-6),
 
 #: Planted bugs that only some cases can show, and which: T in column chunks needs d > 512; the f / beta-sum
 #: ownership needs more than one accumulator per thread (mode 2 has one: the mutant is the same code there).
-ONLY = {"T column chunk read at column kk, not k0 + kk": lambda case: case[3] > 512,
-        "f accumulator ownership differs from the write-out": lambda case: fused_source.NACC[case[0]] > 1}
+ONLY = {"T column chunk read at column c, not k0 + c": lambda case: case[3] > 512,
+        "f accumulator ownership differs from the write-out": lambda case: fused_source.NACC[case[0]] > 1,
+        "query values unpacked from the wrong half of a vector": lambda case: case[1] == np.float64,
+        "last lane of a float32 vector unpacked from the first": lambda case: case[1] == np.float32,
+        "T task ownership differs from the write-out": lambda case: fused_source.NTASK > 1,
+        "query group of the dot products off by one": lambda case: case[5] > fused_source.QB and case[3] < 512}
 PLANTS = [(m, c) for m in MUTANTS for c in sorted(PLANT_CASES) if ONLY.get(m[0], lambda case: True)(PLANT_CASES[c])]
 
 
@@ -339,7 +348,8 @@ def test_every_variant_is_listed_and_valid_cpp():
     mock = ("#include <cmath>\nusing std::fabs; using std::sqrt; using std::atan2;\n"
             "#define __device__\n#define __global__\n#define __forceinline__ inline\n#define __align__(n)\n"
             "#define __shared__\n#define __launch_bounds__(t, b)\nstruct bd_dim3 { unsigned x, y, z; };\n"
-            "extern bd_dim3 threadIdx, blockIdx, blockDim, gridDim;\nvoid __syncthreads();\n")
+            "extern bd_dim3 threadIdx, blockIdx, blockDim, gridDim;\nvoid __syncthreads();\n"
+            "struct double2 { double x, y; };\nstruct float4 { float x, y, z, w; };\n")   # CUDA's vector types
     for i, (name, src, _) in enumerate(srcs):
         if i % 4 and "relu_float32_mode1" not in name:     # a quarter of them, and the busiest one
             continue
