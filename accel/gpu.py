@@ -317,7 +317,6 @@ class BottleneckEngine(AccelBottleneckEngine):
         return self.device.fused_history_pass(Zd, h.P_dev, h.norms_dev, h.C_dev, mode, None, self.head.kind,
                                               self.head.m, self.head.par, pl, device_queries=True)
 
-
     def device_head(self, net):
         """The head f of ``net`` (:class:`refimpl.network.MLP`) with its weights in device memory, copied
         once per network; None for a network without the head's weights (the host route then)."""
