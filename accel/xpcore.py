@@ -167,6 +167,15 @@ class XPEngine:
             drv = self.driver()
             drv.funcSetAttribute(fn.ptr, drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, int(nbytes))
 
+    def peak_bandwidth(self):
+        """Peak memory bandwidth of the device in bytes/s, 2 x memory clock x bus width (device attributes
+        MemoryClockRate, kHz, and GlobalMemoryBusWidth, bits); None where they cannot be read (the stand-in)."""
+        try:
+            att = self.xp.cuda.Device().attributes
+            return 2.0 * float(att["MemoryClockRate"]) * 1e3 * float(att["GlobalMemoryBusWidth"]) / 8.0
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+
     def multiprocessors(self):
         """Number of streaming multiprocessors of the device (1 on the stand-in)."""
         try:

@@ -232,7 +232,48 @@ def measure(backend, d, M, reps=3, seed=0):
             "seconds_per_step": sec, "all_seconds": times, "gflops": flops / sec / 1e9,
             "peak_mib": peak_mib, "rss_peak_mib": rss_mib,
             "device_peak_mib": None if device_peak is None else device_peak / 2**20,
-            "history_mib": M * (d + DR) * np.dtype(backend.dtype).itemsize / 2**20}
+            "history_mib": M * (d + DR) * np.dtype(backend.dtype).itemsize / 2**20,
+            **(gpu_step_extras(sim, batches[1:-1], sync, sec, d, M) if backend.name == "gpu" else {})}
+
+
+def gpu_step_extras(sim, batches, sync, seconds, d, M):
+    """What the gpu step is measured against (docs/BENCHMARKS.md, issue targets), from one run.
+
+    ``pass_bytes_per_step``: global memory the step's fused pass(es) request
+    (:func:`accel.fused_source.pass_counts` for this device's plan); ``pass_bandwidth_gbs``: those bytes
+    over the whole step's time; ``bandwidth_fraction``: that over the device's peak memory bandwidth
+    (:meth:`accel.xpcore.XPEngine.peak_bandwidth`; None on the stand-in), a lower bound of what the pass
+    itself achieves.  ``host_head_seconds_per_step``: the same batches again with the head's f_0, loss and
+    chi on the host (``engine.device_step = False``, the route before), and its ratio to the device step.
+    """
+    from accel import fused_source
+    eng = sim.engine
+    dev = eng.device
+    out = {}
+    if eng.head.kind is not None:
+        modes = (1,) if sim.first_pass_mode() == 1 else (0, 2)
+        counts = [fused_source.pass_counts(BATCH, M, d, DR, m, eng.history.P_dev.dtype, eng.head.kind,
+                                           dev.multiprocessors(), dev.shared_optin()) for m in modes]
+        if all(c is not None for c in counts):
+            nbytes = sum(c["bytes"] for c in counts)
+            peak = dev.peak_bandwidth()
+            out.update(pass_bytes_per_step=nbytes, pass_bandwidth_gbs=nbytes / seconds / 1e9,
+                       peak_bandwidth_gbs=None if peak is None else peak / 1e9,
+                       bandwidth_fraction=None if peak is None else nbytes / seconds / peak)
+    host = []
+    eng.device_step = False
+    try:
+        for idx in batches:
+            sync()
+            t = time.perf_counter()
+            sim.step(idx)
+            sync()
+            host.append(time.perf_counter() - t)
+    finally:
+        eng.device_step = True
+    out["host_head_seconds_per_step"] = statistics.median(host)
+    out["host_head_over_device_step"] = out["host_head_seconds_per_step"] / seconds
+    return out
 
 
 def near_pairs(backend, d=100, M=100_000, reps=5, seed=0):

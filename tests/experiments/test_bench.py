@@ -85,3 +85,30 @@ def test_mnist_step_compares_the_two_theta_routes(tmp_path):
     assert r["max_embedding_difference"] < 1e-12
     r = json.loads(out.read_text())["mnist_step_inf"]
     assert r["d"] == "inf" and len(r["stored_all_seconds"]) == 5 and r["max_output_difference"] < 1e-12
+
+
+def test_gpu_measure_reports_pass_traffic_bandwidth_and_the_host_head_route(monkeypatch):
+    """On the gpu backend (here its NumPy stand-in) a step's measurement carries the bytes its fused passes
+    request (from the launch plan), the bandwidth they imply and the host route of the head timed on the same
+    batches; the peak bandwidth comes from the device attributes (None on the stand-in)."""
+    import types
+
+    import numpy as np
+    from accel import fused_source, gpu, xpcore
+    monkeypatch.setenv(gpu.STANDIN_ENV, "standin")
+    gpu.reset()
+    try:
+        res = bench.measure(get_backend("gpu", "float64"), d=6, M=500, reps=1)
+    finally:
+        monkeypatch.delenv(gpu.STANDIN_ENV)
+        gpu.reset()
+    want = fused_source.pass_counts(bench.BATCH, 500, 6, bench.DR, 1, np.float64, "relu", 1,
+                                    fused_source.SHARED_OPTIN_SM90)["bytes"]
+    assert res["pass_bytes_per_step"] == want
+    assert res["pass_bandwidth_gbs"] == pytest.approx(want / res["seconds_per_step"] / 1e9)
+    assert res["bandwidth_fraction"] is None and res["peak_bandwidth_gbs"] is None
+    assert res["host_head_seconds_per_step"] > 0
+    assert res["host_head_over_device_step"] == res["host_head_seconds_per_step"] / res["seconds_per_step"]
+    h100 = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(
+        attributes={"MemoryClockRate": 2619000, "GlobalMemoryBusWidth": 5120})))
+    assert xpcore.XPEngine(h100).peak_bandwidth() == pytest.approx(3.352e12, rel=1e-3)   # H100 SXM: 3.35 TB/s
