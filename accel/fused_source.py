@@ -70,19 +70,23 @@ NTASK = 1
 #: Columns of T per task (c and c + nk / 2: two row elements per BD_QB weights loaded).
 TCOLS = 2
 QB = 8
-#: Threads per block: at most this many (a power of two, at least MIN_THREADS).
+#: Threads per block: at most this many (a power of two, at least MIN_THREADS; :func:`plan` takes at least 128).
 MAX_THREADS = 256
 MIN_THREADS = 64
 #: Queries per tile, at most.
 MAX_QT = 32
 #: History rows per tile, at most.
-MAX_TILE = 64
+MAX_TILE = 128
 #: Shared memory per block without opt-in (the default limit of a CUDA kernel); more needs the kernel
 #: attribute raised before the launch, up to the device's opt-in maximum.
 SHARED_BYTES = 48 * 1024
 #: The opt-in maximum of sm_90 (H100, H200: 227 KiB per block), used by :func:`pass_counts` and the
 #: stand-in (sm_80: 163 KiB).
 SHARED_OPTIN_SM90 = 227 * 1024
+#: Shared memory per block that still lets two blocks share a multiprocessor on sm_90 (228 KiB per SM,
+#: 1 KiB reserved per block): the register budget of ``__launch_bounds__(256, 2)`` allows two blocks per
+#: SM, so a tile up to this size costs no occupancy (sm_80: 164 / 2 - 1 = 81 KiB).
+SHARED_TWO_BLOCKS_SM90 = 228 * 1024 // 2 - 1024
 #: History rows per tile, at least, before a smaller query tile or the opt-in limit is tried.
 MIN_TILE = 8
 #: Mode 1 (T for every column of C) with more launches (column chunks of C x of T) than this falls back to
@@ -530,16 +534,19 @@ def chunking(qt, d, dr, mode):
     return (1, nk) if nk >= 1 and 2 * qt <= cap_g else None
 
 
-def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
+def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budget=SHARED_BYTES):
     """Launch plan of the fused pass, or None where no tile fits.
 
     The query tile ``qt`` and the launches ("chunks") are chosen for the least work per history row:
     the fewest query groups of QB worked over all query tiles and launches (a group of fewer than QB
-    queries costs as much as a full one), then the default 48 KiB of shared memory over
-    ``shared_limit`` (the device's opt-in maximum per block, e.g. 227 KiB on sm_90: fewer blocks per
-    multiprocessor; the launch raises the kernel's limit, :meth:`accel.xpcore.XPEngine.allow_shared`),
-    then the fewest streams of the history (query tiles x chunks), then the largest tile; tiles have
-    at least ``MIN_TILE`` rows (or all of M) where any query tile allows it, else at least one.
+    queries costs as much as a full one), then tiles within ``shared_budget`` (shared memory per block
+    that keeps two blocks per multiprocessor, the most the registers allow: 113 KiB on sm_90, or the
+    default 48 KiB) over tiles up to ``shared_limit`` (the device's opt-in maximum per block, e.g.
+    227 KiB on sm_90: one block per multiprocessor), then the fewest streams of the history (query tiles
+    x chunks), then the largest tile (up to ``MAX_TILE`` rows: more rows, more dot-product tasks per
+    block); tiles have at least ``MIN_TILE`` rows (or all of M) where any query tile allows it, else at
+    least one.  Above 48 KiB the launch raises the kernel's limit
+    (:meth:`accel.xpcore.XPEngine.allow_shared`).
 
     Returns a dict: ``qt`` (queries per tile), ``chunks`` (list of (r0, nr, k0, nk): the columns
     r0 .. r0 + nr - 1 of C and k0 .. k0 + nk - 1 of T of one launch; one (0, dr, 0, d) chunk unless
@@ -551,6 +558,7 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
     exact = exact_near(arch, dtype, mode)
     best = None
     optin = max(SHARED_BYTES, int(shared_limit))
+    budget = min(optin, max(SHARED_BYTES, int(shared_budget)))
     for min_tile in (min(MIN_TILE, M), 1):
         for qt in query_tiles(q):
             ch = chunking(qt, d, dr, mode)
@@ -562,14 +570,14 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
                 continue       # e.g. a Jacobian at dr = 784: the GEMM pass streams P far fewer times
             fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
             per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
-            for limit in (SHARED_BYTES, optin):
+            for limit in (budget, optin):
                 tile = min(MAX_TILE, M, (limit - fixed) // per_row) if limit > fixed else 0
                 if tile >= min_tile:
                     break
             if tile < min_tile:
                 continue
             groups = nch * ((q // qt) * -(-qt // QB) + -(-(q % qt) // QB))
-            cost = (groups, limit > SHARED_BYTES, -(-q // qt) * nch, -tile)
+            cost = (groups, limit > budget, -(-q // qt) * nch, -tile)
             if best is None or cost < best[0]:
                 best = (cost, qt, nr, nk, int(tile))
         if best is not None:
@@ -582,8 +590,12 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES):
     rr = {0: 0, 1: nr, 2: 1}[mode]
     ngq = -(-qt // QB)
     generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * -(-nk // TCOLS)
+    # enough threads for the outputs a block owns and for its dot-product tasks (8 queries x 2 rows); at
+    # least 128 (four warps to load the tile from global memory); the registers allow two blocks of 256 per SM
+    dtasks = -(-qt // QB) * -(-tile // 2)
     threads = MIN_THREADS
-    while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks):
+    while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks
+                                     or threads < dtasks or threads < 128):
         threads *= 2
     nqt = -(-q // qt)
     biggest = max(M * max(d, dr), q * max(d, dr), max(strides) * nqt * 1024, qt * tile)
@@ -600,7 +612,8 @@ def grid(pl, q, M, multiprocessors):
     return max(1, min(ntiles, 1024, -(-4 * multiprocessors // gy))), gy
 
 
-def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limit=SHARED_OPTIN_SM90):
+def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limit=SHARED_OPTIN_SM90,
+                shared_budget=SHARED_TWO_BLOCKS_SM90):
     """Global-memory traffic and launches of one fused pass, from :func:`plan` and :func:`grid`.
 
     Returns a dict: ``bytes`` (total), ``parts`` ({what: bytes}: history rows P, norms pn and C as
@@ -611,9 +624,10 @@ def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limi
     concatenation of column chunks), ``h2d`` and ``d2h`` (host copies: one each way),
     ``plan`` and ``grid``.  Not counted: the rows of nearly parallel pairs' explicit differences
     (read from the shared tile) and the unit query rows Zh read for them (a few KB, cached).
-    Defaults: an H100 SXM (132 multiprocessors, 227 KiB of opt-in shared memory per block).
+    Defaults: an H100 SXM (132 multiprocessors, 227 KiB of opt-in shared memory per block, 113 KiB for
+    two blocks per multiprocessor).
     """
-    pl = plan(q, M, d, dr, mode, dtype, arch, shared_limit)
+    pl = plan(q, M, d, dr, mode, dtype, arch, shared_limit, shared_budget)
     if pl is None:
         return None
     it = np.dtype(dtype).itemsize

@@ -386,7 +386,9 @@ class NumpyDevice:
         self._pool = _MemoryPool()
         device = types.SimpleNamespace(synchronize=lambda: None, id=0,
                                        attributes={"MultiProcessorCount": 1,
-                                                   "MaxSharedMemoryPerBlockOptin": OPTIN_SHARED_LIMIT})
+                                                   "MaxSharedMemoryPerBlockOptin": OPTIN_SHARED_LIMIT,
+                                                   "MaxSharedMemoryPerMultiprocessor": 228 * 1024,
+                                                   "ReservedSharedMemoryPerBlock": 1024})
         #: cupy_backends.cuda.api.driver's part that the backend uses (accel.xpcore.XPEngine.driver)
         self.driver_api = _DriverAPI()
         self.cuda = types.SimpleNamespace(

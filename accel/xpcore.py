@@ -142,8 +142,19 @@ class XPEngine:
         return self._modules[key]
 
     def plan(self, q, M, d, dr, mode, dtype, arch):
-        """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block."""
-        return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin())
+        """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block and the share
+        of a multiprocessor's shared memory that keeps two blocks on it."""
+        return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin(), self.shared_two_blocks())
+
+    def shared_two_blocks(self):
+        """Shared memory per block with which two blocks fit on one multiprocessor (device attributes
+        MaxSharedMemoryPerMultiprocessor and ReservedSharedMemoryPerBlock); the default 48 KiB where they
+        cannot be read."""
+        try:
+            att = self.xp.cuda.Device().attributes
+            return int(att["MaxSharedMemoryPerMultiprocessor"]) // 2 - int(att.get("ReservedSharedMemoryPerBlock", 0))
+        except (AttributeError, KeyError, TypeError):
+            return fused_source.SHARED_BYTES
 
     def shared_optin(self):
         """Shared memory a block may use once its kernel's limit is raised (the device attribute

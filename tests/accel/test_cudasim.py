@@ -97,6 +97,8 @@ def _history(M, d, dr, dtype, seed=0):
     h = ArrayHistory(d, dr, dtype=dtype, xp=DEV)
     base = rng.standard_normal((40, d))
     h.append(base[rng.integers(0, 40, M)] + 1e-3 * rng.standard_normal((M, d)), rng.standard_normal((M, dr)))
+    for store in (h.store_P, h.store_C, h.store_norms):      # the store's spare rows: garbage, as on a device
+        store[h.M:] = np.nan
     return h, rng
 
 
@@ -177,7 +179,7 @@ def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
         assert plans[0]["qt"] < q
     if d == 600:
         assert plans[1]["kchunks"] == plans[2]["kchunks"] == 2, plans
-        assert (max(p["shared"] for p in plans) > fused_source.SHARED_BYTES) == (dtype == np.float64)
+        assert max(p["shared"] for p in plans) > fused_source.SHARED_BYTES
 
 
 def test_fused_pass_linear_arch_and_64_bit_indices_agree():
@@ -287,10 +289,10 @@ MUTANTS = [
 #: error a mutant must exceed).  Mode 1 float64 in one query tile (f, T and beta sums: every part of the
 #: kernel); mode 2 float32 in two query tiles (chi in the weights; float32 sums with the float64 twins of
 #: nearly parallel pairs); mode 1 float64 with the columns of C in chunks.
-PLANT_CASES = {"mode1-f64": (1, np.float64, 333, 6, 1, 20, 1e-9, 1e-6),
+PLANT_CASES = {"mode1-f64": (1, np.float64, 1333, 6, 1, 20, 1e-9, 1e-6),
                "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 40, 1e-4, 1e-3),
                "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6),
-               "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 150, 600, 3, 20, 1e-9, 1e-6)}
+               "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 157, 600, 3, 20, 1e-9, 1e-6)}
 
 
 #: Planted bugs that only some cases can show, and which: T in column chunks needs d > 512; the f / beta-sum
