@@ -517,20 +517,22 @@ def query_tiles(q):
 def chunking(qt, d, dr, mode):
     """(nr, nk) of one launch for query tiles of ``qt``: columns of C (f, and T in mode 1) and columns of T
     per launch, so that a block holds the f / beta-sum outputs (``NACC[mode] * MAX_THREADS``) and the T tasks
-    (``NTASK * MAX_THREADS``, a task being one column of T for QB queries); None where not even one column
-    fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need the whole row)."""
-    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * TCOLS * MAX_THREADS     # outputs; T columns per group
+    (``NTASK * MAX_THREADS``, a task being ``TCOLS`` columns of T for QB queries: nr x query groups x
+    ceil(nk / TCOLS) tasks); None where not even one column fits.  Mode 2 keeps every column of C (the
+    weights C_m . chi_b need the whole row)."""
+    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS      # outputs; T tasks
     ngq = -(-qt // QB)
     if mode == 0:
         nr = min(dr, cap_g // qt)
         return (nr, d) if nr >= 1 else None
     if mode == 2:
-        nk = min(d, cap_t // ngq)
+        nk = min(d, TCOLS * (cap_t // ngq))
         return (dr, nk) if nk >= 1 and qt <= cap_g else None
-    if ngq * d <= cap_t:                                 # mode 1: whole rows of T, columns of C in chunks
-        nr = min(dr, cap_t // (ngq * d), cap_g // (2 * qt))
+    row_tasks = ngq * -(-d // TCOLS)                     # the tasks of one column of C with whole rows of T
+    if row_tasks <= cap_t:                               # mode 1: whole rows of T, columns of C in chunks
+        nr = min(dr, cap_t // row_tasks, cap_g // (2 * qt))
         return (nr, d) if nr >= 1 else None
-    nk = cap_t // ngq                                    # one column of C, T in column chunks
+    nk = TCOLS * (cap_t // ngq)                          # one column of C, T in column chunks
     return (1, nk) if nk >= 1 and 2 * qt <= cap_g else None
 
 

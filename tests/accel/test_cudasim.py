@@ -14,6 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from accel import cudasim, fused_source, pair_source, standin, xpcore
 from accel._simbase import ArrayHistory
@@ -146,12 +147,15 @@ class _Mutant(xpcore.XPEngine):
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-@pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 40), (200, 4, 200, 7), (150, 600, 3, 20)])
+@pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 40), (200, 4, 200, 7), (150, 600, 3, 20),
+                                     (97, 23, 22, 1)])
 def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
     """Modes 0-2 against refimpl's kernels, with (anti-)parallel queries; (200, 4, 200, 7) splits the
     columns of C into chunks in mode 1, (300, 5, 3, 40) takes two query tiles; (150, 600, 3, 20), a wide
-    bottleneck (d > 512 T columns a block holds for one query group), puts T's columns in two launches and,
-    in float64, takes more than 48 KiB of shared memory (the kernel's limit raised through the driver API)."""
+    bottleneck (d > 512 T columns a block holds for one query group), puts T's columns in two launches and
+    takes more than 48 KiB of shared memory (the kernel's limit raised through the driver API); (97, 23, 22, 1)
+    has an odd d, whose last T task holds one column (found by the property test below: 22 columns of C with
+    12 tasks each exceed a block's 256)."""
     h, rng = _history(M, d, dr, dtype)
     Z = _queries(h, q, rng)
     chi = rng.standard_normal((q, dr))
@@ -411,3 +415,36 @@ def test_pass_counts_describe_what_the_engine_launches(dtype):
     it = np.dtype(dtype).itemsize
     assert big["parts"]["P"] == 10**6 * 100 * it and big["kernels"] == (2 if it == 8 else 3)
     assert big["bytes"] < 1.1 * (10**6 * (100 * it + 8 + it))
+
+
+@settings(max_examples=300, deadline=None)
+@given(q=st.integers(1, 20000), M=st.integers(1, 10**7), d=st.integers(1, 3000), dr=st.integers(1, 1000),
+       mode=st.sampled_from([0, 1, 2]), dtype=st.sampled_from([np.float64, np.float32]),
+       optin=st.sampled_from([48 * 1024, 163 * 1024, 227 * 1024]))
+def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mode, dtype, optin):
+    """For any shape :func:`accel.fused_source.plan` either declines or gives launches whose shared memory
+    fits the device's opt-in limit (the layout of the kernel), whose threads own every output (f / beta sums
+    within NACC per thread, T columns within NTASK tasks of TCOLS columns), and whose chunks cover each
+    column of C and of T exactly once."""
+    budget = min(optin, 228 * 1024 // 2 - 1024)
+    pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu", optin, budget)
+    if pl is None:
+        return
+    qt, tile, thr = pl["qt"], pl["tile"], pl["threads"]
+    assert 1 <= qt <= min(q, fused_source.MAX_QT) and 1 <= tile <= min(M, fused_source.MAX_TILE)
+    assert fused_source.MIN_THREADS <= thr <= fused_source.MAX_THREADS and pl["shared"] <= optin
+    exact = fused_source.exact_near("relu", dtype, mode)
+    ngq = -(-qt // fused_source.QB)
+    seen = np.zeros((dr, d), dtype=int)
+    for (r0, nr, k0, nk), stride in zip(pl["chunks"], pl["strides"]):
+        assert pl["shared"] == fused_source.shared_bytes(mode, exact, np.dtype(dtype).itemsize, d, dr,
+                                                         max(c[1] for c in pl["chunks"]), qt, tile)
+        assert stride == qt * fused_source.outputs_per_query(mode, nk, nr)
+        rr = {0: 0, 1: nr, 2: 1}[mode]
+        assert qt * ((nr if mode != 2 else 0) + rr) <= fused_source.NACC[mode] * thr
+        assert rr * ngq * -(-nk // fused_source.TCOLS) <= fused_source.NTASK * thr
+        seen[r0:r0 + nr, k0:k0 + nk] += 1
+    if mode == 2:
+        assert all(c[0] == 0 and c[1] == dr for c in pl["chunks"])
+        seen = seen[:1]
+    assert np.all(seen == 1) and pl["kchunks"] == len({c[2] for c in pl["chunks"]})
