@@ -74,7 +74,7 @@ QB = 8
 MAX_THREADS = 256
 MIN_THREADS = 64
 #: Queries per tile, at most.
-MAX_QT = 32
+MAX_QT = 64
 #: History rows per tile, at most.
 MAX_TILE = 128
 #: Shared memory per block without opt-in (the default limit of a CUDA kernel); more needs the kernel
@@ -88,7 +88,7 @@ SHARED_OPTIN_SM90 = 227 * 1024
 #: SM, so a tile up to this size costs no occupancy (sm_80: 164 / 2 - 1 = 81 KiB).
 SHARED_TWO_BLOCKS_SM90 = 228 * 1024 // 2 - 1024
 #: History rows per tile, at least, before a smaller query tile or the opt-in limit is tried.
-MIN_TILE = 8
+MIN_TILE = 16
 #: Mode 1 (T for every column of C) with more launches (column chunks of C x of T) than this falls back to
 #: the unfused pass: each launch streams P again.
 MAX_CHUNKS_MODE1 = 8

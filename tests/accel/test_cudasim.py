@@ -147,11 +147,11 @@ class _Mutant(xpcore.XPEngine):
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-@pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 40), (200, 4, 200, 7), (150, 600, 3, 20),
+@pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 70), (200, 4, 200, 7), (150, 600, 3, 20),
                                      (97, 23, 22, 1)])
 def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
     """Modes 0-2 against refimpl's kernels, with (anti-)parallel queries; (200, 4, 200, 7) splits the
-    columns of C into chunks in mode 1, (300, 5, 3, 40) takes two query tiles; (150, 600, 3, 20), a wide
+    columns of C into chunks in mode 1, (300, 5, 3, 70) takes two query tiles; (150, 600, 3, 20), a wide
     bottleneck (d > 512 T columns a block holds for one query group), puts T's columns in two launches and
     takes more than 48 KiB of shared memory (the kernel's limit raised through the driver API); (97, 23, 22, 1)
     has an odd d, whose last T task holds one column (found by the property test below: 22 columns of C with
@@ -179,7 +179,7 @@ def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
             assert _rel(J, J_ref) <= tol * 100
     if (M, d, dr, q) == (200, 4, 200, 7):
         assert len(plans[1]["chunks"]) > 1
-    if q == 40:
+    if q == 70:
         assert plans[0]["qt"] < q
     if d == 600:
         assert plans[1]["kchunks"] == plans[2]["kchunks"] == 2, plans
@@ -221,7 +221,8 @@ def test_fused_pass_agrees_with_the_unfused_pass_and_falls_back_where_it_must():
     wide = fused_source.plan(20, 1000, 3000, 1, 1, np.float64, "relu", optin)     # T in column chunks
     assert wide["kchunks"] == 6 and wide["chunks"][1] == (0, 1, 512, 512)
     assert fused_source.plan(20, 1000, 100, 30000, 2, np.float64, "relu", optin) is None  # a row of C > 227 KiB
-    assert fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")["chunks"] == [(0, 512, 0, 100), (512, 272, 0, 100)]
+    ae = fused_source.plan(20, 10**6, 100, 784, 0, np.float64, "relu")        # the MNIST autoencoder's f: fused,
+    assert len(ae["chunks"]) > 1 and sum(c[1] for c in ae["chunks"]) == 784  # C's columns in launches
     assert fused_source.plan(20, 10**6, 100, 784, 1, np.float64, "relu") is None      # 784 chunks
     # fewer query groups worked: 5 tiles of 4 queries in one launch, not 1 tile of 20 (3 groups) in 4
     assert (lambda p: (p["qt"], p["chunks"]))(fused_source.plan(20, 10**6, 10, 40, 1, np.float64, "relu")) == (4, [(0, 40, 0, 10)])
@@ -294,7 +295,7 @@ MUTANTS = [
 #: kernel); mode 2 float32 in two query tiles (chi in the weights; float32 sums with the float64 twins of
 #: nearly parallel pairs); mode 1 float64 with the columns of C in chunks.
 PLANT_CASES = {"mode1-f64": (1, np.float64, 1333, 6, 1, 20, 1e-9, 1e-6),
-               "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 40, 1e-4, 1e-3),
+               "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 70, 1e-4, 1e-3),
                "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6),
                "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 157, 600, 3, 20, 1e-9, 1e-6)}
 
