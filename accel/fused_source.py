@@ -15,15 +15,17 @@ from global memory once per query tile and no (q, M) pair matrix is ever stored:
   and the history tiles x, x + gridDim.x, ... of ``tile`` rows (grid-stride);
 * per tile: (1) the block loads the tile of P (and its columns of C) into shared memory, rows
   at an odd stride (threads of a warp reading different rows at one k hit different banks);
-  (2) each thread takes tasks of ``BD_QB`` queries x one row: the dot products z_b . p_j in the
-  working dtype T (as the GEMM of the unfused pass; each row element loaded once for BD_QB
-  products), then the pair terms through the architecture's device functions ``bd_near`` /
-  ``bd_pair`` of :data:`accel.pair_source.ARCH` (the same text as the elementwise kernels;
-  nearly (anti-)parallel pairs recomputed from explicit differences in float64, MATH §2.1),
-  written as coefficients to shared memory;
-  (3) each thread owns, in registers, up to ``BD_NACC`` f or beta-sum outputs and up to
-  ``BD_NTASK`` T tasks (one column k of T for BD_QB queries, again one row element per BD_QB
-  multiply-adds), and adds the tile's contribution to them;
+  (2) each thread takes tasks of ``BD_QB`` queries x two rows (register tiles): the dot products
+  z_b . p_j in the working dtype T (as the GEMM of the unfused pass); the query tile is kept
+  transposed by groups of BD_QB, so per k two row elements and BD_QB / BD_VW 128-bit broadcast loads
+  serve 2 BD_QB multiply-adds; the dot products go to shared memory, then the pair terms through
+  the architecture's device functions ``bd_near`` / ``bd_pair`` of :data:`accel.pair_source.ARCH`
+  (the same text as the elementwise kernels; nearly (anti-)parallel pairs recomputed from explicit
+  differences in float64, MATH §2.1), written as coefficients to shared memory (the Xi weights
+  transposed by query group like the queries);
+  (3) each thread owns, in registers, up to ``BD_NACC`` f or beta-sum outputs and ``BD_NTASK`` T
+  tasks of ``TCOLS`` = 2 columns (k and k + nk / 2) of T for BD_QB queries (again two row elements
+  and BD_QB / BD_VW broadcast loads per 2 BD_QB multiply-adds), and adds the tile's contribution;
 * at the end each block writes its outputs (a partial sum over its tiles, float64) to
   ``part[(y, x), :]``; ``bd_fused_reduce`` sums the partials over x in a fixed order
   (deterministic), giving ``out[y, :]`` = [f (nq, nr) | T (R, nq, d) | bsum (R, nq)].
@@ -39,9 +41,10 @@ Outputs per block are at most ``BD_NACC * blockDim.x`` f / beta-sum entries and
 (r0, nr), and for wide bottlenecks (d above 512 / query groups) the columns of T (k0, nk); each
 launch streams P once more (the dot products need whole rows), but every element of C is read once
 per query tile and launch and never per query.  Mode 2 needs C_m . chi_b, so it keeps the whole row
-of C in the shared tile.  The query tile shrinks (down to one query) until the tile fits beside it,
-first in the default 48 KiB of shared memory per block, else in the device's opt-in maximum (227 KiB
-on sm_90: the launch raises the kernel's limit through the driver API).  So every shape of the
+of C in the shared tile.  The query tile (up to 64 queries) shrinks (down to one query) until a tile
+of history rows fits beside it, first in half a multiprocessor's shared memory (113 KiB on sm_90: two
+blocks per SM, all the registers allow), else in the device's opt-in maximum (227 KiB on sm_90); above
+48 KiB the launch raises the kernel's limit through the driver API.  So every shape of the
 campaign (d up to 1000, dr = 10, batches of 20 and 10,000 test queries) runs fused.  :func:`plan`
 returns None, and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`), only where a one-row
 tile with one query does not fit in the opt-in maximum (a row of C above ~200 KiB in mode 2, d above
