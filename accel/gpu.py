@@ -1,12 +1,13 @@
 """CuPy backend: the history and the tracked inputs on the GPU, one fused history pass per query set.
 
 The history pass and the pair kernels are :class:`accel.xpcore.XPEngine` over ``cupy``: the fused
-kernel of :mod:`accel.fused_source` and its reduction, with the GEMM pass as fallback where its tiles
-do not fit; the per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :class:`BottleneckEngine` and
+kernel of :mod:`accel.fused_source` and its reduction (the GEMM pass only where not even a one-query,
+one-row tile fits, no shape of the campaign); the per-pair terms are the CUDA-C source of :mod:`accel.pair_source`.  :class:`BottleneckEngine` and
 :class:`InfiniteEngine` are the engines (:mod:`refimpl.engine`) that refimpl's simulators run on;
 with ``xp_name="numpy"`` (:func:`accel.standin_backend`) the same engines run over the NumPy stand-in (:mod:`accel.standin`, the kernel source compiled
 by gcc): that is what CI runs against the golden files, so only CuPy itself (and NVRTC) is left
-untested without a GPU.
+untested without a GPU.  A training step runs in device memory with one copy back
+(:meth:`BottleneckEngine.batch_step`: the fused passes, the head's f_0 and pullback, the loss and chi).
 
 CuPy is imported lazily: importing this module never fails.  :func:`load_cupy` raises
 :class:`BackendUnavailable` with a one-line reason when CuPy is missing, sees no device, or is

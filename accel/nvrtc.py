@@ -12,8 +12,8 @@ driver.  This module uses them to check, in CI, what the GPU will compile:
   (:data:`SEEN`);
 * :func:`variants` lists every source variant the backend can generate: the history and pair
   kernels of :mod:`accel.pair_source` per architecture, working dtype (float64, float32) and
-  index width (32- and 64-bit), plus the RawKernel sources of :mod:`accel.fused_source` when that
-  module exists (its ``cuda_sources()``: ``(name, source, options)``);
+  index width (32- and 64-bit), plus the RawKernel sources of :mod:`accel.fused_source` (its
+  ``cuda_sources()``: ``(name, source, options)``);
 * :func:`compile_source` compiles one with NVRTC for ``sm_90`` or ``sm_80`` with CuPy's options
   (its include paths, ``-ftz=true``, ``--device-as-default-execution-space``) and reports ptxas'
   registers, spill stores and spill loads per kernel.
@@ -226,11 +226,8 @@ def elementwise_variants():
 
 
 def raw_variants():
-    """(name, source, options) of the fused RawKernel sources (accel.fused_source), if that module exists."""
-    try:
-        from . import fused_source
-    except ImportError:
-        return []
+    """(name, source, options) of the fused RawKernel sources (:func:`accel.fused_source.cuda_sources`)."""
+    from . import fused_source
     return [(str(n), str(s), tuple(o)) for n, s, o in fused_source.cuda_sources()]
 
 
