@@ -56,6 +56,7 @@ class XPEngine:
         self.xp = xp
         self._kernels = {}
         self._modules = {}
+        self._attributes = None
         #: Launches of the last history pass: {"kernels": n, "h2d": n, "d2h": n} (for the counts
         #: in docs/BENCHMARKS.md and the tests).
         self.last_launches = {}
@@ -146,23 +147,29 @@ class XPEngine:
         of a multiprocessor's shared memory that keeps two blocks on it."""
         return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin(), self.shared_two_blocks())
 
+    def attributes(self):
+        """The device's attributes (CuPy's ``Device().attributes``, which queries every one of them; the
+        stand-in's few), read once per engine (every pass plans with them), or {} where they cannot be read."""
+        if self._attributes is None:
+            try:
+                self._attributes = dict(self.xp.cuda.Device().attributes)
+            except (AttributeError, TypeError):
+                self._attributes = {}
+        return self._attributes
+
     def shared_two_blocks(self):
         """Shared memory per block with which two blocks fit on one multiprocessor (device attributes
         MaxSharedMemoryPerMultiprocessor and ReservedSharedMemoryPerBlock); the default 48 KiB where they
         cannot be read."""
-        try:
-            att = self.xp.cuda.Device().attributes
-            return int(att["MaxSharedMemoryPerMultiprocessor"]) // 2 - int(att.get("ReservedSharedMemoryPerBlock", 0))
-        except (AttributeError, KeyError, TypeError):
+        att = self.attributes()
+        if "MaxSharedMemoryPerMultiprocessor" not in att:
             return fused_source.SHARED_BYTES
+        return int(att["MaxSharedMemoryPerMultiprocessor"]) // 2 - int(att.get("ReservedSharedMemoryPerBlock", 0))
 
     def shared_optin(self):
         """Shared memory a block may use once its kernel's limit is raised (the device attribute
         MaxSharedMemoryPerBlockOptin; the default 48 KiB where it cannot be read)."""
-        try:
-            return int(self.xp.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"])
-        except (AttributeError, KeyError, TypeError):
-            return fused_source.SHARED_BYTES
+        return int(self.attributes().get("MaxSharedMemoryPerBlockOptin", fused_source.SHARED_BYTES))
 
     def driver(self):
         """The CUDA driver API module: CuPy's, or the stand-in's (which keeps each kernel's limit)."""
@@ -181,18 +188,14 @@ class XPEngine:
     def peak_bandwidth(self):
         """Peak memory bandwidth of the device in bytes/s, 2 x memory clock x bus width (device attributes
         MemoryClockRate, kHz, and GlobalMemoryBusWidth, bits); None where they cannot be read (the stand-in)."""
-        try:
-            att = self.xp.cuda.Device().attributes
-            return 2.0 * float(att["MemoryClockRate"]) * 1e3 * float(att["GlobalMemoryBusWidth"]) / 8.0
-        except (AttributeError, KeyError, TypeError, ValueError):
+        att = self.attributes()
+        if "MemoryClockRate" not in att or "GlobalMemoryBusWidth" not in att:
             return None
+        return 2.0 * float(att["MemoryClockRate"]) * 1e3 * float(att["GlobalMemoryBusWidth"]) / 8.0
 
     def multiprocessors(self):
         """Number of streaming multiprocessors of the device (1 on the stand-in)."""
-        try:
-            return int(self.xp.cuda.Device().attributes["MultiProcessorCount"])
-        except (AttributeError, KeyError, TypeError):
-            return 1
+        return int(self.attributes().get("MultiProcessorCount", 1))
 
     def fused_history_pass(self, Z, P, pn, C, mode, chi, arch, m, par, pl=None, device_queries=False,
                            results="host", query_rows=None):

@@ -253,7 +253,8 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
     if eng.head.kind is not None:
         modes = (1,) if sim.first_pass_mode() == 1 else (0, 2)
         counts = [fused_source.pass_counts(BATCH, M, d, DR, m, eng.history.P_dev.dtype, eng.head.kind,
-                                           dev.multiprocessors(), dev.shared_optin()) for m in modes]
+                                           dev.multiprocessors(), dev.shared_optin(), dev.shared_two_blocks())
+                  for m in modes]
         if all(c is not None for c in counts):
             nbytes = sum(c["bytes"] for c in counts)
             peak = dev.peak_bandwidth()
