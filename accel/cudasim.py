@@ -20,7 +20,15 @@ small scheduler (:data:`RUNTIME`) and runs it as the GPU would, one block after 
   error);
 * ``threadIdx``, ``blockIdx``, ``blockDim``, ``gridDim`` are set for the running thread.
 
-Warp-level operations (shuffles, votes, ``__syncwarp``) and atomics are not provided: a kernel
+* the FP64 warp matrix operation ``mma.sync.aligned.m8n8k4.row.col.f64`` (the source's
+  ``BD_MMA_F64(d0, d1, a, b)``) is a collective of the warp: each lane deposits its fragments
+  (A: row lane / 4, column lane % 4; B: row lane % 4, column lane / 4; C, D: row lane / 4, columns
+  2 (lane % 4) + {0, 1}, the layout of the PTX ISA) and waits; when all 32 lanes of the warp have
+  issued the same operation, D = A B + C is formed (fused multiply-adds, k in order) and the lanes
+  run on.  A warp with lanes at different operations, at a barrier or returned, or a block whose
+  size is not a whole number of warps, is reported as an error (undefined on a GPU).
+
+Other warp-level operations (shuffles, votes, ``__syncwarp``) and atomics are not provided: a kernel
 using them fails to compile here, visibly, rather than running with invented semantics.
 
 The kernel source must declare its kernels as ``extern "C" BD_GLOBAL void name(...)`` with the
@@ -47,7 +55,7 @@ struct bd_dim3 { unsigned int x, y, z; };
 static bd_dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 namespace bd_sim {
-enum { READY = 0, AT_BARRIER = 1, DONE = 2 };
+enum { READY = 0, AT_BARRIER = 1, DONE = 2, AT_MMA = 3 };
 static const size_t STACK = 256 * 1024;
 static const size_t GUARD = 64;
 static char error[512];
@@ -61,6 +69,8 @@ static unsigned char *stacks;
 static size_t stacks_threads;
 static int *state;
 static long *barriers;
+static long *mmas;          /* per thread: warp matrix operations issued */
+static double *mma_slot;    /* per thread: a, b, c0, c1 in; d0, d1 out (in c0, c1) */
 
 #if defined(__x86_64__)
 /* save the callee-saved registers and the FP control words on this stack, switch stacks */
@@ -137,12 +147,70 @@ static void bd_sim_sync()
     to_scheduler();
 }
 
+/* mma.sync.aligned.m8n8k4.row.col.f64 of the thread's warp: D (8 x 8) = A (8 x 4) B (4 x 8) + C, lane l holding
+   A[l / 4][l % 4], B[l % 4][l / 4] and C, D [l / 4][2 (l % 4) + {0, 1}] (PTX ISA, the m8n8k4 .f64 fragments).  A
+   collective of the warp: the lane waits here until all 32 lanes of its warp have issued the same one */
+static void bd_sim_mma(double *d0, double *d1, double a, double b)
+{
+    using namespace bd_sim;
+    double *s = mma_slot + 4 * (size_t)current;
+    s[0] = a; s[1] = b; s[2] = *d0; s[3] = *d1;
+    mmas[current] += 1;
+    state[current] = AT_MMA;
+    to_scheduler();
+    *d0 = s[2]; *d1 = s[3];
+}
+
 namespace bd_sim {
+/* complete the warp matrix operations whose 32 lanes have all arrived; 1 if any did, 0 if none, -1 on an
+   undefined use (a partial warp, or lanes of a warp at different operations, at a barrier or returned) */
+static int warp_ops()
+{
+    int any = 0;
+    for (unsigned w = 0; w * 32 < nthreads; ++w) {
+        unsigned at = 0;
+        for (unsigned l = 0; l < 32 && w * 32 + l < nthreads; ++l) at += state[w * 32 + l] == AT_MMA;
+        if (!at) continue;
+        if (at != 32) {
+            snprintf(error, sizeof error, "block (%u,%u,%u): warp %u: %u of its lanes wait at mma.sync while the "
+                     "others are at __syncthreads, have returned or do not exist (undefined on a GPU)",
+                     blockIdx.x, blockIdx.y, blockIdx.z, w, at);
+            return -1;
+        }
+        for (unsigned l = 1; l < 32; ++l)
+            if (mmas[w * 32 + l] != mmas[w * 32]) {
+                snprintf(error, sizeof error, "block (%u,%u,%u): warp %u: lanes at different mma.sync operations "
+                         "(%ld and %ld)", blockIdx.x, blockIdx.y, blockIdx.z, w, mmas[w * 32], mmas[w * 32 + l]);
+                return -1;
+            }
+        double A[8][4], B[4][8], D[8][8];
+        for (unsigned l = 0; l < 32; ++l) {
+            const double *s = mma_slot + 4 * (size_t)(w * 32 + l);
+            A[l / 4][l % 4] = s[0];
+            B[l % 4][l / 4] = s[1];
+            D[l / 4][2 * (l % 4)] = s[2];
+            D[l / 4][2 * (l % 4) + 1] = s[3];
+        }
+        for (unsigned l = 0; l < 32; ++l) {
+            double *s = mma_slot + 4 * (size_t)(w * 32 + l);
+            for (unsigned h = 0; h < 2; ++h) {
+                const unsigned r = l / 4, c = 2 * (l % 4) + h;
+                double v = D[r][c];
+                for (unsigned k = 0; k < 4; ++k) v = fma(A[r][k], B[k][c], v);
+                s[2 + h] = v;
+            }
+            state[w * 32 + l] = READY;
+        }
+        any = 1;
+    }
+    return any;
+}
+
 static int block()
 {
     memset(shared, 0xFF, shared_size);
     memset(shared + shared_size, 0xA5, GUARD);
-    for (unsigned t = 0; t < nthreads; ++t) { state[t] = READY; barriers[t] = 0; start(t); }
+    for (unsigned t = 0; t < nthreads; ++t) { state[t] = READY; barriers[t] = 0; mmas[t] = 0; start(t); }
     for (long phase = 0;; ++phase) {
         for (unsigned k = 0; k < nthreads; ++k) {
             unsigned t = (phase % 2 == 0) ? k : nthreads - 1 - k;
@@ -150,6 +218,9 @@ static int block()
             set_thread(t);
             to_thread(t);
         }
+        const int ops = warp_ops();
+        if (ops < 0) return 1;
+        if (ops) continue;                            /* lanes released from an mma.sync run on */
         unsigned done = 0, waiting = 0;
         for (unsigned t = 0; t < nthreads; ++t) {
             done += state[t] == DONE;
@@ -184,7 +255,7 @@ static int launch(void (*fn)(void **), void **args, unsigned gx, unsigned gy, un
         return 1;
     }
     if (nthreads > stacks_threads) {
-        free(stacks); free(state); free(barriers);
+        free(stacks); free(state); free(barriers); free(mmas); free(mma_slot);
 #if defined(__x86_64__)
         free(thread_sp);
         thread_sp = (void **)calloc(nthreads, sizeof(void *));
@@ -195,6 +266,8 @@ static int launch(void (*fn)(void **), void **args, unsigned gx, unsigned gy, un
         stacks = (unsigned char *)malloc((size_t)nthreads * STACK);
         state = (int *)calloc(nthreads, sizeof(int));
         barriers = (long *)calloc(nthreads, sizeof(long));
+        mmas = (long *)calloc(nthreads, sizeof(long));
+        mma_slot = (double *)calloc(4 * (size_t)nthreads, sizeof(double));
         stacks_threads = nthreads;
     }
     free(shared);

@@ -70,6 +70,11 @@ from . import pair_source
 #: spills.
 NACC = {0: 8, 1: 2, 2: 1}
 NTASK = 1
+#: With tensor cores (``mma``): T tasks per warp, each 8 queries x 8 columns of T held as two float64 per lane
+#: (the same 16 registers of T outputs per thread as NTASK tasks of TCOLS x QB).
+NWT = 8
+#: With tensor cores: columns of T per task, and the tile's rows come in whole blocks of this many.
+MMA_COLS = 8
 #: Columns of T per task (c and c + nk / 2: two row elements per BD_QB weights loaded).
 TCOLS = 2
 QB = 8
@@ -109,14 +114,18 @@ TARGET_MACROS = {
              "#define BD_GLOBAL __global__\n"
              "#define BD_SYNC() __syncthreads()\n"
              "#define BD_LAUNCH_BOUNDS(threads, blocks) __launch_bounds__(threads, blocks)\n"
-             "#define BD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]\n"),
+             "#define BD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]\n"
+             # D (8 x 8) += A (8 x 4, row) B (4 x 8, col) on the FP64 tensor cores, one warp (sm_80+)
+             "#define BD_MMA_F64(d0, d1, a, b) asm volatile(\"mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 "
+             "{%0,%1}, {%2}, {%3}, {%0,%1};\" : \"+d\"(d0), \"+d\"(d1) : \"d\"(a), \"d\"(b))\n"),
     # accel.cudasim defines threadIdx, blockIdx, blockDim, gridDim, bd_sim_sync, bd_sim_shared
     "sim": ("#include <math.h>\n"
             "#define BD_DEVICE static inline\n"
             "#define BD_GLOBAL\n"
             "#define BD_SYNC() bd_sim_sync()\n"
             "#define BD_LAUNCH_BOUNDS(threads, blocks)\n"
-            "#define BD_DYNAMIC_SHARED(name) unsigned char *name = bd_sim_shared()\n"),
+            "#define BD_DYNAMIC_SHARED(name) unsigned char *name = bd_sim_shared()\n"
+            "#define BD_MMA_F64(d0, d1, a, b) bd_sim_mma(&(d0), &(d1), (a), (b))\n"),
 }
 
 KERNEL = r"""
@@ -159,7 +168,10 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     const bd_idx NF = (BD_MODE == 2) ? 0 : nq * nr;
     const bd_idx NTT = RR * nq * nk;
     const bd_idx npair = qt * tile;
-    const bd_idx dp = d | 1;        /* odd row stride in shared memory: no bank conflicts across rows */
+    /* row stride of the tile in shared memory: odd (threads of a warp reading different rows at one k hit
+       different banks); with tensor cores 4 mod 8 (the 32 lanes of a fragment load, 8 rows x 4 columns or
+       4 rows x 8 columns, cover each bank pair twice: two wavefronts, the least for 32 doubles) */
+    const bd_idx dp = BD_MMA ? d + (12 - d % 8) % 8 : (d | 1);
     const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
     const bd_idx nqp = ((qt + BD_QB - 1) / BD_QB) * BD_QB;  /* the tile's queries, padded to whole groups */
     const bd_idx nkh = (nk + 1) / 2;                        /* a T task: columns c and c + nkh */
@@ -178,6 +190,15 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     double accG[BD_NACC];                                   /* f and beta-sum outputs */
     T accT[BD_NTASK][2][BD_QB];                             /* T outputs ... */
     double acc64[BD_NTASK][2][BD_QB];                       /* ... their nearly parallel pairs (float32) */
+#if BD_MMA
+    /* tensor cores: this warp's T tasks (8 queries x 8 columns each), as D fragments: row lane / 4 (query),
+       columns 2 (lane % 4) + {0, 1} */
+    const bd_idx lane = tid & 31, wid = tid >> 5, nw = nthr >> 5, lr = lane >> 2, lc = lane & 3;
+    const bd_idx nkb = (nk + 7) / 8;                        /* column blocks of 8 */
+    double accM[BD_NWT][2];
+#pragma unroll
+    for (int a = 0; a < BD_NWT; ++a) { accM[a][0] = 0.0; accM[a][1] = 0.0; }
+#endif
 #pragma unroll
     for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
 #pragma unroll
@@ -214,6 +235,69 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
         BD_SYNC();
         /* (2) dot products (a task: BD_QB queries x two rows, ja and jb = ja + njp; per k two row elements
            and BD_QB / BD_VW broadcast loads of query values serve 2 BD_QB multiply-adds), then the pair terms */
+#if BD_MMA
+        /* tensor cores: a warp task is 8 queries x 8 rows of dot products, D += A B over k in steps of 4 with
+           A (8 x 4) = the queries' k .. k + 3 (lane: query lr, k + lc) and B (4 x 8) = the rows' (lane: k + lc,
+           row lr); the tile has whole blocks of 8 rows (rows past nrow give columns of D that are not used), and
+           columns past d are zero in A and B (shared memory past them is not written) */
+        const bd_idx nrb = (nrow + 7) / 8;
+        for (bd_idx wt = wid; wt < ngq * nrb; wt += nw) {   /* the same trip count for the lanes of a warp */
+            const bd_idx g = wt / nrb, jb8 = (wt - g * nrb) * 8;
+            const T *za = Zt + g * d * BD_QB + lc * BD_QB + lr, *pb = Ps + (jb8 + lr) * dp + lc;
+            double c0 = 0.0, c1 = 0.0;
+            const bd_idx d4 = d - d % 4;
+            for (bd_idx k = 0; k < d4; k += 4) BD_MMA_F64(c0, c1, (double)za[k * BD_QB], (double)pb[k]);
+            if (d4 < d) {
+                const bool kok = d4 + lc < d;
+                BD_MMA_F64(c0, c1, kok ? (double)za[d4 * BD_QB] : 0.0, kok ? (double)pb[d4] : 0.0);
+            }
+            const bd_idx b = g * BD_QB + lr, ja = jb8 + 2 * lc;    /* D: query lr, rows ja, ja + 1 */
+            if (b < nq) {
+                if (ja < nrow) Gd[b * tile + ja] = (T)c0;
+                if (ja + 1 < nrow) Gd[b * tile + ja + 1] = (T)c1;
+            }
+        }
+        BD_SYNC();
+        /* the pair terms, one pair per thread and iteration */
+        for (bd_idx p = tid; p < ngq * BD_QB * nrow; p += nthr) {
+            const bd_idx b = p / nrow, j = p - b * nrow, g = b / BD_QB, u = b - g * BD_QB;
+            if (b >= nq) {                                   /* padded queries: zero weights */
+                if (BD_MODE != 0) At[(g * tile + j) * BD_QB + u] = (T)0;
+                continue;
+            }
+            const double dot = (double)Gd[b * tile + j], znb = zn[b0 + b], pnj = pn[j0 + j];
+            double minus2 = -1.0, plus2 = -1.0;
+            if (bd_near(znb, pnj, dot)) {
+                minus2 = 0.0; plus2 = 0.0;
+                const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
+                for (bd_idx k = 0; k < d; ++k) {
+                    const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
+                    minus2 += (z - y) * (z - y);
+                    plus2 += (z + y) * (z + y);
+                }
+            }
+            const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
+            const bd_idx c = b * tile + j;
+            if (BD_MODE != 2) Kc[c] = (T)tr.K;
+            if (BD_MODE != 0) {
+                double w = 1.0;
+                if (BD_MODE == 2) {
+                    w = 0.0;
+                    for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+                }
+                const bd_idx ct = (g * tile + j) * BD_QB + u;
+                Bc[c] = tr.beta * w;
+                if (BD_EXACT_NEAR && minus2 >= 0.0) {
+                    At[ct] = (T)0;
+                    An[c] = tr.alpha * w;
+                    *near_any = 1;
+                } else {
+                    At[ct] = (T)(tr.alpha * w);
+                    if (BD_EXACT_NEAR) An[c] = 0.0;
+                }
+            }
+        }
+#else
         const bd_idx njp = (nrow + 1) / 2;
         for (bd_idx p = tid; p < ngq * njp; p += nthr) {
             const bd_idx g = p / njp, jp = p - g * njp;
@@ -281,6 +365,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 }
             }
         }
+#endif
         BD_SYNC();
         /* (3) accumulate the tile into the outputs this thread owns */
         const int any_near = BD_EXACT_NEAR ? *near_any : 0;
@@ -300,6 +385,34 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 accG[a] += s;
             }
         }
+#if BD_MMA
+        /* tensor cores: T task (r, g, c8) = 8 queries x the 8 columns k0 + 8 c8 ..; D += A B over the tile's rows in
+           steps of 4 with A (8 x 4) = the Xi weights (lane: query lr, row j + lc) and B (4 x 8) = the rows' columns
+           (lane: row j + lc, column lr; columns past nk read column k0 and give columns of D that are not used) */
+#pragma unroll
+        for (int a = 0; a < BD_NWT; ++a) {
+            const bd_idx tk = wid + (bd_idx)a * nw;
+            if (BD_MODE != 0 && tk < RR * ngq * nkb) {      /* the same for the lanes of a warp */
+                const bd_idx c8 = tk % nkb, rest = tk / nkb, g = rest % ngq, r = rest / ngq;
+                const bd_idx kc = (c8 * 8 + lr < nk) ? k0 + c8 * 8 + lr : k0;
+                const T *ag = At + (g * tile + lc) * BD_QB + lr, *pb = Ps + lc * dp + kc;
+                double c0 = accM[a][0], c1 = accM[a][1];
+                const bd_idx n4 = nrow - nrow % 4;
+                for (bd_idx j = 0; j < n4; j += 4) {
+                    double bv = (double)pb[j * dp];
+                    if (BD_MODE == 1) bv *= (double)Cs[(j + lc) * nr + r];
+                    BD_MMA_F64(c0, c1, (double)ag[j * BD_QB], bv);
+                }
+                if (n4 < nrow) {
+                    const bool jok = n4 + lc < nrow;
+                    double bv = jok ? (double)pb[n4 * dp] : 0.0;
+                    if (BD_MODE == 1 && jok) bv *= (double)Cs[(n4 + lc) * nr + r];
+                    BD_MMA_F64(c0, c1, jok ? (double)ag[n4 * BD_QB] : 0.0, bv);
+                }
+                accM[a][0] = c0; accM[a][1] = c1;
+            }
+        }
+#else
 #pragma unroll
         for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b, two columns k */
             const bd_idx tk = tid + (bd_idx)a * nthr;
@@ -348,6 +461,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 }
             }
         }
+#endif
         BD_SYNC();
     }
     double *mine = part + ((bd_idx)blockIdx.y * (bd_idx)gridDim.x + (bd_idx)blockIdx.x) * (bd_idx)stride_;
@@ -357,6 +471,21 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
         if (e < NF) mine[e] = accG[a];
         else if (e < NF + RR * nq) mine[NTT + e] = accG[a];
     }
+#if BD_MMA
+#pragma unroll
+    for (int a = 0; a < BD_NWT; ++a) {
+        const bd_idx tk = wid + (bd_idx)a * nw;
+        if (BD_MODE != 0 && tk < RR * ngq * nkb) {
+            const bd_idx c8 = tk % nkb, rest = tk / nkb, g = rest % ngq, r = rest / ngq;
+            const bd_idx b = g * BD_QB + lr;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const bd_idx kk = c8 * 8 + 2 * lc + (bd_idx)h;
+                if (b < nq && kk < nk) mine[NF + r * (nq * nk) + b * nk + kk] = accM[a][h];
+            }
+        }
+    }
+#else
 #pragma unroll
     for (int a = 0; a < BD_NTASK; ++a) {
         const bd_idx tk = tid + (bd_idx)a * nthr;
@@ -374,6 +503,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
             }
         }
     }
+#endif
 }
 
 /* out[y, o] = sum_x part[y, x, o], x in order: one thread per output, grid-stride */
@@ -398,7 +528,7 @@ def exact_near(arch, dtype, mode):
     return int(arch == "relu" and np.dtype(dtype) == np.float32 and mode != 0)
 
 
-def source(arch, dtype, mode, index_bits, target="cuda"):
+def source(arch, dtype, mode, index_bits, target="cuda", mma=False):
     """The module source (both kernels) of one variant.
 
     Parameters
@@ -413,6 +543,9 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         32 or 64: the C type ``bd_idx`` of every index computation.
     target : str
         "cuda" (NVRTC) or "sim" (:mod:`accel.cudasim`).
+    mma : bool
+        Whether the two products of a tile (the dot products and the T sums) run on the FP64 tensor cores
+        (``mma.sync`` m8n8k4, sm_80 and later; float64 only), else on the FP64 units.
     """
     dt = np.dtype(dtype).name
     if dt not in DTYPES:
@@ -423,6 +556,8 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         raise ValueError(f"index_bits: expected 32 or 64, got {index_bits!r}")
     if target not in TARGET_MACROS:
         raise ValueError(f"target: expected one of {sorted(TARGET_MACROS)}, got {target!r}")
+    if mma and dt != "float64":
+        raise ValueError(f"mma: the FP64 tensor cores take float64 only, got dtype {dt}")
     # the architecture's device functions, exactly as accel.pair_source writes them
     device_functions = pair_source.preamble(arch, "cuda")
     device_functions = device_functions[len(pair_source.TARGET_MACROS["cuda"]):]
@@ -436,6 +571,7 @@ def source(arch, dtype, mode, index_bits, target="cuda"):
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
         f"#define BD_TILE_SUMS {int(dt == 'float32')}\n",
         f"#define BD_NACC {NACC[mode]}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
+        f"#define BD_MMA {int(bool(mma))}\n#define BD_NWT {NWT}\n",
         # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
         # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
         f"#define BD_MIN_BLOCKS {2 if index_bits == 32 else 1}\n",
@@ -461,8 +597,8 @@ VECTOR_TYPES = {"sim": "typedef struct __attribute__((aligned(16))) { double x, 
 NVRTC_OPTIONS = ()
 
 
-def variant_name(arch, dtype, mode, index_bits):
-    return f"bd_fused_{arch}_{np.dtype(dtype).name}_mode{mode}_i{index_bits}"
+def variant_name(arch, dtype, mode, index_bits, mma=False):
+    return f"bd_fused_{arch}_{np.dtype(dtype).name}_mode{mode}_i{index_bits}" + ("_mma" if mma else "")
 
 
 def cuda_sources():
@@ -472,7 +608,7 @@ def cuda_sources():
     -------
     list of (name, source, options)
         One entry per arch (:data:`accel.pair_source.ARCH`) x dtype (float64, float32) x mode
-        (0, 1, 2) x index width (32, 64): ``name`` a unique identifier, ``source`` the text
+        (0, 1, 2) x index width (32, 64), and the float64 ones again with tensor cores (``mma``): ``name`` a unique identifier, ``source`` the text
         handed to ``cupy.RawModule(code=source, options=options)`` (kernels
         ``bd_fused_history`` and ``bd_fused_reduce``, ``extern "C"``), ``options`` a tuple of
         NVRTC options (CuPy adds ``-arch`` for the device; a compile test adds its own).
@@ -482,8 +618,9 @@ def cuda_sources():
         for dtype in DTYPES:
             for mode in MODES:
                 for bits in INDEX_TYPES:
-                    out.append((variant_name(arch, dtype, mode, bits), source(arch, dtype, mode, bits),
-                                NVRTC_OPTIONS))
+                    for mma in ((False, True) if dtype == "float64" else (False,)):
+                        out.append((variant_name(arch, dtype, mode, bits, mma), source(arch, dtype, mode, bits, mma=mma),
+                                    NVRTC_OPTIONS))
     return out
 
 
@@ -497,14 +634,20 @@ def outputs_per_query(mode, d, nr):
     return d + 1
 
 
-def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile):
+def row_stride(d, mma=False):
+    """Row stride of the history tile in shared memory (``dp`` of ``bd_fused_history``): odd, or with tensor
+    cores 4 mod 8."""
+    return d + (12 - d % 8) % 8 if mma else d | 1
+
+
+def shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile, mma=False):
     """Bytes of shared memory of one block (the layout of ``bd_fused_history``: float64 parts padded to
     16 bytes, the query tile and the Xi weights padded to whole query groups)."""
     npair = qt * tile
     nqp = -(-qt // QB) * QB
     ncs = dr if mode == 2 else nr
     n64 = (npair if mode != 0 else 0) + (npair if exact else 0)
-    dp = d | 1
+    dp = row_stride(d, mma)
     nT = nqp * d + (nqp * tile if mode != 0 else 0) + tile * dp + tile * ncs + (npair if mode != 2 else 0) + npair
     return 8 * (-(-n64 // 2) * 2) + itemsize * nT + 8
 
@@ -517,29 +660,30 @@ def query_tiles(q):
     return sorted({c for c in cands if 1 <= c <= top}, reverse=True)
 
 
-def chunking(qt, d, dr, mode):
+def chunking(qt, d, dr, mode, mma=False):
     """(nr, nk) of one launch for query tiles of ``qt``: columns of C (f, and T in mode 1) and columns of T
     per launch, so that a block holds the f / beta-sum outputs (``NACC[mode] * MAX_THREADS``) and the T tasks
     (``NTASK * MAX_THREADS``, a task being ``TCOLS`` columns of T for QB queries: nr x query groups x
-    ceil(nk / TCOLS) tasks); None where not even one column fits.  Mode 2 keeps every column of C (the
-    weights C_m . chi_b need the whole row)."""
-    cap_g, cap_t = NACC[mode] * MAX_THREADS, NTASK * MAX_THREADS      # outputs; T tasks
+    ceil(nk / TCOLS) tasks; with tensor cores ``NWT`` tasks per warp of ``MMA_COLS`` columns); None where not
+    even one column fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need the whole row)."""
+    cap_g = NACC[mode] * MAX_THREADS                                   # f / beta-sum outputs
+    cap_t, cols = (NWT * (MAX_THREADS // 32), MMA_COLS) if mma else (NTASK * MAX_THREADS, TCOLS)
     ngq = -(-qt // QB)
     if mode == 0:
         nr = min(dr, cap_g // qt)
         return (nr, d) if nr >= 1 else None
     if mode == 2:
-        nk = min(d, TCOLS * (cap_t // ngq))
+        nk = min(d, cols * (cap_t // ngq))
         return (dr, nk) if nk >= 1 and qt <= cap_g else None
-    row_tasks = ngq * -(-d // TCOLS)                     # the tasks of one column of C with whole rows of T
+    row_tasks = ngq * -(-d // cols)                      # the tasks of one column of C with whole rows of T
     if row_tasks <= cap_t:                               # mode 1: whole rows of T, columns of C in chunks
         nr = min(dr, cap_t // row_tasks, cap_g // (2 * qt))
         return (nr, d) if nr >= 1 else None
-    nk = TCOLS * (cap_t // ngq)                          # one column of C, T in column chunks
+    nk = cols * (cap_t // ngq)                          # one column of C, T in column chunks
     return (1, nk) if nk >= 1 and 2 * qt <= cap_g else None
 
 
-def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budget=SHARED_BYTES):
+def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budget=SHARED_BYTES, mma=False):
     """Launch plan of the fused pass, or None where no tile fits.
 
     The query tile ``qt`` and the launches ("chunks") are chosen for the least work per history row:
@@ -557,26 +701,31 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budge
     r0 .. r0 + nr - 1 of C and k0 .. k0 + nk - 1 of T of one launch; one (0, dr, 0, d) chunk unless
     the query tile's outputs exceed a block's, :func:`chunking`), ``kchunks`` (launches per column chunk
     of C), ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
-    ``strides`` (outputs per block of each chunk: the row length of its partial buffer), ``index_bits``.
+    ``strides`` (outputs per block of each chunk: the row length of its partial buffer), ``index_bits``,
+    ``mma`` (whether the kernel's products run on the FP64 tensor cores: asked for by ``mma`` and float64;
+    the tile then has whole blocks of ``MMA_COLS`` rows, at least one block).
     """
     itemsize = np.dtype(dtype).itemsize
+    mma = bool(mma) and np.dtype(dtype) == np.float64
+    blk = MMA_COLS if mma else 1                     # tile rows come in blocks of blk
+    mcap = -(-min(MAX_TILE, M) // blk) * blk         # rows a tile needs at most
     exact = exact_near(arch, dtype, mode)
     best = None
     optin = max(SHARED_BYTES, int(shared_limit))
     budget = min(optin, max(SHARED_BYTES, int(shared_budget)))
-    for min_tile in (min(MIN_TILE, M), 1):
+    for min_tile in (min(MIN_TILE, mcap), blk):
         for qt in query_tiles(q):
-            ch = chunking(qt, d, dr, mode)
+            ch = chunking(qt, d, dr, mode, mma)
             if ch is None:
                 continue
             nr, nk = ch
             nch = -(-dr // nr) * -(-d // nk)
             if mode == 1 and nch > MAX_CHUNKS_MODE1:
                 continue       # e.g. a Jacobian at dr = 784: the GEMM pass streams P far fewer times
-            fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0)
-            per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1) - fixed
+            fixed = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 0, mma)
+            per_row = shared_bytes(mode, exact, itemsize, d, dr, nr, qt, 1, mma) - fixed
             for limit in (budget, optin):
-                tile = min(MAX_TILE, M, (limit - fixed) // per_row) if limit > fixed else 0
+                tile = min(mcap, (limit - fixed) // per_row // blk * blk) if limit > fixed else 0
                 if tile >= min_tile:
                     break
             if tile < min_tile:
@@ -594,19 +743,27 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budge
     strides = [qt * outputs_per_query(mode, ck, cr) for _, cr, _, ck in chunks]
     rr = {0: 0, 1: nr, 2: 1}[mode]
     ngq = -(-qt // QB)
-    generic, tasks = qt * ((nr if mode != 2 else 0) + rr), rr * ngq * -(-nk // TCOLS)
-    # enough threads for the outputs a block owns and for its dot-product tasks (8 queries x 2 rows); at
-    # least 128 (four warps to load the tile from global memory); the registers allow two blocks of 256 per SM
-    dtasks = -(-qt // QB) * -(-tile // 2)
+    generic = qt * ((nr if mode != 2 else 0) + rr)
+    # enough threads for the outputs a block owns and for its dot-product tasks (8 queries x 2 rows; with tensor
+    # cores a warp per 8 queries x 8 rows); at least 128 (four warps to load the tile from global memory); the
+    # registers allow two blocks of 256 per SM
+    if mma:
+        tasks, dtasks = rr * ngq * -(-nk // MMA_COLS), 32 * ngq * -(-tile // MMA_COLS)
+    else:
+        tasks, dtasks = rr * ngq * -(-nk // TCOLS), ngq * -(-tile // 2)
+
+    def t_capacity(threads):
+        return threads // 32 * NWT if mma else threads * NTASK
+
     threads = MIN_THREADS
-    while threads < MAX_THREADS and (threads * NACC[mode] < generic or threads * NTASK < tasks
+    while threads < MAX_THREADS and (threads * NACC[mode] < generic or t_capacity(threads) < tasks
                                      or threads < dtasks or threads < 128):
         threads *= 2
     nqt = -(-q // qt)
     biggest = max(M * max(d, dr), q * max(d, dr), max(strides) * nqt * 1024, qt * tile)
     return dict(qt=qt, chunks=chunks, kchunks=-(-d // nk), tile=tile, threads=threads,
-                shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile), strides=strides,
-                index_bits=32 if biggest < 2**31 else 64)
+                shared=shared_bytes(mode, exact, itemsize, d, dr, nr, qt, tile, mma), strides=strides,
+                index_bits=32 if biggest < 2**31 else 64, mma=mma)
 
 
 def grid(pl, q, M, multiprocessors):
@@ -618,7 +775,7 @@ def grid(pl, q, M, multiprocessors):
 
 
 def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limit=SHARED_OPTIN_SM90,
-                shared_budget=SHARED_TWO_BLOCKS_SM90):
+                shared_budget=SHARED_TWO_BLOCKS_SM90, mma=False):
     """Global-memory traffic and launches of one fused pass, from :func:`plan` and :func:`grid`.
 
     Returns a dict: ``bytes`` (total), ``parts`` ({what: bytes}: history rows P, norms pn and C as
@@ -632,7 +789,7 @@ def pass_counts(q, M, d, dr, mode, dtype, arch, multiprocessors=132, shared_limi
     Defaults: an H100 SXM (132 multiprocessors, 227 KiB of opt-in shared memory per block, 113 KiB for
     two blocks per multiprocessor).
     """
-    pl = plan(q, M, d, dr, mode, dtype, arch, shared_limit, shared_budget)
+    pl = plan(q, M, d, dr, mode, dtype, arch, shared_limit, shared_budget, mma)
     if pl is None:
         return None
     it = np.dtype(dtype).itemsize

@@ -388,7 +388,9 @@ class NumpyDevice:
                                        attributes={"MultiProcessorCount": 1,
                                                    "MaxSharedMemoryPerBlockOptin": OPTIN_SHARED_LIMIT,
                                                    "MaxSharedMemoryPerMultiprocessor": 228 * 1024,
-                                                   "ReservedSharedMemoryPerBlock": 1024})
+                                                   "ReservedSharedMemoryPerBlock": 1024,
+                                                   "ComputeCapabilityMajor": 9,
+                                                   "ComputeCapabilityMinor": 0})
         #: cupy_backends.cuda.api.driver's part that the backend uses (accel.xpcore.XPEngine.driver)
         self.driver_api = _DriverAPI()
         self.cuda = types.SimpleNamespace(

@@ -20,9 +20,16 @@ With the NumPy stand-in (:data:`accel.standin.numpy_device`) the same code runs 
 elementwise kernels compiled by gcc, the fused kernels by the CUDA execution harness
 :mod:`accel.cudasim` (threads as coroutines, barriers as synchronisation points).  That is how
 CI checks them against refimpl and the golden files.
+
+FP64 tensor cores: with ``BOTTLENECK_TENSOR_CORES=1`` (or ``XPEngine(xp, tensor_cores=True)``) a
+float64 pass on a device of compute capability 8.0 or later runs the tile's two products (the dot
+products and the T sums) as ``mma.sync`` m8n8k4 warp operations (:func:`accel.fused_source.source`,
+``mma``); the harness runs them as warp collectives.  Off by default until a GPU has timed both.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -33,6 +40,17 @@ from . import archkernels, fused_source, pair_source
 #: Fraction of the free device memory (plus the memory pool's free blocks) that one block's
 #: temporaries may use.
 MEMORY_FRACTION = 0.4
+#: Environment variable that turns the FP64 tensor cores on ("1") or off ("0", the default).
+TENSOR_CORES_ENV = "BOTTLENECK_TENSOR_CORES"
+
+
+def tensor_cores_requested(env=None):
+    """Whether ``BOTTLENECK_TENSOR_CORES`` asks for the FP64 tensor cores: "1" yes, "0" or unset no; any other
+    value is an error naming the variable."""
+    v = (os.environ if env is None else env).get(TENSOR_CORES_ENV, "0").strip()
+    if v not in ("0", "1"):
+        raise ValueError(f"{TENSOR_CORES_ENV}: expected 0 or 1, got {v!r}")
+    return v == "1"
 #: Modes of the history pass (see accel._simbase): number of weight columns R.
 _R = {0: 0, 1: None, 2: 1}
 
@@ -50,10 +68,14 @@ class XPEngine:
     ----------
     xp : module-like
         ``cupy`` or :data:`accel.standin.numpy_device`.
+    tensor_cores : bool or None
+        Run float64 passes on the FP64 tensor cores where the device has them (compute capability 8.0 or
+        later); None: as ``BOTTLENECK_TENSOR_CORES`` says (default off).
     """
 
-    def __init__(self, xp):
+    def __init__(self, xp, tensor_cores=None):
         self.xp = xp
+        self.tensor_cores = tensor_cores_requested() if tensor_cores is None else bool(tensor_cores)
         self._kernels = {}
         self._modules = {}
         self._attributes = None
@@ -133,19 +155,25 @@ class XPEngine:
             return self.gemm_history_pass(Z, P, pn, C, mode, chi, arch, m, par)
         return self.fused_history_pass(Z, P, pn, C, mode, chi, arch, m, par, pl)
 
-    def module(self, arch, dtype, mode, index_bits):
+    def module(self, arch, dtype, mode, index_bits, mma=False):
         """The RawModule of one variant of :mod:`accel.fused_source`, built on first use."""
         key = (arch, np.dtype(dtype).name, mode, index_bits)
-        if key not in self._modules:
+        if key + (bool(mma),) not in self._modules:
             target = "sim" if getattr(self.xp, "KERNEL_TARGET", "cuda") == "host" else "cuda"
-            self._modules[key] = self.xp.RawModule(code=fused_source.source(*key, target=target),
-                                                   options=fused_source.NVRTC_OPTIONS)
-        return self._modules[key]
+            self._modules[key + (bool(mma),)] = self.xp.RawModule(
+                code=fused_source.source(*key, target=target, mma=bool(mma)), options=fused_source.NVRTC_OPTIONS)
+        return self._modules[key + (bool(mma),)]
+
+    def mma_available(self):
+        """Whether the device has FP64 tensor cores (compute capability 8.0 or later; unknown: no)."""
+        return int(self.attributes().get("ComputeCapabilityMajor", 0)) >= 8
 
     def plan(self, q, M, d, dr, mode, dtype, arch):
-        """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block and the share
-        of a multiprocessor's shared memory that keeps two blocks on it."""
-        return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin(), self.shared_two_blocks())
+        """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block, the share of a
+        multiprocessor's shared memory that keeps two blocks on it, and the tensor cores where asked for
+        (:attr:`tensor_cores`) and present."""
+        return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin(), self.shared_two_blocks(),
+                                 mma=self.tensor_cores and self.mma_available())
 
     def attributes(self):
         """The device's attributes (CuPy's ``Device().attributes``, which queries every one of them; the
@@ -236,7 +264,7 @@ class XPEngine:
             chi_d = packed[2 * q * d + q:]
         if wdt != np.float64:
             Zw = Zw.astype(wdt)
-        mod = self.module(arch, wdt, mode, pl["index_bits"])
+        mod = self.module(arch, wdt, mode, pl["index_bits"], pl.get("mma", False))
         hist, reduce_ = mod.get_function(fused_source.HISTORY_KERNEL), mod.get_function(fused_source.REDUCE_KERNEL)
         self.allow_shared(hist, pl["shared"])
         gx, gy = fused_source.grid(pl, q, M, self.multiprocessors())
