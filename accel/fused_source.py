@@ -131,6 +131,9 @@ TARGET_MACROS = {
 KERNEL = r"""
 /* ---- fused history pass (accel/fused_source.py; MATH 4) ---- */
 
+#if BD_MMA
+/* (tensor cores: each lane loads its fragment elements itself) */
+#else
 /* BD_QB consecutive values at p (16-byte aligned, shared memory) into v: BD_QB / BD_VW 128-bit loads, each a
    broadcast when the lanes of a warp read the same group (one shared-memory wavefront for BD_VW values) */
 BD_DEVICE void bd_load_qb(T *v, const T *p)
@@ -142,6 +145,7 @@ BD_DEVICE void bd_load_qb(T *v, const T *p)
         BD_UNPACK(v, i, x);
     }
 }
+#endif
 
 /* shared memory, each part 16-byte aligned: [Bc | An] float64, then [Zt | At | Ps | Cs | Kc] T, then the near
    flag.  Zt (the query tile) and At (the Xi weights alpha w of the tile's pairs) are transposed by query group:
@@ -171,7 +175,11 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     /* row stride of the tile in shared memory: odd (threads of a warp reading different rows at one k hit
        different banks); with tensor cores 4 mod 8 (the 32 lanes of a fragment load, 8 rows x 4 columns or
        4 rows x 8 columns, cover each bank pair twice: two wavefronts, the least for 32 doubles) */
-    const bd_idx dp = BD_MMA ? d + (12 - d % 8) % 8 : (d | 1);
+#if BD_MMA
+    const bd_idx dp = d + (12 - d % 8) % 8;
+#else
+    const bd_idx dp = d | 1;
+#endif
     const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
     const bd_idx nqp = ((qt + BD_QB - 1) / BD_QB) * BD_QB;  /* the tile's queries, padded to whole groups */
     const bd_idx nkh = (nk + 1) / 2;                        /* a T task: columns c and c + nkh */
@@ -523,6 +531,28 @@ extern "C" BD_GLOBAL void bd_fused_reduce(const double *__restrict__ part, const
 """
 
 
+def select_branch(text, mma):
+    """``text`` with each ``#if BD_MMA`` / ``#else`` / ``#endif`` block (not nested) reduced to the branch that
+    ``mma`` selects: a variant's source holds only the code it runs (a planted bug in the source then always
+    lands in live code, and NVRTC parses less)."""
+    out, keep, depth = [], True, 0
+    for line in text.splitlines(keepends=True):
+        tag = line.strip()
+        if tag == "#if BD_MMA":
+            if depth:
+                raise ValueError("source: nested #if BD_MMA")
+            depth, keep = 1, bool(mma)
+        elif tag == "#else" and depth:
+            keep = not bool(mma)
+        elif tag == "#endif" and depth:
+            depth, keep = 0, True
+        elif keep:
+            out.append(line)
+    if depth:
+        raise ValueError("source: #if BD_MMA without #endif")
+    return "".join(out)
+
+
 def exact_near(arch, dtype, mode):
     """Whether nearly parallel pairs' Xi terms go to the float64 accumulators (float32 relu, modes 1-2)."""
     return int(arch == "relu" and np.dtype(dtype) == np.float32 and mode != 0)
@@ -571,12 +601,12 @@ def source(arch, dtype, mode, index_bits, target="cuda", mma=False):
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
         f"#define BD_TILE_SUMS {int(dt == 'float32')}\n",
         f"#define BD_NACC {NACC[mode]}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
-        f"#define BD_MMA {int(bool(mma))}\n#define BD_NWT {NWT}\n",
+        f"#define BD_NWT {NWT}\n" if mma else "",
         # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
         # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
         f"#define BD_MIN_BLOCKS {2 if index_bits == 32 else 1}\n",
         device_functions,
-        KERNEL,
+        select_branch(KERNEL, mma),
     ])
 
 

@@ -34,7 +34,7 @@ from refimpl.optim import momentum_direction
 from . import archkernels, fused_source, kernelapi
 from ._simbase import AccelBottleneckEngine, AccelInfiniteEngine, BackendUnavailable
 from .standin import numpy_device
-from .xpcore import XPEngine, device_unit_rows
+from .xpcore import XPEngine, device_unit_rows, tensor_cores_requested
 
 
 def _reason(exc):
@@ -140,6 +140,10 @@ def _probe_cupy():
 def kernel_check(xp):
     """Compile and run the pair kernel and the fused history pass once on ``xp`` (CuPy, or the
     stand-in in the tests): None when both give the known values, else the reason (one line)."""
+    try:
+        tensor_cores_requested()
+    except ValueError as exc:
+        return str(exc)
     try:
         eng = XPEngine(xp)
         got = eng.pair_kernel(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), "ntk")[0]

@@ -79,6 +79,65 @@ def test_harness_reports_divergent_barriers_and_shared_overruns():
         _toy_run(4)
 
 
+MMA_TOY = r"""
+typedef int bd_idx;
+extern "C" BD_GLOBAL void mma_toy(const double *__restrict__ a, const double *__restrict__ b,
+                                  const double *__restrict__ c, const long long mode, double *__restrict__ out)
+{
+    const int t = threadIdx.x;
+    double d0 = c[2 * t], d1 = c[2 * t + 1];
+    if (mode == 1 && t % 32 == 5) { out[2 * t] = d0; out[2 * t + 1] = d1; return; }   /* a lane skips it */
+    BD_MMA_F64(d0, d1, a[t], b[t]);
+    if (mode == 2 && t % 32 == 7) BD_SYNC();                                             /* one lane waits */
+    BD_MMA_F64(d0, d1, a[t] * 0.5, b[(t + 1) % blockDim.x]);                             /* a second one */
+    out[2 * t] = d0; out[2 * t + 1] = d1;
+}
+"""
+
+
+def _mma_reference(a, b, c):
+    """One m8n8k4 f64 operation per warp with the fragment layout of the PTX ISA, written from it: lane l holds
+    A[l // 4, l % 4], B[l % 4, l // 4] and C, D[l // 4, 2 (l % 4) + h]."""
+    out = np.empty_like(c)
+    for w in range(a.size // 32):
+        L = np.arange(32) + 32 * w
+        A, B, C = np.empty((8, 4)), np.empty((4, 8)), np.empty((8, 8))
+        A[L % 32 // 4, L % 4] = a[L]
+        B[L % 4, L % 32 // 4] = b[L]
+        C[L % 32 // 4, 2 * (L % 4)], C[L % 32 // 4, 2 * (L % 4) + 1] = c[2 * L], c[2 * L + 1]
+        D = A @ B + C
+        out[2 * L], out[2 * L + 1] = D[L % 32 // 4, 2 * (L % 4)], D[L % 32 // 4, 2 * (L % 4) + 1]
+    return out
+
+
+def _mma_toy(mode, nthr=64):
+    rng = np.random.default_rng(5)
+    a, b, c = rng.standard_normal(nthr), rng.standard_normal(nthr), rng.standard_normal(2 * nthr)
+    out = np.full(2 * nthr, np.nan)
+    kern = standin.RawModule(code=fused_source.TARGET_MACROS["sim"] + MMA_TOY).get_function("mma_toy")
+    kern((1,), (nthr,), (a, b, c, np.int64(mode), out))
+    return a, b, c, out
+
+
+def test_harness_runs_mma_sync_as_a_warp_collective_with_the_ptx_fragment_layout():
+    """Two warps, two operations each (the second reads another lane's B): D = A B + C per warp, each lane
+    holding its fragment elements as the PTX ISA lays them out for mma.m8n8k4 .f64."""
+    a, b, c, out = _mma_toy(0)
+    first = _mma_reference(a, b, c)
+    want = _mma_reference(0.5 * a, np.roll(b, -1), first)
+    np.testing.assert_allclose(out, want, rtol=1e-14, atol=1e-14)
+    assert not np.allclose(out, _mma_reference(0.5 * a, np.roll(b, -1), c))    # the first one counted
+
+
+@pytest.mark.parametrize("mode,nthr,what", [(1, 64, "wait at mma.sync"), (2, 64, "wait at mma.sync"),
+                                            (0, 48, "do not exist")])
+def test_harness_reports_a_divergent_or_partial_warp_at_mma_sync(mode, nthr, what):
+    """Undefined on a GPU, an error here: a lane that skips the operation, one that waits at a barrier while
+    its warp is at mma.sync, and a block that is not a whole number of warps."""
+    with pytest.raises(cudasim.HarnessError, match=what):
+        _mma_toy(mode, nthr)
+
+
 def test_harness_checks_argument_types_as_a_launch_needs_them():
     k = _toy()
     x, out = np.zeros(32), np.zeros(32)
@@ -136,33 +195,35 @@ def _rel(a, b):
 class _Mutant(xpcore.XPEngine):
     """An engine whose fused module is compiled from a mutated kernel source."""
 
-    def __init__(self, old, new):
-        super().__init__(DEV)
+    def __init__(self, old, new, mma=False):
+        super().__init__(DEV, tensor_cores=mma)
         self.old, self.new = old, new
 
-    def module(self, arch, dtype, mode, index_bits):
-        src = fused_source.source(arch, dtype, mode, index_bits, target="sim")
+    def module(self, arch, dtype, mode, index_bits, mma=False):
+        src = fused_source.source(arch, dtype, mode, index_bits, target="sim", mma=mma)
         assert src.count(self.old) >= 1, self.old
         return standin.RawModule(code=src.replace(self.old, self.new, 1))
 
 
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("dtype,tol,mma", [(np.float64, 1e-12, False), (np.float32, 2e-5, False),
+                                           (np.float64, 1e-12, True)], ids=["float64", "float32", "float64-mma"])
 @pytest.mark.parametrize("M,d,dr,q", [(700, 6, 1, 20), (300, 5, 3, 70), (200, 4, 200, 7), (150, 600, 3, 20),
                                      (97, 23, 22, 1)])
-def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol):
+def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol, mma):
     """Modes 0-2 against refimpl's kernels, with (anti-)parallel queries; (200, 4, 200, 7) splits the
     columns of C into chunks in mode 1, (300, 5, 3, 70) takes two query tiles; (150, 600, 3, 20), a wide
     bottleneck (d > 512 T columns a block holds for one query group), puts T's columns in two launches and
     takes more than 48 KiB of shared memory (the kernel's limit raised through the driver API); (97, 23, 22, 1)
     has an odd d, whose last T task holds one column (found by the property test below: 22 columns of C with
-    12 tasks each exceed a block's 256)."""
+    12 tasks each exceed a block's 256).  ``mma``: the tile's products on the FP64 tensor cores."""
     h, rng = _history(M, d, dr, dtype)
     Z = _queries(h, q, rng)
     chi = rng.standard_normal((q, dr))
-    eng = xpcore.XPEngine(DEV)
+    eng = xpcore.XPEngine(DEV, tensor_cores=mma)
     plans = []
     for mode in (0, 1, 2):
         pl = eng.plan(q, M, d, dr, mode, dtype, "relu")
+        assert pl["mma"] == mma and (not mma or pl["tile"] % fused_source.MMA_COLS == 0)
         plans.append(pl)
         got = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None,
                                "relu", float(d), 0.0)
@@ -288,16 +349,44 @@ MUTANTS = [
     ("last partial tile dropped", "(M - j0 < tile) ? M - j0 : tile", "tile"),
     ("T column chunk read at column c, not k0 + c", "const bd_idx ka = k0 + c,", "const bd_idx ka = c,"),
 ]
+#: Planted bugs in the code that only the plain FP64 / float32 kernel has (not the tensor-core variant's source).
+PLAIN_ONLY = {"T task ownership differs from the write-out", "query group of the dot products off by one",
+              "second row of a dot-product task off by one", "query values unpacked from the wrong half of a vector",
+              "last lane of a float32 vector unpacked from the first", "T tasks read the wrong coefficient row",
+              "second column of a T task at the wrong offset", "T column chunk read at column c, not k0 + c"}
+#: Planted bugs in the tensor-core variant (mma.sync fragments, their masks and ownership).
+MMA_MUTANTS = [
+    ("mma: dot-product B fragment transposed", "*pb = Ps + (jb8 + lr) * dp + lc;", "*pb = Ps + (jb8 + lc) * dp + lr;"),
+    ("mma: dot-product A fragment transposed", "*za = Zt + g * d * BD_QB + lc * BD_QB + lr,",
+     "*za = Zt + g * d * BD_QB + lr * BD_QB + lc,"),
+    ("mma: dot-product D columns misplaced", "ja = jb8 + 2 * lc;", "ja = jb8 + lc;"),
+    ("mma: columns past d not masked", "const bool kok = d4 + lc < d;", "const bool kok = true;"),
+    ("mma: barrier before the pair terms removed",
+     "        BD_SYNC();\n        /* the pair terms, one pair per thread and iteration */",
+     "        /* the pair terms, one pair per thread and iteration */"),
+    ("mma: T-sum B fragment transposed", "*pb = Ps + lc * dp + kc;", "*pb = Ps + lr * dp + kc;"),
+    ("mma: T-sum A fragment transposed", "*ag = At + (g * tile + lc) * BD_QB + lr,", "*ag = At + (g * tile + lr) * BD_QB + lc,"),
+    ("mma: rows past the tile's end not masked", "const bool jok = n4 + lc < nrow;", "const bool jok = true;"),
+    ("mma: T write-out columns misplaced", "const bd_idx kk = c8 * 8 + 2 * lc + (bd_idx)h;",
+     "const bd_idx kk = c8 * 8 + lc + (bd_idx)h;"),
+    ("mma: warp task ownership differs from the write-out", "const bd_idx tk = wid + (bd_idx)a * nw;",
+     "const bd_idx tk = wid * BD_NWT + a;"),
+    ("mma: mode-1 weights left out of the T sums", "if (BD_MODE == 1) bv *= (double)Cs[(j + lc) * nr + r];",
+     "if (0) bv *= (double)Cs[(j + lc) * nr + r];"),
+]
 
 
 #: The cases each planted bug is run on: (mode, dtype, M, d, dr, q, tolerance of the unmutated source,
-#: error a mutant must exceed).  Mode 1 float64 in one query tile (f, T and beta sums: every part of the
-#: kernel); mode 2 float32 in two query tiles (chi in the weights; float32 sums with the float64 twins of
-#: nearly parallel pairs); mode 1 float64 with the columns of C in chunks.
-PLANT_CASES = {"mode1-f64": (1, np.float64, 1333, 6, 1, 20, 1e-9, 1e-6),
-               "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 70, 1e-4, 1e-3),
-               "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6),
-               "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 157, 600, 3, 20, 1e-9, 1e-6)}
+#: error a mutant must exceed, tensor cores).  Mode 1 float64 in one query tile (f, T and beta sums: every part
+#: of the kernel); mode 2 float32 in two query tiles (chi in the weights; float32 sums with the float64 twins of
+#: nearly parallel pairs); mode 1 float64 with the columns of C in chunks; and on the tensor cores mode 1 with d
+#: and the last tile's rows not multiples of 4 (both masks live) and mode 2 with T's columns in launches.
+PLANT_CASES = {"mode1-f64": (1, np.float64, 1333, 6, 1, 20, 1e-9, 1e-6, False),
+               "mode2-f32-two-query-tiles": (2, np.float32, 333, 6, 3, 70, 1e-4, 1e-3, False),
+               "mode1-f64-column-chunks": (1, np.float64, 600, 4, 200, 7, 1e-9, 1e-6, False),
+               "mode2-f64-wide-T-chunks-opt-in": (2, np.float64, 157, 600, 3, 20, 1e-9, 1e-6, False),
+               "mode1-f64-mma": (1, np.float64, 1333, 6, 1, 20, 1e-9, 1e-6, True),
+               "mode2-f64-mma-wide-T-chunks": (2, np.float64, 157, 600, 3, 20, 1e-9, 1e-6, True)}
 
 
 #: Planted bugs that only some cases can show, and which: T in column chunks needs d > 512; the f / beta-sum
@@ -307,21 +396,36 @@ ONLY = {"T column chunk read at column c, not k0 + c": lambda case: case[3] > 51
         "query values unpacked from the wrong half of a vector": lambda case: case[1] == np.float64,
         "last lane of a float32 vector unpacked from the first": lambda case: case[1] == np.float32,
         "T task ownership differs from the write-out": lambda case: fused_source.NTASK > 1,
-        "query group of the dot products off by one": lambda case: case[5] > fused_source.QB and case[3] < 512}
-PLANTS = [(m, c) for m in MUTANTS for c in sorted(PLANT_CASES) if ONLY.get(m[0], lambda case: True)(PLANT_CASES[c])]
+        "query group of the dot products off by one": lambda case: case[5] > fused_source.QB and case[3] < 512,
+        "mma: columns past d not masked": lambda case: case[3] % 4 != 0,
+        "mma: rows past the tile's end not masked": lambda case: case[2] == 1333,
+        "mma: mode-1 weights left out of the T sums": lambda case: case[0] == 1}
+
+
+def _applies(mutant, case):
+    """Whether a planted bug is in the live code of a case's variant and can show there (:data:`ONLY`)."""
+    mma = case[8]
+    if mutant[0].startswith("mma:") and not mma or mma and mutant[0] in PLAIN_ONLY:
+        return False
+    return ONLY.get(mutant[0], lambda case: True)(case)
+
+
+PLANTS = [(m, c) for m in MUTANTS + MMA_MUTANTS for c in sorted(PLANT_CASES) if _applies(m, PLANT_CASES[c])]
 
 
 @pytest.mark.parametrize("what,old,new,case", [m + (c,) for m, c in PLANTS], ids=[f"{m[0]}-{c}" for m, c in PLANTS])
 def test_harness_catches_planted_bugs(what, old, new, case):
     """Each case (:data:`PLANT_CASES`) with the mutated source: a harness error, NaN or a wrong result; the
     unmutated source agrees with refimpl (the Xi sums as the backend contracts them, T + bsum z^)."""
-    mode, dtype, M, d, dr, q, tol, wrong = PLANT_CASES[case]
+    mode, dtype, M, d, dr, q, tol, wrong, mma = PLANT_CASES[case]
     h, rng = _history(M, d, dr, dtype, seed=7)
     Z = _queries(h, q, rng)
     chi = rng.standard_normal((q, dr)) if mode == 2 else None
-    pl = xpcore.XPEngine(DEV).plan(q, M, d, dr, mode, dtype, "relu")
-    assert pl is not None and (mode == 1 or pl["qt"] < q) and (dr < 200 or len(pl["chunks"]) > 1)
-    assert d < 600 or (pl["kchunks"] > 1 and pl["shared"] > fused_source.SHARED_BYTES)
+    pl = xpcore.XPEngine(DEV, tensor_cores=mma).plan(q, M, d, dr, mode, dtype, "relu")
+    assert pl is not None and pl["mma"] == mma and (dr < 200 or len(pl["chunks"]) > 1)
+    assert mma or mode == 1 or pl["qt"] < q
+    assert d < 600 or (pl["kchunks"] > 1 and (mma or pl["shared"] > fused_source.SHARED_BYTES))
+    assert not mma or M != 1333 or (M % pl["tile"]) % 4 != 0        # the row mask is live
     f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
     Zh = rk.unit_rows(Z)[1]
 
@@ -330,10 +434,11 @@ def test_harness_catches_planted_bugs(what, old, new, case):
         J_ref = T_ref + b_ref[:, :, None] * Zh[:, None, :]
         return ([_rel(got[0], f_ref)] if mode != 2 else []) + [_rel(J, J_ref), _rel(got[2], b_ref)]
 
-    good = errors(xpcore.XPEngine(DEV).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", float(d), 0.0))
+    good = errors(xpcore.XPEngine(DEV, tensor_cores=mma).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi,
+                                                                      "relu", float(d), 0.0))
     assert max(good) <= tol, good
     try:
-        got = _Mutant(old, new).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", float(d), 0.0)
+        got = _Mutant(old, new, mma).history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi, "relu", float(d), 0.0)
     except cudasim.HarnessError:
         return
     errs = errors(got)
@@ -344,7 +449,8 @@ def test_every_variant_is_listed_and_valid_cpp():
     """accel.fused_source.cuda_sources: arch x dtype x mode x index width, unique names; the CUDA
     text passes g++ -fsyntax-only with CUDA's builtins declared (NVRTC itself: the compile test)."""
     srcs = fused_source.cuda_sources()
-    assert len(srcs) == len(pair_source.ARCH) * 2 * 3 * 2
+    assert len(srcs) == len(pair_source.ARCH) * (2 + 1) * 3 * 2            # float64 twice: plain and mma
+    assert sum(name.endswith("_mma") for name, _, _ in srcs) == len(pair_source.ARCH) * 3 * 2
     assert len({name for name, _, _ in srcs}) == len(srcs)
     for name, src, options in srcs:
         assert "bd_fused_history(" in src and "bd_fused_reduce(" in src and "__launch_bounds__(threads" in src
@@ -356,9 +462,11 @@ def test_every_variant_is_listed_and_valid_cpp():
             "#define __device__\n#define __global__\n#define __forceinline__ inline\n#define __align__(n)\n"
             "#define __shared__\n#define __launch_bounds__(t, b)\nstruct bd_dim3 { unsigned x, y, z; };\n"
             "extern bd_dim3 threadIdx, blockIdx, blockDim, gridDim;\nvoid __syncthreads();\n"
+            "#define asm(...) ((void)0)\n"                                                 # mma.sync's inline PTX
             "struct double2 { double x, y; };\nstruct float4 { float x, y, z, w; };\n")   # CUDA's vector types
     for i, (name, src, _) in enumerate(srcs):
-        if i % 4 and "relu_float32_mode1" not in name:     # a quarter of them, and the busiest one
+        if i % 4 and "relu_float32_mode1" not in name and not name.endswith("mode2_i32_mma"):   # a quarter of them,
+            # the busiest one and a tensor-core one
             continue
         body = re.sub(r'extern __shared__', "extern", src)
         res = subprocess.run(["g++", "-std=c++11", "-fsyntax-only", "-x", "c++", "-"], input=mock + body,
@@ -398,6 +506,46 @@ def test_fused_pass_with_fma_contraction_meets_the_golden_tolerances(monkeypatch
         gpu.reset()
 
 
+def test_tensor_cores_are_asked_for_by_one_variable_and_used_where_the_device_has_them(monkeypatch):
+    """BOTTLENECK_TENSOR_CORES: "1" on, "0" or unset off, anything else an error naming it; on, a float64 plan uses
+    mma.sync only on compute capability 8.0 or later, and a float32 plan never does."""
+    assert xpcore.tensor_cores_requested({}) is False
+    assert xpcore.tensor_cores_requested({xpcore.TENSOR_CORES_ENV: "1"}) is True
+    assert xpcore.tensor_cores_requested({xpcore.TENSOR_CORES_ENV: " 0 "}) is False
+    with pytest.raises(ValueError, match="BOTTLENECK_TENSOR_CORES: expected 0 or 1, got 'yes'"):
+        xpcore.tensor_cores_requested({xpcore.TENSOR_CORES_ENV: "yes"})
+    monkeypatch.setenv(xpcore.TENSOR_CORES_ENV, "1")
+    eng = xpcore.XPEngine(DEV)
+    assert eng.tensor_cores and eng.plan(20, 1000, 100, 1, 2, np.float64, "relu")["mma"]
+    assert not eng.plan(20, 1000, 100, 1, 2, np.float32, "relu")["mma"]
+    eng._attributes = dict(eng.attributes(), ComputeCapabilityMajor=7)              # a V100: no FP64 mma
+    assert not eng.plan(20, 1000, 100, 1, 2, np.float64, "relu")["mma"]
+    monkeypatch.setenv(xpcore.TENSOR_CORES_ENV, "on")
+    from accel import gpu
+    assert gpu.kernel_check(DEV) == "BOTTLENECK_TENSOR_CORES: expected 0 or 1, got 'on'"
+
+
+def test_tensor_core_pass_meets_the_golden_tolerances(monkeypatch):
+    """The gpu path with BOTTLENECK_TENSOR_CORES=1 (every float64 pass on mma.sync, run by the harness's warp
+    collective) stays within the golden tolerances on every trajectory."""
+    from experiments import golden
+
+    import accel
+    from accel import gpu
+    monkeypatch.delenv(gpu.STANDIN_ENV, raising=False)
+    monkeypatch.setenv(xpcore.TENSOR_CORES_ENV, "1")
+    gpu.reset()
+    try:
+        targets = [t for t in accel.golden_targets() if t[0] == "gpu-path/numpy/float64"]
+        rows = golden.check(targets, cases=list(golden.TRAJECTORIES), log=None)
+        bad = [(r["case"], r["worst"], r["worst_error"]) for r in rows if not r["ok"]]
+        assert len(rows) == len(golden.TRAJECTORIES) and not bad, bad
+        built = gpu.engine("numpy")._modules
+        assert built and all(key[-1] for key in built if key[1] == "float64"), list(built)
+    finally:
+        gpu.reset()
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_pass_counts_describe_what_the_engine_launches(dtype):
     """accel.fused_source.pass_counts (the numbers of docs/BENCHMARKS.md) against the launches the
@@ -421,29 +569,37 @@ def test_pass_counts_describe_what_the_engine_launches(dtype):
 @settings(max_examples=300, deadline=None)
 @given(q=st.integers(1, 20000), M=st.integers(1, 10**7), d=st.integers(1, 3000), dr=st.integers(1, 1000),
        mode=st.sampled_from([0, 1, 2]), dtype=st.sampled_from([np.float64, np.float32]),
-       optin=st.sampled_from([48 * 1024, 163 * 1024, 227 * 1024]))
-def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mode, dtype, optin):
+       optin=st.sampled_from([48 * 1024, 163 * 1024, 227 * 1024]), mma=st.booleans())
+def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mode, dtype, optin, mma):
     """For any shape :func:`accel.fused_source.plan` either declines or gives launches whose shared memory
     fits the device's opt-in limit (the layout of the kernel), whose threads own every output (f / beta sums
-    within NACC per thread, T columns within NTASK tasks of TCOLS columns), and whose chunks cover each
-    column of C and of T exactly once."""
+    within NACC per thread, T columns within NTASK tasks of TCOLS columns, or with tensor cores NWT tasks of
+    MMA_COLS columns per warp, the tile in whole blocks of MMA_COLS rows), and whose chunks cover each column of
+    C and of T exactly once."""
     budget = min(optin, 228 * 1024 // 2 - 1024)
-    pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu", optin, budget)
+    pl = fused_source.plan(q, M, d, dr, mode, dtype, "relu", optin, budget, mma=mma)
     if pl is None:
         return
     qt, tile, thr = pl["qt"], pl["tile"], pl["threads"]
-    assert 1 <= qt <= min(q, fused_source.MAX_QT) and 1 <= tile <= min(M, fused_source.MAX_TILE)
+    mma = pl["mma"]
+    assert mma == (mma and dtype == np.float64)
+    blk = fused_source.MMA_COLS if mma else 1
+    assert 1 <= qt <= min(q, fused_source.MAX_QT) and 1 <= tile <= -(-min(M, fused_source.MAX_TILE) // blk) * blk
+    assert tile % blk == 0
     assert fused_source.MIN_THREADS <= thr <= fused_source.MAX_THREADS and pl["shared"] <= optin
     exact = fused_source.exact_near("relu", dtype, mode)
     ngq = -(-qt // fused_source.QB)
     seen = np.zeros((dr, d), dtype=int)
     for (r0, nr, k0, nk), stride in zip(pl["chunks"], pl["strides"]):
         assert pl["shared"] == fused_source.shared_bytes(mode, exact, np.dtype(dtype).itemsize, d, dr,
-                                                         max(c[1] for c in pl["chunks"]), qt, tile)
+                                                         max(c[1] for c in pl["chunks"]), qt, tile, mma)
         assert stride == qt * fused_source.outputs_per_query(mode, nk, nr)
         rr = {0: 0, 1: nr, 2: 1}[mode]
         assert qt * ((nr if mode != 2 else 0) + rr) <= fused_source.NACC[mode] * thr
-        assert rr * ngq * -(-nk // fused_source.TCOLS) <= fused_source.NTASK * thr
+        if mma:
+            assert rr * ngq * -(-nk // fused_source.MMA_COLS) <= fused_source.NWT * (thr // 32)
+        else:
+            assert rr * ngq * -(-nk // fused_source.TCOLS) <= fused_source.NTASK * thr
         seen[r0:r0 + nr, k0:k0 + nk] += 1
     if mode == 2:
         assert all(c[0] == 0 and c[1] == dr for c in pl["chunks"])
@@ -451,16 +607,20 @@ def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mo
     assert np.all(seen == 1) and pl["kchunks"] == len({c[2] for c in pl["chunks"]})
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(q=st.integers(1, 40), M=st.integers(1, 300), d=st.integers(1, 300), dr=st.integers(1, 30),
-       mode=st.sampled_from([0, 1, 2]), dtype=st.sampled_from([np.float64, np.float32]), seed=st.integers(0, 99))
+       mode=st.sampled_from([0, 1, 2]), dtype=st.sampled_from(["float64", "float32", "float64-mma"]),
+       seed=st.integers(0, 99))
 def test_the_fused_pass_agrees_with_refimpl_on_random_shapes(q, M, d, dr, mode, dtype, seed):
     """Any small shape (query tiles, several launches of C's or T's columns, odd sizes, a partial last tile)
-    run through the CUDA harness agrees with refimpl's kernels (norm-relative: float64 1e-10, float32 1e-4)."""
+    run through the CUDA harness agrees with refimpl's kernels (norm-relative: float64 1e-10, float32 1e-4),
+    with the products on the FP64 units or (float64-mma) on the tensor cores."""
+    mma = dtype.endswith("-mma")
+    dtype = np.dtype(dtype.removesuffix("-mma")).type
     h, rng = _history(M, d, dr, dtype, seed=seed)
     Z = rng.standard_normal((q, d))
     chi = rng.standard_normal((q, dr))
-    eng = xpcore.XPEngine(DEV)
+    eng = xpcore.XPEngine(DEV, tensor_cores=mma)
     if eng.plan(q, M, d, dr, mode, dtype, "relu") is None:
         return
     got = eng.fused_history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None, "relu",
