@@ -245,6 +245,10 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
     (:meth:`accel.xpcore.XPEngine.peak_bandwidth`; None on the stand-in), a lower bound of what the pass
     itself achieves.  ``host_head_seconds_per_step``: the same batches again with the head's f_0, loss and
     chi on the host (``engine.device_step = False``, the route before), and its ratio to the device step.
+    ``tensor_cores``: whether the step's float64 passes ran on the FP64 tensor cores (``BOTTLENECK_TENSOR_CORES``);
+    on a device that has them (compute capability 8.0+) and in float64, the same batches again with the other
+    route: ``tensor_core_seconds_per_step``, ``plain_seconds_per_step`` and ``tensor_core_speedup`` (plain over
+    tensor cores, taken in this one run).
     """
     from accel import fused_source
     eng = sim.engine
@@ -253,7 +257,8 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
     if eng.head.kind is not None:
         modes = (1,) if sim.first_pass_mode() == 1 else (0, 2)
         counts = [fused_source.pass_counts(BATCH, M, d, DR, m, eng.history.P_dev.dtype, eng.head.kind,
-                                           dev.multiprocessors(), dev.shared_optin(), dev.shared_two_blocks())
+                                           dev.multiprocessors(), dev.shared_optin(), dev.shared_two_blocks(),
+                                           dev.tensor_cores and dev.mma_available())
                   for m in modes]
         if all(c is not None for c in counts):
             nbytes = sum(c["bytes"] for c in counts)
@@ -261,19 +266,31 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
             out.update(pass_bytes_per_step=nbytes, pass_bandwidth_gbs=nbytes / seconds / 1e9,
                        peak_bandwidth_gbs=None if peak is None else peak / 1e9,
                        bandwidth_fraction=None if peak is None else nbytes / seconds / peak)
-    host = []
-    eng.device_step = False
-    try:
+
+    def timed_again():
+        times = []
         for idx in batches:
             sync()
             t = time.perf_counter()
             sim.step(idx)
             sync()
-            host.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+    eng.device_step = False
+    try:
+        out["host_head_seconds_per_step"] = timed_again()
     finally:
         eng.device_step = True
-    out["host_head_seconds_per_step"] = statistics.median(host)
     out["host_head_over_device_step"] = out["host_head_seconds_per_step"] / seconds
+    out["tensor_cores"] = bool(dev.tensor_cores and dev.mma_available() and eng.history.P_dev.dtype == np.float64)
+    if dev.mma_available() and eng.history.P_dev.dtype == np.float64:
+        dev.tensor_cores = not out["tensor_cores"]
+        try:
+            other = timed_again()
+        finally:
+            dev.tensor_cores = out["tensor_cores"]
+        tc, plain = (seconds, other) if out["tensor_cores"] else (other, seconds)
+        out.update(tensor_core_seconds_per_step=tc, plain_seconds_per_step=plain, tensor_core_speedup=plain / tc)
     return out
 
 

@@ -228,7 +228,8 @@ def _judge_bench(bench_json, near):
         report = json.loads(bench_json.read_text()) if bench_json.exists() else {}
         row["results"] = [{k: r.get(k) for k in ("backend", "dtype", "d", "M", "seconds_per_step",
                                                  "gflops", "device_peak_mib", "pass_bandwidth_gbs",
-                                                 "bandwidth_fraction", "host_head_over_device_step")}
+                                                 "bandwidth_fraction", "host_head_over_device_step",
+                                                 "tensor_cores", "tensor_core_speedup")}
                           for r in report.get("results", [])]
         row["near_pairs"] = report.get("near_pairs", [])
         row["machine"] = report.get("machine")
@@ -244,6 +245,7 @@ def _judge_bench(bench_json, near):
             row["note"] = f"{len(row['results'])} points" + "".join(
                 f"; {r['dtype']} M={r['M']:.0e}: {1e3 * r['seconds_per_step']:.3g} ms/step"
                 + (f", {r['bandwidth_fraction']:.0%} of peak bandwidth" if r.get("bandwidth_fraction") else "")
+                + (f", FP64 tensor cores x{r['tensor_core_speedup']:.2f}" if r.get("tensor_core_speedup") else "")
                 for r in row["results"] if r["backend"] == "gpu") + (
                 "".join(f"; near pairs {n['backend']}/{n['dtype']}: aligned x{n['aligned_over_spread']:.2f} of spread"
                         for n in row["near_pairs"]))

@@ -109,6 +109,10 @@ def test_gpu_measure_reports_pass_traffic_bandwidth_and_the_host_head_route(monk
     assert res["bandwidth_fraction"] is None and res["peak_bandwidth_gbs"] is None
     assert res["host_head_seconds_per_step"] > 0
     assert res["host_head_over_device_step"] == res["host_head_seconds_per_step"] / res["seconds_per_step"]
+    # the stand-in is a compute capability 9.0 device: the other route (tensor cores, off by default) on the same
+    # batches, in the same run
+    assert res["tensor_cores"] is False and res["plain_seconds_per_step"] == res["seconds_per_step"]
+    assert res["tensor_core_speedup"] == res["plain_seconds_per_step"] / res["tensor_core_seconds_per_step"] > 0
     h100 = types.SimpleNamespace(cuda=types.SimpleNamespace(Device=lambda: types.SimpleNamespace(
         attributes={"MemoryClockRate": 2619000, "GlobalMemoryBusWidth": 5120})))
     assert xpcore.XPEngine(h100).peak_bandwidth() == pytest.approx(3.352e12, rel=1e-3)   # H100 SXM: 3.35 TB/s
