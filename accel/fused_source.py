@@ -70,10 +70,16 @@ from . import pair_source
 #: spills.
 NACC = {0: 8, 1: 2, 2: 1}
 NTASK = 1
-#: With tensor cores (``mma``): T tasks per warp, each 8 queries x 8 columns of T held as two float64 per lane
-#: (the same 16 registers of T outputs per thread as NTASK tasks of TCOLS x QB).
-NWT = 8
-#: With tensor cores: columns of T per task, and the tile's rows come in whole blocks of this many.
+#: With tensor cores (``mma``): a warp task is MMA_QG query groups x MMA_RB blocks of 8 rows (dot products) or
+#: of 8 columns of T (T sums), each block pair one m8n8k4 operation per step of 4, so that per step MMA_QG + MMA_RB
+#: fragment loads serve MMA_QG x MMA_RB operations (0.25 shared-memory wavefronts per warp-wide multiply-add at
+#: 2 x 2, as the plain float32 kernel; 0.5 at 1 x 1); NWT T tasks per warp, held as two float64 per lane per
+#: block pair (NWT x 2 x 2 x 2 = the same 16 registers of T outputs per thread as NTASK tasks of TCOLS x QB).
+MMA_QG = 2
+MMA_RB = 2
+NWT = 2
+#: With tensor cores: the tile's rows come in whole blocks of this many (and the columns of T of a task in
+#: MMA_RB blocks of this many).
 MMA_COLS = 8
 #: Columns of T per task (c and c + nk / 2: two row elements per BD_QB weights loaded).
 TCOLS = 2
@@ -199,13 +205,18 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     T accT[BD_NTASK][2][BD_QB];                             /* T outputs ... */
     double acc64[BD_NTASK][2][BD_QB];                       /* ... their nearly parallel pairs (float32) */
 #if BD_MMA
-    /* tensor cores: this warp's T tasks (8 queries x 8 columns each), as D fragments: row lane / 4 (query),
-       columns 2 (lane % 4) + {0, 1} */
+    /* tensor cores: this warp's T tasks, each BD_MQG query groups x BD_MCB column blocks of 8 (16 queries x 16
+       columns of T), as D fragments: row lane / 4 (query), columns 2 (lane % 4) + {0, 1} */
     const bd_idx lane = tid & 31, wid = tid >> 5, nw = nthr >> 5, lr = lane >> 2, lc = lane & 3;
-    const bd_idx nkb = (nk + 7) / 8;                        /* column blocks of 8 */
-    double accM[BD_NWT][2];
+    const bd_idx ngp = (ngq + BD_MQG - 1) / BD_MQG;          /* query-group sets of a warp task */
+    const bd_idx nkb = (nk + 7) / 8, nkp = (nkb + BD_MCB - 1) / BD_MCB;   /* column blocks of 8, and their sets */
+    double accM[BD_NWT][BD_MQG][BD_MCB][2];
 #pragma unroll
-    for (int a = 0; a < BD_NWT; ++a) { accM[a][0] = 0.0; accM[a][1] = 0.0; }
+    for (int a = 0; a < BD_NWT; ++a)
+#pragma unroll
+        for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+            for (int c = 0; c < BD_MCB; ++c) { accM[a][i][c][0] = 0.0; accM[a][i][c][1] = 0.0; }
 #endif
 #pragma unroll
     for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
@@ -244,26 +255,59 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
         /* (2) dot products (a task: BD_QB queries x two rows, ja and jb = ja + njp; per k two row elements
            and BD_QB / BD_VW broadcast loads of query values serve 2 BD_QB multiply-adds), then the pair terms */
 #if BD_MMA
-        /* tensor cores: a warp task is 8 queries x 8 rows of dot products, D += A B over k in steps of 4 with
-           A (8 x 4) = the queries' k .. k + 3 (lane: query lr, k + lc) and B (4 x 8) = the rows' (lane: k + lc,
-           row lr); the tile has whole blocks of 8 rows (rows past nrow give columns of D that are not used), and
-           columns past d are zero in A and B (shared memory past them is not written) */
-        const bd_idx nrb = (nrow + 7) / 8;
-        for (bd_idx wt = wid; wt < ngq * nrb; wt += nw) {   /* the same trip count for the lanes of a warp */
-            const bd_idx g = wt / nrb, jb8 = (wt - g * nrb) * 8;
-            const T *za = Zt + g * d * BD_QB + lc * BD_QB + lr, *pb = Ps + (jb8 + lr) * dp + lc;
-            double c0 = 0.0, c1 = 0.0;
+        /* tensor cores: a warp task is BD_MQG query groups x BD_MRB row blocks of 8 (16 queries x 16 rows) of dot
+           products, D += A B over k in steps of 4 with A (8 x 4) = a group's queries at k .. k + 3 (lane: query lr,
+           k + lc) and B (4 x 8) = a row block's (lane: k + lc, row lr): per k, BD_MQG + BD_MRB fragment loads serve
+           BD_MQG BD_MRB operations.  Sets past the last group or row block skip their operations (warp-uniform);
+           rows past nrow within a block give columns of D that are not used, and columns past d are zero in A and
+           B (shared memory past them is not written) */
+        const bd_idx nrb = (nrow + 7) / 8, nrs = (nrb + BD_MRB - 1) / BD_MRB;
+        for (bd_idx wt = wid; wt < ngp * nrs; wt += nw) {   /* the same trip count for the lanes of a warp */
+            const bd_idx gs = wt / nrs, rs = wt - gs * nrs;
+            const T *za[BD_MQG], *pb[BD_MRB];
+            bool gok[BD_MQG], rok[BD_MRB];
+            double c0[BD_MQG][BD_MRB], c1[BD_MQG][BD_MRB];
+#pragma unroll
+            for (int i = 0; i < BD_MQG; ++i) {
+                const bd_idx g = gs * BD_MQG + i;
+                gok[i] = g < ngq;
+                za[i] = Zt + (gok[i] ? g : 0) * d * BD_QB + lc * BD_QB + lr;
+            }
+#pragma unroll
+            for (int r = 0; r < BD_MRB; ++r) {
+                const bd_idx jb8 = (rs * BD_MRB + r) * 8;
+                rok[r] = jb8 < nrow;
+                pb[r] = Ps + ((rok[r] ? jb8 : 0) + lr) * dp + lc;
+            }
+#pragma unroll
+            for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+                for (int r = 0; r < BD_MRB; ++r) { c0[i][r] = 0.0; c1[i][r] = 0.0; }
             const bd_idx d4 = d - d % 4;
-            for (bd_idx k = 0; k < d4; k += 4) BD_MMA_F64(c0, c1, (double)za[k * BD_QB], (double)pb[k]);
-            if (d4 < d) {
-                const bool kok = d4 + lc < d;
-                BD_MMA_F64(c0, c1, kok ? (double)za[d4 * BD_QB] : 0.0, kok ? (double)pb[d4] : 0.0);
+            for (bd_idx k = 0; k <= d4; k += 4) {
+                if (k == d4 && k == d) break;
+                const bool kok = k < d4 || lc < d - d4;      /* the last step: columns past d are zero */
+                double av[BD_MQG], bv[BD_MRB];
+#pragma unroll
+                for (int i = 0; i < BD_MQG; ++i) av[i] = kok ? (double)za[i][k * BD_QB] : 0.0;
+#pragma unroll
+                for (int r = 0; r < BD_MRB; ++r) bv[r] = kok ? (double)pb[r][k] : 0.0;
+#pragma unroll
+                for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+                    for (int r = 0; r < BD_MRB; ++r)
+                        if (gok[i] && rok[r]) BD_MMA_F64(c0[i][r], c1[i][r], av[i], bv[r]);
             }
-            const bd_idx b = g * BD_QB + lr, ja = jb8 + 2 * lc;    /* D: query lr, rows ja, ja + 1 */
-            if (b < nq) {
-                if (ja < nrow) Gd[b * tile + ja] = (T)c0;
-                if (ja + 1 < nrow) Gd[b * tile + ja + 1] = (T)c1;
-            }
+#pragma unroll
+            for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+                for (int r = 0; r < BD_MRB; ++r) {
+                    const bd_idx b = (gs * BD_MQG + i) * BD_QB + lr, ja = (rs * BD_MRB + r) * 8 + 2 * lc;
+                    if (gok[i] && b < nq) {                  /* D: query lr, rows ja, ja + 1 */
+                        if (ja < nrow) Gd[b * tile + ja] = (T)c0[i][r];
+                        if (ja + 1 < nrow) Gd[b * tile + ja + 1] = (T)c1[i][r];
+                    }
+                }
         }
         BD_SYNC();
         /* the pair terms, one pair per thread and iteration */
@@ -394,30 +438,45 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
             }
         }
 #if BD_MMA
-        /* tensor cores: T task (r, g, c8) = 8 queries x the 8 columns k0 + 8 c8 ..; D += A B over the tile's rows in
-           steps of 4 with A (8 x 4) = the Xi weights (lane: query lr, row j + lc) and B (4 x 8) = the rows' columns
-           (lane: row j + lc, column lr; columns past nk read column k0 and give columns of D that are not used) */
+        /* tensor cores: T task (r, query-group set, column-block set) = 16 queries x 16 columns of T; D += A B over
+           the tile's rows in steps of 4 with A (8 x 4) = a group's Xi weights (lane: query lr, row j + lc) and
+           B (4 x 8) = a column block of the rows (lane: row j + lc, column lr; columns past nk read column k0 and
+           give columns of D that are not used): per step BD_MQG + BD_MCB loads serve BD_MQG BD_MCB operations */
 #pragma unroll
         for (int a = 0; a < BD_NWT; ++a) {
             const bd_idx tk = wid + (bd_idx)a * nw;
-            if (BD_MODE != 0 && tk < RR * ngq * nkb) {      /* the same for the lanes of a warp */
-                const bd_idx c8 = tk % nkb, rest = tk / nkb, g = rest % ngq, r = rest / ngq;
-                const bd_idx kc = (c8 * 8 + lr < nk) ? k0 + c8 * 8 + lr : k0;
-                const T *ag = At + (g * tile + lc) * BD_QB + lr, *pb = Ps + lc * dp + kc;
-                double c0 = accM[a][0], c1 = accM[a][1];
+            if (BD_MODE != 0 && tk < RR * ngp * nkp) {      /* the same for the lanes of a warp */
+                const bd_idx cs = tk % nkp, rest = tk / nkp, gs = rest % ngp, r = rest / ngp;
+                const T *ag[BD_MQG], *pb[BD_MCB];
+                bool gok[BD_MQG], cok[BD_MCB];
+#pragma unroll
+                for (int i = 0; i < BD_MQG; ++i) {
+                    const bd_idx g = gs * BD_MQG + i;
+                    gok[i] = g < ngq;
+                    ag[i] = At + ((gok[i] ? g : 0) * tile + lc) * BD_QB + lr;
+                }
+#pragma unroll
+                for (int c = 0; c < BD_MCB; ++c) {
+                    const bd_idx c8 = cs * BD_MCB + c;
+                    cok[c] = c8 < nkb;
+                    pb[c] = Ps + lc * dp + ((cok[c] && c8 * 8 + lr < nk) ? k0 + c8 * 8 + lr : k0);
+                }
                 const bd_idx n4 = nrow - nrow % 4;
-                for (bd_idx j = 0; j < n4; j += 4) {
-                    double bv = (double)pb[j * dp];
-                    if (BD_MODE == 1) bv *= (double)Cs[(j + lc) * nr + r];
-                    BD_MMA_F64(c0, c1, (double)ag[j * BD_QB], bv);
+                for (bd_idx j = 0; j <= n4; j += 4) {
+                    if (j == n4 && j == nrow) break;
+                    const bool jok = j < n4 || lc < nrow - n4;   /* the last step: rows past nrow are zero */
+                    const double w = (BD_MODE == 1 && jok) ? (double)Cs[(j + lc) * nr + r] : 1.0;
+                    double av[BD_MQG], bv[BD_MCB];
+#pragma unroll
+                    for (int i = 0; i < BD_MQG; ++i) av[i] = jok ? (double)ag[i][j * BD_QB] : 0.0;
+#pragma unroll
+                    for (int c = 0; c < BD_MCB; ++c) bv[c] = jok ? (double)pb[c][j * dp] * w : 0.0;
+#pragma unroll
+                    for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+                        for (int c = 0; c < BD_MCB; ++c)
+                            if (gok[i] && cok[c]) BD_MMA_F64(accM[a][i][c][0], accM[a][i][c][1], av[i], bv[c]);
                 }
-                if (n4 < nrow) {
-                    const bool jok = n4 + lc < nrow;
-                    double bv = jok ? (double)pb[n4 * dp] : 0.0;
-                    if (BD_MODE == 1 && jok) bv *= (double)Cs[(n4 + lc) * nr + r];
-                    BD_MMA_F64(c0, c1, jok ? (double)ag[n4 * BD_QB] : 0.0, bv);
-                }
-                accM[a][0] = c0; accM[a][1] = c1;
             }
         }
 #else
@@ -483,14 +542,17 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #pragma unroll
     for (int a = 0; a < BD_NWT; ++a) {
         const bd_idx tk = wid + (bd_idx)a * nw;
-        if (BD_MODE != 0 && tk < RR * ngq * nkb) {
-            const bd_idx c8 = tk % nkb, rest = tk / nkb, g = rest % ngq, r = rest / ngq;
-            const bd_idx b = g * BD_QB + lr;
+        if (BD_MODE != 0 && tk < RR * ngp * nkp) {
+            const bd_idx cs = tk % nkp, rest = tk / nkp, gs = rest % ngp, r = rest / ngp;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const bd_idx kk = c8 * 8 + 2 * lc + (bd_idx)h;
-                if (b < nq && kk < nk) mine[NF + r * (nq * nk) + b * nk + kk] = accM[a][h];
-            }
+            for (int i = 0; i < BD_MQG; ++i)
+#pragma unroll
+                for (int c = 0; c < BD_MCB; ++c)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const bd_idx b = (gs * BD_MQG + i) * BD_QB + lr, kk = (cs * BD_MCB + c) * 8 + 2 * lc + (bd_idx)h;
+                        if (b < nq && kk < nk) mine[NF + r * (nq * nk) + b * nk + kk] = accM[a][i][c][h];
+                    }
         }
     }
 #else
@@ -601,7 +663,8 @@ def source(arch, dtype, mode, index_bits, target="cuda", mma=False):
         f"#define BD_EXACT_NEAR {exact_near(arch, dt, mode)}\n",
         f"#define BD_TILE_SUMS {int(dt == 'float32')}\n",
         f"#define BD_NACC {NACC[mode]}\n#define BD_NTASK {NTASK}\n#define BD_QB {QB}\n",
-        f"#define BD_NWT {NWT}\n" if mma else "",
+        f"#define BD_NWT {NWT}\n#define BD_MQG {MMA_QG}\n#define BD_MRB {MMA_RB}\n#define BD_MCB {MMA_RB}\n"
+        if mma else "",
         # at most 128 registers (2 blocks of 256 threads per SM) with 32-bit indices; 64-bit
         # indices (only past 2^31 elements) need more and get 1 block per SM rather than spills
         f"#define BD_MIN_BLOCKS {2 if index_bits == 32 else 1}\n",
@@ -694,11 +757,14 @@ def chunking(qt, d, dr, mode, mma=False):
     """(nr, nk) of one launch for query tiles of ``qt``: columns of C (f, and T in mode 1) and columns of T
     per launch, so that a block holds the f / beta-sum outputs (``NACC[mode] * MAX_THREADS``) and the T tasks
     (``NTASK * MAX_THREADS``, a task being ``TCOLS`` columns of T for QB queries: nr x query groups x
-    ceil(nk / TCOLS) tasks; with tensor cores ``NWT`` tasks per warp of ``MMA_COLS`` columns); None where not
-    even one column fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need the whole row)."""
+    ceil(nk / TCOLS) tasks; with tensor cores ``NWT`` tasks per warp of MMA_QG query groups x MMA_RB x MMA_COLS
+    columns); None where not even one column fits.  Mode 2 keeps every column of C (the weights C_m . chi_b need
+    the whole row)."""
     cap_g = NACC[mode] * MAX_THREADS                                   # f / beta-sum outputs
-    cap_t, cols = (NWT * (MAX_THREADS // 32), MMA_COLS) if mma else (NTASK * MAX_THREADS, TCOLS)
-    ngq = -(-qt // QB)
+    if mma:
+        cap_t, cols, ngq = NWT * (MAX_THREADS // 32), MMA_COLS * MMA_RB, -(-qt // (QB * MMA_QG))
+    else:
+        cap_t, cols, ngq = NTASK * MAX_THREADS, TCOLS, -(-qt // QB)
     if mode == 0:
         nr = min(dr, cap_g // qt)
         return (nr, d) if nr >= 1 else None
@@ -732,8 +798,9 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budge
     the query tile's outputs exceed a block's, :func:`chunking`), ``kchunks`` (launches per column chunk
     of C), ``tile`` (history rows per tile), ``threads`` (block size), ``shared`` (bytes),
     ``strides`` (outputs per block of each chunk: the row length of its partial buffer), ``index_bits``,
-    ``mma`` (whether the kernel's products run on the FP64 tensor cores: asked for by ``mma`` and float64;
-    the tile then has whole blocks of ``MMA_COLS`` rows, at least one block).
+    ``mma`` (whether the kernel's products run on the FP64 tensor cores: asked for by ``mma``, float64, and a
+    plan exists with them (else the plain kernel's); the tile then has whole blocks of ``MMA_COLS`` rows, at
+    least one block).
     """
     itemsize = np.dtype(dtype).itemsize
     mma = bool(mma) and np.dtype(dtype) == np.float64
@@ -766,8 +833,8 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budge
                 best = (cost, qt, nr, nk, int(tile))
         if best is not None:
             break
-    if best is None:
-        return None
+    if best is None:          # with tensor cores a task is 16 x 16: where that needs too many launches, the plain one
+        return plan(q, M, d, dr, mode, dtype, arch, shared_limit, shared_budget) if mma else None
     _, qt, nr, nk, tile = best
     chunks = [(r0, min(nr, dr - r0), k0, min(nk, d - k0)) for r0 in range(0, dr, nr) for k0 in range(0, d, nk)]
     strides = [qt * outputs_per_query(mode, ck, cr) for _, cr, _, ck in chunks]
@@ -777,8 +844,9 @@ def plan(q, M, d, dr, mode, dtype, arch, shared_limit=SHARED_BYTES, shared_budge
     # enough threads for the outputs a block owns and for its dot-product tasks (8 queries x 2 rows; with tensor
     # cores a warp per 8 queries x 8 rows); at least 128 (four warps to load the tile from global memory); the
     # registers allow two blocks of 256 per SM
-    if mma:
-        tasks, dtasks = rr * ngq * -(-nk // MMA_COLS), 32 * ngq * -(-tile // MMA_COLS)
+    if mma:       # warp tasks: (query-group sets x T column sets), (query-group sets x row-block sets)
+        ngp = -(-ngq // MMA_QG)
+        tasks, dtasks = rr * ngp * -(-nk // (MMA_COLS * MMA_RB)), 32 * ngp * -(-tile // (MMA_COLS * MMA_RB))
     else:
         tasks, dtasks = rr * ngq * -(-nk // TCOLS), ngq * -(-tile // 2)
 

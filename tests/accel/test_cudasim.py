@@ -223,7 +223,10 @@ def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol, mma):
     plans = []
     for mode in (0, 1, 2):
         pl = eng.plan(q, M, d, dr, mode, dtype, "relu")
-        assert pl["mma"] == mma and (not mma or pl["tile"] % fused_source.MMA_COLS == 0)
+        # with tensor cores every plan but the Jacobians at dr = 200 and d = 600 (16 x 16 tasks: too many launches;
+        # the plain kernel's plan instead)
+        assert pl["mma"] == (mma and not (mode == 1 and (dr == 200 or d == 600)))
+        assert not pl["mma"] or pl["tile"] % 8 == 0
         plans.append(pl)
         got = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None,
                                "relu", float(d), 0.0)
@@ -243,7 +246,7 @@ def test_fused_pass_matches_refimpl_in_every_mode(M, d, dr, q, dtype, tol, mma):
     if q == 70:
         assert plans[0]["qt"] < q
     if d == 600:
-        assert plans[1]["kchunks"] == plans[2]["kchunks"] == 2, plans
+        assert plans[1]["kchunks"] == 2 and plans[2]["kchunks"] == (3 if mma else 2), plans
         assert max(p["shared"] for p in plans) > fused_source.SHARED_BYTES
 
 
@@ -356,23 +359,30 @@ PLAIN_ONLY = {"T task ownership differs from the write-out", "query group of the
               "second column of a T task at the wrong offset", "T column chunk read at column c, not k0 + c"}
 #: Planted bugs in the tensor-core variant (mma.sync fragments, their masks and ownership).
 MMA_MUTANTS = [
-    ("mma: dot-product B fragment transposed", "*pb = Ps + (jb8 + lr) * dp + lc;", "*pb = Ps + (jb8 + lc) * dp + lr;"),
-    ("mma: dot-product A fragment transposed", "*za = Zt + g * d * BD_QB + lc * BD_QB + lr,",
-     "*za = Zt + g * d * BD_QB + lr * BD_QB + lc,"),
-    ("mma: dot-product D columns misplaced", "ja = jb8 + 2 * lc;", "ja = jb8 + lc;"),
-    ("mma: columns past d not masked", "const bool kok = d4 + lc < d;", "const bool kok = true;"),
+    ("mma: dot-product B fragment transposed", "pb[r] = Ps + ((rok[r] ? jb8 : 0) + lr) * dp + lc;",
+     "pb[r] = Ps + ((rok[r] ? jb8 : 0) + lc) * dp + lr;"),
+    ("mma: dot-product A fragment transposed", "za[i] = Zt + (gok[i] ? g : 0) * d * BD_QB + lc * BD_QB + lr;",
+     "za[i] = Zt + (gok[i] ? g : 0) * d * BD_QB + lr * BD_QB + lc;"),
+    ("mma: dot-product D columns misplaced", "ja = (rs * BD_MRB + r) * 8 + 2 * lc;", "ja = (rs * BD_MRB + r) * 8 + lc;"),
+    ("mma: dot products of the second query group skipped", "if (gok[i] && rok[r]) BD_MMA_F64(c0[i][r]",
+     "if (gok[i] && rok[r] && i == 0) BD_MMA_F64(c0[i][r]"),
+    ("mma: second row block of a set read as the first", "const bd_idx jb8 = (rs * BD_MRB + r) * 8;",
+     "const bd_idx jb8 = (rs * BD_MRB) * 8;"),
+    ("mma: columns past d not masked", "const bool kok = k < d4 || lc < d - d4;", "const bool kok = true;"),
     ("mma: barrier before the pair terms removed",
      "        BD_SYNC();\n        /* the pair terms, one pair per thread and iteration */",
      "        /* the pair terms, one pair per thread and iteration */"),
-    ("mma: T-sum B fragment transposed", "*pb = Ps + lc * dp + kc;", "*pb = Ps + lr * dp + kc;"),
-    ("mma: T-sum A fragment transposed", "*ag = At + (g * tile + lc) * BD_QB + lr,", "*ag = At + (g * tile + lr) * BD_QB + lc,"),
-    ("mma: rows past the tile's end not masked", "const bool jok = n4 + lc < nrow;", "const bool jok = true;"),
-    ("mma: T write-out columns misplaced", "const bd_idx kk = c8 * 8 + 2 * lc + (bd_idx)h;",
-     "const bd_idx kk = c8 * 8 + lc + (bd_idx)h;"),
+    ("mma: T-sum B fragment transposed", "pb[c] = Ps + lc * dp + ", "pb[c] = Ps + lr * dp + "),
+    ("mma: T-sum A fragment transposed", "ag[i] = At + ((gok[i] ? g : 0) * tile + lc) * BD_QB + lr;",
+     "ag[i] = At + ((gok[i] ? g : 0) * tile + lr) * BD_QB + lc;"),
+    ("mma: T column block of a set off by one", "const bd_idx c8 = cs * BD_MCB + c;", "const bd_idx c8 = cs * BD_MCB;"),
+    ("mma: rows past the tile's end not masked", "const bool jok = j < n4 || lc < nrow - n4;", "const bool jok = true;"),
+    ("mma: T write-out columns misplaced", "kk = (cs * BD_MCB + c) * 8 + 2 * lc + (bd_idx)h;",
+     "kk = (cs * BD_MCB + c) * 8 + lc + (bd_idx)h;"),
     ("mma: warp task ownership differs from the write-out", "const bd_idx tk = wid + (bd_idx)a * nw;",
      "const bd_idx tk = wid * BD_NWT + a;"),
-    ("mma: mode-1 weights left out of the T sums", "if (BD_MODE == 1) bv *= (double)Cs[(j + lc) * nr + r];",
-     "if (0) bv *= (double)Cs[(j + lc) * nr + r];"),
+    ("mma: mode-1 weights left out of the T sums", "const double w = (BD_MODE == 1 && jok) ?",
+     "const double w = (0 && jok) ?"),
 ]
 
 
@@ -398,6 +408,7 @@ ONLY = {"T column chunk read at column c, not k0 + c": lambda case: case[3] > 51
         "T task ownership differs from the write-out": lambda case: fused_source.NTASK > 1,
         "query group of the dot products off by one": lambda case: case[5] > fused_source.QB and case[3] < 512,
         "mma: columns past d not masked": lambda case: case[3] % 4 != 0,
+        "mma: T column block of a set off by one": lambda case: case[3] > fused_source.MMA_COLS,
         "mma: rows past the tile's end not masked": lambda case: case[2] == 1333,
         "mma: mode-1 weights left out of the T sums": lambda case: case[0] == 1}
 
@@ -597,7 +608,8 @@ def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mo
         rr = {0: 0, 1: nr, 2: 1}[mode]
         assert qt * ((nr if mode != 2 else 0) + rr) <= fused_source.NACC[mode] * thr
         if mma:
-            assert rr * ngq * -(-nk // fused_source.MMA_COLS) <= fused_source.NWT * (thr // 32)
+            assert rr * -(-ngq // fused_source.MMA_QG) * -(-nk // (fused_source.MMA_COLS * fused_source.MMA_RB)) \
+                <= fused_source.NWT * (thr // 32)
         else:
             assert rr * ngq * -(-nk // fused_source.TCOLS) <= fused_source.NTASK * thr
         seen[r0:r0 + nr, k0:k0 + nk] += 1
