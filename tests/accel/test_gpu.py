@@ -39,13 +39,58 @@ def test_kernels_on_device_match_refimpl():
     np.testing.assert_allclose(b, rb, rtol=1e-10, atol=1e-15)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_golden_on_gpu(dtype):
-    be = accel.get_backend("gpu", dtype)
-    rows = golden.check([(f"gpu/{dtype}", be, dtype)], log=None)
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float64-tensor-cores"])
+def test_golden_on_gpu(dtype, monkeypatch):
+    """Every golden case on the device; float64-tensor-cores: with BOTTLENECK_TENSOR_CORES=1 (skipped where the
+    device has no FP64 tensor cores)."""
+    if dtype.endswith("-tensor-cores"):
+        if not gpu.engine("cupy").mma_available():
+            pytest.skip("the device has no FP64 tensor cores (compute capability below 8.0)")
+        monkeypatch.setenv(xpcore.TENSOR_CORES_ENV, "1")
+        gpu.reset()
+    try:
+        be = accel.get_backend("gpu", dtype.removesuffix("-tensor-cores"))
+        assert gpu.engine("cupy").tensor_cores == dtype.endswith("-tensor-cores")
+        rows = golden.check([(f"gpu/{dtype}", be, dtype.removesuffix("-tensor-cores"))], log=None)
+    finally:
+        if dtype.endswith("-tensor-cores"):
+            monkeypatch.delenv(xpcore.TENSOR_CORES_ENV)
+            gpu.reset()
     assert {r["case"] for r in rows} == set(golden.read_manifest()["files"])
     bad = [(r["case"], r["worst"], r["worst_error"]) for r in rows if not r["ok"]]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["fp64-units", "fp64-tensor-cores"])
+def test_fused_pass_on_device_matches_refimpl(tensor_cores):
+    """The fused history pass on the device in every mode, against refimpl's kernels on the host (float64; near
+    and anti-parallel queries included), with the tile's products on the FP64 units and on the tensor cores."""
+    xp = gpu.engine("cupy").xp
+    eng = xpcore.XPEngine(xp, tensor_cores=tensor_cores)
+    if tensor_cores and not eng.mma_available():
+        pytest.skip("the device has no FP64 tensor cores (compute capability below 8.0)")
+    rng = np.random.default_rng(4)
+    M, d, dr, q = 3000, 37, 3, 20
+    h = ArrayHistory(d, dr, dtype=np.float64, xp=xp)
+    base = rng.standard_normal((50, d))
+    h.append(base[rng.integers(0, 50, M)] + 1e-3 * rng.standard_normal((M, d)), rng.standard_normal((M, dr)))
+    P, C = h.P, h.C
+    Z = np.concatenate([P[:5] * (1 + 1e-9), -P[5:10], rng.standard_normal((q - 10, d))])
+    chi = rng.standard_normal((q, dr))
+    K = rk.ntk(Z, P)
+    alpha, beta = rk.xi_coefficients(Z, P)
+    Zh = rk.unit_rows(Z)[1]
+    for mode in (0, 1, 2):
+        assert eng.plan(q, M, d, dr, mode, np.float64, "relu")["mma"] == tensor_cores
+        f, T, b = eng.history_pass(Z, h.P_dev, h.norms_dev, h.C_dev, mode, chi if mode == 2 else None, "relu",
+                                   float(d), 0.0)
+        W = C.T[:, None, :] if mode != 2 else (chi @ C.T)[None]
+        if mode != 2:
+            assert np.linalg.norm(f - K @ C) <= 1e-12 * np.linalg.norm(K @ C)
+        if mode:
+            J = T + b[:, :, None] * Zh[:, None, :]
+            J_ref = np.einsum("rbm,bm,mk->brk", W, alpha, P) + np.einsum("rbm,bm->br", W, beta)[:, :, None] * Zh[:, None, :]
+            assert np.linalg.norm(J - J_ref) <= 1e-10 * np.linalg.norm(J_ref), mode
 
 
 def test_device_history_doubles_and_reads_back():
