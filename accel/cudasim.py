@@ -28,6 +28,12 @@ small scheduler (:data:`RUNTIME`) and runs it as the GPU would, one block after 
   run on.  A warp with lanes at different operations, at a barrier or returned, or a block whose
   size is not a whole number of warps, is reported as an error (undefined on a GPU).
 
+* an asynchronous copy from global to shared memory (``cp.async``, the source's
+  ``BD_CP_ASYNC(dst, src)``) is only recorded when issued and carried out when the issuing thread
+  waits (``cp.async.wait_all``, ``BD_CP_WAIT()``): the latest a GPU may complete it.  A read before the
+  wait, or of another thread's copy before the barrier after its wait, sees the NaN fill; a thread
+  that returns with copies never waited for is an error.
+
 Other warp-level operations (shuffles, votes, ``__syncwarp``) and atomics are not provided: a kernel
 using them fails to compile here, visibly, rather than running with invented semantics.
 
@@ -70,6 +76,9 @@ static size_t stacks_threads;
 static int *state;
 static long *barriers;
 static long *mmas;          /* per thread: warp matrix operations issued */
+struct copy { void *dst; const void *src; size_t n; };
+static copy **pending;      /* per thread: asynchronous copies issued and not yet waited for */
+static size_t *npending, *cappending;
 static double *mma_slot;    /* per thread: a, b, c0, c1 in; d0, d1 out (in c0, c1) */
 
 #if defined(__x86_64__)
@@ -161,6 +170,27 @@ static void bd_sim_mma(double *d0, double *d1, double a, double b)
     *d0 = s[2]; *d1 = s[3];
 }
 
+/* cp.async: the copy is only recorded; it happens when the issuing thread waits (cp.async.wait_all), the
+   latest a GPU may complete it, so a read of the destination before the wait (or, for another thread's copy,
+   before the barrier that follows its wait) sees the NaN fill */
+static void bd_sim_cp_async(void *dst, const void *src, size_t n)
+{
+    using namespace bd_sim;
+    if (npending[current] == cappending[current]) {
+        cappending[current] = cappending[current] ? 2 * cappending[current] : 64;
+        pending[current] = (copy *)realloc(pending[current], cappending[current] * sizeof(copy));
+    }
+    copy c = {dst, src, n};
+    pending[current][npending[current]++] = c;
+}
+static void bd_sim_cp_wait()
+{
+    using namespace bd_sim;
+    for (size_t i = 0; i < npending[current]; ++i)
+        memcpy(pending[current][i].dst, pending[current][i].src, pending[current][i].n);
+    npending[current] = 0;
+}
+
 namespace bd_sim {
 /* complete the warp matrix operations whose 32 lanes have all arrived; 1 if any did, 0 if none, -1 on an
    undefined use (a partial warp, or lanes of a warp at different operations, at a barrier or returned) */
@@ -210,7 +240,9 @@ static int block()
 {
     memset(shared, 0xFF, shared_size);
     memset(shared + shared_size, 0xA5, GUARD);
-    for (unsigned t = 0; t < nthreads; ++t) { state[t] = READY; barriers[t] = 0; mmas[t] = 0; start(t); }
+    for (unsigned t = 0; t < nthreads; ++t) {
+        state[t] = READY; barriers[t] = 0; mmas[t] = 0; npending[t] = 0; start(t);
+    }
     for (long phase = 0;; ++phase) {
         for (unsigned k = 0; k < nthreads; ++k) {
             unsigned t = (phase % 2 == 0) ? k : nthreads - 1 - k;
@@ -235,6 +267,12 @@ static int block()
         }
         for (unsigned t = 0; t < nthreads; ++t) state[t] = READY;
     }
+    for (unsigned t = 0; t < nthreads; ++t)
+        if (npending[t]) {
+            snprintf(error, sizeof error, "block (%u,%u,%u): thread %u returned with %zu asynchronous copies "
+                     "(cp.async) never waited for", blockIdx.x, blockIdx.y, blockIdx.z, t, npending[t]);
+            return 1;
+        }
     for (size_t g = 0; g < GUARD; ++g)
         if (shared[shared_size + g] != 0xA5) {
             snprintf(error, sizeof error, "block (%u,%u,%u): write past the %zu bytes of dynamic shared "
@@ -255,7 +293,9 @@ static int launch(void (*fn)(void **), void **args, unsigned gx, unsigned gy, un
         return 1;
     }
     if (nthreads > stacks_threads) {
-        free(stacks); free(state); free(barriers); free(mmas); free(mma_slot);
+        for (size_t t = 0; t < stacks_threads; ++t) free(pending[t]);
+        free(stacks); free(state); free(barriers); free(mmas); free(mma_slot); free(pending); free(npending);
+        free(cappending);
 #if defined(__x86_64__)
         free(thread_sp);
         thread_sp = (void **)calloc(nthreads, sizeof(void *));
@@ -268,6 +308,9 @@ static int launch(void (*fn)(void **), void **args, unsigned gx, unsigned gy, un
         barriers = (long *)calloc(nthreads, sizeof(long));
         mmas = (long *)calloc(nthreads, sizeof(long));
         mma_slot = (double *)calloc(4 * (size_t)nthreads, sizeof(double));
+        pending = (copy **)calloc(nthreads, sizeof(copy *));
+        npending = (size_t *)calloc(nthreads, sizeof(size_t));
+        cappending = (size_t *)calloc(nthreads, sizeof(size_t));
         stacks_threads = nthreads;
     }
     free(shared);

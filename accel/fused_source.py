@@ -13,8 +13,10 @@ from global memory once per query tile and no (q, M) pair matrix is ever stored:
 
 * block (x, y) takes query tile y (``qt`` queries, kept in shared memory for the whole pass)
   and the history tiles x, x + gridDim.x, ... of ``tile`` rows (grid-stride);
-* per tile: (1) the block loads the tile of P (and its columns of C) into shared memory, rows
-  at an odd stride (threads of a warp reading different rows at one k hit different banks);
+* per tile: (1) the block loads the tile of P (and its columns of C) into shared memory by
+  asynchronous copies (``cp.async`` on sm_80+, each thread's copies all in flight until one wait; a
+  plain load and store before sm_80), rows at an odd stride (threads of a warp reading different rows
+  at one k hit different banks; 4 mod 8 with tensor cores);
   (2) each thread takes tasks of ``BD_QB`` queries x two rows (register tiles): the dot products
   z_b . p_j in the working dtype T (as the GEMM of the unfused pass); the query tile is kept
   transposed by groups of BD_QB, so per k two row elements and BD_QB / BD_VW 128-bit broadcast loads
@@ -49,6 +51,10 @@ campaign (d up to 1000, dr = 10, batches of 20 and 10,000 test queries) runs fus
 returns None, and the engine uses the unfused GEMM pass (:mod:`accel.xpcore`), only where a one-row
 tile with one query does not fit in the opt-in maximum (a row of C above ~200 KiB in mode 2, d above
 ~14,000 in float64) or mode 1 needs more than ``MAX_CHUNKS_MODE1`` launches (a Jacobian at dr = 784).
+
+FP64 tensor cores (``mma``, opt-in): the two products of a tile run as ``mma.sync`` m8n8k4 warp
+operations, a warp task being 2 query groups x 2 blocks of 8 rows (dot products) or of 8 columns of T;
+``#if BD_MMA`` / ``#else`` blocks of the text, of which :func:`source` keeps the selected branch.
 
 The source is written once; ``TARGET_MACROS`` says what the kernel-level macros mean on
 a GPU ("cuda", NVRTC via ``cupy.RawModule``) and in the CPU execution harness ("sim",
@@ -123,7 +129,17 @@ TARGET_MACROS = {
              "#define BD_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]\n"
              # D (8 x 8) += A (8 x 4, row) B (4 x 8, col) on the FP64 tensor cores, one warp (sm_80+)
              "#define BD_MMA_F64(d0, d1, a, b) asm volatile(\"mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 "
-             "{%0,%1}, {%2}, {%3}, {%0,%1};\" : \"+d\"(d0), \"+d\"(d1) : \"d\"(a), \"d\"(b))\n"),
+             "{%0,%1}, {%2}, {%3}, {%0,%1};\" : \"+d\"(d0), \"+d\"(d1) : \"d\"(a), \"d\"(b))\n"
+             # one element global -> shared without a register, asynchronous until BD_CP_WAIT() (sm_80+: cp.async;
+             # older devices: a plain load and store)
+             "#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800\n"
+             "#define BD_CP_ASYNC(dst, src) asm volatile(\"cp.async.ca.shared.global [%0], [%1], %2;\" :: "
+             "\"r\"((unsigned)__cvta_generic_to_shared(dst)), \"l\"(src), \"n\"((int)sizeof(*(src))) : \"memory\")\n"
+             "#define BD_CP_WAIT() asm volatile(\"cp.async.wait_all;\" ::: \"memory\")\n"
+             "#else\n"
+             "#define BD_CP_ASYNC(dst, src) (*(dst) = *(src))\n"
+             "#define BD_CP_WAIT() ((void)0)\n"
+             "#endif\n"),
     # accel.cudasim defines threadIdx, blockIdx, blockDim, gridDim, bd_sim_sync, bd_sim_shared
     "sim": ("#include <math.h>\n"
             "#define BD_DEVICE static inline\n"
@@ -131,7 +147,9 @@ TARGET_MACROS = {
             "#define BD_SYNC() bd_sim_sync()\n"
             "#define BD_LAUNCH_BOUNDS(threads, blocks)\n"
             "#define BD_DYNAMIC_SHARED(name) unsigned char *name = bd_sim_shared()\n"
-            "#define BD_MMA_F64(d0, d1, a, b) bd_sim_mma(&(d0), &(d1), (a), (b))\n"),
+            "#define BD_MMA_F64(d0, d1, a, b) bd_sim_mma(&(d0), &(d1), (a), (b))\n"
+            "#define BD_CP_ASYNC(dst, src) bd_sim_cp_async((void *)(dst), (const void *)(src), sizeof(*(src)))\n"
+            "#define BD_CP_WAIT() bd_sim_cp_wait()\n"),
 }
 
 KERNEL = r"""
@@ -188,7 +206,10 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #endif
     const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
     const bd_idx nqp = ((qt + BD_QB - 1) / BD_QB) * BD_QB;  /* the tile's queries, padded to whole groups */
+#if BD_MMA
+#else
     const bd_idx nkh = (nk + 1) / 2;                        /* a T task: columns c and c + nkh */
+#endif
 
     double *Bc = (double *)bd_smem;
     double *An = Bc + ((BD_MODE != 0) ? npair : 0);
@@ -202,8 +223,6 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     int *near_any = (int *)(Gd + npair);
 
     double accG[BD_NACC];                                   /* f and beta-sum outputs */
-    T accT[BD_NTASK][2][BD_QB];                             /* T outputs ... */
-    double acc64[BD_NTASK][2][BD_QB];                       /* ... their nearly parallel pairs (float32) */
 #if BD_MMA
     /* tensor cores: this warp's T tasks, each BD_MQG query groups x BD_MCB column blocks of 8 (16 queries x 16
        columns of T), as D fragments: row lane / 4 (query), columns 2 (lane % 4) + {0, 1} */
@@ -217,15 +236,18 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
         for (int i = 0; i < BD_MQG; ++i)
 #pragma unroll
             for (int c = 0; c < BD_MCB; ++c) { accM[a][i][c][0] = 0.0; accM[a][i][c][1] = 0.0; }
-#endif
-#pragma unroll
-    for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
+#else
+    T accT[BD_NTASK][2][BD_QB];                             /* T outputs ... */
+    double acc64[BD_NTASK][2][BD_QB];                       /* ... their nearly parallel pairs (float32) */
 #pragma unroll
     for (int a = 0; a < BD_NTASK; ++a)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
             for (int u = 0; u < BD_QB; ++u) { accT[a][h][u] = (T)0; acc64[a][h][u] = 0.0; }
+#endif
+#pragma unroll
+    for (int a = 0; a < BD_NACC; ++a) accG[a] = 0.0;
 
     for (bd_idx e = tid; e < ngq * BD_QB * d; e += nthr) {  /* Zt[(g d + k) QB + u] = Z[g QB + u, k], 0 past nq */
         const bd_idx u = e % BD_QB, gk = e / BD_QB, g = gk / d, k = gk - g * d;
@@ -237,20 +259,22 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
     for (bd_idx t = (bd_idx)blockIdx.x; t < ntiles; t += (bd_idx)gridDim.x) {
         const bd_idx j0 = t * tile;
         const bd_idx nrow = (M - j0 < tile) ? M - j0 : tile;
-        /* (1) load the tile */
+        /* (1) load the tile: asynchronous copies (no register, no wait per element: every copy of the block in
+           flight at once), then each thread waits for its own and the barrier for everyone's */
         for (bd_idx e = tid; e < nrow * d; e += nthr) {
             const bd_idx j = e / d;
-            Ps[j * dp + (e - j * d)] = P[j0 * d + e];
+            BD_CP_ASYNC(&Ps[j * dp + (e - j * d)], &P[j0 * d + e]);
         }
         if (BD_MODE == 2) {
-            for (bd_idx e = tid; e < nrow * dr; e += nthr) Cs[e] = C[j0 * dr + e];
+            for (bd_idx e = tid; e < nrow * dr; e += nthr) BD_CP_ASYNC(&Cs[e], &C[j0 * dr + e]);
         } else {
             for (bd_idx e = tid; e < nrow * nr; e += nthr) {
                 const bd_idx j = e / nr;
-                Cs[e] = C[(j0 + j) * dr + r0 + (e - j * nr)];
+                BD_CP_ASYNC(&Cs[e], &C[(j0 + j) * dr + r0 + (e - j * nr)]);
             }
         }
         if (tid == 0) *near_any = 0;
+        BD_CP_WAIT();
         BD_SYNC();
         /* (2) dot products (a task: BD_QB queries x two rows, ja and jb = ja + njp; per k two row elements
            and BD_QB / BD_VW broadcast loads of query values serve 2 BD_QB multiply-adds), then the pair terms */
@@ -420,7 +444,6 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #endif
         BD_SYNC();
         /* (3) accumulate the tile into the outputs this thread owns */
-        const int any_near = BD_EXACT_NEAR ? *near_any : 0;
 #pragma unroll
         for (int a = 0; a < BD_NACC; ++a) {                 /* f and beta sums, one output each */
             const bd_idx e = tid + (bd_idx)a * nthr;
@@ -480,6 +503,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
             }
         }
 #else
+        const int any_near = BD_EXACT_NEAR ? *near_any : 0;
 #pragma unroll
         for (int a = 0; a < BD_NTASK; ++a) {                /* T[r, b, k] for BD_QB queries b, two columns k */
             const bd_idx tk = tid + (bd_idx)a * nthr;

@@ -138,6 +138,39 @@ def test_harness_reports_a_divergent_or_partial_warp_at_mma_sync(mode, nthr, wha
         _mma_toy(mode, nthr)
 
 
+CP_TOY = r"""
+extern "C" BD_GLOBAL void cp_toy(const double *__restrict__ x, const long long mode, double *__restrict__ out)
+{
+    BD_DYNAMIC_SHARED(smem);
+    double *s = (double *)smem;
+    const int t = threadIdx.x, n = blockDim.x;
+    BD_CP_ASYNC(&s[t], &x[t]);
+    if (mode == 0) { BD_CP_WAIT(); BD_SYNC(); }
+    if (mode == 1) { BD_SYNC(); BD_CP_WAIT(); }        /* waits for its own copy only after the barrier */
+    if (mode == 2) BD_SYNC();                          /* never waits */
+    out[t] = s[n - 1 - t];
+}
+"""
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_harness_completes_asynchronous_copies_only_at_the_wait(mode):
+    """cp.async: copy, wait, barrier, read another thread's element: right; the wait after the barrier: the
+    other threads' copies are not there yet (NaN); no wait at all: an error (copies never waited for)."""
+    x = np.arange(64.0)
+    out = np.full(64, -1.0)
+    kern = standin.RawModule(code=fused_source.TARGET_MACROS["sim"] + CP_TOY).get_function("cp_toy")
+    if mode == 2:
+        with pytest.raises(cudasim.HarnessError, match="never waited for"):
+            kern((1,), (64,), (x, np.int64(mode), out), shared_mem=8 * 64)
+        return
+    kern((1,), (64,), (x, np.int64(mode), out), shared_mem=8 * 64)
+    if mode == 0:
+        np.testing.assert_array_equal(out, x[::-1])
+    else:
+        assert np.isnan(out).sum() >= 32              # the threads read before the others' waits
+
+
 def test_harness_checks_argument_types_as_a_launch_needs_them():
     k = _toy()
     x, out = np.zeros(32), np.zeros(32)
@@ -329,7 +362,10 @@ def test_cupy_driver_api_has_what_allow_shared_calls():
 # planted bugs: (what, old text, new text); each must give a wrong result or a harness error
 MUTANTS = [
     ("barrier after loading the tile removed",
-     "if (tid == 0) *near_any = 0;\n        BD_SYNC();", "if (tid == 0) *near_any = 0;\n"),
+     "BD_CP_WAIT();\n        BD_SYNC();", "BD_CP_WAIT();\n"),
+    ("wait for the tile's asynchronous copies removed", "BD_CP_WAIT();\n        BD_SYNC();", "BD_SYNC();"),
+    ("wait for the tile's asynchronous copies after the barrier", "BD_CP_WAIT();\n        BD_SYNC();",
+     "BD_SYNC();\n        BD_CP_WAIT();"),
     ("barrier at the end of the tile removed", "        BD_SYNC();\n    }\n    double *mine", "    }\n    double *mine"),
     ("reduction drops the last partial", "x < nparts; ++x", "x + 1 < nparts; ++x"),
     ("shared layout: C tile overlaps P tile", "T *Cs = Ps + tile * dp;", "T *Cs = Ps + (tile - 1) * dp;"),

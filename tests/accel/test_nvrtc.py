@@ -40,6 +40,19 @@ def test_every_variant_compiles_for_sm90_and_sm80(compiled, record_property):
     record_property("nvrtc", json.dumps({"nvrtc": nvrtc.nvrtc_version(), "kernels": table}))
 
 
+def test_fused_pass_compiles_without_cp_async_for_older_devices():
+    """Before sm_80 (no cp.async, no FP64 tensor cores) the fused pass loads its tiles with plain loads: the plain
+    variants compile for sm_75 (V100-class devices and T4 run them); the tensor-core variants are never planned
+    there (accel.xpcore.XPEngine.mma_available)."""
+    from accel import fused_source
+    for name, src, opts in fused_source.cuda_sources():
+        if name.endswith("_i32") and "relu" in name and ("mode2" in name or "float32_mode1" in name):
+            r = nvrtc.compile_source(name, src, "75", opts, kind="raw")
+            assert r["ok"], r["log"][:1500]
+            k = r["kernels"]["bd_fused_history"]
+            assert k["spill_stores"] == 0 and k["spill_loads"] == 0, (name, k)
+
+
 def test_a_source_error_fails_the_compile():
     name, code, _ = nvrtc.elementwise_variants()[0]
     bad = nvrtc.compile_source("broken", code.replace("bd_pair(", "bd_pair_missing(", 1), "90")
