@@ -701,9 +701,12 @@ def gpu_check(out, quick, tiny, force):
 @click.option("--partial", is_flag=True,
               help="Also start the first run that does not fit the budget (on a CPU, a paper-scale run spans "
                    "sessions): the budget cuts it and it continues from its last checkpoint next time.")
+@click.option("--done-from", type=click.Path(file_okay=False), default=None,
+              help="A campaign folder (e.g. docs/campaign, the runs committed so far) whose finished runs count "
+                   "as done: copied into --out first, so only the rest runs.")
 @click.pass_context
 def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths, seeds, max_runs, gflops,
-             partial):
+             partial, done_from):
     """Run the paper-scale campaign (a fixed, prioritised plan) within --budget SECONDS into --out DIR.
 
     `bottleneck campaign report DIR` writes the tables and verdicts from whatever has run.
@@ -725,7 +728,7 @@ def campaign(ctx, budget, out, backend, dtype, plan_path, data_dir, only, widths
         ol = None if only is None else [x.strip() for x in only.split(",") if x.strip()]
         session = C.run(out, float(budget), backend=backend, dtype=dtype, plan_path=plan_path,
                         data_dir=data_dir, gflops=gflops, only=ol, widths=wl, seeds=sl, max_runs=max_runs,
-                        partial=partial, log=lambda m: click.echo(m, err=True))
+                        partial=partial, done_from=done_from, log=lambda m: click.echo(m, err=True))
         C.report(out, plan_path, log=lambda m: click.echo(m, err=True), figures=False)
         return session
 

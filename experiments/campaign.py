@@ -240,6 +240,40 @@ def is_done(out, state, run):
     return rec.get("status") == "done" and (Path(out) / run["dir"] / "summary.json").exists()
 
 
+def import_done(out, state, src, runs, log=print):
+    """Take the runs of ``runs`` finished in the campaign folder ``src`` (done or diverged, with the same options
+    and their files; e.g. the repository's docs/campaign) into ``out``: each run's folder is copied (through a
+    temporary name, then renamed) and its record added to ``state``.  A run ``out`` already has (finished, cut
+    or its folder present) is left as it is.  Returns the ids taken."""
+    src = Path(src)
+    if not (src / STATE_FILE).is_file():
+        raise TrainError(f"done-from: {src} holds no campaign ({STATE_FILE} not found)")
+    if src.resolve() == Path(out).resolve():
+        raise TrainError(f"done-from: {src} is the campaign folder itself (--out)")
+    try:
+        theirs = read_json(src / STATE_FILE)
+    except ValueError as exc:
+        raise TrainError(f"done-from: {src / STATE_FILE} is damaged ({exc})") from None
+    if not isinstance(theirs.get("runs"), dict):
+        raise TrainError(f"done-from: {src / STATE_FILE} has no 'runs' object (damaged or edited)")
+    taken = []
+    for r in runs:
+        if r["id"] in state["runs"] or (Path(out) / r["dir"]).exists() or not is_done(src, theirs, r):
+            continue
+        dst = Path(out) / r["dir"]
+        tmp = dst.with_name(dst.name + ".importing")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src / r["dir"], tmp)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dst)
+        state["runs"][r["id"]] = dict(theirs["runs"][r["id"]], imported_from=str(src))
+        taken.append(r["id"])
+    if taken:
+        write_state(out, state)
+        log(f"campaign: {len(taken)} finished run(s) taken from {src}")
+    return taken
+
+
 def folder_bytes(path):
     """Total size of the files under ``path``."""
     total = 0
@@ -410,14 +444,15 @@ def _write_sweep_records(out, plan, runs, state):
 
 
 def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir=None, gflops=None,
-        only=None, widths=None, seeds=None, max_runs=None, partial=False, log=print):
+        only=None, widths=None, seeds=None, max_runs=None, partial=False, done_from=None, log=print):
     """Run the plan's runs that fit ``budget_s`` seconds into ``out``; returns the session record.
 
     ``backend`` "auto" is the gpu where it can run, else cpu.  ``gflops`` sets the planning throughput
     instead of the calibration.  ``only`` (condition names), ``widths``, ``seeds`` restrict the plan;
     ``max_runs`` caps the runs started.  ``partial``: also start (or continue) the first run whose
     estimate exceeds what is left; the budget cuts it and it continues from its checkpoint next time.
-    A run cut earlier continues from its checkpoint when this session's backend is the one it ran on;
+    ``done_from``: a campaign folder whose finished runs count as done here (:func:`import_done`: copied in
+    first), so that a short GPU window starts where the CPU sessions left off.  A run cut earlier continues from its checkpoint when this session's backend is the one it ran on;
     on another backend it starts again.
     """
     from .backends import auto_backend, resolve_backend
@@ -436,10 +471,11 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     out.mkdir(parents=True, exist_ok=True)
     state = read_state(out, plan)
     runs = planned_runs(plan, only, widths, seeds)
+    imported = import_done(out, state, done_from, runs, log) if done_from else []
     todo = [r for r in runs if not is_done(out, state, r)]
     session = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": budget_s, "backend": backend,
                "dtype": dtype, "planned": len(runs), "done_before": len(runs) - len(todo), "ran": [],
-               "skipped": [], "cut": []}
+               "skipped": [], "cut": [], **({"imported": len(imported)} if done_from else {})}
     log(f"campaign: {len(runs)} runs in the plan, {len(runs) - len(todo)} done, {len(todo)} to go; "
         f"budget {budget_s:.0f} s on {backend}/{dtype}")
     if todo and gflops is None:

@@ -235,6 +235,36 @@ def test_campaign_bad_input_is_one_line(tmp_path, plan_file):
     assert "Traceback" not in res.output
 
 
+def test_done_from_takes_the_finished_runs_of_another_campaign_folder(tmp_path, plan_file):
+    """--done-from DIR: the runs finished there are copied in (files and records) and not run again; a run the
+    output already has is left alone; a folder that is no campaign, or --out itself, is a one-line error."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--plan", plan_file, "--backend", "cpu", "--gflops", "1e6"]
+    res = _invoke(["campaign", "--out", str(first), "--budget", "300", "--max-runs", "2", *common])
+    assert res.exit_code == 0, res.output
+    done = json.loads((first / "campaign.json").read_text())["sessions"][-1]["ran"]
+    assert len(done) == 2
+    res = _invoke(["campaign", "--out", str(second), "--budget", "300", "--max-runs", "1", "--done-from", str(first),
+                   *common])
+    assert res.exit_code == 0, res.output
+    assert "2 finished run(s) taken from" in res.output
+    state = json.loads((second / "campaign.json").read_text())
+    session = state["sessions"][-1]
+    assert session["imported"] == 2 and session["done_before"] == 2 and len(session["ran"]) == 1
+    assert not set(session["ran"]) & set(done)
+    for rid in done:
+        assert state["runs"][rid]["status"] == "done" and state["runs"][rid]["imported_from"] == str(first)
+        assert (second / rid / "summary.json").read_bytes() == (first / rid / "summary.json").read_bytes()
+    assert not list(second.rglob("*.importing"))
+    res = _invoke(["campaign", "--out", str(second), "--budget", "300", "--max-runs", "1", "--done-from", str(first),
+                   *common])                                  # again: nothing more to take, the next run runs
+    assert res.exit_code == 0 and "taken from" not in res.output
+    assert json.loads((second / "campaign.json").read_text())["sessions"][-1]["imported"] == 0
+    for bad, why in ((tmp_path / "nothing", "holds no campaign"), (second, "is the campaign folder itself")):
+        res = _invoke(["campaign", "--out", str(second), "--budget", "5", "--done-from", str(bad), *common])
+        assert res.exit_code == 2 and f"done-from: {bad} {why}" in res.output and "Traceback" not in res.output
+
+
 def test_a_divergence_is_a_result_an_error_is_retried(tmp_path):
     plan = dict(TINY_PLAN, widths=[3], seeds=[0, 1], conditions=[
         {"name": "boom", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 6,
