@@ -14,7 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from accel import cudasim, fused_source, pair_source, standin, xpcore
 from accel._simbase import ArrayHistory
@@ -655,6 +655,8 @@ def test_every_plan_fits_its_limits_and_covers_every_output_once(q, M, d, dr, mo
     assert np.all(seen == 1) and pl["kchunks"] == len({c[2] for c in pl["chunks"]})
 
 
+@example(q=1, M=1, d=1, dr=1, mode=0, dtype="float64", seed=10).via("an anti-parallel pair at d = 1")
+@example(q=1, M=1, d=1, dr=1, mode=2, dtype="float64-mma", seed=10).via("the same on the tensor cores")
 @settings(max_examples=80, deadline=None)
 @given(q=st.integers(1, 40), M=st.integers(1, 300), d=st.integers(1, 300), dr=st.integers(1, 30),
        mode=st.sampled_from([0, 1, 2]), dtype=st.sampled_from(["float64", "float32", "float64-mma"]),
@@ -676,8 +678,13 @@ def test_the_fused_pass_agrees_with_refimpl_on_random_shapes(q, M, d, dr, mode, 
     f_ref, T_ref, b_ref = _reference(Z, h, mode, chi)
     tol = 1e-10 if dtype == np.float64 else 1e-4
 
-    def close(a, b):                      # norm-relative; exactly equal counts (both zero at d = 1, say)
-        return np.linalg.norm(a - b) <= tol * np.linalg.norm(b)
+    # norm-relative, with a floor at the sums' natural size: where the reference is exactly zero (an anti-parallel
+    # pair at d = 1: K = 0 analytically) the kernel's last-digit rounding is not an error (q = M = d = dr = 1,
+    # seed 10: 1.7e-18 against a scale of 0.1)
+    scale = np.linalg.norm(Z) * np.linalg.norm(h.P) * np.linalg.norm(h.C) * (1.0 + np.linalg.norm(chi))
+
+    def close(a, b):
+        return np.linalg.norm(a - b) <= tol * max(np.linalg.norm(b), 1e-6 * scale)
     if mode != 2:
         assert close(got[0], f_ref)
     if mode:
