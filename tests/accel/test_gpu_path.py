@@ -4,6 +4,7 @@ tracked update with the other engines in tests/accel/test_accel.py)
 on the NumPy stand-in (accel.standin).  On a GPU the same source runs through cupy.ElementwiseKernel
 (tests/accel/test_gpu.py, ``pytest -m gpu``)."""
 
+import json
 import shutil
 import subprocess
 
@@ -300,6 +301,27 @@ def test_train_backend_gpu_with_resume_on_the_standin(tmp_path, standin_gpu):
     ref, got = losses("cpu"), losses("gpu")
     assert got.shape == ref.shape == (3,)
     np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("tensor_cores", ["0", "1"])
+def test_train_records_the_fp64_route_of_the_gpu_backend(tmp_path, standin_gpu, monkeypatch, tensor_cores):
+    """config.json of a gpu run says whether its float64 passes ran on the FP64 tensor cores
+    (BOTTLENECK_TENSOR_CORES=1 on a device that has them: the stand-in is a compute capability 9.0 one); the
+    test loss is the cpu backend's to 1e-10 either way."""
+    monkeypatch.setenv(xpcore.TENSOR_CORES_ENV, tensor_cores)
+    gpu.reset()
+    common = ["train", "--train-size", "60", "--test-size", "20", "--width", "4", "--init-width", "300",
+              "--batch-size", "10", "--eval-every", "4", "--steps", "8", "--quiet"]
+    for be in ("cpu", "gpu"):
+        res = CliRunner().invoke(cli.cli, common + ["--backend", be, "--out", str(tmp_path / be)])
+        assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "gpu" / "config.json").read_text())
+    assert meta["engine"] == {"fp64_tensor_cores": tensor_cores == "1"}
+    assert "engine" not in json.loads((tmp_path / "cpu" / "config.json").read_text())
+    loss = [np.loadtxt(tmp_path / be / "metrics.csv", delimiter=",", skiprows=1,
+                       usecols=(open(tmp_path / be / "metrics.csv").readline().split(",").index("test_loss"),))
+            for be in ("cpu", "gpu")]
+    np.testing.assert_allclose(loss[1], loss[0], rtol=1e-10)
 
 
 def test_gpu_path_is_a_golden_target():
