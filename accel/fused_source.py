@@ -171,6 +171,48 @@ BD_DEVICE void bd_load_qb(T *v, const T *p)
 }
 #endif
 
+/* the pair (query b, row j of the tile): K, and the Xi weights alpha w and beta w (w = 1, or C_j . chi_b in mode
+   2) into the tile's coefficient arrays; nearly (anti-)parallel pairs from explicit differences (MATH 2.1) */
+BD_DEVICE void bd_tile_pair(const bd_idx b, const bd_idx j, const bd_idx b0, const bd_idx j0, const bd_idx d,
+                            const bd_idx dp, const bd_idx dr, const bd_idx tile, const T *Gd, const T *Ps,
+                            const T *Cs, const double *__restrict__ zn, const double *__restrict__ pn,
+                            const double *__restrict__ Zh, const double *__restrict__ chi, const double m,
+                            const double par, T *Kc, double *Bc, T *At, double *An, int *near_any)
+{
+    const bd_idx g = b / BD_QB, u = b - g * BD_QB;
+    const double dot = (double)Gd[b * tile + j], znb = zn[b0 + b], pnj = pn[j0 + j];
+    double minus2 = -1.0, plus2 = -1.0;
+    if (bd_near(znb, pnj, dot)) {
+        minus2 = 0.0; plus2 = 0.0;
+        const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
+        for (bd_idx k = 0; k < d; ++k) {
+            const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
+            minus2 += (z - y) * (z - y);
+            plus2 += (z + y) * (z + y);
+        }
+    }
+    const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
+    const bd_idx c = b * tile + j;
+    if (BD_MODE != 2) Kc[c] = (T)tr.K;
+    if (BD_MODE != 0) {
+        double w = 1.0;
+        if (BD_MODE == 2) {
+            w = 0.0;
+            for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
+        }
+        const bd_idx ct = (g * tile + j) * BD_QB + u;
+        Bc[c] = tr.beta * w;
+        if (BD_EXACT_NEAR && minus2 >= 0.0) {
+            At[ct] = (T)0;
+            An[c] = tr.alpha * w;
+            *near_any = 1;
+        } else {
+            At[ct] = (T)(tr.alpha * w);
+            if (BD_EXACT_NEAR) An[c] = 0.0;
+        }
+    }
+}
+
 /* shared memory, each part 16-byte aligned: [Bc | An] float64, then [Zt | At | Ps | Cs | Kc] T, then the near
    flag.  Zt (the query tile) and At (the Xi weights alpha w of the tile's pairs) are transposed by query group:
    the BD_QB queries of a group are contiguous, so one 128-bit broadcast load gives BD_VW of them; rows of Ps
@@ -341,37 +383,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 if (BD_MODE != 0) At[(g * tile + j) * BD_QB + u] = (T)0;
                 continue;
             }
-            const double dot = (double)Gd[b * tile + j], znb = zn[b0 + b], pnj = pn[j0 + j];
-            double minus2 = -1.0, plus2 = -1.0;
-            if (bd_near(znb, pnj, dot)) {
-                minus2 = 0.0; plus2 = 0.0;
-                const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
-                for (bd_idx k = 0; k < d; ++k) {
-                    const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
-                    minus2 += (z - y) * (z - y);
-                    plus2 += (z + y) * (z + y);
-                }
-            }
-            const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
-            const bd_idx c = b * tile + j;
-            if (BD_MODE != 2) Kc[c] = (T)tr.K;
-            if (BD_MODE != 0) {
-                double w = 1.0;
-                if (BD_MODE == 2) {
-                    w = 0.0;
-                    for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
-                }
-                const bd_idx ct = (g * tile + j) * BD_QB + u;
-                Bc[c] = tr.beta * w;
-                if (BD_EXACT_NEAR && minus2 >= 0.0) {
-                    At[ct] = (T)0;
-                    An[c] = tr.alpha * w;
-                    *near_any = 1;
-                } else {
-                    At[ct] = (T)(tr.alpha * w);
-                    if (BD_EXACT_NEAR) An[c] = 0.0;
-                }
-            }
+            bd_tile_pair(b, j, b0, j0, d, dp, dr, tile, Gd, Ps, Cs, zn, pn, Zh, chi, m, par, Kc, Bc, At, An, near_any);
         }
 #else
         const bd_idx njp = (nrow + 1) / 2;
@@ -407,37 +419,8 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                         if (BD_MODE != 0) At[(g * tile + j) * BD_QB + u] = (T)0;
                         continue;
                     }
-                    const double dot = (double)Gd[b * tile + j], znb = zn[b0 + b], pnj = pn[j0 + j];
-                    double minus2 = -1.0, plus2 = -1.0;
-                    if (bd_near(znb, pnj, dot)) {
-                        minus2 = 0.0; plus2 = 0.0;
-                        const double rpn = pnj > 0.0 ? 1.0 / pnj : 0.0;
-                        for (bd_idx k = 0; k < d; ++k) {
-                            const double y = (double)Ps[j * dp + k] * rpn, z = Zh[(b0 + b) * d + k];
-                            minus2 += (z - y) * (z - y);
-                            plus2 += (z + y) * (z + y);
-                        }
-                    }
-                    const bd_terms tr = bd_pair(znb, pnj, dot, minus2, plus2, m, par);
-                    const bd_idx c = b * tile + j;
-                    if (BD_MODE != 2) Kc[c] = (T)tr.K;
-                    if (BD_MODE != 0) {
-                        double w = 1.0;
-                        if (BD_MODE == 2) {
-                            w = 0.0;
-                            for (bd_idx r = 0; r < dr; ++r) w += chi[(b0 + b) * dr + r] * (double)Cs[j * dr + r];
-                        }
-                        const bd_idx ct = (g * tile + j) * BD_QB + u;
-                        Bc[c] = tr.beta * w;
-                        if (BD_EXACT_NEAR && minus2 >= 0.0) {
-                            At[ct] = (T)0;
-                            An[c] = tr.alpha * w;
-                            *near_any = 1;
-                        } else {
-                            At[ct] = (T)(tr.alpha * w);
-                            if (BD_EXACT_NEAR) An[c] = 0.0;
-                        }
-                    }
+                    bd_tile_pair(b, j, b0, j0, d, dp, dr, tile, Gd, Ps, Cs, zn, pn, Zh, chi, m, par, Kc, Bc, At, An,
+                                 near_any);
                 }
             }
         }
