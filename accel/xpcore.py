@@ -51,6 +51,8 @@ def tensor_cores_requested(env=None):
     if v not in ("0", "1"):
         raise ValueError(f"{TENSOR_CORES_ENV}: expected 0 or 1, got {v!r}")
     return v == "1"
+
+
 #: Modes of the history pass (see accel._simbase): number of weight columns R.
 _R = {0: 0, 1: None, 2: 1}
 
@@ -157,12 +159,12 @@ class XPEngine:
 
     def module(self, arch, dtype, mode, index_bits, mma=False):
         """The RawModule of one variant of :mod:`accel.fused_source`, built on first use."""
-        key = (arch, np.dtype(dtype).name, mode, index_bits)
-        if key + (bool(mma),) not in self._modules:
+        key = (arch, np.dtype(dtype).name, mode, index_bits, bool(mma))
+        if key not in self._modules:
             target = "sim" if getattr(self.xp, "KERNEL_TARGET", "cuda") == "host" else "cuda"
-            self._modules[key + (bool(mma),)] = self.xp.RawModule(
-                code=fused_source.source(*key, target=target, mma=bool(mma)), options=fused_source.NVRTC_OPTIONS)
-        return self._modules[key + (bool(mma),)]
+            self._modules[key] = self.xp.RawModule(code=fused_source.source(*key[:4], target=target, mma=key[4]),
+                                                   options=fused_source.NVRTC_OPTIONS)
+        return self._modules[key]
 
     def mma_available(self):
         """Whether the device has FP64 tensor cores (compute capability 8.0 or later; unknown: no)."""
