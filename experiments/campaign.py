@@ -20,7 +20,10 @@ tens of MB to GB at paper scale) waits beside the output folder, in ``DIR.resume
 run ends), a ``sweep.json`` per condition, and ``campaign.json`` (every run's status, estimate and wall
 time; the calibration; each session).  The same folder again skips what is done (finished or diverged
 runs of the same options: a divergence is a result) and continues; a run stopped by another error (e.g. its
-data missing) is tried again, and the rest of its condition is skipped for that session.
+data missing) is tried again, and the rest of its condition is skipped for that session.  ``done_from``
+(``--done-from``) takes the finished runs of another campaign folder first (:func:`import_done`).  On a gpu in
+float64 the calibration also times the FP64 tensor cores, and the session's runs take them where they were
+faster (:func:`choose_tensor_cores`; ``BOTTLENECK_TENSOR_CORES``, where set, decides instead).
 
 :func:`report` writes, from whatever has run, each condition's tables and figures (the sweep tables of
 :mod:`experiments.plots`) and ``report.md`` / ``report.json``: runs done, final losses and the verdict.
@@ -156,16 +159,40 @@ def run_flops(options):
 
 def calibrate(backend, dtype="float64", log=print):
     """GFLOP/s of one step of ``backend`` (experiments.bench.measure at d = 100), times
-    :data:`CALIBRATION_EFFICIENCY`; seconds it took."""
+    :data:`CALIBRATION_EFFICIENCY`; seconds it took; and on a gpu with FP64 tensor cores in float64 the step's
+    ``tensor_core_speedup`` (the plain route's time over the tensor cores', both timed there), else None."""
     from accel import get_backend
     from . import bench
     t = time.perf_counter()
     M = 100_000 if backend == "gpu" else 20_000
     res = bench.measure(get_backend(backend, dtype), 100, M, reps=2)
     gf = res["gflops"] * CALIBRATION_EFFICIENCY
+    speedup = res.get("tensor_core_speedup")
     log(f"campaign: calibration on {backend}/{dtype}: {res['gflops']:.3g} GFLOP/s at M = {M}, d = 100; "
-        f"planning with {gf:.3g}")
-    return gf, time.perf_counter() - t
+        f"planning with {gf:.3g}" + (f"; FP64 tensor cores x{speedup:.2f}" if speedup else ""))
+    return gf, time.perf_counter() - t, speedup
+
+
+#: A gpu / float64 campaign takes the FP64 tensor cores when its calibration step ran at least this much faster
+#: on them (and BOTTLENECK_TENSOR_CORES is not set: then that decides).
+TENSOR_CORE_MIN_SPEEDUP = 1.05
+
+
+def choose_tensor_cores(state, backend, dtype, env=None):
+    """(use, why) for this session's runs: ``use`` True to run them with BOTTLENECK_TENSOR_CORES=1, None to leave
+    the environment as it is (not gpu / float64, the variable already set, or no calibration of them)."""
+    from accel.xpcore import TENSOR_CORES_ENV
+    env = os.environ if env is None else env
+    if (backend, dtype) != ("gpu", "float64"):
+        return None, None
+    if TENSOR_CORES_ENV in env:
+        return None, f"FP64 tensor cores as {TENSOR_CORES_ENV}={env[TENSOR_CORES_ENV]} says"
+    sp = state.get("calibration", {}).get("gpu/float64/tensor_core_speedup")
+    if sp is None:
+        return None, None
+    if sp >= TENSOR_CORE_MIN_SPEEDUP:
+        return True, f"FP64 tensor cores on: the calibration step ran x{sp:.2f} faster on them"
+    return None, f"FP64 tensor cores off: the calibration step ran x{sp:.2f} on them (below x{TENSOR_CORE_MIN_SPEEDUP})"
 
 
 def _timed(state, backend):
@@ -307,13 +334,13 @@ _WORKER = ("import json, signal, sys\n"
            "    sys.exit(3 if 'Divergence' in type(exc).__name__ or 'diverged' in text else 1)\n")
 
 
-def _run_one(options, out, timeout, resume=False):
-    """Train one run (or continue it: ``resume``) in a subprocess (the shared training loop);
-    (status, wall s, error line)."""
+def _run_one(options, out, timeout, resume=False, env=None):
+    """Train one run (or continue it: ``resume``) in a subprocess (the shared training loop; environment ``env``,
+    default this process's); (status, wall s, error line)."""
     spec = json.dumps({"options": options, "out": str(out), "resume": bool(resume)})
     t = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _WORKER, spec], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
         _, err = proc.communicate(timeout=max(timeout, 0.1))
     except subprocess.TimeoutExpired:
@@ -481,12 +508,24 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     if todo and gflops is None:
         prior = state.get("calibration", {}).get(f"{backend}/{dtype}")
         if prior is None and not any(r.get("backend") == backend for r in state["runs"].values()):
-            prior, secs = calibrate(backend, dtype, log)
+            prior, secs, speedup = calibrate(backend, dtype, log)
             state.setdefault("calibration", {})[f"{backend}/{dtype}"] = prior
+            if speedup is not None:
+                state["calibration"][f"{backend}/{dtype}/tensor_core_speedup"] = speedup
             session["calibration_s"] = round(secs, 2)
         gflops_prior = prior if prior is not None else 1.0
     else:
         gflops_prior = gflops
+    use_tc, why = choose_tensor_cores(state, backend, dtype)
+    env = None
+    if use_tc:
+        from accel.xpcore import TENSOR_CORES_ENV
+        env = dict(os.environ, **{TENSOR_CORES_ENV: "1"})
+        if gflops is None:                      # the calibration timed the plain route
+            gflops_prior *= state["calibration"]["gpu/float64/tensor_core_speedup"]
+    if why:
+        session["tensor_cores"] = why
+        log(f"campaign: {why}")
     started = 0
     broken = {}                                 # condition -> the error of its first failed run this session
     for r in todo:
@@ -517,7 +556,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
                    "checkpoint_every": checkpoint_every(r["options"], backend)}
         where = f"from step {step}" if step else "from the start"
         log(f"campaign: run {r['id']} {where} (estimate {est:.0f} s, {left:.0f} s left)")
-        status, wall, err = _run_one(options, run_dir, left, resume=bool(step))
+        status, wall, err = _run_one(options, run_dir, left, resume=bool(step), env=env)
         started += 1
         wall_before = float(prev.get("wall_s") or 0.0) if step else 0.0
         if status == "cut":

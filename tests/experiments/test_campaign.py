@@ -265,6 +265,40 @@ def test_done_from_takes_the_finished_runs_of_another_campaign_folder(tmp_path, 
         assert res.exit_code == 2 and f"done-from: {bad} {why}" in res.output and "Traceback" not in res.output
 
 
+def test_the_tensor_cores_follow_the_calibration_unless_the_variable_is_set():
+    """A gpu / float64 session takes the FP64 tensor cores when its calibration step ran at least x1.05 faster on
+    them; BOTTLENECK_TENSOR_CORES, where set, decides instead; other backends and dtypes are left alone."""
+    state = {"calibration": {"gpu/float64/tensor_core_speedup": 1.4}}
+    assert C.choose_tensor_cores(state, "gpu", "float64", env={})[0] is True
+    assert C.choose_tensor_cores(state, "gpu", "float32", env={}) == (None, None)
+    assert C.choose_tensor_cores(state, "cpu", "float64", env={}) == (None, None)
+    use, why = C.choose_tensor_cores(state, "gpu", "float64", env={"BOTTLENECK_TENSOR_CORES": "0"})
+    assert use is None and "BOTTLENECK_TENSOR_CORES=0" in why
+    slow = {"calibration": {"gpu/float64/tensor_core_speedup": 1.02}}
+    use, why = C.choose_tensor_cores(slow, "gpu", "float64", env={})
+    assert use is None and "off" in why and "x1.02" in why
+    assert C.choose_tensor_cores({}, "gpu", "float64", env={}) == (None, None)
+
+
+@pytest.mark.skipif(standin.compiler() is None, reason="needs a host C compiler (gcc)")
+def test_a_gpu_campaign_runs_on_the_tensor_cores_its_calibration_chose(tmp_path, plan_file, standin_gpu,
+                                                                       monkeypatch):
+    """The calibration (here a stand-in of it reporting x1.5) makes the session's runs use the tensor cores: their
+    config.json says so, and campaign.json keeps the speedup and the session's reason."""
+    monkeypatch.delenv("BOTTLENECK_TENSOR_CORES", raising=False)
+    monkeypatch.setattr(C, "calibrate", lambda backend, dtype="float64", log=print: (50.0, 0.01, 1.5))
+    out = tmp_path / "camp"
+    res = _invoke(["campaign", "--out", str(out), "--plan", plan_file, "--backend", "gpu", "--budget", "300",
+                   "--max-runs", "1"])
+    assert res.exit_code == 0, res.output
+    assert "FP64 tensor cores on: the calibration step ran x1.50 faster on them" in res.output
+    state = json.loads((out / "campaign.json").read_text())
+    assert state["calibration"]["gpu/float64/tensor_core_speedup"] == 1.5
+    assert state["sessions"][-1]["tensor_cores"].startswith("FP64 tensor cores on")
+    rid = state["sessions"][-1]["ran"][0]
+    assert json.loads((out / rid / "config.json").read_text())["engine"] == {"fp64_tensor_cores": True}
+
+
 def test_a_divergence_is_a_result_an_error_is_retried(tmp_path):
     plan = dict(TINY_PLAN, widths=[3], seeds=[0, 1], conditions=[
         {"name": "boom", "options": {"dataset": "synthetic", "train_size": 40, "test_size": 20, "steps": 6,
