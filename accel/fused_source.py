@@ -155,9 +155,7 @@ TARGET_MACROS = {
 KERNEL = r"""
 /* ---- fused history pass (accel/fused_source.py; MATH 4) ---- */
 
-#if BD_MMA
-/* (tensor cores: each lane loads its fragment elements itself) */
-#else
+#if !BD_MMA
 /* BD_QB consecutive values at p (16-byte aligned, shared memory) into v: BD_QB / BD_VW 128-bit loads, each a
    broadcast when the lanes of a warp read the same group (one shared-memory wavefront for BD_VW values) */
 BD_DEVICE void bd_load_qb(T *v, const T *p)
@@ -248,8 +246,7 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
 #endif
     const bd_idx ngq = (nq + BD_QB - 1) / BD_QB;           /* query groups of BD_QB */
     const bd_idx nqp = ((qt + BD_QB - 1) / BD_QB) * BD_QB;  /* the tile's queries, padded to whole groups */
-#if BD_MMA
-#else
+#if !BD_MMA
     const bd_idx nkh = (nk + 1) / 2;                        /* a T task: columns c and c + nkh */
 #endif
 
@@ -383,7 +380,8 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 if (BD_MODE != 0) At[(g * tile + j) * BD_QB + u] = (T)0;
                 continue;
             }
-            bd_tile_pair(b, j, b0, j0, d, dp, dr, tile, Gd, Ps, Cs, zn, pn, Zh, chi, m, par, Kc, Bc, At, An, near_any);
+            bd_tile_pair(b, j, b0, j0, d, dp, dr, tile, Gd, Ps, Cs, zn, pn, Zh, chi, m, par, Kc, Bc, At, An,
+                         near_any);
         }
 #else
         const bd_idx njp = (nrow + 1) / 2;
@@ -557,7 +555,8 @@ extern "C" BD_GLOBAL void BD_LAUNCH_BOUNDS(256, BD_MIN_BLOCKS) bd_fused_history(
                 for (int c = 0; c < BD_MCB; ++c)
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
-                        const bd_idx b = (gs * BD_MQG + i) * BD_QB + lr, kk = (cs * BD_MCB + c) * 8 + 2 * lc + (bd_idx)h;
+                        const bd_idx b = (gs * BD_MQG + i) * BD_QB + lr;
+                        const bd_idx kk = (cs * BD_MCB + c) * 8 + 2 * lc + (bd_idx)h;
                         if (b < nq && kk < nk) mine[NF + r * (nq * nk) + b * nk + kk] = accM[a][i][c][h];
                     }
         }
@@ -601,18 +600,19 @@ extern "C" BD_GLOBAL void bd_fused_reduce(const double *__restrict__ part, const
 
 
 def select_branch(text, mma):
-    """``text`` with each ``#if BD_MMA`` / ``#else`` / ``#endif`` block (not nested) reduced to the branch that
-    ``mma`` selects: a variant's source holds only the code it runs (a planted bug in the source then always
-    lands in live code, and NVRTC parses less)."""
-    out, keep, depth = [], True, 0
+    """``text`` with each ``#if BD_MMA`` (or ``#if !BD_MMA``) / ``#else`` / ``#endif`` block (not nested) reduced
+    to the branch that ``mma`` selects: a variant's source holds only the code it runs (a planted bug in the
+    source then always lands in live code, and NVRTC parses less)."""
+    out, keep, depth, want = [], True, 0, True
     for line in text.splitlines(keepends=True):
         tag = line.strip()
-        if tag == "#if BD_MMA":
+        if tag in ("#if BD_MMA", "#if !BD_MMA"):
             if depth:
                 raise ValueError("source: nested #if BD_MMA")
-            depth, keep = 1, bool(mma)
+            want = bool(mma) == (tag == "#if BD_MMA")
+            depth, keep = 1, want
         elif tag == "#else" and depth:
-            keep = not bool(mma)
+            keep = not want
         elif tag == "#endif" and depth:
             depth, keep = 0, True
         elif keep:
@@ -708,8 +708,8 @@ def cuda_sources():
     -------
     list of (name, source, options)
         One entry per arch (:data:`accel.pair_source.ARCH`) x dtype (float64, float32) x mode
-        (0, 1, 2) x index width (32, 64), and the float64 ones again with tensor cores (``mma``): ``name`` a unique identifier, ``source`` the text
-        handed to ``cupy.RawModule(code=source, options=options)`` (kernels
+        (0, 1, 2) x index width (32, 64), and the float64 ones again with tensor cores (``mma``): ``name`` a
+        unique identifier, ``source`` the text handed to ``cupy.RawModule(code=source, options=options)`` (kernels
         ``bd_fused_history`` and ``bd_fused_reduce``, ``extern "C"``), ``options`` a tuple of
         NVRTC options (CuPy adds ``-arch`` for the device; a compile test adds its own).
     """
@@ -719,8 +719,8 @@ def cuda_sources():
             for mode in MODES:
                 for bits in INDEX_TYPES:
                     for mma in ((False, True) if dtype == "float64" else (False,)):
-                        out.append((variant_name(arch, dtype, mode, bits, mma), source(arch, dtype, mode, bits, mma=mma),
-                                    NVRTC_OPTIONS))
+                        out.append((variant_name(arch, dtype, mode, bits, mma),
+                                    source(arch, dtype, mode, bits, mma=mma), NVRTC_OPTIONS))
     return out
 
 

@@ -170,12 +170,17 @@ class XPEngine:
         """Whether the device has FP64 tensor cores (compute capability 8.0 or later; unknown: no)."""
         return int(self.attributes().get("ComputeCapabilityMajor", 0)) >= 8
 
+    def uses_tensor_cores(self, dtype):
+        """Whether passes in ``dtype`` run on the FP64 tensor cores here: asked for (:attr:`tensor_cores`), the
+        device has them (:meth:`mma_available`) and the dtype is float64."""
+        return bool(self.tensor_cores and np.dtype(dtype) == np.float64 and self.mma_available())
+
     def plan(self, q, M, d, dr, mode, dtype, arch):
         """:func:`accel.fused_source.plan` with this device's opt-in shared memory per block, the share of a
         multiprocessor's shared memory that keeps two blocks on it, and the tensor cores where asked for
         (:attr:`tensor_cores`) and present."""
         return fused_source.plan(q, M, d, dr, mode, dtype, arch, self.shared_optin(), self.shared_two_blocks(),
-                                 mma=self.tensor_cores and self.mma_available())
+                                 mma=self.uses_tensor_cores(dtype))
 
     def attributes(self):
         """The device's attributes (CuPy's ``Device().attributes``, which queries every one of them; the

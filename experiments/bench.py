@@ -258,7 +258,7 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
         modes = (1,) if sim.first_pass_mode() == 1 else (0, 2)
         counts = [fused_source.pass_counts(BATCH, M, d, DR, m, eng.history.P_dev.dtype, eng.head.kind,
                                            dev.multiprocessors(), dev.shared_optin(), dev.shared_two_blocks(),
-                                           dev.tensor_cores and dev.mma_available())
+                                           dev.uses_tensor_cores(eng.history.P_dev.dtype))
                   for m in modes]
         if all(c is not None for c in counts):
             nbytes = sum(c["bytes"] for c in counts)
@@ -282,7 +282,7 @@ def gpu_step_extras(sim, batches, sync, seconds, d, M):
     finally:
         eng.device_step = True
     out["host_head_over_device_step"] = out["host_head_seconds_per_step"] / seconds
-    out["tensor_cores"] = bool(dev.tensor_cores and dev.mma_available() and eng.history.P_dev.dtype == np.float64)
+    out["tensor_cores"] = dev.uses_tensor_cores(eng.history.P_dev.dtype)
     if dev.mma_available() and eng.history.P_dev.dtype == np.float64:
         dev.tensor_cores = not out["tensor_cores"]
         try:

@@ -176,6 +176,8 @@ def calibrate(backend, dtype="float64", log=print):
 #: A gpu / float64 campaign takes the FP64 tensor cores when its calibration step ran at least this much faster
 #: on them (and BOTTLENECK_TENSOR_CORES is not set: then that decides).
 TENSOR_CORE_MIN_SPEEDUP = 1.05
+#: Where campaign.json keeps the calibration's tensor-core speedup (under "calibration").
+TENSOR_CORE_KEY = "gpu/float64/tensor_core_speedup"
 
 
 def choose_tensor_cores(state, backend, dtype, env=None):
@@ -187,12 +189,13 @@ def choose_tensor_cores(state, backend, dtype, env=None):
         return None, None
     if TENSOR_CORES_ENV in env:
         return None, f"FP64 tensor cores as {TENSOR_CORES_ENV}={env[TENSOR_CORES_ENV]} says"
-    sp = state.get("calibration", {}).get("gpu/float64/tensor_core_speedup")
+    sp = state.get("calibration", {}).get(TENSOR_CORE_KEY)
     if sp is None:
         return None, None
     if sp >= TENSOR_CORE_MIN_SPEEDUP:
         return True, f"FP64 tensor cores on: the calibration step ran x{sp:.2f} faster on them"
-    return None, f"FP64 tensor cores off: the calibration step ran x{sp:.2f} on them (below x{TENSOR_CORE_MIN_SPEEDUP})"
+    return None, (f"FP64 tensor cores off: the calibration step ran x{sp:.2f} on them "
+                  f"(below x{TENSOR_CORE_MIN_SPEEDUP})")
 
 
 def _timed(state, backend):
@@ -479,8 +482,8 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
     ``max_runs`` caps the runs started.  ``partial``: also start (or continue) the first run whose
     estimate exceeds what is left; the budget cuts it and it continues from its checkpoint next time.
     ``done_from``: a campaign folder whose finished runs count as done here (:func:`import_done`: copied in
-    first), so that a short GPU window starts where the CPU sessions left off.  A run cut earlier continues from its checkpoint when this session's backend is the one it ran on;
-    on another backend it starts again.
+    first), so that a short GPU window starts where the CPU sessions left off.  A run cut earlier continues from
+    its checkpoint when this session's backend is the one it ran on; on another backend it starts again.
     """
     from .backends import auto_backend, resolve_backend
     t0 = time.perf_counter()
@@ -510,8 +513,8 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
         if prior is None and not any(r.get("backend") == backend for r in state["runs"].values()):
             prior, secs, speedup = calibrate(backend, dtype, log)
             state.setdefault("calibration", {})[f"{backend}/{dtype}"] = prior
-            if speedup is not None:
-                state["calibration"][f"{backend}/{dtype}/tensor_core_speedup"] = speedup
+            if speedup is not None:                # only gpu / float64 times the tensor cores
+                state["calibration"][TENSOR_CORE_KEY] = speedup
             session["calibration_s"] = round(secs, 2)
         gflops_prior = prior if prior is not None else 1.0
     else:
@@ -522,7 +525,7 @@ def run(out, budget_s, backend="auto", dtype="float64", plan_path=None, data_dir
         from accel.xpcore import TENSOR_CORES_ENV
         env = dict(os.environ, **{TENSOR_CORES_ENV: "1"})
         if gflops is None:                      # the calibration timed the plain route
-            gflops_prior *= state["calibration"]["gpu/float64/tensor_core_speedup"]
+            gflops_prior *= state["calibration"][TENSOR_CORE_KEY]
     if why:
         session["tensor_cores"] = why
         log(f"campaign: {why}")

@@ -231,9 +231,8 @@ def train(config, out, force=False, resume=False, progress=None, log=print, data
         sim, info = build_simulator(config, data, backend)
         meta["initial_functions"] = info
         device = getattr(getattr(sim, "engine", None), "device", None)
-        if device is not None and hasattr(device, "mma_available"):      # the gpu backend: which FP64 route
-            meta["engine"] = {"fp64_tensor_cores": bool(device.tensor_cores and device.mma_available()
-                                                        and config.dtype == "float64")}
+        if device is not None and hasattr(device, "uses_tensor_cores"):      # the gpu backend: which FP64 route
+            meta["engine"] = {"fp64_tensor_cores": device.uses_tensor_cores(config.dtype)}
         atomic_write_text(ws.dir / "config.json", json.dumps(meta, indent=2) + "\n")
         run = _Run(config, data, sim, ws.dir, wall0=0.0, metrics=[], log=log)
         try:
